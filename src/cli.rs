@@ -1,0 +1,227 @@
+//! Command line (SPEC: "Command line") and the dispatch of each command.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, Overrides};
+use crate::error::{code, Result};
+use crate::logging::{self, LogFormat};
+use crate::{apply, mounts, plan, supervisor, user};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sharelink",
+    version,
+    about = "Link data directories into a mounted file share, crash-safely, then run the pipeline as PID 1",
+    after_help = "Exit codes: 0 ok, 1 unhealthy (status), 2 usage, 65 unsafe filesystem content, \
+69 share unavailable, 73 cannot write, 74 I/O error, 78 bad config, 126/127 command not \
+executable/found, N or 128+S the command's status."
+)]
+pub struct Cli {
+    /// Config file [default: $SHARELINK_CONFIG or /etc/sharelink/sharelink.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Override app_root
+    #[arg(long, global = true, env = "SHARELINK_APP_ROOT", value_name = "DIR")]
+    pub app_root: Option<PathBuf>,
+    /// Override share_root
+    #[arg(long, global = true, env = "SHARELINK_SHARE_ROOT", value_name = "DIR")]
+    pub share_root: Option<PathBuf>,
+    /// Override require_mount
+    #[arg(long, global = true, env = "SHARELINK_REQUIRE_MOUNT", value_name = "BOOL", value_parser = parse_bool)]
+    pub require_mount: Option<bool>,
+    /// Log format
+    #[arg(long, global = true, env = "SHARELINK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// More log output (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (repeat for less)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Link every entry, then run COMMAND as its init
+    Run(RunArgs),
+    /// Link every entry and exit (safe to re-run by hand)
+    Link {
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One line per link with its state; exit 0 only if all are healthy
+    Status {
+        /// One JSON document for machines
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config and exit 0 or 78
+    Check,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Drop to this user after linking: NAME, UID, NAME:GROUP or UID:GID
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// How long leftovers get between SIGTERM and SIGKILL [default: run.grace_period or 3s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub grace_period: Option<Duration>,
+    /// Forward signals to the command's whole process group
+    #[arg(long)]
+    pub kill_process_group: bool,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_bool(s: &str) -> std::result::Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+fn parse_duration_arg(s: &str) -> std::result::Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+/// Parse the command line, run the command, return the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    code::OK
+                }
+                _ => code::USAGE,
+            };
+        }
+    };
+    logging::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.is_interrupted() {
+                tracing::warn!("{e}; stopped at a safe point, the next run finishes the work");
+            } else {
+                tracing::error!("{e}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config> {
+    let path = config::locate(cli.config.as_deref());
+    config::load(
+        &path,
+        &Overrides {
+            app_root: cli.app_root.clone(),
+            share_root: cli.share_root.clone(),
+            require_mount: cli.require_mount,
+        },
+    )
+}
+
+fn dispatch(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Check => {
+            let cfg = load(cli)?;
+            println!(
+                "{}: ok, {} link{}",
+                cfg.origin.display(),
+                cfg.links.len(),
+                if cfg.links.len() == 1 { "" } else { "s" }
+            );
+            Ok(code::OK)
+        }
+        Command::Status { json } => {
+            let cfg = load(cli)?;
+            let report = plan::status(&cfg);
+            if *json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(if report.healthy() { code::OK } else { code::UNHEALTHY })
+        }
+        Command::Link { dry_run } => {
+            let cfg = load(cli)?;
+            if *dry_run {
+                mounts::check_share(&cfg, false)?;
+                let plan = plan::plan(&cfg)?;
+                print!("{plan}");
+                return Ok(code::OK);
+            }
+            link_all(&cfg)?;
+            Ok(code::OK)
+        }
+        Command::Run(args) => {
+            let cfg = load(cli)?;
+            let user_spec = args.user.as_ref().or(cfg.run.user.as_ref());
+            // Resolve the user before touching anything: a typo must not
+            // leave a half-set-up container behind.
+            let credentials = user_spec.map(|u| user::resolve(u)).transpose()?;
+            link_all(&cfg)?;
+            let opts = supervisor::RunOptions {
+                command: args.command.clone(),
+                credentials,
+                grace_period: args.grace_period.unwrap_or(cfg.run.grace_period),
+                kill_process_group: args.kill_process_group || cfg.run.kill_process_group,
+            };
+            Ok(supervisor::run(opts))
+        }
+    }
+}
+
+/// Mount guard, then plan and apply every link.
+fn link_all(cfg: &Config) -> Result<()> {
+    mounts::check_share(cfg, true)?;
+    apply::apply(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_rest_verbatim() {
+        let c = Cli::try_parse_from(["sharelink", "run", "--", "python", "-u", "x.py", "--flag"]).unwrap();
+        match c.command {
+            Command::Run(r) => assert_eq!(r.command, ["python", "-u", "x.py", "--flag"]),
+            _ => panic!(),
+        }
+        let c = Cli::try_parse_from(["sharelink", "run", "--grace-period", "500ms", "sh", "-c", "x"]).unwrap();
+        match c.command {
+            Command::Run(r) => {
+                assert_eq!(r.grace_period, Some(Duration::from_millis(500)));
+                assert_eq!(r.command, ["sh", "-c", "x"]);
+            }
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn bools() {
+        assert_eq!(parse_bool("TRUE"), Ok(true));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("maybe").is_err());
+    }
+}

@@ -1,0 +1,607 @@
+//! The TOML config: schema, defaults, command-line overrides and validation.
+//!
+//! Everything here is pure (text in, [`Config`] or [`Error::Config`] out)
+//! except [`load`], which reads the file. Every rejection names the key and,
+//! where the parser knows it, the line, and maps to exit 78.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_PATH: &str = "/etc/sharelink/sharelink.toml";
+/// Reserved directory in the share for locks, displaced files and the like.
+pub const RESERVED_DIR: &str = ".sharelink";
+
+/// A validated config with overrides applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the config came from (for messages).
+    pub origin: PathBuf,
+    pub app_root: PathBuf,
+    pub share_root: PathBuf,
+    pub require_mount: bool,
+    pub mount_timeout: Duration,
+    /// In file order.
+    pub links: Vec<Link>,
+    pub run: RunDefaults,
+}
+
+/// One `[links]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Relative to `app_root`, normalised.
+    pub app: PathBuf,
+    /// Relative to `share_root`, normalised.
+    pub share: PathBuf,
+    /// Relative to the share target.
+    pub dirs: Vec<PathBuf>,
+    pub migrate: MigrateMode,
+    /// 1-based line of the entry in the config, when known.
+    pub line: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrateMode {
+    /// The share wins when it already holds data; app-only files are
+    /// displaced to `.sharelink/displaced/`.
+    IfEmpty,
+    /// App-only files are copied into a non-empty share, never overwriting.
+    Merge,
+}
+
+impl fmt::Display for MigrateMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MigrateMode::IfEmpty => "if-empty",
+            MigrateMode::Merge => "merge",
+        })
+    }
+}
+
+/// `[run]`: defaults for `sharelink run`; command-line flags win.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDefaults {
+    pub user: Option<String>,
+    pub grace_period: Duration,
+    pub kill_process_group: bool,
+}
+
+impl Default for RunDefaults {
+    fn default() -> Self {
+        RunDefaults {
+            user: None,
+            grace_period: Duration::from_secs(3),
+            kill_process_group: false,
+        }
+    }
+}
+
+/// Command-line / environment values that replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub app_root: Option<PathBuf>,
+    pub share_root: Option<PathBuf>,
+    pub require_mount: Option<bool>,
+}
+
+impl Config {
+    pub fn app_path(&self, link: &Link) -> PathBuf {
+        self.app_root.join(&link.app)
+    }
+    pub fn share_path(&self, link: &Link) -> PathBuf {
+        self.share_root.join(&link.share)
+    }
+}
+
+// ---- raw schema -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    app_root: Option<Spanned<String>>,
+    share_root: Option<Spanned<String>>,
+    require_mount: Option<bool>,
+    mount_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    links: BTreeMap<Spanned<String>, Spanned<RawLink>>,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    user: Option<Spanned<String>>,
+    grace_period: Option<Spanned<String>>,
+    kill_process_group: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinkTable {
+    share: String,
+    #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default = "default_migrate")]
+    migrate: MigrateMode,
+}
+
+fn default_migrate() -> MigrateMode {
+    MigrateMode::IfEmpty
+}
+
+/// `"app" = "share"` or `"app" = { share = …, dirs = […], migrate = … }`.
+/// A hand-written visitor rather than `#[serde(untagged)]` so that a typo in
+/// the table form reports the unknown key instead of "did not match any
+/// variant".
+struct RawLink(RawLinkTable);
+
+impl<'de> Deserialize<'de> for RawLink {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawLink;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a share path string or a table { share = \"…\", dirs = […], migrate = \"if-empty\"|\"merge\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawLink, E> {
+                Ok(RawLink(RawLinkTable {
+                    share: v.to_string(),
+                    dirs: Vec::new(),
+                    migrate: MigrateMode::IfEmpty,
+                }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawLink, A::Error> {
+                RawLinkTable::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawLink)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---- loading ----------------------------------------------------------------
+
+/// Where the config is: `--config`, else `$SHARELINK_CONFIG`, else the default.
+pub fn locate(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("SHARELINK_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+/// Read, parse and validate the config at `path`.
+pub fn load(path: &Path, ov: &Overrides) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (set --config or SHARELINK_CONFIG)"
+        } else {
+            ""
+        };
+        Error::Config(format!("cannot read config {}: {e}{hint}", path.display()))
+    })?;
+    parse(&text, path, ov)
+}
+
+/// Parse and validate config text. `origin` only labels messages.
+pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
+    let at = |span: std::ops::Range<usize>| Where {
+        origin,
+        line: Some(line_of(text, span.start)),
+    };
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|e| Error::Config(format!("config {}: {}", origin.display(), e.to_string().trim_end())))?;
+
+    let app_root = root(
+        "app_root",
+        ov.app_root.as_deref(),
+        raw.app_root.as_ref(),
+        &at,
+        origin,
+    )?;
+    let share_root = root(
+        "share_root",
+        ov.share_root.as_deref(),
+        raw.share_root.as_ref(),
+        &at,
+        origin,
+    )?;
+    let mount_timeout = match &raw.mount_timeout {
+        Some(s) => parse_duration(s.get_ref())
+            .map_err(|m| at(s.span()).err("mount_timeout", &m))?,
+        None => Duration::ZERO,
+    };
+    let grace_period = match &raw.run.grace_period {
+        Some(s) => parse_duration(s.get_ref())
+            .map_err(|m| at(s.span()).err("run.grace_period", &m))?,
+        None => RunDefaults::default().grace_period,
+    };
+    let user = match &raw.run.user {
+        Some(u) if u.get_ref().trim().is_empty() => {
+            return Err(at(u.span()).err("run.user", "must not be empty"))
+        }
+        Some(u) => Some(u.get_ref().clone()),
+        None => None,
+    };
+
+    let mut links = Vec::with_capacity(raw.links.len());
+    for (key, value) in &raw.links {
+        let w = at(key.span());
+        let name = format!("links.{:?}", key.get_ref());
+        let app = rel_path(key.get_ref()).map_err(|m| w.err(&name, &m))?;
+        let table = &value.get_ref().0;
+        let share = rel_path(&table.share).map_err(|m| w.err(&format!("{name}.share"), &m))?;
+        if share.components().next() == Some(Component::Normal(RESERVED_DIR.as_ref())) {
+            return Err(w.err(
+                &format!("{name}.share"),
+                &format!("{RESERVED_DIR}/ is reserved for sharelink's own state"),
+            ));
+        }
+        let mut dirs = Vec::with_capacity(table.dirs.len());
+        for d in &table.dirs {
+            dirs.push(rel_path(d).map_err(|m| w.err(&format!("{name}.dirs"), &m))?);
+        }
+        links.push(Link {
+            app,
+            share,
+            dirs,
+            migrate: table.migrate,
+            line: w.line,
+        });
+    }
+    // File order reads better in `status` than key order.
+    links.sort_by_key(|l| l.line);
+
+    let cfg = Config {
+        origin: origin.to_path_buf(),
+        app_root,
+        share_root,
+        require_mount: ov.require_mount.or(raw.require_mount).unwrap_or(true),
+        mount_timeout,
+        links,
+        run: RunDefaults {
+            user,
+            grace_period,
+            kill_process_group: raw.run.kill_process_group.unwrap_or(false),
+        },
+    };
+    check_overlaps(&cfg)?;
+    Ok(cfg)
+}
+
+struct Where<'a> {
+    origin: &'a Path,
+    line: Option<usize>,
+}
+
+impl Where<'_> {
+    fn err(&self, key: &str, msg: &str) -> Error {
+        match self.line {
+            Some(l) => Error::Config(format!(
+                "config {} line {l}: {key}: {msg}",
+                self.origin.display()
+            )),
+            None => Error::Config(format!("config {}: {key}: {msg}", self.origin.display())),
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn root<'a>(
+    key: &str,
+    flag: Option<&Path>,
+    file: Option<&Spanned<String>>,
+    at: &dyn Fn(std::ops::Range<usize>) -> Where<'a>,
+    origin: &'a Path,
+) -> Result<PathBuf> {
+    let (value, w) = match (flag, file) {
+        (Some(p), _) => (
+            p.to_path_buf(),
+            Where {
+                origin,
+                line: None,
+            },
+        ),
+        (None, Some(s)) => (PathBuf::from(s.get_ref()), at(s.span())),
+        (None, None) => {
+            return Err(Error::Config(format!(
+                "config {}: {key} is missing (set it in the file or with --{})",
+                origin.display(),
+                key.replace('_', "-")
+            )))
+        }
+    };
+    if !value.is_absolute() {
+        return Err(w.err(key, &format!("must be an absolute path, got {:?}", value)));
+    }
+    let mut out = PathBuf::from("/");
+    for c in value.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                return Err(w.err(key, &format!("must not contain '..', got {:?}", value)))
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A path relative to a root: non-empty, not absolute, no `.` or `..`.
+/// Repeated and trailing slashes are tolerated and normalised away.
+pub fn rel_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.starts_with('/') {
+        return Err(format!("must be relative, got {s:?}"));
+    }
+    if s.contains('\0') {
+        return Err(format!("must not contain a NUL byte, got {s:?}"));
+    }
+    let mut out = PathBuf::new();
+    for part in s.split('/') {
+        match part {
+            "" => {}
+            "." | ".." => return Err(format!("must not contain '{part}', got {s:?}")),
+            p => out.push(p),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(format!("must name a directory, got {s:?}"));
+    }
+    Ok(out)
+}
+
+/// Parse `"500ms"`, `"3s"`, `"2m"`, `"1h"` (and `"0"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("bad duration {s:?}: use a whole number with ms, s, m or h, like \"500ms\", \"3s\", \"2m\"");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        "" if n == 0 => Duration::ZERO,
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+/// Two links may not overlap on the app side or on the share side, and no
+/// app directory may contain (or sit inside) a share target.
+///
+/// Sorting makes this O(n log n): if `a` is a prefix of `b`, every path
+/// sorted between them also starts with `a`, so a prefix always shows up
+/// between neighbours.
+fn check_overlaps(cfg: &Config) -> Result<()> {
+    let describe = |l: &Link| match l.line {
+        Some(n) => format!("links.{:?} (line {n})", l.app.display().to_string()),
+        None => format!("links.{:?}", l.app.display().to_string()),
+    };
+    for (side, get) in [
+        ("app", (|l: &Link| l.app.clone()) as fn(&Link) -> PathBuf),
+        ("share", |l: &Link| l.share.clone()),
+    ] {
+        let mut v: Vec<(PathBuf, &Link)> = cfg.links.iter().map(|l| (get(l), l)).collect();
+        v.sort_by(|a, b| a.0.components().cmp(b.0.components()));
+        for w in v.windows(2) {
+            if w[1].0.starts_with(&w[0].0) {
+                let how = if w[0].0 == w[1].0 { "is the same" } else { "contains" };
+                return Err(Error::Config(format!(
+                    "config {}: {} and {} overlap on the {side} side: {side} path {:?} {how} {:?}",
+                    cfg.origin.display(),
+                    describe(w[0].1),
+                    describe(w[1].1),
+                    w[0].0,
+                    w[1].0
+                )));
+            }
+        }
+    }
+    for l in &cfg.links {
+        let app = cfg.app_path(l);
+        let share = cfg.share_path(l);
+        if app.starts_with(&share) || share.starts_with(&app) {
+            return Err(Error::Config(format!(
+                "config {}: {}: app path {} and share path {} overlap",
+                cfg.origin.display(),
+                describe(l),
+                app.display(),
+                share.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config> {
+        parse(text, Path::new("t.toml"), &Overrides::default())
+    }
+    fn err(text: &str) -> String {
+        let e = p(text).unwrap_err();
+        assert_eq!(e.exit_code(), 78, "{e}");
+        e.to_string()
+    }
+    const ROOTS: &str = "app_root = \"/app\"\nshare_root = \"/mnt/fileshare\"\n";
+
+    #[test]
+    fn spec_example_parses() {
+        let c = p(r#"
+app_root = "/app"
+share_root = "/mnt/fileshare"
+require_mount = true
+mount_timeout = "30s"
+
+[links]
+"modelling/predictions" = "modelling/predictions"
+"scraping/scraped_data" = "scraping/scraped_data"
+"forecasting/data" = { share = "forecasting/data", dirs = ["input", "output"] }
+"modelling/cache"  = { share = "modelling/cache", dirs = ["sarima_params", "time_moe_cache"], migrate = "merge" }
+
+[run]
+user = "app"
+grace_period = "3s"
+kill_process_group = false
+"#)
+        .unwrap();
+        assert_eq!(c.app_root, Path::new("/app"));
+        assert_eq!(c.mount_timeout, Duration::from_secs(30));
+        assert_eq!(c.links.len(), 4);
+        // File order, not key order.
+        assert_eq!(c.links[0].app, Path::new("modelling/predictions"));
+        assert_eq!(c.links[2].dirs, vec![PathBuf::from("input"), PathBuf::from("output")]);
+        assert_eq!(c.links[3].migrate, MigrateMode::Merge);
+        assert_eq!(c.links[0].migrate, MigrateMode::IfEmpty);
+        assert_eq!(c.links[0].line, Some(8));
+        assert_eq!(c.run.user.as_deref(), Some("app"));
+        assert_eq!(c.share_path(&c.links[2]), Path::new("/mnt/fileshare/forecasting/data"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = p(ROOTS).unwrap();
+        assert!(c.require_mount);
+        assert_eq!(c.mount_timeout, Duration::ZERO);
+        assert_eq!(c.run, RunDefaults::default());
+        assert!(c.links.is_empty());
+    }
+
+    #[test]
+    fn overrides_win() {
+        let ov = Overrides {
+            app_root: Some("/other".into()),
+            share_root: None,
+            require_mount: Some(false),
+        };
+        let c = parse(ROOTS, Path::new("t"), &ov).unwrap();
+        assert_eq!(c.app_root, Path::new("/other"));
+        assert!(!c.require_mount);
+        // A root may come from the command line alone.
+        let c = parse("share_root = \"/s\"", Path::new("t"), &ov).unwrap();
+        assert_eq!(c.app_root, Path::new("/other"));
+    }
+
+    #[test]
+    fn unknown_keys_named_with_line() {
+        let e = err(&format!("{ROOTS}colour = 1\n"));
+        assert!(e.contains("colour") && e.contains("line 3"), "{e}");
+        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ shar = \"a\" }}\n"));
+        assert!(e.contains("shar") && e.contains("line 4"), "{e}");
+        let e = err(&format!("{ROOTS}[run]\nusr = \"x\"\n"));
+        assert!(e.contains("usr"), "{e}");
+    }
+
+    #[test]
+    fn roots_must_be_absolute_and_present() {
+        assert!(err("share_root = \"/s\"").contains("app_root is missing"));
+        let e = err("app_root = \"app\"\nshare_root = \"/s\"");
+        assert!(e.contains("app_root") && e.contains("absolute") && e.contains("line 1"), "{e}");
+        let e = err("app_root = \"/app\"\nshare_root = \"/s/../x\"");
+        assert!(e.contains("share_root") && e.contains(".."), "{e}");
+    }
+
+    #[test]
+    fn bad_link_paths() {
+        for (k, v, what) in [
+            ("", "x", "empty"),
+            ("/abs", "x", "relative"),
+            ("a/../b", "x", ".."),
+            ("./a", "x", "'.'"),
+            ("a", "", "empty"),
+            ("a", "/abs", "relative"),
+            ("a", "x/..", ".."),
+            ("a", ".sharelink/x", "reserved"),
+        ] {
+            let e = err(&format!("{ROOTS}[links]\n{k:?} = {v:?}\n"));
+            assert!(e.contains(what) && e.contains("line 4"), "{k} {v}: {e}");
+        }
+        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ share = \"a\", dirs = [\"../x\"] }}\n"));
+        assert!(e.contains("dirs") && e.contains(".."), "{e}");
+        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ share = \"a\", dirs = [\"/x\"] }}\n"));
+        assert!(e.contains("dirs"), "{e}");
+    }
+
+    #[test]
+    fn trailing_and_double_slashes_normalise() {
+        let c = p(&format!("{ROOTS}[links]\n\"a//b/\" = \"x/y/\"\n")).unwrap();
+        assert_eq!(c.links[0].app, Path::new("a/b"));
+        assert_eq!(c.links[0].share, Path::new("x/y"));
+    }
+
+    #[test]
+    fn overlaps_rejected() {
+        for (a, b) in [
+            ("\"a\" = \"x\"\n\"a/b\" = \"y\"", "app"),
+            ("\"a\" = \"x\"\n\"b\" = \"x/y\"", "share"),
+            ("\"a\" = \"x\"\n\"b\" = \"x\"", "share"),
+            ("\"a\" = \"x\"\n\"a//\" = \"y\"", ""),
+        ] {
+            let text = format!("{ROOTS}[links]\n{a}\n");
+            let e = p(&text).unwrap_err().to_string();
+            assert!(e.contains("overlap") || e.contains("duplicate"), "{a}: {e}");
+            assert!(e.contains(b), "{a}: {e}");
+        }
+        // Siblings with a common name prefix do not overlap.
+        p(&format!("{ROOTS}[links]\n\"ab\" = \"xy\"\n\"a\" = \"x\"\n\"a-b\" = \"x-y\"\n")).unwrap();
+        // A share target inside an app link.
+        let e = err("app_root = \"/app\"\nshare_root = \"/app/share\"\n[links]\n\"share\" = \"x\"\n");
+        assert!(e.contains("overlap"), "{e}");
+    }
+
+    #[test]
+    fn migrate_values() {
+        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ share = \"a\", migrate = \"always\" }}\n"));
+        assert!(e.contains("always") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "3", "s", "-1s", "1.5s", "3 sec", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let e = err(&format!("{ROOTS}mount_timeout = \"soon\"\n"));
+        assert!(e.contains("mount_timeout") && e.contains("line 3"), "{e}");
+        let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3\"\n"));
+        assert!(e.contains("run.grace_period") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_named() {
+        let e = err(&format!("{ROOTS}require_mount = \"yes\"\n"));
+        assert!(e.contains("require_mount") || e.contains("line 3"), "{e}");
+        let e = err(&format!("{ROOTS}[links]\n\"a\" = 3\n"));
+        assert!(e.contains("line 4"), "{e}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Errors and the exit codes of SPEC.md.
+//!
+//! Every failure that reaches the user is an [`Error`]: a message that names
+//! the culprit (a config key, a path) and a class that fixes the exit code.
+//! I/O errors are classed by errno so that "the share is full" (73) is told
+//! apart from "the share is flaky" (74).
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+/// Exit codes, fixed by SPEC.md (BSD `sysexits.h` values where one fits).
+pub mod code {
+    pub const OK: i32 = 0;
+    /// `status`: some link is not healthy.
+    pub const UNHEALTHY: i32 = 1;
+    pub const USAGE: i32 = 2;
+    /// The filesystem holds something sharelink must not touch.
+    pub const UNSAFE: i32 = 65;
+    /// `share_root` missing or not mounted.
+    pub const UNAVAILABLE: i32 = 69;
+    /// Permission denied, read-only, or no space left.
+    pub const CANT_WRITE: i32 = 73;
+    pub const IO: i32 = 74;
+    pub const CONFIG: i32 = 78;
+    pub const NOT_EXECUTABLE: i32 = 126;
+    pub const NOT_FOUND: i32 = 127;
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// Config missing or invalid (78).
+    Config(String),
+    /// Something is where sharelink must not touch it (65).
+    Unsafe(String),
+    /// The share is not there (69).
+    ShareUnavailable(String),
+    /// An I/O failure; the class comes from the errno (73 or 74).
+    Io { context: String, source: io::Error },
+    /// A termination signal arrived during linking: stop, exit 128+signal.
+    Interrupted(i32),
+    /// Bad command line (2).
+    Usage(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => code::CONFIG,
+            Error::Unsafe(_) => code::UNSAFE,
+            Error::ShareUnavailable(_) => code::UNAVAILABLE,
+            Error::Io { source, .. } => io_exit_code(source),
+            Error::Interrupted(sig) => 128 + sig,
+            Error::Usage(_) => code::USAGE,
+        }
+    }
+
+    /// An I/O error with what was being done and to which path.
+    pub fn io(what: &str, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            context: format!("{what} {}", path.display()),
+            source,
+        }
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, Error::Interrupted(_))
+    }
+}
+
+/// 73 for "cannot write here" errors, 74 for everything else.
+pub fn io_exit_code(e: &io::Error) -> i32 {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOSPC | libc::EDQUOT) => {
+            code::CANT_WRITE
+        }
+        _ => code::IO,
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(m) | Error::Unsafe(m) | Error::ShareUnavailable(m) | Error::Usage(m) => {
+                f.write_str(m)
+            }
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Interrupted(sig) => write!(f, "interrupted by signal {}", signal_name(*sig)),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// "SIGTERM" for 15; the number for anything nix does not know.
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// Attach a path and a verb to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(what, path, e))
+    }
+}
+
+impl<T> IoContext<T> for nix::Result<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(what, path, io::Error::from(e)))
+    }
+}
