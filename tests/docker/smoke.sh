@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# Container smoke test: the real Dockerfile and docker-compose.yml on a real
+# Docker engine, with no image registry (base image made locally).
+#
+#   bash tests/docker/smoke.sh
+#
+# Checks (issue 4):
+#   (1) `up` runs the pipeline; the container's exit code is the pipeline's
+#   (2) every data directory is a symlink into /mnt/fileshare; baked data is in
+#       the host's share directory
+#   (3) `restart` keeps the data and migrates nothing again
+#   (4) `stop` of a long-running pipeline is quick and the container exits 143
+#   (5) orphans spawned by the pipeline leave no zombies
+#   (6) `up --scale app=4` on a fresh share: all linked, data migrated once
+#   (7) docker-compose.prod.yml validates
+# plus: the image builds from the Dockerfile's `prebuilt` target, require_mount
+# sees the bind mount, no mount -> exit 69 with nothing touched, --user works.
+#
+# Environment:
+#   SHARELINK_BIN=path    use this static binary instead of building one
+#   SHARELINK_BASE_IMAGE  base image tag (default: made by make-base-image.sh)
+#   SMOKE_KEEP=1          keep containers, image and temp dir for debugging
+#
+# Every docker command runs under `timeout`; the script cannot hang. Exit 0
+# only when every check passed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+ID="$(date +%s)$$"
+PROJECT="slsmoke${ID}"
+IMAGE="sharelink-smoke:${ID}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/sharelink-smoke.XXXXXX")"
+PROJECTS=()
+FAILED=()
+PASSED=0
+T0=$SECONDS
+
+say() { echo "--- $*"; }
+pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
+fail() { FAILED+=("$*"); echo "FAIL: $*"; }
+# check DESCRIPTION COMMAND...: PASS/FAIL line from the command's status.
+check() {
+    local desc="$1"
+    shift
+    if "$@"; then pass "$desc"; else fail "$desc"; fi
+}
+# Bounded docker commands: t SECONDS CMD...
+t() { local s="$1"; shift; timeout -k 5 "$s" "$@"; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ "${SMOKE_KEEP:-0}" = 1 ]; then
+        echo "SMOKE_KEEP=1: keeping projects ${PROJECTS[*]:-}, image $IMAGE, dir $WORK"
+        return
+    fi
+    for p in "${PROJECTS[@]:-}"; do
+        [ -n "$p" ] || continue
+        t 60 docker-compose -p "$p" -f "$ROOT/docker-compose.yml" down -v --remove-orphans -t 1 >/dev/null 2>&1
+    done
+    # Containers made with plain `docker run` carry our label.
+    local ids
+    ids="$(t 30 docker ps -aq --filter "label=sharelink-smoke=$ID" 2>/dev/null)"
+    [ -z "$ids" ] || t 60 docker rm -f $ids >/dev/null 2>&1
+    t 60 docker rmi -f "$IMAGE" >/dev/null 2>&1
+    # Files written by containers may be root's; remove them from a container
+    # when we are not root ourselves.
+    rm -rf "$WORK" 2>/dev/null ||
+        { t 60 docker run --rm -v "$WORK:/w" "$BASE" sh -c 'rm -rf /w/* /w/.[!.]*' >/dev/null 2>&1; rm -rf "$WORK"; }
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "smoke: interrupted"; exit 130' INT TERM
+
+# --- prerequisites ---------------------------------------------------------
+t 30 docker info >/dev/null 2>&1 || { echo "FAIL: docker engine not reachable"; exit 1; }
+command -v docker-compose >/dev/null || { echo "FAIL: docker-compose not installed"; exit 1; }
+
+BASE="${SHARELINK_BASE_IMAGE:-}"
+if [ -z "$BASE" ]; then
+    BASE="$(t 600 bash "$ROOT/tests/docker/make-base-image.sh")"
+fi
+
+if [ -n "${SHARELINK_BIN:-}" ]; then
+    BIN="$SHARELINK_BIN"
+else
+    say "building the static binary"
+    t 1200 cargo build --release --locked --target x86_64-unknown-linux-musl >"$WORK/cargo.log" 2>&1 ||
+        { cat "$WORK/cargo.log"; echo "FAIL: cargo build (is the x86_64-unknown-linux-musl target installed?)"; exit 1; }
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/release/sharelink"
+fi
+[ -x "$BIN" ] || { echo "FAIL: no binary at $BIN"; exit 1; }
+
+# Links from the config the image bakes: "app path" and share path per line.
+LINKS=()   # "app_rel share_rel"
+while IFS= read -r line; do
+    app="$(sed -E 's/^"([^"]+)".*/\1/' <<<"$line")"
+    share="$(sed -E 's/^"[^"]+"[[:space:]]*=[[:space:]]*(\{[^}]*share[[:space:]]*=[[:space:]]*)?"([^"]+)".*/\2/' <<<"$line")"
+    LINKS+=("$app $share")
+done < <(sed -n '/^\[links\]/,/^\[/p' config/sharelink.toml | grep -E '^"[^"]+"[[:space:]]*=')
+[ "${#LINKS[@]}" -ge 1 ] || { echo "FAIL: could not read [links] from config/sharelink.toml"; exit 1; }
+echo "links: $(printf '%s; ' "${LINKS[@]}")"
+
+# Baked data: every file and symlink under the demo app's data directories.
+baked_list() { # -> "share_rel/path" lines, sorted
+    local l app share
+    for l in "${LINKS[@]}"; do
+        app="${l%% *}"; share="${l#* }"
+        [ -d "examples/pipeline/$app" ] || continue
+        (cd "examples/pipeline/$app" && find . \( -type f -o -type l \) | sed "s#^\./#$share/#")
+    done | sort
+}
+baked_list >"$WORK/baked.txt"
+echo "baked data: $(wc -l <"$WORK/baked.txt") files/symlinks"
+
+# --- image -----------------------------------------------------------------
+say "building $IMAGE from Dockerfile (target prebuilt, BASE_IMAGE=$BASE)"
+# A context of just what the runtime stages use, with the binary in dist/.
+CTX="$WORK/context"
+mkdir -p "$CTX/dist"
+cp -a Dockerfile .dockerignore config examples "$CTX/"
+cp "$BIN" "$CTX/dist/sharelink"
+if t 600 docker build --target prebuilt --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" "$CTX" >"$WORK/build.log" 2>&1; then
+    pass "image builds from the Dockerfile (target prebuilt)"
+else
+    tail -n 40 "$WORK/build.log"
+    fail "image builds from the Dockerfile (target prebuilt)"
+    exit 1
+fi
+ep="$(t 30 docker image inspect -f '{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{if .Config.Healthcheck}}{{json .Config.Healthcheck.Test}}{{end}}' "$IMAGE" || true)"
+echo "image config: $ep"
+check "image: ENTRYPOINT sharelink run --, CMD the pipeline, HEALTHCHECK sharelink status" \
+    grep -q '\["/usr/local/bin/sharelink","run","--"\] \["/app/run_pipeline.sh"\] \["CMD","/usr/local/bin/sharelink","status"\]' <<<"$ep"
+
+# --- compose helpers ---------------------------------------------------------
+export SHARELINK_IMAGE="$IMAGE" SHARELINK_BUILD_TARGET=prebuilt BASE_IMAGE="$BASE"
+export SHARELINK_LOG=info
+unset PIPELINE_EXIT PIPELINE_HOLD PIPELINE_ORPHANS PIPELINE_ORPHAN_LIFE
+: >"$WORK/empty.env"
+CUR=""      # current compose project
+# new_project NAME SHARE_DIR: later `dc` calls use them.
+new_project() {
+    CUR="${PROJECT}$1"
+    PROJECTS+=("$CUR")
+    export SHARELINK_SHARE_DIR="$2"
+    mkdir -p "$2"
+}
+dc() { t "${DC_TIMEOUT:-120}" docker-compose --env-file "$WORK/empty.env" -p "$CUR" -f "$ROOT/docker-compose.yml" --ansi never "$@"; }
+cids() { dc ps -q app 2>/dev/null; }
+cid1() { cids | head -n1 || true; }
+# wait_exit CID [SECONDS] -> prints the exit code
+wait_exit() { t "${2:-${SMOKE_WAIT:-90}}" docker wait "$1" 2>/dev/null || echo "timeout"; }
+logs() { t 30 docker logs "$1" 2>&1; }
+# ex CID CMD...: run in the container (bypassing the entrypoint)
+ex() { local c="$1"; shift; t 30 docker exec "$c" "$@"; }
+# wait_for SECONDS CMD...: poll until CMD succeeds
+wait_for() {
+    local until=$((SECONDS + $1)); shift
+    while ! "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$until" ] || return 1
+        sleep 0.2
+    done
+}
+# wait_log CID PATTERN SECONDS: until the logs show PATTERN; gives up early
+# when the container is no longer running.
+wait_log() {
+    local until=$((SECONDS + $3))
+    while ! logs_have "$1" "$2"; do
+        running "$1" || { logs_have "$1" "$2"; return; }
+        [ "$SECONDS" -lt "$until" ] || return 1
+        sleep 0.2
+    done
+}
+running() { [ "$(t 10 docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
+logs_have() { logs "$1" | grep -q -- "$2"; }
+# The container's app-side link entries, from its filesystem (works on
+# stopped containers): "app_rel -> target" lines.
+links_in() {
+    local c="$1" l app
+    for l in "${LINKS[@]}"; do
+        app="${l%% *}"
+        t 30 docker cp "$c:/app/$(dirname "$app")" - 2>/dev/null | tar -tvf - 2>/dev/null |
+            awk -v want="$(basename "$(dirname "$app")")/$(basename "$app")" '$6 == want && $1 ~ /^l/ { print $6, $7, $8 }'
+    done
+}
+# all_linked CID: every data directory is the absolute symlink into the share.
+all_linked() {
+    local c="$1" l app share got
+    got="$(links_in "$c")"
+    for l in "${LINKS[@]}"; do
+        app="${l%% *}"; share="${l#* }"
+        grep -qxF "$(basename "$(dirname "$app")")/$(basename "$app") -> /mnt/fileshare/$share" <<<"$got" ||
+            { echo "  not linked: /app/$app (container ${c:0:12}); saw: ${got:-nothing}"; return 1; }
+    done
+}
+# baked_on_share DIR: each baked file is on the share, byte for byte (symlinks
+# as symlinks with the same target).
+baked_on_share() {
+    local dir="$1" rel src
+    while IFS= read -r rel; do
+        src="$(baked_src "$rel")"
+        if [ -L "$src" ]; then
+            [ -L "$dir/$rel" ] && [ "$(readlink "$dir/$rel")" = "$(readlink "$src")" ] ||
+                { echo "  symlink missing or changed on share: $rel"; return 1; }
+        else
+            cmp -s "$src" "$dir/$rel" || { echo "  missing or different on share: $rel"; return 1; }
+        fi
+    done <"$WORK/baked.txt"
+}
+baked_src() { # share-relative path -> the file in examples/pipeline
+    local rel="$1" l app share
+    for l in "${LINKS[@]}"; do
+        app="${l%% *}"; share="${l#* }"
+        case "$rel" in "$share"/*) echo "examples/pipeline/$app/${rel#"$share"/}"; return ;; esac
+    done
+}
+# Nothing displaced, no nested copies (data/data), nothing unexpected beside
+# the link targets (staging leftovers), baked files exactly once.
+share_clean() {
+    local dir="$1" l share ok=0 extra
+    if [ -d "$dir/.sharelink/displaced" ] && [ -n "$(find "$dir/.sharelink/displaced" ! -type d | head -n1)" ]; then
+        echo "  displaced files:"; find "$dir/.sharelink/displaced" ! -type d | sed 's/^/    /'; ok=1
+    fi
+    for l in "${LINKS[@]}"; do
+        share="${l#* }"
+        [ ! -e "$dir/$share/$(basename "$share")" ] || { echo "  nested copy: $share/$(basename "$share")"; ok=1; }
+    done
+    # Every entry on the share must be a link target, inside one, or one of
+    # their parents (or sharelink's own .sharelink/).
+    extra="$(cd "$dir" && find . -mindepth 1 -path ./.sharelink -prune -o -print | sed 's#^\./##' | while IFS= read -r p; do
+        keep=0
+        for l in "${LINKS[@]}"; do
+            s="${l#* }"
+            case "$s/" in "$p"/*) keep=1 ;; esac
+            case "$p" in "$s" | "$s"/*) keep=1 ;; esac
+        done
+        [ "$keep" = 1 ] || echo "$p"
+    done)"
+    [ -z "$extra" ] || { echo "  unexpected entries on the share: $extra"; ok=1; }
+    # Baked files exactly once: same names as baked, and no "copy" variants.
+    local dup
+    dup="$(cd "$dir" && while IFS= read -r rel; do
+        d="$(dirname "$rel")"; b="$(basename "$rel")"
+        find "$d" -maxdepth 1 -name "*${b}?*" ! -name "$b" 2>/dev/null
+    done <"$WORK/baked.txt")"
+    [ -z "$dup" ] || { echo "  baked files duplicated: $dup"; ok=1; }
+    return $ok
+}
+count() { find "$1" -maxdepth 1 -name "$2" 2>/dev/null | wc -l; }
+outputs_are() { # DIR N: each data directory got N pipeline outputs
+    local dir="$1" n="$2" got
+    for spec in "scraping/scraped_data prices-*.csv" "forecasting/data/output forecast-*.csv" \
+        "modelling/predictions predictions-*.csv" "modelling/cache/time_moe_cache *.cache"; do
+        got="$(count "$dir/${spec%% *}" "${spec#* }")"
+        [ "$got" = "$n" ] || { echo "  $dir/${spec%% *}: $got outputs, want $n"; return 1; }
+    done
+}
+snapshot() { # DIR -> inode/size/mtime of the baked files
+    (cd "$1" && while IFS= read -r rel; do stat -c '%n %i %s %Y' "$rel"; done <"$WORK/baked.txt") 2>&1
+}
+zombies() { # CID -> number of zombie processes in the container
+    ex "$1" sh -c 'n=0; for s in /proc/[0-9]*/status; do grep -q "^State:[[:space:]]*Z" "$s" 2>/dev/null && n=$((n+1)); done; echo $n'
+}
+adopted_sleeps() { # CID -> number of `sleep` processes whose parent is PID 1
+    ex "$1" sh -c 'n=0; for d in /proc/[0-9]*; do
+        [ "$(cat $d/comm 2>/dev/null)" = sleep ] && grep -q "^PPid:[[:space:]]*1$" $d/status 2>/dev/null && n=$((n+1)); done; echo $n'
+}
+show_logs() { for c in $(cids); do echo "  --- logs of ${c:0:12}"; logs "$c" | tail -n 25 | sed 's/^/  | /'; done; }
+
+# --- (7) prod file ---------------------------------------------------------
+say "(7) docker-compose.prod.yml"
+prod() { t 60 docker-compose --env-file "$WORK/empty.env" -f "$ROOT/docker-compose.prod.yml" "$@"; }
+if AZURE_STORAGE_ACCOUNT=dummyaccount AZURE_STORAGE_KEY='ZHVtbXk+a2V5/w==' AZURE_FILE_SHARE=dummyshare \
+    prod config >"$WORK/prod.yml" 2>"$WORK/prod.err"; then
+    pass "(7) prod compose file validates with dummy env"
+    missing=""
+    for opt in vers=3.1.1 mfsymlinks nobrl serverino nosharesock actimeo=30 uid= gid= file_mode= dir_mode= \
+        addr=dummyaccount.file.core.windows.net username=dummyaccount 'password=ZHVtbXk+a2V5/w=='; do
+        grep -q -- "o:.*$opt" "$WORK/prod.yml" || missing="$missing $opt"
+    done
+    grep -q 'type: cifs' "$WORK/prod.yml" || missing="$missing type=cifs"
+    grep -q 'device: //dummyaccount.file.core.windows.net/dummyshare' "$WORK/prod.yml" || missing="$missing device"
+    grep -q "SHARELINK_REQUIRE_MOUNT: 'true'\|SHARELINK_REQUIRE_MOUNT: \"true\"" "$WORK/prod.yml" || missing="$missing require_mount"
+    check "(7) prod volume: cifs with all mount options, require_mount on${missing:+ (missing:$missing)}" test -z "$missing"
+else
+    cat "$WORK/prod.err"
+    fail "(7) prod compose file validates with dummy env"
+fi
+check "(7) prod compose file refuses to render without the Azure credentials" \
+    bash -c '! env -u AZURE_STORAGE_ACCOUNT -u AZURE_STORAGE_KEY -u AZURE_FILE_SHARE \
+        timeout 60 docker-compose --env-file "$1" -f "$2" config >/dev/null 2>&1' _ "$WORK/empty.env" "$ROOT/docker-compose.prod.yml"
+
+# --- no mount: refuse ------------------------------------------------------
+say "require_mount without a mount"
+printf 'app_root = "/app"\nshare_root = "/mnt/fileshare"\nrequire_mount = true\nmount_timeout = "1s"\n[links]\n' >"$WORK/nomount.toml"
+sed -n '/^\[links\]/,/^\[/p' config/sharelink.toml | grep -E '^"' >>"$WORK/nomount.toml"
+c="$(t 60 docker create --label "sharelink-smoke=$ID" -v "$WORK/nomount.toml:/etc/sharelink/nomount.toml:ro" \
+    -e SHARELINK_CONFIG=/etc/sharelink/nomount.toml "$IMAGE" 2>/dev/null)" || c=""
+if [ -n "$c" ] && t 30 docker start "$c" >/dev/null 2>&1; then
+    code="$(wait_exit "$c" 60)"
+    check "no share mounted: exit 69 (got $code)" test "$code" = 69
+    check "no share mounted: nothing linked" test -z "$(links_in "$c")"
+    check "no share mounted: baked data still in the image's directories" \
+        bash -c 'timeout 30 docker cp "$1:/app/forecasting/data" - | tar -tf - | grep -q "data/input/sales.csv$"' _ "$c"
+    t 30 docker rm -f "$c" >/dev/null 2>&1 || true
+else
+    fail "no share mounted: could not start a container"
+fi
+
+# --- scenario A: one replica -------------------------------------------------
+SHARE_A="$WORK/share-a"
+new_project a "$SHARE_A"
+check "local compose file validates" dc config -q
+
+say "(1) up runs the pipeline; exit code is the pipeline's"
+PIPELINE_EXIT=0 dc up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(1) docker-compose up -d"; }
+C="$(cid1)"
+if [ -n "$C" ]; then
+    code="$(wait_exit "$C")"
+    check "(1) up: pipeline ran and the container exited 0 (got $code)" \
+        bash -c '[ "$1" = 0 ] && grep -q "pipeline\[.*\]: done, exit 0" <<<"$2"' _ "$code" "$(logs "$C")"
+    [ "$code" = 0 ] || show_logs
+    say "(2) data directories are symlinks into the share; baked data is on the host"
+    check "(2) container: every data directory -> /mnt/fileshare/<share path>" all_linked "$C"
+    check "(2) host share dir holds every baked file (byte-identical, symlinks kept)" baked_on_share "$SHARE_A"
+    check "(2) host share dir: pipeline outputs landed in every data directory" outputs_are "$SHARE_A" 1
+    check "(2) host share dir: nothing displaced, nested or left behind" share_clean "$SHARE_A"
+else
+    fail "(1) up: no container"
+fi
+
+# Exit code through `up` itself (attached), non-zero.
+code=0
+PIPELINE_EXIT=7 dc up --exit-code-from app >"$WORK/up7.log" 2>&1 || code=$?
+check "(1) up --exit-code-from app returns the pipeline's non-zero status (7, got $code)" test "$code" = 7
+[ "$code" = 7 ] || tail -n 20 "$WORK/up7.log"
+C="$(cid1)"
+code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
+check "(1) container exit code is the pipeline's (7, got $code)" test "$code" = 7
+
+say "(3) restart keeps the data and does not migrate again"
+{ echo "written by the smoke test" >"$SHARE_A/forecasting/data/marker.txt"; } 2>/dev/null ||
+    echo "  (could not write a marker: no forecasting/data on the share)"
+before="$(snapshot "$SHARE_A" || true)"
+dc restart -t 5 >/dev/null 2>&1 || true
+code="$(wait_exit "$C")"
+after="$(snapshot "$SHARE_A" || true)"
+check "(3) restart: pipeline ran again (exit 7, got $code)" test "$code" = 7
+check "(3) restart: baked files on the share are the same files (inode, size, mtime)" test "$before" = "$after"
+[ "$before" = "$after" ] || diff <(echo "$before") <(echo "$after") | sed 's/^/  /'
+check "(3) restart: user data kept" grep -qs "written by the smoke test" "$SHARE_A/forecasting/data/marker.txt"
+check "(3) restart: outputs of both runs kept (3 runs so far)" outputs_are "$SHARE_A" 3
+check "(3) restart: still linked" all_linked "$C"
+check "(3) restart: nothing displaced, nested or left behind" share_clean "$SHARE_A"
+
+say "(4) stop of a long-running pipeline; recreate on a used share"
+# A new container has the baked data in its image again while the share
+# already has it: the share wins, nothing is copied over it or displaced.
+{ echo "2024-01-08,999" >>"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || true
+edited="$({ cksum <"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || echo missing)"
+before="$(snapshot "$SHARE_A" || true)"
+PIPELINE_HOLD=300 dc up -d --force-recreate >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(4) up -d (hold)"; }
+C="$(cid1)"
+if [ -n "$C" ] && wait_log "$C" "holding for" 60; then
+    pass "(4) recreated container started the long-running pipeline"
+    check "(2) running container: /mnt/fileshare is a mount point in /proc/self/mountinfo" \
+        ex "$C" grep -q ' /mnt/fileshare ' /proc/self/mountinfo
+    check "(2) running container: sharelink status exits 0 (HEALTHCHECK)" ex "$C" /usr/local/bin/sharelink status
+    check "(2) running container: every data directory resolves into the share" \
+        ex "$C" sh -c 'for d in forecasting/data modelling/cache modelling/predictions scraping/scraped_data; do
+            case "$(readlink "/app/$d")" in /mnt/fileshare/*) ;; *) exit 1 ;; esac; done'
+    check "(3) recreate: user data visible through the link" ex "$C" grep -q "smoke test" /app/forecasting/data/marker.txt
+    check "(3) recreate: nothing displaced, nested or left behind" share_clean "$SHARE_A"
+    check "(3) recreate: the share wins (a file edited on the share is not overwritten by the baked copy)" \
+        test "$edited" = "$({ cksum <"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || echo gone)"
+    after="$(snapshot "$SHARE_A" || true)"
+    check "(3) recreate: baked files on the share are the same files (inode, size, mtime)" test "$before" = "$after"
+    [ "$before" = "$after" ] || diff <(echo "$before") <(echo "$after") | sed 's/^/  /'
+    start=$(date +%s.%N)
+    dc stop >/dev/null 2>&1 || true
+    end=$(date +%s.%N)
+    secs="$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')"
+    echo "    docker-compose stop took ${secs}s"
+    check "(4) stop returned in ${secs}s (< 5s; Docker's kill deadline is 10s)" awk -v s="$secs" 'BEGIN { exit !(s < 5) }'
+    code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
+    check "(4) container exited 143 (got $code)" test "$code" = 143
+else
+    show_logs
+    fail "(4) long-running pipeline did not start"
+fi
+
+say "(5) orphans leave no zombies"
+PIPELINE_HOLD=300 PIPELINE_ORPHANS=8 PIPELINE_ORPHAN_LIFE=2 dc up -d --force-recreate >"$WORK/up.log" 2>&1 ||
+    { cat "$WORK/up.log"; fail "(5) up -d (orphans)"; }
+C="$(cid1)"
+if [ -n "$C" ] && wait_log "$C" "spawned 8 orphan" 60; then
+    n="$(adopted_sleeps "$C" || echo "?")"
+    echo "    orphans adopted by PID 1 right after spawning: $n"
+    sleep 4
+    check "(5) orphans were adopted by PID 1 and have exited" test "$(adopted_sleeps "$C")" = 0
+    z="$(zombies "$C" || echo "?")"
+    check "(5) no zombies in the container (got $z)" test "$z" = 0
+    check "(5) pipeline still running" running "$C"
+    dc stop >/dev/null 2>&1 || true
+    code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
+    check "(5) stopped: exit 143 (got $code)" test "$code" = 143
+else
+    show_logs
+    fail "(5) pipeline with orphans did not start"
+fi
+
+say "extra: --user app (non-root pipeline)"
+code=0
+out="$(dc run --rm --no-deps --entrypoint /usr/local/bin/sharelink app run --user app -- id -u 2>&1)" || code=$?
+check "--user app: pipeline runs as uid 10001 (exit $code)" bash -c '[ "$1" = 0 ] && grep -qx "10001" <<<"$2"' _ "$code" "$out"
+[ "$code" = 0 ] || echo "$out" | tail -n 10 | sed 's/^/  /'
+dc down -v -t 1 >/dev/null 2>&1 || true
+
+# --- scenario B: 4 replicas on a fresh share ---------------------------------
+say "(6) up --scale app=4 on a fresh share"
+SHARE_B="$WORK/share-b"
+new_project b "$SHARE_B"
+dc up -d --scale app=4 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(6) up --scale app=4"; }
+mapfile -t CS < <(cids)
+check "(6) 4 replicas started (got ${#CS[@]})" test "${#CS[@]}" = 4
+codes=""
+for c in "${CS[@]}"; do codes="$codes $(wait_exit "$c")"; done
+check "(6) every replica's pipeline exited 0 (got$codes)" test "$(tr -d ' 0' <<<"$codes")" = ""
+[ -z "$(tr -d ' 0' <<<"$codes")" ] || show_logs
+linked=0
+for c in "${CS[@]}"; do all_linked "$c" && linked=$((linked + 1)); done
+check "(6) every replica is linked ($linked/${#CS[@]})" test "$linked" = "${#CS[@]}"
+check "(6) baked data on the share, byte-identical" baked_on_share "$SHARE_B"
+check "(6) migrated once: nothing displaced, nested, duplicated or left behind" share_clean "$SHARE_B"
+nb="$(cd "$SHARE_B" && { for l in "${LINKS[@]}"; do s="${l#* }"; find "$s" \( -type f -o -type l \); done; } |
+    grep -cvE '/(prices|forecast|predictions)-[^/]*\.csv$|time_moe_cache/[^/]*\.cache$' || true)"
+check "(6) file count on the share: $nb baked files, want $(wc -l <"$WORK/baked.txt")" test "$nb" = "$(wc -l <"$WORK/baked.txt")"
+check "(6) each replica's outputs are on the share (4 per data directory)" outputs_are "$SHARE_B" 4
+dc down -v -t 1 >/dev/null 2>&1 || true
+
+# --- summary -----------------------------------------------------------------
+echo
+echo "smoke took $((SECONDS - T0))s"
+echo "smoke: $PASSED passed, ${#FAILED[@]} failed"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    printf '  failed: %s\n' "${FAILED[@]}"
+    exit 1
+fi
