@@ -155,14 +155,6 @@ wait_exit() { t "${2:-${SMOKE_WAIT:-90}}" docker wait "$1" 2>/dev/null || echo "
 logs() { t 30 docker logs "$1" 2>&1; }
 # ex CID CMD...: run in the container (bypassing the entrypoint)
 ex() { local c="$1"; shift; t 30 docker exec "$c" "$@"; }
-# wait_for SECONDS CMD...: poll until CMD succeeds
-wait_for() {
-    local until=$((SECONDS + $1)); shift
-    while ! "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$until" ] || return 1
-        sleep 0.2
-    done
-}
 # wait_log CID PATTERN SECONDS: until the logs show PATTERN; gives up early
 # when the container is no longer running.
 wait_log() {
