@@ -34,7 +34,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "SHARELINK_REQUIRE_MOUNT", value_name = "BOOL", value_parser = parse_bool)]
     pub require_mount: Option<bool>,
     /// Log format
-    #[arg(long, global = true, env = "SHARELINK_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHARELINK_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// More log output (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -78,7 +84,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub kill_process_group: bool,
     /// The command and its arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -154,15 +165,20 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             } else {
                 print!("{}", report.to_text());
             }
-            Ok(if report.healthy() { code::OK } else { code::UNHEALTHY })
+            Ok(if report.healthy() {
+                code::OK
+            } else {
+                code::UNHEALTHY
+            })
         }
         Command::Link { dry_run } => {
             let cfg = load(cli)?;
             if *dry_run {
                 mounts::check_share(&cfg, false)?;
-                let plan = plan::plan(&cfg)?;
+                let plan = plan::plan(&cfg);
                 print!("{plan}");
-                return Ok(code::OK);
+                // Exit as `link` would, so a dry run can gate a deploy.
+                return Ok(plan.exit_code());
             }
             link_all(&cfg)?;
             Ok(code::OK)
@@ -203,12 +219,22 @@ mod tests {
 
     #[test]
     fn run_takes_the_rest_verbatim() {
-        let c = Cli::try_parse_from(["sharelink", "run", "--", "python", "-u", "x.py", "--flag"]).unwrap();
+        let c = Cli::try_parse_from(["sharelink", "run", "--", "python", "-u", "x.py", "--flag"])
+            .unwrap();
         match c.command {
             Command::Run(r) => assert_eq!(r.command, ["python", "-u", "x.py", "--flag"]),
             _ => panic!(),
         }
-        let c = Cli::try_parse_from(["sharelink", "run", "--grace-period", "500ms", "sh", "-c", "x"]).unwrap();
+        let c = Cli::try_parse_from([
+            "sharelink",
+            "run",
+            "--grace-period",
+            "500ms",
+            "sh",
+            "-c",
+            "x",
+        ])
+        .unwrap();
         match c.command {
             Command::Run(r) => {
                 assert_eq!(r.grace_period, Some(Duration::from_millis(500)));
