@@ -68,8 +68,10 @@ pub enum ShareNode {
 }
 
 /// Walk `root/rel` component by component with `lstat`. A hostile or
-/// confused share must not make us follow a symlink out of it.
-pub fn share_node(root: &Path, rel: &Path) -> Result<ShareNode> {
+/// confused share must not make us follow a symlink out of it. Emptiness
+/// is only read when `want_empty` (it costs a directory read, a network
+/// round trip on SMB); otherwise a directory reports `empty: false`.
+pub fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode> {
     let mut cur = root.to_path_buf();
     let mut parts = rel.components().peekable();
     while let Some(c) = parts.next() {
@@ -88,14 +90,11 @@ pub fn share_node(root: &Path, rel: &Path) -> Result<ShareNode> {
             });
         }
         if parts.peek().is_none() {
-            let empty = is_empty_dir(&cur).ctx("read", &cur)?;
-            return Ok(ShareNode::Dir { empty });
+            break;
         }
     }
-    // `rel` had no components: the root itself.
-    Ok(ShareNode::Dir {
-        empty: is_empty_dir(root).ctx("read", root)?,
-    })
+    let empty = want_empty && is_empty_dir(&cur).ctx("read", &cur)?;
+    Ok(ShareNode::Dir { empty })
 }
 
 /// `mkdir -p root/rel` without following symlinks: each component is made
@@ -531,23 +530,27 @@ mod tests {
         std::os::unix::fs::symlink("/", root.join("evil")).unwrap();
         fs::write(root.join("file"), "").unwrap();
         assert_eq!(
-            share_node(root, Path::new("a/b")).unwrap(),
+            share_node(root, Path::new("a/b"), true).unwrap(),
             ShareNode::Dir { empty: true }
         );
         assert_eq!(
-            share_node(root, Path::new("a")).unwrap(),
+            share_node(root, Path::new("a/b"), false).unwrap(),
             ShareNode::Dir { empty: false }
         );
         assert_eq!(
-            share_node(root, Path::new("a/c/d")).unwrap(),
+            share_node(root, Path::new("a"), true).unwrap(),
+            ShareNode::Dir { empty: false }
+        );
+        assert_eq!(
+            share_node(root, Path::new("a/c/d"), true).unwrap(),
             ShareNode::Missing
         );
         assert!(matches!(
-            share_node(root, Path::new("evil/tmp")).unwrap(),
+            share_node(root, Path::new("evil/tmp"), true).unwrap(),
             ShareNode::Symlink { .. }
         ));
         assert!(matches!(
-            share_node(root, Path::new("file/x")).unwrap(),
+            share_node(root, Path::new("file/x"), true).unwrap(),
             ShareNode::NotDir { .. }
         ));
         assert_eq!(
