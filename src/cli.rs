@@ -34,7 +34,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "SHARELINK_REQUIRE_MOUNT", value_name = "BOOL", value_parser = parse_bool)]
     pub require_mount: Option<bool>,
     /// Log format
-    #[arg(long, global = true, env = "SHARELINK_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHARELINK_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// More log output (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -78,7 +84,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub kill_process_group: bool,
     /// The command and its arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -154,17 +165,25 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             } else {
                 print!("{}", report.to_text());
             }
-            Ok(if report.healthy() { code::OK } else { code::UNHEALTHY })
+            Ok(if report.healthy() {
+                code::OK
+            } else {
+                code::UNHEALTHY
+            })
         }
         Command::Link { dry_run } => {
             let cfg = load(cli)?;
             if *dry_run {
                 mounts::check_share(&cfg, false)?;
-                let plan = plan::plan(&cfg)?;
+                let plan = plan::plan(&cfg);
                 print!("{plan}");
-                return Ok(code::OK);
+                // Exit as `link` would, so a dry run can gate a deploy.
+                return Ok(plan.exit_code());
             }
-            link_all(&cfg)?;
+            // Directories made by hand must still be writable by the
+            // pipeline's user.
+            let owner = cfg.run.user.as_deref().map(user::resolve).transpose()?;
+            link_all(&cfg, owner.map(|c| (c.uid, c.gid)))?;
             Ok(code::OK)
         }
         Command::Run(args) => {
@@ -173,7 +192,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             // Resolve the user before touching anything: a typo must not
             // leave a half-set-up container behind.
             let credentials = user_spec.map(|u| user::resolve(u)).transpose()?;
-            link_all(&cfg)?;
+            link_all(&cfg, credentials.as_ref().map(|c| (c.uid, c.gid)))?;
+            // A signal that came after the last safe point of linking still
+            // means "do not start".
+            crate::signals::check_interrupt()?;
             let opts = supervisor::RunOptions {
                 command: args.command.clone(),
                 credentials,
@@ -186,9 +208,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
 }
 
 /// Mount guard, then plan and apply every link.
-fn link_all(cfg: &Config) -> Result<()> {
+fn link_all(cfg: &Config, owner: apply::Owner) -> Result<()> {
     mounts::check_share(cfg, true)?;
-    apply::apply(cfg)
+    apply::apply(cfg, owner)
 }
 
 #[cfg(test)]
@@ -203,12 +225,22 @@ mod tests {
 
     #[test]
     fn run_takes_the_rest_verbatim() {
-        let c = Cli::try_parse_from(["sharelink", "run", "--", "python", "-u", "x.py", "--flag"]).unwrap();
+        let c = Cli::try_parse_from(["sharelink", "run", "--", "python", "-u", "x.py", "--flag"])
+            .unwrap();
         match c.command {
             Command::Run(r) => assert_eq!(r.command, ["python", "-u", "x.py", "--flag"]),
             _ => panic!(),
         }
-        let c = Cli::try_parse_from(["sharelink", "run", "--grace-period", "500ms", "sh", "-c", "x"]).unwrap();
+        let c = Cli::try_parse_from([
+            "sharelink",
+            "run",
+            "--grace-period",
+            "500ms",
+            "sh",
+            "-c",
+            "x",
+        ])
+        .unwrap();
         match c.command {
             Command::Run(r) => {
                 assert_eq!(r.grace_period, Some(Duration::from_millis(500)));

@@ -195,12 +195,22 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<Config> {
 
 /// Parse and validate config text. `origin` only labels messages.
 pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
+    // Offsets of line starts, so each span's line is a binary search
+    // (counting newlines per link made a 1,000-link config quadratic).
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let at = |span: std::ops::Range<usize>| Where {
         origin,
-        line: Some(line_of(text, span.start)),
+        line: Some(line_starts.partition_point(|&s| s <= span.start)),
     };
-    let raw: RawConfig = toml::from_str(text)
-        .map_err(|e| Error::Config(format!("config {}: {}", origin.display(), e.to_string().trim_end())))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        Error::Config(format!(
+            "config {}: {}",
+            origin.display(),
+            e.to_string().trim_end()
+        ))
+    })?;
 
     let app_root = root(
         "app_root",
@@ -217,13 +227,15 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         origin,
     )?;
     let mount_timeout = match &raw.mount_timeout {
-        Some(s) => parse_duration(s.get_ref())
-            .map_err(|m| at(s.span()).err("mount_timeout", &m))?,
+        Some(s) => {
+            parse_duration(s.get_ref()).map_err(|m| at(s.span()).err("mount_timeout", &m))?
+        }
         None => Duration::ZERO,
     };
     let grace_period = match &raw.run.grace_period {
-        Some(s) => parse_duration(s.get_ref())
-            .map_err(|m| at(s.span()).err("run.grace_period", &m))?,
+        Some(s) => {
+            parse_duration(s.get_ref()).map_err(|m| at(s.span()).err("run.grace_period", &m))?
+        }
         None => RunDefaults::default().grace_period,
     };
     let user = match &raw.run.user {
@@ -296,14 +308,6 @@ impl Where<'_> {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
 fn root<'a>(
     key: &str,
     flag: Option<&Path>,
@@ -312,13 +316,7 @@ fn root<'a>(
     origin: &'a Path,
 ) -> Result<PathBuf> {
     let (value, w) = match (flag, file) {
-        (Some(p), _) => (
-            p.to_path_buf(),
-            Where {
-                origin,
-                line: None,
-            },
-        ),
+        (Some(p), _) => (p.to_path_buf(), Where { origin, line: None }),
         (None, Some(s)) => (PathBuf::from(s.get_ref()), at(s.span())),
         (None, None) => {
             return Err(Error::Config(format!(
@@ -373,11 +371,11 @@ pub fn rel_path(s: &str) -> Result<PathBuf, String> {
 /// Parse `"500ms"`, `"3s"`, `"2m"`, `"1h"` (and `"0"`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("bad duration {s:?}: use a whole number with ms, s, m or h, like \"500ms\", \"3s\", \"2m\"");
+    let bad = || {
+        format!("bad duration {s:?}: use a whole number with ms, s, m or h, like \"500ms\", \"3s\", \"2m\"")
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
@@ -409,7 +407,11 @@ fn check_overlaps(cfg: &Config) -> Result<()> {
         v.sort_by(|a, b| a.0.components().cmp(b.0.components()));
         for w in v.windows(2) {
             if w[1].0.starts_with(&w[0].0) {
-                let how = if w[0].0 == w[1].0 { "is the same" } else { "contains" };
+                let how = if w[0].0 == w[1].0 {
+                    "is the same"
+                } else {
+                    "contains"
+                };
                 return Err(Error::Config(format!(
                     "config {}: {} and {} overlap on the {side} side: {side} path {:?} {how} {:?}",
                     cfg.origin.display(),
@@ -476,12 +478,18 @@ kill_process_group = false
         assert_eq!(c.links.len(), 4);
         // File order, not key order.
         assert_eq!(c.links[0].app, Path::new("modelling/predictions"));
-        assert_eq!(c.links[2].dirs, vec![PathBuf::from("input"), PathBuf::from("output")]);
+        assert_eq!(
+            c.links[2].dirs,
+            vec![PathBuf::from("input"), PathBuf::from("output")]
+        );
         assert_eq!(c.links[3].migrate, MigrateMode::Merge);
         assert_eq!(c.links[0].migrate, MigrateMode::IfEmpty);
         assert_eq!(c.links[0].line, Some(8));
         assert_eq!(c.run.user.as_deref(), Some("app"));
-        assert_eq!(c.share_path(&c.links[2]), Path::new("/mnt/fileshare/forecasting/data"));
+        assert_eq!(
+            c.share_path(&c.links[2]),
+            Path::new("/mnt/fileshare/forecasting/data")
+        );
     }
 
     #[test]
@@ -522,7 +530,10 @@ kill_process_group = false
     fn roots_must_be_absolute_and_present() {
         assert!(err("share_root = \"/s\"").contains("app_root is missing"));
         let e = err("app_root = \"app\"\nshare_root = \"/s\"");
-        assert!(e.contains("app_root") && e.contains("absolute") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("app_root") && e.contains("absolute") && e.contains("line 1"),
+            "{e}"
+        );
         let e = err("app_root = \"/app\"\nshare_root = \"/s/../x\"");
         assert!(e.contains("share_root") && e.contains(".."), "{e}");
     }
@@ -542,9 +553,13 @@ kill_process_group = false
             let e = err(&format!("{ROOTS}[links]\n{k:?} = {v:?}\n"));
             assert!(e.contains(what) && e.contains("line 4"), "{k} {v}: {e}");
         }
-        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ share = \"a\", dirs = [\"../x\"] }}\n"));
+        let e = err(&format!(
+            "{ROOTS}[links]\n\"a\" = {{ share = \"a\", dirs = [\"../x\"] }}\n"
+        ));
         assert!(e.contains("dirs") && e.contains(".."), "{e}");
-        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ share = \"a\", dirs = [\"/x\"] }}\n"));
+        let e = err(&format!(
+            "{ROOTS}[links]\n\"a\" = {{ share = \"a\", dirs = [\"/x\"] }}\n"
+        ));
         assert!(e.contains("dirs"), "{e}");
     }
 
@@ -569,15 +584,21 @@ kill_process_group = false
             assert!(e.contains(b), "{a}: {e}");
         }
         // Siblings with a common name prefix do not overlap.
-        p(&format!("{ROOTS}[links]\n\"ab\" = \"xy\"\n\"a\" = \"x\"\n\"a-b\" = \"x-y\"\n")).unwrap();
+        p(&format!(
+            "{ROOTS}[links]\n\"ab\" = \"xy\"\n\"a\" = \"x\"\n\"a-b\" = \"x-y\"\n"
+        ))
+        .unwrap();
         // A share target inside an app link.
-        let e = err("app_root = \"/app\"\nshare_root = \"/app/share\"\n[links]\n\"share\" = \"x\"\n");
+        let e =
+            err("app_root = \"/app\"\nshare_root = \"/app/share\"\n[links]\n\"share\" = \"x\"\n");
         assert!(e.contains("overlap"), "{e}");
     }
 
     #[test]
     fn migrate_values() {
-        let e = err(&format!("{ROOTS}[links]\n\"a\" = {{ share = \"a\", migrate = \"always\" }}\n"));
+        let e = err(&format!(
+            "{ROOTS}[links]\n\"a\" = {{ share = \"a\", migrate = \"always\" }}\n"
+        ));
         assert!(e.contains("always") && e.contains("line 4"), "{e}");
     }
 
@@ -588,13 +609,24 @@ kill_process_group = false
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "3", "s", "-1s", "1.5s", "3 sec", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "3",
+            "s",
+            "-1s",
+            "1.5s",
+            "3 sec",
+            "99999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         let e = err(&format!("{ROOTS}mount_timeout = \"soon\"\n"));
         assert!(e.contains("mount_timeout") && e.contains("line 3"), "{e}");
         let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3\"\n"));
-        assert!(e.contains("run.grace_period") && e.contains("line 4"), "{e}");
+        assert!(
+            e.contains("run.grace_period") && e.contains("line 4"),
+            "{e}"
+        );
     }
 
     #[test]

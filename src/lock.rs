@@ -1,1 +1,354 @@
-//! placeholder
+//! Per-link lock on the share: `mkdir <share_root>/.sharelink/locks/<id>`.
+//!
+//! `mkdir` is atomic on local filesystems, NFS and SMB alike; `flock` is
+//! not an option because Azure Files is mounted with `nobrl`, which makes
+//! byte-range locks local to each client. The lock directory holds an
+//! `owner` file naming host, boot id, PID namespace, pid and process start
+//! time. A lock is stale when
+//! - its owner is on this host (same boot and PID namespace) and that
+//!   process is gone (pid absent, or a different start time: a restarted
+//!   container's PID 1 is pid 1 again), or
+//! - its lease expired: the owner file's mtime, refreshed while the holder
+//!   works ([`Lock::keepalive`]), is older than the lease.
+//!
+//! Breaking a stale lock is itself serialised by a `<id>.break` directory,
+//! so two waiters cannot both decide "stale" and one of them remove the
+//! fresh lock the other just took.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::RESERVED_DIR;
+use crate::error::{Error, IoContext, Result};
+use crate::{fsutil, signals};
+
+/// Lease length; `SHARELINK_LOCK_LEASE` (a duration) overrides it for tests
+/// and for shares with large clock skew.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+pub struct Lock {
+    dir: PathBuf,
+    owner: PathBuf,
+    content: String,
+    lease: Duration,
+    refreshed: Instant,
+}
+
+/// Who we are, as written into the owner file.
+fn identity() -> (String, String) {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let pidns = fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    (format!("host={host}\nboot={boot}\npidns={pidns}\n"), host)
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19).map(str::to_string)
+}
+
+fn field<'a>(content: &'a str, key: &str) -> Option<&'a str> {
+    content
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The lock's name for a share path: readable, one path component.
+pub fn lock_id(share_rel: &Path) -> String {
+    let raw = share_rel.as_os_str().as_encoded_bytes();
+    let mut s = String::with_capacity(raw.len());
+    for &b in raw {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if s.len() > 200 {
+        s.truncate(180);
+        s.push_str(&format!("~{:016x}", fsutil::fnv1a(raw)));
+    }
+    s
+}
+
+pub fn lease() -> Duration {
+    std::env::var("SHARELINK_LOCK_LEASE")
+        .ok()
+        .and_then(|v| crate::config::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_LEASE)
+}
+
+impl Lock {
+    /// Take the lock for `share_rel`, waiting while a live holder has it.
+    /// Returns early with `Interrupted` on a termination signal.
+    pub fn acquire(share_root: &Path, share_rel: &Path) -> Result<Lock> {
+        let locks_rel = Path::new(RESERVED_DIR).join("locks");
+        fsutil::ensure_dir_beneath(share_root, &locks_rel)?;
+        let locks = share_root.join(&locks_rel);
+        let id = lock_id(share_rel);
+        let dir = locks.join(&id);
+        let lease = lease();
+        let (me, _) = identity();
+        let pid = std::process::id();
+        let content = format!(
+            "{me}pid={pid}\nstart={}\n",
+            start_time(pid).unwrap_or_default()
+        );
+        // The lock appears whole: made under a private name with its owner
+        // file, then renamed into place. A lock directory without an owner
+        // is therefore never live (only a crashed release leaves one).
+        let fresh = locks.join(format!("{id}.new.{pid}"));
+        let owner_tmp = fresh.join("owner");
+        let _ = fs::remove_file(&owner_tmp);
+        let _ = fs::remove_dir(&fresh);
+        fs::create_dir(&fresh).ctx("create lock", &fresh)?;
+        if let Err(e) = fs::write(&owner_tmp, &content) {
+            let _ = fs::remove_dir(&fresh);
+            return Err(Error::io("write lock owner", &owner_tmp, e));
+        }
+        let mut waited_for: Option<String> = None;
+        loop {
+            match fsutil::rename_noreplace(&fresh, &dir) {
+                Ok(()) => {
+                    crate::failpoint::hit("lock.acquired");
+                    sweep_abandoned(&locks, &id, &me);
+                    return Ok(Lock {
+                        owner: dir.join("owner"),
+                        dir,
+                        content,
+                        lease,
+                        refreshed: Instant::now(),
+                    });
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
+                Err(e) => {
+                    let _ = fs::remove_file(&owner_tmp);
+                    let _ = fs::remove_dir(&fresh);
+                    return Err(Error::io("take lock", &dir, e));
+                }
+            }
+            let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+            if holder.is_empty() {
+                // Left by a release that crashed half-way; rmdir refuses
+                // anything that is not empty.
+                let _ = fs::remove_dir(&dir);
+                continue;
+            }
+            let waited = (|| -> Result<()> {
+                if is_stale(&dir, &holder, &me, lease) {
+                    return break_stale(&locks, &id, &holder, &me, lease);
+                }
+                if waited_for.as_deref() != Some(holder.as_str()) {
+                    tracing::info!(
+                        lock = %dir.display(),
+                        holder = %holder.replace('\n', " ").trim(),
+                        "another sharelink is working on this share directory; waiting"
+                    );
+                    waited_for = Some(holder.clone());
+                }
+                signals::sleep_interruptible(Duration::from_millis(50 + (fastish_rand() % 150)))
+            })();
+            if let Err(e) = waited {
+                let _ = fs::remove_file(&owner_tmp);
+                let _ = fs::remove_dir(&fresh);
+                return Err(e);
+            }
+        }
+    }
+
+    /// Refresh the lease if a quarter of it has passed, and make sure the
+    /// lock is still ours (a holder frozen past its lease may have lost it).
+    pub fn keepalive(&mut self) -> Result<()> {
+        if self.refreshed.elapsed() < self.lease / 4 {
+            return Ok(());
+        }
+        self.verify()?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&self.owner)
+            .ctx("refresh lock", &self.owner)?;
+        f.set_modified(SystemTime::now())
+            .ctx("refresh lock", &self.owner)?;
+        self.refreshed = Instant::now();
+        Ok(())
+    }
+
+    /// `Err` unless the owner file is still ours.
+    pub fn verify(&self) -> Result<()> {
+        match fs::read_to_string(&self.owner) {
+            Ok(c) if c == self.content => Ok(()),
+            _ => Err(Error::Io {
+                context: format!(
+                    "lock {} was taken over (this run stalled past its lease); stopping",
+                    self.dir.display()
+                ),
+                source: io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            }),
+        }
+    }
+
+    pub fn release(self) {
+        // Drop does it.
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.verify().is_ok() {
+            let _ = fs::remove_file(&self.owner);
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
+    let same_host = !holder.is_empty() && holder.starts_with(me);
+    if same_host {
+        let pid: Option<u32> = field(holder, "pid").and_then(|p| p.parse().ok());
+        let start = field(holder, "start");
+        return match pid {
+            Some(pid) => start_time(pid).as_deref() != start,
+            None => true,
+        };
+    }
+    // Another host (or an owner file not written yet): the lease decides.
+    // The owner file's mtime, else the lock directory's.
+    let mtime = fs::metadata(dir.join("owner"))
+        .or_else(|_| fs::metadata(dir))
+        .and_then(|m| m.modified());
+    match mtime {
+        Ok(t) => SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age > lease),
+        // The lock vanished meanwhile: not stale, just retry.
+        Err(_) => false,
+    }
+}
+
+/// Remove a stale lock while holding `<id>.break`, after checking that the
+/// lock still has the owner we judged stale.
+fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) -> Result<()> {
+    let breaker = locks.join(format!("{id}.break"));
+    match fs::create_dir(&breaker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Someone else is breaking it; if they died doing so, their
+            // breaker is stale after a lease.
+            if let Ok(t) = fs::metadata(&breaker).and_then(|m| m.modified()) {
+                if SystemTime::now().duration_since(t).is_ok_and(|a| a > lease) {
+                    let _ = fs::remove_dir(&breaker);
+                }
+            }
+            return signals::sleep_interruptible(Duration::from_millis(50));
+        }
+        Err(e) => return Err(Error::io("create lock breaker", &breaker, e)),
+    }
+    let dir = locks.join(id);
+    let now_holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+    if now_holder == holder && is_stale(&dir, &now_holder, me, lease) {
+        tracing::warn!(lock = %dir.display(), holder = %holder.replace('\n', " ").trim(), "removing a stale lock");
+        let _ = fs::remove_file(dir.join("owner"));
+        if let Err(e) = fs::remove_dir(&dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                let _ = fs::remove_dir(&breaker);
+                return Err(Error::io("remove stale lock", &dir, e));
+            }
+        }
+    }
+    let _ = fs::remove_dir(&breaker);
+    Ok(())
+}
+
+/// Remove `<id>.new.<pid>` directories left by processes of this host
+/// that died between making their lock and renaming it into place.
+fn sweep_abandoned(locks: &Path, id: &str, me: &str) {
+    let prefix = format!("{id}.new.");
+    let Ok(entries) = fs::read_dir(locks) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if rest == std::process::id().to_string() {
+            continue;
+        }
+        let owner = fs::read_to_string(e.path().join("owner")).unwrap_or_default();
+        if owner.starts_with(me) && is_stale(&e.path(), &owner, me, DEFAULT_LEASE) {
+            let _ = fs::remove_file(e.path().join("owner"));
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
+/// Jitter for waiters so replicas do not retry in lock-step.
+fn fastish_rand() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    fsutil::fnv1a(&(t ^ std::process::id() as u64).to_le_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_single_components() {
+        assert_eq!(lock_id(Path::new("forecasting/data")), "forecasting%2Fdata");
+        assert_eq!(lock_id(Path::new("a b")), "a%20b");
+        let long = "x/".repeat(200);
+        let id = lock_id(Path::new(&long));
+        assert!(id.len() <= 200 && !id.contains('/'));
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        let a = start_time(std::process::id()).unwrap();
+        assert!(a.parse::<u64>().is_ok(), "{a}");
+    }
+
+    #[test]
+    fn lock_excludes_and_releases() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Lock::acquire(t.path(), Path::new("x")).unwrap();
+        let dir = t.path().join(".sharelink/locks/x");
+        assert!(dir.join("owner").exists());
+        // Same host, live owner: not stale.
+        let holder = fs::read_to_string(dir.join("owner")).unwrap();
+        let (me, _) = identity();
+        assert!(!is_stale(&dir, &holder, &me, DEFAULT_LEASE));
+        // A dead pid on this host: stale.
+        let dead = holder.replace(&format!("pid={}", std::process::id()), "pid=999999999");
+        assert!(is_stale(&dir, &dead, &me, DEFAULT_LEASE));
+        // Another host with a fresh lease: live.
+        assert!(!is_stale(&dir, "host=elsewhere\n", &me, DEFAULT_LEASE));
+        drop(a);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn stale_lock_is_broken() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join(".sharelink/locks/x");
+        fs::create_dir_all(&dir).unwrap();
+        let (me, _) = identity();
+        fs::write(dir.join("owner"), format!("{me}pid=999999999\nstart=1\n")).unwrap();
+        let l = Lock::acquire(t.path(), Path::new("x")).unwrap();
+        l.verify().unwrap();
+    }
+}

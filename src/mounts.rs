@@ -1,4 +1,149 @@
-//! placeholder
+//! The mount guard: with `require_mount = true`, `share_root` must be a mount
+//! point (from `/proc/self/mountinfo`) before anything is touched, because
+//! writing into an unmounted path puts data in the container layer, where it
+//! vanishes with the container.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
 use crate::config::Config;
-use crate::error::Result;
-pub fn check_share(_cfg: &Config, _wait: bool) -> Result<()> { Ok(()) }
+use crate::error::{Error, Result};
+use crate::signals;
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// Mount points listed in mountinfo text (field 5, octal escapes decoded).
+pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape(m)))
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Why the share is not usable, or `None` when it is.
+fn problem(share_root: &Path, require_mount: bool, mountinfo: &mut File) -> Option<String> {
+    let real = match std::fs::canonicalize(share_root) {
+        Ok(p) => p,
+        Err(e) => {
+            return Some(format!(
+                "share_root {} is not there: {e}",
+                share_root.display()
+            ))
+        }
+    };
+    if !real.is_dir() {
+        return Some(format!(
+            "share_root {} is not a directory",
+            share_root.display()
+        ));
+    }
+    if !require_mount {
+        return None;
+    }
+    let mut text = String::new();
+    use std::io::Seek;
+    if mountinfo
+        .rewind()
+        .and_then(|_| mountinfo.read_to_string(&mut text))
+        .is_err()
+    {
+        return Some(format!(
+            "cannot read {MOUNTINFO} to check that share_root is mounted"
+        ));
+    }
+    if mount_points(&text).any(|m| m == real) {
+        None
+    } else {
+        Some(format!(
+            "share_root {} is not a mount point (require_mount = true): the file share is not mounted. \
+             Mount it, or set require_mount = false / --require-mount false for a plain directory",
+            share_root.display()
+        ))
+    }
+}
+
+/// Check that the share is there (and mounted, if required). With `wait`,
+/// keep looking for up to `mount_timeout`, waking when the mount table
+/// changes (mountinfo polls POLLPRI on changes) or a signal asks us to stop.
+pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
+    let mut mountinfo = File::open(MOUNTINFO)
+        .map_err(|e| Error::ShareUnavailable(format!("cannot open {MOUNTINFO}: {e}")))?;
+    let deadline = Instant::now()
+        + if wait {
+            cfg.mount_timeout
+        } else {
+            Duration::ZERO
+        };
+    let mut logged = false;
+    loop {
+        let Some(why) = problem(&cfg.share_root, cfg.require_mount, &mut mountinfo) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::ShareUnavailable(format!(
+                "{why}; nothing was touched"
+            )));
+        }
+        if !logged {
+            tracing::info!(share_root = %cfg.share_root.display(), timeout = ?cfg.mount_timeout, "waiting for the share: {why}");
+            logged = true;
+        }
+        let slice = (deadline - now).min(Duration::from_millis(200));
+        let mut fds = [PollFd::new(mountinfo.as_fd(), PollFlags::POLLPRI)];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(slice).unwrap_or(PollTimeout::ZERO),
+        );
+        signals::check_interrupt()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let text = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
+                    90 22 0:50 / /mnt/file\\040share rw,relatime - cifs //a/b rw\n";
+        let v: Vec<_> = mount_points(text).collect();
+        assert_eq!(v, [PathBuf::from("/"), PathBuf::from("/mnt/file share")]);
+    }
+
+    #[test]
+    fn unescapes_only_octal() {
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("a\\9"), "a\\9");
+        assert_eq!(unescape("tail\\"), "tail\\");
+    }
+}

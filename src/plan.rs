@@ -1,9 +1,621 @@
-//! placeholder
-use crate::config::Config;
-use crate::error::Result;
-pub struct Report;
-impl Report { pub fn to_json(&self) -> String { String::new() } pub fn to_text(&self) -> String { String::new() } pub fn healthy(&self) -> bool { true } }
-pub fn status(_cfg: &Config) -> Report { Report }
-pub struct Plan;
-impl std::fmt::Display for Plan { fn fmt(&self, _f: &mut std::fmt::Formatter) -> std::fmt::Result { Ok(()) } }
-pub fn plan(_cfg: &Config) -> Result<Plan> { Ok(Plan) }
+//! Plan: look at the filesystem once per link ([`observe`]), then decide
+//! what to do ([`decide`], pure, tested without disks). `link --dry-run`
+//! prints the plan, `status` reports the states, `link`/`run` apply it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{Config, Link, MigrateMode};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, ShareNode};
+
+/// What the app path is (never followed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppNode {
+    Missing,
+    Symlink(PathBuf),
+    /// A real directory: baked data (maybe none) to migrate.
+    Dir,
+    /// A regular file or other non-directory: not ours to touch.
+    Other(&'static str),
+}
+
+/// Everything [`decide`] needs to know about one link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub app: AppNode,
+    pub share: ShareNode,
+    /// `dirs` entries missing under the share target.
+    pub missing_dirs: Vec<PathBuf>,
+    /// A `dirs` entry (or a component of it) that is not a directory.
+    pub bad_dir: Option<ShareNode>,
+    /// A staging directory left by an interrupted migration.
+    pub staging: bool,
+}
+
+/// How baked data gets into the share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Migration {
+    /// Share target missing or empty: the whole tree moves in.
+    IntoEmpty,
+    /// `if-empty` and the share holds data: the share wins, app-only
+    /// files are displaced to `.sharelink/displaced/`.
+    KeepShare,
+    /// `merge`: app-only files are copied in, never overwriting.
+    Merge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Finish an interrupted run: discard its staging directory.
+    Recover,
+    /// Move the app directory's tree into the share, then remove it.
+    Migrate(Migration),
+    /// Create the share target (and its parents).
+    CreateShareTarget,
+    /// Create these `dirs` under the share target.
+    CreateDirs(Vec<PathBuf>),
+    /// Create the symlink (and the app path's parents).
+    Symlink,
+    /// Replace a symlink that points elsewhere.
+    ReplaceSymlink { was: PathBuf },
+}
+
+impl Action {
+    /// Actions that write into the share target take the link's lock.
+    pub fn needs_lock(&self) -> bool {
+        matches!(
+            self,
+            Action::Recover | Action::Migrate(_) | Action::CreateShareTarget
+        )
+    }
+}
+
+/// A link's state as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// The right symlink to an existing share directory with its `dirs`.
+    Linked,
+    /// The right symlink, but some `dirs` are missing.
+    DirsMissing,
+    /// The right symlink, but the share target is missing.
+    ShareMissing,
+    /// No app path yet.
+    Unlinked,
+    /// A symlink pointing elsewhere.
+    WrongSymlink,
+    /// A real directory (baked data) still to be moved into the share.
+    NeedsMigration,
+    /// An interrupted migration left a staging directory behind.
+    Interrupted,
+    /// Something sharelink must not touch (exit 65 on `link`).
+    Blocked,
+    /// The share is not mounted or not there.
+    ShareUnavailable,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Linked => "linked",
+            State::DirsMissing => "dirs-missing",
+            State::ShareMissing => "share-missing",
+            State::Unlinked => "unlinked",
+            State::WrongSymlink => "wrong-symlink",
+            State::NeedsMigration => "needs-migration",
+            State::Interrupted => "interrupted",
+            State::Blocked => "blocked",
+            State::ShareUnavailable => "share-unavailable",
+        }
+    }
+}
+
+/// The decision for one link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub state: State,
+    /// In order; empty when nothing needs doing.
+    pub actions: Vec<Action>,
+    /// Why the link is blocked (exit 65), if it is.
+    pub refusal: Option<String>,
+}
+
+/// Where a link's pieces live on disk.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub app: PathBuf,
+    pub share: PathBuf,
+    pub staging: PathBuf,
+}
+
+impl Paths {
+    pub fn new(cfg: &Config, link: &Link) -> Paths {
+        let share = cfg.share_path(link);
+        Paths {
+            app: cfg.app_path(link),
+            staging: fsutil::sibling(&share, "sharelink-staging"),
+            share,
+        }
+    }
+}
+
+/// Look at one link on disk. Cheap when linked: a few `lstat`s and one
+/// `readlink`, never a walk of the data.
+pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
+    let app = match fsutil::lstat(&paths.app).ctx("inspect", &paths.app)? {
+        None => AppNode::Missing,
+        Some(m) if m.file_type().is_symlink() => {
+            AppNode::Symlink(std::fs::read_link(&paths.app).ctx("read symlink", &paths.app)?)
+        }
+        Some(m) if m.is_dir() => AppNode::Dir,
+        Some(m) => AppNode::Other(fsutil::kind_name(m.file_type())),
+    };
+    // Whether the share target is empty only matters for a migration.
+    let want_empty = matches!(app, AppNode::Dir);
+    let share = fsutil::share_node(&cfg.share_root, &link.share, want_empty)?;
+    let mut missing_dirs = Vec::new();
+    let mut bad_dir = None;
+    if matches!(share, ShareNode::Dir { .. }) {
+        for d in &link.dirs {
+            match fsutil::share_node(&paths.share, d, false)? {
+                ShareNode::Dir { .. } => {}
+                ShareNode::Missing => missing_dirs.push(d.clone()),
+                other => {
+                    bad_dir = Some(other);
+                    break;
+                }
+            }
+        }
+    } else {
+        missing_dirs = link.dirs.clone();
+    }
+    let staging = fsutil::lstat(&paths.staging)
+        .ctx("inspect", &paths.staging)?
+        .is_some();
+    Ok(Observed {
+        app,
+        share,
+        missing_dirs,
+        bad_dir,
+        staging,
+    })
+}
+
+/// Decide what to do with one link. Pure: the table of SPEC's "What
+/// linking does", row by row.
+pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
+    let blocked = |why: String| Decision {
+        state: State::Blocked,
+        actions: Vec::new(),
+        refusal: Some(why),
+    };
+    // Rows that refuse, whatever else is true.
+    if let AppNode::Other(kind) = obs.app {
+        return blocked(format!(
+            "{} is a {kind} where the data directory belongs; sharelink leaves it alone. Move it away and re-run",
+            paths.app.display()
+        ));
+    }
+    match &obs.share {
+        ShareNode::Symlink { at } => return blocked(fsutil::unsafe_symlink(at).to_string()),
+        ShareNode::NotDir { at, kind } => {
+            return blocked(format!(
+                "{} is a {kind} where the share directory belongs; sharelink leaves it alone. Move it away and re-run",
+                at.display()
+            ))
+        }
+        _ => {}
+    }
+    match &obs.bad_dir {
+        Some(ShareNode::Symlink { at }) => return blocked(fsutil::unsafe_symlink(at).to_string()),
+        Some(ShareNode::NotDir { at, kind }) => {
+            return blocked(format!(
+                "{} is a {kind} where a directory from `dirs` belongs; move it away and re-run",
+                at.display()
+            ))
+        }
+        _ => {}
+    }
+
+    let share_missing = obs.share == ShareNode::Missing;
+    let share_empty = matches!(
+        obs.share,
+        ShareNode::Missing | ShareNode::Dir { empty: true }
+    );
+    let mut actions = Vec::new();
+    if obs.staging {
+        actions.push(Action::Recover);
+    }
+    // Execution order: share side first, the symlink last, so the link
+    // never points at a share directory that is not ready.
+    let (mut state, link_action) = match &obs.app {
+        AppNode::Symlink(t) if t == &paths.share => {
+            let state = if share_missing {
+                State::ShareMissing
+            } else if obs.missing_dirs.is_empty() {
+                State::Linked
+            } else {
+                State::DirsMissing
+            };
+            (state, None)
+        }
+        AppNode::Symlink(t) => (
+            State::WrongSymlink,
+            Some(Action::ReplaceSymlink { was: t.clone() }),
+        ),
+        AppNode::Missing => (State::Unlinked, Some(Action::Symlink)),
+        AppNode::Dir => {
+            let how = if share_empty {
+                Migration::IntoEmpty
+            } else {
+                match link.migrate {
+                    MigrateMode::IfEmpty => Migration::KeepShare,
+                    MigrateMode::Merge => Migration::Merge,
+                }
+            };
+            actions.push(Action::Migrate(how));
+            (State::NeedsMigration, Some(Action::Symlink))
+        }
+        AppNode::Other(_) => unreachable!("refused above"),
+    };
+    if share_missing && !matches!(obs.app, AppNode::Dir) {
+        actions.push(Action::CreateShareTarget);
+    }
+    if !obs.missing_dirs.is_empty() {
+        actions.push(Action::CreateDirs(obs.missing_dirs.clone()));
+    }
+    actions.extend(link_action);
+    if obs.staging {
+        state = State::Interrupted;
+    }
+    Decision {
+        state,
+        actions,
+        refusal: None,
+    }
+}
+
+/// The plan for every link, in config order.
+pub struct Plan<'a> {
+    pub cfg: &'a Config,
+    pub links: Vec<(&'a Link, Paths, Result<Decision>)>,
+}
+
+/// Observe and decide every link. Errors reading one link are kept with it.
+pub fn plan(cfg: &Config) -> Plan<'_> {
+    let links = cfg
+        .links
+        .iter()
+        .map(|l| {
+            let paths = Paths::new(cfg, l);
+            let d = observe(cfg, l, &paths).map(|o| decide(l, &paths, &o));
+            (l, paths, d)
+        })
+        .collect();
+    Plan { cfg, links }
+}
+
+impl Plan<'_> {
+    /// The code `link` would exit with: the first refusal's or error's.
+    pub fn exit_code(&self) -> i32 {
+        self.links
+            .iter()
+            .find_map(|(_, _, d)| match d {
+                Err(e) => Some(e.exit_code()),
+                Ok(d) => refusal_error(d).map(|e| e.exit_code()),
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Recover => f.write_str("discard the staging directory of an interrupted run"),
+            Action::Migrate(Migration::IntoEmpty) => {
+                f.write_str("move the baked directory's tree into the share target")
+            }
+            Action::Migrate(Migration::KeepShare) => f.write_str(
+                "keep the share's data; set app-only files aside in .sharelink/displaced/",
+            ),
+            Action::Migrate(Migration::Merge) => {
+                f.write_str("copy app-only files into the share (never overwriting)")
+            }
+            Action::CreateShareTarget => f.write_str("create the share target"),
+            Action::CreateDirs(d) => {
+                let names: Vec<_> = d.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "create dirs {}", names.join(", "))
+            }
+            Action::Symlink => f.write_str("make the symlink"),
+            Action::ReplaceSymlink { was } => {
+                write!(f, "replace the symlink (now -> {})", was.display())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Plan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (_, paths, d) in &self.links {
+            write!(f, "{} -> {}: ", paths.app.display(), paths.share.display())?;
+            match d {
+                Err(e) => writeln!(f, "error: {e}")?,
+                Ok(d) if d.refusal.is_some() => writeln!(
+                    f,
+                    "{}: {}",
+                    d.state.name(),
+                    d.refusal.as_deref().unwrap_or("")
+                )?,
+                Ok(d) if d.actions.is_empty() => writeln!(f, "{}, nothing to do", d.state.name())?,
+                Ok(d) => {
+                    writeln!(f, "{}", d.state.name())?;
+                    for a in &d.actions {
+                        writeln!(f, "  - {a}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `status`: one entry per link.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub healthy: bool,
+    pub share_root: String,
+    pub share_available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_problem: Option<String>,
+    pub links: Vec<LinkReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkReport {
+    pub app: String,
+    pub share: String,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The status report. Never writes; never waits for the mount.
+pub fn status(cfg: &Config) -> Report {
+    let share_problem = crate::mounts::check_share(cfg, false)
+        .err()
+        .map(|e| e.to_string());
+    let links: Vec<LinkReport> = cfg
+        .links
+        .iter()
+        .map(|l| {
+            let paths = Paths::new(cfg, l);
+            let (state, detail) = if share_problem.is_some() {
+                (State::ShareUnavailable, None)
+            } else {
+                match observe(cfg, l, &paths).map(|o| decide(l, &paths, &o)) {
+                    Ok(d) => (d.state, d.refusal),
+                    Err(e) => (State::Blocked, Some(e.to_string())),
+                }
+            };
+            LinkReport {
+                app: paths.app.display().to_string(),
+                share: paths.share.display().to_string(),
+                state,
+                detail,
+            }
+        })
+        .collect();
+    Report {
+        healthy: share_problem.is_none() && links.iter().all(|l| l.state == State::Linked),
+        share_root: cfg.share_root.display().to_string(),
+        share_available: share_problem.is_none(),
+        share_problem,
+        links,
+    }
+}
+
+impl Report {
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("report serialises")
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        if let Some(p) = &self.share_problem {
+            s.push_str(&format!("share-unavailable  {p}\n"));
+        }
+        let width = self
+            .links
+            .iter()
+            .map(|l| l.state.name().len())
+            .max()
+            .unwrap_or(0);
+        for l in &self.links {
+            s.push_str(&format!(
+                "{:width$}  {} -> {}",
+                l.state.name(),
+                l.app,
+                l.share
+            ));
+            if let Some(d) = &l.detail {
+                s.push_str(&format!("  ({d})"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Turn a refusal into the error `link` exits with (65).
+pub fn refusal_error(d: &Decision) -> Option<Error> {
+    d.refusal.clone().map(Error::Unsafe)
+}
+
+/// Helper for tests and callers that have a bare path.
+pub fn paths_for(app: &Path, share: &Path) -> Paths {
+    Paths {
+        app: app.to_path_buf(),
+        share: share.to_path_buf(),
+        staging: fsutil::sibling(share, "sharelink-staging"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(migrate: MigrateMode) -> Link {
+        Link {
+            app: "data".into(),
+            share: "data".into(),
+            dirs: vec!["in".into()],
+            migrate,
+            line: None,
+        }
+    }
+    fn paths() -> Paths {
+        paths_for(Path::new("/app/data"), Path::new("/s/data"))
+    }
+    fn obs(app: AppNode, share: ShareNode) -> Observed {
+        let missing_dirs = if matches!(share, ShareNode::Dir { .. }) {
+            vec![]
+        } else {
+            vec!["in".into()]
+        };
+        Observed {
+            app,
+            share,
+            missing_dirs,
+            bad_dir: None,
+            staging: false,
+        }
+    }
+    fn d(o: &Observed) -> Decision {
+        decide(&link(MigrateMode::IfEmpty), &paths(), o)
+    }
+    const FULL: ShareNode = ShareNode::Dir { empty: false };
+    const EMPTY: ShareNode = ShareNode::Dir { empty: true };
+    fn right() -> AppNode {
+        AppNode::Symlink("/s/data".into())
+    }
+
+    #[test]
+    fn missing_app() {
+        let x = d(&obs(AppNode::Missing, ShareNode::Missing));
+        assert_eq!(x.state, State::Unlinked);
+        assert_eq!(
+            x.actions,
+            [
+                Action::CreateShareTarget,
+                Action::CreateDirs(vec!["in".into()]),
+                Action::Symlink
+            ]
+        );
+        let x = d(&obs(AppNode::Missing, FULL));
+        assert_eq!(x.actions, [Action::Symlink]);
+    }
+
+    #[test]
+    fn right_symlink_is_a_no_op() {
+        let x = d(&obs(right(), FULL));
+        assert_eq!((x.state, x.actions.len()), (State::Linked, 0));
+        let x = d(&obs(right(), ShareNode::Missing));
+        assert_eq!(x.state, State::ShareMissing);
+        assert_eq!(
+            x.actions,
+            [
+                Action::CreateShareTarget,
+                Action::CreateDirs(vec!["in".into()])
+            ]
+        );
+        let mut o = obs(right(), FULL);
+        o.missing_dirs = vec!["in".into()];
+        assert_eq!(d(&o).state, State::DirsMissing);
+    }
+
+    #[test]
+    fn wrong_symlink_replaced() {
+        let x = d(&obs(AppNode::Symlink("/elsewhere".into()), FULL));
+        assert_eq!(x.state, State::WrongSymlink);
+        assert_eq!(
+            x.actions,
+            [Action::ReplaceSymlink {
+                was: "/elsewhere".into()
+            }]
+        );
+        // A relative symlink to the same place is still not the absolute one SPEC wants.
+        let x = d(&obs(AppNode::Symlink("../s/data".into()), FULL));
+        assert_eq!(x.state, State::WrongSymlink);
+    }
+
+    #[test]
+    fn directories_migrate_by_mode() {
+        for share in [ShareNode::Missing, EMPTY] {
+            let x = d(&obs(AppNode::Dir, share));
+            assert_eq!(x.actions[0], Action::Migrate(Migration::IntoEmpty));
+            assert_eq!(x.actions.last(), Some(&Action::Symlink));
+        }
+        let x = d(&obs(AppNode::Dir, FULL));
+        assert_eq!(
+            x.actions,
+            [Action::Migrate(Migration::KeepShare), Action::Symlink]
+        );
+        let x = decide(
+            &link(MigrateMode::Merge),
+            &paths(),
+            &obs(AppNode::Dir, FULL),
+        );
+        assert_eq!(
+            x.actions,
+            [Action::Migrate(Migration::Merge), Action::Symlink]
+        );
+        assert_eq!(x.state, State::NeedsMigration);
+        assert!(x.actions[0].needs_lock());
+    }
+
+    #[test]
+    fn refusals() {
+        let x = d(&obs(AppNode::Other("regular file"), FULL));
+        assert_eq!(x.state, State::Blocked);
+        assert!(x.refusal.unwrap().contains("/app/data is a regular file"));
+        assert!(x.actions.is_empty());
+        let x = d(&obs(
+            AppNode::Missing,
+            ShareNode::Symlink {
+                at: "/s/data".into(),
+            },
+        ));
+        assert!(x.refusal.unwrap().contains("symlink inside the share"));
+        let x = d(&obs(
+            AppNode::Missing,
+            ShareNode::NotDir {
+                at: "/s/data".into(),
+                kind: "regular file",
+            },
+        ));
+        assert_eq!(x.state, State::Blocked);
+        let mut o = obs(right(), FULL);
+        o.bad_dir = Some(ShareNode::Symlink {
+            at: "/s/data/in".into(),
+        });
+        assert_eq!(refusal_error(&d(&o)).unwrap().exit_code(), 65);
+    }
+
+    #[test]
+    fn leftovers_recovered_first() {
+        let mut o = obs(AppNode::Dir, ShareNode::Missing);
+        o.staging = true;
+        let x = d(&o);
+        assert_eq!(x.state, State::Interrupted);
+        assert_eq!(x.actions[0], Action::Recover);
+        assert_eq!(x.actions[1], Action::Migrate(Migration::IntoEmpty));
+    }
+}
