@@ -363,18 +363,6 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
         // Best effort: without the terminal the command still runs.
         libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
     }
-    // Default dispositions: sharelink never installs handlers (exec would
-    // reset those anyway), but SIG_IGN survives exec. The Rust runtime sets
-    // SIGPIPE to SIG_IGN, and a pipeline must not inherit that, nor any
-    // other ignore sharelink was started with.
-    let mut dfl: libc::sigaction = std::mem::zeroed();
-    dfl.sa_sigaction = libc::SIG_DFL;
-    for sig in 1..65 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // EINVAL for the libc-reserved real-time signals: fine.
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
-        }
-    }
     if let Some((uid, gid, groups)) = &prep.ids {
         // Groups first, then gid, then uid: after setuid there is no
         // privilege left to change the others.
@@ -395,6 +383,22 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
             *libc::__errno_location() = libc::EPERM;
             child_fail(report, Stage::Verify);
         }
+    }
+    // Default dispositions: sharelink never installs handlers (exec would
+    // reset those anyway), but SIG_IGN survives exec. The Rust runtime sets
+    // SIGPIPE to SIG_IGN, and a pipeline must not inherit that, nor any
+    // other ignore sharelink was started with. The raw syscall reaches the
+    // real-time signals libc keeps for itself (an all-zero sigaction is
+    // SIG_DFL in the kernel's layout); errors (SIGKILL, SIGSTOP) are moot.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            dfl.as_ptr(),
+            std::ptr::null_mut::<u8>(),
+            8usize,
+        );
     }
     // Last: signals sent to the child since fork are pending and are
     // delivered now, with default actions, as they should be.
