@@ -326,7 +326,7 @@ fn report_failure(opts: &RunOptions, prep: &Prepared, stage: Stage, errno: i32) 
         return code::NOT_EXECUTABLE;
     }
     match errno {
-        libc::ENOENT | libc::ENOTDIR => {
+        libc::ENOENT => {
             // A file that exists but "is not found" has a missing
             // interpreter (`#!/bin/bash` in an image without bash).
             let exists = prep.candidates.len() == 1
@@ -405,20 +405,25 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
     libc::pthread_sigmask(libc::SIG_SETMASK, prep.mask.as_ref(), std::ptr::null_mut());
 
     // execvp's rules: keep searching past "not here" and "not allowed",
-    // stop at any other error; report EACCES if some candidate had it.
+    // stop at any other error. Unlike execvp, "not allowed" only counts
+    // when the file itself is there: a PATH directory the user may not
+    // search (`/root/...` after dropping root) means "not found", as in a
+    // shell.
     let mut errno = libc::ENOENT;
-    let mut denied = false;
     for path in &prep.candidates {
         libc::execve(path.as_ptr(), prep.argv_ptrs.as_ptr(), environ);
-        errno = *libc::__errno_location();
-        match errno {
-            libc::EACCES => denied = true,
+        match *libc::__errno_location() {
+            libc::EACCES => {
+                if prep.candidates.len() == 1 || libc::access(path.as_ptr(), libc::F_OK) == 0 {
+                    errno = libc::EACCES;
+                }
+            }
             libc::ENOENT | libc::ENOTDIR => {}
-            _ => break,
+            other => {
+                errno = other;
+                break;
+            }
         }
-    }
-    if denied && matches!(errno, libc::ENOENT | libc::ENOTDIR) {
-        errno = libc::EACCES;
     }
     *libc::__errno_location() = errno;
     child_fail(report, Stage::Exec)
@@ -658,17 +663,14 @@ impl Supervisor {
 
 /// `sigtimedwait` on `set`; `None` on timeout or interruption.
 fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_nsec: d.subsec_nanos() as _,
-    });
+    let ts = timeout.map(nix::sys::time::TimeSpec::from_duration);
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
     // SAFETY: valid set, out-pointer and optional timespec.
     let r = unsafe {
         libc::sigtimedwait(
             set.as_ref(),
             info.as_mut_ptr(),
-            ts.as_ref().map_or(std::ptr::null(), |t| t as *const _),
+            ts.as_ref().map_or(std::ptr::null(), |t| t.as_ref()),
         )
     };
     // SAFETY: filled by a successful sigtimedwait.

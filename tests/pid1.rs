@@ -16,7 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sharelink");
+/// The binary under test; `SHARELINK_TEST_BIN` points the suite at another
+/// build (the static musl release binary, in CI).
+fn bin() -> String {
+    std::env::var("SHARELINK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sharelink").into())
+}
 /// Upper bound for anything to happen on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -49,7 +53,11 @@ fn privileged(test: &str) -> bool {
             panic!("{test}: needs root and unshare ({why}), and CI=true requires it to run")
         }
         Err(why) => {
-            eprintln!(
+            // Straight to fd 2: the harness captures `eprintln!` of
+            // passing tests, and this must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!!!!! SKIPPED {test}: needs root and unshare ({why}); \
                  run the tests as root (CI=true makes this a failure) !!!!!!!!\n"
             );
@@ -108,10 +116,10 @@ impl Sandbox {
         let mut c = match mode {
             Mode::Pid1 => {
                 let mut c = Command::new("unshare");
-                c.args(["--pid", "--fork", "--mount-proc", BIN]);
+                c.args(["--pid", "--fork", "--mount-proc"]).arg(bin());
                 c
             }
-            Mode::Subreaper => Command::new(BIN),
+            Mode::Subreaper => Command::new(bin()),
         };
         c.arg("--config")
             .arg(self.path("sharelink.toml"))
@@ -838,6 +846,28 @@ fn path_search_skips_directories_it_cannot_use() {
     assert_eq!(o.code, 0, "{o:?}");
 }
 
+/// After dropping root, a PATH directory the user may not search is
+/// skipped like a missing one: "not found" stays 127 (execvp would say
+/// EACCES, 126), and a command later in PATH is still found.
+#[test]
+fn unsearchable_path_entries_are_skipped() {
+    if !privileged("unsearchable_path_entries_are_skipped") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let private = sb.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", private.display());
+    for (cmd, code) in [("sharelink-no-such-command", 127), ("true", 0)] {
+        let mut c = sb.command(Mode::Subreaper, &["--user", "nobody"], &[cmd]);
+        c.env("PATH", &path);
+        let o = Running::start(c, Mode::Subreaper).finish();
+        assert_eq!(o.code, code, "{cmd}: {o:?}");
+    }
+}
+
 #[test]
 fn no_fd_leaks_into_the_command() {
     let modes: &[Mode] = if privileged("no_fd_leaks_into_the_command (as PID 1)") {
@@ -929,7 +959,7 @@ fn user_switch_is_seen_by_id() {
         let mut c = Command::new("unshare");
         c.args(["--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && shift 2 && exec \"$@\"")
-            .args(["sh", &passwd, &group, BIN, "--config"])
+            .args(["sh", &passwd, &group, &bin(), "--config"])
             .arg(sb.path("sharelink.toml"))
             .args(["run", "--user", spec, "--", "sh", "-c", report]);
         prepare(&mut c);
