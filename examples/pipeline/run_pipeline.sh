@@ -13,7 +13,9 @@
 set -eu
 cd "$(dirname "$0")"
 
-RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)-$(cat /proc/sys/kernel/hostname)-$$"
+# Unique per run, also for a restart within the same second (same hostname,
+# same pid): a random suffix.
+RUN_ID="$(date -u +%Y%m%dT%H%M%SZ)-$(cat /proc/sys/kernel/hostname)-$(head -c 8 /proc/sys/kernel/random/uuid)"
 export RUN_ID
 log() { echo "pipeline[$RUN_ID]: $*"; }
 

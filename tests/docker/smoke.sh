@@ -33,6 +33,7 @@ PROJECT="slsmoke${ID}"
 IMAGE="sharelink-smoke:${ID}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sharelink-smoke.XXXXXX")"
 PROJECTS=()
+EXTRA_IMAGES=()
 FAILED=()
 PASSED=0
 T0=$SECONDS
@@ -64,7 +65,7 @@ cleanup() {
     local ids
     ids="$(t 30 docker ps -aq --filter "label=sharelink-smoke=$ID" 2>/dev/null)"
     [ -z "$ids" ] || t 60 docker rm -f $ids >/dev/null 2>&1
-    t 60 docker rmi -f "$IMAGE" >/dev/null 2>&1
+    t 60 docker rmi -f "${EXTRA_IMAGES[@]}" "$IMAGE" >/dev/null 2>&1
     # Files written by containers may be root's; remove them from a container
     # when we are not root ourselves.
     rm -rf "$WORK" 2>/dev/null ||
@@ -104,12 +105,13 @@ done < <(sed -n '/^\[links\]/,/^\[/p' config/sharelink.toml | grep -E '^"[^"]+"[
 echo "links: $(printf '%s; ' "${LINKS[@]}")"
 
 # Baked data: every file and symlink under the demo app's data directories.
+APPSRC="$ROOT/examples/pipeline"
 baked_list() { # -> "share_rel/path" lines, sorted
     local l app share
     for l in "${LINKS[@]}"; do
         app="${l%% *}"; share="${l#* }"
-        [ -d "examples/pipeline/$app" ] || continue
-        (cd "examples/pipeline/$app" && find . \( -type f -o -type l \) | sed "s#^\./#$share/#")
+        [ -d "$APPSRC/$app" ] || continue
+        (cd "$APPSRC/$app" && find . \( -type f -o -type l \) | sed "s#^\./#$share/#")
     done | sort
 }
 baked_list >"$WORK/baked.txt"
@@ -201,11 +203,11 @@ baked_on_share() {
         fi
     done <"$WORK/baked.txt"
 }
-baked_src() { # share-relative path -> the file in examples/pipeline
+baked_src() { # share-relative path -> the baked file in $APPSRC
     local rel="$1" l app share
     for l in "${LINKS[@]}"; do
         app="${l%% *}"; share="${l#* }"
-        case "$rel" in "$share"/*) echo "examples/pipeline/$app/${rel#"$share"/}"; return ;; esac
+        case "$rel" in "$share"/*) echo "$APPSRC/$app/${rel#"$share"/}"; return ;; esac
     done
 }
 # Nothing displaced, no nested copies (data/data), nothing unexpected beside
@@ -314,6 +316,7 @@ if [ -n "$C" ]; then
     check "(1) up: pipeline ran and the container exited 0 (got $code)" \
         bash -c '[ "$1" = 0 ] && grep -q "pipeline\[.*\]: done, exit 0" <<<"$2"' _ "$code" "$(logs "$C")"
     [ "$code" = 0 ] || show_logs
+    logs "$C" | grep -E 'migrated|linked' | sed 's/^/    sharelink log: /' || true
     say "(2) data directories are symlinks into the share; baked data is on the host"
     check "(2) container: every data directory -> /mnt/fileshare/<share path>" all_linked "$C"
     check "(2) host share dir holds every baked file (byte-identical, symlinks kept)" baked_on_share "$SHARE_A"
@@ -336,8 +339,13 @@ say "(3) restart keeps the data and does not migrate again"
 { echo "written by the smoke test" >"$SHARE_A/forecasting/data/marker.txt"; } 2>/dev/null ||
     echo "  (could not write a marker: no forecasting/data on the share)"
 before="$(snapshot "$SHARE_A" || true)"
+nlog="$(logs "$C" | wc -l)"
 dc restart -t 5 >/dev/null 2>&1 || true
 code="$(wait_exit "$C")"
+rlog="$(logs "$C" | tail -n +"$((nlog + 1))")"
+grep -E 'migrated|linked' <<<"$rlog" | sed 's/^/    sharelink log after restart: /' || true
+check "(3) restart: sharelink's log reports no file migrated (no 'migrated N files', N > 0)" \
+    bash -c '! grep -qE "migrated [1-9][0-9]* files" <<<"$1"' _ "$rlog"
 after="$(snapshot "$SHARE_A" || true)"
 check "(3) restart: pipeline ran again (exit 7, got $code)" test "$code" = 7
 check "(3) restart: baked files on the share are the same files (inode, size, mtime)" test "$before" = "$after"
@@ -409,9 +417,38 @@ out="$(dc run --rm --no-deps --entrypoint /usr/local/bin/sharelink app run --use
 check "--user app: pipeline runs as uid 10001 (exit $code)" bash -c '[ "$1" = 0 ] && grep -qx "10001" <<<"$2"' _ "$code" "$out"
 [ "$code" = 0 ] || echo "$out" | tail -n 10 | sed 's/^/  /'
 dc down -v -t 1 >/dev/null 2>&1 || true
+# The whole pipeline as `app` on a fresh share: it must be able to write into
+# every data directory, baked ones and ones that linking creates.
+new_project u "$WORK/share-u"
+code=0
+out="$(dc run --rm --entrypoint /usr/local/bin/sharelink app run --user app -- /app/run_pipeline.sh 2>&1)" || code=$?
+check "--user app: the demo pipeline runs as uid 10001 on a fresh share and writes every data directory (exit $code)" \
+    bash -c '[ "$1" = 0 ] && grep -q "start as uid 10001" <<<"$2"' _ "$code" "$out"
+[ "$code" = 0 ] || echo "$out" | tail -n 15 | sed 's/^/  /'
+check "--user app: outputs on the share" outputs_are "$WORK/share-u" 1
+dc down -v -t 1 >/dev/null 2>&1 || true
 
 # --- scenario B: 4 replicas on a fresh share ---------------------------------
 say "(6) up --scale app=4 on a fresh share"
+# The demo's baked data moves in milliseconds; replicas would rarely overlap.
+# An image with more baked data (BULK_FILES small files plus one of 32 MiB)
+# keeps the first migration busy while the other replicas start.
+APPSRC="$WORK/app-heavy"
+cp -a "$ROOT/examples/pipeline" "$APPSRC"
+mkdir -p "$APPSRC/forecasting/data/input/bulk" "$WORK/heavy"
+(cd "$APPSRC/forecasting/data/input/bulk" && for i in $(seq 1 "${BULK_FILES:-3000}"); do echo "row $i" >"part-$i.csv"; done)
+head -c 33554432 /dev/urandom >"$APPSRC/forecasting/data/input/bulk/big.bin"
+cp -a "$APPSRC/forecasting/data/input/bulk" "$WORK/heavy/bulk"
+printf 'FROM %s\nCOPY bulk/ /app/forecasting/data/input/bulk/\n' "$IMAGE" >"$WORK/heavy/Dockerfile"
+if t 300 docker build -q -t "$IMAGE-heavy" "$WORK/heavy" >/dev/null 2>"$WORK/heavy.log"; then
+    export SHARELINK_IMAGE="$IMAGE-heavy"
+    EXTRA_IMAGES+=("$IMAGE-heavy")
+else
+    cat "$WORK/heavy.log"; fail "(6) build the image with more baked data"
+    APPSRC="$ROOT/examples/pipeline"
+fi
+baked_list >"$WORK/baked.txt"
+echo "baked data: $(wc -l <"$WORK/baked.txt") files/symlinks"
 SHARE_B="$WORK/share-b"
 new_project b "$SHARE_B"
 dc up -d --scale app=4 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(6) up --scale app=4"; }
@@ -423,6 +460,20 @@ check "(6) every replica's pipeline exited 0 (got$codes)" test "$(tr -d ' 0' <<<
 [ -z "$(tr -d ' 0' <<<"$codes")" ] || show_logs
 linked=0
 for c in "${CS[@]}"; do all_linked "$c" && linked=$((linked + 1)); done
+# From the logs: files and symlinks migrated, summed over the replicas.
+migrated=0
+for c in "${CS[@]}"; do
+    logs "$c" | grep -E 'migrated [0-9]+ files' | sed "s/^/    ${c:0:12}: /" || true
+    n="$(logs "$c" | sed -nE 's/.*migrated ([0-9]+) files, [0-9]+ bytes, ([0-9]+) symlinks.*/\1 \2/p' |
+        awk '{ s += $1 + $2 } END { print s + 0 }')"
+    migrated=$((migrated + n))
+done
+if [ "$migrated" -gt 0 ]; then
+    check "(6) the replicas' logs add up to each baked file migrated once ($migrated, want $(wc -l <"$WORK/baked.txt"))" \
+        test "$migrated" = "$(wc -l <"$WORK/baked.txt")"
+else
+    echo "NOTE: no 'migrated N files, B bytes, S symlinks' log lines found; log cross-check skipped"
+fi
 check "(6) every replica is linked ($linked/${#CS[@]})" test "$linked" = "${#CS[@]}"
 check "(6) baked data on the share, byte-identical" baked_on_share "$SHARE_B"
 check "(6) migrated once: nothing displaced, nested, duplicated or left behind" share_clean "$SHARE_B"
