@@ -174,9 +174,13 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     } else {
         missing_dirs = link.dirs.clone();
     }
-    let staging = fsutil::lstat(&paths.staging)
-        .ctx("inspect", &paths.staging)?
-        .is_some();
+    // The staging directory sits beside the target: only look for it when
+    // the target's parents are real directories (else the refusal below
+    // is the answer, not an ENOTDIR from this lstat).
+    let staging = matches!(share, ShareNode::Missing | ShareNode::Dir { .. })
+        && fsutil::lstat(&paths.staging)
+            .ctx("inspect", &paths.staging)?
+            .is_some();
     Ok(Observed {
         app,
         share,
