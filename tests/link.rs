@@ -42,3 +42,611 @@ fn baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share() {
     let o = sb.run(["status"]);
     expect_code(&o, 0);
 }
+
+// ---------------------------------------------------------------------------
+// SPEC's table, row by row, on plain directories (require_mount = false).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn lmeta(p: &Path) -> fs::Metadata {
+    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// (inode, mtime, mtime_nsec) of a path, not followed.
+fn stamp(p: &Path) -> (u64, i64, i64) {
+    let m = lmeta(p);
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+#[test]
+fn app_missing_creates_target_dirs_parents_and_absolute_symlink() {
+    let sb = Sandbox::new(
+        "\"deep/nested/data\" = { share = \"x/y/data\", dirs = [\"in\", \"out/sub\"] }",
+    );
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let app = sb.app.join("deep/nested/data");
+    let target = sb.share.join("x/y/data");
+    assert!(lmeta(&app).file_type().is_symlink());
+    let to = fs::read_link(&app).unwrap();
+    assert!(
+        to.is_absolute(),
+        "symlink must be absolute: {}",
+        to.display()
+    );
+    assert_eq!(to, target);
+    for d in ["in", "out/sub"] {
+        assert!(lmeta(&target.join(d)).is_dir(), "{d}");
+    }
+    // Nothing else appeared in the target; the app side holds only the link.
+    assert_eq!(
+        snapshot(&target).keys().cloned().collect::<Vec<_>>(),
+        ["in", "out", "out/sub"].map(std::path::PathBuf::from)
+    );
+    assert_eq!(snapshot(&sb.app.join("deep/nested")).len(), 1);
+    expect_code(&sb.run(["status"]), 0);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("already linked"), "{}", stderr(&o));
+}
+
+#[test]
+fn right_symlink_and_share_present_changes_nothing() {
+    let sb = Sandbox::new("\"a/data\" = { share = \"data\", dirs = [\"in\"] }");
+    expect_code(&sb.run(["link"]), 0);
+    fs::write(sb.share.join("data/in/file"), "payload").unwrap();
+    let (app, target) = (sb.app.join("a/data"), sb.share.join("data"));
+    let watched = [
+        app.clone(),
+        sb.app.join("a"),
+        target.clone(),
+        target.join("in"),
+        target.join("in/file"),
+        sb.share.clone(),
+    ];
+    let before: Vec<_> = watched.iter().map(|p| stamp(p)).collect();
+    let tree = snapshot(&sb.share);
+    // Make any rewrite visible even on coarse-mtime filesystems.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("already linked"), "{}", stderr(&o));
+    let after: Vec<_> = watched.iter().map(|p| stamp(p)).collect();
+    for ((p, b), a) in watched.iter().zip(&before).zip(&after) {
+        assert_eq!(b, a, "{} changed (inode, mtime)", p.display());
+    }
+    // Nothing written anywhere in the share (locks included).
+    assert_eq!(snapshot(&sb.share), tree);
+}
+
+#[test]
+fn right_symlink_with_share_target_missing_recreates_it() {
+    let sb = Sandbox::new("\"data\" = { share = \"s/data\", dirs = [\"in\", \"out\"] }");
+    expect_code(&sb.run(["link"]), 0);
+    fs::remove_dir_all(sb.share.join("s")).unwrap();
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-missing"), "{}", stdout(&o));
+    let link_before = stamp(&sb.app.join("data"));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    for d in ["in", "out"] {
+        assert!(lmeta(&sb.share.join("s/data").join(d)).is_dir());
+    }
+    assert_eq!(
+        stamp(&sb.app.join("data")),
+        link_before,
+        "symlink was rewritten"
+    );
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn symlink_elsewhere_is_replaced_with_a_warning() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let elsewhere = sb.root.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("keep"), "not ours").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sb.app.join("data")).unwrap();
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("wrong-symlink"), "{}", stdout(&o));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("WARN") && err.contains("pointed elsewhere") && err.contains("elsewhere"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        sb.share.join("data")
+    );
+    // The old target is not ours: untouched, and nothing of it was moved.
+    assert_eq!(
+        fs::read_to_string(elsewhere.join("keep")).unwrap(),
+        "not ours"
+    );
+    assert!(snapshot(&sb.share.join("data")).is_empty());
+    // A relative symlink to the right place is also replaced by the absolute one.
+    fs::remove_file(sb.app.join("data")).unwrap();
+    std::os::unix::fs::symlink("../share/data", sb.app.join("data")).unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("pointed elsewhere"), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        sb.share.join("data")
+    );
+}
+
+#[test]
+fn baked_dir_moves_whole_into_missing_or_empty_share_target() {
+    for share_state in ["missing", "empty"] {
+        let sb = Sandbox::new("\"m/data\" = { share = \"s/data\", dirs = [\"input\"] }");
+        let baked = sb.app.join("m/data");
+        make_tree(&baked, 150, 100_000, 11);
+        let before = snapshot(&baked);
+        if share_state == "empty" {
+            fs::create_dir_all(sb.share.join("s/data")).unwrap();
+        }
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        let err = stderr(&o);
+        assert!(err.contains("migrated"), "{share_state}: {err}");
+        assert!(
+            !err.contains("WARN"),
+            "{share_state}: unexpected warning: {err}"
+        );
+        assert_eq!(fs::read_link(&baked).unwrap(), sb.share.join("s/data"));
+        assert_eq!(
+            without_dirs(snapshot(&sb.share.join("s/data")), &["input"]),
+            before,
+            "{share_state}"
+        );
+        assert!(entries_containing(&sb.share.join("s"), "sharelink").is_empty());
+        assert!(entries_containing(&sb.app.join("m"), "sharelink").is_empty());
+        // No displaced copy when the share was empty.
+        assert!(!sb.share.join(".sharelink/displaced").exists());
+        expect_code(&sb.run(["status"]), 0);
+    }
+}
+
+/// `<share_root>/.sharelink/displaced/<app path>/<stamp>` directories.
+fn displaced_stamps(sb: &Sandbox, app_rel: &str) -> Vec<std::path::PathBuf> {
+    let base = sb.share.join(".sharelink/displaced").join(app_rel);
+    let Ok(rd) = fs::read_dir(&base) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+fn is_utc_stamp(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && (b.len() == 16 || (b[16] == b'-' && b[17..].iter().all(u8::is_ascii_digit)))
+}
+
+/// App tree and share tree that overlap: `both` (different content),
+/// `sub/both`, app-only `app_only`, `sub/app_only`, `newdir/deep/f`,
+/// an app file where the share has a directory (`clash`), share-only
+/// `share_only`.
+fn overlapping_trees(app: &Path, share: &Path) {
+    for d in [app, share] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+    }
+    fs::write(app.join("both"), "app version").unwrap();
+    fs::write(share.join("both"), "share version").unwrap();
+    fs::write(app.join("sub/both"), "app sub").unwrap();
+    fs::write(share.join("sub/both"), "share sub").unwrap();
+    fs::write(app.join("app_only"), "only on app").unwrap();
+    fs::write(app.join("sub/app_only"), "only on app, nested").unwrap();
+    fs::create_dir_all(app.join("newdir/deep")).unwrap();
+    fs::write(app.join("newdir/deep/f"), "deep app file").unwrap();
+    fs::create_dir_all(app.join("newdir/empty")).unwrap();
+    std::os::unix::fs::symlink("app_only", app.join("link_only")).unwrap();
+    fs::write(app.join("clash"), "app file where the share has a dir").unwrap();
+    fs::create_dir(share.join("clash")).unwrap();
+    fs::write(share.join("clash/inside"), "share").unwrap();
+    fs::write(share.join("share_only"), "only on share").unwrap();
+}
+
+#[test]
+fn if_empty_keeps_the_share_and_displaces_app_only_files() {
+    let sb = Sandbox::new("\"m/data\" = \"data\"");
+    let (app, target) = (sb.app.join("m/data"), sb.share.join("data"));
+    overlapping_trees(&app, &target);
+    let app_before = snapshot(&app);
+    let share_before = snapshot(&target);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(err.contains("WARN") && err.contains("displaced"), "{err}");
+    // The share wins, entirely: nothing merged in, nothing overwritten.
+    assert_eq!(snapshot(&target), share_before);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    let stamps = displaced_stamps(&sb, "m/data");
+    assert_eq!(stamps.len(), 1, "{stamps:?}");
+    let name = stamps[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(is_utc_stamp(&name), "{name}");
+    assert!(
+        err.contains(&*stamps[0].to_string_lossy()),
+        "warning names the place: {err}"
+    );
+    // Exactly the app-side entries whose paths the share lacks.
+    let displaced = snapshot(&stamps[0]);
+    let want: std::collections::BTreeMap<_, _> = app_before
+        .iter()
+        .filter(|(p, _)| {
+            ["app_only", "sub/app_only", "newdir", "link_only", "clash"]
+                .iter()
+                .any(|top| p.starts_with(top))
+        })
+        .map(|(p, n)| (p.clone(), n.clone()))
+        .collect();
+    let displaced_without_sub: std::collections::BTreeMap<_, _> = displaced
+        .into_iter()
+        .filter(|(p, _)| p != Path::new("sub"))
+        .collect();
+    assert_eq!(displaced_without_sub, want);
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn merge_copies_app_only_files_in_without_overwriting() {
+    let sb = Sandbox::new("\"data\" = { share = \"data\", migrate = \"merge\" }");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    overlapping_trees(&app, &target);
+    let app_before = snapshot(&app);
+    let share_before = snapshot(&target);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    let after = snapshot(&target);
+    // Every share entry kept as it was.
+    for (p, n) in &share_before {
+        assert_eq!(after.get(p), Some(n), "share's {} changed", p.display());
+    }
+    // Every app-only entry copied in, whole.
+    for p in [
+        "app_only",
+        "sub/app_only",
+        "newdir",
+        "newdir/deep",
+        "newdir/deep/f",
+        "newdir/empty",
+        "link_only",
+    ] {
+        assert_eq!(after.get(Path::new(p)), app_before.get(Path::new(p)), "{p}");
+    }
+    assert_eq!(
+        fs::read_to_string(target.join("both")).unwrap(),
+        "share version"
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("sub/both")).unwrap(),
+        "share sub"
+    );
+    // An app file where the share has a directory cannot be merged: it is
+    // kept aside, not dropped.
+    let stamps = displaced_stamps(&sb, "data");
+    assert_eq!(stamps.len(), 1, "{stamps:?}");
+    assert_eq!(
+        fs::read_to_string(stamps[0].join("clash")).unwrap(),
+        "app file where the share has a dir"
+    );
+    assert_eq!(after.len(), share_before.len() + 7);
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn regular_file_at_app_path_is_refused_and_other_links_still_run() {
+    let sb = Sandbox::new("\"afile\" = \"a\"\n\"b\" = \"b\"");
+    fs::write(sb.app.join("afile"), "precious").unwrap();
+    let before = stamp(&sb.app.join("afile"));
+    let o = sb.run(["link"]);
+    expect_code(&o, 65);
+    let err = stderr(&o);
+    assert!(
+        err.contains("afile") && err.contains("regular file"),
+        "{err}"
+    );
+    assert_eq!(stamp(&sb.app.join("afile")), before);
+    assert_eq!(
+        fs::read_to_string(sb.app.join("afile")).unwrap(),
+        "precious"
+    );
+    assert!(
+        !sb.share.join("a").exists(),
+        "refused link must not create its target"
+    );
+    // The later link was still made.
+    assert_eq!(fs::read_link(sb.app.join("b")).unwrap(), sb.share.join("b"));
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
+}
+
+#[test]
+fn symlinks_inside_the_share_are_never_followed() {
+    // share = "a/b/c" with dirs "d/e": a symlink at every level, with the
+    // app path missing (creation) and baked (migration).
+    let levels = ["a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/e"];
+    for level in levels {
+        for baked in [false, true] {
+            let sb = Sandbox::new("\"data\" = { share = \"a/b/c\", dirs = [\"d/e\"] }");
+            let outside = sb.root.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            let parent = Path::new(level).parent().unwrap();
+            fs::create_dir_all(sb.share.join(parent)).unwrap();
+            std::os::unix::fs::symlink(&outside, sb.share.join(level)).unwrap();
+            if baked {
+                make_tree(&sb.app.join("data"), 20, 100, 3);
+            }
+            let app_before = snapshot(&sb.app);
+            let share_before = snapshot(&sb.share);
+            let o = sb.run(["link"]);
+            let what = format!("symlink at {level}, baked={baked}");
+            assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&*sb.share.join(level).to_string_lossy()),
+                "{what}: message names the symlink: {}",
+                stderr(&o)
+            );
+            assert!(
+                snapshot(&outside).is_empty(),
+                "{what}: wrote outside the share"
+            );
+            assert_eq!(snapshot(&sb.app), app_before, "{what}: app changed");
+            assert_eq!(snapshot(&sb.share), share_before, "{what}: share changed");
+            expect_code(&sb.run(["status"]), 1);
+        }
+    }
+}
+
+#[test]
+fn symlinked_state_dir_in_the_share_is_never_followed() {
+    // `.sharelink` (locks, displaced copies) pointing out of the share.
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let outside = sb.root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, sb.share.join(".sharelink")).unwrap();
+    make_tree(&sb.app.join("data"), 10, 100, 5);
+    let app_before = snapshot(&sb.app);
+    let o = sb.run(["link"]);
+    expect_code(&o, 65);
+    assert!(snapshot(&outside).is_empty(), "wrote outside the share");
+    assert_eq!(snapshot(&sb.app), app_before);
+}
+
+#[test]
+fn non_directory_where_a_share_dir_belongs_is_refused() {
+    // (what to put where, share path, dirs)
+    let cases = [
+        ("a", "a/b", "[]"),            // a parent of the target
+        ("a/b", "a/b", "[]"),          // the target itself
+        ("a/b/in", "a/b", "[\"in\"]"), // a `dirs` entry
+        ("a/b/x", "a/b", "[\"x/y\"]"), // a parent of a `dirs` entry
+    ];
+    for (file, share, dirs) in cases {
+        for baked in [false, true] {
+            let sb = Sandbox::new(&format!(
+                "\"data\" = {{ share = {share:?}, dirs = {dirs} }}"
+            ));
+            fs::create_dir_all(sb.share.join(file).parent().unwrap()).unwrap();
+            fs::write(sb.share.join(file), "a file").unwrap();
+            if baked {
+                make_tree(&sb.app.join("data"), 10, 100, 9);
+            }
+            let app_before = snapshot(&sb.app);
+            let share_before = snapshot(&sb.share);
+            let o = sb.run(["link"]);
+            let what = format!("file at {file}, baked={baked}");
+            assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&*sb.share.join(file).to_string_lossy()),
+                "{what}: {}",
+                stderr(&o)
+            );
+            assert_eq!(snapshot(&sb.app), app_before, "{what}");
+            assert_eq!(snapshot(&sb.share), share_before, "{what}");
+        }
+    }
+}
+
+#[test]
+fn unmounted_share_with_require_mount_exits_69_touching_nothing() {
+    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"");
+    sb.write_config(
+        true,
+        "\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"",
+    );
+    make_tree(&sb.app.join("data"), 30, 1000, 1);
+    let app_before = snapshot(&sb.app);
+    let app_stamp = stamp(&sb.app);
+    let share_stamp = stamp(&sb.share);
+    for args in [&["link"][..], &["link", "--dry-run"][..]] {
+        let o = sb.run(args);
+        expect_code(&o, 69);
+        assert!(stderr(&o).contains("not a mount point"), "{}", stderr(&o));
+    }
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert!(snapshot(&sb.share).is_empty());
+    assert_eq!(stamp(&sb.app), app_stamp);
+    assert_eq!(stamp(&sb.share), share_stamp);
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-unavailable"), "{}", stdout(&o));
+    // A missing share_root is unavailable too, whatever require_mount says.
+    fs::remove_dir(&sb.share).unwrap();
+    expect_code(&sb.run(["--require-mount", "false", "link"]), 69);
+    assert!(!sb.share.exists());
+    assert_eq!(snapshot(&sb.app), app_before);
+    // With require_mount = false, a plain directory is a fine share.
+    fs::create_dir(&sb.share).unwrap();
+    let o = sb.run(["--require-mount", "false", "link"]);
+    expect_code(&o, 0);
+    assert_eq!(without_dirs(snapshot(&sb.share.join("data")), &["in"]), {
+        // `make_tree` data, now on the share.
+        app_before
+            .iter()
+            .filter_map(|(p, n)| Some((p.strip_prefix("data").ok()?.to_path_buf(), n.clone())))
+            .filter(|(p, _)| !p.as_os_str().is_empty())
+            .collect()
+    });
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let links = "\"baked\" = \"baked\"\n\"missing\" = { share = \"m\", dirs = [\"in\"] }\n\"wrong\" = \"wrong\"\n\"keep\" = \"keep\"";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("baked"), 20, 100, 2);
+    std::os::unix::fs::symlink("/nowhere", sb.app.join("wrong")).unwrap();
+    make_tree(&sb.app.join("keep"), 5, 10, 4);
+    make_tree(&sb.share.join("keep"), 5, 10, 8);
+    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&sb.share));
+    let o = sb.run(["link", "--dry-run"]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    for want in [
+        "needs-migration",
+        "move the baked directory",
+        "unlinked",
+        "create dirs in",
+        "wrong-symlink",
+        "/nowhere",
+        "displaced",
+    ] {
+        assert!(out.contains(want), "plan lacks {want:?}:\n{out}");
+    }
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert_eq!(snapshot(&sb.share), share_before);
+    // A dry run exits as `link` would.
+    fs::write(sb.app.join("missing"), "file").unwrap();
+    let o = sb.run(["link", "--dry-run"]);
+    expect_code(&o, 65);
+    assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
+    fs::remove_file(sb.app.join("missing")).unwrap();
+    // After linking, the plan is empty.
+    expect_code(&sb.run(["link"]), 0);
+    let o = sb.run(["link", "--dry-run"]);
+    expect_code(&o, 0);
+    assert_eq!(count(&stdout(&o), "nothing to do"), 4, "{}", stdout(&o));
+}
+
+#[test]
+fn status_text_and_json() {
+    let sb = Sandbox::new("\"a\" = \"a\"\n\"b\" = { share = \"b\", dirs = [\"in\"] }");
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert_eq!(count(&stdout(&o), "unlinked"), 2, "{}", stdout(&o));
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 1);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["links"].as_array().unwrap().len(), 2);
+    assert_eq!(v["links"][0]["state"], "unlinked");
+    assert_eq!(v["links"][0]["app"], sb.app.join("a").to_str().unwrap());
+    expect_code(&sb.run(["link"]), 0);
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["healthy"], true);
+    assert!(v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["state"] == "linked"));
+    // A missing `dirs` entry makes it unhealthy again.
+    fs::remove_dir(sb.share.join("b/in")).unwrap();
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 1);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["links"][1]["state"], "dirs-missing");
+    // status never writes.
+    assert!(!sb.share.join("b/in").exists());
+}
+
+#[test]
+fn check_accepts_good_config_and_names_key_and_line_of_bad_one() {
+    let sb = Sandbox::new("\"a\" = \"a\"");
+    let o = sb.run(["check"]);
+    expect_code(&o, 0);
+    let bad = [
+        (
+            "\"a\" = \"a\"\n\"b\" = { share = \"b\", migrate = \"always\" }",
+            "migrate",
+            7,
+        ),
+        ("\"a\" = \"a\"\n\"a/b\" = \"x\"", "a/b", 7),
+        ("\"a\" = \"../up\"", "share", 6),
+        ("\"a\" = { share = \"a\", colour = \"red\" }", "colour", 6),
+        ("\"a\" = \".sharelink/x\"", ".sharelink", 6),
+    ];
+    for (links, key, line) in bad {
+        sb.write_config(false, links);
+        let o = sb.run(["check"]);
+        expect_code(&o, 78);
+        let err = stderr(&o);
+        assert!(err.contains(key), "{links}: key {key} not named: {err}");
+        assert!(
+            err.contains(&format!("line {line}")),
+            "{links}: line {line} not named: {err}"
+        );
+        // link refuses too, before touching anything.
+        expect_code(&sb.run(["link"]), 78);
+    }
+    let o = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(sb.root.path().join("nope.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    expect_code(&o, 78);
+    assert!(snapshot(&sb.share).is_empty() && snapshot(&sb.app).is_empty());
+}
+
+#[test]
+fn a_thousand_already_linked_links() {
+    let links: String = (0..1000)
+        .map(|i| {
+            format!(
+                "\"app{}/d{i}\" = {{ share = \"s{}/d{i}\", dirs = [\"in\"] }}\n",
+                i % 10,
+                i % 10
+            )
+        })
+        .collect();
+    let sb = Sandbox::new(&links);
+    expect_code(&sb.run(["link"]), 0);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(count(&stderr(&o), "already linked"), 1000);
+    for i in (0..1000).step_by(97) {
+        let app = sb.app.join(format!("app{}/d{i}", i % 10));
+        assert_eq!(
+            fs::read_link(&app).unwrap(),
+            sb.share.join(format!("s{}/d{i}", i % 10))
+        );
+    }
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["links"].as_array().unwrap().len(), 1000);
+}
