@@ -650,3 +650,288 @@ fn a_thousand_already_linked_links() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["links"].as_array().unwrap().len(), 1000);
 }
+
+// ---------------------------------------------------------------------------
+// Real filesystems, each test in its own private mount namespace.
+
+/// `root/app` and `root/share` made into a fresh sandbox whose share is
+/// what the caller mounts at `sb.share`.
+fn dev(p: &Path) -> u64 {
+    lmeta(p).dev()
+}
+
+#[test]
+fn overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view() {
+    if !in_private_mount_ns("overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let lower = sb.root.path().join("lower");
+    make_tree(&lower.join("data"), 120, 50_000, 21);
+    let merged = mount_overlay(&sb.root.path().join("ovl"), &lower);
+    fs::remove_dir(&sb.app).unwrap();
+    std::os::unix::fs::symlink(&merged, &sb.app).unwrap();
+    let data = merged.join("data");
+    // Container writes on top of the image layer: new files and dirs (upper
+    // only), a lower file modified (copied up), a lower file deleted
+    // (whiteout), a lower directory replaced (opaque).
+    fs::write(data.join("new_in_upper"), "written at run time").unwrap();
+    fs::create_dir_all(data.join("upper_dir/x")).unwrap();
+    fs::write(data.join("upper_dir/x/f"), "upper").unwrap();
+    let lower_files: Vec<_> = snapshot(&data)
+        .into_iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(p, _)| p)
+        .collect();
+    fs::write(data.join(&lower_files[0]), "modified: copied up").unwrap();
+    fs::remove_file(data.join(&lower_files[1])).unwrap();
+    fs::remove_dir_all(data.join("empty")).unwrap();
+    fs::create_dir(data.join("empty")).unwrap();
+    fs::write(data.join("empty/now_full"), "opaque dir").unwrap();
+    let before = snapshot(&data);
+    mount_tmpfs(&sb.share, "64m");
+    sb.write_config(true, "\"data\" = \"data\"");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(fs::read_link(&data).unwrap(), sb.share.join("data"));
+    assert_eq!(snapshot(&sb.share.join("data")), before);
+    // The image layer itself is untouched (overlay wrote whiteouts).
+    assert!(lower.join("data").join(&lower_files[1]).exists());
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn share_refusing_chmod_and_chown_warns_once_per_link() {
+    if !in_private_mount_ns("share_refusing_chmod_and_chown_warns_once_per_link") {
+        return;
+    }
+    let links =
+        "\"one\" = { share = \"one\", dirs = [\"in\"] }\n\"two\" = \"two\"\n\"three\" = \"three\"";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("one"), 80, 20_000, 31);
+    // "two": the share already has data, so app-only files are displaced
+    // (the displaced copy is refused chmod too).
+    make_tree(&sb.app.join("two"), 40, 1000, 32);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    make_tree(&backing.join("two"), 10, 100, 33);
+    let share_two = snapshot(&backing.join("two"));
+    let (one, two) = (snapshot(&sb.app.join("one")), snapshot(&sb.app.join("two")));
+    mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");
+    // Precondition: this share really refuses chmod.
+    fs::write(sb.share.join("probe"), "").unwrap();
+    let e = fs::set_permissions(
+        sb.share.join("probe"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    fs::remove_file(sb.share.join("probe")).unwrap();
+
+    sb.write_config(true, links);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    let refusals: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("refused chmod"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "one warning per migrated link:\n{err}");
+    for l in ["one", "two"] {
+        let target = sb.share.join(l);
+        assert_eq!(
+            refusals
+                .iter()
+                .filter(|r| r.contains(&format!("{}\"", target.display()))
+                    || r.ends_with(&*target.to_string_lossy()))
+                .count(),
+            1,
+            "{l}:\n{err}"
+        );
+    }
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(
+        without_modes(&without_dirs(snapshot(&sb.share.join("one")), &["in"])),
+        without_modes(&one)
+    );
+    assert_eq!(snapshot(&sb.share.join("two")), share_two);
+    let displaced = sb.share.join(".sharelink/displaced/two");
+    let stamps: Vec<_> = fs::read_dir(&displaced)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stamps.len(), 1);
+    let kept = snapshot(&stamps[0]);
+    for (p, n) in without_modes(&two) {
+        if !share_two.contains_key(&p) {
+            assert_eq!(
+                without_modes(&kept).get(&p),
+                Some(&n),
+                "{} displaced",
+                p.display()
+            );
+        }
+    }
+    expect_code(&sb.run(["status"]), 0);
+    umount(&sb.share);
+}
+
+#[test]
+fn read_only_share_exits_73_and_touches_nothing() {
+    if !in_private_mount_ns("read_only_share_exits_73_and_touches_nothing") {
+        return;
+    }
+    let links = "\"baked\" = \"baked\"";
+    let sb = Sandbox::new(links);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    make_tree(&sb.app.join("baked"), 40, 5000, 41);
+    mount_ro_bind(&backing, &sb.share);
+    for (links, what) in [
+        ("\"baked\" = \"baked\"", "baked dir to migrate"),
+        (
+            "\"missing\" = { share = \"m\", dirs = [\"in\"] }",
+            "target to create",
+        ),
+        ("\"baked\" = \"baked\"\n\"missing\" = \"m\"", "both"),
+    ] {
+        sb.write_config(true, links);
+        let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
+        let o = sb.run(["link"]);
+        assert_eq!(code(&o), 73, "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("Read-only"), "{what}: {}", stderr(&o));
+        assert_eq!(snapshot(&sb.app), app_before, "{what}");
+        assert_eq!(snapshot(&backing), share_before, "{what}");
+    }
+    // Linked earlier on a writable share, a re-run on a read-only one has
+    // nothing to write and succeeds.
+    umount(&sb.share);
+    sb.write_config(true, "\"baked\" = \"baked\"\n\"missing\" = \"m\"");
+    mount_ro_bind(&backing, &sb.share);
+    sh(&format!(
+        "mount -o remount,bind,rw '{}'",
+        sb.share.display()
+    ));
+    expect_code(&sb.run(["link"]), 0);
+    sh(&format!(
+        "mount -o remount,bind,ro '{}'",
+        sb.share.display()
+    ));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn full_share_exits_73_keeps_the_original_and_completes_once_grown() {
+    if !in_private_mount_ns("full_share_exits_73_keeps_the_original_and_completes_once_grown") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }");
+    let baked = sb.app.join("data");
+    make_tree(&baked, 60, 1000, 51);
+    for i in 0..3 {
+        fs::write(baked.join(format!("big{i}")), vec![i as u8 + 1; 1 << 20]).unwrap();
+    }
+    let before = snapshot(&baked);
+    mount_tmpfs(&sb.share, "1m");
+    sb.write_config(true, "\"data\" = { share = \"data\", dirs = [\"in\"] }");
+    let o = sb.run(["link"]);
+    expect_code(&o, 73);
+    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    assert_eq!(snapshot(&baked), before, "original must be intact");
+    assert!(lmeta(&baked).is_dir());
+    // Never a half-copied target: staging may be left, the target not.
+    assert!(
+        !sb.share.join("data").exists(),
+        "half-copied target is visible"
+    );
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    // Room again: the next run finishes the job.
+    sh(&format!(
+        "mount -o remount,size=64m '{}'",
+        sb.share.display()
+    ));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(
+        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
+        before
+    );
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    assert_eq!(fs::read_link(&baked).unwrap(), sb.share.join("data"));
+    expect_code(&sb.run(["status"]), 0);
+}
+
+fn write_config_with_timeout(sb: &Sandbox, timeout: &str, links: &str) {
+    fs::write(
+        &sb.config,
+        format!(
+            "app_root = {:?}\nshare_root = {:?}\nmount_timeout = {timeout:?}\n\n[links]\n{links}\n",
+            sb.app, sb.share
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn mount_timeout_waits_for_the_share_and_uses_it() {
+    if !in_private_mount_ns("mount_timeout_waits_for_the_share_and_uses_it") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let links = "\"data\" = { share = \"data\", dirs = [\"in\"] }";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("data"), 40, 1000, 61);
+    let before = snapshot(&sb.app.join("data"));
+
+    // Too short a wait: 69, nothing touched.
+    write_config_with_timeout(&sb, "300ms", links);
+    let t0 = std::time::Instant::now();
+    let o = sb.run(["link"]);
+    expect_code(&o, 69);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(snapshot(&sb.app.join("data")), before);
+    assert!(snapshot(&sb.share).is_empty());
+
+    // The mount appears while `link` waits.
+    write_config_with_timeout(&sb, "10s", links);
+    let mut child = sb.cmd().arg("link").stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Wait until it says it is waiting (no sleep-as-synchronisation).
+    while !log.contains("waiting for the share") {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "link ended early:\n{log}"
+        );
+        log.push_str(&line);
+    }
+    let share = sb.share.clone();
+    let mounter = std::thread::spawn(move || {
+        // The share shows up a moment later, as a slow SMB mount would.
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        mount_tmpfs(&share, "64m");
+    });
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    log.push_str(&rest);
+    let status = child.wait().unwrap();
+    mounter.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // The data landed in the tmpfs mounted later, not in the directory under it.
+    assert_ne!(dev(&sb.share), dev(sb.root.path()));
+    assert_eq!(dev(&sb.share.join("data")), dev(&sb.share));
+    assert_eq!(
+        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
+        before
+    );
+    umount(&sb.share);
+    assert!(
+        snapshot(&sb.share).is_empty(),
+        "wrote under the mount point"
+    );
+}
