@@ -57,6 +57,10 @@ fn apply_link(cfg: &Config, link: &Link) -> Result<()> {
         if lock.is_none() && d.actions.iter().any(Action::needs_lock) {
             lock = Some(Lock::acquire(&cfg.share_root, &link.share)?);
             d = decide(cfg, link, &paths)?;
+            if d.actions.is_empty() {
+                tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked (by another sharelink while this one waited)");
+                return Ok(());
+            }
         }
         match execute(cfg, link, &paths, &d, lock.as_mut())? {
             Some(summary) => {

@@ -190,6 +190,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             // leave a half-set-up container behind.
             let credentials = user_spec.map(|u| user::resolve(u)).transpose()?;
             link_all(&cfg)?;
+            // A signal that came after the last safe point of linking still
+            // means "do not start".
+            crate::signals::check_interrupt()?;
             let opts = supervisor::RunOptions {
                 command: args.command.clone(),
                 credentials,

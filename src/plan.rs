@@ -16,9 +16,8 @@ use crate::fsutil::{self, ShareNode};
 pub enum AppNode {
     Missing,
     Symlink(PathBuf),
-    Dir {
-        empty: bool,
-    },
+    /// A real directory: baked data (maybe none) to migrate.
+    Dir,
     /// A regular file or other non-directory: not ours to touch.
     Other(&'static str),
 }
@@ -152,17 +151,17 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
         Some(m) if m.file_type().is_symlink() => {
             AppNode::Symlink(std::fs::read_link(&paths.app).ctx("read symlink", &paths.app)?)
         }
-        Some(m) if m.is_dir() => AppNode::Dir {
-            empty: fsutil::is_empty_dir(&paths.app).ctx("read", &paths.app)?,
-        },
+        Some(m) if m.is_dir() => AppNode::Dir,
         Some(m) => AppNode::Other(fsutil::kind_name(m.file_type())),
     };
-    let share = fsutil::share_node(&cfg.share_root, &link.share)?;
+    // Whether the share target is empty only matters for a migration.
+    let want_empty = matches!(app, AppNode::Dir);
+    let share = fsutil::share_node(&cfg.share_root, &link.share, want_empty)?;
     let mut missing_dirs = Vec::new();
     let mut bad_dir = None;
     if matches!(share, ShareNode::Dir { .. }) {
         for d in &link.dirs {
-            match fsutil::share_node(&paths.share, d)? {
+            match fsutil::share_node(&paths.share, d, false)? {
                 ShareNode::Dir { .. } => {}
                 ShareNode::Missing => missing_dirs.push(d.clone()),
                 other => {
@@ -253,7 +252,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
             Some(Action::ReplaceSymlink { was: t.clone() }),
         ),
         AppNode::Missing => (State::Unlinked, Some(Action::Symlink)),
-        AppNode::Dir { .. } => {
+        AppNode::Dir => {
             let how = if share_empty {
                 Migration::IntoEmpty
             } else {
@@ -267,7 +266,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
         }
         AppNode::Other(_) => unreachable!("refused above"),
     };
-    if share_missing && !matches!(obs.app, AppNode::Dir { .. }) {
+    if share_missing && !matches!(obs.app, AppNode::Dir) {
         actions.push(Action::CreateShareTarget);
     }
     if !obs.missing_dirs.is_empty() {
@@ -564,11 +563,11 @@ mod tests {
     #[test]
     fn directories_migrate_by_mode() {
         for share in [ShareNode::Missing, EMPTY] {
-            let x = d(&obs(AppNode::Dir { empty: false }, share));
+            let x = d(&obs(AppNode::Dir, share));
             assert_eq!(x.actions[0], Action::Migrate(Migration::IntoEmpty));
             assert_eq!(x.actions.last(), Some(&Action::Symlink));
         }
-        let x = d(&obs(AppNode::Dir { empty: false }, FULL));
+        let x = d(&obs(AppNode::Dir, FULL));
         assert_eq!(
             x.actions,
             [Action::Migrate(Migration::KeepShare), Action::Symlink]
@@ -576,7 +575,7 @@ mod tests {
         let x = decide(
             &link(MigrateMode::Merge),
             &paths(),
-            &obs(AppNode::Dir { empty: true }, FULL),
+            &obs(AppNode::Dir, FULL),
         );
         assert_eq!(
             x.actions,
@@ -616,7 +615,7 @@ mod tests {
 
     #[test]
     fn leftovers_recovered_first() {
-        let mut o = obs(AppNode::Dir { empty: false }, ShareNode::Missing);
+        let mut o = obs(AppNode::Dir, ShareNode::Missing);
         o.staging = true;
         let x = d(&o);
         assert_eq!(x.state, State::Interrupted);
