@@ -84,6 +84,9 @@ struct Case {
     orig: Tree,
     /// The share target before linking (empty for `IntoEmpty`).
     share_before: Tree,
+    /// Run sharelink on one CPU: it then copies and deletes on one thread,
+    /// so failpoint hit counts are exact.
+    one_cpu: bool,
 }
 
 impl Case {
@@ -101,16 +104,38 @@ impl Case {
         if let Some(f) = failpoint {
             c.env("SHARELINK_FAILPOINT", f);
         }
+        if self.one_cpu {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe libc calls between fork and exec.
+            unsafe {
+                c.pre_exec(|| {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    let size = std::mem::size_of::<libc::cpu_set_t>();
+                    if libc::sched_getaffinity(0, size, &mut set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let first = (0..libc::CPU_SETSIZE as usize)
+                        .find(|&i| libc::CPU_ISSET(i, &set))
+                        .unwrap_or(0);
+                    libc::CPU_ZERO(&mut set);
+                    libc::CPU_SET(first, &mut set);
+                    if libc::sched_setaffinity(0, size, &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         c.output().unwrap()
     }
 }
 
 /// `work` and `shares` are two tmpfs (two filesystems, as in production).
-fn setup(work: &Path, shares: &Path, n: usize, s: Scenario) -> Case {
+fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize, one_cpu: bool) -> Case {
     let base = work.join(format!("case{n}"));
     let lower = base.join("lower");
     let data = lower.join("data");
-    make_tree(&data, 40, 3000, 1000);
+    make_tree(&data, files, 3000, 1000);
     let share_root = shares.join(format!("case{n}"));
     let target = share_root.join("data");
     fs::create_dir_all(&share_root).unwrap();
@@ -154,6 +179,7 @@ fn setup(work: &Path, shares: &Path, n: usize, s: Scenario) -> Case {
         config,
         orig,
         share_before,
+        one_cpu,
     }
 }
 
@@ -374,7 +400,7 @@ fn sweep(test: &str, s: Scenario) {
     let (mut n, mut cases) = (0, 0);
     for &name in FAILPOINTS {
         n += 1;
-        let probe = setup(&work, &shares, n, s);
+        let probe = setup(&work, &shares, n, s, 40, true);
         let count = hits(s, &probe, name);
         umount(&probe.merged);
         // First, middle and last hit, then one past the last (must finish).
@@ -383,7 +409,7 @@ fn sweep(test: &str, s: Scenario) {
         for nth in nths {
             n += 1;
             cases += 1;
-            let case = setup(&work, &shares, n, s);
+            let case = setup(&work, &shares, n, s, 40, true);
             let fp = format!("{name}:{nth}");
             let what = format!("{s:?} {fp}");
             let o = case.run(&["link"], Some(&fp));
@@ -444,4 +470,67 @@ fn crash_anywhere_while_merging_then_rerun_completes() {
         "crash_anywhere_while_merging_then_rerun_completes",
         Scenario::Merge,
     );
+}
+
+/// The parallel copy and delete (several threads once a tree has enough
+/// files): hit counts vary from run to run, so crash at early hits of the
+/// walk and of the threaded phase, and require that some of those kills
+/// landed in the threaded phase.
+#[test]
+fn crash_during_parallel_copy_and_delete_then_rerun_completes() {
+    if !in_private_mount_ns("crash_during_parallel_copy_and_delete_then_rerun_completes") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (work, shares) = (root.path().join("work"), root.path().join("shares"));
+    mount_tmpfs(&work, "512m");
+    mount_tmpfs(&shares, "512m");
+    let s = Scenario::IntoEmpty;
+    let files = 300;
+    let probe = setup(&work, &shares, 0, s, files, false);
+    // Ticks of the single-threaded walk before the files are copied:
+    // one per directory and symlink.
+    let walk = probe
+        .orig
+        .values()
+        .filter(|n| !matches!(n, Node::File { .. }))
+        .count()
+        + 1;
+    umount(&probe.merged);
+    let mut n = 0;
+    for (name, nths, threaded_from) in [
+        (
+            "staging.file",
+            vec![1, walk + 1, walk + 5, walk + 40],
+            walk + 1,
+        ),
+        ("prune.entry", vec![1, 5, 40], 1),
+    ] {
+        let mut threaded_kills = 0;
+        for nth in nths {
+            n += 1;
+            let case = setup(&work, &shares, n, s, files, false);
+            let fp = format!("{name}:{nth}");
+            let what = format!("parallel {fp}");
+            let o = case.run(&["link"], Some(&fp));
+            if code(&o) == 137 {
+                assert!(stderr(&o).contains("failpoint"), "{what}: {}", stderr(&o));
+                if nth >= threaded_from {
+                    threaded_kills += 1;
+                }
+                check_after_crash(s, &case, &what);
+                let again = case.run(&["link"], None);
+                assert_eq!(code(&again), 0, "{what}: rerun: {}", stderr(&again));
+            } else {
+                assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
+                assert!(nth > 1, "{what}: first hit must kill");
+            }
+            check_finished(s, &case, &what);
+            umount(&case.merged);
+        }
+        assert!(
+            threaded_kills > 0,
+            "{name}: no crash landed in the threaded phase"
+        );
+    }
 }
