@@ -20,6 +20,9 @@ pub enum AppNode {
     Dir,
     /// A regular file or other non-directory: not ours to touch.
     Other(&'static str),
+    /// A directory that is, or holds, a mount point (a volume): it cannot
+    /// be moved or replaced by a symlink, and emptying it is not ours to do.
+    HoldsMount(PathBuf),
 }
 
 /// Everything [`decide`] needs to know about one link.
@@ -151,7 +154,10 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
         Some(m) if m.file_type().is_symlink() => {
             AppNode::Symlink(std::fs::read_link(&paths.app).ctx("read symlink", &paths.app)?)
         }
-        Some(m) if m.is_dir() => AppNode::Dir,
+        Some(m) if m.is_dir() => match crate::mounts::mount_at_or_below(&paths.app) {
+            Some(at) => AppNode::HoldsMount(at),
+            None => AppNode::Dir,
+        },
         Some(m) => AppNode::Other(fsutil::kind_name(m.file_type())),
     };
     // Whether the share target is empty only matters for a migration.
@@ -201,6 +207,13 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
     if let AppNode::Other(kind) = obs.app {
         return blocked(format!(
             "{} is a {kind} where the data directory belongs; sharelink leaves it alone. Move it away and re-run",
+            paths.app.display()
+        ));
+    }
+    if let AppNode::HoldsMount(at) = &obs.app {
+        return blocked(format!(
+            "{} is a mount point inside the data directory {}; sharelink cannot move a mount into the share or replace it with a symlink. Unmount it (drop the volume) and re-run",
+            at.display(),
             paths.app.display()
         ));
     }
@@ -264,7 +277,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
             actions.push(Action::Migrate(how));
             (State::NeedsMigration, Some(Action::Symlink))
         }
-        AppNode::Other(_) => unreachable!("refused above"),
+        AppNode::Other(_) | AppNode::HoldsMount(_) => unreachable!("refused above"),
     };
     if share_missing && !matches!(obs.app, AppNode::Dir) {
         actions.push(Action::CreateShareTarget);
