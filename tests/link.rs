@@ -1139,3 +1139,52 @@ fn signal_while_run_is_linking_never_starts_the_command() {
         assert!(interrupted, "{sig}: never interrupted `run` while linking");
     }
 }
+
+#[test]
+fn mount_at_or_below_the_app_path_is_refused_untouched() {
+    if !in_private_mount_ns("mount_at_or_below_the_app_path_is_refused_untouched") {
+        return;
+    }
+    // A volume mounted over the app directory (or inside it) cannot be
+    // replaced by a symlink: sharelink must refuse before copying or
+    // deleting anything, not empty the volume and then fail on EBUSY.
+    for (mount_at, what) in [("data", "at the app path"), ("data/cache", "below it")] {
+        let sb = Sandbox::new("\"data\" = \"data\"\n\"other\" = \"other\"");
+        fs::create_dir_all(sb.app.join("data")).unwrap();
+        fs::write(sb.app.join("data/baked"), "baked").unwrap();
+        mount_tmpfs(&sb.app.join(mount_at), "16m");
+        fs::write(sb.app.join(mount_at).join("on_volume"), "volume data").unwrap();
+        let app_before = snapshot(&sb.app);
+        let o = sb.run(["link"]);
+        assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("mount point"), "{what}: {err}");
+        assert!(
+            err.contains(&*sb.app.join(mount_at).to_string_lossy()),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            snapshot(&sb.app.join("data")),
+            {
+                app_before
+                    .iter()
+                    .filter_map(|(p, n)| {
+                        Some((p.strip_prefix("data").ok()?.to_path_buf(), n.clone()))
+                    })
+                    .filter(|(p, _)| !p.as_os_str().is_empty())
+                    .collect()
+            },
+            "{what}: app data changed"
+        );
+        assert!(!sb.share.join("data").exists(), "{what}: copied anyway");
+        // The other link is still made.
+        assert_eq!(
+            fs::read_link(sb.app.join("other")).unwrap(),
+            sb.share.join("other")
+        );
+        let o = sb.run(["status"]);
+        expect_code(&o, 1);
+        assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
+        umount(&sb.app.join(mount_at));
+    }
+}
