@@ -820,6 +820,15 @@ fn read_only_share_exits_73_and_touches_nothing() {
     let o = sb.run(["link"]);
     expect_code(&o, 0);
     expect_code(&sb.run(["status"]), 0);
+    // With sharelink's own state directory already there, a new baked
+    // directory still fails cleanly (the lock cannot be taken).
+    assert!(backing.join(".sharelink/locks").is_dir());
+    sb.write_config(true, "\"late\" = \"late\"");
+    make_tree(&sb.app.join("late"), 10, 100, 42);
+    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
+    expect_code(&sb.run(["link"]), 73);
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert_eq!(snapshot(&backing), share_before);
 }
 
 #[test]
