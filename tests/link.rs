@@ -654,8 +654,7 @@ fn a_thousand_already_linked_links() {
 // ---------------------------------------------------------------------------
 // Real filesystems, each test in its own private mount namespace.
 
-/// `root/app` and `root/share` made into a fresh sandbox whose share is
-/// what the caller mounts at `sb.share`.
+/// The device a path lives on (which filesystem holds it).
 fn dev(p: &Path) -> u64 {
     lmeta(p).dev()
 }
@@ -949,14 +948,14 @@ fn mount_timeout_waits_for_the_share_and_uses_it() {
 // A termination signal while linking: stop at a safe point, exit 128+sig.
 
 /// Start `sharelink ARGS`, wait until `ready` holds (e.g. the staging
-/// directory appeared), send `sig`, return the exit status and stderr.
-/// `None` for "ready" never seen: the run finished first.
+/// directory appeared), send `sig`; return whether it was sent (not if the
+/// run finished first) and the output.
 fn signal_when(
     sb: &Sandbox,
     args: &[&str],
     sig: nix::sys::signal::Signal,
     ready: impl Fn() -> bool,
-) -> (Option<bool>, std::process::Output) {
+) -> (bool, std::process::Output) {
     use std::process::Stdio;
     let child = sb
         .cmd()
@@ -968,13 +967,13 @@ fn signal_when(
     let mut child = child;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut sent = None;
+    let mut sent = false;
     // Until the moment comes, or the run ends first. The child is reaped
     // only by `try_wait`/`wait`, so `pid` cannot be reused before the kill.
     while child.try_wait().unwrap().is_none() {
         if ready() {
             nix::sys::signal::kill(pid, sig).unwrap();
-            sent = Some(true);
+            sent = true;
             break;
         }
         assert!(
@@ -1043,7 +1042,7 @@ fn sigterm_during_link_stops_at_a_safe_point_and_rerun_completes() {
         });
         match o.status.code() {
             Some(143) => {
-                assert_eq!(sent, Some(true));
+                assert!(sent);
                 interrupted += 1;
                 assert!(stderr(&o).contains("SIGTERM"), "{}", stderr(&o));
                 assert_whole_somewhere(&sb, &before);
