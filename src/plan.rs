@@ -282,8 +282,16 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
     if share_missing && !matches!(obs.app, AppNode::Dir) {
         actions.push(Action::CreateShareTarget);
     }
-    if !obs.missing_dirs.is_empty() {
-        actions.push(Action::CreateDirs(obs.missing_dirs.clone()));
+    // A migration replaces the share target's tree (an only-empty-dirs
+    // target is removed at commit), so after one every `dirs` entry is
+    // made again; mkdir of an existing one is a no-op.
+    let dirs = if matches!(obs.app, AppNode::Dir) {
+        &link.dirs
+    } else {
+        &obs.missing_dirs
+    };
+    if !dirs.is_empty() {
+        actions.push(Action::CreateDirs(dirs.clone()));
     }
     actions.extend(link_action);
     if obs.staging {
@@ -581,9 +589,14 @@ mod tests {
             assert_eq!(x.actions.last(), Some(&Action::Symlink));
         }
         let x = d(&obs(AppNode::Dir, FULL));
+        let all_dirs = Action::CreateDirs(vec!["in".into()]);
         assert_eq!(
             x.actions,
-            [Action::Migrate(Migration::KeepShare), Action::Symlink]
+            [
+                Action::Migrate(Migration::KeepShare),
+                all_dirs.clone(),
+                Action::Symlink
+            ]
         );
         let x = decide(
             &link(MigrateMode::Merge),
@@ -592,7 +605,7 @@ mod tests {
         );
         assert_eq!(
             x.actions,
-            [Action::Migrate(Migration::Merge), Action::Symlink]
+            [Action::Migrate(Migration::Merge), all_dirs, Action::Symlink]
         );
         assert_eq!(x.state, State::NeedsMigration);
         assert!(x.actions[0].needs_lock());

@@ -187,13 +187,21 @@ fn symlink_elsewhere_is_replaced_with_a_warning() {
 
 #[test]
 fn baked_dir_moves_whole_into_missing_or_empty_share_target() {
-    for share_state in ["missing", "empty"] {
+    // "only-dirs": a share target holding nothing but empty directories
+    // (the `dirs` an earlier image without baked data had created) counts
+    // as empty: the baked data moves in rather than being set aside.
+    for share_state in ["missing", "empty", "only-dirs"] {
         let sb = Sandbox::new("\"m/data\" = { share = \"s/data\", dirs = [\"input\"] }");
         let baked = sb.app.join("m/data");
         make_tree(&baked, 150, 100_000, 11);
         let before = snapshot(&baked);
-        if share_state == "empty" {
-            fs::create_dir_all(sb.share.join("s/data")).unwrap();
+        match share_state {
+            "empty" => fs::create_dir_all(sb.share.join("s/data")).unwrap(),
+            "only-dirs" => {
+                fs::create_dir_all(sb.share.join("s/data/input")).unwrap();
+                fs::create_dir_all(sb.share.join("s/data/d0_1/deeper")).unwrap();
+            }
+            _ => {}
         }
         let o = sb.run(["link"]);
         expect_code(&o, 0);
@@ -209,6 +217,14 @@ fn baked_dir_moves_whole_into_missing_or_empty_share_target() {
             before,
             "{share_state}"
         );
+        if share_state == "only-dirs" {
+            // The empty directories that stood there are not kept: the
+            // baked tree replaced them (`dirs` are re-created).
+            assert!(
+                !sb.share.join("s/data/d0_1/deeper").exists()
+                    || before.contains_key(Path::new("d0_1/deeper"))
+            );
+        }
         assert!(entries_containing(&sb.share.join("s"), "sharelink").is_empty());
         assert!(entries_containing(&sb.app.join("m"), "sharelink").is_empty());
         // No displaced copy when the share was empty.
