@@ -70,9 +70,6 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
         match execute(cfg, link, &paths, &d, lock.as_mut(), owner)? {
             Some(summary) => {
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "{summary}");
-                if lock.is_none() {
-                    crate::lock::clear_if_dead(&cfg.share_root, &link.share);
-                }
                 return Ok(());
             }
             None => d = decide(cfg, link, &paths)?,

@@ -213,26 +213,6 @@ impl Drop for Lock {
     }
 }
 
-/// Remove this link's lock if its holder died on this host. A run killed
-/// after its last locked step (pruning done, symlink pending) leaves its
-/// lock; the run that finishes the link does not need the lock, so it
-/// clears it here rather than leaving other hosts to wait out the lease.
-pub fn clear_if_dead(share_root: &Path, share_rel: &Path) {
-    let locks = share_root.join(RESERVED_DIR).join("locks");
-    let id = lock_id(share_rel);
-    let dir = locks.join(&id);
-    let (me, _) = identity();
-    sweep_abandoned(&locks, &id, &me);
-    let Ok(holder) = fs::read_to_string(dir.join("owner")) else {
-        return;
-    };
-    if holder.starts_with(&me) && is_stale(&dir, &holder, &me, lease()) {
-        if let Err(e) = break_stale(&locks, &id, &holder, &me, lease()) {
-            tracing::debug!(lock = %dir.display(), "could not clear a dead lock: {e}");
-        }
-    }
-}
-
 fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     let same_host = !holder.is_empty() && holder.starts_with(me);
     if same_host {
