@@ -50,6 +50,7 @@ pub fn is_empty_dir(path: &Path) -> io::Result<bool> {
 }
 
 /// What a path below the share root is, found without following symlinks.
+/// `empty` means "holds no files" ([`holds_no_files`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShareNode {
     Missing,
@@ -93,8 +94,35 @@ pub fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode
             break;
         }
     }
-    let empty = want_empty && is_empty_dir(&cur).ctx("read", &cur)?;
+    let empty = want_empty && holds_no_files(&cur).ctx("read", &cur)?;
     Ok(ShareNode::Dir { empty })
+}
+
+/// Whether a directory holds nothing but (empty) directories: a share
+/// target with only the `dirs` sharelink made earlier is as good as empty,
+/// and baked data shipped later should move in, not be set aside. Stops at
+/// the first non-directory.
+pub fn holds_no_files(dir: &Path) -> io::Result<bool> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_type()?.is_dir() || !holds_no_files(&e.path())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Remove a tree of empty directories with `rmdir` only, children first:
+/// anything else in it (a file that appeared meanwhile) fails with
+/// ENOTEMPTY and stays.
+pub fn remove_empty_dirs(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            remove_empty_dirs(&e.path())?;
+        }
+    }
+    fs::remove_dir(dir)
 }
 
 /// `mkdir -p root/rel` without following symlinks: each component is made
@@ -670,10 +698,17 @@ mod tests {
             share_node(root, Path::new("a/b"), false).unwrap(),
             ShareNode::Dir { empty: false }
         );
+        // Only empty directories below: as good as empty.
+        assert_eq!(
+            share_node(root, Path::new("a"), true).unwrap(),
+            ShareNode::Dir { empty: true }
+        );
+        fs::write(root.join("a/b/f"), "").unwrap();
         assert_eq!(
             share_node(root, Path::new("a"), true).unwrap(),
             ShareNode::Dir { empty: false }
         );
+        fs::remove_file(root.join("a/b/f")).unwrap();
         assert_eq!(
             share_node(root, Path::new("a/c/d"), true).unwrap(),
             ShareNode::Missing

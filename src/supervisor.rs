@@ -74,6 +74,7 @@ pub fn run(opts: RunOptions) -> i32 {
         self_pid,
         pid1,
         grace: opts.grace_period,
+        warned_no_proc: Default::default(),
     }
     .supervise()
 }
@@ -136,7 +137,7 @@ struct Prepared {
     argv_ptrs: Vec<*const libc::c_char>,
     ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     mask: SigSet,
-    /// Give the child the terminal (see `take_terminal`).
+    /// Give the child the terminal (see [`we_own_the_terminal`]).
     foreground: bool,
 }
 
@@ -455,6 +456,7 @@ struct Supervisor {
     self_pid: i32,
     pid1: bool,
     grace: Duration,
+    warned_no_proc: std::cell::Cell<bool>,
 }
 
 /// Where the shutdown stands. The command's status is fixed once it is
@@ -491,7 +493,9 @@ impl Supervisor {
                             "sending SIGTERM to the processes left, grace period {:?}",
                             self.grace
                         );
-                        self.signal_leftovers(Signal::SIGTERM);
+                        // SIGCONT too, as systemd does: a stopped process
+                        // would not act on SIGTERM until continued.
+                        self.signal_leftovers(&[Signal::SIGTERM, Signal::SIGCONT]);
                         Phase::Draining {
                             code,
                             deadline: Instant::now() + self.grace,
@@ -510,7 +514,7 @@ impl Supervisor {
                             "processes still running after the {:?} grace period; sending SIGKILL",
                             self.grace
                         );
-                        self.signal_leftovers(Signal::SIGKILL);
+                        self.signal_leftovers(&[Signal::SIGKILL]);
                         Phase::Killing {
                             code,
                             deadline: Instant::now() + KILL_WAIT,
@@ -527,7 +531,7 @@ impl Supervisor {
                     }
                     // Again on every wake-up: a process that forked between
                     // the scan and the kill must not escape.
-                    self.signal_leftovers(Signal::SIGKILL);
+                    self.signal_leftovers(&[Signal::SIGKILL]);
                     phase
                 }
             };
@@ -629,33 +633,31 @@ impl Supervisor {
         }
     }
 
-    /// Send `sig` to every process left after the command exited: as PID 1
+    /// Send `sigs` to every process left after the command exited: as PID 1
     /// `kill(-1)` reaches the whole namespace in one call (race-free against
     /// forks); as a subreaper, every descendant found in /proc.
-    fn signal_leftovers(&self, sig: Signal) {
-        if self.pid1 {
-            // SAFETY: plain syscall; -1 from PID 1 spares sharelink itself.
-            unsafe { libc::kill(-1, sig as i32) };
-            return;
-        }
-        match descendants(self.self_pid) {
-            Some(pids) => {
-                tracing::debug!("sending {} to {} processes left", sig.as_str(), pids.len());
-                for pid in pids {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::kill(pid, sig as i32) };
-                }
-            }
-            None => {
-                // Fall back on what is known without /proc: the command's
-                // process group (its orphans usually stay in it).
+    fn signal_leftovers(&self, sigs: &[Signal]) {
+        let targets = if self.pid1 {
+            // -1 from PID 1 spares sharelink itself.
+            vec![-1]
+        } else if let Some(pids) = descendants(self.self_pid) {
+            tracing::debug!("{} processes left", pids.len());
+            pids
+        } else {
+            // Fall back on what is known without /proc: the command's
+            // process group (its orphans usually stay in it).
+            if !self.warned_no_proc.replace(true) {
                 tracing::warn!(
-                    "/proc does not show this pid namespace; sending {} to the command's \
-                     process group only",
-                    sig.as_str()
+                    "/proc does not show this pid namespace; only the command's process \
+                     group can be stopped"
                 );
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(-self.child, sig as i32) };
+            }
+            vec![-self.child]
+        };
+        for pid in targets {
+            for &sig in sigs {
+                // SAFETY: plain syscall. ESRCH (gone meanwhile) is fine.
+                unsafe { libc::kill(pid, sig as i32) };
             }
         }
     }
