@@ -63,7 +63,11 @@ fn loud_skip(why: &str) {
 #[test]
 fn docker_compose_smoke() {
     let ci = in_ci();
-    if !ci && std::env::var("SHARELINK_SKIP_DOCKER_SMOKE").map(|v| v == "1").unwrap_or(false) {
+    if !ci
+        && std::env::var("SHARELINK_SKIP_DOCKER_SMOKE")
+            .map(|v| v == "1")
+            .unwrap_or(false)
+    {
         loud_skip("SHARELINK_SKIP_DOCKER_SMOKE=1");
         return;
     }
@@ -92,7 +96,10 @@ fn docker_compose_smoke() {
     let mut readers = Vec::new();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
@@ -138,7 +145,14 @@ fn docker_compose_smoke() {
 
     if !status.success() || timed_out {
         let fails: Vec<&String> = output.iter().filter(|l| l.starts_with("FAIL")).collect();
-        let tail: Vec<&String> = output.iter().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&String> = output
+            .iter()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         panic!(
             "container smoke test failed ({status}{}):\n{}\n--- last lines ---\n{}\n(full output above, prefixed [docker-smoke])",
             if timed_out { ", hit the deadline" } else { "" },
