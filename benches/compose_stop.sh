@@ -81,7 +81,19 @@ for v in sharelink sh-wrapper sh-exec; do
         dc stop >/dev/null 2>&1
         end=$(date +%s.%N)
         code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$c")"
-        printf '%-12s %-6s %-10s %s\n' "$v" "$r" "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')" "$code"
+        secs="$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')"
+        printf '%-12s %-6s %-10s %s\n' "$v" "$r" "$secs" "$code"
+        echo "$v $secs $code" >>"$WORK/results"
     done
     dc down -t 1 >/dev/null 2>&1
+done
+echo
+echo "median stop time per variant:"
+for v in sharelink sh-wrapper sh-exec; do
+    grep "^$v " "$WORK/results" 2>/dev/null | awk '{ print $2, $3 }' | sort -n |
+        awk -v v="$v" '{ t[NR] = $1; c[$2]++ } END {
+            if (NR == 0) { printf "  %-12s no runs\n", v; exit }
+            m = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
+            codes = ""; for (k in c) codes = codes " " k "x" c[k]
+            printf "  %-12s %6.2fs  (n=%d, exit codes:%s)\n", v, m, NR, codes }'
 done
