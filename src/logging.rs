@@ -147,7 +147,8 @@ fn format_line(
     s
 }
 
-fn json_str(out: &mut String, v: &str) {
+/// Append `v` as a JSON string literal.
+pub fn json_str(out: &mut String, v: &str) {
     out.push('"');
     for c in v.chars() {
         match c {

@@ -5,8 +5,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::config::{Config, Link, MigrateMode};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, ShareNode};
@@ -39,8 +37,7 @@ pub struct Observed {
 }
 
 /// How baked data gets into the share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Migration {
     /// Share target missing or empty: the whole tree moves in.
     IntoEmpty,
@@ -78,8 +75,7 @@ impl Action {
 }
 
 /// A link's state as `status` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// The right symlink to an existing share directory with its `dirs`.
     Linked,
@@ -389,22 +385,20 @@ impl fmt::Display for Plan<'_> {
 }
 
 /// `status`: one entry per link.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Report {
     pub healthy: bool,
     pub share_root: String,
     pub share_available: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub share_problem: Option<String>,
     pub links: Vec<LinkReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct LinkReport {
     pub app: String,
     pub share: String,
     pub state: State,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
@@ -449,7 +443,35 @@ impl Report {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("report serialises")
+        // By hand: two flat objects do not justify serde_json in PID 1.
+        use crate::logging::json_str;
+        let mut s = String::with_capacity(128 + 160 * self.links.len());
+        s.push_str(&format!("{{\"healthy\":{},\"share_root\":", self.healthy));
+        json_str(&mut s, &self.share_root);
+        s.push_str(&format!(",\"share_available\":{}", self.share_available));
+        if let Some(p) = &self.share_problem {
+            s.push_str(",\"share_problem\":");
+            json_str(&mut s, p);
+        }
+        s.push_str(",\"links\":[");
+        for (i, l) in self.links.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str("{\"app\":");
+            json_str(&mut s, &l.app);
+            s.push_str(",\"share\":");
+            json_str(&mut s, &l.share);
+            s.push_str(",\"state\":");
+            json_str(&mut s, l.state.name());
+            if let Some(d) = &l.detail {
+                s.push_str(",\"detail\":");
+                json_str(&mut s, d);
+            }
+            s.push('}');
+        }
+        s.push_str("]}");
+        s
     }
 
     pub fn to_text(&self) -> String {
@@ -647,5 +669,27 @@ mod tests {
         assert_eq!(x.state, State::Interrupted);
         assert_eq!(x.actions[0], Action::Recover);
         assert_eq!(x.actions[1], Action::Migrate(Migration::IntoEmpty));
+    }
+
+    #[test]
+    fn status_json_is_valid_and_escaped() {
+        let r = Report {
+            healthy: false,
+            share_root: "/s".into(),
+            share_available: true,
+            share_problem: None,
+            links: vec![LinkReport {
+                app: "/app/we\"ird\nname".into(),
+                share: "/s/x".into(),
+                state: State::Blocked,
+                detail: Some("a \\ b".into()),
+            }],
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["healthy"], false);
+        assert_eq!(v["links"][0]["app"], "/app/we\"ird\nname");
+        assert_eq!(v["links"][0]["state"], "blocked");
+        assert_eq!(v["links"][0]["detail"], "a \\ b");
+        assert!(v.get("share_problem").is_none());
     }
 }

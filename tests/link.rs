@@ -1212,3 +1212,34 @@ fn mount_at_or_below_the_app_path_is_refused_untouched() {
         umount(&sb.app.join(mount_at));
     }
 }
+
+#[test]
+fn run_links_first_then_starts_the_command_with_its_status() {
+    let sb = Sandbox::new("\"m/data\" = { share = \"s/data\", dirs = [\"out\"] }");
+    let baked = sb.app.join("m/data");
+    make_tree(&baked, 40, 10_000, 5);
+    let before = snapshot(&baked);
+    // The command sees the link already made and the baked data through it,
+    // writes through it, and its exit status is sharelink's.
+    let script = format!(
+        "test \"$(readlink {app})\" = {share} && test -d {app}/out && ls {app}/empty >/dev/null && echo written > {app}/out/result && exit 7",
+        app = baked.display(),
+        share = sb.share.join("s/data").display()
+    );
+    let o = sb.run(["run", "--", "sh", "-c", &script]);
+    expect_code(&o, 7);
+    assert_eq!(
+        fs::read_to_string(sb.share.join("s/data/out/result")).unwrap(),
+        "written\n"
+    );
+    let mut after = snapshot(&sb.share.join("s/data"));
+    after.remove(Path::new("out/result"));
+    assert_eq!(without_dirs(after, &["out"]), before);
+    // Linking errors keep the command from starting.
+    fs::remove_file(&baked).unwrap();
+    fs::write(&baked, "a file where the data directory belongs").unwrap();
+    let marker = sb.root.path().join("started");
+    let o = sb.run(["run", "--", "touch", marker.to_str().unwrap()]);
+    expect_code(&o, 65);
+    assert!(!marker.exists(), "the command ran despite a linking error");
+}

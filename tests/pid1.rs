@@ -84,6 +84,9 @@ impl Sandbox {
     fn new() -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        // A share with no links: linking is a no-op, but the share must
+        // exist (a missing share_root is exit 69).
+        std::fs::create_dir(root.join("share")).unwrap();
         std::fs::write(
             root.join("sharelink.toml"),
             format!(
