@@ -10,7 +10,7 @@ use crate::config::{Config, Link};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fsutil;
-use crate::lock::Lock;
+use crate::lock::{self, Lock};
 use crate::migrate::{self, Done, Outcome};
 use crate::plan::{self, Action, Decision, Paths};
 use crate::signals;
@@ -47,6 +47,7 @@ fn apply_link(cfg: &Config, link: &Link) -> Result<()> {
     let paths = Paths::new(cfg, link);
     let mut d = decide(cfg, link, &paths)?;
     if d.actions.is_empty() {
+        lock::clear_stale(&cfg.share_root, &link.share);
         tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked");
         return Ok(());
     }
@@ -60,6 +61,9 @@ fn apply_link(cfg: &Config, link: &Link) -> Result<()> {
         }
         match execute(cfg, link, &paths, &d, lock.as_mut())? {
             Some(summary) => {
+                if lock.is_none() {
+                    lock::clear_stale(&cfg.share_root, &link.share);
+                }
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "{summary}");
                 return Ok(());
             }

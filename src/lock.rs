@@ -244,6 +244,37 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     }
 }
 
+/// Remove the lock of `share_rel` if its holder is gone (or its lease ran
+/// out), without waiting and without creating anything; a live lock is
+/// left alone. Runs that need no lock (already linked, or only the symlink
+/// left to make) call it, so that a run killed after its migration but
+/// before releasing leaves no lock behind for other machines to wait out.
+pub fn clear_stale(share_root: &Path, share_rel: &Path) {
+    let locks_rel = Path::new(RESERVED_DIR).join("locks");
+    // Never through a symlink: that could remove something outside the share.
+    if !matches!(
+        fsutil::share_node(share_root, &locks_rel),
+        Ok(fsutil::ShareNode::Dir { .. })
+    ) {
+        return;
+    }
+    let locks = share_root.join(&locks_rel);
+    let id = lock_id(share_rel);
+    let dir = locks.join(&id);
+    if !fsutil::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
+        return;
+    }
+    let (me, _) = identity();
+    let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+    if holder.is_empty() {
+        // Left by a release that crashed half-way (locks appear with their
+        // owner file); rmdir refuses anything that is not empty.
+        let _ = fs::remove_dir(&dir);
+    } else if is_stale(&dir, &holder, &me, lease()) {
+        let _ = break_stale(&locks, &id, &holder, &me, lease());
+    }
+}
+
 /// Remove a stale lock while holding `<id>.break`, after checking that the
 /// lock still has the owner we judged stale.
 fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) -> Result<()> {
