@@ -161,7 +161,9 @@ pub fn names(dir: &Path) -> Vec<String> {
 pub fn leftovers(app_root: &Path, share_root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     walk_names(share_root, &mut |p, name| {
-        if name.contains("sharelink-staging") || name.ends_with(".partial") {
+        if name.starts_with('.') && name.ends_with(".sharelink-staging")
+            || name.ends_with(".partial")
+        {
             found.push(p.display().to_string());
         }
     });
@@ -169,7 +171,9 @@ pub fn leftovers(app_root: &Path, share_root: &Path) -> Vec<String> {
         found.push(format!("lock entry .sharelink/locks/{n}"));
     }
     walk_names(app_root, &mut |p, name| {
-        if name.contains("sharelink-link") || name.contains("sharelink-staging") {
+        if name.starts_with('.')
+            && (name.contains(".sharelink-link.") || name.ends_with(".sharelink-staging"))
+        {
             found.push(p.display().to_string());
         }
     });
