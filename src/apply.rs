@@ -175,7 +175,8 @@ fn describe(out: &Outcome, paths: &Paths) -> String {
 pub fn make_symlink(app: &Path, target: &Path) -> Result<()> {
     let parent = app.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(parent).ctx("create directory", parent)?;
-    let prefix = fsutil::sibling(app, "sharelink-link");
+    // Room for ".<pid>" (u32: at most 10 digits) within NAME_MAX.
+    let prefix = fsutil::sibling_with_room(app, "sharelink-link", 11);
     let tmp = prefix.with_file_name(format!(
         "{}.{}",
         prefix.file_name().unwrap_or_default().to_string_lossy(),
