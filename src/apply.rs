@@ -15,13 +15,18 @@ use crate::migrate::{self, Done, Outcome};
 use crate::plan::{self, Action, Decision, Paths};
 use crate::signals;
 
+/// Who should own share directories that linking creates: the user the
+/// pipeline runs as (`run --user` / `run.user`), so that it can write into
+/// them after sharelink drops root. Migrated data keeps its own owners.
+pub type Owner = Option<(u32, u32)>;
+
 /// Link every entry. A link that fails does not stop the others (each is
 /// independent); the first error decides the exit code. A termination
 /// signal stops at once, between steps.
-pub fn apply(cfg: &Config) -> Result<()> {
+pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
     let mut first_err = None;
     for link in &cfg.links {
-        match apply_link(cfg, link) {
+        match apply_link(cfg, link, owner) {
             Ok(()) => {}
             Err(e) if e.is_interrupted() => return Err(e),
             Err(e) => {
@@ -42,7 +47,7 @@ fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
     }
 }
 
-fn apply_link(cfg: &Config, link: &Link) -> Result<()> {
+fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
     signals::check_interrupt()?;
     let paths = Paths::new(cfg, link);
     let mut d = decide(cfg, link, &paths)?;
@@ -58,8 +63,12 @@ fn apply_link(cfg: &Config, link: &Link) -> Result<()> {
         if lock.is_none() && d.actions.iter().any(Action::needs_lock) {
             lock = Some(Lock::acquire(&cfg.share_root, &link.share)?);
             d = decide(cfg, link, &paths)?;
+            if d.actions.is_empty() {
+                tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked (by another sharelink while this one waited)");
+                return Ok(());
+            }
         }
-        match execute(cfg, link, &paths, &d, lock.as_mut())? {
+        match execute(cfg, link, &paths, &d, lock.as_mut(), owner)? {
             Some(summary) => {
                 if lock.is_none() {
                     lock::clear_stale(&cfg.share_root, &link.share);
@@ -86,6 +95,7 @@ fn execute(
     paths: &Paths,
     d: &Decision,
     mut lock: Option<&mut Lock>,
+    owner: Owner,
 ) -> Result<Option<String>> {
     let mut done: Vec<String> = Vec::new();
     for action in &d.actions {
@@ -97,7 +107,9 @@ fn execute(
                 done.push("finished an interrupted run".into());
             }
             Action::CreateShareTarget => {
-                fsutil::ensure_dir_beneath(&cfg.share_root, &link.share)?;
+                if fsutil::ensure_dir_beneath(&cfg.share_root, &link.share)? {
+                    give(&paths.share, owner);
+                }
                 done.push("created the share target".into());
             }
             Action::Migrate(how) => {
@@ -109,7 +121,9 @@ fn execute(
             }
             Action::CreateDirs(dirs) => {
                 for dir in dirs {
-                    fsutil::ensure_dir_beneath(&paths.share, dir)?;
+                    if fsutil::ensure_dir_beneath(&paths.share, dir)? {
+                        give(&paths.share.join(dir), owner);
+                    }
                 }
             }
             Action::Symlink => {
@@ -129,6 +143,16 @@ fn execute(
         done.push("created missing dirs".into());
     }
     Ok(Some(done.join(", ")))
+}
+
+/// Hand a directory we just created to the pipeline's user. A share that
+/// refuses chown (SMB: owners come from the mount options) is fine.
+fn give(dir: &Path, owner: Owner) {
+    if let Some((uid, gid)) = owner {
+        if let Err(e) = std::os::unix::fs::lchown(dir, Some(uid), Some(gid)) {
+            tracing::debug!(dir = %dir.display(), "chown to the run user refused: {e}");
+        }
+    }
 }
 
 fn describe(out: &Outcome, paths: &Paths) -> String {

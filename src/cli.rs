@@ -180,7 +180,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 // Exit as `link` would, so a dry run can gate a deploy.
                 return Ok(plan.exit_code());
             }
-            link_all(&cfg)?;
+            // Directories made by hand must still be writable by the
+            // pipeline's user.
+            let owner = cfg.run.user.as_deref().map(user::resolve).transpose()?;
+            link_all(&cfg, owner.map(|c| (c.uid, c.gid)))?;
             Ok(code::OK)
         }
         Command::Run(args) => {
@@ -189,7 +192,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             // Resolve the user before touching anything: a typo must not
             // leave a half-set-up container behind.
             let credentials = user_spec.map(|u| user::resolve(u)).transpose()?;
-            link_all(&cfg)?;
+            link_all(&cfg, credentials.as_ref().map(|c| (c.uid, c.gid)))?;
+            // A signal that came after the last safe point of linking still
+            // means "do not start".
+            crate::signals::check_interrupt()?;
             let opts = supervisor::RunOptions {
                 command: args.command.clone(),
                 credentials,
@@ -202,9 +208,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
 }
 
 /// Mount guard, then plan and apply every link.
-fn link_all(cfg: &Config) -> Result<()> {
+fn link_all(cfg: &Config, owner: apply::Owner) -> Result<()> {
     mounts::check_share(cfg, true)?;
-    apply::apply(cfg)
+    apply::apply(cfg, owner)
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ pub fn is_empty_dir(path: &Path) -> io::Result<bool> {
 }
 
 /// What a path below the share root is, found without following symlinks.
+/// `empty` means "holds no files" ([`holds_no_files`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShareNode {
     Missing,
@@ -68,8 +69,10 @@ pub enum ShareNode {
 }
 
 /// Walk `root/rel` component by component with `lstat`. A hostile or
-/// confused share must not make us follow a symlink out of it.
-pub fn share_node(root: &Path, rel: &Path) -> Result<ShareNode> {
+/// confused share must not make us follow a symlink out of it. Emptiness
+/// is only read when `want_empty` (it costs a directory read, a network
+/// round trip on SMB); otherwise a directory reports `empty: false`.
+pub fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode> {
     let mut cur = root.to_path_buf();
     let mut parts = rel.components().peekable();
     while let Some(c) = parts.next() {
@@ -88,14 +91,38 @@ pub fn share_node(root: &Path, rel: &Path) -> Result<ShareNode> {
             });
         }
         if parts.peek().is_none() {
-            let empty = is_empty_dir(&cur).ctx("read", &cur)?;
-            return Ok(ShareNode::Dir { empty });
+            break;
         }
     }
-    // `rel` had no components: the root itself.
-    Ok(ShareNode::Dir {
-        empty: is_empty_dir(root).ctx("read", root)?,
-    })
+    let empty = want_empty && holds_no_files(&cur).ctx("read", &cur)?;
+    Ok(ShareNode::Dir { empty })
+}
+
+/// Whether a directory holds nothing but (empty) directories: a share
+/// target with only the `dirs` sharelink made earlier is as good as empty,
+/// and baked data shipped later should move in, not be set aside. Stops at
+/// the first non-directory.
+pub fn holds_no_files(dir: &Path) -> io::Result<bool> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_type()?.is_dir() || !holds_no_files(&e.path())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Remove a tree of empty directories with `rmdir` only, children first:
+/// anything else in it (a file that appeared meanwhile) fails with
+/// ENOTEMPTY and stays.
+pub fn remove_empty_dirs(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            remove_empty_dirs(&e.path())?;
+        }
+    }
+    fs::remove_dir(dir)
 }
 
 /// `mkdir -p root/rel` without following symlinks: each component is made
@@ -233,10 +260,114 @@ impl CopyStats {
 
 const CHUNK: u64 = 64 << 20;
 
+/// Threads for copying and deleting: the per-file work (open, copy,
+/// attributes, close) is syscall- and metadata-bound, so a second core
+/// nearly halves it. Capped: a share is one network link.
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// What [`par_each`] runs per item: the item, this thread's stats, and
+/// this thread's check to call between chunks of long work.
+type Work<'a, T> =
+    dyn Fn(&T, &mut CopyStats, &mut dyn FnMut() -> Result<()>) -> Result<()> + Sync + 'a;
+
+/// Run `work` over `items` on up to [`workers`] threads. The calling thread
+/// works too and runs `tick` (failpoints, the lock's lease) after each of
+/// its items and, once out of items, every 20 ms until the others finish,
+/// so a long file on another thread cannot outlive the lease. The other
+/// threads check for termination signals. The first error stops everyone;
+/// per-thread stats are summed.
+fn par_each<T: Sync>(
+    items: &[T],
+    tick: &mut dyn Tick,
+    stats: &mut CopyStats,
+    work: &Work<'_, T>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Threads are not worth spawning for a handful of files.
+    let threads = if items.len() < 32 { 1 } else { workers() };
+    let worker = |check: &mut dyn FnMut() -> Result<()>, st: &mut CopyStats| -> Result<()> {
+        while !stop.load(Relaxed) {
+            let i = next.fetch_add(1, Relaxed);
+            let Some(item) = items.get(i) else { break };
+            if let Err(e) = work(item, st, check).and_then(|_| check()) {
+                stop.store(true, Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut st = CopyStats::default();
+                    worker(&mut crate::signals::check_interrupt, &mut st).map(|_| st)
+                })
+            })
+            .collect();
+        let mut result = worker(&mut || tick.tick(), stats);
+        while others.iter().any(|h| !h.is_finished()) {
+            if result.is_ok() {
+                result = tick.tick();
+                if result.is_err() {
+                    stop.store(true, Relaxed);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for h in others {
+            match h.join() {
+                Ok(Ok(st)) => stats.add(&st),
+                Ok(Err(e)) => {
+                    if result.is_ok() {
+                        result = Err(e)
+                    }
+                }
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        result
+    })
+}
+
 /// Copy `src` (file, symlink or directory tree; never followed) to `dst`,
-/// which must not exist. Directories get their mode and mtime after their
-/// children are in, so the mtime sticks.
+/// which must not exist. One walk creates the directories and symlinks and
+/// lists the files; the files are then copied in parallel; directories get
+/// their mode and mtime last, so the mtime sticks.
 pub fn copy_tree(src: &Path, dst: &Path, tick: &mut dyn Tick, stats: &mut CopyStats) -> Result<()> {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    plan_copy(src, dst, &mut files, &mut dirs, tick, stats)?;
+    par_each(&files, tick, stats, &|(s, d, m): &FileJob, st, check| {
+        copy_file(s, d, m, st, check)?;
+        st.files += 1;
+        st.bytes += m.len();
+        Ok(())
+    })?;
+    for (d, m) in dirs.iter().rev() {
+        set_attrs(d, m, stats);
+        stats.dirs += 1;
+    }
+    Ok(())
+}
+
+type FileJob = (PathBuf, PathBuf, fs::Metadata);
+
+fn plan_copy(
+    src: &Path,
+    dst: &Path,
+    files: &mut Vec<FileJob>,
+    dirs: &mut Vec<(PathBuf, fs::Metadata)>,
+    tick: &mut dyn Tick,
+    stats: &mut CopyStats,
+) -> Result<()> {
     let m = fs::symlink_metadata(src).ctx("inspect", src)?;
     let ft = m.file_type();
     if ft.is_dir() {
@@ -247,33 +378,39 @@ pub fn copy_tree(src: &Path, dst: &Path, tick: &mut dyn Tick, stats: &mut CopySt
             .ctx("read directory", src)?;
         // Stable order makes copies (and failpoint sweeps) reproducible.
         entries.sort_by_key(|e| e.file_name());
+        dirs.push((dst.to_path_buf(), m));
+        tick.tick()?;
         for e in entries {
-            copy_tree(&e.path(), &dst.join(e.file_name()), tick, stats)?;
+            plan_copy(
+                &e.path(),
+                &dst.join(e.file_name()),
+                files,
+                dirs,
+                tick,
+                stats,
+            )?;
         }
-        stats.dirs += 1;
-        set_attrs(dst, &m, stats);
     } else if ft.is_file() {
-        copy_file(src, dst, &m, tick, stats)?;
-        stats.files += 1;
-        stats.bytes += m.len();
+        files.push((src.to_path_buf(), dst.to_path_buf(), m));
     } else if ft.is_symlink() {
         let target = fs::read_link(src).ctx("read symlink", src)?;
         std::os::unix::fs::symlink(&target, dst).ctx("create symlink", dst)?;
         stats.symlinks += 1;
         set_attrs(dst, &m, stats);
+        tick.tick()?;
     } else {
         tracing::warn!(path = %src.display(), kind = kind_name(ft), "not copied: special files hold no data");
         stats.skipped += 1;
     }
-    tick.tick()
+    Ok(())
 }
 
 fn copy_file(
     src: &Path,
     dst: &Path,
     m: &fs::Metadata,
-    tick: &mut dyn Tick,
     stats: &mut CopyStats,
+    between_chunks: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let mut from = OpenOptions::new()
         .read(true)
@@ -293,7 +430,7 @@ fn copy_file(
         if n < CHUNK {
             break;
         }
-        tick.tick()?;
+        between_chunks()?;
     }
     drop(from);
     set_file_attrs(&to, dst, m, stats);
@@ -357,33 +494,56 @@ fn set_attrs(path: &Path, m: &fs::Metadata, stats: &mut CopyStats) {
     }
 }
 
-/// Delete a tree (never following symlinks), calling `tick` between
-/// entries so a signal stops it at a safe point. Deleting is always safe to
-/// interrupt: the caller only deletes what is already durable elsewhere.
+/// Delete a tree (never following symlinks): one walk lists it, the
+/// non-directories are unlinked in parallel, then the directories go
+/// deepest first. `tick` runs between entries so a signal stops it at a
+/// safe point; deleting is always safe to interrupt because callers only
+/// delete what is durable elsewhere.
 pub fn remove_tree(path: &Path, tick: &mut dyn Tick) -> Result<()> {
     let Some(m) = lstat(path).ctx("inspect", path)? else {
         return Ok(());
     };
-    if m.is_dir() {
-        for e in fs::read_dir(path).ctx("read directory", path)? {
-            let e = e.ctx("read directory", path)?;
-            remove_tree(&e.path(), tick)?;
-        }
-        match fs::remove_dir(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(Error::io("remove directory", path, e))
+    if !m.is_dir() {
+        return remove_entry(path, false).and_then(|_| tick.tick());
+    }
+    let mut leaves = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    let mut i = 0;
+    while let Some(d) = dirs.get(i).cloned() {
+        i += 1;
+        for e in fs::read_dir(&d).ctx("read directory", &d)? {
+            let e = e.ctx("read directory", &d)?;
+            if e.file_type().ctx("inspect", &e.path())?.is_dir() {
+                dirs.push(e.path());
+            } else {
+                leaves.push(e.path());
             }
-            _ => {}
-        }
-    } else {
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(Error::io("remove", path, e))
-            }
-            _ => {}
         }
     }
-    tick.tick()
+    par_each(
+        &leaves,
+        tick,
+        &mut CopyStats::default(),
+        &|p: &PathBuf, _, _| remove_entry(p, false),
+    )?;
+    // Breadth-first order reversed: children before their parents.
+    for d in dirs.iter().rev() {
+        remove_entry(d, true)?;
+        tick.tick()?;
+    }
+    Ok(())
+}
+
+fn remove_entry(path: &Path, dir: bool) -> Result<()> {
+    let r = if dir {
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// `dir/.name.suffix`: a hidden sibling of `path` for temporary state.
@@ -540,23 +700,34 @@ mod tests {
         std::os::unix::fs::symlink("/", root.join("evil")).unwrap();
         fs::write(root.join("file"), "").unwrap();
         assert_eq!(
-            share_node(root, Path::new("a/b")).unwrap(),
+            share_node(root, Path::new("a/b"), true).unwrap(),
             ShareNode::Dir { empty: true }
         );
         assert_eq!(
-            share_node(root, Path::new("a")).unwrap(),
+            share_node(root, Path::new("a/b"), false).unwrap(),
             ShareNode::Dir { empty: false }
         );
+        // Only empty directories below: as good as empty.
         assert_eq!(
-            share_node(root, Path::new("a/c/d")).unwrap(),
+            share_node(root, Path::new("a"), true).unwrap(),
+            ShareNode::Dir { empty: true }
+        );
+        fs::write(root.join("a/b/f"), "").unwrap();
+        assert_eq!(
+            share_node(root, Path::new("a"), true).unwrap(),
+            ShareNode::Dir { empty: false }
+        );
+        fs::remove_file(root.join("a/b/f")).unwrap();
+        assert_eq!(
+            share_node(root, Path::new("a/c/d"), true).unwrap(),
             ShareNode::Missing
         );
         assert!(matches!(
-            share_node(root, Path::new("evil/tmp")).unwrap(),
+            share_node(root, Path::new("evil/tmp"), true).unwrap(),
             ShareNode::Symlink { .. }
         ));
         assert!(matches!(
-            share_node(root, Path::new("file/x")).unwrap(),
+            share_node(root, Path::new("file/x"), true).unwrap(),
             ShareNode::NotDir { .. }
         ));
         assert_eq!(

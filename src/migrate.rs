@@ -202,11 +202,11 @@ enum CommitError {
     Io(Error),
 }
 
-/// Rename staging to the target without replacing anything: an empty
-/// target (made by `dirs` or a replica) is removed first; a non-empty one
-/// means the share gained data since the plan.
+/// Rename staging to the target without replacing anything: a target
+/// holding only empty directories (made by `dirs` or a replica) is removed
+/// first; one with files means the share gained data since the plan.
 fn commit(paths: &Paths) -> std::result::Result<(), CommitError> {
-    match fs::remove_dir(&paths.share) {
+    match fsutil::remove_empty_dirs(&paths.share) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {

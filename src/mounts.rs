@@ -49,6 +49,19 @@ fn unescape(s: &str) -> std::ffi::OsString {
     std::ffi::OsString::from_vec(out)
 }
 
+/// A mount point at or below `dir` (a volume over or inside a data
+/// directory), if there is one. Only read for directories about to be
+/// migrated, never on the linked fast path.
+pub fn mount_at_or_below(dir: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(dir).ok()?;
+    let text = std::fs::read_to_string(MOUNTINFO).ok()?;
+    let found = mount_points(&text).find(|m| m.starts_with(&real));
+    found.map(|m| match m.strip_prefix(&real) {
+        Ok(rel) if !rel.as_os_str().is_empty() => dir.join(rel),
+        _ => dir.to_path_buf(),
+    })
+}
+
 /// Why the share is not usable, or `None` when it is.
 fn problem(share_root: &Path, require_mount: bool, mountinfo: &mut File) -> Option<String> {
     let real = match std::fs::canonicalize(share_root) {

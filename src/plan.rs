@@ -16,11 +16,13 @@ use crate::fsutil::{self, ShareNode};
 pub enum AppNode {
     Missing,
     Symlink(PathBuf),
-    Dir {
-        empty: bool,
-    },
+    /// A real directory: baked data (maybe none) to migrate.
+    Dir,
     /// A regular file or other non-directory: not ours to touch.
     Other(&'static str),
+    /// A directory that is, or holds, a mount point (a volume): it cannot
+    /// be moved or replaced by a symlink, and emptying it is not ours to do.
+    HoldsMount(PathBuf),
 }
 
 /// Everything [`decide`] needs to know about one link.
@@ -152,17 +154,20 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
         Some(m) if m.file_type().is_symlink() => {
             AppNode::Symlink(std::fs::read_link(&paths.app).ctx("read symlink", &paths.app)?)
         }
-        Some(m) if m.is_dir() => AppNode::Dir {
-            empty: fsutil::is_empty_dir(&paths.app).ctx("read", &paths.app)?,
+        Some(m) if m.is_dir() => match crate::mounts::mount_at_or_below(&paths.app) {
+            Some(at) => AppNode::HoldsMount(at),
+            None => AppNode::Dir,
         },
         Some(m) => AppNode::Other(fsutil::kind_name(m.file_type())),
     };
-    let share = fsutil::share_node(&cfg.share_root, &link.share)?;
+    // Whether the share target is empty only matters for a migration.
+    let want_empty = matches!(app, AppNode::Dir);
+    let share = fsutil::share_node(&cfg.share_root, &link.share, want_empty)?;
     let mut missing_dirs = Vec::new();
     let mut bad_dir = None;
     if matches!(share, ShareNode::Dir { .. }) {
         for d in &link.dirs {
-            match fsutil::share_node(&paths.share, d)? {
+            match fsutil::share_node(&paths.share, d, false)? {
                 ShareNode::Dir { .. } => {}
                 ShareNode::Missing => missing_dirs.push(d.clone()),
                 other => {
@@ -174,9 +179,13 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     } else {
         missing_dirs = link.dirs.clone();
     }
-    let staging = fsutil::lstat(&paths.staging)
-        .ctx("inspect", &paths.staging)?
-        .is_some();
+    // The staging directory sits beside the target: only look for it when
+    // the target's parents are real directories (else the refusal below
+    // is the answer, not an ENOTDIR from this lstat).
+    let staging = matches!(share, ShareNode::Missing | ShareNode::Dir { .. })
+        && fsutil::lstat(&paths.staging)
+            .ctx("inspect", &paths.staging)?
+            .is_some();
     Ok(Observed {
         app,
         share,
@@ -198,6 +207,13 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
     if let AppNode::Other(kind) = obs.app {
         return blocked(format!(
             "{} is a {kind} where the data directory belongs; sharelink leaves it alone. Move it away and re-run",
+            paths.app.display()
+        ));
+    }
+    if let AppNode::HoldsMount(at) = &obs.app {
+        return blocked(format!(
+            "{} is a mount point inside the data directory {}; sharelink cannot move a mount into the share or replace it with a symlink. Unmount it (drop the volume) and re-run",
+            at.display(),
             paths.app.display()
         ));
     }
@@ -249,7 +265,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
             Some(Action::ReplaceSymlink { was: t.clone() }),
         ),
         AppNode::Missing => (State::Unlinked, Some(Action::Symlink)),
-        AppNode::Dir { .. } => {
+        AppNode::Dir => {
             let how = if share_empty {
                 Migration::IntoEmpty
             } else {
@@ -261,13 +277,21 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
             actions.push(Action::Migrate(how));
             (State::NeedsMigration, Some(Action::Symlink))
         }
-        AppNode::Other(_) => unreachable!("refused above"),
+        AppNode::Other(_) | AppNode::HoldsMount(_) => unreachable!("refused above"),
     };
-    if share_missing && !matches!(obs.app, AppNode::Dir { .. }) {
+    if share_missing && !matches!(obs.app, AppNode::Dir) {
         actions.push(Action::CreateShareTarget);
     }
-    if !obs.missing_dirs.is_empty() {
-        actions.push(Action::CreateDirs(obs.missing_dirs.clone()));
+    // A migration replaces the share target's tree (an only-empty-dirs
+    // target is removed at commit), so after one every `dirs` entry is
+    // made again; mkdir of an existing one is a no-op.
+    let dirs = if matches!(obs.app, AppNode::Dir) {
+        &link.dirs
+    } else {
+        &obs.missing_dirs
+    };
+    if !dirs.is_empty() {
+        actions.push(Action::CreateDirs(dirs.clone()));
     }
     actions.extend(link_action);
     if obs.staging {
@@ -560,23 +584,28 @@ mod tests {
     #[test]
     fn directories_migrate_by_mode() {
         for share in [ShareNode::Missing, EMPTY] {
-            let x = d(&obs(AppNode::Dir { empty: false }, share));
+            let x = d(&obs(AppNode::Dir, share));
             assert_eq!(x.actions[0], Action::Migrate(Migration::IntoEmpty));
             assert_eq!(x.actions.last(), Some(&Action::Symlink));
         }
-        let x = d(&obs(AppNode::Dir { empty: false }, FULL));
+        let x = d(&obs(AppNode::Dir, FULL));
+        let all_dirs = Action::CreateDirs(vec!["in".into()]);
         assert_eq!(
             x.actions,
-            [Action::Migrate(Migration::KeepShare), Action::Symlink]
+            [
+                Action::Migrate(Migration::KeepShare),
+                all_dirs.clone(),
+                Action::Symlink
+            ]
         );
         let x = decide(
             &link(MigrateMode::Merge),
             &paths(),
-            &obs(AppNode::Dir { empty: true }, FULL),
+            &obs(AppNode::Dir, FULL),
         );
         assert_eq!(
             x.actions,
-            [Action::Migrate(Migration::Merge), Action::Symlink]
+            [Action::Migrate(Migration::Merge), all_dirs, Action::Symlink]
         );
         assert_eq!(x.state, State::NeedsMigration);
         assert!(x.actions[0].needs_lock());
@@ -612,7 +641,7 @@ mod tests {
 
     #[test]
     fn leftovers_recovered_first() {
-        let mut o = obs(AppNode::Dir { empty: false }, ShareNode::Missing);
+        let mut o = obs(AppNode::Dir, ShareNode::Missing);
         o.staging = true;
         let x = d(&o);
         assert_eq!(x.state, State::Interrupted);

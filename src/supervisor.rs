@@ -1,7 +1,32 @@
-//! PID 1: run the command, forward signals, reap zombies. (placeholder: being written)
-use std::ffi::OsString;
-use std::time::Duration;
+//! `sharelink run` after linking: start the command and be its init.
+//!
+//! The design is tini's: one thread, every catchable signal blocked since the
+//! first instruction of `main`, and one loop that takes signals synchronously
+//! with `sigtimedwait`. There are no asynchronous handlers, so there is no
+//! state shared with a handler and no signal is lost between "check" and
+//! "sleep". Each turn of the loop
+//!
+//! 1. reaps every child that has exited (`waitpid(-1, WNOHANG)` until there
+//!    is none: SIGCHLD is a standard signal, so a burst of exits can arrive
+//!    as a single SIGCHLD and each wake-up must drain them all);
+//! 2. advances the shutdown once the command is gone: SIGTERM to everything
+//!    left, a grace period, SIGKILL, exit with the command's status;
+//! 3. waits for the next signal and forwards it to the command.
+//!
+//! A child exit is noticed through SIGCHLD alone; the only timeout is the
+//! shutdown deadline.
 
+use std::ffi::{CString, OsStr, OsString};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+use crate::error::{code, signal_name};
+use crate::signals;
 use crate::user::Credentials;
 
 /// What `sharelink run` starts and how it supervises it.
@@ -13,7 +38,728 @@ pub struct RunOptions {
     pub kill_process_group: bool,
 }
 
+/// After SIGKILL, how long to wait for the last processes to be reaped. A
+/// process in uninterruptible sleep (a hung SMB share) can outlive SIGKILL
+/// indefinitely; sharelink must not hang with it, so it gives up and exits
+/// (as PID 1, the kernel then tears the namespace down).
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// `PATH` when the environment has none: musl's `execvp` default.
+const DEFAULT_PATH: &str = "/usr/local/bin:/bin:/usr/bin";
+
 /// Start the command and act as its init; returns sharelink's exit code.
-pub fn run(_opts: RunOptions) -> i32 {
-    unimplemented!("supervisor")
+pub fn run(opts: RunOptions) -> i32 {
+    let self_pid = nix::unistd::getpid().as_raw();
+    let pid1 = self_pid == 1;
+    if !pid1 {
+        become_subreaper();
+    }
+    // An inherited SIG_IGN for SIGCHLD makes the kernel reap children by
+    // itself (and `waitpid` then fails with ECHILD): the command's status
+    // would be lost. Blocked is not enough; the disposition must be default.
+    // SAFETY: resetting a disposition to SIG_DFL; no handler is involved.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+
+    let child = match spawn(&opts) {
+        Ok(pid) => pid,
+        Err(code) => return code,
+    };
+    Supervisor {
+        child,
+        forward_to: if opts.kill_process_group {
+            -child
+        } else {
+            child
+        },
+        self_pid,
+        pid1,
+        grace: opts.grace_period,
+        warned_no_proc: Default::default(),
+    }
+    .supervise()
+}
+
+/// Not PID 1 (`docker run --init`, a shell, a test): without this, orphans
+/// of the command would be re-parented past sharelink to the real init and
+/// neither reaped nor stopped by it.
+fn become_subreaper() {
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        tracing::debug!("not PID 1: became a child subreaper, orphans come to sharelink");
+    } else {
+        tracing::warn!(
+            "not PID 1 and cannot become a child subreaper ({}): orphaned processes will not \
+             be reaped or stopped by sharelink",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Starting the command
+
+/// Which step of the child's set-up failed; sent with the errno through the
+/// report pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+enum Stage {
+    Setgroups = 1,
+    Setgid = 2,
+    Setuid = 3,
+    /// The ids read back after `setresuid` are not the ones asked for.
+    Verify = 4,
+    Exec = 5,
+}
+
+impl Stage {
+    fn from_u32(n: u32) -> Stage {
+        match n {
+            1 => Stage::Setgroups,
+            2 => Stage::Setgid,
+            3 => Stage::Setuid,
+            4 => Stage::Verify,
+            _ => Stage::Exec,
+        }
+    }
+}
+
+/// Everything the child needs, built before `fork`: between `fork` and
+/// `exec` only async-signal-safe calls are allowed (no allocation, no locks,
+/// no logging), so the child only reads what is prepared here.
+struct Prepared {
+    /// Paths to try in order: the command itself if it contains a `/`, else
+    /// one per `PATH` entry. The search happens in the child, after the
+    /// privilege drop, so it sees exactly what the command's user may run
+    /// (as `execvp` would).
+    candidates: Vec<CString>,
+    /// Owns the strings `argv_ptrs` points into.
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    mask: SigSet,
+    /// Give the child the terminal (see [`we_own_the_terminal`]).
+    foreground: bool,
+}
+
+impl Prepared {
+    fn new(opts: &RunOptions) -> Result<Prepared, String> {
+        let cstr = |s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| format!("{s:?} contains a NUL byte"))
+        };
+        let argv: Vec<CString> = opts
+            .command
+            .iter()
+            .map(|a| cstr(a))
+            .collect::<Result<_, _>>()?;
+        let program = opts.command.first().ok_or("no command given")?;
+        let candidates = if program.as_bytes().contains(&b'/') {
+            vec![argv[0].clone()]
+        } else {
+            let path = std::env::var_os("PATH");
+            let path = path.as_deref().unwrap_or(OsStr::new(DEFAULT_PATH));
+            std::env::split_paths(path)
+                .map(|dir| {
+                    // An empty entry means the current directory.
+                    let full = if dir.as_os_str().is_empty() {
+                        Path::new(program).to_path_buf()
+                    } else {
+                        dir.join(program)
+                    };
+                    cstr(full.as_os_str())
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let ids = opts
+            .credentials
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.clone()));
+        Ok(Prepared {
+            candidates,
+            _argv: argv,
+            argv_ptrs,
+            ids,
+            mask: signals::original_mask(),
+            foreground: we_own_the_terminal(),
+        })
+    }
+}
+
+/// The child becomes the terminal's foreground group only when sharelink's
+/// own group is the foreground now (PID 1 of `docker run -t`, or an
+/// interactive shell's foreground job). Started in the background, taking
+/// the terminal would steal it from the user's shell.
+fn we_own_the_terminal() -> bool {
+    // SAFETY: plain syscalls on fd 0; failure (not a tty) returns -1.
+    unsafe {
+        let fg = libc::tcgetpgrp(libc::STDIN_FILENO);
+        fg > 0 && fg == libc::getpgrp()
+    }
+}
+
+extern "C" {
+    /// The process environment, as `execve` wants it (kept by libc, updated
+    /// by `std::env::set_var`).
+    static environ: *const *const libc::c_char;
+}
+
+/// Fork and exec the command. `Err` is the exit code when it could not be
+/// started (126/127), already logged.
+fn spawn(opts: &RunOptions) -> Result<i32, i32> {
+    let name = opts
+        .command
+        .first()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(c) = &opts.credentials {
+        // Like gosu and su-exec: the image's HOME (usually /root) is not
+        // the user's and is not writable by it. Set here, before fork, so
+        // the child's `environ` already has it. sharelink is single-threaded
+        // and reads no environment variable after this point.
+        std::env::set_var("HOME", &c.home);
+        tracing::debug!(user = %c, home = %c.home.display(), "the command will run as");
+    }
+    let prep = match Prepared::new(opts) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::error!("cannot run {name:?}: {why}");
+            return Err(code::NOT_EXECUTABLE);
+        }
+    };
+    // The child reports a failed set-up or exec here; on success the pipe
+    // closes on exec (CLOEXEC) and the parent reads EOF.
+    let (report_r, report_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot run {name:?}: pipe: {e}");
+            return Err(code::NOT_EXECUTABLE);
+        }
+    };
+    // SAFETY: sharelink is single-threaded here; the child only runs
+    // `exec_child`, which is async-signal-safe and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        tracing::error!(
+            "cannot run {name:?}: fork: {}",
+            std::io::Error::last_os_error()
+        );
+        return Err(code::NOT_EXECUTABLE);
+    }
+    if pid == 0 {
+        // SAFETY: in the child of a single-threaded fork.
+        unsafe { exec_child(&prep, report_w.as_raw_fd()) }
+    }
+    drop(report_w);
+    // The child does this too; doing it in both closes the race in which a
+    // signal is forwarded to the group before the child has created it.
+    // Failure (the child already exec'd or died) is harmless.
+    // SAFETY: plain syscall.
+    unsafe { libc::setpgid(pid, pid) };
+
+    match read_report(&report_r) {
+        None => {
+            tracing::debug!(pid, command = ?opts.command, "command started");
+            Ok(pid)
+        }
+        Some((stage, errno)) => {
+            // The child `_exit`s right after reporting; reap it so nothing
+            // is left behind.
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+            Err(report_failure(opts, &prep, stage, errno))
+        }
+    }
+}
+
+/// Read the child's 8-byte report: `None` on EOF (exec succeeded).
+fn read_report(fd: &OwnedFd) -> Option<(Stage, i32)> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into our own buffer.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => break,
+        }
+    }
+    if got < buf.len() {
+        // EOF before a whole report: exec succeeded (a partial write of 8
+        // bytes to a pipe cannot happen).
+        return None;
+    }
+    let stage = u32::from_ne_bytes(buf[..4].try_into().unwrap());
+    let errno = i32::from_ne_bytes(buf[4..].try_into().unwrap());
+    Some((Stage::from_u32(stage), errno))
+}
+
+/// Log why the command did not start and choose the exit code: 127 when it
+/// does not exist, 126 for everything else that stopped it (not executable,
+/// bad format, privileges could not be dropped).
+fn report_failure(opts: &RunOptions, prep: &Prepared, stage: Stage, errno: i32) -> i32 {
+    let name = opts.command[0].to_string_lossy();
+    let err = nix::errno::Errno::from_raw(errno).desc();
+    if stage != Stage::Exec {
+        let user = opts
+            .credentials
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        let what = match stage {
+            Stage::Setgroups => "setgroups",
+            Stage::Setgid => "setgid",
+            Stage::Setuid => "setuid",
+            _ => "the ids read back differ",
+        };
+        tracing::error!("cannot run {name:?} as {user}: {what}: {err}");
+        return code::NOT_EXECUTABLE;
+    }
+    match errno {
+        libc::ENOENT => {
+            // A file that exists but "is not found" has a missing
+            // interpreter (`#!/bin/bash` in an image without bash).
+            let exists = prep.candidates.len() == 1
+                && Path::new(OsStr::from_bytes(prep.candidates[0].as_bytes())).exists();
+            if exists {
+                tracing::error!(
+                    "cannot run {name:?}: {err} (the file exists: is its #! interpreter missing?)"
+                );
+            } else if prep.candidates.len() == 1 {
+                tracing::error!("cannot run {name:?}: not found ({err})");
+            } else {
+                tracing::error!("cannot run {name:?}: command not found in PATH");
+            }
+            code::NOT_FOUND
+        }
+        _ => {
+            tracing::error!("cannot run {name:?}: not executable ({err})");
+            code::NOT_EXECUTABLE
+        }
+    }
+}
+
+/// The child between `fork` and `exec`. Async-signal-safe calls only: no
+/// allocation, no locks, no Rust I/O. Never returns.
+///
+/// # Safety
+/// Only call in the child of `fork` of a single-threaded process.
+unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
+    // Its own process group, so that terminal signals (^C) and
+    // `--kill-process-group` reach the pipeline and not sharelink.
+    libc::setpgid(0, 0);
+    if prep.foreground {
+        // SIGTTOU is still blocked, so this works from a background group.
+        // Best effort: without the terminal the command still runs.
+        libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+    }
+    if let Some((uid, gid, groups)) = &prep.ids {
+        // Groups first, then gid, then uid: after setuid there is no
+        // privilege left to change the others.
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            child_fail(report, Stage::Setgroups);
+        }
+        if libc::setresgid(*gid, *gid, *gid) != 0 {
+            child_fail(report, Stage::Setgid);
+        }
+        if libc::setresuid(*uid, *uid, *uid) != 0 {
+            child_fail(report, Stage::Setuid);
+        }
+        if libc::getuid() != *uid
+            || libc::geteuid() != *uid
+            || libc::getgid() != *gid
+            || libc::getegid() != *gid
+        {
+            *libc::__errno_location() = libc::EPERM;
+            child_fail(report, Stage::Verify);
+        }
+    }
+    // Default dispositions: sharelink never installs handlers (exec would
+    // reset those anyway), but SIG_IGN survives exec. The Rust runtime sets
+    // SIGPIPE to SIG_IGN, and a pipeline must not inherit that, nor any
+    // other ignore sharelink was started with. The raw syscall reaches the
+    // real-time signals libc keeps for itself (an all-zero sigaction is
+    // SIG_DFL in the kernel's layout); errors (SIGKILL, SIGSTOP) are moot.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            dfl.as_ptr(),
+            std::ptr::null_mut::<u8>(),
+            8usize,
+        );
+    }
+    // Last: signals sent to the child since fork are pending and are
+    // delivered now, with default actions, as they should be.
+    libc::pthread_sigmask(libc::SIG_SETMASK, prep.mask.as_ref(), std::ptr::null_mut());
+
+    // execvp's rules: keep searching past "not here" and "not allowed",
+    // stop at any other error. Unlike execvp, "not allowed" only counts
+    // when the file itself is there: a PATH directory the user may not
+    // search (`/root/...` after dropping root) means "not found", as in a
+    // shell.
+    let mut errno = libc::ENOENT;
+    for path in &prep.candidates {
+        libc::execve(path.as_ptr(), prep.argv_ptrs.as_ptr(), environ);
+        match *libc::__errno_location() {
+            libc::EACCES => {
+                if prep.candidates.len() == 1 || libc::access(path.as_ptr(), libc::F_OK) == 0 {
+                    errno = libc::EACCES;
+                }
+            }
+            libc::ENOENT | libc::ENOTDIR => {}
+            other => {
+                errno = other;
+                break;
+            }
+        }
+    }
+    *libc::__errno_location() = errno;
+    child_fail(report, Stage::Exec)
+}
+
+/// Send `(stage, errno)` to the parent and exit 126/127 (the parent uses the
+/// report; the status only matters if the report is lost).
+unsafe fn child_fail(report: RawFd, stage: Stage) -> ! {
+    let errno = *libc::__errno_location();
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(report, buf.as_ptr().cast(), buf.len());
+    libc::_exit(if stage == Stage::Exec && errno == libc::ENOENT {
+        code::NOT_FOUND
+    } else {
+        code::NOT_EXECUTABLE
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Supervising
+
+struct Supervisor {
+    /// The command's pid (and process group id).
+    child: i32,
+    /// `child`, or `-child` with `--kill-process-group`.
+    forward_to: i32,
+    self_pid: i32,
+    pid1: bool,
+    grace: Duration,
+    warned_no_proc: std::cell::Cell<bool>,
+}
+
+/// Where the shutdown stands. The command's status is fixed once it is
+/// reaped; what follows only decides when to exit.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// The command runs: forward signals, reap orphans.
+    Running,
+    /// The command exited with `code`; the processes left got SIGTERM and
+    /// have until `deadline`.
+    Draining { code: i32, deadline: Instant },
+    /// The grace period is over and SIGKILL was sent; wait until `deadline`
+    /// for the last ones to be reaped.
+    Killing { code: i32, deadline: Instant },
+}
+
+impl Supervisor {
+    fn supervise(&self) -> i32 {
+        // Wait for exactly what `main` blocked (every catchable signal but
+        // the synchronous fault signals).
+        let mut wait_set = SigSet::empty();
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut wait_set));
+
+        let mut phase = Phase::Running;
+        loop {
+            let mut command = None;
+            let children_left = self.reap(&mut command);
+            phase = match phase {
+                Phase::Running => match command {
+                    None => Phase::Running,
+                    Some(code) if !children_left => return code,
+                    Some(code) => {
+                        tracing::info!(
+                            "sending SIGTERM to the processes left, grace period {:?}",
+                            self.grace
+                        );
+                        // SIGCONT too, as systemd does: a stopped process
+                        // would not act on SIGTERM until continued.
+                        self.signal_leftovers(&[Signal::SIGTERM, Signal::SIGCONT]);
+                        Phase::Draining {
+                            code,
+                            deadline: Instant::now() + self.grace,
+                        }
+                    }
+                },
+                Phase::Draining { code, .. } | Phase::Killing { code, .. } if !children_left => {
+                    tracing::debug!("no process left");
+                    return code;
+                }
+                Phase::Draining { code, deadline } => {
+                    if Instant::now() < deadline {
+                        phase
+                    } else {
+                        tracing::warn!(
+                            "processes still running after the {:?} grace period; sending SIGKILL",
+                            self.grace
+                        );
+                        self.signal_leftovers(&[Signal::SIGKILL]);
+                        Phase::Killing {
+                            code,
+                            deadline: Instant::now() + KILL_WAIT,
+                        }
+                    }
+                }
+                Phase::Killing { code, deadline } => {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            "processes survive SIGKILL after {KILL_WAIT:?} (uninterruptible \
+                             sleep, e.g. a hung share?); exiting without them"
+                        );
+                        return code;
+                    }
+                    // Again on every wake-up: a process that forked between
+                    // the scan and the kill must not escape.
+                    self.signal_leftovers(&[Signal::SIGKILL]);
+                    phase
+                }
+            };
+
+            let timeout = match phase {
+                Phase::Running => None,
+                Phase::Draining { deadline, .. } | Phase::Killing { deadline, .. } => {
+                    Some(deadline.saturating_duration_since(Instant::now()))
+                }
+            };
+            if let Some(info) = wait_signal(&wait_set, timeout) {
+                self.on_signal(&info, phase);
+            }
+        }
+    }
+
+    /// Reap every child that has exited. Records the command's exit code in
+    /// `command` when it is among them. Returns whether any child is left.
+    fn reap(&self, command: &mut Option<i32>) -> bool {
+        loop {
+            let mut status = 0;
+            // SAFETY: plain syscall with our own status variable.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid == 0 {
+                return true;
+            }
+            if pid < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // ECHILD: nothing left. Nothing else can happen with
+                    // these arguments.
+                    _ => return false,
+                }
+            }
+            if pid != self.child {
+                tracing::trace!(pid, "reaped an orphan");
+                continue;
+            }
+            let code = if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                tracing::info!(
+                    "command killed by {}: exit code {}",
+                    signal_name(sig),
+                    128 + sig
+                );
+                128 + sig
+            } else {
+                let code = libc::WEXITSTATUS(status);
+                tracing::info!("command exited with {code}");
+                code
+            };
+            *command = Some(code);
+        }
+    }
+
+    /// A signal for sharelink: SIGCHLD only wakes the loop (reaping is at
+    /// its top); every other one goes to the command while it runs.
+    fn on_signal(&self, info: &libc::siginfo_t, phase: Phase) {
+        let sig = info.si_signo;
+        if sig == libc::SIGCHLD {
+            return;
+        }
+        // SAFETY: si_pid is valid for SI_USER.
+        if info.si_code == libc::SI_USER && unsafe { info.si_pid() } == self.self_pid {
+            // Raised by sharelink itself: SIGPIPE from writing a log line to
+            // a closed stderr (blocked signals are queued even when their
+            // disposition is SIG_IGN). Not the command's business.
+            tracing::trace!("ignoring {} raised by sharelink itself", signal_name(sig));
+            return;
+        }
+        if !matches!(phase, Phase::Running) {
+            // The command is gone and the leftovers are already being
+            // stopped on a bounded schedule.
+            tracing::debug!("{} ignored: the command has exited", signal_name(sig));
+            return;
+        }
+        // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest: the
+        // command stops, sharelink does not (it stays able to forward the
+        // SIGCONT that resumes it). As PID 1 the default stop action would
+        // not even apply to sharelink.
+        tracing::debug!(
+            target = self.forward_to,
+            "forwarding {} to the command{}",
+            signal_name(sig),
+            if self.forward_to < 0 {
+                "'s process group"
+            } else {
+                ""
+            }
+        );
+        // SAFETY: plain syscall.
+        if unsafe { libc::kill(self.forward_to, sig) } != 0 {
+            // ESRCH: the command is exiting; its SIGCHLD is on the way.
+            tracing::debug!(
+                "could not forward {}: {}",
+                signal_name(sig),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Send `sigs` to every process left after the command exited: as PID 1
+    /// `kill(-1)` reaches the whole namespace in one call (race-free against
+    /// forks); as a subreaper, every descendant found in /proc.
+    fn signal_leftovers(&self, sigs: &[Signal]) {
+        let targets = if self.pid1 {
+            // -1 from PID 1 spares sharelink itself.
+            vec![-1]
+        } else if let Some(pids) = descendants(self.self_pid) {
+            tracing::debug!("{} processes left", pids.len());
+            pids
+        } else {
+            // Fall back on what is known without /proc: the command's
+            // process group (its orphans usually stay in it).
+            if !self.warned_no_proc.replace(true) {
+                tracing::warn!(
+                    "/proc does not show this pid namespace; only the command's process \
+                     group can be stopped"
+                );
+            }
+            vec![-self.child]
+        };
+        for pid in targets {
+            for &sig in sigs {
+                // SAFETY: plain syscall. ESRCH (gone meanwhile) is fine.
+                unsafe { libc::kill(pid, sig as i32) };
+            }
+        }
+    }
+}
+
+/// `sigtimedwait` on `set`; `None` on timeout or interruption.
+fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
+    let ts = timeout.map(nix::sys::time::TimeSpec::from_duration);
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: valid set, out-pointer and optional timespec.
+    let r = unsafe {
+        libc::sigtimedwait(
+            set.as_ref(),
+            info.as_mut_ptr(),
+            ts.as_ref().map_or(std::ptr::null(), |t| t.as_ref()),
+        )
+    };
+    // SAFETY: filled by a successful sigtimedwait.
+    (r > 0).then(|| unsafe { info.assume_init() })
+}
+
+/// Every descendant of `root`, from one pass over /proc/*/stat. `None` when
+/// /proc belongs to another pid namespace (pids there would be wrong).
+fn descendants(root: i32) -> Option<Vec<i32>> {
+    let me = std::fs::read_link("/proc/self").ok()?;
+    if me.as_os_str().as_bytes() != root.to_string().as_bytes() {
+        return None;
+    }
+    let mut by_parent: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // The process may be gone already: skip it.
+        let Ok(stat) = std::fs::read(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(ppid) = parse_ppid(&stat) {
+            by_parent.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        if let Some(kids) = by_parent.remove(&p) {
+            out.extend_from_slice(&kids);
+            todo.extend(kids);
+        }
+    }
+    Some(out)
+}
+
+/// The ppid field of /proc/PID/stat: `pid (comm) state ppid ...`, where comm
+/// may contain spaces and parentheses, so parsing starts after the last `)`.
+fn parse_ppid(stat: &[u8]) -> Option<i32> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_from_stat() {
+        assert_eq!(parse_ppid(b"42 (sh) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parse_ppid(b"42 (a) b) (c) Z 1 0 0"), Some(1));
+        assert_eq!(parse_ppid(b"42 (x y) R"), None);
+        assert_eq!(parse_ppid(b"garbage"), None);
+    }
+
+    #[test]
+    fn descendants_of_this_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let found = descendants(me).expect("/proc is this namespace's");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&(child.id() as i32)), "{found:?}");
+        assert!(!found.contains(&me));
+    }
+
+    #[test]
+    fn stage_round_trip() {
+        for s in [
+            Stage::Setgroups,
+            Stage::Setgid,
+            Stage::Setuid,
+            Stage::Verify,
+            Stage::Exec,
+        ] {
+            assert_eq!(Stage::from_u32(s as u32), s);
+        }
+    }
 }

@@ -42,3 +42,1173 @@ fn baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share() {
     let o = sb.run(["status"]);
     expect_code(&o, 0);
 }
+
+// ---------------------------------------------------------------------------
+// SPEC's table, row by row, on plain directories (require_mount = false).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn lmeta(p: &Path) -> fs::Metadata {
+    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// (inode, mtime, mtime_nsec) of a path, not followed.
+fn stamp(p: &Path) -> (u64, i64, i64) {
+    let m = lmeta(p);
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+#[test]
+fn app_missing_creates_target_dirs_parents_and_absolute_symlink() {
+    let sb = Sandbox::new(
+        "\"deep/nested/data\" = { share = \"x/y/data\", dirs = [\"in\", \"out/sub\"] }",
+    );
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let app = sb.app.join("deep/nested/data");
+    let target = sb.share.join("x/y/data");
+    assert!(lmeta(&app).file_type().is_symlink());
+    let to = fs::read_link(&app).unwrap();
+    assert!(
+        to.is_absolute(),
+        "symlink must be absolute: {}",
+        to.display()
+    );
+    assert_eq!(to, target);
+    for d in ["in", "out/sub"] {
+        assert!(lmeta(&target.join(d)).is_dir(), "{d}");
+    }
+    // Nothing else appeared in the target; the app side holds only the link.
+    assert_eq!(
+        snapshot(&target).keys().cloned().collect::<Vec<_>>(),
+        ["in", "out", "out/sub"].map(std::path::PathBuf::from)
+    );
+    assert_eq!(snapshot(&sb.app.join("deep/nested")).len(), 1);
+    expect_code(&sb.run(["status"]), 0);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("already linked"), "{}", stderr(&o));
+}
+
+#[test]
+fn right_symlink_and_share_present_changes_nothing() {
+    let sb = Sandbox::new("\"a/data\" = { share = \"data\", dirs = [\"in\"] }");
+    expect_code(&sb.run(["link"]), 0);
+    fs::write(sb.share.join("data/in/file"), "payload").unwrap();
+    let (app, target) = (sb.app.join("a/data"), sb.share.join("data"));
+    let watched = [
+        app.clone(),
+        sb.app.join("a"),
+        target.clone(),
+        target.join("in"),
+        target.join("in/file"),
+        sb.share.clone(),
+    ];
+    let before: Vec<_> = watched.iter().map(|p| stamp(p)).collect();
+    let tree = snapshot(&sb.share);
+    // Make any rewrite visible even on coarse-mtime filesystems.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("already linked"), "{}", stderr(&o));
+    let after: Vec<_> = watched.iter().map(|p| stamp(p)).collect();
+    for ((p, b), a) in watched.iter().zip(&before).zip(&after) {
+        assert_eq!(b, a, "{} changed (inode, mtime)", p.display());
+    }
+    // Nothing written anywhere in the share (locks included).
+    assert_eq!(snapshot(&sb.share), tree);
+}
+
+#[test]
+fn right_symlink_with_share_target_missing_recreates_it() {
+    let sb = Sandbox::new("\"data\" = { share = \"s/data\", dirs = [\"in\", \"out\"] }");
+    expect_code(&sb.run(["link"]), 0);
+    fs::remove_dir_all(sb.share.join("s")).unwrap();
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-missing"), "{}", stdout(&o));
+    let link_before = stamp(&sb.app.join("data"));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    for d in ["in", "out"] {
+        assert!(lmeta(&sb.share.join("s/data").join(d)).is_dir());
+    }
+    assert_eq!(
+        stamp(&sb.app.join("data")),
+        link_before,
+        "symlink was rewritten"
+    );
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn symlink_elsewhere_is_replaced_with_a_warning() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let elsewhere = sb.root.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("keep"), "not ours").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sb.app.join("data")).unwrap();
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("wrong-symlink"), "{}", stdout(&o));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("WARN") && err.contains("pointed elsewhere") && err.contains("elsewhere"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        sb.share.join("data")
+    );
+    // The old target is not ours: untouched, and nothing of it was moved.
+    assert_eq!(
+        fs::read_to_string(elsewhere.join("keep")).unwrap(),
+        "not ours"
+    );
+    assert!(snapshot(&sb.share.join("data")).is_empty());
+    // A relative symlink to the right place is also replaced by the absolute one.
+    fs::remove_file(sb.app.join("data")).unwrap();
+    std::os::unix::fs::symlink("../share/data", sb.app.join("data")).unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("pointed elsewhere"), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        sb.share.join("data")
+    );
+}
+
+#[test]
+fn baked_dir_moves_whole_into_missing_or_empty_share_target() {
+    // "only-dirs": a share target holding nothing but empty directories
+    // (the `dirs` an earlier image without baked data had created) counts
+    // as empty: the baked data moves in rather than being set aside.
+    for share_state in ["missing", "empty", "only-dirs"] {
+        let sb = Sandbox::new("\"m/data\" = { share = \"s/data\", dirs = [\"input\"] }");
+        let baked = sb.app.join("m/data");
+        make_tree(&baked, 150, 100_000, 11);
+        let before = snapshot(&baked);
+        match share_state {
+            "empty" => fs::create_dir_all(sb.share.join("s/data")).unwrap(),
+            "only-dirs" => {
+                fs::create_dir_all(sb.share.join("s/data/input")).unwrap();
+                fs::create_dir_all(sb.share.join("s/data/d0_1/deeper")).unwrap();
+            }
+            _ => {}
+        }
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        let err = stderr(&o);
+        assert!(err.contains("migrated"), "{share_state}: {err}");
+        assert!(
+            !err.contains("WARN"),
+            "{share_state}: unexpected warning: {err}"
+        );
+        assert_eq!(fs::read_link(&baked).unwrap(), sb.share.join("s/data"));
+        assert_eq!(
+            without_dirs(snapshot(&sb.share.join("s/data")), &["input"]),
+            before,
+            "{share_state}"
+        );
+        if share_state == "only-dirs" {
+            // The empty directories that stood there are not kept: the
+            // baked tree replaced them (`dirs` are re-created).
+            assert!(
+                !sb.share.join("s/data/d0_1/deeper").exists()
+                    || before.contains_key(Path::new("d0_1/deeper"))
+            );
+        }
+        assert!(entries_containing(&sb.share.join("s"), "sharelink").is_empty());
+        assert!(entries_containing(&sb.app.join("m"), "sharelink").is_empty());
+        // No displaced copy when the share was empty.
+        assert!(!sb.share.join(".sharelink/displaced").exists());
+        expect_code(&sb.run(["status"]), 0);
+    }
+}
+
+/// `<share_root>/.sharelink/displaced/<app path>/<stamp>` directories.
+fn displaced_stamps(sb: &Sandbox, app_rel: &str) -> Vec<std::path::PathBuf> {
+    let base = sb.share.join(".sharelink/displaced").join(app_rel);
+    let Ok(rd) = fs::read_dir(&base) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+fn is_utc_stamp(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && (b.len() == 16 || (b[16] == b'-' && b[17..].iter().all(u8::is_ascii_digit)))
+}
+
+/// App tree and share tree that overlap: `both` (different content),
+/// `sub/both`, app-only `app_only`, `sub/app_only`, `newdir/deep/f`,
+/// an app file where the share has a directory (`clash`), share-only
+/// `share_only`.
+fn overlapping_trees(app: &Path, share: &Path) {
+    for d in [app, share] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+    }
+    fs::write(app.join("both"), "app version").unwrap();
+    fs::write(share.join("both"), "share version").unwrap();
+    fs::write(app.join("sub/both"), "app sub").unwrap();
+    fs::write(share.join("sub/both"), "share sub").unwrap();
+    fs::write(app.join("app_only"), "only on app").unwrap();
+    fs::write(app.join("sub/app_only"), "only on app, nested").unwrap();
+    fs::create_dir_all(app.join("newdir/deep")).unwrap();
+    fs::write(app.join("newdir/deep/f"), "deep app file").unwrap();
+    fs::create_dir_all(app.join("newdir/empty")).unwrap();
+    std::os::unix::fs::symlink("app_only", app.join("link_only")).unwrap();
+    fs::write(app.join("clash"), "app file where the share has a dir").unwrap();
+    fs::create_dir(share.join("clash")).unwrap();
+    fs::write(share.join("clash/inside"), "share").unwrap();
+    fs::write(share.join("share_only"), "only on share").unwrap();
+}
+
+#[test]
+fn if_empty_keeps_the_share_and_displaces_app_only_files() {
+    let sb = Sandbox::new("\"m/data\" = \"data\"");
+    let (app, target) = (sb.app.join("m/data"), sb.share.join("data"));
+    overlapping_trees(&app, &target);
+    let app_before = snapshot(&app);
+    let share_before = snapshot(&target);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(err.contains("WARN") && err.contains("displaced"), "{err}");
+    // The share wins, entirely: nothing merged in, nothing overwritten.
+    assert_eq!(snapshot(&target), share_before);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    let stamps = displaced_stamps(&sb, "m/data");
+    assert_eq!(stamps.len(), 1, "{stamps:?}");
+    let name = stamps[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(is_utc_stamp(&name), "{name}");
+    assert!(
+        err.contains(&*stamps[0].to_string_lossy()),
+        "warning names the place: {err}"
+    );
+    // Exactly the app-side entries whose paths the share lacks.
+    let displaced = snapshot(&stamps[0]);
+    let want: std::collections::BTreeMap<_, _> = app_before
+        .iter()
+        .filter(|(p, _)| {
+            ["app_only", "sub/app_only", "newdir", "link_only", "clash"]
+                .iter()
+                .any(|top| p.starts_with(top))
+        })
+        .map(|(p, n)| (p.clone(), n.clone()))
+        .collect();
+    let displaced_without_sub: std::collections::BTreeMap<_, _> = displaced
+        .into_iter()
+        .filter(|(p, _)| p != Path::new("sub"))
+        .collect();
+    assert_eq!(displaced_without_sub, want);
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn merge_copies_app_only_files_in_without_overwriting() {
+    let sb = Sandbox::new("\"data\" = { share = \"data\", migrate = \"merge\" }");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    overlapping_trees(&app, &target);
+    let app_before = snapshot(&app);
+    let share_before = snapshot(&target);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    let after = snapshot(&target);
+    // Every share entry kept as it was.
+    for (p, n) in &share_before {
+        assert_eq!(after.get(p), Some(n), "share's {} changed", p.display());
+    }
+    // Every app-only entry copied in, whole.
+    for p in [
+        "app_only",
+        "sub/app_only",
+        "newdir",
+        "newdir/deep",
+        "newdir/deep/f",
+        "newdir/empty",
+        "link_only",
+    ] {
+        assert_eq!(after.get(Path::new(p)), app_before.get(Path::new(p)), "{p}");
+    }
+    assert_eq!(
+        fs::read_to_string(target.join("both")).unwrap(),
+        "share version"
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("sub/both")).unwrap(),
+        "share sub"
+    );
+    // An app file where the share has a directory cannot be merged: it is
+    // kept aside, not dropped.
+    let stamps = displaced_stamps(&sb, "data");
+    assert_eq!(stamps.len(), 1, "{stamps:?}");
+    assert_eq!(
+        fs::read_to_string(stamps[0].join("clash")).unwrap(),
+        "app file where the share has a dir"
+    );
+    assert_eq!(after.len(), share_before.len() + 7);
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn regular_file_at_app_path_is_refused_and_other_links_still_run() {
+    let sb = Sandbox::new("\"afile\" = \"a\"\n\"b\" = \"b\"");
+    fs::write(sb.app.join("afile"), "precious").unwrap();
+    let before = stamp(&sb.app.join("afile"));
+    let o = sb.run(["link"]);
+    expect_code(&o, 65);
+    let err = stderr(&o);
+    assert!(
+        err.contains("afile") && err.contains("regular file"),
+        "{err}"
+    );
+    assert_eq!(stamp(&sb.app.join("afile")), before);
+    assert_eq!(
+        fs::read_to_string(sb.app.join("afile")).unwrap(),
+        "precious"
+    );
+    assert!(
+        !sb.share.join("a").exists(),
+        "refused link must not create its target"
+    );
+    // The later link was still made.
+    assert_eq!(fs::read_link(sb.app.join("b")).unwrap(), sb.share.join("b"));
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
+}
+
+#[test]
+fn symlinks_inside_the_share_are_never_followed() {
+    // share = "a/b/c" with dirs "d/e": a symlink at every level, with the
+    // app path missing (creation) and baked (migration).
+    let levels = ["a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/e"];
+    for level in levels {
+        for baked in [false, true] {
+            let sb = Sandbox::new("\"data\" = { share = \"a/b/c\", dirs = [\"d/e\"] }");
+            let outside = sb.root.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            let parent = Path::new(level).parent().unwrap();
+            fs::create_dir_all(sb.share.join(parent)).unwrap();
+            std::os::unix::fs::symlink(&outside, sb.share.join(level)).unwrap();
+            if baked {
+                make_tree(&sb.app.join("data"), 20, 100, 3);
+            }
+            let app_before = snapshot(&sb.app);
+            let share_before = snapshot(&sb.share);
+            let o = sb.run(["link"]);
+            let what = format!("symlink at {level}, baked={baked}");
+            assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&*sb.share.join(level).to_string_lossy()),
+                "{what}: message names the symlink: {}",
+                stderr(&o)
+            );
+            assert!(
+                snapshot(&outside).is_empty(),
+                "{what}: wrote outside the share"
+            );
+            assert_eq!(snapshot(&sb.app), app_before, "{what}: app changed");
+            assert_eq!(snapshot(&sb.share), share_before, "{what}: share changed");
+            expect_code(&sb.run(["status"]), 1);
+        }
+    }
+}
+
+#[test]
+fn symlinked_state_dir_in_the_share_is_never_followed() {
+    // `.sharelink` (locks, displaced copies) pointing out of the share.
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let outside = sb.root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, sb.share.join(".sharelink")).unwrap();
+    make_tree(&sb.app.join("data"), 10, 100, 5);
+    let app_before = snapshot(&sb.app);
+    let o = sb.run(["link"]);
+    expect_code(&o, 65);
+    assert!(snapshot(&outside).is_empty(), "wrote outside the share");
+    assert_eq!(snapshot(&sb.app), app_before);
+}
+
+#[test]
+fn non_directory_where_a_share_dir_belongs_is_refused() {
+    // (what to put where, share path, dirs)
+    let cases = [
+        ("a", "a/b", "[]"),            // a parent of the target
+        ("a/b", "a/b", "[]"),          // the target itself
+        ("a/b/in", "a/b", "[\"in\"]"), // a `dirs` entry
+        ("a/b/x", "a/b", "[\"x/y\"]"), // a parent of a `dirs` entry
+    ];
+    for (file, share, dirs) in cases {
+        for baked in [false, true] {
+            let sb = Sandbox::new(&format!(
+                "\"data\" = {{ share = {share:?}, dirs = {dirs} }}"
+            ));
+            fs::create_dir_all(sb.share.join(file).parent().unwrap()).unwrap();
+            fs::write(sb.share.join(file), "a file").unwrap();
+            if baked {
+                make_tree(&sb.app.join("data"), 10, 100, 9);
+            }
+            let app_before = snapshot(&sb.app);
+            let share_before = snapshot(&sb.share);
+            let o = sb.run(["link"]);
+            let what = format!("file at {file}, baked={baked}");
+            assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&*sb.share.join(file).to_string_lossy()),
+                "{what}: {}",
+                stderr(&o)
+            );
+            assert_eq!(snapshot(&sb.app), app_before, "{what}");
+            assert_eq!(snapshot(&sb.share), share_before, "{what}");
+        }
+    }
+}
+
+#[test]
+fn unmounted_share_with_require_mount_exits_69_touching_nothing() {
+    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"");
+    sb.write_config(
+        true,
+        "\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"",
+    );
+    make_tree(&sb.app.join("data"), 30, 1000, 1);
+    let app_before = snapshot(&sb.app);
+    let app_stamp = stamp(&sb.app);
+    let share_stamp = stamp(&sb.share);
+    for args in [&["link"][..], &["link", "--dry-run"][..]] {
+        let o = sb.run(args);
+        expect_code(&o, 69);
+        assert!(stderr(&o).contains("not a mount point"), "{}", stderr(&o));
+    }
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert!(snapshot(&sb.share).is_empty());
+    assert_eq!(stamp(&sb.app), app_stamp);
+    assert_eq!(stamp(&sb.share), share_stamp);
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-unavailable"), "{}", stdout(&o));
+    // A missing share_root is unavailable too, whatever require_mount says.
+    fs::remove_dir(&sb.share).unwrap();
+    expect_code(&sb.run(["--require-mount", "false", "link"]), 69);
+    assert!(!sb.share.exists());
+    assert_eq!(snapshot(&sb.app), app_before);
+    // With require_mount = false, a plain directory is a fine share.
+    fs::create_dir(&sb.share).unwrap();
+    let o = sb.run(["--require-mount", "false", "link"]);
+    expect_code(&o, 0);
+    assert_eq!(without_dirs(snapshot(&sb.share.join("data")), &["in"]), {
+        // `make_tree` data, now on the share.
+        app_before
+            .iter()
+            .filter_map(|(p, n)| Some((p.strip_prefix("data").ok()?.to_path_buf(), n.clone())))
+            .filter(|(p, _)| !p.as_os_str().is_empty())
+            .collect()
+    });
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let links = "\"baked\" = \"baked\"\n\"missing\" = { share = \"m\", dirs = [\"in\"] }\n\"wrong\" = \"wrong\"\n\"keep\" = \"keep\"";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("baked"), 20, 100, 2);
+    std::os::unix::fs::symlink("/nowhere", sb.app.join("wrong")).unwrap();
+    make_tree(&sb.app.join("keep"), 5, 10, 4);
+    make_tree(&sb.share.join("keep"), 5, 10, 8);
+    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&sb.share));
+    let o = sb.run(["link", "--dry-run"]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    for want in [
+        "needs-migration",
+        "move the baked directory",
+        "unlinked",
+        "create dirs in",
+        "wrong-symlink",
+        "/nowhere",
+        "displaced",
+    ] {
+        assert!(out.contains(want), "plan lacks {want:?}:\n{out}");
+    }
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert_eq!(snapshot(&sb.share), share_before);
+    // A dry run exits as `link` would.
+    fs::write(sb.app.join("missing"), "file").unwrap();
+    let o = sb.run(["link", "--dry-run"]);
+    expect_code(&o, 65);
+    assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
+    fs::remove_file(sb.app.join("missing")).unwrap();
+    // After linking, the plan is empty.
+    expect_code(&sb.run(["link"]), 0);
+    let o = sb.run(["link", "--dry-run"]);
+    expect_code(&o, 0);
+    assert_eq!(count(&stdout(&o), "nothing to do"), 4, "{}", stdout(&o));
+}
+
+#[test]
+fn status_text_and_json() {
+    let sb = Sandbox::new("\"a\" = \"a\"\n\"b\" = { share = \"b\", dirs = [\"in\"] }");
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert_eq!(count(&stdout(&o), "unlinked"), 2, "{}", stdout(&o));
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 1);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["links"].as_array().unwrap().len(), 2);
+    assert_eq!(v["links"][0]["state"], "unlinked");
+    assert_eq!(v["links"][0]["app"], sb.app.join("a").to_str().unwrap());
+    expect_code(&sb.run(["link"]), 0);
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["healthy"], true);
+    assert!(v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["state"] == "linked"));
+    // A missing `dirs` entry makes it unhealthy again.
+    fs::remove_dir(sb.share.join("b/in")).unwrap();
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 1);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["links"][1]["state"], "dirs-missing");
+    // status never writes.
+    assert!(!sb.share.join("b/in").exists());
+}
+
+#[test]
+fn check_accepts_good_config_and_names_key_and_line_of_bad_one() {
+    let sb = Sandbox::new("\"a\" = \"a\"");
+    let o = sb.run(["check"]);
+    expect_code(&o, 0);
+    let bad = [
+        (
+            "\"a\" = \"a\"\n\"b\" = { share = \"b\", migrate = \"always\" }",
+            "migrate",
+            7,
+        ),
+        ("\"a\" = \"a\"\n\"a/b\" = \"x\"", "a/b", 7),
+        ("\"a\" = \"../up\"", "share", 6),
+        ("\"a\" = { share = \"a\", colour = \"red\" }", "colour", 6),
+        ("\"a\" = \".sharelink/x\"", ".sharelink", 6),
+    ];
+    for (links, key, line) in bad {
+        sb.write_config(false, links);
+        let o = sb.run(["check"]);
+        expect_code(&o, 78);
+        let err = stderr(&o);
+        assert!(err.contains(key), "{links}: key {key} not named: {err}");
+        assert!(
+            err.contains(&format!("line {line}")),
+            "{links}: line {line} not named: {err}"
+        );
+        // link refuses too, before touching anything.
+        expect_code(&sb.run(["link"]), 78);
+    }
+    let o = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(sb.root.path().join("nope.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    expect_code(&o, 78);
+    assert!(snapshot(&sb.share).is_empty() && snapshot(&sb.app).is_empty());
+}
+
+#[test]
+fn a_thousand_already_linked_links() {
+    let links: String = (0..1000)
+        .map(|i| {
+            format!(
+                "\"app{}/d{i}\" = {{ share = \"s{}/d{i}\", dirs = [\"in\"] }}\n",
+                i % 10,
+                i % 10
+            )
+        })
+        .collect();
+    let sb = Sandbox::new(&links);
+    expect_code(&sb.run(["link"]), 0);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(count(&stderr(&o), "already linked"), 1000);
+    for i in (0..1000).step_by(97) {
+        let app = sb.app.join(format!("app{}/d{i}", i % 10));
+        assert_eq!(
+            fs::read_link(&app).unwrap(),
+            sb.share.join(format!("s{}/d{i}", i % 10))
+        );
+    }
+    let o = sb.run(["status", "--json"]);
+    expect_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["links"].as_array().unwrap().len(), 1000);
+}
+
+// ---------------------------------------------------------------------------
+// Real filesystems, each test in its own private mount namespace.
+
+/// The device a path lives on (which filesystem holds it).
+fn dev(p: &Path) -> u64 {
+    lmeta(p).dev()
+}
+
+#[test]
+fn overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view() {
+    if !in_private_mount_ns("overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let lower = sb.root.path().join("lower");
+    make_tree(&lower.join("data"), 120, 50_000, 21);
+    let merged = mount_overlay(&sb.root.path().join("ovl"), &lower);
+    fs::remove_dir(&sb.app).unwrap();
+    std::os::unix::fs::symlink(&merged, &sb.app).unwrap();
+    let data = merged.join("data");
+    // Container writes on top of the image layer: new files and dirs (upper
+    // only), a lower file modified (copied up), a lower file deleted
+    // (whiteout), a lower directory replaced (opaque).
+    fs::write(data.join("new_in_upper"), "written at run time").unwrap();
+    fs::create_dir_all(data.join("upper_dir/x")).unwrap();
+    fs::write(data.join("upper_dir/x/f"), "upper").unwrap();
+    let lower_files: Vec<_> = snapshot(&data)
+        .into_iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(p, _)| p)
+        .collect();
+    fs::write(data.join(&lower_files[0]), "modified: copied up").unwrap();
+    fs::remove_file(data.join(&lower_files[1])).unwrap();
+    fs::remove_dir_all(data.join("empty")).unwrap();
+    fs::create_dir(data.join("empty")).unwrap();
+    fs::write(data.join("empty/now_full"), "opaque dir").unwrap();
+    let before = snapshot(&data);
+    mount_tmpfs(&sb.share, "64m");
+    sb.write_config(true, "\"data\" = \"data\"");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(fs::read_link(&data).unwrap(), sb.share.join("data"));
+    assert_eq!(snapshot(&sb.share.join("data")), before);
+    // The image layer itself is untouched (overlay wrote whiteouts).
+    assert!(lower.join("data").join(&lower_files[1]).exists());
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn share_refusing_chmod_and_chown_warns_once_per_link() {
+    if !in_private_mount_ns("share_refusing_chmod_and_chown_warns_once_per_link") {
+        return;
+    }
+    let links =
+        "\"one\" = { share = \"one\", dirs = [\"in\"] }\n\"two\" = \"two\"\n\"three\" = \"three\"";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("one"), 80, 20_000, 31);
+    // "two": the share already has data, so app-only files are displaced
+    // (the displaced copy is refused chmod too).
+    make_tree(&sb.app.join("two"), 40, 1000, 32);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    make_tree(&backing.join("two"), 10, 100, 33);
+    let share_two = snapshot(&backing.join("two"));
+    let (one, two) = (snapshot(&sb.app.join("one")), snapshot(&sb.app.join("two")));
+    mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");
+    // Precondition: this share really refuses chmod.
+    fs::write(sb.share.join("probe"), "").unwrap();
+    let e = fs::set_permissions(
+        sb.share.join("probe"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    fs::remove_file(sb.share.join("probe")).unwrap();
+
+    sb.write_config(true, links);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    let refusals: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("refused chmod"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "one warning per migrated link:\n{err}");
+    for l in ["one", "two"] {
+        let target = sb.share.join(l);
+        assert_eq!(
+            refusals
+                .iter()
+                .filter(|r| r.contains(&format!("{}\"", target.display()))
+                    || r.ends_with(&*target.to_string_lossy()))
+                .count(),
+            1,
+            "{l}:\n{err}"
+        );
+    }
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(
+        without_modes(&without_dirs(snapshot(&sb.share.join("one")), &["in"])),
+        without_modes(&one)
+    );
+    assert_eq!(snapshot(&sb.share.join("two")), share_two);
+    let displaced = sb.share.join(".sharelink/displaced/two");
+    let stamps: Vec<_> = fs::read_dir(&displaced)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stamps.len(), 1);
+    let kept = snapshot(&stamps[0]);
+    for (p, n) in without_modes(&two) {
+        if !share_two.contains_key(&p) {
+            assert_eq!(
+                without_modes(&kept).get(&p),
+                Some(&n),
+                "{} displaced",
+                p.display()
+            );
+        }
+    }
+    expect_code(&sb.run(["status"]), 0);
+    umount(&sb.share);
+}
+
+#[test]
+fn read_only_share_exits_73_and_touches_nothing() {
+    if !in_private_mount_ns("read_only_share_exits_73_and_touches_nothing") {
+        return;
+    }
+    let links = "\"baked\" = \"baked\"";
+    let sb = Sandbox::new(links);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    make_tree(&sb.app.join("baked"), 40, 5000, 41);
+    mount_ro_bind(&backing, &sb.share);
+    for (links, what) in [
+        ("\"baked\" = \"baked\"", "baked dir to migrate"),
+        (
+            "\"missing\" = { share = \"m\", dirs = [\"in\"] }",
+            "target to create",
+        ),
+        ("\"baked\" = \"baked\"\n\"missing\" = \"m\"", "both"),
+    ] {
+        sb.write_config(true, links);
+        let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
+        let o = sb.run(["link"]);
+        assert_eq!(code(&o), 73, "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("Read-only"), "{what}: {}", stderr(&o));
+        assert_eq!(snapshot(&sb.app), app_before, "{what}");
+        assert_eq!(snapshot(&backing), share_before, "{what}");
+    }
+    // Linked earlier on a writable share, a re-run on a read-only one has
+    // nothing to write and succeeds.
+    umount(&sb.share);
+    sb.write_config(true, "\"baked\" = \"baked\"\n\"missing\" = \"m\"");
+    mount_ro_bind(&backing, &sb.share);
+    sh(&format!(
+        "mount -o remount,bind,rw '{}'",
+        sb.share.display()
+    ));
+    expect_code(&sb.run(["link"]), 0);
+    sh(&format!(
+        "mount -o remount,bind,ro '{}'",
+        sb.share.display()
+    ));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    expect_code(&sb.run(["status"]), 0);
+    // With sharelink's own state directory already there, a new baked
+    // directory still fails cleanly (the lock cannot be taken).
+    assert!(backing.join(".sharelink/locks").is_dir());
+    sb.write_config(true, "\"late\" = \"late\"");
+    make_tree(&sb.app.join("late"), 10, 100, 42);
+    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
+    expect_code(&sb.run(["link"]), 73);
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert_eq!(snapshot(&backing), share_before);
+}
+
+#[test]
+fn full_share_exits_73_keeps_the_original_and_completes_once_grown() {
+    if !in_private_mount_ns("full_share_exits_73_keeps_the_original_and_completes_once_grown") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }");
+    let baked = sb.app.join("data");
+    make_tree(&baked, 60, 1000, 51);
+    for i in 0..3 {
+        fs::write(baked.join(format!("big{i}")), vec![i as u8 + 1; 1 << 20]).unwrap();
+    }
+    let before = snapshot(&baked);
+    mount_tmpfs(&sb.share, "1m");
+    sb.write_config(true, "\"data\" = { share = \"data\", dirs = [\"in\"] }");
+    let o = sb.run(["link"]);
+    expect_code(&o, 73);
+    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    assert_eq!(snapshot(&baked), before, "original must be intact");
+    assert!(lmeta(&baked).is_dir());
+    // Never a half-copied target: staging may be left, the target not.
+    assert!(
+        !sb.share.join("data").exists(),
+        "half-copied target is visible"
+    );
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    // Room again: the next run finishes the job.
+    sh(&format!(
+        "mount -o remount,size=64m '{}'",
+        sb.share.display()
+    ));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(
+        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
+        before
+    );
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    assert_eq!(fs::read_link(&baked).unwrap(), sb.share.join("data"));
+    expect_code(&sb.run(["status"]), 0);
+}
+
+fn write_config_with_timeout(sb: &Sandbox, timeout: &str, links: &str) {
+    fs::write(
+        &sb.config,
+        format!(
+            "app_root = {:?}\nshare_root = {:?}\nmount_timeout = {timeout:?}\n\n[links]\n{links}\n",
+            sb.app, sb.share
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn mount_timeout_waits_for_the_share_and_uses_it() {
+    if !in_private_mount_ns("mount_timeout_waits_for_the_share_and_uses_it") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let links = "\"data\" = { share = \"data\", dirs = [\"in\"] }";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("data"), 40, 1000, 61);
+    let before = snapshot(&sb.app.join("data"));
+
+    // Too short a wait: 69, nothing touched.
+    write_config_with_timeout(&sb, "300ms", links);
+    let t0 = std::time::Instant::now();
+    let o = sb.run(["link"]);
+    expect_code(&o, 69);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(snapshot(&sb.app.join("data")), before);
+    assert!(snapshot(&sb.share).is_empty());
+
+    // The mount appears while `link` waits.
+    write_config_with_timeout(&sb, "10s", links);
+    let mut child = sb.cmd().arg("link").stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Wait until it says it is waiting (no sleep-as-synchronisation).
+    while !log.contains("waiting for the share") {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "link ended early:\n{log}"
+        );
+        log.push_str(&line);
+    }
+    let share = sb.share.clone();
+    let mounter = std::thread::spawn(move || {
+        // The share shows up a moment later, as a slow SMB mount would.
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        mount_tmpfs(&share, "64m");
+    });
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    log.push_str(&rest);
+    let status = child.wait().unwrap();
+    mounter.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // The data landed in the tmpfs mounted later, not in the directory under it.
+    assert_ne!(dev(&sb.share), dev(sb.root.path()));
+    assert_eq!(dev(&sb.share.join("data")), dev(&sb.share));
+    assert_eq!(
+        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
+        before
+    );
+    umount(&sb.share);
+    assert!(
+        snapshot(&sb.share).is_empty(),
+        "wrote under the mount point"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A termination signal while linking: stop at a safe point, exit 128+sig.
+
+/// Start `sharelink ARGS`, wait until `ready` holds (e.g. the staging
+/// directory appeared), send `sig`; return whether it was sent (not if the
+/// run finished first) and the output.
+fn signal_when(
+    sb: &Sandbox,
+    args: &[&str],
+    sig: nix::sys::signal::Signal,
+    ready: impl Fn() -> bool,
+) -> (bool, std::process::Output) {
+    use std::process::Stdio;
+    let child = sb
+        .cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut sent = false;
+    // Until the moment comes, or the run ends first. The child is reaped
+    // only by `try_wait`/`wait`, so `pid` cannot be reused before the kill.
+    while child.try_wait().unwrap().is_none() {
+        if ready() {
+            nix::sys::signal::kill(pid, sig).unwrap();
+            sent = true;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the moment to signal"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    (sent, child.wait_with_output().unwrap())
+}
+
+fn big_tree_sandbox(
+    links: &str,
+    seed: u64,
+) -> (
+    Sandbox,
+    std::collections::BTreeMap<std::path::PathBuf, Node>,
+) {
+    // App and share are two tmpfs: a busy disk would make these slow.
+    let sb = Sandbox::new(links);
+    mount_tmpfs(&sb.app, "256m");
+    mount_tmpfs(&sb.share, "256m");
+    make_tree(&sb.app.join("data"), 3000, 2000, seed);
+    let before = snapshot(&sb.app.join("data"));
+    (sb, before)
+}
+
+/// After an interruption: the original is whole in the app dir, or the
+/// share target is complete; never a partial target.
+#[track_caller]
+fn assert_whole_somewhere(
+    sb: &Sandbox,
+    before: &std::collections::BTreeMap<std::path::PathBuf, Node>,
+) {
+    let app = sb.app.join("data");
+    let target = sb.share.join("data");
+    if target.exists() {
+        assert_eq!(
+            &snapshot(&target),
+            before,
+            "share target visible but incomplete"
+        );
+        // Whatever is left of the app dir is a subset of the original.
+        if lmeta(&app).is_dir() {
+            for (p, n) in snapshot(&app) {
+                assert_eq!(before.get(&p), Some(&n), "{}", p.display());
+            }
+        }
+    } else {
+        assert_eq!(&snapshot(&app), before, "app dir changed before the commit");
+    }
+}
+
+#[test]
+fn sigterm_during_link_stops_at_a_safe_point_and_rerun_completes() {
+    if !in_private_mount_ns("sigterm_during_link_stops_at_a_safe_point_and_rerun_completes") {
+        return;
+    }
+    let staging = |sb: &Sandbox| sb.share.join(".data.sharelink-staging");
+    let mut interrupted = 0;
+    for attempt in 0..5 {
+        let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 100 + attempt);
+        let st = staging(&sb);
+        let (sent, o) = signal_when(&sb, &["link"], nix::sys::signal::Signal::SIGTERM, || {
+            st.exists()
+        });
+        match o.status.code() {
+            Some(143) => {
+                assert!(sent);
+                interrupted += 1;
+                assert!(stderr(&o).contains("SIGTERM"), "{}", stderr(&o));
+                assert_whole_somewhere(&sb, &before);
+                assert!(!sb.share.join("data").exists(), "signalled while staging");
+                assert!(lmeta(&sb.app.join("data")).is_dir());
+                expect_code(&sb.run(["status"]), 1);
+            }
+            // The copy finished before the signal was looked at: fine, but
+            // it must then be a complete, successful run.
+            Some(0) => {}
+            _ => panic!("attempt {attempt}: {o:?}\n{}", stderr(&o)),
+        }
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        assert_eq!(snapshot(&sb.share.join("data")), before);
+        assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+        expect_code(&sb.run(["status"]), 0);
+        if interrupted >= 2 {
+            break;
+        }
+    }
+    eprintln!("interrupted {interrupted} migrations");
+    assert!(interrupted > 0, "never managed to interrupt a migration");
+}
+
+#[test]
+fn signal_during_prune_leaves_a_complete_share_and_rerun_finishes() {
+    if !in_private_mount_ns("signal_during_prune_leaves_a_complete_share_and_rerun_finishes") {
+        return;
+    }
+    // Signalled once the target is committed: the app dir is being deleted.
+    let mut seen = 0;
+    for attempt in 0..5 {
+        let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 200 + attempt);
+        let target = sb.share.join("data");
+        let (_, o) = signal_when(&sb, &["link"], nix::sys::signal::Signal::SIGINT, || {
+            target.exists()
+        });
+        match o.status.code() {
+            Some(130) => {
+                seen += 1;
+                assert_whole_somewhere(&sb, &before);
+            }
+            Some(0) => {}
+            _ => panic!("attempt {attempt}: {o:?}\n{}", stderr(&o)),
+        }
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        assert!(
+            !stderr(&o).contains("displaced"),
+            "nothing is app-only: {}",
+            stderr(&o)
+        );
+        assert!(!sb.share.join(".sharelink/displaced").exists());
+        assert_eq!(snapshot(&sb.share.join("data")), before);
+        assert_eq!(fs::read_link(sb.app.join("data")).unwrap(), target);
+        if seen > 0 {
+            break;
+        }
+    }
+    eprintln!("interrupted {seen} prunes");
+    assert!(seen > 0, "never interrupted the prune");
+}
+
+#[test]
+fn signal_while_run_is_linking_never_starts_the_command() {
+    if !in_private_mount_ns("signal_while_run_is_linking_never_starts_the_command") {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let mut interrupted = false;
+        for attempt in 0..4 {
+            let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 300 + attempt);
+            let marker = sb.root.path().join("command-started");
+            let st = sb.share.join(".data.sharelink-staging");
+            let script = format!("touch '{}'", marker.display());
+            let (_, o) = signal_when(&sb, &["run", "--", "sh", "-c", &script], sig, || {
+                st.exists()
+            });
+            if o.status.code() != Some(128 + sig as i32) {
+                // Linking won the race; try again with a fresh tree.
+                continue;
+            }
+            interrupted = true;
+            eprintln!("{sig}: interrupted at attempt {attempt}");
+            assert!(
+                !marker.exists(),
+                "{sig}: COMMAND started after an interrupted link"
+            );
+            assert_whole_somewhere(&sb, &before);
+            let o = sb.run(["link"]);
+            expect_code(&o, 0);
+            assert_eq!(snapshot(&sb.share.join("data")), before);
+            break;
+        }
+        assert!(interrupted, "{sig}: never interrupted `run` while linking");
+    }
+}
+
+#[test]
+fn mount_at_or_below_the_app_path_is_refused_untouched() {
+    if !in_private_mount_ns("mount_at_or_below_the_app_path_is_refused_untouched") {
+        return;
+    }
+    // A volume mounted over the app directory (or inside it) cannot be
+    // replaced by a symlink: sharelink must refuse before copying or
+    // deleting anything, not empty the volume and then fail on EBUSY.
+    for (mount_at, what) in [("data", "at the app path"), ("data/cache", "below it")] {
+        let sb = Sandbox::new("\"data\" = \"data\"\n\"other\" = \"other\"");
+        fs::create_dir_all(sb.app.join("data")).unwrap();
+        fs::write(sb.app.join("data/baked"), "baked").unwrap();
+        mount_tmpfs(&sb.app.join(mount_at), "16m");
+        fs::write(sb.app.join(mount_at).join("on_volume"), "volume data").unwrap();
+        let app_before = snapshot(&sb.app);
+        let o = sb.run(["link"]);
+        assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("mount point"), "{what}: {err}");
+        assert!(
+            err.contains(&*sb.app.join(mount_at).to_string_lossy()),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            snapshot(&sb.app.join("data")),
+            {
+                app_before
+                    .iter()
+                    .filter_map(|(p, n)| {
+                        Some((p.strip_prefix("data").ok()?.to_path_buf(), n.clone()))
+                    })
+                    .filter(|(p, _)| !p.as_os_str().is_empty())
+                    .collect()
+            },
+            "{what}: app data changed"
+        );
+        assert!(!sb.share.join("data").exists(), "{what}: copied anyway");
+        // The other link is still made.
+        assert_eq!(
+            fs::read_link(sb.app.join("other")).unwrap(),
+            sb.share.join("other")
+        );
+        let o = sb.run(["status"]);
+        expect_code(&o, 1);
+        assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
+        umount(&sb.app.join(mount_at));
+    }
+}

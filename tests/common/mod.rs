@@ -294,3 +294,63 @@ pub fn make_tree(root: &Path, files: usize, big: usize, seed: u64) -> usize {
     }
     files
 }
+
+/// A `bindfs` view of `src` at `at`, with extra options (e.g.
+/// `--chmod-deny --chown-deny`, which makes it refuse chmod/chown like an
+/// SMB share without unix extensions).
+pub fn mount_bindfs(src: &Path, at: &Path, opts: &str) {
+    fs::create_dir_all(at).unwrap();
+    sh(&format!(
+        "bindfs {opts} '{}' '{}'",
+        src.display(),
+        at.display()
+    ));
+}
+
+/// A read-only bind mount of `src` at `at`.
+pub fn mount_ro_bind(src: &Path, at: &Path) {
+    fs::create_dir_all(at).unwrap();
+    sh(&format!(
+        "mount --bind '{0}' '{1}' && mount -o remount,bind,ro '{1}'",
+        src.display(),
+        at.display()
+    ));
+}
+
+pub fn umount(at: &Path) {
+    sh(&format!("umount '{}'", at.display()));
+}
+
+/// Poll `cond` until it holds; panic with `what` after `limit`.
+#[track_caller]
+pub fn wait_for(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// A snapshot with the given relative directories (e.g. `dirs` entries
+/// sharelink created) taken out; each must have been there as a directory.
+#[track_caller]
+pub fn without_dirs(mut t: BTreeMap<PathBuf, Node>, dirs: &[&str]) -> BTreeMap<PathBuf, Node> {
+    for d in dirs {
+        assert_eq!(t.remove(Path::new(d)), Some(Node::Dir), "dir {d}");
+    }
+    t
+}
+
+/// Entries of `dir` whose names contain `needle` (e.g. leftover
+/// `.x.sharelink-staging` directories or temporary links).
+pub fn entries_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(needle))
+        .collect()
+}

@@ -1,0 +1,1050 @@
+//! `sharelink run` as an init, with real processes: the real binary, as PID 1
+//! of a new pid namespace (`unshare --pid --fork --mount-proc`, root only)
+//! or as a child subreaper (anyone).
+//!
+//! Tests that need root print a loud SKIPPED line and pass when not run as
+//! root, except under `CI=true`, where they must run.
+//!
+//! Nothing here depends on tight timing: every wait polls for a condition
+//! up to a generous deadline, and durations are only checked as lower bounds
+//! (or against a grace period far longer than the work).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The binary under test; `SHARELINK_TEST_BIN` points the suite at another
+/// build (the static musl release binary, in CI).
+fn bin() -> String {
+    std::env::var("SHARELINK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sharelink").into())
+}
+/// Upper bound for anything to happen on a loaded 2-core machine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// Whether root-only tests can run here. Not root (or no `unshare`): a loud
+/// skip, or a failure under `CI=true`.
+fn privileged(test: &str) -> bool {
+    static OK: OnceLock<Result<(), String>> = OnceLock::new();
+    let ok = OK.get_or_init(|| {
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        match Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "true"])
+            .status()
+        {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!(
+                "`unshare --pid --fork --mount-proc true` failed: {s}"
+            )),
+            Err(e) => Err(format!("cannot run unshare: {e}")),
+        }
+    });
+    match ok {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: needs root and unshare ({why}), and CI=true requires it to run")
+        }
+        Err(why) => {
+            // Straight to fd 2: the harness captures `eprintln!` of
+            // passing tests, and this must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!! SKIPPED {test}: needs root and unshare ({why}); \
+                 run the tests as root (CI=true makes this a failure) !!!!!!!!\n"
+            );
+            false
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// PID 1 of a new pid namespace with its own /proc.
+    Pid1,
+    /// A plain child of the test: sharelink is a child subreaper.
+    Subreaper,
+}
+
+/// A temporary directory with a config file (no links) and room for
+/// scripts and marker files.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("sharelink.toml"),
+            format!(
+                "app_root = {:?}\nshare_root = {:?}\nrequire_mount = false\n",
+                root.join("app"),
+                root.join("share")
+            ),
+        )
+        .unwrap();
+        Sandbox { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn dir(&self) -> String {
+        self.dir.path().to_str().unwrap().to_owned()
+    }
+
+    /// Write a shell script and return its path.
+    fn script(&self, name: &str, body: &str) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+
+    /// `sharelink --config ... run RUN_ARGS -- COMMAND`, in `mode`.
+    fn command(&self, mode: Mode, run_args: &[&str], command: &[&str]) -> Command {
+        let mut c = match mode {
+            Mode::Pid1 => {
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc"]).arg(bin());
+                c
+            }
+            Mode::Subreaper => Command::new(bin()),
+        };
+        c.arg("--config")
+            .arg(self.path("sharelink.toml"))
+            .arg("run")
+            .args(run_args)
+            .arg("--")
+            .args(command);
+        prepare(&mut c);
+        c
+    }
+
+    fn start(&self, mode: Mode, run_args: &[&str], command: &[&str]) -> Running {
+        Running::start(self.command(mode, run_args, command), mode)
+    }
+
+    fn run(&self, mode: Mode, run_args: &[&str], command: &[&str]) -> Outcome {
+        self.start(mode, run_args, command).finish()
+    }
+}
+
+/// Debug logs on, a neutral cwd, stdin from /dev/null, and no file
+/// descriptor inherited from the test harness beyond 0-2 (so the fd-leak
+/// test sees only what sharelink itself lets through).
+fn prepare(c: &mut Command) {
+    c.env("SHARELINK_LOG", "debug")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+}
+
+struct Running {
+    child: Child,
+    mode: Mode,
+    started: Instant,
+    out: mpsc::Receiver<String>,
+    err: mpsc::Receiver<String>,
+}
+
+#[derive(Debug)]
+struct Outcome {
+    /// The exit code (unshare passes sharelink's through).
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx
+}
+
+impl Running {
+    fn start(mut c: Command, mode: Mode) -> Running {
+        let mut child = c.spawn().expect("spawn sharelink");
+        let out = reader(child.stdout.take().unwrap());
+        let err = reader(child.stderr.take().unwrap());
+        Running {
+            child,
+            mode,
+            started: Instant::now(),
+            out,
+            err,
+        }
+    }
+
+    /// The pid of the sharelink process, as seen from the test. Under
+    /// unshare it is unshare's child; call this only once the command has
+    /// shown it runs (a marker file), so that unshare's child has exec'd
+    /// sharelink.
+    fn sharelink_pid(&self) -> i32 {
+        let me = self.child.id() as i32;
+        match self.mode {
+            Mode::Subreaper => me,
+            Mode::Pid1 => poll("unshare's child", || children_of(me).first().copied()),
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let err = self
+                    .err
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_default();
+                panic!("sharelink did not exit within {PATIENCE:?}; stderr:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        // Output closes when the last holder of the pipes is gone; a
+        // leftover that escaped sharelink would keep it open.
+        let stdout = self
+            .out
+            .recv_timeout(PATIENCE)
+            .expect("stdout still open: a process escaped");
+        let stderr = self
+            .err
+            .recv_timeout(PATIENCE)
+            .expect("stderr still open: a process escaped");
+        Outcome {
+            code: status
+                .code()
+                .unwrap_or_else(|| panic!("{status}; stderr:\n{stderr}")),
+            stdout,
+            stderr,
+            elapsed,
+        }
+    }
+}
+
+/// Poll `f` until it gives a value, or panic naming `what` after PATIENCE.
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_file(path: &Path) {
+    poll(&path.display().to_string(), || path.exists().then_some(()));
+}
+
+/// The stat line of a process, `None` once it is gone.
+fn stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Fields after the `(comm)` of /proc/PID/stat: state, ppid, ...
+fn stat_fields(stat: &str) -> Vec<String> {
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some(s) = stat(p) {
+            if stat_fields(&s)[1] == pid.to_string() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn sh(script: &str) -> [&str; 3] {
+    ["sh", "-c", script]
+}
+
+// ---------------------------------------------------------------------------
+// Exit status
+
+#[test]
+fn exit_codes_0_to_255_as_pid1() {
+    if !privileged("exit_codes_0_to_255_as_pid1") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let sb = &sb;
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for n in (w..256).step_by(4) {
+                        let o = sb.run(Mode::Pid1, &[], &sh(&format!("exit {n}")));
+                        if o.code != n {
+                            bad.push(format!("exit {n} gave {}: {}", o.code, o.stderr));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn exit_codes_as_subreaper() {
+    let sb = Sandbox::new();
+    for n in [0, 1, 2, 78, 126, 127, 128, 143, 255] {
+        let o = sb.run(Mode::Subreaper, &[], &sh(&format!("exit {n}")));
+        assert_eq!(o.code, n, "{o:?}");
+        assert!(
+            o.stderr.contains(&format!("command exited with {n}")),
+            "{o:?}"
+        );
+    }
+}
+
+/// TERM, INT, HUP, QUIT, USR1, USR2, KILL: the command kills itself; the
+/// exit code is 128+N.
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    let modes: &[Mode] = if privileged("death_by_signal_is_128_plus_n (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    for &mode in modes {
+        for (name, n) in [
+            ("TERM", libc::SIGTERM),
+            ("INT", libc::SIGINT),
+            ("HUP", libc::SIGHUP),
+            ("QUIT", libc::SIGQUIT),
+            ("USR1", libc::SIGUSR1),
+            ("USR2", libc::SIGUSR2),
+            ("KILL", libc::SIGKILL),
+        ] {
+            // No core file from QUIT.
+            let o = sb.run(
+                mode,
+                &[],
+                &sh(&format!("ulimit -c 0; kill -s {name} $$; sleep 30")),
+            );
+            assert_eq!(o.code, 128 + n, "{mode:?} {name}: {o:?}");
+            assert!(o.stderr.contains(&format!("SIG{name}")), "{o:?}");
+        }
+    }
+}
+
+/// A termination signal sent to sharelink reaches the command and its death
+/// becomes sharelink's status.
+#[test]
+fn forwarded_termination_ends_the_command() {
+    let modes: &[Mode] = if privileged("forwarded_termination_ends_the_command (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    for &mode in modes {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+            let ready = sb.path(&format!("ready-{mode:?}-{sig}"));
+            let script = format!("ulimit -c 0; touch {}; exec sleep 1000", ready.display());
+            let r = sb.start(mode, &[], &sh(&script));
+            wait_file(&ready);
+            kill(r.sharelink_pid(), sig);
+            let o = r.finish();
+            assert_eq!(o.code, 128 + sig, "{mode:?} {sig}: {o:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signal forwarding
+
+/// Every catchable signal except SIGCHLD, sent to sharelink, is seen by the
+/// command's trap. One at a time, each waited for, so none coalesce.
+#[test]
+fn every_forwarded_signal_reaches_the_command() {
+    let modes: &[Mode] = if privileged("every_forwarded_signal_reaches_the_command (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let signals = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGCONT,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGURG,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGWINCH,
+        libc::SIGIO,
+        libc::SIGPWR,
+        40, // a real-time signal
+    ];
+    let sb = Sandbox::new();
+    for &mode in modes {
+        let log = sb.path(&format!("signals-{mode:?}"));
+        let ready = sb.path(&format!("ready-{mode:?}"));
+        let stop = sb.path(&format!("stop-{mode:?}"));
+        let mut script = String::new();
+        for s in signals {
+            script.push_str(&format!("trap 'echo {s} >> {}' {s}\n", log.display()));
+        }
+        script.push_str(&format!(
+            "touch {}\nwhile [ ! -e {} ]; do sleep 0.05; done\nexit 0\n",
+            ready.display(),
+            stop.display()
+        ));
+        let path = sb.script(&format!("traps-{mode:?}.sh"), &script);
+        let r = sb.start(mode, &[], &["sh", &path]);
+        wait_file(&ready);
+        let pid = r.sharelink_pid();
+        for s in signals {
+            kill(pid, s);
+            poll(
+                &format!("{mode:?}: signal {s} in the command's trap"),
+                || {
+                    let got = std::fs::read_to_string(&log).unwrap_or_default();
+                    got.lines().any(|l| l == s.to_string()).then_some(())
+                },
+            );
+        }
+        std::fs::write(&stop, "").unwrap();
+        let o = r.finish();
+        assert_eq!(o.code, 0, "{o:?}");
+        let got = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            got.lines().count(),
+            signals.len(),
+            "each signal exactly once: {got}"
+        );
+        assert!(o.stderr.contains("forwarding SIGWINCH"), "{}", o.stderr);
+    }
+}
+
+/// SIGTSTP stops the command, not sharelink; SIGCONT resumes it.
+#[test]
+fn stop_signals_stop_the_command_not_sharelink() {
+    let sb = Sandbox::new();
+    let pidfile = sb.path("pid");
+    let script = format!(
+        "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
+        pidfile.display()
+    );
+    let r = sb.start(Mode::Subreaper, &[], &sh(&script));
+    wait_file(&pidfile);
+    let cmd: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state = |pid| {
+        stat(pid)
+            .map(|s| stat_fields(&s)[0].clone())
+            .unwrap_or_default()
+    };
+    // Wait for the exec, so the stop hits sleep and not the shell.
+    poll("exec sleep", || {
+        std::fs::read_to_string(format!("/proc/{cmd}/comm"))
+            .ok()
+            .filter(|c| c.trim() == "sleep")
+    });
+    let me = r.sharelink_pid();
+    kill(me, libc::SIGTSTP);
+    poll("command stopped", || (state(cmd) == "T").then_some(()));
+    assert_ne!(state(me), "T", "sharelink must not stop");
+    kill(me, libc::SIGCONT);
+    poll("command resumed", || (state(cmd) != "T").then_some(()));
+    kill(me, libc::SIGTERM);
+    let o = r.finish();
+    assert_eq!(o.code, 128 + libc::SIGTERM, "{o:?}");
+}
+
+/// With `--kill-process-group` the command's whole group gets the signal
+/// (here a grandchild traps it); without, only the command does and the
+/// grandchild is a leftover that gets SIGTERM at shutdown.
+#[test]
+fn kill_process_group_reaches_a_grandchild() {
+    let modes: &[Mode] = if privileged("kill_process_group_reaches_a_grandchild (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    let grandchild = sb.script(
+        "grandchild.sh",
+        "trap 'echo usr1 >> \"$1/got\"; exit 0' USR1\n\
+         trap 'echo term >> \"$1/got\"; exit 0' TERM\n\
+         touch \"$1/ready\"\n\
+         while :; do sleep 0.05; done\n",
+    );
+    for &mode in modes {
+        for flag in [true, false] {
+            let d = sb.path(&format!("kpg-{mode:?}-{flag}"));
+            std::fs::create_dir(&d).unwrap();
+            let script = format!("sh {grandchild} {} & wait", d.display());
+            let args: &[&str] = if flag { &["--kill-process-group"] } else { &[] };
+            let r = sb.start(mode, args, &sh(&script));
+            wait_file(&d.join("ready"));
+            kill(r.sharelink_pid(), libc::SIGUSR1);
+            let o = r.finish();
+            // The command itself does not trap USR1.
+            assert_eq!(o.code, 128 + libc::SIGUSR1, "{o:?}");
+            // Appended: with the flag the grandchild may also get the
+            // shutdown's SIGTERM before it has exited.
+            let got = std::fs::read_to_string(d.join("got")).unwrap_or_default();
+            let got: Vec<&str> = got.lines().collect();
+            let ok = if flag {
+                got.contains(&"usr1")
+            } else {
+                got == ["term"]
+            };
+            assert!(ok, "{mode:?} --kill-process-group={flag}: {got:?} {o:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reaping
+
+/// Shell helpers for the zombie tests, run by the command as PID 2 of the
+/// namespace: `adopted` counts the processes whose parent is sharelink
+/// (PID 1): the command itself and the orphans, alive or zombie; `zombies`
+/// the adopted ones in state Z. `settle` waits until the command is the
+/// only one left, so every orphan has been reaped.
+const PROC_HELPERS: &str = "\
+adopted() { cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') . 1 '; }
+zombies() { cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z 1 '; }
+settle() {
+  n=0
+  while [ \"$(adopted)\" -gt 1 ]; do
+    n=$((n+1))
+    if [ $n -gt 1200 ]; then echo \"left: $(adopted) adopted processes, $(zombies) zombies\"; exit 1; fi
+    sleep 0.05
+  done
+  echo settled
+}
+";
+
+/// 2,000 orphans, created one after another, each exiting at once: none is
+/// left as a zombie while the command still runs.
+#[test]
+fn zombies_created_one_after_another_are_reaped() {
+    if !privileged("zombies_created_one_after_another_are_reaped") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let path = sb.script(
+        "seq.sh",
+        &format!(
+            "{PROC_HELPERS}\
+             i=0\n\
+             while [ $i -lt 2000 ]; do ( : & ); i=$((i+1)); done\n\
+             settle\n"
+        ),
+    );
+    let o = sb.run(Mode::Pid1, &[], &["sh", &path]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("settled"), "{o:?}");
+}
+
+/// 2,000 orphans blocked on one pipe, released together by closing its
+/// last writer: their SIGCHLDs coalesce, and every one is still reaped.
+#[test]
+fn zombies_released_at_once_are_reaped() {
+    if !privileged("zombies_released_at_once_are_reaped") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let path = sb.script(
+        "burst.sh",
+        &format!(
+            "{PROC_HELPERS}\
+             mkfifo \"$1/gate\"\n\
+             exec 3<>\"$1/gate\"\n\
+             exec 4<\"$1/gate\"\n\
+             i=0\n\
+             while [ $i -lt 2000 ]; do ( cat <&4 3>&- >/dev/null & ); i=$((i+1)); done\n\
+             echo \"waiting: $(adopted) adopted\"\n\
+             exec 3>&-\n\
+             settle\n"
+        ),
+    );
+    let o = sb.run(Mode::Pid1, &[], &["sh", &path, &sb.dir()]);
+    assert_eq!(o.code, 0, "{o:?}");
+    // The readers really were there, all blocked and adopted, before the
+    // release (2,000 and the command).
+    let waiting: usize = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("waiting: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{o:?}"));
+    assert!(waiting >= 2001, "{o:?}");
+    assert!(o.stdout.contains("settled"), "{o:?}");
+}
+
+/// Not PID 1: sharelink is a child subreaper, so an orphan of the command
+/// is re-parented to sharelink (not to the real init) and reaped by it.
+#[test]
+fn subreaper_adopts_and_reaps_orphans() {
+    let sb = Sandbox::new();
+    let orphan = sb.script(
+        "orphan.sh",
+        // Waits until its parent is sharelink ($2) or anyone but its first
+        // parent (the subshell, or already its adopter), and says who.
+        "d=$1\n\
+         expected=$2\n\
+         first=\n\
+         echo $$ > \"$d/orphan.tmp\"; mv \"$d/orphan.tmp\" \"$d/orphan\"\n\
+         while :; do\n\
+           read -r line < /proc/$$/stat\n\
+           set -- ${line##*\") \"}\n\
+           [ -z \"$first\" ] && first=$2\n\
+           if [ \"$2\" = \"$expected\" ] || [ \"$2\" != \"$first\" ]; then\n\
+             echo \"$2\" > \"$d/adopted.tmp\"; mv \"$d/adopted.tmp\" \"$d/adopted\"; exit 0\n\
+           fi\n\
+           sleep 0.02\n\
+         done\n",
+    );
+    let main = sb.script(
+        "main.sh",
+        &format!(
+            "d=$1\n\
+             ( sh {orphan} \"$d\" \"$PPID\" & )\n\
+             n=0\n\
+             until [ -e \"$d/adopted\" ]; do n=$((n+1)); [ $n -gt 3000 ] && exit 1; sleep 0.02; done\n\
+             pid=$(cat \"$d/orphan\")\n\
+             n=0\n\
+             while [ -e /proc/$pid ]; do n=$((n+1)); [ $n -gt 3000 ] && exit 2; sleep 0.02; done\n\
+             exit 0\n"
+        ),
+    );
+    let r = sb.start(Mode::Subreaper, &[], &["sh", &main, &sb.dir()]);
+    let me = r.sharelink_pid();
+    let o = r.finish();
+    assert_eq!(o.code, 0, "1: not adopted, 2: not reaped; {o:?}");
+    let adopted = std::fs::read_to_string(sb.path("adopted")).unwrap();
+    assert_eq!(adopted.trim(), me.to_string(), "adopted by sharelink");
+    assert!(o.stderr.contains("child subreaper"), "{}", o.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown
+
+/// A background job left behind with a TERM trap gets SIGTERM after the
+/// command exits, its trap runs, and sharelink exits as soon as it is gone
+/// (long before the 60 s grace period).
+#[test]
+fn leftover_with_term_trap_gets_term() {
+    let modes: &[Mode] = if privileged("leftover_with_term_trap_gets_term (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    let path = sb.script(
+        "trapper.sh",
+        "sh -c 'trap \"echo trapped > \\\"$0/trapped\\\"; exit 0\" TERM; touch \"$0/ready\"; \
+         while :; do sleep 0.05; done' \"$1\" &\n\
+         while [ ! -e \"$1/ready\" ]; do sleep 0.02; done\n\
+         exit 3\n",
+    );
+    for &mode in modes {
+        let d = sb.path(&format!("trap-{mode:?}"));
+        std::fs::create_dir(&d).unwrap();
+        let o = sb.run(
+            mode,
+            &["--grace-period", "60s"],
+            &["sh", &path, d.to_str().unwrap()],
+        );
+        assert_eq!(o.code, 3, "{o:?}");
+        let got = std::fs::read_to_string(d.join("trapped")).unwrap_or_default();
+        assert_eq!(got.trim(), "trapped", "{mode:?}: {o:?}");
+        assert!(
+            o.elapsed < Duration::from_secs(60),
+            "waited the whole grace: {o:?}"
+        );
+        assert!(!o.stderr.contains("SIGKILL"), "{o:?}");
+    }
+}
+
+/// A leftover that is stopped (SIGSTOP) gets SIGCONT with its SIGTERM, so
+/// its trap runs within the grace period instead of it being SIGKILLed.
+#[test]
+fn stopped_leftover_is_continued_for_term() {
+    let modes: &[Mode] = if privileged("stopped_leftover_is_continued_for_term (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    let path = sb.script(
+        "stopped.sh",
+        "sh -c 'trap \"echo trapped > \\\"$0/trapped\\\"; exit 0\" TERM; touch \"$0/ready\"; \
+         while :; do sleep 0.05; done' \"$1\" &\n\
+         while [ ! -e \"$1/ready\" ]; do sleep 0.02; done\n\
+         kill -STOP $!\n\
+         exit 4\n",
+    );
+    for &mode in modes {
+        let d = sb.path(&format!("stopped-{mode:?}"));
+        std::fs::create_dir(&d).unwrap();
+        let o = sb.run(
+            mode,
+            &["--grace-period", "60s"],
+            &["sh", &path, d.to_str().unwrap()],
+        );
+        assert_eq!(o.code, 4, "{o:?}");
+        let got = std::fs::read_to_string(d.join("trapped")).unwrap_or_default();
+        assert_eq!(got.trim(), "trapped", "{mode:?}: {o:?}");
+        assert!(!o.stderr.contains("SIGKILL"), "{o:?}");
+    }
+}
+
+/// A leftover that ignores SIGTERM is SIGKILLed once the grace period is
+/// over; sharelink still exits with the command's code.
+#[test]
+fn leftover_ignoring_term_is_killed_after_grace() {
+    let modes: &[Mode] = if privileged("leftover_ignoring_term_is_killed_after_grace (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    // The trap is set before the pid is published, so the command cannot
+    // exit (and the SIGTERM come) before the leftover ignores it.
+    let path = sb.script(
+        "stubborn.sh",
+        "sh -c 'trap \"\" TERM; echo $$ > \"$0/pid.tmp\"; mv \"$0/pid.tmp\" \"$0/pid\"; \
+         exec sleep 1000' \"$1\" &\n\
+         while [ ! -e \"$1/pid\" ]; do sleep 0.02; done\n\
+         exit 5\n",
+    );
+    let grace = Duration::from_secs(1);
+    for &mode in modes {
+        let d = sb.path(&format!("stubborn-{mode:?}"));
+        std::fs::create_dir(&d).unwrap();
+        let o = sb.run(
+            mode,
+            &["--grace-period", "1s"],
+            &["sh", &path, d.to_str().unwrap()],
+        );
+        assert_eq!(o.code, 5, "{o:?}");
+        assert!(
+            o.elapsed >= grace,
+            "exited before the grace period was over: {o:?}"
+        );
+        let term = o
+            .stderr
+            .find("sending SIGTERM")
+            .unwrap_or_else(|| panic!("{o:?}"));
+        let kill = o
+            .stderr
+            .find("sending SIGKILL")
+            .unwrap_or_else(|| panic!("{o:?}"));
+        assert!(term < kill, "{o:?}");
+        if mode == Mode::Subreaper {
+            // Outside a namespace nothing else would have killed it.
+            let pid: i32 = std::fs::read_to_string(d.join("pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if let Some(s) = stat(pid) {
+                let _ = unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("leftover {pid} survived sharelink: {s}");
+            }
+        }
+    }
+}
+
+/// Nothing left after the command: sharelink exits at once, even with a
+/// long grace period.
+#[test]
+fn no_leftovers_means_no_wait() {
+    let sb = Sandbox::new();
+    let o = sb.run(Mode::Subreaper, &["--grace-period", "60s"], &sh("exit 9"));
+    assert_eq!(o.code, 9, "{o:?}");
+    assert!(o.elapsed < Duration::from_secs(60), "{o:?}");
+    assert!(!o.stderr.contains("sending SIGTERM"), "{o:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Starting the command
+
+#[test]
+fn exec_failures_are_126_and_127() {
+    let sb = Sandbox::new();
+    let plain = sb.script("plain.txt", "not a program\n");
+    let garbage = sb.path("garbage");
+    std::fs::write(&garbage, b"\x7fELF\x01\x02garbage").unwrap();
+    let no_interp = sb.script("no-interp.sh", "#!/nonexistent/interpreter\n");
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&garbage, &PathBuf::from(&no_interp)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let garbage = garbage.to_str().unwrap().to_owned();
+    let dir = sb.dir();
+    for (cmd, code, says) in [
+        ("sharelink-no-such-command", 127, "not found"),
+        ("/nonexistent/bin/tool", 127, "not found"),
+        (no_interp.as_str(), 127, "interpreter"),
+        (plain.as_str(), 126, "not executable"),
+        (dir.as_str(), 126, "not executable"),
+        (garbage.as_str(), 126, "Exec format error"),
+    ] {
+        let o = sb.run(Mode::Subreaper, &[], &[cmd, "arg"]);
+        assert_eq!(o.code, code, "{cmd}: {o:?}");
+        assert!(
+            o.stderr.contains(&format!("{cmd:?}")),
+            "names the command: {o:?}"
+        );
+        assert!(o.stderr.contains(says), "{cmd}: {o:?}");
+    }
+}
+
+#[test]
+fn path_search_skips_directories_it_cannot_use() {
+    let sb = Sandbox::new();
+    // An entry that is a file, one that does not exist, and one where the
+    // name is a directory come before the real one.
+    std::fs::create_dir_all(sb.path("bin1/true")).unwrap();
+    let path = format!(
+        "{0}/sharelink.toml:/nonexistent:{0}/bin1:/usr/bin:/bin",
+        sb.dir()
+    );
+    let mut c = sb.command(Mode::Subreaper, &[], &["true"]);
+    c.env("PATH", path);
+    let o = Running::start(c, Mode::Subreaper).finish();
+    assert_eq!(o.code, 0, "{o:?}");
+}
+
+/// After dropping root, a PATH directory the user may not search is
+/// skipped like a missing one: "not found" stays 127 (execvp would say
+/// EACCES, 126), and a command later in PATH is still found.
+#[test]
+fn unsearchable_path_entries_are_skipped() {
+    if !privileged("unsearchable_path_entries_are_skipped") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let private = sb.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", private.display());
+    for (cmd, code) in [("sharelink-no-such-command", 127), ("true", 0)] {
+        let mut c = sb.command(Mode::Subreaper, &["--user", "nobody"], &[cmd]);
+        c.env("PATH", &path);
+        let o = Running::start(c, Mode::Subreaper).finish();
+        assert_eq!(o.code, code, "{cmd}: {o:?}");
+    }
+}
+
+#[test]
+fn no_fd_leaks_into_the_command() {
+    let modes: &[Mode] = if privileged("no_fd_leaks_into_the_command (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    for &mode in modes {
+        let o = sb.run(mode, &[], &sh("ls /proc/$$/fd"));
+        assert_eq!(o.code, 0, "{o:?}");
+        let fds: Vec<&str> = o.stdout.split_whitespace().collect();
+        assert_eq!(fds, ["0", "1", "2"], "{mode:?}: {o:?}");
+    }
+}
+
+/// The command gets default dispositions and the mask sharelink started
+/// with: SIGPIPE (ignored by the Rust runtime) is default again, and so is
+/// anything sharelink itself was started ignoring.
+#[test]
+fn command_gets_default_signal_state() {
+    let sb = Sandbox::new();
+    // grep reads its own status: a shell would show its own transient
+    // masks (dash blocks signals around fork and wait).
+    let probe = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+    let plain = sb.run(Mode::Subreaper, &[], &probe);
+    let mut c = sb.command(Mode::Subreaper, &[], &probe);
+    // SAFETY: signal() to SIG_IGN is async-signal-safe in practice
+    // (a single sigaction).
+    unsafe {
+        c.pre_exec(|| {
+            for sig in [
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGPIPE,
+                libc::SIGTSTP,
+            ] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let ignoring = Running::start(c, Mode::Subreaper).finish();
+    for o in [plain, ignoring] {
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(o.stdout.lines().count(), 2, "{o:?}");
+        for line in o.stdout.lines() {
+            let mask = line.split_whitespace().nth(1).unwrap();
+            assert!(mask.chars().all(|c| c == '0'), "{line}: {o:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// --user
+
+/// `--user` in a private mount namespace whose /etc/passwd and /etc/group
+/// are the test's, verified by the command's own `id`.
+#[test]
+fn user_switch_is_seen_by_id() {
+    if !privileged("user_switch_is_seen_by_id") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let passwd = sb.script(
+        "passwd",
+        "root:x:0:0:root:/root:/bin/sh\n\
+         slapp:x:4242:4243:test user:/home/slapp:/bin/sh\n",
+    );
+    let group = sb.script(
+        "group",
+        "root:x:0:\n\
+         slapp:x:4243:\n\
+         slshare:x:4244:other,slapp\n\
+         slother:x:4245:other\n",
+    );
+    let report = "echo \"$(id -u) $(id -g) $(id -G) $HOME\"";
+    let cases: [(&str, &str); 7] = [
+        ("slapp", "4242 4243 4243,4244 /home/slapp"),
+        ("4242", "4242 4243 4243,4244 /home/slapp"),
+        ("slapp:slother", "4242 4245 4243,4244,4245 /home/slapp"),
+        ("slapp:4300", "4242 4300 4243,4244,4300 /home/slapp"),
+        ("4242:4244", "4242 4244 4243,4244 /home/slapp"),
+        ("5000", "5000 0 0 /"),
+        ("5000:slshare", "5000 4244 4244 /"),
+    ];
+    for (spec, expect) in cases {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && shift 2 && exec \"$@\"")
+            .args(["sh", &passwd, &group, &bin(), "--config"])
+            .arg(sb.path("sharelink.toml"))
+            .args(["run", "--user", spec, "--", "sh", "-c", report]);
+        prepare(&mut c);
+        let o = Running::start(c, Mode::Pid1).finish();
+        assert_eq!(o.code, 0, "{spec}: {o:?}");
+        let mut f: Vec<String> = o.stdout.split_whitespace().map(str::to_owned).collect();
+        // uid, gid, then the groups (any order), then HOME.
+        let home = f.pop().unwrap();
+        let mut groups: Vec<u32> = f[2..].iter().map(|g| g.parse().unwrap()).collect();
+        groups.sort();
+        groups.dedup();
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        let got = format!("{} {} {} {home}", f[0], f[1], groups.join(","));
+        assert_eq!(got, expect, "{spec}: {o:?}");
+    }
+}
+
+/// The real system's `nobody`, from `run.user` in the config file.
+#[test]
+fn run_user_from_config() {
+    if !privileged("run_user_from_config") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let cfg = sb.path("sharelink.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[run]\nuser = \"nobody\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let o = sb.run(Mode::Subreaper, &[], &sh("id -un; id -u"));
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout, "nobody\n65534\n", "{o:?}");
+}
+
+#[test]
+fn unknown_user_is_a_config_error() {
+    let sb = Sandbox::new();
+    let marker = sb.path("ran");
+    let o = sb.run(
+        Mode::Subreaper,
+        &["--user", "sharelink-no-such-user"],
+        &sh(&format!("touch {}", marker.display())),
+    );
+    assert_eq!(o.code, 78, "{o:?}");
+    assert!(
+        o.stderr.contains("sharelink-no-such-user") && o.stderr.contains("/etc/passwd"),
+        "{o:?}"
+    );
+    assert!(!marker.exists(), "the command must not run");
+}
