@@ -253,7 +253,7 @@ pub fn clear_stale(share_root: &Path, share_rel: &Path) {
     let locks_rel = Path::new(RESERVED_DIR).join("locks");
     // Never through a symlink: that could remove something outside the share.
     if !matches!(
-        fsutil::share_node(share_root, &locks_rel),
+        fsutil::share_node(share_root, &locks_rel, false),
         Ok(fsutil::ShareNode::Dir { .. })
     ) {
         return;

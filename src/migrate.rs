@@ -111,7 +111,7 @@ fn discard_partial_copies(cfg: &Config, link: &Link, paths: &Paths) {
     let displaced = Path::new(RESERVED_DIR).join("displaced").join(&link.app);
     // Only below real directories of the share, never through a symlink.
     if matches!(
-        fsutil::share_node(&cfg.share_root, &displaced),
+        fsutil::share_node(&cfg.share_root, &displaced, false),
         Ok(fsutil::ShareNode::Dir { .. })
     ) {
         let base = cfg.share_root.join(&displaced);
