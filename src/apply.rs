@@ -10,7 +10,7 @@ use crate::config::{Config, Link};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fsutil;
-use crate::lock::Lock;
+use crate::lock::{self, Lock};
 use crate::migrate::{self, Done, Outcome};
 use crate::plan::{self, Action, Decision, Paths};
 use crate::signals;
@@ -52,6 +52,7 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
     let paths = Paths::new(cfg, link);
     let mut d = decide(cfg, link, &paths)?;
     if d.actions.is_empty() {
+        lock::clear_stale(&cfg.share_root, &link.share);
         tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked");
         return Ok(());
     }
@@ -69,6 +70,9 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
         }
         match execute(cfg, link, &paths, &d, lock.as_mut(), owner)? {
             Some(summary) => {
+                if lock.is_none() {
+                    lock::clear_stale(&cfg.share_root, &link.share);
+                }
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "{summary}");
                 return Ok(());
             }
@@ -195,7 +199,8 @@ fn describe(out: &Outcome, paths: &Paths) -> String {
 pub fn make_symlink(app: &Path, target: &Path) -> Result<()> {
     let parent = app.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(parent).ctx("create directory", parent)?;
-    let prefix = fsutil::sibling(app, "sharelink-link");
+    // Room for ".<pid>" (u32: at most 10 digits) within NAME_MAX.
+    let prefix = fsutil::sibling_with_room(app, "sharelink-link", 11);
     let tmp = prefix.with_file_name(format!(
         "{}.{}",
         prefix.file_name().unwrap_or_default().to_string_lossy(),

@@ -554,14 +554,21 @@ fn remove_entry(path: &Path, dir: bool) -> Result<()> {
 
 /// `dir/.name.suffix`: a hidden sibling of `path` for temporary state.
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    sibling_with_room(path, suffix, 0)
+}
+
+/// [`sibling`], leaving `room` bytes under NAME_MAX for the caller to
+/// append (such as `.<pid>`).
+pub fn sibling_with_room(path: &Path, suffix: &str, room: usize) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
+    let max = 255 - room;
     let mut s = format!(".{name}.{suffix}");
     // Stay under NAME_MAX (255) even for long names.
-    if s.len() > 255 {
-        let keep = 255 - suffix.len() - 2 - 17;
+    if s.len() > max {
+        let keep = max - suffix.len() - 2 - 17;
         let mut cut = keep;
         while !name.is_char_boundary(cut) {
             cut -= 1;
@@ -637,6 +644,8 @@ mod tests {
             s,
             sibling(&Path::new("/s").join("é".repeat(126)), "sharelink-staging")
         );
+        let s = sibling_with_room(&Path::new("/s").join("n".repeat(255)), "x", 11);
+        assert!(s.file_name().unwrap().len() <= 244, "{}", s.display());
     }
 
     #[test]

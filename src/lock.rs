@@ -109,7 +109,14 @@ impl Lock {
         // The lock appears whole: made under a private name with its owner
         // file, then renamed into place. A lock directory without an owner
         // is therefore never live (only a crashed release leaves one).
-        let fresh = locks.join(format!("{id}.new.{pid}"));
+        // The private name must be unique across machines, not just across
+        // this host's processes: every container's sharelink is PID 1.
+        let fresh = locks.join(fresh_name(
+            &id,
+            &me,
+            pid,
+            &start_time(pid).unwrap_or_default(),
+        ));
         let owner_tmp = fresh.join("owner");
         let _ = fs::remove_file(&owner_tmp);
         let _ = fs::remove_dir(&fresh);
@@ -123,7 +130,7 @@ impl Lock {
             match fsutil::rename_noreplace(&fresh, &dir) {
                 Ok(()) => {
                     crate::failpoint::hit("lock.acquired");
-                    sweep_abandoned(&locks, &id, &me);
+                    sweep_abandoned(&locks, &id, &me, &fresh, lease);
                     return Ok(Lock {
                         owner: dir.join("owner"),
                         dir,
@@ -237,6 +244,37 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     }
 }
 
+/// Remove the lock of `share_rel` if its holder is gone (or its lease ran
+/// out), without waiting and without creating anything; a live lock is
+/// left alone. Runs that need no lock (already linked, or only the symlink
+/// left to make) call it, so that a run killed after its migration but
+/// before releasing leaves no lock behind for other machines to wait out.
+pub fn clear_stale(share_root: &Path, share_rel: &Path) {
+    let locks_rel = Path::new(RESERVED_DIR).join("locks");
+    // Never through a symlink: that could remove something outside the share.
+    if !matches!(
+        fsutil::share_node(share_root, &locks_rel, false),
+        Ok(fsutil::ShareNode::Dir { .. })
+    ) {
+        return;
+    }
+    let locks = share_root.join(&locks_rel);
+    let id = lock_id(share_rel);
+    let dir = locks.join(&id);
+    if !fsutil::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
+        return;
+    }
+    let (me, _) = identity();
+    let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+    if holder.is_empty() {
+        // Left by a release that crashed half-way (locks appear with their
+        // owner file); rmdir refuses anything that is not empty.
+        let _ = fs::remove_dir(&dir);
+    } else if is_stale(&dir, &holder, &me, lease()) {
+        let _ = break_stale(&locks, &id, &holder, &me, lease());
+    }
+}
+
 /// Remove a stale lock while holding `<id>.break`, after checking that the
 /// lock still has the owner we judged stale.
 fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) -> Result<()> {
@@ -271,10 +309,24 @@ fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) 
     Ok(())
 }
 
-/// Remove `<id>.new.<pid>` directories left by processes of this host
-/// that died between making their lock and renaming it into place.
-fn sweep_abandoned(locks: &Path, id: &str, me: &str) {
+/// `<id>.new.<host tag>.<pid>.<start time>`: the private name a lock is
+/// made under. The host tag (a hash of host name, boot id and PID
+/// namespace) keeps replicas on different machines apart even though each
+/// is PID 1; pid and start time let this host tell a dead maker from a
+/// live one even before the owner file is written.
+fn fresh_name(id: &str, me: &str, pid: u32, start: &str) -> String {
+    format!(
+        "{id}.new.{:016x}.{pid}.{start}",
+        fsutil::fnv1a(me.as_bytes())
+    )
+}
+
+/// Remove `<id>.new.*` directories of processes that died between making
+/// their lock and renaming it into place: this host's when their maker is
+/// gone, other hosts' once their lease has expired.
+fn sweep_abandoned(locks: &Path, id: &str, me: &str, mine: &Path, lease: Duration) {
     let prefix = format!("{id}.new.");
+    let my_tag = format!("{:016x}", fsutil::fnv1a(me.as_bytes()));
     let Ok(entries) = fs::read_dir(locks) else {
         return;
     };
@@ -283,11 +335,21 @@ fn sweep_abandoned(locks: &Path, id: &str, me: &str) {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        if rest == std::process::id().to_string() {
+        if e.path() == mine {
             continue;
         }
-        let owner = fs::read_to_string(e.path().join("owner")).unwrap_or_default();
-        if owner.starts_with(me) && is_stale(&e.path(), &owner, me, DEFAULT_LEASE) {
+        let mut parts = rest.splitn(3, '.');
+        let (tag, pid, start) = (parts.next(), parts.next(), parts.next());
+        let stale = if tag == Some(my_tag.as_str()) {
+            match pid.and_then(|p| p.parse::<u32>().ok()) {
+                Some(pid) => start_time(pid).as_deref() != start,
+                None => true,
+            }
+        } else {
+            let owner = fs::read_to_string(e.path().join("owner")).unwrap_or_default();
+            is_stale(&e.path(), &owner, me, lease)
+        };
+        if stale {
             let _ = fs::remove_file(e.path().join("owner"));
             let _ = fs::remove_dir(e.path());
         }
@@ -339,6 +401,34 @@ mod tests {
         assert!(!is_stale(&dir, "host=elsewhere\n", &me, DEFAULT_LEASE));
         drop(a);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn private_names_differ_across_hosts_and_abandoned_ones_are_swept() {
+        let (me, _) = identity();
+        // Two containers, each sharelink PID 1 with the same start time.
+        let a = fresh_name("x", "host=a\nboot=b\npidns=1\n", 1, "5");
+        let b = fresh_name("x", "host=c\nboot=b\npidns=1\n", 1, "5");
+        assert_ne!(a, b);
+        let t = tempfile::tempdir().unwrap();
+        let locks = t.path();
+        // This host, maker dead before it wrote the owner file: swept.
+        let dead = locks.join(fresh_name("x", &me, 999_999_999, "1"));
+        fs::create_dir(&dead).unwrap();
+        // Another host, fresh: may be mid-acquire, kept.
+        let other = locks.join(b);
+        fs::create_dir(&other).unwrap();
+        // This host, alive: kept.
+        let pid = std::process::id();
+        let live = locks.join(fresh_name("x", &me, pid, &start_time(pid).unwrap()));
+        fs::create_dir(&live).unwrap();
+        sweep_abandoned(locks, "x", &me, &locks.join("none"), DEFAULT_LEASE);
+        assert!(!dead.exists());
+        assert!(other.exists() && live.exists());
+        // The other host's, once its lease has run out: swept.
+        std::thread::sleep(Duration::from_millis(20));
+        sweep_abandoned(locks, "x", &me, &locks.join("none"), Duration::ZERO);
+        assert!(!other.exists());
     }
 
     #[test]

@@ -83,7 +83,52 @@ pub enum Done {
 
 /// Run one migration under `lock`. The app directory is deleted at the end;
 /// the caller makes the symlink.
+///
+/// When it fails with an I/O error (a full share, most often), the partial
+/// copies are removed before returning: they are redundant (the app
+/// directory is intact until the share holds everything) and would
+/// otherwise keep a full share full for everyone until the next run. Not
+/// on a termination signal (stop promptly; the next run discards them), and
+/// not when the lock is no longer ours (they may be another run's now).
 pub fn migrate(
+    cfg: &Config,
+    link: &Link,
+    paths: &Paths,
+    how: Migration,
+    lock: &mut Lock,
+) -> Result<Done> {
+    let result = migrate_locked(cfg, link, paths, how, lock);
+    if let Err(e) = &result {
+        if !e.is_interrupted() && lock.verify().is_ok() {
+            discard_partial_copies(cfg, link, paths);
+        }
+    }
+    result
+}
+
+fn discard_partial_copies(cfg: &Config, link: &Link, paths: &Paths) {
+    let mut partials = vec![paths.staging.clone()];
+    let displaced = Path::new(RESERVED_DIR).join("displaced").join(&link.app);
+    // Only below real directories of the share, never through a symlink.
+    if matches!(
+        fsutil::share_node(&cfg.share_root, &displaced, false),
+        Ok(fsutil::ShareNode::Dir { .. })
+    ) {
+        let base = cfg.share_root.join(&displaced);
+        for e in fs::read_dir(&base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                partials.push(e.path());
+            }
+        }
+    }
+    for p in partials {
+        if let Err(e) = fsutil::remove_tree(&p, &mut || Ok(())) {
+            tracing::debug!(path = %p.display(), "could not remove a partial copy: {e}");
+        }
+    }
+}
+
+fn migrate_locked(
     cfg: &Config,
     link: &Link,
     paths: &Paths,

@@ -1,0 +1,73 @@
+//! Test helper for tests/reliability_signals.rs: a command that counts the
+//! signals it receives, and makes orphans for its init to reap.
+//!
+//! `sigcount DIR`: blocks every signal, writes `DIR/ready`, then takes
+//! signals synchronously (`sigtimedwait`) and counts them per number,
+//! rewriting `DIR/counts` ("SIGNO COUNT" lines) every 50 ms. For its first
+//! 40 turns it also starts a shell that leaves two short-lived orphans
+//! behind (re-parented to the init above, which must reap them), then
+//! writes `DIR/orphans-done`. On SIGTERM it writes the final counts and
+//! exits 7 (so the test can tell the command's status from sharelink's).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn write_counts(path: &std::path::Path, counts: &[u64; 65]) {
+    let mut s = String::new();
+    for (sig, n) in counts.iter().enumerate() {
+        if *n > 0 {
+            s.push_str(&format!("{sig} {n}\n"));
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, s).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn main() {
+    let dir = PathBuf::from(std::env::args_os().nth(1).expect("usage: sigcount DIR"));
+    // SAFETY: plain libc calls on a local, initialised set.
+    let all = unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::fs::write(dir.join("ready"), std::process::id().to_string()).unwrap();
+    let counts_path = dir.join("counts");
+    let mut counts = [0u64; 65];
+    let mut last_write = Instant::now();
+    let mut batches = 0;
+    let mut last_batch = Instant::now();
+    loop {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        // SAFETY: valid set and timespec; a null siginfo is allowed.
+        let sig = unsafe { libc::sigtimedwait(&all, std::ptr::null_mut(), &ts) };
+        if sig > 0 {
+            counts[sig as usize] += 1;
+            if sig == libc::SIGTERM {
+                write_counts(&counts_path, &counts);
+                std::process::exit(7);
+            }
+        }
+        if batches < 40 && last_batch.elapsed() > Duration::from_millis(50) {
+            // The shell exits at once; its two sleeps become orphans.
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 0.05 & sleep 0.1 & exit 0"])
+                .status()
+                .unwrap();
+            batches += 1;
+            last_batch = Instant::now();
+            if batches == 40 {
+                std::fs::write(dir.join("orphans-done"), "").unwrap();
+            }
+        }
+        if last_write.elapsed() > Duration::from_millis(50) {
+            write_counts(&counts_path, &counts);
+            last_write = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Hostile and odd input: symlinks planted in the share at every level,
+//! traversal and overlapping configs, 10,000 links, and names that break
+//! naive code (non-UTF-8, spaces, newlines, 255 bytes, 200 levels deep).
+//! None of these need root: plain directories, `require_mount = false`.
+
+mod common;
+mod rel_support;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Instant;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn expect(o: &Output, code: i32) {
+    assert_eq!(
+        rel_support::exit_code(o.status),
+        code,
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(o)
+    );
+}
+
+struct Box_ {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    app: PathBuf,
+    share: PathBuf,
+    cfg: PathBuf,
+}
+
+fn sandbox(links: &str) -> Box_ {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().to_path_buf();
+    let (app, share) = (root.join("app"), root.join("share"));
+    fs::create_dir_all(&app).unwrap();
+    fs::create_dir_all(&share).unwrap();
+    let cfg = root.join("sharelink.toml");
+    fs::write(
+        &cfg,
+        rel_support::config_text(&app, &share, false, "", links),
+    )
+    .unwrap();
+    Box_ {
+        _t: t,
+        root,
+        app,
+        share,
+        cfg,
+    }
+}
+
+#[test]
+fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
+    // share path a/b/c/data with dirs in/deep; the lock and displaced areas.
+    let links = "\"x/data\" = { share = \"a/b/c/data\", dirs = [\"in/deep\"] }";
+    let levels = [
+        ("a", true),
+        ("a/b", true),
+        ("a/b/c", true),
+        ("a/b/c/data", true),
+        ("a/b/c/data/in", false),
+        ("a/b/c/data/in/deep", false),
+        (".sharelink", true),
+        (".sharelink/locks", true),
+        (".sharelink/displaced", true),
+        (".sharelink/displaced/x", true),
+    ];
+    let mut refused = 0;
+    for (level, baked) in levels {
+        let b = sandbox(links);
+        // Outside the share: a mirror that following the symlink would
+        // happily write into.
+        let outside = b.root.join("outside");
+        for d in [
+            "b/c/data/in/deep",
+            "c/data/in/deep",
+            "data/in/deep",
+            "in/deep",
+            "deep",
+            "locks",
+            "displaced/x",
+            "x",
+        ] {
+            fs::create_dir_all(outside.join(d)).unwrap();
+        }
+        fs::write(outside.join("precious"), "do not touch").unwrap();
+        let displaced = level.starts_with(".sharelink/displaced");
+        if baked {
+            common::make_tree(&b.app.join("x/data"), 30, 1000, 9);
+        }
+        if displaced {
+            // The share target already holds other data: app-only files
+            // would be displaced, through the planted symlink.
+            fs::create_dir_all(b.share.join("a/b/c/data")).unwrap();
+            fs::write(b.share.join("a/b/c/data/theirs"), "share data").unwrap();
+        }
+        if !baked {
+            fs::create_dir_all(b.share.join("a/b/c/data")).unwrap();
+        }
+        let at = b.share.join(level);
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, &at).unwrap();
+        let outside_before = rel_support::load_tree(&outside);
+        let app_before = rel_support::load_tree(&b.app);
+        let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
+        expect(&o, 65);
+        assert!(
+            stderr(&o).contains("symlink inside the share"),
+            "{level}: {}",
+            stderr(&o)
+        );
+        assert_eq!(
+            rel_support::load_tree(&outside),
+            outside_before,
+            "{level}: wrote outside the share"
+        );
+        assert_eq!(
+            rel_support::load_tree(&b.app),
+            app_before,
+            "{level}: app changed"
+        );
+        assert!(fs::symlink_metadata(&at).unwrap().file_type().is_symlink());
+        // dry-run and status refuse too, without touching anything.
+        expect(
+            &rel_support::sharelink(&b.cfg)
+                .args(["link", "--dry-run"])
+                .output()
+                .unwrap(),
+            if level.starts_with(".sharelink") {
+                0
+            } else {
+                65
+            },
+        );
+        expect(
+            &rel_support::sharelink(&b.cfg)
+                .arg("status")
+                .output()
+                .unwrap(),
+            1,
+        );
+        assert_eq!(
+            rel_support::load_tree(&outside),
+            outside_before,
+            "{level}: wrote outside the share"
+        );
+        refused += 1;
+    }
+    // sharelink's own staging name planted as a symlink: only the symlink
+    // is removed (it is sharelink's name), the outside is untouched and the
+    // migration completes.
+    let b = sandbox(links);
+    let outside = b.root.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("precious"), "do not touch").unwrap();
+    common::make_tree(&b.app.join("x/data"), 30, 1000, 9);
+    let data = rel_support::load_tree(&b.app.join("x/data"));
+    fs::create_dir_all(b.share.join("a/b/c")).unwrap();
+    std::os::unix::fs::symlink(&outside, b.share.join("a/b/c/.data.sharelink-staging")).unwrap();
+    let outside_before = rel_support::load_tree(&outside);
+    let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
+    expect(&o, 0);
+    assert_eq!(rel_support::load_tree(&outside), outside_before);
+    let mut got = rel_support::load_tree(&b.share.join("a/b/c/data"));
+    got.remove(Path::new("in/deep"));
+    got.remove(Path::new("in"));
+    assert_eq!(got, data);
+    rel_support::report(&format!(
+        "hostile share: symlink to outside planted at each of {refused} levels (4 path components, 2 dirs levels, .sharelink, locks, displaced x2): exit 65 every time, 0 bytes written outside; planted staging symlink: removed, outside untouched"
+    ));
+}
+
+#[test]
+fn traversal_and_overlapping_configs_are_rejected_naming_the_key() {
+    let roots = |app: &str, share: &str| {
+        format!("app_root = {app:?}\nshare_root = {share:?}\nrequire_mount = false\n")
+    };
+    let b = sandbox("");
+    let (app, share) = (b.app.display().to_string(), b.share.display().to_string());
+    let ok_roots = roots(&app, &share);
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("{ok_roots}[links]\n\"../escape\" = \"x\"\n"),
+            vec!["links.\"../escape\"", "line 5"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a/../../b\" = \"x\"\n"),
+            vec!["links.\"a/../../b\""],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"../../etc\"\n"),
+            vec!["links.\"a\".share", ".."],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"/etc\"\n"),
+            vec!["links.\"a\".share", "relative"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = {{ share = \"a\", dirs = [\"../../x\"] }}\n"),
+            vec!["links.\"a\".dirs"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = {{ share = \"a\", dirs = [\"/tmp\"] }}\n"),
+            vec!["links.\"a\".dirs"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a/./b\" = \"x\"\n"),
+            vec!["links.\"a/./b\""],
+        ),
+        (
+            format!("{ok_roots}[links]\n\".\" = \"x\"\n"),
+            vec!["links.\".\""],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \".\"\n"),
+            vec!["links.\"a\".share"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"\"\n"),
+            vec!["links.\"a\".share", "empty"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"x\"\n\"a/b\" = \"y\"\n"),
+            vec!["links.\"a\"", "links.\"a/b\"", "app side"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"x\"\n\"b\" = \"x/y\"\n"),
+            vec!["links.\"a\"", "links.\"b\"", "share side"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"x\"\n\"b\" = \"x\"\n"),
+            vec!["links.\"a\"", "links.\"b\"", "share side"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \"x\"\n\"a/\" = \"y\"\n"),
+            vec!["links.\"a\"", "app side"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = \".sharelink/locks\"\n"),
+            vec!["links.\"a\".share", "reserved"],
+        ),
+        (
+            format!("{ok_roots}[links]\n\"a\" = {{ share = \"a\", migrate = \"overwrite\" }}\n"),
+            vec!["migrate", "overwrite"],
+        ),
+        (
+            format!("{ok_roots}mount_timeout = \"soon\"\n"),
+            vec!["mount_timeout"],
+        ),
+        (
+            format!("{ok_roots}[run]\ngrace_period = \"-1s\"\n"),
+            vec!["grace_period"],
+        ),
+        (format!("{ok_roots}linkz = 1\n"), vec!["linkz"]),
+        (roots("relative/app", &share), vec!["app_root", "absolute"]),
+        (roots(&app, "/srv/../etc"), vec!["share_root", ".."]),
+        (
+            format!("share_root = {share:?}\n"),
+            vec!["app_root", "missing"],
+        ),
+        // The share inside the app directory being linked, and the reverse.
+        (
+            format!(
+                "{}[links]\n\"data\" = \"x\"\n",
+                roots(&app, &format!("{app}/data"))
+            ),
+            vec!["links.\"data\"", "overlap"],
+        ),
+        (
+            format!(
+                "{}[links]\n\"s/x\" = \"y\"\n",
+                roots(&format!("{share}/y"), &share)
+            ),
+            vec!["links.\"s/x\"", "overlap"],
+        ),
+    ];
+    let app_before = rel_support::load_tree(&b.app);
+    for (text, want) in &cases {
+        fs::write(&b.cfg, text).unwrap();
+        for cmd in ["check", "link", "status"] {
+            let o = rel_support::sharelink(&b.cfg).arg(cmd).output().unwrap();
+            expect(&o, 78);
+            let e = stderr(&o);
+            for w in want {
+                assert!(e.contains(w), "{cmd} with\n{text}\nshould name {w:?}: {e}");
+            }
+        }
+        assert!(
+            rel_support::names(&b.share).is_empty(),
+            "touched the share for\n{text}"
+        );
+        assert_eq!(rel_support::load_tree(&b.app), app_before);
+    }
+    rel_support::report(&format!(
+        "hostile config: {} traversal/overlap/invalid configs x check, link, status: exit 78 naming the key every time, nothing touched",
+        cases.len()
+    ));
+}
+
+#[test]
+fn ten_thousand_links() {
+    const N: usize = 10_000;
+    let mut links = String::new();
+    for i in 0..N {
+        // Spread over nested app paths and share paths, some table form.
+        if i % 10 == 0 {
+            links.push_str(&format!(
+                "\"g{}/l{i}\" = {{ share = \"s{}/t{i}\", dirs = [\"in\"] }}\n",
+                i % 97,
+                i % 89
+            ));
+        } else {
+            links.push_str(&format!("\"g{}/l{i}\" = \"s{}/t{i}\"\n", i % 97, i % 89));
+        }
+    }
+    let b = sandbox(&links);
+    // A hundred of them have baked data.
+    for i in (0..N).step_by(100) {
+        let d = b.app.join(format!("g{}/l{i}", i % 97));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("baked.txt"), format!("data {i}")).unwrap();
+    }
+    let t0 = Instant::now();
+    let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
+    let took_link = t0.elapsed();
+    expect(&o, 0);
+    let t1 = Instant::now();
+    let o = rel_support::sharelink(&b.cfg)
+        .arg("status")
+        .output()
+        .unwrap();
+    let took_status = t1.elapsed();
+    expect(&o, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("linked"))
+            .count(),
+        N
+    );
+    for i in 0..N {
+        let app = b.app.join(format!("g{}/l{i}", i % 97));
+        let target = b.share.join(format!("s{}/t{i}", i % 89));
+        assert_eq!(fs::read_link(&app).unwrap(), target);
+        if i % 100 == 0 {
+            assert_eq!(
+                fs::read_to_string(target.join("baked.txt")).unwrap(),
+                format!("data {i}")
+            );
+        }
+    }
+    // A re-run is cheap and changes nothing.
+    let t2 = Instant::now();
+    expect(
+        &rel_support::sharelink(&b.cfg).arg("link").output().unwrap(),
+        0,
+    );
+    let took_rerun = t2.elapsed();
+    assert_eq!(
+        rel_support::leftovers(&b.app, &b.share),
+        Vec::<String>::new()
+    );
+    rel_support::report(&format!(
+        "10,000 links (100 with baked data): link exit 0 in {took_link:.2?}, status exit 0 in {took_status:.2?}, re-run in {took_rerun:.2?} (debug build)"
+    ));
+}
+
+/// Names that break naive code, and a tree 200 levels deep.
+fn odd_tree(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    let names: Vec<Vec<u8>> = vec![
+        b"\xff\xfe not utf-8 \x80".to_vec(),
+        b"latin1 caf\xe9".to_vec(),
+        b"with space".to_vec(),
+        b" leading and trailing ".to_vec(),
+        b"new\nline".to_vec(),
+        b"\n".to_vec(),
+        b"tab\there".to_vec(),
+        b"back\\slash".to_vec(),
+        b"quote\"s'".to_vec(),
+        b"-dash".to_vec(),
+        b"*?[glob]".to_vec(),
+        b"%2F not a slash".to_vec(),
+        "unicode données 数据 🚀".as_bytes().to_vec(),
+        vec![b'n'; 255],
+        [vec![0xe9u8; 200], vec![b'x'; 55]].concat(),
+        b".hidden".to_vec(),
+        b"..dots".to_vec(),
+        b"x.sharelink-staging".to_vec(),
+    ];
+    for (i, n) in names.iter().enumerate() {
+        let name = OsStr::from_bytes(n);
+        fs::write(root.join(name), format!("file {i}").repeat(i + 1)).unwrap();
+        let d = root.join(format!("dir{i}")).join(name);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(name), vec![i as u8; 100 * i]).unwrap();
+        std::os::unix::fs::symlink(Path::new("..").join(name), d.join(format!("link{i}"))).unwrap();
+        std::os::unix::fs::symlink(name, root.join(format!("sym{i}"))).unwrap();
+    }
+    fs::create_dir_all(root.join(OsStr::from_bytes(b"empty \xff dir"))).unwrap();
+    // 200 levels deep, a file at the bottom and half-way.
+    let mut deep = root.join("deep");
+    for level in 0..200 {
+        deep.push(format!("d{level}"));
+        if level == 100 {
+            fs::create_dir_all(&deep).unwrap();
+            fs::write(deep.join("halfway"), "50%").unwrap();
+        }
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), "200 levels down").unwrap();
+}
+
+#[test]
+fn odd_names_and_deep_trees_migrate_byte_for_byte() {
+    let long = "L".repeat(255);
+    let b = sandbox(&format!(
+        "\"my data/with space\" = \"share dir/with space\"\n\
+         \"données/数据\" = \"données/数据\"\n\
+         {long:?} = {long:?}\n\
+         \"odd\" = {{ share = \"odd\", dirs = [\"in put\", \"out\\nput\"] }}"
+    ));
+    let apps = ["my data/with space", "données/数据", long.as_str(), "odd"];
+    for a in apps {
+        odd_tree(&b.app.join(a));
+    }
+    let before: Vec<_> = apps
+        .iter()
+        .map(|a| rel_support::load_tree(&b.app.join(a)))
+        .collect();
+    let entries: usize = before.iter().map(|t| t.len()).sum();
+    let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
+    expect(&o, 0);
+    let shares = ["share dir/with space", "données/数据", long.as_str(), "odd"];
+    for (i, s) in shares.iter().enumerate() {
+        let mut got = rel_support::load_tree(&b.share.join(s));
+        if *s == "odd" {
+            got.remove(Path::new("in put"));
+            got.remove(Path::new("out\nput"));
+        }
+        let (m, c, x, msgs) = rel_support::diff(&before[i], &got, true, 5);
+        assert_eq!((m, c, x), (0, 0, 0), "{s}: {msgs:?}");
+        assert_eq!(fs::read_link(b.app.join(apps[i])).unwrap(), b.share.join(s));
+    }
+    expect(
+        &rel_support::sharelink(&b.cfg)
+            .arg("status")
+            .output()
+            .unwrap(),
+        0,
+    );
+    expect(
+        &rel_support::sharelink(&b.cfg)
+            .args(["status", "--json"])
+            .output()
+            .unwrap(),
+        0,
+    );
+    assert_eq!(
+        rel_support::leftovers(&b.app, &b.share),
+        Vec::<String>::new()
+    );
+    rel_support::report(&format!(
+        "odd names: 4 links (spaces, non-ASCII, 255-byte link names) x trees with non-UTF-8/newline/tab/255-byte names and 200 levels of directories ({entries} entries): exit 0, all equal byte for byte with modes"
+    ));
+}

@@ -1,0 +1,371 @@
+//! Concurrent replicas and dead lock holders.
+//!
+//! SPEC: "Several replicas starting at once on the same share all end
+//! linked, with the baked data migrated exactly once and nothing lost."
+//! Two ways, 50 rounds each, 8 processes per round:
+//! - one app root shared by all 8 (people running `sharelink link` by hand
+//!   in a running container);
+//! - 8 app roots (one overlay each over the same image layer) and one
+//!   share, each replica PID 1 of its own PID namespace with its own host
+//!   name, like containers on several machines. Nothing here uses `flock`.
+//!
+//! And: a lock whose holder died (SIGKILL while holding it) is broken; a
+//! lock whose holder is alive is not; a foreign host's lock is broken once
+//! its lease expires.
+
+mod common;
+mod rel_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use rel_support::Tree;
+
+const ROUNDS: usize = 50;
+const REPLICAS: usize = 8;
+
+struct Round {
+    share: PathBuf,
+    app_roots: Vec<PathBuf>,
+    configs: Vec<PathBuf>,
+}
+
+/// A fresh tmpfs share and `n_apps` overlays over `lower` under `dir`.
+fn fresh_round(dir: &Path, lower: &Path, n_apps: usize) -> Round {
+    if dir.exists() {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            rel_support::umount_quiet(&e.path().join("merged"));
+        }
+        rel_support::umount_quiet(&dir.join("share"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+    fs::create_dir_all(dir).unwrap();
+    let share = dir.join("share");
+    common::mount_tmpfs(&share, "128m");
+    let mut app_roots = Vec::new();
+    let mut configs = Vec::new();
+    for i in 0..n_apps {
+        let app_root = common::mount_overlay(&dir.join(format!("app{i}")), lower);
+        let cfg = dir.join(format!("sharelink{i}.toml"));
+        fs::write(
+            &cfg,
+            rel_support::config_text(
+                &app_root,
+                &share,
+                true,
+                "",
+                "\"data\" = { share = \"data\", dirs = [\"in\", \"out\"] }\n\"cache\" = { share = \"c/cache\", migrate = \"merge\" }",
+            ),
+        )
+        .unwrap();
+        app_roots.push(app_root);
+        configs.push(cfg);
+    }
+    Round {
+        share,
+        app_roots,
+        configs,
+    }
+}
+
+fn image_layer(base: &Path) -> (PathBuf, Tree, Tree) {
+    let lower = base.join("lower");
+    common::make_tree(&lower.join("data"), 250, 64 * 1024, 0xbeef);
+    common::make_tree(&lower.join("cache"), 40, 4096, 0xcafe);
+    let data = rel_support::load_tree(&lower.join("data"));
+    let cache = rel_support::load_tree(&lower.join("cache"));
+    (lower, data, cache)
+}
+
+/// Everything a round must end with. Returns failures.
+fn check_round(r: &Round, data: &Tree, cache: &Tree) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut want_data = data.clone();
+    for d in ["in", "out"] {
+        want_data.insert(d.into(), rel_support::Entry::Dir);
+    }
+    for (name, share_rel, want) in [("data", "data", &want_data), ("cache", "c/cache", cache)] {
+        let got = rel_support::load_tree(&r.share.join(share_rel));
+        let (missing, corrupt, extra, msgs) = rel_support::diff(want, &got, true, 5);
+        if missing + corrupt + extra > 0 {
+            bad.push(format!(
+                "{name}: {missing} missing, {corrupt} differ, {extra} unexpected (nesting or duplicates): {msgs:?}"
+            ));
+        }
+        for app_root in &r.app_roots {
+            let link = app_root.join(name);
+            if fs::read_link(&link).ok() != Some(r.share.join(share_rel)) {
+                bad.push(format!("{} is not linked", link.display()));
+            }
+        }
+    }
+    if r.share.join(".sharelink/displaced").exists() {
+        let mut d = Vec::new();
+        rel_support::walk_names(&r.share.join(".sharelink/displaced"), &mut |p, _| {
+            d.push(p.display().to_string())
+        });
+        bad.push(format!("data was displaced (migrated twice?): {d:?}"));
+    }
+    for app_root in &r.app_roots {
+        let left = rel_support::leftovers(app_root, &r.share);
+        if !left.is_empty() {
+            bad.push(format!("left behind: {left:?}"));
+            break;
+        }
+    }
+    bad
+}
+
+fn wait_all(children: Vec<(usize, Child, PathBuf)>) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (i, mut c, log) in children {
+        let s = rel_support::wait_with_limit(&mut c, Duration::from_secs(120), "replica");
+        if !s.success() {
+            bad.push(format!(
+                "replica {i} exited {}: {}",
+                rel_support::exit_code(s),
+                fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+    }
+    bad
+}
+
+#[test]
+fn replicas_on_one_app_root() {
+    if !common::in_private_mount_ns("replicas_on_one_app_root") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    common::mount_tmpfs(tmp.path(), "1g");
+    let (lower, data, cache) = image_layer(tmp.path());
+    let t0 = Instant::now();
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        let r = fresh_round(&tmp.path().join("round"), &lower, 1);
+        let children: Vec<_> = (0..REPLICAS)
+            .map(|i| {
+                let log = tmp.path().join(format!("round/r{i}.log"));
+                let c = rel_support::sharelink(&r.configs[0])
+                    .arg("link")
+                    .stdout(Stdio::null())
+                    .stderr(fs::File::create(&log).unwrap())
+                    .spawn()
+                    .unwrap();
+                (i, c, log)
+            })
+            .collect();
+        let mut bad = wait_all(children);
+        bad.extend(check_round(&r, &data, &cache));
+        if !bad.is_empty() {
+            failures.push(format!("round {round}: {}", bad.join("\n  ")));
+        }
+    }
+    let summary = format!(
+        "replicas, one app root: {ROUNDS} rounds x {REPLICAS} concurrent `sharelink link` (2 links, {} entries), failed rounds {}, in {:?}",
+        data.len() + cache.len(),
+        failures.len(),
+        t0.elapsed()
+    );
+    rel_support::report(&summary);
+    assert!(failures.is_empty(), "{summary}\n{}", failures.join("\n"));
+}
+
+#[test]
+fn replicas_on_separate_machines() {
+    if !common::in_private_mount_ns("replicas_on_separate_machines") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    common::mount_tmpfs(tmp.path(), "2g");
+    let (lower, data, cache) = image_layer(tmp.path());
+    let t0 = Instant::now();
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        let r = fresh_round(&tmp.path().join("round"), &lower, REPLICAS);
+        let children: Vec<_> = (0..REPLICAS)
+            .map(|i| {
+                let log = tmp.path().join(format!("round/r{i}.log"));
+                // PID 1 of its own PID namespace with its own host name: a
+                // container on another machine, as far as sharelink can tell.
+                let c = std::process::Command::new("unshare")
+                    .args(["--pid", "--fork", "--mount-proc", "--uts", "sh", "-c"])
+                    .arg(format!(
+                        "hostname replica-{i} && exec \"$0\" --config \"$1\" link"
+                    ))
+                    .arg(rel_support::BIN)
+                    .arg(&r.configs[i])
+                    .env_remove("SHARELINK_LOG")
+                    .env_remove("SHARELINK_LOCK_LEASE")
+                    .env_remove("SHARELINK_FAILPOINT")
+                    .stdout(Stdio::null())
+                    .stderr(fs::File::create(&log).unwrap())
+                    .spawn()
+                    .unwrap();
+                (i, c, log)
+            })
+            .collect();
+        let mut bad = wait_all(children);
+        bad.extend(check_round(&r, &data, &cache));
+        if !bad.is_empty() {
+            failures.push(format!("round {round}: {}", bad.join("\n  ")));
+        }
+    }
+    let summary = format!(
+        "replicas, separate machines: {ROUNDS} rounds x {REPLICAS} replicas (own app root, own PID namespace as PID 1, own host name; one share; 2 links, {} entries), failed rounds {}, in {:?}",
+        data.len() + cache.len(),
+        failures.len(),
+        t0.elapsed()
+    );
+    rel_support::report(&summary);
+    assert!(failures.is_empty(), "{summary}\n{}", failures.join("\n"));
+}
+
+// ---- dead and live lock holders (no root needed) ---------------------------
+
+fn plain(links: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (app, share) = (t.path().join("app"), t.path().join("share"));
+    fs::create_dir_all(&app).unwrap();
+    fs::create_dir_all(&share).unwrap();
+    let cfg = t.path().join("sharelink.toml");
+    fs::write(
+        &cfg,
+        rel_support::config_text(&app, &share, false, "", links),
+    )
+    .unwrap();
+    (t, app, share, cfg)
+}
+
+/// The owner-file prefix sharelink writes for a process of this host.
+fn my_identity() -> String {
+    let host = nix::unistd::gethostname().unwrap();
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let pidns = fs::read_link("/proc/self/ns/pid").unwrap();
+    format!(
+        "host={}\nboot={}\npidns={}\n",
+        host.to_string_lossy(),
+        boot.trim(),
+        pidns.display()
+    )
+}
+
+fn start_time(pid: u32) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(19).unwrap().to_string()
+}
+
+#[test]
+fn lock_of_a_killed_holder_is_broken() {
+    if !sharelink::failpoint::ENABLED {
+        panic!("build with --features failpoints (the documented test command)");
+    }
+    let (t, app, share, cfg) = plain("\"data\" = \"data\"");
+    common::make_tree(&app.join("data"), 200, 20_000, 3);
+    let before = rel_support::load_tree(&app.join("data"));
+    let mut killed_at = Vec::new();
+    // Die holding the lock at each point where a holder can die.
+    for point in [
+        "lock.acquired",
+        "staging.file:50",
+        "staging.synced",
+        "prune.entry:10",
+        "swap.temp",
+    ] {
+        let o = rel_support::sharelink(&cfg)
+            .arg("link")
+            .env("SHARELINK_FAILPOINT", point)
+            .output()
+            .unwrap();
+        if rel_support::exit_code(o.status) != 137 {
+            // Already past that point (an earlier kill moved the state on).
+            continue;
+        }
+        killed_at.push(point);
+        if point != "swap.temp" {
+            assert!(
+                share.join(".sharelink/locks/data/owner").exists(),
+                "{point}: the dead holder's lock should still be there"
+            );
+        }
+    }
+    assert!(killed_at.len() >= 3, "{killed_at:?}");
+    let o = rel_support::sharelink(&cfg).arg("link").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rel_support::load_tree(&share.join("data")), before);
+    assert_eq!(fs::read_link(app.join("data")).unwrap(), share.join("data"));
+    assert_eq!(rel_support::leftovers(&app, &share), Vec::<String>::new());
+    drop(t);
+}
+
+#[test]
+fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
+    let (_t, app, share, cfg) = plain("\"data\" = \"data\"");
+    common::make_tree(&app.join("data"), 50, 1000, 4);
+    let before = rel_support::load_tree(&app.join("data"));
+    let lock = share.join(".sharelink/locks/data");
+    fs::create_dir_all(&lock).unwrap();
+
+    // A live process of this host holds it: sharelink waits, touches nothing.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let owner = format!(
+        "{}pid={}\nstart={}\n",
+        my_identity(),
+        holder.id(),
+        start_time(holder.id())
+    );
+    fs::write(lock.join("owner"), &owner).unwrap();
+    let mut waiter = rel_support::sharelink(&cfg)
+        .arg("link")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "did not wait for a live lock holder"
+    );
+    assert_eq!(fs::read_to_string(lock.join("owner")).unwrap(), owner);
+    assert_eq!(rel_support::load_tree(&app.join("data")), before);
+    assert!(!share.join("data").exists());
+    // The holder dies without releasing: the waiter breaks the lock.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let s = rel_support::wait_with_limit(&mut waiter, Duration::from_secs(30), "waiter");
+    assert!(s.success());
+    assert_eq!(rel_support::load_tree(&share.join("data")), before);
+
+    // A holder on another machine whose lease ran out (owner file not
+    // refreshed for longer than SHARELINK_LOCK_LEASE) is broken too.
+    let (_t2, app2, share2, cfg2) = plain("\"data\" = \"data\"");
+    common::make_tree(&app2.join("data"), 50, 1000, 5);
+    let lock2 = share2.join(".sharelink/locks/data");
+    fs::create_dir_all(&lock2).unwrap();
+    fs::write(
+        lock2.join("owner"),
+        "host=elsewhere\nboot=x\npidns=y\npid=1\nstart=1\n",
+    )
+    .unwrap();
+    let old = SystemTime::now() - Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(lock2.join("owner"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let o = rel_support::sharelink(&cfg2)
+        .arg("link")
+        .env("SHARELINK_LOCK_LEASE", "2s")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stale lock"));
+    assert_eq!(rel_support::leftovers(&app2, &share2), Vec::<String>::new());
+}
