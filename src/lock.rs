@@ -251,17 +251,21 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
 /// before releasing leaves no lock behind for other machines to wait out.
 pub fn clear_stale(share_root: &Path, share_rel: &Path) {
     let locks_rel = Path::new(RESERVED_DIR).join("locks");
-    // Never through a symlink: that could remove something outside the share.
-    if !matches!(
-        fsutil::share_node(share_root, &locks_rel, false),
-        Ok(fsutil::ShareNode::Dir { .. })
-    ) {
-        return;
-    }
     let locks = share_root.join(&locks_rel);
     let id = lock_id(share_rel);
     let dir = locks.join(&id);
+    // The common case, no lock, costs one lstat (this runs for every
+    // linked entry on every start); a read-only lstat may resolve through
+    // anything.
     if !fsutil::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
+        return;
+    }
+    // Removing must never go through a symlink: that could delete
+    // something outside the share.
+    if !matches!(
+        fsutil::share_node(share_root, &locks_rel.join(&id), false),
+        Ok(fsutil::ShareNode::Dir { .. })
+    ) {
         return;
     }
     let (me, _) = identity();
