@@ -97,6 +97,22 @@ pub fn migrate(
     how: Migration,
     lock: &mut Lock,
 ) -> Result<Done> {
+    // The app directory is replaced at the end; on a read-only root
+    // filesystem that would fail after a full copy, on every start. Say so
+    // first, having copied nothing.
+    let app_parent = paths.app.parent().unwrap_or(Path::new("/"));
+    if nix::sys::statvfs::statvfs(app_parent)
+        .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+    {
+        return Err(Error::Io {
+            context: format!(
+                "{} is on a read-only filesystem: sharelink must replace {} with a symlink (run the container with a writable root, or make the data directory a symlink at build time)",
+                app_parent.display(),
+                paths.app.display()
+            ),
+            source: io::Error::from_raw_os_error(libc::EROFS),
+        });
+    }
     let result = migrate_locked(cfg, link, paths, how, lock);
     if let Err(e) = &result {
         if !e.is_interrupted() && lock.verify().is_ok() {

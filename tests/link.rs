@@ -1243,3 +1243,22 @@ fn run_links_first_then_starts_the_command_with_its_status() {
     expect_code(&o, 65);
     assert!(!marker.exists(), "the command ran despite a linking error");
 }
+
+#[test]
+fn read_only_app_root_exits_73_before_copying_anything() {
+    if !in_private_mount_ns("read_only_app_root_exits_73_before_copying_anything") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 30, 1000, 3);
+    let before = snapshot(&sb.app);
+    // A container run with a read-only root filesystem.
+    mount_ro_bind(&sb.app, &sb.app);
+    let o = sb.run(["link"]);
+    expect_code(&o, 73);
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+    assert_eq!(snapshot(&sb.app), before);
+    // Nothing was copied: the share holds no data, only sharelink's lock dir.
+    assert!(!sb.share.join("data").exists());
+    assert!(entries_containing(&sb.share, "data").is_empty());
+}
