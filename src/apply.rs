@@ -171,16 +171,20 @@ fn describe(out: &Outcome, paths: &Paths) -> String {
         ));
     }
     if let Some(to) = &out.displaced_to {
-        tracing::warn!(
-            files = out.displaced.files + out.displaced.symlinks,
-            to = %to.display(),
-            "the share already held data: app-only files were set aside, not merged"
-        );
-        s.push_str(&format!(
-            "; displaced {} files to {}",
-            out.displaced.files + out.displaced.symlinks,
-            to.display()
-        ));
+        let n = out.displaced.files + out.displaced.symlinks;
+        if n > 0 {
+            tracing::warn!(
+                files = n,
+                to = %to.display(),
+                "the share already held data: app-only files were set aside, not merged"
+            );
+            s.push_str(&format!("; displaced {n} files to {}", to.display()));
+        } else {
+            s.push_str(&format!(
+                "; app-only files were already set aside in {}",
+                to.display()
+            ));
+        }
     }
     let refused = out.moved.attrs_refused + out.displaced.attrs_refused;
     if refused > 0 {

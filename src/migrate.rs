@@ -352,6 +352,14 @@ fn displace_entries(
             fsutil::remove_tree(&e.path(), &mut || Ok(()))?;
         }
     }
+    // A rerun after a crash during pruning finds the app-only files that
+    // were not deleted yet; they are already in the newest displaced copy.
+    if let Some(latest) = newest_copy(&base)? {
+        if already_kept(&paths.app, &latest, entries)? {
+            tracing::debug!(copy = %latest.display(), "app-only files already set aside");
+            return Ok(latest);
+        }
+    }
     let stamp = fsutil::utc_stamp(std::time::SystemTime::now());
     let mut name = stamp.clone();
     let mut n = 1;
@@ -383,6 +391,60 @@ fn displace_entries(
     failpoint::hit("displace.renamed");
     fsutil::syncfs(&base)?;
     Ok(done)
+}
+
+/// The newest complete `<stamp>[-n]` directory under `base`.
+fn newest_copy(base: &Path) -> Result<Option<PathBuf>> {
+    let mut best: Option<((String, u32), PathBuf)> = None;
+    for e in fs::read_dir(base).ctx("read directory", base)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".partial") {
+            continue;
+        }
+        let key = match name.split_once('-') {
+            Some((stamp, n)) => (stamp.to_string(), n.parse().unwrap_or(0)),
+            None => (name.clone(), 1),
+        };
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, e.path()));
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
+/// Whether every non-directory under `app/<entry>` is in `copy` already,
+/// with the same size and mtime (files) or target (symlinks): the quick
+/// check rsync uses. Copies keep mtimes, so a file set aside before
+/// matches.
+fn already_kept(app: &Path, copy: &Path, entries: &[PathBuf]) -> Result<bool> {
+    let mut stack: Vec<PathBuf> = entries.to_vec();
+    while let Some(rel) = stack.pop() {
+        let a = app.join(&rel);
+        let m = fs::symlink_metadata(&a).ctx("inspect", &a)?;
+        if m.is_dir() {
+            for e in fs::read_dir(&a).ctx("read directory", &a)? {
+                stack.push(rel.join(e.ctx("read directory", &a)?.file_name()));
+            }
+            continue;
+        }
+        let Some(c) = fsutil::lstat(&copy.join(&rel)).ctx("inspect", copy)? else {
+            return Ok(false);
+        };
+        let same = if m.file_type().is_symlink() {
+            c.file_type().is_symlink()
+                && fs::read_link(&a).ok() == fs::read_link(copy.join(&rel)).ok()
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            c.is_file()
+                && c.len() == m.len()
+                && c.mtime() == m.mtime()
+                && c.mtime_nsec() == m.mtime_nsec()
+        };
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -574,8 +574,11 @@ fn check_final(
                 }
             }
             fig.lost += missing;
+            // A rerun finds what a killed run had already set aside: no
+            // second copy.
             if stamps.len() > 1 {
                 fig.duplicate_displaced += 1;
+                fig.fail(trial, format!("displaced twice: {stamps:?}"));
             }
         }
         _ => {
