@@ -57,10 +57,21 @@ EOF
     echo "$d/sharelink.toml"
 }
 
+# An empty config: `run` with nothing to link, the init alone.
+setup_empty() {
+    local d=$WORK/empty
+    mkdir -p "$d/share"
+    printf 'app_root = "%s/app"\nshare_root = "%s/share"\nrequire_mount = false\n' "$d" "$d" >"$d/sharelink.toml"
+    echo "$d/sharelink.toml"
+}
+
 # name|command-prefix pairs for the inits; the command follows the prefix.
+# `ONLY_INITS=1` leaves out the no-links variant (memory and reap are the
+# same for it).
 inits() {
     local cfg=$1
     echo "sharelink|$BIN -q --config $cfg run --"
+    [ -n "${ONLY_INITS:-}" ] || echo "sharelink, no links|$BIN -q --config $(setup_empty) run --"
     echo "tini-static|tini-static -s --"
     echo "dumb-init|dumb-init"
     echo "catatonit|catatonit --"
@@ -96,9 +107,9 @@ section_startup() {
                 args+=("$cmd /bin/true")
             fi
         done < <(inits "$cfg")
-        hyperfine -S none --style none "${args[@]}" >/dev/null
+        hyperfine --style none "${args[@]}" >/dev/null
     done
-    printf '\n### Start-up: `INIT /bin/true` (sharelink with 4 links already linked)\n\n'
+    printf '\n### Start-up: `INIT /bin/true` (sharelink: 4 links already linked, or none)\n\n'
     printf '| init | direct median ms | overhead vs /bin/true ms | as PID 1 median ms | overhead vs unshare alone ms | overhead ratio vs tini-static (PID 1) |\n|---|---:|---:|---:|---:|---:|\n'
     python3 - "$OUT/startup-direct.json" "$OUT/startup-pid1.json" <<'PY'
 import json, sys, statistics
@@ -107,7 +118,7 @@ def load(p):
 d, p = load(sys.argv[1]), load(sys.argv[2])
 base_d, base_p = d["/bin/true"], p["/bin/true"]
 tini = p["tini-static"] - base_p
-for name in ["/bin/true", "sharelink", "tini-static", "dumb-init", "catatonit"]:
+for name in ["/bin/true", "sharelink", "sharelink, no links", "tini-static", "dumb-init", "catatonit"]:
     ov_d, ov_p = d[name] - base_d, p[name] - base_p
     ratio = f"{ov_p / tini:.2f}x" if name != "/bin/true" and tini > 0 else ""
     print(f"| {name} | {d[name]:.3f} | {ov_d:+.3f} | {p[name]:.3f} | {ov_p:+.3f} | {ratio} |")
@@ -122,7 +133,7 @@ section_memory() {
         # The command reads its parent's (the init's) status.
         hwm=$(unshare --pid --fork --mount-proc $cmd /bin/sh -c 'sleep 0.2; grep VmHWM /proc/$PPID/status' | awk '{print $2}')
         printf '| %s | %s |\n' "$name" "$hwm"
-    done < <(inits "$cfg")
+    done < <(ONLY_INITS=1 inits "$cfg")
 }
 
 section_reap() {
@@ -137,7 +148,7 @@ section_reap() {
         done
         printf '| %s | %s | %s |\n' "$name" \
             "$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" "$ok"
-    done < <(inits "$cfg")
+    done < <(ONLY_INITS=1 inits "$cfg")
 }
 
 section_recheck() {
