@@ -137,7 +137,7 @@ section_memory() {
 }
 
 section_reap() {
-    local cfg name cmd n=2000 reps=${REAP_REPS:-7}
+    local cfg name cmd n=2000 reps=${REAP_REPS:-15}
     cfg=$(setup_linked)
     printf '\n### Reaping a burst of %d orphaned zombies released at once (as PID 1, median of %d)\n\n| init | median ms | all reaped |\n|---|---:|---|\n' $n "$reps"
     while IFS='|' read -r name cmd; do

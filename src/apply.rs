@@ -23,11 +23,17 @@ pub type Owner = Option<(u32, u32)>;
 /// Link every entry. A link that fails does not stop the others (each is
 /// independent); the first error decides the exit code. A termination
 /// signal stops at once, between steps.
+///
+/// Links that needed work get one INFO line each; those already linked get
+/// one INFO line together (per link at DEBUG): a start with 1,000 healthy
+/// links should not print 1,000 lines.
 pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
     let mut first_err = None;
+    let mut unchanged = 0;
     for link in &cfg.links {
         match apply_link(cfg, link, owner) {
-            Ok(()) => {}
+            Ok(Changed::No) => unchanged += 1,
+            Ok(Changed::Yes) => {}
             Err(e) if e.is_interrupted() => return Err(e),
             Err(e) => {
                 tracing::error!(link = %link.app.display(), "{e}");
@@ -35,7 +41,20 @@ pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
             }
         }
     }
+    if unchanged > 0 {
+        tracing::info!(
+            "already linked: {unchanged} of {} link{}",
+            cfg.links.len(),
+            if cfg.links.len() == 1 { "" } else { "s" }
+        );
+    }
     first_err.map_or(Ok(()), Err)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Changed {
+    Yes,
+    No,
 }
 
 fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
@@ -47,14 +66,14 @@ fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
     }
 }
 
-fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
+fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<Changed> {
     signals::check_interrupt()?;
     let paths = Paths::new(cfg, link);
     let mut d = decide(cfg, link, &paths)?;
     if d.actions.is_empty() {
         lock::clear_stale(&cfg.share_root, &link.share);
-        tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked");
-        return Ok(());
+        tracing::debug!(link = %link.app.display(), "already linked");
+        return Ok(Changed::No);
     }
     let mut lock = None;
     // A few rounds at most: each `Replan` means the share target gained
@@ -65,7 +84,7 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
             d = decide(cfg, link, &paths)?;
             if d.actions.is_empty() {
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked (by another sharelink while this one waited)");
-                return Ok(());
+                return Ok(Changed::Yes);
             }
         }
         match execute(cfg, link, &paths, &d, lock.as_mut(), owner)? {
@@ -74,7 +93,7 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<()> {
                     lock::clear_stale(&cfg.share_root, &link.share);
                 }
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "{summary}");
-                return Ok(());
+                return Ok(Changed::Yes);
             }
             None => d = decide(cfg, link, &paths)?,
         }

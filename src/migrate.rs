@@ -300,18 +300,14 @@ fn merge_into_share(
     }
     fs::create_dir(&paths.staging).ctx("create staging", &paths.staging)?;
     failpoint::hit("staging.created");
-    for r in entries {
-        let dst = paths.staging.join(r);
-        if let Some(p) = dst.parent() {
-            fs::create_dir_all(p).ctx("create staging", p)?;
-        }
-        fsutil::copy_tree(
-            &paths.app.join(r),
-            &dst,
-            &mut || tick(lock, "merge.file"),
-            stats,
-        )?;
-    }
+    copy_entries(
+        &paths.app,
+        &paths.staging,
+        entries,
+        lock,
+        "merge.file",
+        stats,
+    )?;
     fsutil::syncfs(&paths.staging)?;
     tick(lock, "staging.synced")?;
     for r in entries {
@@ -373,24 +369,33 @@ fn displace_entries(
     let done = base.join(&name);
     let partial = base.join(format!("{name}.partial"));
     fs::create_dir(&partial).ctx("create", &partial)?;
-    for r in entries {
-        let dst = partial.join(r);
-        if let Some(p) = dst.parent() {
-            fs::create_dir_all(p).ctx("create", p)?;
-        }
-        fsutil::copy_tree(
-            &paths.app.join(r),
-            &dst,
-            &mut || tick(lock, "displace.file"),
-            stats,
-        )?;
-    }
+    copy_entries(&paths.app, &partial, entries, lock, "displace.file", stats)?;
     fsutil::syncfs(&partial)?;
     tick(lock, "displace.synced")?;
     fsutil::rename_noreplace(&partial, &done).ctx("rename displaced copy to", &done)?;
     failpoint::hit("displace.renamed");
     fsutil::syncfs(&base)?;
     Ok(done)
+}
+
+/// Copy each of `entries` (relative to `app`) to the same relative path
+/// under `into`, making parent directories as needed.
+fn copy_entries(
+    app: &Path,
+    into: &Path,
+    entries: &[PathBuf],
+    lock: &mut Lock,
+    point: &'static str,
+    stats: &mut CopyStats,
+) -> Result<()> {
+    for r in entries {
+        let dst = into.join(r);
+        if let Some(p) = dst.parent() {
+            fs::create_dir_all(p).ctx("create", p)?;
+        }
+        fsutil::copy_tree(&app.join(r), &dst, &mut || tick(lock, point), stats)?;
+    }
+    Ok(())
 }
 
 /// The newest complete `<stamp>[-n]` directory under `base`.

@@ -7,25 +7,12 @@ mod rel_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rel_support::Tree;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn expect(o: &Output, code: i32) {
-    assert_eq!(
-        rel_support::exit_code(o.status),
-        code,
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(o)
-    );
-}
+use common::{expect_code as expect, stderr};
 
 /// An image layer on tmpfs and an overlay app root over it.
 fn baked(base: &Path, files: usize, big: usize) -> (PathBuf, Tree) {

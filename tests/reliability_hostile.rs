@@ -10,23 +10,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Instant;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn expect(o: &Output, code: i32) {
-    assert_eq!(
-        rel_support::exit_code(o.status),
-        code,
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(o)
-    );
-}
+use common::{expect_code as expect, stderr};
 
 struct Box_ {
     _t: tempfile::TempDir,
