@@ -142,19 +142,35 @@ impl Paths {
     }
 }
 
-/// Look at one link on disk. Cheap when linked: a few `lstat`s and one
-/// `readlink`, never a walk of the data.
-pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
-    let app = match fsutil::lstat(&paths.app).ctx("inspect", &paths.app)? {
+/// What a non-symlink app path is.
+fn app_node(app: &Path) -> Result<AppNode> {
+    Ok(match fsutil::lstat(app).ctx("inspect", app)? {
         None => AppNode::Missing,
         Some(m) if m.file_type().is_symlink() => {
-            AppNode::Symlink(std::fs::read_link(&paths.app).ctx("read symlink", &paths.app)?)
+            AppNode::Symlink(std::fs::read_link(app).ctx("read symlink", app)?)
         }
-        Some(m) if m.is_dir() => match crate::mounts::mount_at_or_below(&paths.app) {
+        Some(m) if m.is_dir() => match crate::mounts::mount_at_or_below(app) {
             Some(at) => AppNode::HoldsMount(at),
             None => AppNode::Dir,
         },
         Some(m) => AppNode::Other(fsutil::kind_name(m.file_type())),
+    })
+}
+
+/// Look at one link on disk. Cheap when linked: a few `lstat`s and one
+/// `readlink`, never a walk of the data.
+pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
+    // `readlink` first: on the linked fast path it answers in one call what
+    // `lstat` + `readlink` would in two (EINVAL: not a symlink).
+    let app = match std::fs::read_link(&paths.app) {
+        Ok(target) => Some(AppNode::Symlink(target)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(AppNode::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+        Err(e) => return Err(crate::error::Error::io("inspect", &paths.app, e)),
+    };
+    let app = match app {
+        Some(node) => node,
+        None => app_node(&paths.app)?,
     };
     // Whether the share target is empty only matters for a migration.
     let want_empty = matches!(app, AppNode::Dir);
