@@ -207,16 +207,17 @@ require_mount = true
 "data" = "data"
 EOF
     # Each sharelink run gets a fresh overlay whose lower layer is the tree
-    # (a baked image layer); cp -a copies the same tree. Both end synced.
+    # (a baked image layer); cp -a copies the same tree. Both end synced;
+    # both start after the previous run's writeback has settled (sync, 2 s).
     cat >"$WORK/prep-sharelink.sh" <<EOF
 set -e
 umount "$m/ovl/merged" 2>/dev/null || true
 rm -rf "$m/ovl" "$m/share/data" "$m/share/.sharelink"; mkdir -p "$m/ovl/u" "$m/ovl/w" "$m/ovl/merged"
 mount -t overlay overlay -o lowerdir="$src",upperdir="$m/ovl/u",workdir="$m/ovl/w" "$m/ovl/merged"
-sync
+sync; sleep 2
 EOF
     hyperfine --style none --runs "${MIGRATE_RUNS:-5}" --export-json "$OUT/migrate.json" \
-        --prepare "rm -rf $m/share/data; sync" -n "cp -a && sync" "cp -a $src/data $m/share/data && sync" \
+        --prepare "rm -rf $m/share/data; sync; sleep 2" -n "cp -a && sync" "cp -a $src/data $m/share/data && sync" \
         --prepare "sh $WORK/prep-sharelink.sh" -n "sharelink link" "$BIN -q --config $WORK/migrate.toml link" >/dev/null
     umount "$m/ovl/merged" 2>/dev/null || true
     printf '\n### Migrating a %d MiB mixed tree (overlay lower layer -> ext4 on loop), durable\n\n| command | median s | MiB/s | throughput vs cp -a && sync |\n|---|---:|---:|---:|\n' "$MIGRATE_MB"

@@ -179,6 +179,7 @@ fn migrate_locked(
             failpoint::hit("commit.renamed");
             fsutil::syncfs(&paths.share)?;
             failpoint::hit("commit.synced");
+            tracing::debug!(share = %paths.share.display(), phase = ?Phase::Committed, "committed: the share target holds everything");
         }
         Migration::KeepShare | Migration::Merge => {
             let mut diff = Diff::default();
