@@ -133,27 +133,25 @@ fn wait_all(children: Vec<(usize, Child, PathBuf)>) -> Vec<String> {
     bad
 }
 
-#[test]
-fn replicas_on_one_app_root() {
-    if !common::in_private_mount_ns("replicas_on_one_app_root") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    common::mount_tmpfs(tmp.path(), "1g");
-    let (lower, data, cache) = image_layer(tmp.path());
+/// `ROUNDS` rounds: a fresh share and app roots (`app_roots` of them), then
+/// `REPLICAS` processes from `spawn(i, round, log)` at once; every round is
+/// checked. Reports the summary line and panics with it on any failure.
+fn replica_rounds(
+    tmp: &Path,
+    app_roots: usize,
+    what: &str,
+    spawn: impl Fn(usize, &Round, fs::File) -> Child,
+) {
+    common::mount_tmpfs(tmp, "2g");
+    let (lower, data, cache) = image_layer(tmp);
     let t0 = Instant::now();
     let mut failures = Vec::new();
     for round in 0..ROUNDS {
-        let r = fresh_round(&tmp.path().join("round"), &lower, 1);
+        let r = fresh_round(&tmp.join("round"), &lower, app_roots);
         let children: Vec<_> = (0..REPLICAS)
             .map(|i| {
-                let log = tmp.path().join(format!("round/r{i}.log"));
-                let c = rel_support::sharelink(&r.configs[0])
-                    .arg("link")
-                    .stdout(Stdio::null())
-                    .stderr(fs::File::create(&log).unwrap())
-                    .spawn()
-                    .unwrap();
+                let log = tmp.join(format!("round/r{i}.log"));
+                let c = spawn(i, &r, fs::File::create(&log).unwrap());
                 (i, c, log)
             })
             .collect();
@@ -164,7 +162,7 @@ fn replicas_on_one_app_root() {
         }
     }
     let summary = format!(
-        "replicas, one app root: {ROUNDS} rounds x {REPLICAS} concurrent `sharelink link` (2 links, {} entries), failed rounds {}, in {:?}",
+        "replicas, {what}: {ROUNDS} rounds x {REPLICAS} (2 links, {} entries), failed rounds {}, in {:?}",
         data.len() + cache.len(),
         failures.len(),
         t0.elapsed()
@@ -174,53 +172,55 @@ fn replicas_on_one_app_root() {
 }
 
 #[test]
+fn replicas_on_one_app_root() {
+    if !common::in_private_mount_ns("replicas_on_one_app_root") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    replica_rounds(
+        tmp.path(),
+        1,
+        "one app root (concurrent `sharelink link` by hand)",
+        |_, r, log| {
+            rel_support::sharelink(&r.configs[0])
+                .arg("link")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        },
+    );
+}
+
+#[test]
 fn replicas_on_separate_machines() {
     if !common::in_private_mount_ns("replicas_on_separate_machines") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    common::mount_tmpfs(tmp.path(), "2g");
-    let (lower, data, cache) = image_layer(tmp.path());
-    let t0 = Instant::now();
-    let mut failures = Vec::new();
-    for round in 0..ROUNDS {
-        let r = fresh_round(&tmp.path().join("round"), &lower, REPLICAS);
-        let children: Vec<_> = (0..REPLICAS)
-            .map(|i| {
-                let log = tmp.path().join(format!("round/r{i}.log"));
-                // PID 1 of its own PID namespace with its own host name: a
-                // container on another machine, as far as sharelink can tell.
-                let c = std::process::Command::new("unshare")
-                    .args(["--pid", "--fork", "--mount-proc", "--uts", "sh", "-c"])
-                    .arg(format!(
-                        "hostname replica-{i} && exec \"$0\" --config \"$1\" link"
-                    ))
-                    .arg(rel_support::BIN)
-                    .arg(&r.configs[i])
-                    .env_remove("SHARELINK_LOG")
-                    .env_remove("SHARELINK_LOCK_LEASE")
-                    .env_remove("SHARELINK_FAILPOINT")
-                    .stdout(Stdio::null())
-                    .stderr(fs::File::create(&log).unwrap())
-                    .spawn()
-                    .unwrap();
-                (i, c, log)
-            })
-            .collect();
-        let mut bad = wait_all(children);
-        bad.extend(check_round(&r, &data, &cache));
-        if !bad.is_empty() {
-            failures.push(format!("round {round}: {}", bad.join("\n  ")));
-        }
-    }
-    let summary = format!(
-        "replicas, separate machines: {ROUNDS} rounds x {REPLICAS} replicas (own app root, own PID namespace as PID 1, own host name; one share; 2 links, {} entries), failed rounds {}, in {:?}",
-        data.len() + cache.len(),
-        failures.len(),
-        t0.elapsed()
+    replica_rounds(
+        tmp.path(),
+        REPLICAS,
+        "separate machines (own app root, own PID namespace as PID 1, own host name; one share)",
+        |i, r, log| {
+            // PID 1 of its own PID namespace with its own host name: a
+            // container on another machine, as far as sharelink can tell.
+            std::process::Command::new("unshare")
+                .args(["--pid", "--fork", "--mount-proc", "--uts", "sh", "-c"])
+                .arg(format!(
+                    "hostname replica-{i} && exec \"$0\" --config \"$1\" link"
+                ))
+                .arg(rel_support::BIN)
+                .arg(&r.configs[i])
+                .env_remove("SHARELINK_LOG")
+                .env_remove("SHARELINK_LOCK_LEASE")
+                .env_remove("SHARELINK_FAILPOINT")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        },
     );
-    rel_support::report(&summary);
-    assert!(failures.is_empty(), "{summary}\n{}", failures.join("\n"));
 }
 
 // ---- dead and live lock holders (no root needed) ---------------------------
