@@ -44,11 +44,6 @@ pub fn lstat(path: &Path) -> io::Result<Option<fs::Metadata>> {
     }
 }
 
-/// Whether a directory has no entries (reads at most one).
-pub fn is_empty_dir(path: &Path) -> io::Result<bool> {
-    Ok(fs::read_dir(path)?.next().is_none())
-}
-
 /// What a path below the share root is, found without following symlinks.
 /// `empty` means "holds no files" ([`holds_no_files`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

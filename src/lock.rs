@@ -205,10 +205,6 @@ impl Lock {
             }),
         }
     }
-
-    pub fn release(self) {
-        // Drop does it.
-    }
 }
 
 impl Drop for Lock {

@@ -522,18 +522,17 @@ pub fn refusal_error(d: &Decision) -> Option<Error> {
     d.refusal.clone().map(Error::Unsafe)
 }
 
-/// Helper for tests and callers that have a bare path.
-pub fn paths_for(app: &Path, share: &Path) -> Paths {
-    Paths {
-        app: app.to_path_buf(),
-        share: share.to_path_buf(),
-        staging: fsutil::sibling(share, "sharelink-staging"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn paths_for(app: &Path, share: &Path) -> Paths {
+        Paths {
+            app: app.to_path_buf(),
+            share: share.to_path_buf(),
+            staging: fsutil::sibling(share, "sharelink-staging"),
+        }
+    }
 
     fn link(migrate: MigrateMode) -> Link {
         Link {
