@@ -9,9 +9,11 @@
 
 pub mod apply;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod fs;
 pub mod fsutil;
 pub mod lock;
 pub mod logging;

@@ -1,0 +1,388 @@
+//! An open directory and the `*at` operations relative to it.
+//!
+//! Everything that walks a data tree goes through [`Dir`]: names are single
+//! components resolved against an open directory, so no path sharelink
+//! builds can outgrow PATH_MAX (a staging or displaced copy is deeper than
+//! the share target it mirrors), and nothing ever follows a symlink that
+//! appears while we work.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+
+use super::meta::{Kind, Meta};
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from(e)
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// An open directory (`O_RDONLY | O_DIRECTORY`).
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+/// What [`Dir::list`] returns per entry: its name and, when the filesystem
+/// reports it, its kind.
+pub type Listing = Vec<(OsString, Option<Kind>)>;
+
+impl Dir {
+    const FLAGS: OFlag = OFlag::O_RDONLY
+        .union(OFlag::O_DIRECTORY)
+        .union(OFlag::O_CLOEXEC)
+        .union(OFlag::O_NOCTTY);
+
+    /// Open a directory by path, following symlinks in it (for the roots
+    /// the config names; the trees below them are walked with
+    /// [`Dir::open_dir`]).
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let fd = nix::fcntl::open(path, Self::FLAGS, Mode::empty()).map_err(errno)?;
+        Ok(Dir { fd })
+    }
+
+    /// Open a directory by path without following a symlink at its last
+    /// component.
+    pub fn open_nofollow(path: &Path) -> io::Result<Dir> {
+        let fd = nix::fcntl::open(path, Self::FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
+            .map_err(errno)?;
+        Ok(Dir { fd })
+    }
+
+    /// Open the subdirectory `name`; a symlink there is ENOTDIR/ELOOP.
+    pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            Self::FLAGS | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(Dir { fd })
+    }
+
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    pub fn stat(&self) -> io::Result<Meta> {
+        nix::sys::stat::fstat(&self.fd)
+            .map(|st| Meta::from_stat(&st))
+            .map_err(errno)
+    }
+
+    /// `lstat` of `name`; `None` when there is nothing there.
+    pub fn stat_at(&self, name: &OsStr) -> io::Result<Option<Meta>> {
+        match nix::sys::stat::fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(Meta::from_stat(&st))),
+            Err(nix::Error::ENOENT) => Ok(None),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// The entries, sorted by name (stable order makes runs reproducible).
+    pub fn list(&self) -> io::Result<Listing> {
+        // A fresh open file description: its own read position.
+        let fd = nix::fcntl::openat(&self.fd, ".", Self::FLAGS, Mode::empty()).map_err(errno)?;
+        let mut d = nix::dir::Dir::from_fd(fd).map_err(errno)?;
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e.map_err(errno)?;
+            let name = e.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = e.file_type().map(|t| {
+                use nix::dir::Type;
+                match t {
+                    Type::Directory => Kind::Dir,
+                    Type::File => Kind::File,
+                    Type::Symlink => Kind::Symlink,
+                    Type::Fifo => Kind::Fifo,
+                    Type::Socket => Kind::Socket,
+                    Type::CharacterDevice => Kind::CharDevice,
+                    Type::BlockDevice => Kind::BlockDevice,
+                }
+            });
+            out.push((OsStr::from_bytes(name).to_os_string(), kind));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    pub fn mkdir(&self, name: &OsStr, perm: u32) -> io::Result<()> {
+        nix::sys::stat::mkdirat(&self.fd, name, Mode::from_bits_truncate(perm)).map_err(errno)
+    }
+
+    /// Create a new regular file for writing; never opens an existing one.
+    pub fn create(&self, name: &OsStr, perm: u32) -> io::Result<File> {
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY,
+            Mode::from_bits_truncate(perm),
+        )
+        .map_err(errno)?;
+        Ok(File::from(fd))
+    }
+
+    /// Open `name` for reading without following a symlink and without
+    /// blocking on a FIFO that replaced a file meanwhile.
+    pub fn open_read(&self, name: &OsStr) -> io::Result<File> {
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY
+                | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(File::from(fd))
+    }
+
+    /// Open `name` for appending, creating it if needed (journals).
+    pub fn open_append(&self, name: &OsStr) -> io::Result<File> {
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_APPEND
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno)?;
+        Ok(File::from(fd))
+    }
+
+    pub fn symlink(&self, target: &OsStr, name: &OsStr) -> io::Result<()> {
+        nix::unistd::symlinkat(target, &self.fd, name).map_err(errno)
+    }
+
+    pub fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+        nix::fcntl::readlinkat(&self.fd, name).map_err(errno)
+    }
+
+    /// A hard link `to/to_name` to `self/name` (never following).
+    pub fn hard_link(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+        nix::unistd::linkat(&self.fd, name, &to.fd, to_name, AtFlags::empty()).map_err(errno)
+    }
+
+    pub fn mknod(&self, name: &OsStr, kind: Kind, perm: u32, rdev: u64) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: valid fd and NUL-terminated name.
+        let r = unsafe {
+            libc::mknodat(
+                self.fd.as_raw_fd(),
+                n.as_ptr(),
+                kind.mode_bits() | (perm & 0o7777),
+                rdev as libc::dev_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .map_err(errno)
+    }
+
+    /// `rmdir`: only ever removes an empty directory.
+    pub fn rmdir(&self, name: &OsStr) -> io::Result<()> {
+        nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::RemoveDir).map_err(errno)
+    }
+
+    /// Rename `self/name` to `to/to_name`, replacing what is there.
+    pub fn rename(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+        nix::fcntl::renameat(&self.fd, name, &to.fd, to_name).map_err(errno)
+    }
+
+    /// Rename without ever replacing: EEXIST when `to/to_name` exists.
+    ///
+    /// Where the filesystem lacks `RENAME_NOREPLACE` (EINVAL: CIFS, older
+    /// FUSE), a directory falls back to `rename` after checking the target
+    /// is absent or an empty directory (`rename` itself refuses a non-empty
+    /// one, so nothing can be lost), and anything else to `link` + `unlink`
+    /// (which refuses any existing target) or, on a share without hard
+    /// links either, to check-then-`rename`.
+    pub fn rename_noreplace(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+        let (from, to_c) = (cstr(name)?, cstr(to_name)?);
+        // SAFETY: valid fds and NUL-terminated names. (The raw syscall:
+        // musl's libc has no renameat2 wrapper.)
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                self.fd.as_raw_fd(),
+                from.as_ptr(),
+                to.fd.as_raw_fd(),
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        ) {
+            return Err(e);
+        }
+        let from = self
+            .stat_at(name)?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let exists = io::Error::from_raw_os_error(libc::EEXIST);
+        if from.kind == Kind::Dir {
+            match to.stat_at(to_name)? {
+                Some(m) if m.kind != Kind::Dir => return Err(exists),
+                _ => {}
+            }
+            return match self.rename(name, to, to_name) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Err(exists),
+                r => r,
+            };
+        }
+        match self.hard_link(name, to, to_name) {
+            Ok(()) => self.unlink(name),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(e),
+            Err(_) => {
+                if to.stat_at(to_name)?.is_some() {
+                    return Err(exists);
+                }
+                self.rename(name, to, to_name)
+            }
+        }
+    }
+
+    /// Flush the whole filesystem this directory is on: one call instead
+    /// of an `fsync` per file.
+    pub fn sync_fs(&self) -> io::Result<()> {
+        // SAFETY: valid fd.
+        if unsafe { libc::syncfs(self.fd.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `access(2)` with the effective ids, relative to this directory.
+    pub fn access(&self, name: &OsStr, mode: libc::c_int) -> io::Result<()> {
+        let n = cstr(name)?;
+        // SAFETY: valid fd and NUL-terminated name.
+        let r = unsafe {
+            libc::faccessat(
+                self.fd.as_raw_fd(),
+                n.as_ptr(),
+                mode,
+                libc::AT_EACCESS | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `/proc/self/fd/<fd>/<name>`: a short path to `name` for the calls
+    /// that have no `*at` form (`lsetxattr` on a symlink, `linkat` of an
+    /// open file by a user without CAP_DAC_READ_SEARCH).
+    pub fn proc_path(&self, name: &OsStr) -> io::Result<CString> {
+        let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name.as_bytes());
+        CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// `/proc/self/fd/<fd>`: this directory itself.
+    pub fn self_proc_path(&self) -> CString {
+        CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .expect("no NUL in a formatted number")
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Adopt a raw directory fd (tests).
+    ///
+    /// # Safety
+    /// `fd` must be an open directory that nothing else owns.
+    pub unsafe fn from_raw(fd: i32) -> Dir {
+        Dir {
+            fd: OwnedFd::from_raw_fd(fd),
+        }
+    }
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Dir {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noreplace_refuses_and_list_is_sorted() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        std::fs::write(t.path().join("b"), "b").unwrap();
+        std::fs::write(t.path().join("a"), "a").unwrap();
+        let names: Vec<_> = d.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b"]);
+        let e = d
+            .rename_noreplace(OsStr::new("a"), &d, OsStr::new("b"))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"b");
+        d.rename_noreplace(OsStr::new("a"), &d, OsStr::new("c"))
+            .unwrap();
+        assert_eq!(std::fs::read(t.path().join("c")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn never_follows_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/", t.path().join("l")).unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        assert!(d.open_dir(OsStr::new("l")).is_err());
+        assert_eq!(
+            d.stat_at(OsStr::new("l")).unwrap().unwrap().kind,
+            Kind::Symlink
+        );
+        assert!(d.open_read(OsStr::new("l")).is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! Filesystem primitives. Data trees are walked relative to open
+//! directories ([`dir::Dir`]) and never through symlinks; copies keep what
+//! `cp -a` keeps ([`content`], [`attrs`]); work on many entries runs on a
+//! small pool ([`pool`]).
+
+pub mod attrs;
+pub mod content;
+pub mod dir;
+pub mod meta;
+pub mod names;
+pub mod pool;
+pub mod share;
+pub mod tree;
+
+use std::io;
+use std::path::Path;
+
+/// `renameat2(RENAME_NOREPLACE)` by path (sharelink's own small entries,
+/// such as lock directories), with [`dir::Dir::rename_noreplace`]'s
+/// fallbacks.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let open_parent = |p: &Path| dir::Dir::open(p.parent().unwrap_or(Path::new("/")));
+    let (fd, td) = (open_parent(from)?, open_parent(to)?);
+    fd.rename_noreplace(
+        from.file_name().unwrap_or_default(),
+        &td,
+        to.file_name().unwrap_or_default(),
+    )
+}

@@ -1,0 +1,172 @@
+//! Whole-tree operations on sharelink's own directories (staging areas,
+//! empty share targets), relative to open directories and never following
+//! symlinks.
+
+use std::ffi::OsStr;
+use std::io;
+
+use super::dir::Dir;
+use super::meta::Kind;
+
+/// Remove `parent/name` and everything below it. Only for trees sharelink
+/// made itself (staging copies): it deletes whatever it finds.
+pub fn remove(parent: &Dir, name: &OsStr) -> io::Result<()> {
+    let Some(m) = parent.stat_at(name)? else {
+        return Ok(());
+    };
+    if m.kind != Kind::Dir {
+        return ignore_gone(parent.unlink(name));
+    }
+    let dir = match parent.open_dir(name) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for (child, kind) in dir.list()? {
+        let kind = match kind {
+            Some(k) => Some(k),
+            None => dir.stat_at(&child)?.map(|m| m.kind),
+        };
+        match kind {
+            Some(Kind::Dir) => remove(&dir, &child)?,
+            Some(_) => ignore_gone(dir.unlink(&child))?,
+            None => {}
+        }
+    }
+    ignore_gone(parent.rmdir(name))
+}
+
+fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// Whether a directory holds nothing but directories (a share target with
+/// only the `dirs` sharelink made is as good as empty). Stops at the first
+/// non-directory.
+pub fn holds_no_files(dir: &Dir) -> io::Result<bool> {
+    for (name, kind) in dir.list()? {
+        let kind = match kind {
+            Some(k) => k,
+            None => match dir.stat_at(&name)? {
+                Some(m) => m.kind,
+                None => continue,
+            },
+        };
+        if kind != Kind::Dir {
+            return Ok(false);
+        }
+        let sub = match dir.open_dir(&name) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        if !holds_no_files(&sub)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Remove `parent/name`, a tree of empty directories, with `rmdir` only:
+/// anything else in it (a file that appeared meanwhile) makes it fail with
+/// ENOTEMPTY, and stays.
+pub fn remove_empty_dirs(parent: &Dir, name: &OsStr) -> io::Result<()> {
+    let dir = parent.open_dir(name)?;
+    for (child, kind) in dir.list()? {
+        if matches!(kind, Some(Kind::Dir) | None) {
+            match remove_empty_dirs(&dir, &child) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY))
+                }
+                r => r?,
+            }
+        } else {
+            return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+        }
+    }
+    parent.rmdir(name)
+}
+
+/// Open `root/rel` one component at a time, never following a symlink.
+pub fn open_beneath(root: &Dir, rel: &std::path::Path) -> io::Result<Dir> {
+    let mut cur = root.try_clone()?;
+    for c in rel.components() {
+        cur = cur.open_dir(c.as_os_str())?;
+    }
+    Ok(cur)
+}
+
+/// `mkdir -p root/rel` without following symlinks, returning the last
+/// directory open. Each component is made if missing (EEXIST is fine:
+/// replicas race here) and must be a real directory. `root_path` names
+/// `root` in messages.
+pub fn make_beneath(
+    root: &Dir,
+    rel: &std::path::Path,
+    root_path: &std::path::Path,
+) -> crate::error::Result<Dir> {
+    use crate::error::Error;
+    let mut cur = root
+        .try_clone()
+        .map_err(|e| Error::io("open", root_path, e))?;
+    let mut path = root_path.to_path_buf();
+    for c in rel.components() {
+        let name = c.as_os_str();
+        path.push(name);
+        match cur.mkdir(name, 0o755) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(Error::io("create directory", &path, e)),
+        }
+        cur = match cur.open_dir(name) {
+            Ok(d) => d,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                let kind = cur.stat_at(name).ok().flatten().map(|m| m.kind);
+                return Err(match kind {
+                    Some(Kind::Symlink) => crate::fs::share::unsafe_symlink(&path),
+                    Some(k) => Error::Unsafe(format!(
+                        "{} is a {k} where a directory belongs; move it away and re-run",
+                        path.display()
+                    )),
+                    None => Error::io("open directory", &path, e),
+                });
+            }
+            Err(e) => return Err(Error::io("open directory", &path, e)),
+        };
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn removes_trees_and_only_empty_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open(t.path()).unwrap();
+        fs::create_dir_all(t.path().join("a/b/c")).unwrap();
+        fs::create_dir_all(t.path().join("e/f")).unwrap();
+        fs::write(t.path().join("a/b/file"), "x").unwrap();
+        std::os::unix::fs::symlink("/", t.path().join("a/link")).unwrap();
+        assert!(!holds_no_files(&root.open_dir(OsStr::new("a")).unwrap()).unwrap());
+        assert!(holds_no_files(&root.open_dir(OsStr::new("e")).unwrap()).unwrap());
+        assert_eq!(
+            remove_empty_dirs(&root, OsStr::new("a"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOTEMPTY)
+        );
+        assert!(t.path().join("a/b/file").exists());
+        remove_empty_dirs(&root, OsStr::new("e")).unwrap();
+        assert!(!t.path().join("e").exists());
+        remove(&root, OsStr::new("a")).unwrap();
+        assert!(!t.path().join("a").exists());
+        // The symlink's target survived.
+        assert!(std::path::Path::new("/etc").exists());
+    }
+}
