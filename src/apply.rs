@@ -3,15 +3,15 @@
 //! replica may have done the work while we waited.
 
 use std::fs;
-use std::io;
 use std::path::Path;
 
 use crate::config::{Config, Link};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
-use crate::fsutil;
+use crate::fs::dir::Dir;
+use crate::fs::{names, share};
 use crate::lock::{self, Lock};
-use crate::migrate::{self, Done, Outcome};
+use crate::migrate::{self, Outcome};
 use crate::plan::{self, Action, Decision, Paths};
 use crate::signals;
 
@@ -57,6 +57,9 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner, locks: &lock::LockNames) 
     let mut d = decide(cfg, link, &paths)?;
     if d.actions.is_empty() {
         lock::clear_stale(&cfg.share_root, &link.share, locks);
+        // A run killed between making the symlink and forgetting the
+        // migration left its marker.
+        migrate::forget(cfg, link);
         tracing::info!(link = %link.app.display(), "already linked");
         return Ok(());
     }
@@ -83,13 +86,10 @@ fn apply_link(cfg: &Config, link: &Link, owner: Owner, locks: &lock::LockNames) 
             None => d = decide(cfg, link, &paths)?,
         }
     }
-    Err(Error::Io {
-        context: format!(
-            "{}: the share target keeps changing under sharelink",
-            paths.share.display()
-        ),
-        source: io::Error::from_raw_os_error(libc::EAGAIN),
-    })
+    Err(Error::ShareKeepsChanging(format!(
+        "{}: the share target keeps changing under sharelink; re-run when whatever writes there without sharelink is done",
+        paths.share.display()
+    )))
 }
 
 /// Run the actions in order. `Ok(None)` asks for a re-plan.
@@ -105,33 +105,28 @@ fn execute(
     for action in &d.actions {
         signals::check_interrupt()?;
         match action {
-            Action::Recover => {
-                fsutil::remove_tree(&paths.staging, &mut signals::check_interrupt)?;
-                tracing::warn!(staging = %paths.staging.display(), "discarded the staging directory of an interrupted run");
-                done.push("finished an interrupted run".into());
-            }
             Action::CreateShareTarget => {
-                if fsutil::ensure_dir_beneath(&cfg.share_root, &link.share)? {
+                if share::ensure_dir_beneath(&cfg.share_root, &link.share)? {
                     give(&paths.share, owner);
                 }
                 done.push("created the share target".into());
             }
-            Action::Migrate(how) => {
+            Action::Migrate(_) => {
                 let lock = lock.as_deref_mut().expect("migration runs under the lock");
-                match migrate::migrate(cfg, link, paths, *how, lock)? {
-                    Done::Replan => return Ok(None),
-                    Done::Ok(out) => done.push(describe(&out, paths)),
-                }
+                let out =
+                    migrate::migrate(cfg, link, lock, cfg.migration.threads(&cfg.share_root))?;
+                done.push(describe(&out, link, paths));
             }
             Action::CreateDirs(dirs) => {
                 for dir in dirs {
-                    if fsutil::ensure_dir_beneath(&paths.share, dir)? {
+                    if share::ensure_dir_beneath(&paths.share, dir)? {
                         give(&paths.share.join(dir), owner);
                     }
                 }
             }
             Action::Symlink => {
                 make_symlink(&paths.app, &paths.share)?;
+                migrate::forget(cfg, link);
                 done.push("symlinked".into());
             }
             Action::ReplaceSymlink { was } => {
@@ -159,115 +154,156 @@ fn give(dir: &Path, owner: Owner) {
     }
 }
 
-fn describe(out: &Outcome, paths: &Paths) -> String {
+fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
+    let c = &out.copied;
     let mut s = format!(
         "migrated {} files, {} bytes, {} symlinks, {} dirs into {}",
-        out.moved.files,
-        out.moved.bytes,
-        out.moved.symlinks,
-        out.moved.dirs,
+        c.files + c.resumed,
+        c.bytes + c.resumed_bytes,
+        c.symlinks,
+        c.dirs,
         paths.share.display()
     );
-    if out.already_on_share > 0 {
+    if c.resumed > 0 {
         s.push_str(&format!(
-            "; {} app files were already on the share (the share's kept)",
-            out.already_on_share
+            " ({} files, {} bytes of them copied by an interrupted earlier run)",
+            c.resumed, c.resumed_bytes
+        ));
+    }
+    if c.hard_links > 0 {
+        s.push_str(&format!(", {} hard links kept", c.hard_links));
+    }
+    if c.special > 0 {
+        s.push_str(&format!(", {} special files", c.special));
+    }
+    if out.identical > 0 {
+        s.push_str(&format!(
+            "; {} app files were already on the share with the same content",
+            out.identical
+        ));
+    }
+    if out.replaced > 0 {
+        s.push_str(&format!(
+            "; {} files changed during the migration were copied again",
+            out.replaced
         ));
     }
     if let Some(to) = &out.displaced_to {
-        let n = out.displaced.files + out.displaced.symlinks;
+        let n = out.displaced.files + out.displaced.symlinks + out.displaced.special;
         if n > 0 {
-            tracing::warn!(
-                files = n,
-                to = %to.display(),
-                "the share already held data: app-only files were set aside, not merged"
-            );
-            s.push_str(&format!("; displaced {n} files to {}", to.display()));
-        } else {
+            s.push_str(&format!("; set aside {n} entries in {}", to.display()));
+        }
+        if out.already_displaced > 0 {
             s.push_str(&format!(
-                "; app-only files were already set aside in {}",
-                to.display()
+                "; {} entries were already set aside by an earlier run",
+                out.already_displaced
             ));
         }
     }
-    let refused = out.moved.attrs_refused + out.displaced.attrs_refused;
-    if refused > 0 {
+    for &(loss, n) in &out.losses {
+        // Once per link and kind: the share could not hold this.
         tracing::warn!(
-            entries = refused,
+            link = %link.app.display(),
             share = %paths.share.display(),
-            "the share refused chmod/chown/utimes (SMB without unix extensions?); data copied, owners/modes/mtimes not kept"
+            entries = n,
+            kind = loss.key(),
+            "the share refused this for {n} entries: {}; the data itself is copied",
+            loss.fallback()
         );
+        s.push_str(&format!("; {n} entries lost {}", loss.key()));
+    }
+    if out.passes > 1 {
+        s.push_str(&format!(
+            "; {} passes (entries changed or appeared while copying)",
+            out.passes
+        ));
     }
     s
 }
 
-/// Make `app` an absolute symlink to `target` atomically: create it under a
-/// temporary name beside `app`, then rename over. A leftover empty
-/// directory at `app` (pruned, not yet replaced) is removed first.
+/// Make `app` an absolute symlink to `target` atomically: create it under
+/// a temporary name beside `app`, then rename it into place. An empty
+/// directory at `app` (a migrated data directory) is removed first; the
+/// rename never replaces anything that appeared there meanwhile, and a
+/// symlink pointing elsewhere is replaced in one step.
 pub fn make_symlink(app: &Path, target: &Path) -> Result<()> {
-    let parent = app.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).ctx("create directory", parent)?;
+    let parent_path = app.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent_path).ctx("create directory", parent_path)?;
+    let parent = Dir::open(parent_path).ctx("open", parent_path)?;
+    let name = app.file_name().unwrap_or_default();
     // Room for ".<pid>" (u32: at most 10 digits) within NAME_MAX.
-    let prefix = fsutil::sibling_with_room(app, "sharelink-link", 11);
-    let tmp = prefix.with_file_name(format!(
-        "{}.{}",
-        prefix.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    sweep_temp_links(parent, &prefix);
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).ctx("create symlink", &tmp)?;
+    let prefix = names::hidden(name, "sharelink-link", 11);
+    let mut tmp = prefix.clone();
+    tmp.push(format!(".{}", std::process::id()));
+    sweep_temp_links(&parent, &prefix);
+    let tmp_path = parent_path.join(&tmp);
+    let _ = parent.unlink(&tmp);
+    parent
+        .symlink(target.as_os_str(), &tmp)
+        .ctx("create symlink", &tmp_path)?;
     failpoint::hit("swap.temp");
-    let result = match fs::rename(&tmp, app) {
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
-            ) =>
-        {
-            // An empty directory is the end of a prune; anything else is
-            // new data that must not be thrown away: re-run to migrate it.
-            match fs::remove_dir(app) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Err(Error::Io {
-                    context: format!(
-                        "{} became a non-empty directory while being linked; re-run sharelink link to migrate it",
-                        app.display()
-                    ),
-                    source: e,
-                }),
-                r => r.and_then(|_| fs::rename(&tmp, app)).ctx("rename symlink over", app),
-            }
-        }
-        r => r.ctx("rename symlink over", app),
-    };
+    let result = swap(&parent, &tmp, name, app);
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = parent.unlink(&tmp);
     }
     result
 }
 
+fn swap(parent: &Dir, tmp: &std::ffi::OsStr, name: &std::ffi::OsStr, app: &Path) -> Result<()> {
+    let kind = parent.stat_at(name).ctx("inspect", app)?.map(|m| m.kind);
+    match kind {
+        Some(crate::fs::meta::Kind::Symlink) => {
+            return parent.rename(tmp, parent, name).ctx("rename symlink over", app)
+        }
+        Some(crate::fs::meta::Kind::Dir) => match parent.rmdir(name) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+                return Err(Error::AppBusy(format!(
+                    "{} is not empty: something was written into it while it was linked; re-run `sharelink link` to migrate it",
+                    app.display()
+                )))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(Error::io("remove empty directory", app, e)),
+        },
+        Some(_) => {
+            return Err(Error::Unsafe(format!(
+                "{} appeared as a file while sharelink linked it; move it away and re-run",
+                app.display()
+            )))
+        }
+        None => {}
+    }
+    match parent.rename_noreplace(tmp, parent, name) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+            Err(Error::AppBusy(format!(
+                "{} reappeared while sharelink linked it; re-run `sharelink link`",
+                app.display()
+            )))
+        }
+        Err(e) => Err(Error::io("rename symlink into place at", app, e)),
+    }
+}
+
 /// Remove temporary symlinks (`.<name>.sharelink-link.<pid>`) of runs
 /// that died between creating and renaming them.
-fn sweep_temp_links(parent: &Path, prefix: &Path) {
-    let Some(stem) = prefix
-        .file_name()
-        .map(|n| format!("{}.", n.to_string_lossy()))
-    else {
+fn sweep_temp_links(parent: &Dir, prefix: &std::ffi::OsStr) {
+    let mut stem = prefix.as_encoded_bytes().to_vec();
+    stem.push(b'.');
+    let Ok(entries) = parent.list() else {
         return;
     };
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&stem)) else {
+    for (name, kind) in entries {
+        let Some(pid) = name.as_encoded_bytes().strip_prefix(stem.as_slice()) else {
             continue;
         };
-        let alive = pid.parse::<i32>().is_ok_and(|p| {
-            p as u32 != std::process::id() && Path::new(&format!("/proc/{p}")).exists()
-        });
-        if !alive && e.file_type().is_ok_and(|t| t.is_symlink()) {
-            let _ = fs::remove_file(e.path());
+        let alive = std::str::from_utf8(pid)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if !alive && kind.is_none_or(|k| k == crate::fs::meta::Kind::Symlink) {
+            let _ = parent.unlink(&name);
         }
     }
 }

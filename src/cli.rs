@@ -33,6 +33,9 @@ pub struct Cli {
     /// Override require_mount
     #[arg(long, global = true, env = "SHARELINK_REQUIRE_MOUNT", value_name = "BOOL", value_parser = parse_bool)]
     pub require_mount: Option<bool>,
+    /// Copies in flight during a migration [default: migration.parallelism, else chosen from the share's filesystem]
+    #[arg(long, global = true, env = "SHARELINK_PARALLELISM", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=crate::config::MAX_PARALLELISM as i64))]
+    pub parallelism: Option<u16>,
     /// Log format
     #[arg(
         long,
@@ -141,6 +144,7 @@ fn load(cli: &Cli) -> Result<Config> {
             app_root: cli.app_root.clone(),
             share_root: cli.share_root.clone(),
             require_mount: cli.require_mount,
+            parallelism: cli.parallelism.map(usize::from),
         },
     )
 }

@@ -31,6 +31,7 @@ pub struct Config {
     /// In file order.
     pub links: Vec<Link>,
     pub run: RunDefaults,
+    pub migration: MigrationSettings,
 }
 
 /// One `[links]` entry.
@@ -84,12 +85,72 @@ impl Default for RunDefaults {
     }
 }
 
+/// `[migration]`: how baked data is moved into the share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MigrationSettings {
+    /// Copies and comparisons in flight at once; `None`: chosen from the
+    /// share's filesystem type ([`MigrationSettings::threads`]).
+    pub parallelism: Option<usize>,
+}
+
+/// Bounds of `parallelism`.
+pub const MAX_PARALLELISM: usize = 256;
+
+impl MigrationSettings {
+    /// Workers for a migration into `share_root`. On a network share each
+    /// operation waits for a round trip, so many are kept in flight; on a
+    /// local disk the work is CPU- and syscall-bound, so one per CPU.
+    pub fn threads(&self, share_root: &Path) -> usize {
+        if let Some(n) = self.parallelism {
+            return n;
+        }
+        if is_network_fs(share_root) {
+            32
+        } else {
+            cpus().clamp(2, 8)
+        }
+    }
+}
+
+/// The CPUs this process may run on (not std's available_parallelism,
+/// whose cgroup parsing costs binary size; a CPU quota only slows a copy).
+fn cpus() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&i| set.is_set(i).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Whether `path` is on a filesystem reached over a network (or through
+/// FUSE, which may be one).
+fn is_network_fs(path: &Path) -> bool {
+    const NETWORK: [u64; 9] = [
+        0xFF534D42, // CIFS
+        0xFE534D42, // SMB2
+        0x517B,     // SMB
+        0x6969,     // NFS
+        0x65735546, // FUSE
+        0x01021997, // 9P
+        0x00C36400, // Ceph
+        0x0BD00BD0, // Lustre
+        0x47504653, // GPFS
+    ];
+    nix::sys::statfs::statfs(path)
+        .map(|s| NETWORK.contains(&(s.filesystem_type().0 as u64)))
+        .unwrap_or(false)
+}
+
 /// Command-line / environment values that replace the file's.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub app_root: Option<PathBuf>,
     pub share_root: Option<PathBuf>,
     pub require_mount: Option<bool>,
+    pub parallelism: Option<usize>,
 }
 
 impl Config {
@@ -114,6 +175,14 @@ struct RawConfig {
     links: BTreeMap<Spanned<String>, Spanned<RawLink>>,
     #[serde(default)]
     run: RawRun,
+    #[serde(default)]
+    migration: RawMigration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    parallelism: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -246,6 +315,21 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         None => None,
     };
 
+    let parallelism = match (ov.parallelism, &raw.migration.parallelism) {
+        (Some(n), _) => Some(n),
+        (None, Some(n)) => {
+            let v = *n.get_ref();
+            if !(1..=MAX_PARALLELISM as i64).contains(&v) {
+                return Err(at(n.span()).err(
+                    "migration.parallelism",
+                    &format!("must be between 1 and {MAX_PARALLELISM}, got {v}"),
+                ));
+            }
+            Some(v as usize)
+        }
+        (None, None) => None,
+    };
+
     let mut links = Vec::with_capacity(raw.links.len());
     for (key, value) in &raw.links {
         let w = at(key.span());
@@ -286,8 +370,10 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
             grace_period,
             kill_process_group: raw.run.kill_process_group.unwrap_or(false),
         },
+        migration: MigrationSettings { parallelism },
     };
     check_overlaps(&cfg)?;
+    check_lengths(&cfg)?;
     Ok(cfg)
 }
 
@@ -386,6 +472,45 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     Ok(d)
+}
+
+/// The app path is replaced by a symlink whose target is the share path:
+/// both must be usable as paths (a symlink's target is at most PATH_MAX
+/// bytes, a name at most NAME_MAX). Checked here so that a link that can
+/// never be made is a config error, not a failure after a full copy.
+fn check_lengths(cfg: &Config) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const PATH_MAX: usize = 4095;
+    const NAME_MAX: usize = 255;
+    for l in &cfg.links {
+        for (side, p) in [("app", cfg.app_path(l)), ("share", cfg.share_path(l))] {
+            let long_name = p.components().find(|c| c.as_os_str().len() > NAME_MAX);
+            let why = if p.as_os_str().len() > PATH_MAX {
+                format!(
+                    "is {} bytes long; a path may have at most {PATH_MAX}",
+                    p.as_os_str().len()
+                )
+            } else if let Some(c) = long_name {
+                format!(
+                    "has a {}-byte name {:?}; a name may have at most {NAME_MAX}",
+                    c.as_os_str().as_bytes().len(),
+                    c.as_os_str()
+                )
+            } else {
+                continue;
+            };
+            let key = match l.line {
+                Some(n) => format!("links.{:?} (line {n})", l.app.display().to_string()),
+                None => format!("links.{:?}", l.app.display().to_string()),
+            };
+            return Err(Error::Config(format!(
+                "config {}: {key}: the {side} path {} {why}",
+                cfg.origin.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Two links may not overlap on the app side or on the share side, and no
@@ -507,10 +632,17 @@ kill_process_group = false
             app_root: Some("/other".into()),
             share_root: None,
             require_mount: Some(false),
+            parallelism: Some(7),
         };
-        let c = parse(ROOTS, Path::new("t"), &ov).unwrap();
+        let c = parse(
+            &format!("{ROOTS}[migration]\nparallelism = 3\n"),
+            Path::new("t"),
+            &ov,
+        )
+        .unwrap();
         assert_eq!(c.app_root, Path::new("/other"));
         assert!(!c.require_mount);
+        assert_eq!(c.migration.parallelism, Some(7));
         // A root may come from the command line alone.
         let c = parse("share_root = \"/s\"", Path::new("t"), &ov).unwrap();
         assert_eq!(c.app_root, Path::new("/other"));
@@ -635,5 +767,28 @@ kill_process_group = false
         assert!(e.contains("require_mount") || e.contains("line 3"), "{e}");
         let e = err(&format!("{ROOTS}[links]\n\"a\" = 3\n"));
         assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn parallelism_is_bounded_and_paths_must_fit() {
+        let e = err(&format!("{ROOTS}[migration]\nparallelism = 0\n"));
+        assert!(
+            e.contains("line 4") && e.contains("migration.parallelism"),
+            "{e}"
+        );
+        let c = p(&format!("{ROOTS}[migration]\nparallelism = 64\n")).unwrap();
+        assert_eq!(c.migration.threads(Path::new("/")), 64);
+        let long = "d/".repeat(2100);
+        let e = err(&format!("{ROOTS}[links]\n\"{long}x\" = \"s\"\n"));
+        assert!(
+            e.contains("the app path") && e.contains("at most 4095"),
+            "{e}"
+        );
+        let name = "n".repeat(256);
+        let e = err(&format!("{ROOTS}[links]\n\"a\" = \"{name}\"\n"));
+        assert!(
+            e.contains("share path") && e.contains("256-byte name"),
+            "{e}"
+        );
     }
 }

@@ -39,6 +39,20 @@ pub enum Error {
     Io { context: String, source: io::Error },
     /// A termination signal arrived during linking: stop, exit 128+signal.
     Interrupted(i32),
+    /// The link's lock was taken over (this run stalled past its lease) or
+    /// could not be confirmed: stop before touching anything else (74).
+    LockLost(String),
+    /// The share target kept changing under sharelink (74).
+    ShareKeepsChanging(String),
+    /// The app directory kept changing during a migration; what is left
+    /// stays in place (74).
+    AppBusy(String),
+    /// The app directory sits on a read-only filesystem (73).
+    ReadOnlyApp(String),
+    /// The app directory cannot be emptied by this user (73).
+    CannotEmpty(String),
+    /// The share has no room for the copy (73).
+    NoSpace(String),
     /// Bad command line (2).
     Usage(String),
 }
@@ -54,6 +68,8 @@ impl Error {
             Error::Io { source, .. } => io_exit_code(source),
             Error::Interrupted(sig) => 128 + sig,
             Error::Usage(_) => code::USAGE,
+            Error::LockLost(_) | Error::ShareKeepsChanging(_) | Error::AppBusy(_) => code::IO,
+            Error::ReadOnlyApp(_) | Error::CannotEmpty(_) | Error::NoSpace(_) => code::CANT_WRITE,
         }
     }
 
@@ -83,9 +99,16 @@ pub fn io_exit_code(e: &io::Error) -> i32 {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(m) | Error::Unsafe(m) | Error::ShareUnavailable(m) | Error::Usage(m) => {
-                f.write_str(m)
-            }
+            Error::Config(m)
+            | Error::Unsafe(m)
+            | Error::ShareUnavailable(m)
+            | Error::Usage(m)
+            | Error::LockLost(m)
+            | Error::ShareKeepsChanging(m)
+            | Error::AppBusy(m)
+            | Error::ReadOnlyApp(m)
+            | Error::CannotEmpty(m)
+            | Error::NoSpace(m) => f.write_str(m),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Interrupted(sig) => write!(f, "interrupted by signal {}", signal_name(*sig)),
         }

@@ -3,23 +3,47 @@
 //! With the `failpoints` feature, `SHARELINK_FAILPOINT=<name>` makes the
 //! process die by SIGKILL the first time it reaches [`hit`]`("<name>")`
 //! (`<name>:<n>` on the n-th time), leaving the disk exactly as a crash at
-//! that instant would. Without the feature [`hit`] compiles to nothing.
+//! that instant would. `<name>:<n>:stop` stops it (SIGSTOP) instead, so a
+//! test can change the world mid-run (fill the share) and let it go on.
+//! `SHARELINK_FAILPOINT_LOG=<file>` appends the name of every failpoint
+//! reached to that file, so a test can count them in a run that is not
+//! stopped.
+//! Without the feature [`hit`] compiles to nothing.
 
 #[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SPEC: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let spec = SPEC.get_or_init(|| {
         let v = std::env::var("SHARELINK_FAILPOINT").ok()?;
-        Some(match v.split_once(':') {
-            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
-            None => (v, 1),
-        })
+        let mut parts = v.splitn(3, ':');
+        let n = parts.next()?.to_string();
+        let k = parts.next().and_then(|k| k.parse().ok()).unwrap_or(1);
+        Some((n, k, parts.next() == Some("stop")))
     });
-    if let Some((target, nth)) = spec {
+    static LOG: OnceLock<Option<std::fs::File>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let p = std::env::var_os("SHARELINK_FAILPOINT_LOG")?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .ok()
+    });
+    if let Some(mut f) = log.as_ref() {
+        use std::io::Write;
+        let _ = f.write_all(format!("{name}\n").as_bytes());
+    }
+    if let Some((target, nth, stop)) = spec {
         if target == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+            if *stop {
+                eprintln!("sharelink: failpoint {name} hit, stopping self");
+                // SAFETY: plain syscalls.
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                return;
+            }
             eprintln!("sharelink: failpoint {name} hit, killing self");
             // SAFETY: plain syscalls; _exit if SIGKILL is ignored (PID 1).
             unsafe {

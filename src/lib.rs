@@ -14,7 +14,6 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod fs;
-pub mod fsutil;
 pub mod lock;
 pub mod logging;
 pub mod migrate;

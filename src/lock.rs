@@ -1,7 +1,9 @@
-//! Per-link lock on the share: `mkdir <share_root>/.sharelink/locks/<id>`.
+//! Per-link lock on the share: the directory
+//! `<share_root>/.sharelink/locks/<id>`, made under a private name with its
+//! owner file and renamed into place without replacing.
 //!
-//! `mkdir` is atomic on local filesystems, NFS and SMB alike; `flock` is
-//! not an option because Azure Files is mounted with `nobrl`, which makes
+//! A no-replace rename is atomic on local filesystems, NFS and SMB alike;
+//! `flock` is not an option because Azure Files is mounted with `nobrl`, which makes
 //! byte-range locks local to each client. The lock directory holds an
 //! `owner` file naming host, boot id, PID namespace, pid and process start
 //! time. A lock is stale when
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::RESERVED_DIR;
 use crate::error::{Error, IoContext, Result};
-use crate::{fsutil, signals};
+use crate::fs::names::fnv1a;
+use crate::signals;
 
 /// Lease length; `SHARELINK_LOCK_LEASE` (a duration) overrides it for tests
 /// and for shares with large clock skew.
@@ -34,6 +37,7 @@ pub struct Lock {
     content: String,
     lease: Duration,
     refreshed: Instant,
+    verified: Instant,
 }
 
 /// Who we are, as written into the owner file.
@@ -77,7 +81,7 @@ pub fn lock_id(share_rel: &Path) -> String {
     }
     if s.len() > 200 {
         s.truncate(180);
-        s.push_str(&format!("~{:016x}", fsutil::fnv1a(raw)));
+        s.push_str(&format!("~{:016x}", fnv1a(raw)));
     }
     s
 }
@@ -95,7 +99,7 @@ impl Lock {
     /// Returns early with `Interrupted` on a termination signal.
     pub fn acquire(share_root: &Path, share_rel: &Path) -> Result<Lock> {
         let locks_rel = Path::new(RESERVED_DIR).join("locks");
-        fsutil::ensure_dir_beneath(share_root, &locks_rel)?;
+        crate::fs::share::ensure_dir_beneath(share_root, &locks_rel)?;
         let locks = share_root.join(&locks_rel);
         let id = lock_id(share_rel);
         let dir = locks.join(&id);
@@ -127,7 +131,7 @@ impl Lock {
         }
         let mut waited_for: Option<String> = None;
         loop {
-            match fsutil::rename_noreplace(&fresh, &dir) {
+            match crate::fs::rename_noreplace(&fresh, &dir) {
                 Ok(()) => {
                     crate::failpoint::hit("lock.acquired");
                     sweep_abandoned(&locks, &id, &me, &fresh, lease);
@@ -137,6 +141,7 @@ impl Lock {
                         content,
                         lease,
                         refreshed: Instant::now(),
+                        verified: Instant::now(),
                     });
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
@@ -175,9 +180,14 @@ impl Lock {
         }
     }
 
-    /// Refresh the lease if a quarter of it has passed, and make sure the
-    /// lock is still ours (a holder frozen past its lease may have lost it).
+    /// Make sure the lock is still ours (a holder frozen past its lease may
+    /// have lost it) about once a second, and refresh the lease when a
+    /// quarter of it has passed.
     pub fn keepalive(&mut self) -> Result<()> {
+        if self.verified.elapsed() >= VERIFY_EVERY {
+            self.verify()?;
+            self.verified = Instant::now();
+        }
         if self.refreshed.elapsed() < self.lease / 4 {
             return Ok(());
         }
@@ -196,13 +206,30 @@ impl Lock {
     pub fn verify(&self) -> Result<()> {
         match fs::read_to_string(&self.owner) {
             Ok(c) if c == self.content => Ok(()),
-            _ => Err(Error::Io {
-                context: format!(
-                    "lock {} was taken over (this run stalled past its lease); stopping",
-                    self.dir.display()
-                ),
-                source: io::Error::from_raw_os_error(libc::ETIMEDOUT),
-            }),
+            _ => Err(Error::LockLost(format!(
+                "lock {} was taken over (this run stalled past its lease); stopping",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// Leave a progress line in the lock for `status` in other processes.
+    pub fn publish(&self, snap: &crate::migrate::progress::Snapshot) {
+        let text = format!(
+            "files={}\nfiles_total={}\nbytes={}\nbytes_total={}\nrate={}\neta_s={}\n",
+            snap.files,
+            snap.files_total,
+            snap.bytes,
+            snap.bytes_total,
+            snap.rate(),
+            snap.eta().map(|d| d.as_secs()).unwrap_or(0)
+        );
+        let tmp = self.dir.join(".progress");
+        if fs::write(&tmp, text)
+            .and_then(|_| fs::rename(&tmp, self.dir.join(PROGRESS)))
+            .is_err()
+        {
+            tracing::debug!(lock = %self.dir.display(), "could not record progress");
         }
     }
 }
@@ -210,11 +237,19 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.verify().is_ok() {
+            let _ = fs::remove_file(self.dir.join(PROGRESS));
+            let _ = fs::remove_file(self.dir.join(".progress"));
             let _ = fs::remove_file(&self.owner);
             let _ = fs::remove_dir(&self.dir);
         }
     }
 }
+
+/// The progress file in a lock directory.
+pub const PROGRESS: &str = "progress";
+
+/// How often a holder re-reads its owner file while it works.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     let same_host = !holder.is_empty() && holder.starts_with(me);
@@ -237,6 +272,58 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
             .is_ok_and(|age| age > lease),
         // The lock vanished meanwhile: not stale, just retry.
         Err(_) => false,
+    }
+}
+
+/// Who holds the lock of `share_rel` right now, with their progress, if a
+/// live holder does (for `status`; never writes).
+pub fn holder(share_root: &Path, share_rel: &Path) -> Option<String> {
+    let dir = share_root
+        .join(RESERVED_DIR)
+        .join("locks")
+        .join(lock_id(share_rel));
+    let owner = fs::read_to_string(dir.join("owner")).ok()?;
+    let (me, _) = identity();
+    if owner.is_empty() || is_stale(&dir, &owner, &me, lease()) {
+        return None;
+    }
+    let who = format!(
+        "by {} pid {}",
+        field(&owner, "host").unwrap_or("?"),
+        field(&owner, "pid").unwrap_or("?")
+    );
+    let progress = fs::read_to_string(dir.join(PROGRESS)).unwrap_or_default();
+    let num = |k: &str| field(&progress, k).and_then(|v| v.parse::<u64>().ok());
+    match (
+        num("files"),
+        num("files_total"),
+        num("bytes"),
+        num("bytes_total"),
+    ) {
+        (Some(files), Some(files_total), Some(bytes), Some(bytes_total)) => {
+            let snap = crate::migrate::progress::Snapshot {
+                files,
+                files_total,
+                bytes,
+                bytes_total,
+                elapsed: Duration::ZERO,
+            };
+            let mut s = format!(
+                "{who}: {}/{} files, {}/{}",
+                files,
+                files_total,
+                crate::migrate::progress::human(bytes),
+                crate::migrate::progress::human(snap.bytes_total)
+            );
+            if let (Some(rate), Some(eta)) = (num("rate"), num("eta_s")) {
+                s.push_str(&format!(
+                    ", {}/s, about {eta}s left",
+                    crate::migrate::progress::human(rate)
+                ));
+            }
+            Some(s)
+        }
+        _ => Some(who),
     }
 }
 
@@ -272,14 +359,14 @@ pub fn clear_stale(share_root: &Path, share_rel: &Path, present: &LockNames) {
         return;
     }
     let dir = locks.join(&id);
-    if !fsutil::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
+    if !crate::fs::share::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
         return;
     }
     // Removing must never go through a symlink: that could delete
     // something outside the share.
     if !matches!(
-        fsutil::share_node(share_root, &locks_rel.join(&id), false),
-        Ok(fsutil::ShareNode::Dir { .. })
+        crate::fs::share::share_node(share_root, &locks_rel.join(&id), false),
+        Ok(crate::fs::share::ShareNode::Dir { .. })
     ) {
         return;
     }
@@ -316,6 +403,9 @@ fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) 
     let now_holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
     if now_holder == holder && is_stale(&dir, &now_holder, me, lease) {
         tracing::warn!(lock = %dir.display(), holder = %holder.replace('\n', " ").trim(), "removing a stale lock");
+        // Owner last: a lock directory without one is never live.
+        let _ = fs::remove_file(dir.join(PROGRESS));
+        let _ = fs::remove_file(dir.join(".progress"));
         let _ = fs::remove_file(dir.join("owner"));
         if let Err(e) = fs::remove_dir(&dir) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -334,10 +424,7 @@ fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) 
 /// is PID 1; pid and start time let this host tell a dead maker from a
 /// live one even before the owner file is written.
 fn fresh_name(id: &str, me: &str, pid: u32, start: &str) -> String {
-    format!(
-        "{id}.new.{:016x}.{pid}.{start}",
-        fsutil::fnv1a(me.as_bytes())
-    )
+    format!("{id}.new.{:016x}.{pid}.{start}", fnv1a(me.as_bytes()))
 }
 
 /// Remove `<id>.new.*` directories of processes that died between making
@@ -345,7 +432,7 @@ fn fresh_name(id: &str, me: &str, pid: u32, start: &str) -> String {
 /// gone, other hosts' once their lease has expired.
 fn sweep_abandoned(locks: &Path, id: &str, me: &str, mine: &Path, lease: Duration) {
     let prefix = format!("{id}.new.");
-    let my_tag = format!("{:016x}", fsutil::fnv1a(me.as_bytes()));
+    let my_tag = format!("{:016x}", fnv1a(me.as_bytes()));
     let Ok(entries) = fs::read_dir(locks) else {
         return;
     };
@@ -381,7 +468,7 @@ fn fastish_rand() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
-    fsutil::fnv1a(&(t ^ std::process::id() as u64).to_le_bytes())
+    fnv1a(&(t ^ std::process::id() as u64).to_le_bytes())
 }
 
 #[cfg(test)]

@@ -149,18 +149,8 @@ fn format_line(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     if stamp.text.is_empty() || stamp.secs != since.as_secs() {
-        let c = crate::fsutil::utc_stamp(now);
-        // 20261126T224501Z -> 2026-11-26T22:45:01
         stamp.secs = since.as_secs();
-        stamp.text = format!(
-            "{}-{}-{}T{}:{}:{}",
-            &c[0..4],
-            &c[4..6],
-            &c[6..8],
-            &c[9..11],
-            &c[11..13],
-            &c[13..15]
-        );
+        stamp.text = crate::clock::Utc::at(now).iso();
     }
     let ms = since.subsec_millis();
     let ts = |s: &mut String| {

@@ -17,18 +17,18 @@ use crate::signals;
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
-/// Mount points listed in mountinfo text (field 5, octal escapes decoded).
-pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+/// Mount points listed in mountinfo (field 5, octal escapes decoded). The
+/// text is bytes: a mount point's name need not be UTF-8.
+pub fn mount_points(mountinfo: &[u8]) -> impl Iterator<Item = PathBuf> + '_ {
     mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
+        .split(|&b| b == b'\n')
+        .filter_map(|l| l.split(|&b| b == b' ').nth(4))
         .map(|m| PathBuf::from(unescape(m)))
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> std::ffi::OsString {
+fn unescape(b: &[u8]) -> std::ffi::OsString {
     use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -51,15 +51,23 @@ fn unescape(s: &str) -> std::ffi::OsString {
 
 /// A mount point at or below `dir` (a volume over or inside a data
 /// directory), if there is one. Only read for directories about to be
-/// migrated, never on the linked fast path.
-pub fn mount_at_or_below(dir: &Path) -> Option<PathBuf> {
-    let real = std::fs::canonicalize(dir).ok()?;
-    let text = std::fs::read_to_string(MOUNTINFO).ok()?;
+/// migrated, never on the linked fast path. An unreadable mount table is
+/// an error, not "no mounts": guessing wrong would empty a volume.
+pub fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
+    let fail = |what: &str, e: std::io::Error| Error::Io {
+        context: format!(
+            "cannot {what} to check for volumes mounted inside {}; refusing to migrate it",
+            dir.display()
+        ),
+        source: e,
+    };
+    let real = std::fs::canonicalize(dir).map_err(|e| fail("resolve the data directory", e))?;
+    let text = std::fs::read(MOUNTINFO).map_err(|e| fail(&format!("read {MOUNTINFO}"), e))?;
     let found = mount_points(&text).find(|m| m.starts_with(&real));
-    found.map(|m| match m.strip_prefix(&real) {
+    Ok(found.map(|m| match m.strip_prefix(&real) {
         Ok(rel) if !rel.as_os_str().is_empty() => dir.join(rel),
         _ => dir.to_path_buf(),
-    })
+    }))
 }
 
 /// Why the share is not usable, or `None` when it is.
@@ -82,11 +90,11 @@ fn problem(share_root: &Path, require_mount: bool, mountinfo: &mut File) -> Opti
     if !require_mount {
         return None;
     }
-    let mut text = String::new();
+    let mut text = Vec::new();
     use std::io::Seek;
     if mountinfo
         .rewind()
-        .and_then(|_| mountinfo.read_to_string(&mut text))
+        .and_then(|_| mountinfo.read_to_end(&mut text))
         .is_err()
     {
         return Some(format!(
@@ -147,16 +155,25 @@ mod tests {
 
     #[test]
     fn parses_mountinfo() {
-        let text = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
-                    90 22 0:50 / /mnt/file\\040share rw,relatime - cifs //a/b rw\n";
+        let text = b"22 1 0:21 / / rw - ext4 /dev/vda rw\n\
+                    90 22 0:50 / /mnt/file\\040share rw,relatime - cifs //a/b rw\n\
+                    91 22 0:51 / /mnt/caf\xe9 rw - tmpfs t rw\n";
         let v: Vec<_> = mount_points(text).collect();
-        assert_eq!(v, [PathBuf::from("/"), PathBuf::from("/mnt/file share")]);
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(
+            v,
+            [
+                PathBuf::from("/"),
+                PathBuf::from("/mnt/file share"),
+                PathBuf::from(std::ffi::OsStr::from_bytes(b"/mnt/caf\xe9"))
+            ]
+        );
     }
 
     #[test]
     fn unescapes_only_octal() {
-        assert_eq!(unescape("a\\134b"), "a\\b");
-        assert_eq!(unescape("a\\9"), "a\\9");
-        assert_eq!(unescape("tail\\"), "tail\\");
+        assert_eq!(unescape(b"a\\134b"), "a\\b");
+        assert_eq!(unescape(b"a\\9"), "a\\9");
+        assert_eq!(unescape(b"tail\\"), "tail\\");
     }
 }

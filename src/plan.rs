@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Link, MigrateMode};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{self, ShareNode};
+use crate::fs::share::{self, ShareNode};
+use crate::migrate::{Leftovers, Places};
 
 /// What the app path is (never followed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,27 +33,27 @@ pub struct Observed {
     pub missing_dirs: Vec<PathBuf>,
     /// A `dirs` entry (or a component of it) that is not a directory.
     pub bad_dir: Option<ShareNode>,
-    /// A staging directory left by an interrupted migration.
-    pub staging: bool,
+    /// What an interrupted migration left (only looked for when the app
+    /// path is a directory or missing).
+    pub leftovers: Leftovers,
 }
 
 /// How baked data gets into the share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Migration {
-    /// Share target missing or empty: the whole tree moves in.
+    /// Share target missing or empty: the whole tree moves in (resuming
+    /// the copy an interrupted run left).
     IntoEmpty,
-    /// `if-empty` and the share holds data: the share wins, app-only
-    /// files are displaced to `.sharelink/displaced/`.
-    KeepShare,
-    /// `merge`: app-only files are copied in, never overwriting.
-    Merge,
+    /// The share holds data: entries are compared by content; identical
+    /// ones are dropped from the app side, different ones set aside, and
+    /// ones the share lacks copied in (`merge`) or set aside (`if-empty`).
+    Compare(MigrateMode),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Finish an interrupted run: discard its staging directory.
-    Recover,
-    /// Move the app directory's tree into the share, then remove it.
+    /// Move the app directory's tree into the share; the app directory is
+    /// left empty.
     Migrate(Migration),
     /// Create the share target (and its parents).
     CreateShareTarget,
@@ -67,10 +68,7 @@ pub enum Action {
 impl Action {
     /// Actions that write into the share target take the link's lock.
     pub fn needs_lock(&self) -> bool {
-        matches!(
-            self,
-            Action::Recover | Action::Migrate(_) | Action::CreateShareTarget
-        )
+        matches!(self, Action::Migrate(_) | Action::CreateShareTarget)
     }
 }
 
@@ -89,8 +87,10 @@ pub enum State {
     WrongSymlink,
     /// A real directory (baked data) still to be moved into the share.
     NeedsMigration,
-    /// An interrupted migration left a staging directory behind.
+    /// An interrupted migration left work for the next run to finish.
     Interrupted,
+    /// Another sharelink holds the link's lock and is migrating it now.
+    Migrating,
     /// Something sharelink must not touch (exit 65 on `link`).
     Blocked,
     /// The share is not mounted or not there.
@@ -107,6 +107,7 @@ impl State {
             State::WrongSymlink => "wrong-symlink",
             State::NeedsMigration => "needs-migration",
             State::Interrupted => "interrupted",
+            State::Migrating => "migrating",
             State::Blocked => "blocked",
             State::ShareUnavailable => "share-unavailable",
         }
@@ -128,32 +129,29 @@ pub struct Decision {
 pub struct Paths {
     pub app: PathBuf,
     pub share: PathBuf,
-    pub staging: PathBuf,
 }
 
 impl Paths {
     pub fn new(cfg: &Config, link: &Link) -> Paths {
-        let share = cfg.share_path(link);
         Paths {
             app: cfg.app_path(link),
-            staging: fsutil::sibling(&share, "sharelink-staging"),
-            share,
+            share: cfg.share_path(link),
         }
     }
 }
 
 /// What a non-symlink app path is.
 fn app_node(app: &Path) -> Result<AppNode> {
-    Ok(match fsutil::lstat(app).ctx("inspect", app)? {
+    Ok(match share::lstat(app).ctx("inspect", app)? {
         None => AppNode::Missing,
         Some(m) if m.file_type().is_symlink() => {
             AppNode::Symlink(std::fs::read_link(app).ctx("read symlink", app)?)
         }
-        Some(m) if m.is_dir() => match crate::mounts::mount_at_or_below(app) {
+        Some(m) if m.is_dir() => match crate::mounts::mount_at_or_below(app)? {
             Some(at) => AppNode::HoldsMount(at),
             None => AppNode::Dir,
         },
-        Some(m) => AppNode::Other(fsutil::kind_name(m.file_type())),
+        Some(m) => AppNode::Other(share::kind_name(m.file_type())),
     })
 }
 
@@ -174,12 +172,12 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     };
     // Whether the share target is empty only matters for a migration.
     let want_empty = matches!(app, AppNode::Dir);
-    let share = fsutil::share_node(&cfg.share_root, &link.share, want_empty)?;
+    let share = share::share_node(&cfg.share_root, &link.share, want_empty)?;
     let mut missing_dirs = Vec::new();
     let mut bad_dir = None;
     if matches!(share, ShareNode::Dir { .. }) {
         for d in &link.dirs {
-            match fsutil::share_node(&paths.share, d, false)? {
+            match share::share_node(&paths.share, d, false)? {
                 ShareNode::Dir { .. } => {}
                 ShareNode::Missing => missing_dirs.push(d.clone()),
                 other => {
@@ -191,19 +189,22 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     } else {
         missing_dirs = link.dirs.clone();
     }
-    // The staging directory sits beside the target: only look for it when
-    // the target's parents are real directories (else the refusal below
-    // is the answer, not an ENOTDIR from this lstat).
-    let staging = matches!(share, ShareNode::Missing | ShareNode::Dir { .. })
-        && fsutil::lstat(&paths.staging)
-            .ctx("inspect", &paths.staging)?
-            .is_some();
+    // Leftovers sit beside the target and the app path: only look for
+    // them when a migration is or was under way, and when the target's
+    // parents are real directories (else the refusal is the answer).
+    let leftovers = if matches!(app, AppNode::Dir | AppNode::Missing)
+        && matches!(share, ShareNode::Missing | ShareNode::Dir { .. })
+    {
+        Places::new(cfg, link).leftovers(cfg)
+    } else {
+        Leftovers::default()
+    };
     Ok(Observed {
         app,
         share,
         missing_dirs,
         bad_dir,
-        staging,
+        leftovers,
     })
 }
 
@@ -230,7 +231,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
         ));
     }
     match &obs.share {
-        ShareNode::Symlink { at } => return blocked(fsutil::unsafe_symlink(at).to_string()),
+        ShareNode::Symlink { at } => return blocked(share::unsafe_symlink(at).to_string()),
         ShareNode::NotDir { at, kind } => {
             return blocked(format!(
                 "{} is a {kind} where the share directory belongs; sharelink leaves it alone. Move it away and re-run",
@@ -240,7 +241,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
         _ => {}
     }
     match &obs.bad_dir {
-        Some(ShareNode::Symlink { at }) => return blocked(fsutil::unsafe_symlink(at).to_string()),
+        Some(ShareNode::Symlink { at }) => return blocked(share::unsafe_symlink(at).to_string()),
         Some(ShareNode::NotDir { at, kind }) => {
             return blocked(format!(
                 "{} is a {kind} where a directory from `dirs` belongs; move it away and re-run",
@@ -256,9 +257,6 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
         ShareNode::Missing | ShareNode::Dir { empty: true }
     );
     let mut actions = Vec::new();
-    if obs.staging {
-        actions.push(Action::Recover);
-    }
     // Execution order: share side first, the symlink last, so the link
     // never points at a share directory that is not ready.
     let (mut state, link_action) = match &obs.app {
@@ -281,10 +279,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
             let how = if share_empty {
                 Migration::IntoEmpty
             } else {
-                match link.migrate {
-                    MigrateMode::IfEmpty => Migration::KeepShare,
-                    MigrateMode::Merge => Migration::Merge,
-                }
+                Migration::Compare(link.migrate)
             };
             actions.push(Action::Migrate(how));
             (State::NeedsMigration, Some(Action::Symlink))
@@ -306,7 +301,7 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
         actions.push(Action::CreateDirs(dirs.clone()));
     }
     actions.extend(link_action);
-    if obs.staging {
+    if obs.leftovers.any() && state != State::Linked {
         state = State::Interrupted;
     }
     Decision {
@@ -352,16 +347,17 @@ impl Plan<'_> {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Recover => f.write_str("discard the staging directory of an interrupted run"),
-            Action::Migrate(Migration::IntoEmpty) => {
-                f.write_str("move the baked directory's tree into the share target")
-            }
-            Action::Migrate(Migration::KeepShare) => f.write_str(
-                "keep the share's data; set app-only files aside in .sharelink/displaced/",
+            Action::Migrate(Migration::IntoEmpty) => f.write_str(
+                "move the baked directory's tree into the share target (resuming an interrupted copy)",
             ),
-            Action::Migrate(Migration::Merge) => {
-                f.write_str("copy app-only files into the share (never overwriting)")
-            }
+            Action::Migrate(Migration::Compare(MigrateMode::IfEmpty)) => f.write_str(
+                "compare with the share's data by content: drop identical files from the app side; \
+                 set aside app files the share lacks or holds differently in .sharelink/displaced/",
+            ),
+            Action::Migrate(Migration::Compare(MigrateMode::Merge)) => f.write_str(
+                "compare with the share's data by content: drop identical files from the app side; \
+                 copy in app files the share lacks (never overwriting); set aside ones it holds differently",
+            ),
             Action::CreateShareTarget => f.write_str("create the share target"),
             Action::CreateDirs(d) => {
                 let names: Vec<_> = d.iter().map(|p| p.display().to_string()).collect();
@@ -431,8 +427,19 @@ pub fn status(cfg: &Config) -> Report {
             let (state, detail) = if share_problem.is_some() {
                 (State::ShareUnavailable, None)
             } else {
-                match observe(cfg, l, &paths).map(|o| decide(l, &paths, &o)) {
-                    Ok(d) => (d.state, d.refusal),
+                match observe(cfg, l, &paths).map(|o| (decide(l, &paths, &o), o)) {
+                    Ok((d, o)) => match d.state {
+                        State::NeedsMigration | State::Interrupted => {
+                            match crate::lock::holder(&cfg.share_root, &l.share) {
+                                Some(h) => (State::Migrating, Some(h)),
+                                None if o.leftovers.any() => {
+                                    (d.state, Some(o.leftovers.describe()))
+                                }
+                                None => (d.state, None),
+                            }
+                        }
+                        _ => (d.state, d.refusal),
+                    },
                     Err(e) => (State::Blocked, Some(e.to_string())),
                 }
             };
@@ -530,7 +537,6 @@ mod tests {
         Paths {
             app: app.to_path_buf(),
             share: share.to_path_buf(),
-            staging: fsutil::sibling(share, "sharelink-staging"),
         }
     }
 
@@ -557,7 +563,7 @@ mod tests {
             share,
             missing_dirs,
             bad_dir: None,
-            staging: false,
+            leftovers: Leftovers::default(),
         }
     }
     fn d(o: &Observed) -> Decision {
@@ -630,7 +636,7 @@ mod tests {
         assert_eq!(
             x.actions,
             [
-                Action::Migrate(Migration::KeepShare),
+                Action::Migrate(Migration::Compare(MigrateMode::IfEmpty)),
                 all_dirs.clone(),
                 Action::Symlink
             ]
@@ -642,7 +648,11 @@ mod tests {
         );
         assert_eq!(
             x.actions,
-            [Action::Migrate(Migration::Merge), all_dirs, Action::Symlink]
+            [
+                Action::Migrate(Migration::Compare(MigrateMode::Merge)),
+                all_dirs,
+                Action::Symlink
+            ]
         );
         assert_eq!(x.state, State::NeedsMigration);
         assert!(x.actions[0].needs_lock());
@@ -677,13 +687,25 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_recovered_first() {
+    fn leftovers_show_as_interrupted() {
         let mut o = obs(AppNode::Dir, ShareNode::Missing);
-        o.staging = true;
+        o.leftovers.staging = true;
         let x = d(&o);
         assert_eq!(x.state, State::Interrupted);
-        assert_eq!(x.actions[0], Action::Recover);
-        assert_eq!(x.actions[1], Action::Migrate(Migration::IntoEmpty));
+        assert_eq!(x.actions[0], Action::Migrate(Migration::IntoEmpty));
+        // Committed by this container, app path already emptied: only the
+        // symlink is left.
+        let mut o = obs(AppNode::Missing, FULL);
+        o.leftovers.committed = true;
+        let x = d(&o);
+        assert_eq!(
+            (x.state, x.actions.clone()),
+            (State::Interrupted, vec![Action::Symlink])
+        );
+        // A linked entry is linked, whatever another container left.
+        let mut o = obs(right(), FULL);
+        o.leftovers.staging = true;
+        assert_eq!(d(&o).state, State::Linked);
     }
 
     #[test]

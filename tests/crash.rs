@@ -1,7 +1,8 @@
 //! Crash sweep: kill `sharelink link` (SIGKILL, via the `failpoints`
-//! feature) at every reachable failpoint of a migration — first, middle and
-//! last hit — check SPEC's invariant on disk at that instant, then check
-//! that the next run finishes the job with every byte where it belongs.
+//! feature) at every failpoint a migration reaches — first, middle and last
+//! hit — check the invariant on disk at that instant, then check that the
+//! next run finishes the job with every byte where it belongs. Then the
+//! resume path: a killed copy is continued, not started over.
 //!
 //! Needs `cargo test --features failpoints`; without it this file fails.
 
@@ -10,6 +11,7 @@ use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sharelink::migrate::FAILPOINTS;
@@ -29,50 +31,32 @@ fn crash_tests_need_the_failpoints_feature() {
 enum Scenario {
     /// Baked dir in an overlay lower layer, share target missing.
     IntoEmpty,
-    /// `if-empty` with a non-empty share: displacement.
+    /// `if-empty` with a non-empty share: conflicts and app-only entries
+    /// are set aside.
     KeepShare,
-    /// `merge` with a non-empty share (and one type clash, displaced).
+    /// `merge` with a non-empty share: app-only entries copied in,
+    /// conflicts set aside.
     Merge,
 }
 
-/// The failpoints each scenario must reach. A name of `FAILPOINTS` that a
-/// scenario does not reach must run to completion instead.
-fn reachable(s: Scenario) -> &'static [&'static str] {
-    const COMMON: [&str; 4] = ["lock.acquired", "prune.entry", "prune.done", "swap.temp"];
+/// The failpoints each scenario must reach.
+fn reachable(s: Scenario) -> BTreeSet<&'static str> {
+    let mut v = vec![
+        "lock.acquired",
+        "staging.created",
+        "staging.file",
+        "staging.journal",
+        "staging.synced",
+        "prune.entry",
+        "prune.done",
+        "swap.temp",
+    ];
     match s {
-        Scenario::IntoEmpty => &[
-            COMMON[0],
-            "staging.file",
-            "staging.synced",
-            "commit.renamed",
-            "commit.synced",
-            COMMON[1],
-            COMMON[2],
-            COMMON[3],
-        ],
-        Scenario::KeepShare => &[
-            COMMON[0],
-            "displace.file",
-            "displace.synced",
-            "displace.renamed",
-            COMMON[1],
-            COMMON[2],
-            COMMON[3],
-        ],
-        Scenario::Merge => &[
-            COMMON[0],
-            "staging.created",
-            "merge.file",
-            "staging.synced",
-            "merge.moved",
-            "displace.file",
-            "displace.synced",
-            "displace.renamed",
-            COMMON[1],
-            COMMON[2],
-            COMMON[3],
-        ],
+        Scenario::IntoEmpty => v.extend(["commit.renamed", "commit.marked", "commit.synced"]),
+        Scenario::KeepShare => v.push("displace.renamed"),
+        Scenario::Merge => v.extend(["merge.moved", "displace.renamed"]),
     }
+    v.into_iter().collect()
 }
 
 /// One crash case: a fresh overlay app root and share directory.
@@ -84,9 +68,6 @@ struct Case {
     orig: Tree,
     /// The share target before linking (empty for `IntoEmpty`).
     share_before: Tree,
-    /// Run sharelink on one CPU: it then copies and deletes on one thread,
-    /// so failpoint hit counts are exact.
-    one_cpu: bool,
 }
 
 impl Case {
@@ -96,53 +77,64 @@ impl Case {
     fn target(&self) -> PathBuf {
         self.share_root.join("data")
     }
-    fn run(&self, args: &[&str], failpoint: Option<&str>) -> std::process::Output {
+    fn staging(&self) -> PathBuf {
+        self.share_root.join(".data.sharelink-staging")
+    }
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let mut c = std::process::Command::new(BIN);
         c.arg("--config").arg(&self.config).args(args);
         c.env_remove("SHARELINK_LOG")
-            .env_remove("SHARELINK_FAILPOINT");
-        if let Some(f) = failpoint {
-            c.env("SHARELINK_FAILPOINT", f);
-        }
-        if self.one_cpu {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only async-signal-safe libc calls between fork and exec.
-            unsafe {
-                c.pre_exec(|| {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    let size = std::mem::size_of::<libc::cpu_set_t>();
-                    if libc::sched_getaffinity(0, size, &mut set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let first = (0..libc::CPU_SETSIZE as usize)
-                        .find(|&i| libc::CPU_ISSET(i, &set))
-                        .unwrap_or(0);
-                    libc::CPU_ZERO(&mut set);
-                    libc::CPU_SET(first, &mut set);
-                    if libc::sched_setaffinity(0, size, &set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            .env_remove("SHARELINK_FAILPOINT")
+            .env_remove("SHARELINK_FAILPOINT_LOG")
+            // One worker: failpoints are then reached in a fixed order and
+            // hit counts are exact.
+            .env("SHARELINK_PARALLELISM", "1");
+        for (k, v) in env {
+            c.env(k, v);
         }
         c.output().unwrap()
     }
 }
 
+/// A baked tree with every kind `cp -a` keeps: nested and empty
+/// directories, symlinks, odd modes, a hard link, a sparse file, a FIFO.
+fn bake(data: &Path, files: usize, seed: u64) {
+    make_tree(data, files, 3000, seed);
+    fs::write(data.join("linked"), "one inode, two names").unwrap();
+    fs::create_dir_all(data.join("other")).unwrap();
+    fs::hard_link(data.join("linked"), data.join("other/linked-too")).unwrap();
+    let f = fs::File::create(data.join("sparse")).unwrap();
+    f.set_len(8 << 20).unwrap();
+    sh(&format!("mkfifo '{}'", data.join("fifo").display()));
+}
+
 /// `work` and `shares` are two tmpfs (two filesystems, as in production).
-fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize, one_cpu: bool) -> Case {
+fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize) -> Case {
     let base = work.join(format!("case{n}"));
     let lower = base.join("lower");
     let data = lower.join("data");
-    make_tree(&data, files, 3000, 1000);
+    bake(&data, files, 1000);
     let share_root = shares.join(format!("case{n}"));
     let target = share_root.join("data");
     fs::create_dir_all(&share_root).unwrap();
     if s != Scenario::IntoEmpty {
-        // Overlapping content: same paths with other bytes, share-only
-        // files, and an app file where the share has a directory.
-        make_tree(&target, 12, 500, 5000);
+        // Overlapping content: the same paths with the same or other
+        // bytes, share-only files, and an app file where the share has a
+        // directory.
+        make_tree(&target, files / 3, 500, 5000);
+        for (p, _) in snapshot(&data)
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::File { .. }))
+            .take(4)
+        {
+            // Byte-identical copies of a few app files.
+            if let Some(parent) = target.join(p).parent() {
+                fs::create_dir_all(parent).unwrap();
+            }
+            if !target.join(p).exists() {
+                fs::copy(data.join(p), target.join(p)).unwrap();
+            }
+        }
         fs::write(data.join("clash"), "app file where the share has a dir").unwrap();
         fs::create_dir(target.join("clash")).unwrap();
         fs::write(target.join("clash/inside"), "share's").unwrap();
@@ -173,59 +165,30 @@ fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize, one_cp
     } else {
         Tree::new()
     };
+    // Old enough that sharelink trusts their timestamps at once (it waits
+    // for entries that changed within the last instant).
+    std::thread::sleep(std::time::Duration::from_millis(150));
     Case {
         merged,
         share_root,
         config,
         orig,
         share_before,
-        one_cpu,
     }
 }
 
-/// What `diff_trees` should find: app entries the share lacks (whole
-/// subtrees) and type clashes, by path.
-fn app_only(orig: &Tree, share: &Tree) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let (mut missing, mut clashes) = (Vec::new(), Vec::new());
-    for (p, n) in orig {
-        if p.ancestors()
-            .skip(1)
-            .any(|a| missing.iter().any(|m: &PathBuf| m == a))
-        {
+/// Top-most app entries the share lacks.
+fn app_only(orig: &Tree, share: &Tree) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    for p in orig.keys() {
+        if missing.iter().any(|m| p.starts_with(m)) {
             continue;
         }
-        match share.get(p) {
-            None => missing.push(p.clone()),
-            Some(Node::Dir) if *n != Node::Dir => clashes.push(p.clone()),
-            Some(m) if *m != Node::Dir && *n == Node::Dir => clashes.push(p.clone()),
-            _ => {}
+        if !share.contains_key(p) {
+            missing.push(p.clone());
         }
     }
-    (missing, clashes)
-}
-
-/// Nodes of `orig` at or below any of `tops`.
-fn subtree_nodes(orig: &Tree, tops: &[PathBuf]) -> usize {
-    orig.keys()
-        .filter(|p| tops.iter().any(|t| p.starts_with(t)))
-        .count()
-}
-
-/// How often each multi-hit failpoint fires in a full run of `case`.
-fn hits(s: Scenario, case: &Case, name: &str) -> usize {
-    let (missing, clashes) = app_only(&case.orig, &case.share_before);
-    let whole = case.orig.len() + 1; // every entry, and the root
-    match (s, name) {
-        (Scenario::IntoEmpty, "staging.file") => whole,
-        (_, "prune.entry") => whole,
-        (Scenario::Merge, "merge.file") => subtree_nodes(&case.orig, &missing),
-        (Scenario::Merge, "merge.moved") => missing.len(),
-        (Scenario::Merge, "displace.file") => subtree_nodes(&case.orig, &clashes),
-        (Scenario::KeepShare, "displace.file") => {
-            subtree_nodes(&case.orig, &[missing, clashes].concat())
-        }
-        _ => 1,
-    }
+    missing
 }
 
 /// Complete displaced copies (`.partial` ones excluded).
@@ -247,9 +210,33 @@ fn strip_input(mut t: Tree) -> Tree {
     t
 }
 
-/// SPEC's invariant, checked right after the kill: every original entry
-/// is whole in the app dir, in the share target, or in a displaced copy;
-/// the share target is never visible half-done.
+/// How each failpoint is hit in a full run of a fresh case.
+fn hit_counts(
+    work: &Path,
+    shares: &Path,
+    n: usize,
+    s: Scenario,
+    files: usize,
+) -> BTreeMap<String, usize> {
+    let probe = setup(work, shares, n, s, files);
+    let log = work.join(format!("hits{n}"));
+    let o = probe.run(
+        &["link"],
+        &[("SHARELINK_FAILPOINT_LOG", log.to_str().unwrap())],
+    );
+    assert_eq!(code(&o), 0, "probe run: {}", stderr(&o));
+    check_finished(s, &probe, "probe");
+    umount(&probe.merged);
+    let mut counts = BTreeMap::new();
+    for l in fs::read_to_string(&log).unwrap().lines() {
+        *counts.entry(l.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The invariant right after the kill: every original entry is whole in
+/// the app dir, in the share target (same content), or in a complete
+/// displaced copy; the share target never shows a half-made copy.
 fn check_after_crash(s: Scenario, case: &Case, what: &str) {
     let app_now = if fs::symlink_metadata(case.app()).is_ok_and(|m| m.is_dir()) {
         snapshot(&case.app())
@@ -270,14 +257,8 @@ fn check_after_crash(s: Scenario, case: &Case, what: &str) {
                 assert_eq!(app_now, case.orig, "{what}: app changed before the commit");
             }
         }
-        Scenario::KeepShare => {
-            assert_eq!(target_now, case.share_before, "{what}: share changed");
-        }
+        Scenario::KeepShare => assert_eq!(target_now, case.share_before, "{what}: share changed"),
         Scenario::Merge => {
-            for (p, n) in &target_now {
-                let want = case.share_before.get(p).or_else(|| case.orig.get(p));
-                assert_eq!(want, Some(n), "{what}: {} on the share", p.display());
-            }
             for (p, n) in &case.share_before {
                 assert_eq!(
                     target_now.get(p),
@@ -286,21 +267,34 @@ fn check_after_crash(s: Scenario, case: &Case, what: &str) {
                     p.display()
                 );
             }
+            // Each app-only subtree appears whole or not at all.
+            for top in app_only(&case.orig, &case.share_before) {
+                if target_now.contains_key(&top) {
+                    for (p, n) in case.orig.iter().filter(|(p, _)| p.starts_with(&top)) {
+                        assert_eq!(
+                            target_now.get(p),
+                            Some(n),
+                            "{what}: half-merged {}",
+                            p.display()
+                        );
+                    }
+                }
+            }
         }
     }
     for (p, n) in &case.orig {
         let whole = app_now.get(p) == Some(n)
-            || target_now.get(p) == Some(n)
-            // The share had this path: the share's version wins.
-            || (s != Scenario::IntoEmpty && case.share_before.contains_key(p))
-            || kept.iter().any(|k| k.get(p) == Some(n));
+            || target_now.get(p).is_some_and(|t| t.same_content(n))
+            || kept
+                .iter()
+                .any(|k| k.get(p).is_some_and(|t| t.same_content(n)));
         assert!(whole, "{what}: {} is nowhere whole", p.display());
     }
     // Whatever the app dir still has is original.
     for (p, n) in &app_now {
         assert_eq!(case.orig.get(p), Some(n), "{what}: app {}", p.display());
     }
-    let o = case.run(&["status"], None);
+    let o = case.run(&["status"], &[]);
     assert_eq!(
         code(&o),
         1,
@@ -309,51 +303,64 @@ fn check_after_crash(s: Scenario, case: &Case, what: &str) {
     );
 }
 
-/// After the run that finishes: linked, the share as SPEC says, nothing
-/// left over.
+/// After the run that finishes: linked, every original entry in the share
+/// target or set aside (exactly once), nothing left over.
 fn check_finished(s: Scenario, case: &Case, what: &str) {
     assert_eq!(
         fs::read_link(case.app()).ok().as_deref(),
         Some(case.target().as_path()),
         "{what}: not linked"
     );
-    let target = snapshot(&case.target());
-    let (missing, clashes) = app_only(&case.orig, &case.share_before);
+    let target = strip_input(snapshot(&case.target()));
     let kept = displaced(case);
-    let must_be_kept: Vec<&PathBuf> = match s {
+    match s {
         Scenario::IntoEmpty => {
-            assert_eq!(strip_input(target), case.orig, "{what}: share != original");
+            assert_eq!(target, case.orig, "{what}: share != original");
             assert!(kept.is_empty(), "{what}: displaced something");
-            vec![]
+            // Hard links stay hard links.
+            let a = fs::metadata(case.target().join("linked")).unwrap();
+            let b = fs::metadata(case.target().join("other/linked-too")).unwrap();
+            assert_eq!(a.ino(), b.ino(), "{what}: hard link split");
+            // The sparse file stays sparse.
+            let sp = fs::metadata(case.target().join("sparse")).unwrap();
+            assert!(
+                sp.blocks() * 512 < 1 << 20,
+                "{what}: sparse file written densely"
+            );
         }
-        Scenario::KeepShare => {
-            assert_eq!(target, case.share_before, "{what}: share changed");
-            case.orig
-                .keys()
-                .filter(|p| missing.iter().chain(&clashes).any(|t| p.starts_with(t)))
-                .collect()
-        }
+        Scenario::KeepShare => assert_eq!(target, case.share_before, "{what}: share changed"),
         Scenario::Merge => {
             let mut want = case.share_before.clone();
-            for (p, n) in &case.orig {
-                if missing.iter().any(|t| p.starts_with(t)) {
+            for top in app_only(&case.orig, &case.share_before) {
+                for (p, n) in case.orig.iter().filter(|(p, _)| p.starts_with(&top)) {
                     want.insert(p.clone(), n.clone());
                 }
             }
             assert_eq!(target, want, "{what}: merged share");
-            case.orig
-                .keys()
-                .filter(|p| clashes.iter().any(|t| p.starts_with(t)))
-                .collect()
         }
-    };
-    assert_eq!(!must_be_kept.is_empty(), s != Scenario::IntoEmpty);
-    for p in must_be_kept {
+    }
+    for (p, n) in &case.orig {
+        if *n == Node::Dir {
+            continue;
+        }
+        let on_share = target.get(p).is_some_and(|t| t.same_content(n));
+        let copies = kept
+            .iter()
+            .filter(|k| k.get(p).is_some_and(|t| t.same_content(n)))
+            .count();
         assert!(
-            kept.iter().any(|k| k.get(p) == case.orig.get(p)),
-            "{what}: app-only {} not displaced",
+            on_share || copies == 1,
+            "{what}: {} kept {copies} times, on share: {on_share}",
             p.display()
         );
+        if on_share {
+            assert_eq!(
+                copies,
+                0,
+                "{what}: {} both on the share and set aside",
+                p.display()
+            );
+        }
     }
     let displaced_dir = case.share_root.join(".sharelink/displaced/data");
     assert!(
@@ -368,13 +375,13 @@ fn check_finished(s: Scenario, case: &Case, what: &str) {
         entries_containing(&case.merged, "sharelink-link").is_empty(),
         "{what}: temporary symlink left"
     );
-    // A run killed after its last step that needs the lock (pruning,
-    // making the symlink) leaves its lock; the finishing run does not need
-    // it but clears it, since its owner is dead: no lock may be left.
-    let locks = case.share_root.join(".sharelink/locks");
-    let left = entries_containing(&locks, "");
+    assert!(
+        entries_containing(&case.merged, "sharelink-committed").is_empty(),
+        "{what}: marker left"
+    );
+    let left = entries_containing(&case.share_root.join(".sharelink/locks"), "");
     assert!(left.is_empty(), "{what}: locks left behind: {left:?}");
-    let o = case.run(&["status"], None);
+    let o = case.run(&["status"], &[]);
     assert_eq!(code(&o), 0, "{what}: status: {}", stdout(&o));
 }
 
@@ -386,57 +393,44 @@ fn sweep(test: &str, s: Scenario) {
     let (work, shares) = (root.path().join("work"), root.path().join("shares"));
     mount_tmpfs(&work, "512m");
     mount_tmpfs(&shares, "512m");
-    let want: BTreeSet<&str> = reachable(s).iter().copied().collect();
-    let mut hit = BTreeSet::new();
-    let (mut n, mut cases) = (0, 0);
-    for &name in FAILPOINTS {
-        n += 1;
-        let probe = setup(&work, &shares, n, s, 40, true);
-        let count = hits(s, &probe, name);
-        umount(&probe.merged);
-        // First, middle and last hit, then one past the last (must finish).
-        let mut nths: Vec<usize> = vec![1, count.div_ceil(2), count, count + 1];
+    let counts = hit_counts(&work, &shares, 0, s, 40);
+    let reached: BTreeSet<&str> = counts.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        reached,
+        reachable(s),
+        "{s:?}: failpoints reached differ from the expected ones"
+    );
+    for name in &reached {
+        assert!(
+            FAILPOINTS.contains(name),
+            "{name} is not listed in FAILPOINTS"
+        );
+    }
+    let (mut n, mut cases) = (1, 0);
+    for (name, &count) in &counts {
+        let mut nths = vec![1, count.div_ceil(2), count];
         nths.dedup();
         for nth in nths {
             n += 1;
             cases += 1;
-            let case = setup(&work, &shares, n, s, 40, true);
+            let case = setup(&work, &shares, n, s, 40);
             let fp = format!("{name}:{nth}");
             let what = format!("{s:?} {fp}");
-            let o = case.run(&["link"], Some(&fp));
-            let killed = stderr(&o).contains(&format!("failpoint {name} hit"));
-            if nth == 1 && want.contains(name) && code(&o) == 0 && !killed {
-                panic!(
-                    "{what}: the binary ignored SHARELINK_FAILPOINT; it was built without \
-                     the hooks. Run `cargo test --features failpoints`"
-                );
-            }
-            if killed {
-                assert_eq!(code(&o), 137, "{what}: {}", stderr(&o));
-                assert!(
-                    nth <= count,
-                    "{what}: hit more often than the {count} expected"
-                );
-                hit.insert(name);
-                check_after_crash(s, &case, &what);
-                let again = case.run(&["link"], None);
-                assert_eq!(code(&again), 0, "{what}: rerun: {}", stderr(&again));
-            } else {
-                assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
-                assert!(
-                    nth > count || !want.contains(name),
-                    "{what}: expected to be hit {count} times"
-                );
-            }
+            let o = case.run(&["link"], &[("SHARELINK_FAILPOINT", &fp)]);
+            assert!(
+                stderr(&o).contains(&format!("failpoint {name} hit")),
+                "{what}: not hit: {}",
+                stderr(&o)
+            );
+            assert_eq!(code(&o), 137, "{what}: {}", stderr(&o));
+            check_after_crash(s, &case, &what);
+            let again = case.run(&["link"], &[]);
+            assert_eq!(code(&again), 0, "{what}: rerun: {}", stderr(&again));
             check_finished(s, &case, &what);
             umount(&case.merged);
         }
     }
-    assert_eq!(
-        hit, want,
-        "{s:?}: failpoints reached differ from the expected ones"
-    );
-    eprintln!("{s:?}: {cases} cases over {} failpoints", hit.len());
+    eprintln!("{s:?}: {cases} cases over {} failpoints", counts.len());
 }
 
 #[test]
@@ -448,9 +442,9 @@ fn crash_anywhere_into_empty_share_then_rerun_completes() {
 }
 
 #[test]
-fn crash_anywhere_while_displacing_then_rerun_completes() {
+fn crash_anywhere_while_setting_aside_then_rerun_completes() {
     sweep(
-        "crash_anywhere_while_displacing_then_rerun_completes",
+        "crash_anywhere_while_setting_aside_then_rerun_completes",
         Scenario::KeepShare,
     );
 }
@@ -463,65 +457,105 @@ fn crash_anywhere_while_merging_then_rerun_completes() {
     );
 }
 
-/// The parallel copy and delete (several threads once a tree has enough
-/// files): hit counts vary from run to run, so crash at early hits of the
-/// walk and of the threaded phase, and require that some of those kills
-/// landed in the threaded phase.
+/// Files of the staging tree with their inodes.
+fn staged_inodes(case: &Case) -> BTreeMap<PathBuf, u64> {
+    let tree = case.staging().join("tree");
+    snapshot(&tree)
+        .into_iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(p, _)| {
+            let ino = fs::metadata(tree.join(&p)).unwrap().ino();
+            (p, ino)
+        })
+        .collect()
+}
+
+/// A copy killed after its files were made durable is not done again: the
+/// next run keeps the very same staged files (same inodes) and says so.
 #[test]
-fn crash_during_parallel_copy_and_delete_then_rerun_completes() {
-    if !in_private_mount_ns("crash_during_parallel_copy_and_delete_then_rerun_completes") {
+fn killed_copy_resumes_instead_of_starting_over() {
+    if !in_private_mount_ns("killed_copy_resumes_instead_of_starting_over") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
     let (work, shares) = (root.path().join("work"), root.path().join("shares"));
     mount_tmpfs(&work, "512m");
     mount_tmpfs(&shares, "512m");
-    let s = Scenario::IntoEmpty;
-    let files = 300;
-    let probe = setup(&work, &shares, 0, s, files, false);
-    // Ticks of the single-threaded walk before the files are copied:
-    // one per directory and symlink.
-    let walk = probe
+    let case = setup(&work, &shares, 0, Scenario::IntoEmpty, 120);
+    let o = case.run(&["link"], &[("SHARELINK_FAILPOINT", "staging.synced")]);
+    assert_eq!(code(&o), 137, "{}", stderr(&o));
+    let staged = staged_inodes(&case);
+    let files = case
         .orig
         .values()
-        .filter(|n| !matches!(n, Node::File { .. }))
-        .count()
-        + 1;
-    umount(&probe.merged);
-    let mut n = 0;
-    for (name, nths, threaded_from) in [
-        (
-            "staging.file",
-            vec![1, walk + 1, walk + 5, walk + 40],
-            walk + 1,
-        ),
-        ("prune.entry", vec![1, 5, 40], 1),
-    ] {
-        let mut threaded_kills = 0;
-        for nth in nths {
-            n += 1;
-            let case = setup(&work, &shares, n, s, files, false);
-            let fp = format!("{name}:{nth}");
-            let what = format!("parallel {fp}");
-            let o = case.run(&["link"], Some(&fp));
-            if code(&o) == 137 {
-                assert!(stderr(&o).contains("failpoint"), "{what}: {}", stderr(&o));
-                if nth >= threaded_from {
-                    threaded_kills += 1;
-                }
-                check_after_crash(s, &case, &what);
-                let again = case.run(&["link"], None);
-                assert_eq!(code(&again), 0, "{what}: rerun: {}", stderr(&again));
-            } else {
-                assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
-                assert!(nth > 1, "{what}: first hit must kill");
-            }
-            check_finished(s, &case, &what);
-            umount(&case.merged);
-        }
-        assert!(
-            threaded_kills > 0,
-            "{name}: no crash landed in the threaded phase"
-        );
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count();
+    // One name of the hard-linked pair is a link, not a copy.
+    assert_eq!(staged.len(), files, "{staged:?}");
+    let o = case.run(&["link"], &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("resuming an interrupted copy"), "{err}");
+    assert!(
+        err.contains(&format!("({} files", files - 1)),
+        "resumed count: {err}"
+    );
+    for (p, ino) in &staged {
+        let now = fs::metadata(case.target().join(p)).unwrap().ino();
+        assert_eq!(now, *ino, "{} was copied again", p.display());
     }
+    check_finished(Scenario::IntoEmpty, &case, "resumed");
+    umount(&case.merged);
+}
+
+/// What a startup probe that is too short does: kill the migration again
+/// and again. Every attempt keeps what the previous ones copied, so the
+/// migration finishes.
+#[test]
+fn repeatedly_killed_migration_still_finishes() {
+    if !in_private_mount_ns("repeatedly_killed_migration_still_finishes") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (work, shares) = (root.path().join("work"), root.path().join("shares"));
+    mount_tmpfs(&work, "512m");
+    mount_tmpfs(&shares, "512m");
+    let case = setup(&work, &shares, 0, Scenario::IntoEmpty, 1500);
+    let files = case
+        .orig
+        .values()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count();
+    let mut journaled = Vec::new();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(
+            attempts <= 20,
+            "no end after {attempts} attempts: {journaled:?}"
+        );
+        // Killed right after its second batch of files became durable.
+        let o = case.run(&["link"], &[("SHARELINK_FAILPOINT", "staging.journal:2")]);
+        if code(&o) == 0 {
+            break;
+        }
+        assert_eq!(code(&o), 137, "{}", stderr(&o));
+        check_after_crash(Scenario::IntoEmpty, &case, &format!("attempt {attempts}"));
+        let journal = fs::read_to_string(case.staging().join("journal")).unwrap_or_default();
+        let n = journal.lines().filter(|l| l.starts_with("F ")).count();
+        assert!(
+            journaled.last().is_none_or(|&last| n > last),
+            "no progress: {journaled:?} then {n}"
+        );
+        journaled.push(n);
+    }
+    assert!(
+        attempts > 2,
+        "the migration was not interrupted: {attempts}"
+    );
+    check_finished(Scenario::IntoEmpty, &case, "after repeated kills");
+    eprintln!(
+        "{files} files: finished on attempt {attempts}, durable after each kill: {journaled:?}"
+    );
+    umount(&case.merged);
 }

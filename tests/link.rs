@@ -279,7 +279,7 @@ fn overlapping_trees(app: &Path, share: &Path) {
 }
 
 #[test]
-fn if_empty_keeps_the_share_and_displaces_app_only_files() {
+fn if_empty_keeps_the_share_and_sets_aside_what_differs_or_is_app_only() {
     let sb = Sandbox::new("\"m/data\" = \"data\"");
     let (app, target) = (sb.app.join("m/data"), sb.share.join("data"));
     overlapping_trees(&app, &target);
@@ -304,14 +304,23 @@ fn if_empty_keeps_the_share_and_displaces_app_only_files() {
         err.contains(&*stamps[0].to_string_lossy()),
         "warning names the place: {err}"
     );
-    // Exactly the app-side entries whose paths the share lacks.
+    // Exactly the app-side entries that the share lacks or holds with
+    // other content (`both`, `sub/both`) or another type (`clash`).
     let displaced = snapshot(&stamps[0]);
     let want: std::collections::BTreeMap<_, _> = app_before
         .iter()
         .filter(|(p, _)| {
-            ["app_only", "sub/app_only", "newdir", "link_only", "clash"]
-                .iter()
-                .any(|top| p.starts_with(top))
+            [
+                "app_only",
+                "sub/app_only",
+                "newdir",
+                "link_only",
+                "clash",
+                "both",
+                "sub/both",
+            ]
+            .iter()
+            .any(|top| p.starts_with(top))
         })
         .map(|(p, n)| (p.clone(), n.clone()))
         .collect();
@@ -358,14 +367,17 @@ fn merge_copies_app_only_files_in_without_overwriting() {
         fs::read_to_string(target.join("sub/both")).unwrap(),
         "share sub"
     );
-    // An app file where the share has a directory cannot be merged: it is
-    // kept aside, not dropped.
+    // What cannot be merged (an app file where the share has a directory,
+    // files whose content differs) is kept aside, not dropped.
     let stamps = displaced_stamps(&sb, "data");
     assert_eq!(stamps.len(), 1, "{stamps:?}");
-    assert_eq!(
-        fs::read_to_string(stamps[0].join("clash")).unwrap(),
-        "app file where the share has a dir"
-    );
+    for (p, want) in [
+        ("clash", "app file where the share has a dir"),
+        ("both", "app version"),
+        ("sub/both", "app sub"),
+    ] {
+        assert_eq!(fs::read_to_string(stamps[0].join(p)).unwrap(), want, "{p}");
+    }
     assert_eq!(after.len(), share_before.len() + 7);
     assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
     expect_code(&sb.run(["status"]), 0);
@@ -747,23 +759,31 @@ fn share_refusing_chmod_and_chown_warns_once_per_link() {
     let o = sb.run(["link"]);
     expect_code(&o, 0);
     let err = stderr(&o);
-    let refusals: Vec<_> = err
+    // One warning per migrated link and kind of loss: owners and modes.
+    let mut refusals: Vec<(String, String)> = err
         .lines()
-        .filter(|l| l.contains("refused chmod"))
+        .filter(|l| l.contains("WARN") && l.contains("the share refused"))
+        .map(|l| {
+            let field = |k: &str| {
+                l.split(' ')
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (field("link"), field("kind"))
+        })
         .collect();
-    assert_eq!(refusals.len(), 2, "one warning per migrated link:\n{err}");
-    for l in ["one", "two"] {
-        let target = sb.share.join(l);
-        assert_eq!(
-            refusals
-                .iter()
-                .filter(|r| r.contains(&format!("{}\"", target.display()))
-                    || r.ends_with(&*target.to_string_lossy()))
-                .count(),
-            1,
-            "{l}:\n{err}"
-        );
-    }
+    refusals.sort();
+    let want: Vec<(String, String)> = [
+        ("one", "modes"),
+        ("one", "owners"),
+        ("two", "modes"),
+        ("two", "owners"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(refusals, want, "{err}");
     assert!(!err.contains("ERROR"), "{err}");
     assert_eq!(
         without_modes(&without_dirs(snapshot(&sb.share.join("one")), &["in"])),
@@ -847,8 +867,8 @@ fn read_only_share_exits_73_and_touches_nothing() {
 }
 
 #[test]
-fn full_share_exits_73_keeps_the_original_and_completes_once_grown() {
-    if !in_private_mount_ns("full_share_exits_73_keeps_the_original_and_completes_once_grown") {
+fn share_too_small_exits_73_before_copying_and_completes_once_grown() {
+    if !in_private_mount_ns("share_too_small_exits_73_before_copying_and_completes_once_grown") {
         return;
     }
     let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }");
@@ -862,14 +882,16 @@ fn full_share_exits_73_keeps_the_original_and_completes_once_grown() {
     sb.write_config(true, "\"data\" = { share = \"data\", dirs = [\"in\"] }");
     let o = sb.run(["link"]);
     expect_code(&o, 73);
-    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("free") && err.contains("Nothing was copied") && err.contains("data"),
+        "{err}"
+    );
     assert_eq!(snapshot(&baked), before, "original must be intact");
     assert!(lmeta(&baked).is_dir());
-    // Never a half-copied target: staging may be left, the target not.
-    assert!(
-        !sb.share.join("data").exists(),
-        "half-copied target is visible"
-    );
+    // Refused before copying: no target, no staging.
+    assert!(!sb.share.join("data").exists());
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
     let o = sb.run(["status"]);
     expect_code(&o, 1);
     // Room again: the next run finishes the job.
@@ -1261,4 +1283,21 @@ fn read_only_app_root_exits_73_before_copying_anything() {
     // Nothing was copied: the share holds no data, only sharelink's lock dir.
     assert!(!sb.share.join("data").exists());
     assert!(entries_containing(&sb.share, "data").is_empty());
+}
+
+#[test]
+fn empty_baked_dir_makes_the_share_target_with_its_owner_and_mode() {
+    let sb = Sandbox::new("\"out\" = \"out\"");
+    let app = sb.app.join("out");
+    fs::create_dir(&app).unwrap();
+    fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&app, Some(4321), Some(4322)).unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let target = sb.share.join("out");
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    let m = lmeta(&target);
+    assert!(m.is_dir());
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o750, 4321, 4322));
+    expect_code(&sb.run(["status"]), 0);
 }

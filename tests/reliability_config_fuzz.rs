@@ -197,6 +197,7 @@ fn overrides() -> impl Strategy<Value = Overrides> {
             app_root: a.map(PathBuf::from),
             share_root: s.map(PathBuf::from),
             require_mount: r,
+            parallelism: None,
         })
 }
 

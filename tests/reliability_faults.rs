@@ -49,10 +49,43 @@ fn full_share_mid_migration_then_space_freed() {
         })
         .sum();
     let share = tmp.path().join("share");
-    // Room for about a third of the data: the copy fails mid-way.
-    common::mount_tmpfs(&share, &format!("{}k", bytes / 3 / 1024));
+    common::mount_tmpfs(&share, "256m");
     let cfg = write_cfg(tmp.path(), &app_root, &share, "", "\"data\" = \"data\"");
-    let o = rel_support::sharelink(&cfg).arg("link").output().unwrap();
+    // The share has room when the copy starts; something else fills it
+    // while sharelink is a third of the way through (it is stopped at that
+    // point, the share filled, then it goes on).
+    let child = rel_support::sharelink(&cfg)
+        .arg("link")
+        .env("SHARELINK_PARALLELISM", "1")
+        .env(
+            "SHARELINK_FAILPOINT",
+            format!("staging.file:{}:stop", tree.len() / 6),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    common::wait_for(
+        "sharelink to stop at the failpoint",
+        std::time::Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('T')
+                })
+                .unwrap_or(false)
+        },
+    );
+    common::sh(&format!(
+        "dd if=/dev/zero of='{}/filler' bs=1M 2>/dev/null; true",
+        share.display()
+    ));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let o = child.wait_with_output().unwrap();
     expect(&o, 73);
     assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
     // Original intact, nothing half-copied visible at the target.
@@ -60,12 +93,12 @@ fn full_share_mid_migration_then_space_freed() {
     assert!(!share.join("data").exists());
     // The partial copy is gone: a failed run does not leave the share full
     // for everyone else.
+    fs::remove_file(share.join("filler")).unwrap();
     assert_eq!(
         rel_support::leftovers(&app_root, &share),
         Vec::<String>::new()
     );
     // Space freed: the rerun completes.
-    common::sh(&format!("mount -o remount,size=256m '{}'", share.display()));
     let o = rel_support::sharelink(&cfg).arg("link").output().unwrap();
     expect(&o, 0);
     assert_eq!(rel_support::load_tree(&share.join("data")), tree);
@@ -78,7 +111,7 @@ fn full_share_mid_migration_then_space_freed() {
         Vec::<String>::new()
     );
     rel_support::report(&format!(
-        "full share: migration of {} entries ({bytes} bytes) into a share with room for a third: exit 73, original intact, target not visible; after remount with space: exit 0, all {} entries equal",
+        "full share: migration of {} entries ({bytes} bytes) into a share that another writer fills a sixth of the way through: exit 73, original intact, target not visible, partial copy removed; after space is freed: exit 0, all {} entries equal",
         tree.len(),
         tree.len()
     ));
@@ -265,11 +298,26 @@ fn smb_like_share_refusing_chmod_and_chown_warns_once_per_link() {
     let err = stderr(&o);
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("WARN")).collect();
     let refused: Vec<&&str> = warnings.iter().filter(|l| l.contains("refused")).collect();
-    // Exactly one per migrated link, and no other warnings.
-    assert_eq!(refused.len(), 2, "{err}");
-    assert_eq!(warnings.len(), 2, "{err}");
-    assert!(refused.iter().any(|l| l.contains("/share/data")), "{err}");
-    assert!(refused.iter().any(|l| l.contains("/share/cache")), "{err}");
+    // Exactly one per migrated link and kind (owners, modes), and no other
+    // warnings.
+    assert_eq!(refused.len(), 4, "{err}");
+    assert_eq!(warnings.len(), 4, "{err}");
+    for (share, kind) in [
+        ("data", "owners"),
+        ("data", "modes"),
+        ("cache", "owners"),
+        ("cache", "modes"),
+    ] {
+        assert_eq!(
+            refused
+                .iter()
+                .filter(|l| l.contains(&format!("/share/{share} "))
+                    && l.contains(&format!("kind={kind}")))
+                .count(),
+            1,
+            "{share} {kind}: {err}"
+        );
+    }
     let mut got = rel_support::load_tree(&share.join("data"));
     assert_eq!(got.remove(Path::new("in")), Some(rel_support::Entry::Dir));
     let (m, c, x, msgs) = rel_support::diff(&data, &got, false, 5);

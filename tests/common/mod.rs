@@ -191,8 +191,29 @@ pub fn expect_code(o: &Output, want: i32) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Dir,
-    File { hash: u64, len: u64, mode: u32 },
+    File {
+        hash: u64,
+        len: u64,
+        mode: u32,
+    },
     Symlink(PathBuf),
+    /// A FIFO, socket or device node, by kind.
+    Special(&'static str),
+}
+
+impl Node {
+    /// Same content: bytes for files (modes aside), target for symlinks.
+    pub fn same_content(&self, other: &Node) -> bool {
+        match (self, other) {
+            (
+                Node::File { hash, len, .. },
+                Node::File {
+                    hash: h, len: l, ..
+                },
+            ) => hash == h && len == l,
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// Every entry below `root` (relative path → node), never following
@@ -208,11 +229,19 @@ fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Node>) {
         let e = e.unwrap();
         let r = rel.join(e.file_name());
         let m = fs::symlink_metadata(e.path()).unwrap();
-        let node = if m.file_type().is_symlink() {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = m.file_type();
+        let node = if ft.is_symlink() {
             Node::Symlink(fs::read_link(e.path()).unwrap())
         } else if m.is_dir() {
             walk(root, &r, out);
             Node::Dir
+        } else if ft.is_fifo() {
+            Node::Special("fifo")
+        } else if ft.is_socket() {
+            Node::Special("socket")
+        } else if ft.is_char_device() || ft.is_block_device() {
+            Node::Special("device")
         } else {
             let mut h: u64 = 0xcbf29ce484222325;
             let mut buf = vec![0u8; 1 << 16];

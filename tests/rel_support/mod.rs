@@ -172,7 +172,9 @@ pub fn leftovers(app_root: &Path, share_root: &Path) -> Vec<String> {
     }
     walk_names(app_root, &mut |p, name| {
         if name.starts_with('.')
-            && (name.contains(".sharelink-link.") || name.ends_with(".sharelink-staging"))
+            && (name.contains(".sharelink-link.")
+                || name.ends_with(".sharelink-staging")
+                || name.ends_with(".sharelink-committed"))
         {
             found.push(p.display().to_string());
         }

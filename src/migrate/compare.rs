@@ -1,0 +1,360 @@
+//! Comparing the app tree with what the share already holds, entry by entry
+//! and by content: regular files by their bytes, symlinks by their target,
+//! special files by kind and device. Nothing here writes.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::inventory::{Inventory, Ix};
+use super::Ctx;
+use crate::error::{Error, Result};
+use crate::fs::content;
+use crate::fs::dir::Dir;
+use crate::fs::meta::{Identity, Kind, Meta, Time};
+use crate::fs::pool::{self, Queue};
+
+/// How one app entry relates to the share's entry at the same path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same content on both sides; `app` is the app entry as compared
+    /// (settled, and unchanged while compared).
+    Same { app: Identity },
+    /// Same content, but the app entry was changing around the comparison:
+    /// look again later.
+    Unsettled,
+    /// Only the app side has it (a directory: its whole subtree).
+    AppOnly,
+    /// Both sides have it with different content or type. `share` is the
+    /// share file's identity, to recognise a copy sharelink itself made.
+    Differs { share: Option<Identity> },
+    /// A directory on both sides: its entries have verdicts of their own.
+    BothDirs,
+    /// The app entry is no longer what the walk saw.
+    Changed,
+}
+
+enum Job {
+    Dirs {
+        ix: Ix,
+        app: Arc<Dir>,
+        share: Arc<Dir>,
+    },
+    Leaf {
+        ix: Ix,
+        kind: Kind,
+        app: Arc<Dir>,
+        share: Arc<Dir>,
+    },
+}
+
+/// Verdicts for every entry below `root` (the app directory against the
+/// share directory `share`). Entries under an `AppOnly` or `Differs`
+/// directory get none: their subtree goes as a whole.
+pub fn compare(
+    inv: &Inventory,
+    app: &Dir,
+    share: &Dir,
+    share_path: &Path,
+    ctx: &mut Ctx<'_>,
+) -> Result<Vec<Option<Verdict>>> {
+    let out: Vec<Mutex<Option<Verdict>>> =
+        (0..inv.entries.len()).map(|_| Mutex::new(None)).collect();
+    let app_path = ctx.app_path.clone();
+    let w = Walk {
+        inv,
+        out: &out,
+        app_path: &app_path,
+        share_path,
+    };
+    let start = vec![Job::Dirs {
+        ix: 0,
+        app: Arc::new(
+            app.try_clone()
+                .map_err(|e| Error::io("open", &app_path, e))?,
+        ),
+        share: Arc::new(
+            share
+                .try_clone()
+                .map_err(|e| Error::io("open", share_path, e))?,
+        ),
+    }];
+    let threads = ctx.threads;
+    let mut beat = || ctx.beat();
+    pool::run(threads, start, |job, q| w.run(job, q), &mut beat)?;
+    Ok(out
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect())
+}
+
+struct Walk<'a> {
+    inv: &'a Inventory,
+    out: &'a [Mutex<Option<Verdict>>],
+    app_path: &'a Path,
+    share_path: &'a Path,
+}
+
+impl Walk<'_> {
+    fn set(&self, ix: Ix, v: Verdict) {
+        *self.out[ix as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    fn app(&self, ix: Ix) -> std::path::PathBuf {
+        self.inv.path(self.app_path, ix)
+    }
+
+    fn share(&self, ix: Ix) -> std::path::PathBuf {
+        self.inv.path(self.share_path, ix)
+    }
+
+    fn run(&self, job: Job, q: &Queue<Job>) -> Result<()> {
+        match job {
+            Job::Dirs { ix, app, share } => self.dirs(ix, &app, &share, q),
+            Job::Leaf {
+                ix,
+                kind,
+                app,
+                share,
+            } => {
+                let v = self.leaf(ix, kind, &app, &share, &q.stop)?;
+                self.set(ix, v);
+                Ok(())
+            }
+        }
+    }
+
+    fn dirs(&self, ix: Ix, app: &Arc<Dir>, share: &Arc<Dir>, q: &Queue<Job>) -> Result<()> {
+        self.set(ix, Verdict::BothDirs);
+        let listing = share
+            .list()
+            .map_err(|e| Error::io("read directory", &self.share(ix), e))?;
+        let on_share: std::collections::HashMap<OsString, Option<Kind>> =
+            listing.into_iter().collect();
+        for c in self.inv.children(ix) {
+            let e = self.inv.get(c);
+            if e.changed {
+                self.set(c, Verdict::Changed);
+                continue;
+            }
+            let kind = match on_share.get(&e.name) {
+                None => {
+                    self.set(c, Verdict::AppOnly);
+                    continue;
+                }
+                Some(Some(k)) => *k,
+                Some(None) => match share.stat_at(&e.name) {
+                    Ok(Some(m)) => m.kind,
+                    Ok(None) => {
+                        self.set(c, Verdict::AppOnly);
+                        continue;
+                    }
+                    Err(err) => return Err(Error::io("inspect", &self.share(c), err)),
+                },
+            };
+            if kind != e.meta.kind {
+                self.set(c, Verdict::Differs { share: None });
+                continue;
+            }
+            if kind == Kind::Dir {
+                let a = match app.open_dir(&e.name) {
+                    Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => d,
+                    Ok(_) => {
+                        self.set(c, Verdict::Changed);
+                        continue;
+                    }
+                    Err(err) if gone(&err) => {
+                        self.set(c, Verdict::Changed);
+                        continue;
+                    }
+                    Err(err) => return Err(Error::io("open directory", &self.app(c), err)),
+                };
+                let s = match share.open_dir(&e.name) {
+                    Ok(d) => d,
+                    // Replaced meanwhile by a non-directory.
+                    Err(err) if gone(&err) => {
+                        self.set(c, Verdict::Differs { share: None });
+                        continue;
+                    }
+                    Err(err) => return Err(Error::io("open directory", &self.share(c), err)),
+                };
+                q.push(Job::Dirs {
+                    ix: c,
+                    app: Arc::new(a),
+                    share: Arc::new(s),
+                });
+            } else {
+                q.push(Job::Leaf {
+                    ix: c,
+                    kind,
+                    app: app.clone(),
+                    share: share.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn leaf(
+        &self,
+        ix: Ix,
+        kind: Kind,
+        app: &Dir,
+        share: &Dir,
+        stop: &AtomicBool,
+    ) -> Result<Verdict> {
+        let e = self.inv.get(ix);
+        let seen = Time::now();
+        match kind {
+            Kind::File => {
+                let a = match app.open_read(&e.name) {
+                    Ok(f) => f,
+                    Err(err) if gone(&err) => return Ok(Verdict::Changed),
+                    Err(err) => return Err(Error::io("open", &self.app(ix), err)),
+                };
+                let before = fstat(&a).map_err(|err| Error::io("inspect", &self.app(ix), err))?;
+                if before.kind != Kind::File || before.id.ino != e.meta.id.ino {
+                    return Ok(Verdict::Changed);
+                }
+                let s = match share.open_read(&e.name) {
+                    Ok(f) => f,
+                    Err(err) if gone(&err) || err.raw_os_error() == Some(libc::ENXIO) => {
+                        return Ok(Verdict::Differs { share: None })
+                    }
+                    Err(err) => return Err(Error::io("open", &self.share(ix), err)),
+                };
+                let sm = fstat(&s).map_err(|err| Error::io("inspect", &self.share(ix), err))?;
+                if sm.kind != Kind::File {
+                    return Ok(Verdict::Differs { share: None });
+                }
+                let same = sm.id.size == before.id.size
+                    && content::equal(&a, &s, before.id.size, stop)
+                        .map_err(|err| Error::io("compare with", &self.share(ix), err))?;
+                if !same {
+                    return Ok(Verdict::Differs { share: Some(sm.id) });
+                }
+                let after = fstat(&a).map_err(|err| Error::io("inspect", &self.app(ix), err))?;
+                Ok(settled(before, after, seen))
+            }
+            Kind::Symlink => {
+                let Some(before) = stat(app, &e.name, &self.app(ix))? else {
+                    return Ok(Verdict::Changed);
+                };
+                if before.id.ino != e.meta.id.ino {
+                    return Ok(Verdict::Changed);
+                }
+                let a = app.read_link(&e.name);
+                let s = share.read_link(&e.name);
+                match (a, s) {
+                    (Ok(a), Ok(s)) if a == s => {}
+                    (Ok(_), _) => return Ok(Verdict::Differs { share: None }),
+                    (Err(err), _) if gone(&err) => return Ok(Verdict::Changed),
+                    (Err(err), _) => return Err(Error::io("read symlink", &self.app(ix), err)),
+                }
+                let Some(after) = stat(app, &e.name, &self.app(ix))? else {
+                    return Ok(Verdict::Changed);
+                };
+                Ok(settled(before, after, seen))
+            }
+            _ => {
+                let Some(before) = stat(app, &e.name, &self.app(ix))? else {
+                    return Ok(Verdict::Changed);
+                };
+                if before.id.ino != e.meta.id.ino || before.kind != kind {
+                    return Ok(Verdict::Changed);
+                }
+                match stat(share, &e.name, &self.share(ix))? {
+                    Some(s) if s.kind == kind && s.rdev == before.rdev => {}
+                    _ => return Ok(Verdict::Differs { share: None }),
+                }
+                Ok(settled(before, before, seen))
+            }
+        }
+    }
+}
+
+fn settled(before: Meta, after: Meta, seen: Time) -> Verdict {
+    if after.id == before.id && before.settled(seen, super::SETTLE_NS) {
+        Verdict::Same { app: before.id }
+    } else {
+        Verdict::Unsettled
+    }
+}
+
+fn stat(dir: &Dir, name: &std::ffi::OsStr, path: &Path) -> Result<Option<Meta>> {
+    dir.stat_at(name).map_err(|e| Error::io("inspect", path, e))
+}
+
+fn gone(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+    )
+}
+
+fn fstat(f: &std::fs::File) -> std::io::Result<Meta> {
+    nix::sys::stat::fstat(f)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(std::io::Error::from)
+}
+
+/// Whether the app entry `ix` (`app` is the app directory) has a
+/// byte-identical copy at the same relative path under `copy` (a displaced
+/// copy set aside earlier): `Same` when it has and the app entry was
+/// settled and unchanged while compared, `Unsettled` when the content
+/// matched but the entry was changing, `None` when there is no such copy.
+pub fn already_kept(
+    inv: &Inventory,
+    ix: Ix,
+    app: &Dir,
+    copy: &Dir,
+    stop: &AtomicBool,
+) -> std::io::Result<Option<Verdict>> {
+    let e = inv.get(ix);
+    let rel = inv.rel(ix);
+    let parent_rel = rel.parent().unwrap_or(Path::new(""));
+    let parent = match crate::fs::tree::open_beneath(copy, parent_rel) {
+        Ok(d) => d,
+        Err(err) if gone(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let app = match crate::fs::tree::open_beneath(app, parent_rel) {
+        Ok(d) => d,
+        Err(err) if gone(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let seen = Time::now();
+    let Some(kept) = parent.stat_at(&e.name)? else {
+        return Ok(None);
+    };
+    if kept.kind != e.meta.kind {
+        return Ok(None);
+    }
+    let before = match app.stat_at(&e.name)? {
+        Some(m) if m.id.ino == e.meta.id.ino && m.kind == e.meta.kind => m,
+        _ => return Ok(None),
+    };
+    let same = match e.meta.kind {
+        Kind::File => {
+            if kept.id.size != before.id.size {
+                return Ok(None);
+            }
+            let a = app.open_read(&e.name)?;
+            let k = parent.open_read(&e.name)?;
+            content::equal(&a, &k, before.id.size, stop)?
+        }
+        Kind::Symlink => app.read_link(&e.name)? == parent.read_link(&e.name)?,
+        Kind::Dir => true,
+        _ => kept.rdev == before.rdev,
+    };
+    if !same {
+        return Ok(None);
+    }
+    Ok(match app.stat_at(&e.name)? {
+        Some(after) => Some(settled(before, after, seen)),
+        None => Some(Verdict::Changed),
+    })
+}

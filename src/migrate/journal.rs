@@ -1,0 +1,232 @@
+//! The staging journal: which files of a staging tree are complete.
+//!
+//! A line is appended for a batch of files only after a `syncfs` made
+//! their bytes durable. It names the app file's identity when it was copied
+//! and the staged file's inode, so a later run (after a crash, or on
+//! another replica) reuses a staged file only if the app file is still
+//! that version and the staged name still holds the inode that was
+//! completed. A torn last line (a crash while appending) is ignored.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::fs::dir::Dir;
+use crate::fs::meta::{Identity, Time};
+use crate::fs::names::fnv1a;
+
+pub const NAME: &str = "journal";
+const HEADER: &[u8] = b"sharelink staging journal v1\n";
+
+/// One completed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// The app file as it was when copied.
+    pub app: Identity,
+    /// The staged copy's inode.
+    pub staged_ino: u64,
+}
+
+pub struct Journal {
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// Open (creating) the journal in the staging directory.
+    pub fn open(staging: &Dir) -> io::Result<Journal> {
+        let mut file = staging.open_append(OsStr::new(NAME))?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            file.write_all(HEADER)?;
+        } else {
+            // After a torn last line, start a fresh one.
+            let mut last = [0u8; 1];
+            let r = staging.open_read(OsStr::new(NAME))?;
+            if std::os::unix::fs::FileExt::read_at(&r, &mut last, len - 1)? == 1 && last[0] != b'\n'
+            {
+                file.write_all(b"\n")?;
+            }
+        }
+        Ok(Journal { file })
+    }
+
+    /// Append records for a batch of files whose bytes are durable.
+    pub fn append(&mut self, recs: &[(PathBuf, Record)]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(recs.len() * 96);
+        for (rel, r) in recs {
+            encode(&mut buf, rel, r);
+        }
+        self.file.write_all(&buf)
+    }
+
+    /// What a journal says was completed (nothing when there is none).
+    pub fn load(staging: &Dir) -> io::Result<HashMap<PathBuf, Record>> {
+        let mut text = Vec::new();
+        match staging.open_read(OsStr::new(NAME)) {
+            Ok(mut f) => {
+                f.read_to_end(&mut text)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(HashMap::new()),
+            Err(e) => return Err(e),
+        }
+        Ok(parse(&text))
+    }
+}
+
+/// `F <checksum> <fields…> <escaped path>\n`: the checksum covers the rest
+/// of the line, so a line cut short by a crash is never taken for a
+/// shorter path.
+fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
+    let id = &r.app;
+    let mut body = format!(
+        "{} {} {}.{} {}.{} {} ",
+        id.ino, id.size, id.mtime.sec, id.mtime.nsec, id.ctime.sec, id.ctime.nsec, r.staged_ino
+    )
+    .into_bytes();
+    for &b in rel.as_os_str().as_bytes() {
+        match b {
+            b'\\' => body.extend_from_slice(b"\\\\"),
+            0..=0x1f | 0x7f => body.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => body.push(b),
+        }
+    }
+    buf.extend_from_slice(format!("F {:016x} ", fnv1a(&body)).as_bytes());
+    buf.extend_from_slice(&body);
+    buf.push(b'\n');
+}
+
+fn parse(text: &[u8]) -> HashMap<PathBuf, Record> {
+    let mut out = HashMap::new();
+    let body = text.strip_prefix(HEADER).unwrap_or(&[]);
+    // Only complete lines: the last one may be torn.
+    let complete = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &body[..i],
+        None => return out,
+    };
+    for line in complete.split(|&b| b == b'\n') {
+        if let Some((rel, rec)) = parse_line(line) {
+            out.insert(rel, rec);
+        }
+    }
+    out
+}
+
+fn parse_line(line: &[u8]) -> Option<(PathBuf, Record)> {
+    let rest = line.strip_prefix(b"F ")?;
+    let (sum, body) = (rest.get(..16)?, rest.get(17..)?);
+    if std::str::from_utf8(sum).ok()? != format!("{:016x}", fnv1a(body)) {
+        return None;
+    }
+    let mut parts = body.splitn(6, |&b| b == b' ');
+    let num = |p: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(p?).ok()?.parse().ok() };
+    let time = |p: Option<&[u8]>| -> Option<Time> {
+        let s = std::str::from_utf8(p?).ok()?;
+        let (a, b) = s.split_once('.')?;
+        Some(Time {
+            sec: a.parse().ok()?,
+            nsec: b.parse().ok()?,
+        })
+    };
+    let ino = num(parts.next())?;
+    let size = num(parts.next())?;
+    let mtime = time(parts.next())?;
+    let ctime = time(parts.next())?;
+    let staged_ino = num(parts.next())?;
+    let rel = unescape(parts.next()?)?;
+    if rel.is_empty() {
+        return None;
+    }
+    Some((
+        PathBuf::from(OsStr::from_bytes(&rel)),
+        Record {
+            app: Identity {
+                ino,
+                size,
+                mtime,
+                ctime,
+            },
+            staged_ino,
+        },
+    ))
+}
+
+fn unescape(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' {
+            match s.get(i + 1)? {
+                b'\\' => {
+                    out.push(b'\\');
+                    i += 2;
+                }
+                b'x' => {
+                    let hex = std::str::from_utf8(s.get(i + 2..i + 4)?).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 4;
+                }
+                _ => return None,
+            }
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(n: u64) -> Record {
+        Record {
+            app: Identity {
+                ino: n,
+                size: n * 10,
+                mtime: Time { sec: 5, nsec: 6 },
+                ctime: Time { sec: -1, nsec: 999 },
+            },
+            staged_ino: n + 1,
+        }
+    }
+
+    #[test]
+    fn round_trips_odd_names_and_ignores_torn_lines() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let odd = PathBuf::from(OsStr::from_bytes(b"a b/new\nline\\x\xff\x7f end"));
+        let mut j = Journal::open(&d).unwrap();
+        j.append(&[(odd.clone(), rec(1)), ("plain/file".into(), rec(2))])
+            .unwrap();
+        drop(j);
+        // A crash mid-append leaves a torn line behind, which may look
+        // like a line for a shorter path.
+        let mut whole = Vec::new();
+        encode(&mut whole, Path::new("dir/file123"), &rec(9));
+        let mut f = d.open_append(OsStr::new(NAME)).unwrap();
+        f.write_all(&whole[..whole.len() - 3]).unwrap();
+        let m = Journal::load(&d).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&odd], rec(1));
+        assert_eq!(m[Path::new("plain/file")], rec(2));
+        // Reopening appends after what is there.
+        Journal::open(&d)
+            .unwrap()
+            .append(&[("x".into(), rec(3))])
+            .unwrap();
+        let m = Journal::load(&d).unwrap();
+        assert_eq!((m.len(), m[Path::new("x")]), (3, rec(3)));
+    }
+
+    #[test]
+    fn missing_journal_is_empty() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(Journal::load(&Dir::open(t.path()).unwrap())
+            .unwrap()
+            .is_empty());
+        assert!(parse(b"garbage").is_empty());
+    }
+}

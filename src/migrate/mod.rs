@@ -1,0 +1,1234 @@
+//! Moving a baked app directory into the share: nothing the app holds is
+//! ever lost.
+//!
+//! The app directory usually sits in an overlayfs image layer (renaming it
+//! gives EXDEV) and the share is another filesystem, so a move is a copy
+//! and a delete. The rules, each enforced here by construction:
+//!
+//! - Every app entry ends up whole in the share target or under
+//!   `.sharelink/displaced/`, or stays where it is. At every instant each
+//!   file exists whole in the app directory, in the share target, or in a
+//!   staging or displaced area that the next run finishes from; a share
+//!   target never shows a half-made copy (copies are staged beside it and
+//!   committed by rename).
+//! - An app entry is deleted only if a durable copy with the same content
+//!   exists (copied and synced by this migration, or found identical by
+//!   bytes) and the entry still has the identity (inode, size, mtime,
+//!   ctime) it had when that copy was made or compared ([`prune`]).
+//!   Entries that change or appear meanwhile are copied again in a later
+//!   pass; after a few passes the run stops with them in place.
+//! - An app entry whose content differs from what the share holds at its
+//!   path is set aside under `displaced/`, never dropped; in `merge` mode,
+//!   or for late arrivals of a migration this container committed itself,
+//!   entries the share lacks are copied in (never overwriting).
+//! - Copies are staged resumably ([`copy`]): a run killed part-way is
+//!   continued, not restarted, by the next.
+//!
+//! The states a link's migration can be in are recognisable on disk
+//! ([`Leftovers`]) and `status` reports them.
+
+pub mod compare;
+pub mod copy;
+pub mod inventory;
+pub mod journal;
+pub mod progress;
+pub mod prune;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, Link, MigrateMode, RESERVED_DIR};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::fs::attrs::{Fidelity, Loss};
+use crate::fs::dir::Dir;
+use crate::fs::meta::{Identity, Kind};
+use crate::fs::{names, pool, tree};
+use crate::lock::Lock;
+use crate::signals;
+
+use compare::Verdict;
+use copy::{Sel, Staging};
+use inventory::{Inventory, Ix, Totals};
+pub use progress::Progress;
+
+/// How long an entry must have been unchanged before its identity is
+/// trusted to tell versions apart: file timestamps come from a clock that
+/// ticks every few milliseconds, so a change within the same tick as a
+/// `stat` would not move them.
+pub const SETTLE_NS: i128 = 100_000_000;
+
+/// Passes over the app directory before giving up on entries that keep
+/// changing.
+const PASSES: usize = 6;
+
+/// Every failpoint name, in the order a migration reaches them; the
+/// fault-injection tests sweep these.
+pub const FAILPOINTS: &[&str] = &[
+    "lock.acquired",
+    "staging.created",
+    "staging.file",
+    "staging.journal",
+    "staging.synced",
+    "commit.renamed",
+    "commit.marked",
+    "commit.synced",
+    "merge.moved",
+    "displace.renamed",
+    "prune.entry",
+    "prune.done",
+    "swap.temp",
+];
+
+/// Suffixes of sharelink's own names beside the entries they belong to.
+pub const STAGING_SUFFIX: &str = "sharelink-staging";
+const MARKER_SUFFIX: &str = "sharelink-committed";
+
+/// What an interrupted migration of one link left behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// A staging directory beside the share target: a copy in progress.
+    pub staging: bool,
+    /// A `<stamp>.partial` under `displaced/`: a set-aside copy in progress.
+    pub displacing: bool,
+    /// This container committed its copy to the share and had not finished
+    /// emptying the app directory or making the symlink.
+    pub committed: bool,
+}
+
+impl Leftovers {
+    pub fn any(&self) -> bool {
+        self.staging || self.displacing || self.committed
+    }
+
+    /// For `status`: what the next run will finish.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.staging {
+            parts.push("a copy into the share was interrupted; the next run resumes it");
+        }
+        if self.displacing {
+            parts.push("setting conflicting files aside was interrupted; the next run resumes it");
+        }
+        if self.committed {
+            parts.push("the data is in the share; the next run finishes emptying the app directory and makes the symlink");
+        }
+        parts.join("; ")
+    }
+}
+
+/// Where the leftovers of `link`'s migration would be.
+pub struct Places {
+    pub staging: PathBuf,
+    pub marker: PathBuf,
+    /// `<share_root>/.sharelink/displaced/<app path>`, relative to the
+    /// share root.
+    pub displaced: PathBuf,
+}
+
+impl Places {
+    pub fn new(cfg: &Config, link: &Link) -> Places {
+        Places {
+            staging: names::sibling(&cfg.share_path(link), STAGING_SUFFIX, 0),
+            marker: names::sibling(&cfg.app_path(link), MARKER_SUFFIX, 0),
+            displaced: Path::new(RESERVED_DIR).join("displaced").join(&link.app),
+        }
+    }
+
+    /// Look for leftovers (a few `lstat`s; only asked when the app path is
+    /// still a directory or missing).
+    pub fn leftovers(&self, cfg: &Config) -> Leftovers {
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let displacing = matches!(
+            crate::fs::share::share_node(&cfg.share_root, &self.displaced, false),
+            Ok(crate::fs::share::ShareNode::Dir { .. })
+        ) && std::fs::read_dir(cfg.share_root.join(&self.displaced))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().as_encoded_bytes().ends_with(b".partial"))
+            })
+            .unwrap_or(false);
+        Leftovers {
+            staging: exists(&self.staging),
+            displacing,
+            committed: exists(&self.marker),
+        }
+    }
+}
+
+/// Remove the marker of a committed migration once the link is made.
+pub fn forget(cfg: &Config, link: &Link) {
+    let m = Places::new(cfg, link).marker;
+    match std::fs::remove_file(&m) {
+        Ok(()) => tracing::debug!(marker = %m.display(), "migration finished"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(marker = %m.display(), "could not remove: {e}"),
+    }
+}
+
+/// The lock's freshness as the workers see it: they make nothing new on
+/// the share unless the heartbeat confirmed the lock recently, so a run
+/// that was frozen past its lease (and may have lost the lock to another
+/// replica) stops before it touches anything.
+#[derive(Debug)]
+pub struct Fresh {
+    base: Instant,
+    last_ok_ms: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// How stale the last lock confirmation may be before workers wait.
+const FRESH_FOR: Duration = Duration::from_secs(3);
+
+impl Fresh {
+    fn new() -> Fresh {
+        Fresh {
+            base: Instant::now(),
+            last_ok_ms: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last_ok_ms.store(self.now_ms(), Relaxed);
+    }
+
+    /// Block until the lock was confirmed within [`FRESH_FOR`].
+    pub fn wait(&self) -> Result<()> {
+        loop {
+            if self.failed.load(Relaxed) {
+                return Err(Error::LockLost(
+                    "the lock could not be confirmed; stopping".into(),
+                ));
+            }
+            if self.now_ms().saturating_sub(self.last_ok_ms.load(Relaxed))
+                < FRESH_FOR.as_millis() as u64
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// What one migration needs besides the config: the lock it runs under,
+/// and what its workers share.
+pub struct Ctx<'a> {
+    pub threads: usize,
+    pub lock: &'a mut Lock,
+    pub fidelity: Fidelity,
+    pub progress: Progress,
+    pub fresh: Fresh,
+    pub app_path: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// Run by the coordinating thread while workers work: signals, the
+    /// lock's lease, progress.
+    pub fn beat(&mut self) -> Result<()> {
+        heartbeat(self.lock, &self.fresh, &self.progress)
+    }
+}
+
+/// [`Ctx::beat`], for callers that lent the rest of the context to workers.
+pub fn heartbeat(lock: &mut Lock, fresh: &Fresh, progress: &Progress) -> Result<()> {
+    match signals::check_interrupt().and_then(|_| lock.keepalive()) {
+        Ok(()) => {
+            fresh.touch();
+            if let Some(snap) = progress.maybe_log() {
+                lock.publish(&snap);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            fresh.failed.store(true, Relaxed);
+            Err(e)
+        }
+    }
+}
+
+/// What a migration did, for the per-link log line.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Copied into the share target.
+    pub copied: copy::Stats,
+    /// App files found byte-identical on the share (dropped from the app).
+    pub identical: u64,
+    /// Set aside under `displaced/`, and where the newest copy is.
+    pub displaced: copy::Stats,
+    pub displaced_to: Option<PathBuf>,
+    /// Entries that were already set aside by an earlier run.
+    pub already_displaced: u64,
+    /// Our own earlier copies replaced by a newer version of the app file.
+    pub replaced: u64,
+    /// What the share could not hold, per kind.
+    pub losses: Vec<(Loss, u64)>,
+    pub passes: usize,
+}
+
+/// What to do with one app entry, given how it compares with the share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The share has it: delete it from the app side (if still unchanged).
+    Drop,
+    /// Copy it into the share target (never overwriting).
+    CopyIn,
+    /// Keep a copy under `displaced/`, then delete it from the app side.
+    SetAside,
+    /// Replace the share's entry, which is this run's own older copy of it.
+    Replace,
+    /// Leave it for a later pass.
+    Wait,
+    /// A directory on both sides: its entries decide.
+    Descend,
+}
+
+/// The rules of "What linking does" for one entry. `own`: this container
+/// committed the migration into the share target (so what the share lacks
+/// arrived late and belongs in it); `ours`: the share's differing entry is
+/// a copy this run made and nobody changed since.
+pub fn step(v: Verdict, kind: Kind, mode: MigrateMode, own: bool, ours: bool) -> Step {
+    match v {
+        Verdict::Same { .. } => Step::Drop,
+        Verdict::BothDirs => Step::Descend,
+        Verdict::Unsettled | Verdict::Changed => Step::Wait,
+        Verdict::AppOnly if mode == MigrateMode::Merge || own => Step::CopyIn,
+        Verdict::AppOnly => Step::SetAside,
+        Verdict::Differs { .. } if own && ours && kind == Kind::File => Step::Replace,
+        Verdict::Differs { .. } => Step::SetAside,
+    }
+}
+
+/// Run one migration of `link` under `lock`: when it returns `Ok`, the app
+/// directory is empty (the caller makes the symlink) and everything it held
+/// is in the share target or under `displaced/`.
+pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Result<Outcome> {
+    let app_path = cfg.app_path(link);
+    let share_path = cfg.share_path(link);
+    let places = Places::new(cfg, link);
+    let (app_parent_path, app_name) = split(&app_path);
+    let (app_parent_path, app_name) = (app_parent_path.to_path_buf(), app_name.to_os_string());
+    let (app_parent_path, app_name) = (app_parent_path.as_path(), app_name.as_os_str());
+    let app_parent =
+        Dir::open(app_parent_path).map_err(|e| Error::io("open", app_parent_path, e))?;
+    let app = app_parent
+        .open_dir(app_name)
+        .map_err(|e| Error::io("open directory", &app_path, e))?;
+    let share_root =
+        Dir::open(&cfg.share_root).map_err(|e| Error::io("open", &cfg.share_root, e))?;
+    let (share_parent_rel, share_name) = split_rel(&link.share);
+    let share_parent = Arc::new(tree::make_beneath(
+        &share_root,
+        share_parent_rel,
+        &cfg.share_root,
+    )?);
+    let m = Migration {
+        cfg,
+        link,
+        app_path: app_path.clone(),
+        share_path,
+        share_root,
+        share_parent,
+        share_name: share_name.to_os_string(),
+        staging_name: names::hidden(share_name, STAGING_SUFFIX, 0),
+        staging_path: places.staging.clone(),
+        marker: places.marker.clone(),
+        displaced_rel: places.displaced.clone(),
+    };
+    let mut ctx = Ctx {
+        threads,
+        lock,
+        fidelity: Fidelity::default(),
+        progress: Progress::new(link.app.display().to_string()),
+        fresh: Fresh::new(),
+        app_path,
+    };
+    ctx.fresh.touch();
+    let r = m.run(&app_parent, app_name, &app, &mut ctx);
+    // A lease broken while we deleted sends SIGIO; it is ours, not the
+    // command's.
+    signals::discard(libc::SIGIO);
+    let mut out = r?;
+    out.losses = ctx.fidelity.losses();
+    Ok(out)
+}
+
+fn split(p: &Path) -> (&Path, &OsStr) {
+    (
+        p.parent().unwrap_or(Path::new("/")),
+        p.file_name().unwrap_or_default(),
+    )
+}
+
+fn split_rel(p: &Path) -> (&Path, &OsStr) {
+    (
+        p.parent().unwrap_or(Path::new("")),
+        p.file_name().unwrap_or_default(),
+    )
+}
+
+struct Migration<'a> {
+    cfg: &'a Config,
+    link: &'a Link,
+    app_path: PathBuf,
+    share_path: PathBuf,
+    share_root: Dir,
+    share_parent: Arc<Dir>,
+    share_name: OsString,
+    staging_name: OsString,
+    staging_path: PathBuf,
+    marker: PathBuf,
+    displaced_rel: PathBuf,
+}
+
+/// Per app entry, after a pass copied or compared it: the identity it must
+/// still have to be deleted (a durable identical copy exists), and the
+/// identity of our own copy on the share (regular files), to recognise it
+/// in a later pass.
+struct Ledger {
+    deletable: Vec<Option<Identity>>,
+    copies: Vec<Option<Identity>>,
+}
+
+impl Ledger {
+    fn new(n: usize) -> Ledger {
+        Ledger {
+            deletable: vec![None; n],
+            copies: vec![None; n],
+        }
+    }
+
+    /// From a staged copy: faithful copies of non-directories may go.
+    fn from_staged(inv: &Inventory, staged: &[Option<copy::Staged>]) -> Ledger {
+        Ledger {
+            deletable: staged
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.filter(|s| s.faithful && inv.entries[i].meta.kind != Kind::Dir)
+                        .map(|s| s.app)
+                })
+                .collect(),
+            copies: staged.iter().map(|s| s.and_then(|s| s.copy)).collect(),
+        }
+    }
+}
+
+/// The share target as a pass finds it.
+enum Target {
+    /// Missing, or holding nothing but directories.
+    Empty {
+        exists: bool,
+    },
+    Full(Dir),
+}
+
+impl Migration<'_> {
+    fn run(
+        &self,
+        app_parent: &Dir,
+        app_name: &OsStr,
+        app: &Dir,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        let mut own = self.committed_here();
+        // Our own copies on the share of entries still in the app
+        // directory, to recognise them in a later pass.
+        let mut placed: HashMap<PathBuf, Identity> = HashMap::new();
+        let mut last_kept = Vec::new();
+        for pass in 1..=PASSES {
+            out.passes = pass;
+            let inv = Inventory::scan(app, &self.app_path, &mut signals::check_interrupt)?;
+            if pass == 1 {
+                preflight(&inv, app_parent, app_name, &self.app_path)?;
+            }
+            let target = self.target()?;
+            // An empty app directory still makes a missing target (with the
+            // directory's owner and mode, which the pipeline relies on).
+            if inv.is_empty() && !matches!(target, Target::Empty { exists: false }) {
+                self.clean_up()?;
+                return Ok(out);
+            }
+            let ledger = match target {
+                Target::Empty { exists } => {
+                    match self.copy_whole(&inv, app, exists, ctx, &mut out)? {
+                        Some(r) => {
+                            own = true;
+                            r
+                        }
+                        // The target gained data meanwhile: compare next pass.
+                        None => continue,
+                    }
+                }
+                Target::Full(target) => {
+                    self.reconcile(&inv, app, &target, own, &placed, ctx, &mut out)?
+                }
+            };
+            let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
+                ctx.beat()
+            })?;
+            failpoint::hit("prune.done");
+            if pruned.kept.is_empty() {
+                self.clean_up()?;
+                return Ok(out);
+            }
+            for &(ix, _) in &pruned.kept {
+                if let Some(id) = ledger.copies[ix as usize] {
+                    placed.insert(inv.rel(ix), id);
+                }
+            }
+            tracing::debug!(
+                pass,
+                left = pruned.kept.len(),
+                "entries changed or appeared during the migration; another pass"
+            );
+            last_kept = pruned
+                .kept
+                .iter()
+                .filter(|(_, why)| *why != prune::Kept::NotEmpty)
+                .map(|&(ix, why)| (inv.rel(ix), why))
+                .collect();
+            // Let what is being written settle before looking again.
+            signals::sleep_interruptible(Duration::from_nanos(SETTLE_NS as u64 * (pass as u64)))?;
+        }
+        Err(Error::AppBusy(describe_busy(&self.app_path, &last_kept)))
+    }
+
+    /// The app directory is empty: what is left of staging and set-aside
+    /// copies in progress is redundant (a run killed after committing, or
+    /// whose copies a later run found already there).
+    fn clean_up(&self) -> Result<()> {
+        tree::remove(&self.share_parent, &self.staging_name)
+            .map_err(|e| Error::io("remove", &self.staging_path, e))?;
+        let base = match tree::open_beneath(&self.share_root, &self.displaced_rel) {
+            Ok(d) => d,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "open",
+                    &self.cfg.share_root.join(&self.displaced_rel),
+                    e,
+                ))
+            }
+        };
+        for (name, _) in base.list().unwrap_or_default() {
+            if name.as_encoded_bytes().ends_with(b".partial") {
+                tree::remove(&base, &name).map_err(|e| {
+                    Error::io(
+                        "remove",
+                        &self.cfg.share_root.join(&self.displaced_rel).join(&name),
+                        e,
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this container committed the migration into the current
+    /// share target (its marker names the target and the target exists).
+    fn committed_here(&self) -> bool {
+        std::fs::read(&self.marker).is_ok_and(|m| {
+            m.strip_suffix(b"\n").unwrap_or(&m) == self.share_path.as_os_str().as_encoded_bytes()
+        }) && matches!(self.share_parent.stat_at(&self.share_name), Ok(Some(m)) if m.kind == Kind::Dir)
+    }
+
+    fn target(&self) -> Result<Target> {
+        match self
+            .share_parent
+            .stat_at(&self.share_name)
+            .map_err(|e| Error::io("inspect", &self.share_path, e))?
+        {
+            None => Ok(Target::Empty { exists: false }),
+            Some(m) if m.kind == Kind::Dir => {
+                let d = self
+                    .share_parent
+                    .open_dir(&self.share_name)
+                    .map_err(|e| Error::io("open directory", &self.share_path, e))?;
+                if tree::holds_no_files(&d).map_err(|e| Error::io("read", &self.share_path, e))? {
+                    Ok(Target::Empty { exists: true })
+                } else {
+                    Ok(Target::Full(d))
+                }
+            }
+            Some(m) => Err(Error::Unsafe(format!(
+                "{} is a {} where the share directory belongs; sharelink leaves it alone. Move it away and re-run",
+                self.share_path.display(),
+                m.kind
+            ))),
+        }
+    }
+
+    /// The share target is empty: copy the whole tree beside it and commit
+    /// it with one rename. `None` when the target gained data meanwhile.
+    fn copy_whole(
+        &self,
+        inv: &Inventory,
+        app: &Dir,
+        exists: bool,
+        ctx: &mut Ctx<'_>,
+        out: &mut Outcome,
+    ) -> Result<Option<Ledger>> {
+        let mut staging = Staging::open(
+            self.share_parent.clone(),
+            &self.staging_name,
+            self.staging_path.clone(),
+        )?;
+        let totals = Totals::of(inv, &[0]);
+        // What an interrupted run copied already takes room on the share.
+        let need = Totals {
+            footprint: totals.footprint.saturating_sub(staging.prior_bytes()),
+            entries: totals.entries.saturating_sub(staging.prior_files() as u64),
+            ..totals
+        };
+        if staging.resumed {
+            tracing::info!(
+                link = %self.link.app.display(),
+                staged = staging.prior_files(),
+                "resuming an interrupted copy into the share"
+            );
+        }
+        if let Err(e) = check_space(&self.share_parent, &self.share_path, &self.app_path, &need) {
+            if !staging.resumed {
+                staging.remove()?;
+            }
+            return Err(e);
+        }
+        ctx.progress.start(totals.files, totals.bytes);
+        let sel = copy::select(inv, &[0]);
+        let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
+        ctx.lock.verify()?;
+        if exists {
+            match tree::remove_empty_dirs(&self.share_parent, &self.share_name) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+                    return self.gained_data(staging);
+                }
+                Err(e) => return Err(Error::io("remove empty share target", &self.share_path, e)),
+            }
+        }
+        match staging.commit_tree(&self.share_parent, &self.share_name) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                return self.gained_data(staging);
+            }
+            Err(e) => return Err(Error::io("commit the copy to", &self.share_path, e)),
+        }
+        failpoint::hit("commit.renamed");
+        self.mark_committed()?;
+        failpoint::hit("commit.marked");
+        self.share_parent
+            .sync_fs()
+            .map_err(|e| Error::io("sync", &self.share_path, e))?;
+        failpoint::hit("commit.synced");
+        staging.remove()?;
+        tracing::debug!(share = %self.share_path.display(), "committed: the share target holds the copy");
+        add(&mut out.copied, &stats);
+        Ok(Some(Ledger::from_staged(inv, &staged)))
+    }
+
+    fn gained_data(&self, staging: Staging) -> Result<Option<Ledger>> {
+        tracing::info!(share = %self.share_path.display(), "the share target gained data while this run copied; comparing instead");
+        // The staged copy is redundant: the app directory is intact.
+        staging.remove()?;
+        Ok(None)
+    }
+
+    fn mark_committed(&self) -> Result<()> {
+        let mut text = self.share_path.as_os_str().as_encoded_bytes().to_vec();
+        text.push(b'\n');
+        std::fs::write(&self.marker, text).map_err(|e| Error::io("write", &self.marker, e))
+    }
+
+    /// The share target holds data: compare entry by entry.
+    #[allow(clippy::too_many_arguments)]
+    fn reconcile(
+        &self,
+        inv: &Inventory,
+        app: &Dir,
+        target: &Dir,
+        own: bool,
+        placed: &HashMap<PathBuf, Identity>,
+        ctx: &mut Ctx<'_>,
+        out: &mut Outcome,
+    ) -> Result<Ledger> {
+        let verdicts = compare::compare(inv, app, target, &self.share_path, ctx)?;
+        let n = inv.entries.len();
+        let mut ledger = Ledger::new(n);
+        let (mut copy_in, mut set_aside, mut replace) = (Vec::new(), Vec::new(), Vec::new());
+        for ix in 1..n as Ix {
+            let Some(v) = verdicts[ix as usize] else {
+                continue;
+            };
+            let kind = inv.get(ix).meta.kind;
+            let ours = match v {
+                Verdict::Differs { share: Some(s) } => placed.get(&inv.rel(ix)) == Some(&s),
+                _ => false,
+            };
+            match step(v, kind, self.link.migrate, own, ours) {
+                Step::Drop => {
+                    if let (Verdict::Same { app }, true) = (v, kind != Kind::Dir) {
+                        ledger.deletable[ix as usize] = Some(app);
+                        out.identical += 1;
+                    }
+                }
+                Step::CopyIn => copy_in.push(ix),
+                Step::SetAside => set_aside.push(ix),
+                Step::Replace => {
+                    if let Verdict::Differs { share: Some(s) } = v {
+                        replace.push((ix, s));
+                    }
+                }
+                Step::Wait | Step::Descend => {}
+            }
+        }
+        if !copy_in.is_empty() || !replace.is_empty() {
+            self.copy_in(inv, app, target, &copy_in, &replace, ctx, out, &mut ledger)?;
+        }
+        if !set_aside.is_empty() {
+            self.set_aside(inv, app, &set_aside, ctx, out, &mut ledger.deletable)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Copy entries the share lacks into it (and replace our own outdated
+    /// copies), through the staging directory: each appears whole.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_in(
+        &self,
+        inv: &Inventory,
+        app: &Dir,
+        target: &Dir,
+        copy_in: &[Ix],
+        replace: &[(Ix, Identity)],
+        ctx: &mut Ctx<'_>,
+        out: &mut Outcome,
+        ledger: &mut Ledger,
+    ) -> Result<()> {
+        let roots: Vec<Ix> = copy_in
+            .iter()
+            .copied()
+            .chain(replace.iter().map(|&(r, _)| r))
+            .collect();
+        let mut staging = Staging::open(
+            self.share_parent.clone(),
+            &self.staging_name,
+            self.staging_path.clone(),
+        )?;
+        let totals = Totals::of(inv, &roots);
+        ctx.progress.start(totals.files, totals.bytes);
+        let sel = copy::select(inv, &roots);
+        let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
+        ctx.lock.verify()?;
+        let staged = Ledger::from_staged(inv, &staged);
+        // Move root `r` from the staging tree into the target. `expect`:
+        // replace what is there, if it still is that (our own older copy).
+        // Returns the moved entry's identity on the share (a rename may
+        // move its ctime), or `None` when it did not move.
+        let moved = |r: Ix, expect: Option<&Identity>| -> Result<Option<Option<Identity>>> {
+            let rel = inv.rel(r);
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
+            let name = &inv.get(r).name;
+            let from = tree::open_beneath(&staging.tree, parent_rel).map_err(|e| {
+                Error::io("open", &staging.path.join(copy::TREE).join(parent_rel), e)
+            })?;
+            let to = tree::open_beneath(target, parent_rel)
+                .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
+            let r = match expect {
+                Some(id) => match to.stat_at(name) {
+                    Ok(Some(m)) if m.id == *id => from.rename(name, &to, name),
+                    _ => return Ok(None),
+                },
+                None => from.rename_noreplace(name, &to, name),
+            };
+            match r {
+                Ok(()) => {
+                    failpoint::hit("merge.moved");
+                    let now = to.stat_at(name).ok().flatten();
+                    Ok(Some(now.filter(|m| m.kind == Kind::File).map(|m| m.id)))
+                }
+                // It appeared on the share meanwhile: compared next pass.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EEXIST | libc::ENOTEMPTY | libc::ENOENT)
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(Error::io(
+                    "move into the share",
+                    &self.share_path.join(&rel),
+                    e,
+                )),
+            }
+        };
+        for &r in copy_in {
+            if let Some(id) = moved(r, None)? {
+                for i in inv.subtree(r) {
+                    ledger.deletable[i as usize] = staged.deletable[i as usize];
+                    ledger.copies[i as usize] = staged.copies[i as usize];
+                }
+                ledger.copies[r as usize] = id;
+            }
+        }
+        for &(r, ref was) in replace {
+            if let Some(id) = moved(r, Some(was))? {
+                ledger.deletable[r as usize] = staged.deletable[r as usize];
+                ledger.copies[r as usize] = id;
+                out.replaced += 1;
+            }
+        }
+        target
+            .sync_fs()
+            .map_err(|e| Error::io("sync", &self.share_path, e))?;
+        staging.remove()?;
+        add(&mut out.copied, &stats);
+        Ok(())
+    }
+
+    /// Keep app entries the share must not take under
+    /// `.sharelink/displaced/<app path>/<UTC stamp>/`, unless a byte-identical
+    /// copy is there already from an earlier run.
+    fn set_aside(
+        &self,
+        inv: &Inventory,
+        app: &Dir,
+        roots: &[Ix],
+        ctx: &mut Ctx<'_>,
+        out: &mut Outcome,
+        doomed: &mut [Option<Identity>],
+    ) -> Result<()> {
+        let base_path = self.cfg.share_root.join(&self.displaced_rel);
+        let base = Arc::new(tree::make_beneath(
+            &self.share_root,
+            &self.displaced_rel,
+            &self.cfg.share_root,
+        )?);
+        let SetAside { stamps, partial } =
+            SetAside::find(&base).map_err(|e| Error::io("read directory", &base_path, e))?;
+        // Leaves of the subtrees to keep: non-directories and empty
+        // directories.
+        let mut leaves = Vec::new();
+        let mut under = vec![false; inv.entries.len()];
+        for &r in roots {
+            for i in inv.subtree(r) {
+                under[i as usize] = true;
+                let e = inv.get(i);
+                if e.meta.kind != Kind::Dir || e.children.is_empty() {
+                    leaves.push(i);
+                }
+            }
+        }
+        let kept = self.already_kept(inv, app, &stamps, &leaves, ctx)?;
+        let mut todo = Vec::new();
+        for &l in &leaves {
+            match kept[l as usize] {
+                Some(Verdict::Same { app: id }) => {
+                    if inv.get(l).meta.kind != Kind::Dir {
+                        doomed[l as usize] = Some(id);
+                        out.already_displaced += 1;
+                    }
+                }
+                None => todo.push(l),
+                // Kept already, but changing: looked at again next pass.
+                Some(_) => {}
+            }
+        }
+        if todo.is_empty() {
+            if out.already_displaced > 0 {
+                out.displaced_to = stamps.first().map(|st| base_path.join(&st.name));
+            }
+            return Ok(());
+        }
+        // What to copy: the leaves not kept yet, and the directories on the
+        // way (copied with their attributes inside the kept subtrees).
+        let mut sel = vec![Sel::Skip; inv.entries.len()];
+        for &l in &todo {
+            sel[l as usize] = Sel::Copy;
+            let mut p = l;
+            while p != 0 {
+                p = inv.get(p).parent;
+                let s = if under[p as usize] {
+                    Sel::Copy
+                } else {
+                    Sel::Path
+                };
+                if sel[p as usize] == Sel::Skip {
+                    sel[p as usize] = s;
+                }
+            }
+        }
+        let stamp =
+            partial.unwrap_or_else(|| crate::clock::Utc::at(std::time::SystemTime::now()).stamp());
+        let mut staging = Staging::open(
+            base.clone(),
+            &OsString::from(format!("{stamp}.partial")),
+            base_path.join(format!("{stamp}.partial")),
+        )?;
+        let files = todo
+            .iter()
+            .filter(|&&l| inv.get(l).meta.kind == Kind::File)
+            .count() as u64;
+        let bytes = todo.iter().map(|&l| inv.get(l).meta.id.size).sum();
+        ctx.progress.start(files, bytes);
+        let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
+        ctx.lock.verify()?;
+        let mut name = stamp.clone();
+        for n in 2.. {
+            match staging.commit_tree(&base, OsStr::new(&name)) {
+                Ok(()) => break,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY))
+                        && n < 100 =>
+                {
+                    name = format!("{stamp}-{n}");
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        "rename set-aside copy to",
+                        &base_path.join(&name),
+                        e,
+                    ))
+                }
+            }
+        }
+        failpoint::hit("displace.renamed");
+        base.sync_fs()
+            .map_err(|e| Error::io("sync", &base_path, e))?;
+        staging.remove()?;
+        let staged = Ledger::from_staged(inv, &staged);
+        let mut count = 0;
+        for &l in &todo {
+            if let Some(id) = staged.deletable[l as usize] {
+                doomed[l as usize] = Some(id);
+                count += 1;
+            }
+        }
+        add(&mut out.displaced, &stats);
+        out.displaced_to = Some(base_path.join(&name));
+        tracing::warn!(
+            link = %self.link.app.display(),
+            entries = count,
+            to = %base_path.join(&name).display(),
+            "app entries that differ from the share's (or that the share lacks, with migrate = \"if-empty\") were set aside, not merged"
+        );
+        Ok(())
+    }
+
+    /// For each leaf, the app identity if a complete earlier set-aside copy
+    /// holds it byte for byte.
+    fn already_kept(
+        &self,
+        inv: &Inventory,
+        app: &Dir,
+        stamps: &[Stamp],
+        leaves: &[Ix],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Vec<Option<Verdict>>> {
+        let found: Vec<Mutex<Option<Verdict>>> =
+            (0..inv.entries.len()).map(|_| Mutex::new(None)).collect();
+        if stamps.is_empty() || leaves.is_empty() {
+            return Ok(found.into_iter().map(|_| None).collect());
+        }
+        let threads = ctx.threads;
+        let mut beat = || ctx.beat();
+        let app_path = &self.app_path;
+        pool::run(
+            threads,
+            leaves.to_vec(),
+            |ix, q| {
+                for st in stamps {
+                    match compare::already_kept(inv, ix, app, &st.dir, &q.stop) {
+                        Ok(Some(id)) => {
+                            *found[ix as usize].lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(id);
+                            return Ok(());
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(Error::io(
+                                "compare with set-aside copies",
+                                &inv.path(app_path, ix),
+                                e,
+                            ))
+                        }
+                    }
+                }
+                Ok(())
+            },
+            &mut beat,
+        )?;
+        Ok(found
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect())
+    }
+}
+
+/// One complete set-aside copy under `displaced/<app path>/`.
+struct Stamp {
+    name: String,
+    dir: Dir,
+}
+
+/// What `displaced/<app path>/` holds.
+struct SetAside {
+    /// Complete copies, newest first.
+    stamps: Vec<Stamp>,
+    /// The stamp of an interrupted copy to resume (older interrupted ones
+    /// are removed: each was a copy of an app directory that is intact).
+    partial: Option<String>,
+}
+
+impl SetAside {
+    fn find(base: &Dir) -> std::io::Result<SetAside> {
+        let mut stamps = Vec::new();
+        let mut partials = Vec::new();
+        for (name, kind) in base.list()? {
+            let Some(n) = name.to_str() else { continue };
+            if let Some(stamp) = n.strip_suffix(".partial") {
+                partials.push(stamp.to_string());
+            } else if kind.is_none_or(|k| k == Kind::Dir) {
+                if let Ok(dir) = base.open_dir(&name) {
+                    stamps.push(Stamp {
+                        name: n.to_string(),
+                        dir,
+                    });
+                }
+            }
+        }
+        stamps.sort_by_key(|st| std::cmp::Reverse(stamp_key(&st.name)));
+        partials.sort();
+        let partial = partials.pop();
+        for p in partials {
+            tree::remove(base, OsStr::new(&format!("{p}.partial")))?;
+        }
+        Ok(SetAside { stamps, partial })
+    }
+}
+
+/// `20261126T224501Z-3` sorts after `20261126T224501Z-2` and `…Z`.
+fn stamp_key(name: &str) -> (String, u32) {
+    match name.split_once('-') {
+        Some((s, n)) => (s.to_string(), n.parse().unwrap_or(0)),
+        None => (name.to_string(), 1),
+    }
+}
+
+fn add(a: &mut copy::Stats, b: &copy::Stats) {
+    a.files += b.files;
+    a.bytes += b.bytes;
+    a.resumed += b.resumed;
+    a.resumed_bytes += b.resumed_bytes;
+    a.symlinks += b.symlinks;
+    a.dirs += b.dirs;
+    a.special += b.special;
+    a.hard_links += b.hard_links;
+}
+
+fn describe_busy(app: &Path, kept: &[(PathBuf, prune::Kept)]) -> String {
+    let busy = kept.iter().filter(|(_, w)| *w == prune::Kept::Busy).count();
+    let shown: Vec<String> = kept
+        .iter()
+        .take(5)
+        .map(|(p, why)| {
+            format!(
+                "{}{}",
+                p.display(),
+                match why {
+                    prune::Kept::Busy => " (open for writing)",
+                    _ => "",
+                }
+            )
+        })
+        .collect();
+    let more = kept.len().saturating_sub(shown.len());
+    format!(
+        "{} kept changing while it was moved into the share: {} entr{} still changed or appeared in the last pass{} ({}{}). Everything copied so far is in the share; the rest stays in {}. Stop what writes there (or let it finish) and re-run `sharelink link`",
+        app.display(),
+        kept.len(),
+        if kept.len() == 1 { "y" } else { "ies" },
+        if busy > 0 { format!(", {busy} held open for writing by another process") } else { String::new() },
+        shown.join(", "),
+        if more > 0 { format!(", and {more} more") } else { String::new() },
+        app.display()
+    )
+}
+
+/// Before anything is copied: would the end of the migration fail? The app
+/// directory must be emptied and replaced with a symlink, so its parent and
+/// every directory in it must be writable by us. Failing after a full copy
+/// would fail again on every start.
+fn preflight(inv: &Inventory, app_parent: &Dir, app_name: &OsStr, app_path: &Path) -> Result<()> {
+    let parent_path = app_path.parent().unwrap_or(Path::new("/"));
+    if let Err(e) = app_parent.access(OsStr::new("."), libc::W_OK | libc::X_OK) {
+        return Err(if e.raw_os_error() == Some(libc::EROFS) {
+            Error::ReadOnlyApp(format!(
+                "{} is on a read-only filesystem: sharelink must replace {} with a symlink (run the container with a writable root, or make the data directory a symlink at build time)",
+                parent_path.display(),
+                app_path.display()
+            ))
+        } else {
+            Error::io(
+                &format!(
+                    "cannot replace {} with a symlink: write to",
+                    app_path.display()
+                ),
+                parent_path,
+                e,
+            )
+        });
+    }
+    let _ = app_name;
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 {
+        return Ok(());
+    }
+    let groups: Vec<u32> = nix::unistd::getgroups()
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default();
+    let egid = nix::unistd::getegid().as_raw();
+    let may = |uid: u32, gid: u32, perm: u32, want: u32| -> bool {
+        let bits = if uid == euid {
+            perm >> 6
+        } else if gid == egid || groups.contains(&gid) {
+            perm >> 3
+        } else {
+            perm
+        } & 7;
+        bits & want == want
+    };
+    let mut bad = Vec::new();
+    for (i, e) in inv.entries.iter().enumerate() {
+        let m = &e.meta;
+        let ok = match m.kind {
+            // Entries are removed from it, and it is read.
+            Kind::Dir => {
+                may(m.uid, m.gid, m.perm, 0o7) && (m.perm & libc::S_ISVTX == 0 || m.uid == euid)
+            }
+            Kind::File => may(m.uid, m.gid, m.perm, 0o4),
+            _ => true,
+        };
+        if !ok {
+            bad.push(inv.path(app_path, i as Ix));
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = bad
+        .iter()
+        .take(5)
+        .map(|p| p.display().to_string())
+        .collect();
+    Err(Error::CannotEmpty(format!(
+        "sharelink runs as uid {euid} and could not empty {} to replace it with a symlink: {} entr{} cannot be read or removed by that user ({}{}). Nothing was copied. Make the data directory readable and writable by uid {euid} (e.g. chown in the Dockerfile), or start sharelink as root and drop privileges with `run --user`",
+        app_path.display(),
+        bad.len(),
+        if bad.len() == 1 { "y" } else { "ies" },
+        shown.join(", "),
+        if bad.len() > 5 { ", …" } else { "" }
+    )))
+}
+
+/// Refuse to start a copy the share has no room for (it would fail part-way
+/// and fill the share for everyone): bytes and inodes. Shares that report
+/// no size or no inode count pass that check.
+fn check_space(share: &Dir, share_path: &Path, app_path: &Path, need: &Totals) -> Result<()> {
+    let Ok(v) = nix::sys::statvfs::fstatvfs(share) else {
+        return Ok(());
+    };
+    let free = v.blocks_available().saturating_mul(v.fragment_size());
+    let short = if v.blocks() > 0 && need.footprint > free {
+        Some(format!(
+            "{} free; moving {} into it needs about {}",
+            progress::human(free),
+            app_path.display(),
+            progress::human(need.footprint)
+        ))
+    } else if v.files() > 0 && need.entries > v.files_available() {
+        Some(format!(
+            "room for {} more files; moving {} into it needs {}",
+            v.files_available(),
+            app_path.display(),
+            need.entries
+        ))
+    } else {
+        None
+    };
+    match short {
+        None => Ok(()),
+        Some(why) => Err(Error::NoSpace(format!(
+            "the share at {} has {why}. Nothing was copied. Grow the share (or free space), then restart",
+            share_path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_follow_the_rules() {
+        use MigrateMode::*;
+        let same = Verdict::Same {
+            app: Identity {
+                ino: 1,
+                size: 1,
+                mtime: crate::fs::meta::Time { sec: 0, nsec: 0 },
+                ctime: crate::fs::meta::Time { sec: 0, nsec: 0 },
+            },
+        };
+        let differs = Verdict::Differs { share: None };
+        let f = Kind::File;
+        // Identical content goes, in every mode.
+        for mode in [IfEmpty, Merge] {
+            assert_eq!(step(same, f, mode, false, false), Step::Drop);
+            // Different content is never dropped and never overwrites.
+            assert_eq!(step(differs, f, mode, false, false), Step::SetAside);
+            assert_eq!(step(differs, f, mode, true, false), Step::SetAside);
+            assert_eq!(step(Verdict::Unsettled, f, mode, true, true), Step::Wait);
+            assert_eq!(step(Verdict::Changed, f, mode, false, false), Step::Wait);
+        }
+        // What the share lacks: merged in `merge`, set aside in `if-empty`,
+        // copied in when it arrived late in our own migration.
+        assert_eq!(step(Verdict::AppOnly, f, Merge, false, false), Step::CopyIn);
+        assert_eq!(
+            step(Verdict::AppOnly, f, IfEmpty, false, false),
+            Step::SetAside
+        );
+        assert_eq!(
+            step(Verdict::AppOnly, f, IfEmpty, true, false),
+            Step::CopyIn
+        );
+        // Our own outdated copy is replaced; anyone else's is not.
+        assert_eq!(step(differs, f, IfEmpty, true, true), Step::Replace);
+        assert_eq!(
+            step(differs, Kind::Dir, IfEmpty, true, true),
+            Step::SetAside
+        );
+        assert_eq!(
+            step(Verdict::BothDirs, Kind::Dir, IfEmpty, false, false),
+            Step::Descend
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! Progress of a long migration: counters the workers bump, and an INFO
+//! line every few seconds once a migration has taken more than a moment.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Quiet for short migrations; then one line per this interval.
+const FIRST_AFTER: Duration = Duration::from_secs(2);
+const EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct Progress {
+    link: String,
+    files_total: AtomicU64,
+    bytes_total: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    started: Mutex<Instant>,
+    last: Mutex<Option<Instant>>,
+}
+
+/// A point-in-time view, for the log and for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub files: u64,
+    pub files_total: u64,
+    pub bytes: u64,
+    pub bytes_total: u64,
+    pub elapsed: Duration,
+}
+
+impl Snapshot {
+    /// Bytes per second so far.
+    pub fn rate(&self) -> u64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            (self.bytes as f64 / s) as u64
+        } else {
+            0
+        }
+    }
+
+    /// Time left at the rate so far, from bytes (or files when there are
+    /// no bytes to speak of).
+    pub fn eta(&self) -> Option<Duration> {
+        let s = self.elapsed.as_secs_f64();
+        let (done, total) = if self.bytes_total > 0 {
+            (self.bytes, self.bytes_total)
+        } else {
+            (self.files, self.files_total)
+        };
+        if done == 0 || s <= 0.0 || done >= total {
+            return None;
+        }
+        Some(Duration::from_secs_f64(
+            s * (total - done) as f64 / done as f64,
+        ))
+    }
+
+    /// `1234/5000 files, 1.2 GiB/4.0 GiB, 85 MiB/s, about 34s left`
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{}/{} files, {}/{}, {}/s",
+            self.files,
+            self.files_total,
+            human(self.bytes),
+            human(self.bytes_total),
+            human(self.rate())
+        );
+        if let Some(eta) = self.eta() {
+            s.push_str(&format!(", about {}s left", eta.as_secs().max(1)));
+        }
+        s
+    }
+}
+
+/// `1.2 GiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Progress {
+    pub fn new(link: String) -> Progress {
+        Progress {
+            link,
+            files_total: AtomicU64::new(0),
+            bytes_total: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            started: Mutex::new(Instant::now()),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// A new copy begins: its totals, counters back to zero.
+    pub fn start(&self, files_total: u64, bytes_total: u64) {
+        self.files_total.store(files_total, Relaxed);
+        self.bytes_total.store(bytes_total, Relaxed);
+        self.files.store(0, Relaxed);
+        self.bytes.store(0, Relaxed);
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn add(&self, files: u64, bytes: u64) {
+        self.files.fetch_add(files, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            files: self.files.load(Relaxed),
+            files_total: self.files_total.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            bytes_total: self.bytes_total.load(Relaxed),
+            elapsed: self
+                .started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        }
+    }
+
+    /// The snapshot to report now, if a line is due.
+    pub fn due(&self) -> Option<Snapshot> {
+        let snap = self.snapshot();
+        if snap.elapsed < FIRST_AFTER || snap.files_total == 0 {
+            return None;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < EVERY) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(snap)
+    }
+
+    /// Log a line if one is due; returns the snapshot logged.
+    pub fn maybe_log(&self) -> Option<Snapshot> {
+        let snap = self.due()?;
+        tracing::info!(
+            link = %self.link,
+            files = snap.files,
+            files_total = snap.files_total,
+            bytes = snap.bytes,
+            bytes_total = snap.bytes_total,
+            rate = snap.rate(),
+            eta_s = snap.eta().map(|d| d.as_secs()).unwrap_or(0),
+            "migrating: {}",
+            snap.describe()
+        );
+        Some(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_eta_and_words() {
+        let s = Snapshot {
+            files: 50,
+            files_total: 100,
+            bytes: 512 << 20,
+            bytes_total: 1 << 30,
+            elapsed: Duration::from_secs(10),
+        };
+        assert_eq!(s.rate(), (512 << 20) / 10);
+        assert_eq!(s.eta().unwrap().as_secs(), 10);
+        assert_eq!(
+            s.describe(),
+            "50/100 files, 512.0 MiB/1.0 GiB, 51.2 MiB/s, about 10s left"
+        );
+        assert_eq!(human(1023), "1023 B");
+        let done = Snapshot {
+            files: 100,
+            bytes: 1 << 30,
+            ..s
+        };
+        assert_eq!(done.eta(), None);
+    }
+}
