@@ -8,6 +8,8 @@
 //! binds freely: they vanish with the namespace.
 #![allow(dead_code)]
 
+pub mod latencyfs;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
