@@ -395,6 +395,12 @@ if AZURE_STORAGE_ACCOUNT=dummyaccount AZURE_STORAGE_KEY='ZHVtbXk+a2V5/w==' AZURE
     grep -q 'device: //dummyaccount.file.core.windows.net/dummyshare' "$WORK/prod.yml" || missing="$missing device"
     grep -q "SHARELINK_REQUIRE_MOUNT: 'true'\|SHARELINK_REQUIRE_MOUNT: \"true\"" "$WORK/prod.yml" || missing="$missing require_mount"
     check "(7) prod volume: cifs with all mount options, require_mount on${missing:+ (missing:$missing)}" test -z "$missing"
+    # Its `entrypoint` drops the image's CMD: its `command` must be the same.
+    prod_cmd="$(awk '/^    command:/ { f = 1; next } f && /^    - / { sub(/^    - /, ""); a = a (a ? "," : "") "\"" $0 "\""; next }
+        f { exit } END { print "[" a "]" }' "$WORK/prod.yml")"
+    image_cmd="$(t 30 docker image inspect -f '{{json .Config.Cmd}}' "$IMAGE")"
+    check "(7) prod: entrypoint --user app, and command is the image's CMD ($prod_cmd, want $image_cmd)" \
+        bash -c 'grep -q -- "- --user" "$1" && [ "$2" = "$3" ]' _ "$WORK/prod.yml" "$prod_cmd" "$image_cmd"
 else
     cat "$WORK/prod.err"
     fail "(7) prod compose file validates with dummy env"
