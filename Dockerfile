@@ -58,9 +58,12 @@ ENV SHARELINK_LOG=info \
     PYTHONDONTWRITEBYTECODE=1
 
 # Healthy = every data directory is the right symlink to an existing share
-# directory (`sharelink status` exits 1 otherwise). Linking may first move
-# baked data and wait for the mount, hence the start period.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=2m --retries=3 \
+# directory (`sharelink status` exits 1 otherwise, also while a link is still
+# migrating). A first start moves the data baked into the image into the
+# share, which for gigabytes over SMB takes minutes: failures during the
+# start period do not count. Size it to your baked data divided by the
+# share's throughput (docs/containers.md, "A first start").
+HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 \
     CMD ["/usr/local/bin/sharelink", "status"]
 
 # sharelink links the data directories, then runs CMD as PID 1: signals are
