@@ -27,7 +27,7 @@ run() { # run N UP-ARGS...: one `docker-compose up`, its pipeline lines kept
     local n="$1" status=0 t0=$SECONDS
     shift
     echo "==> run $n: docker-compose up $* (base image $BASE_IMAGE)" >&2
-    docker-compose up "$@" --exit-code-from app | tee "$log.$n" || status=$?
+    docker-compose up "$@" --no-color --exit-code-from app | tee "$log.$n" || status=$?
     echo "==> run $n: exit $status after $((SECONDS - t0))s" >&2
     return "$status"
 }
