@@ -298,7 +298,8 @@ checkpoint_is() {
 # bake_image TAG FILES BYTES: an image with more data baked into
 # /app/forecasting/data/input/bulk (FILES small files and one of BYTES random
 # bytes) than the demo has, built FROM $IMAGE. Points APPSRC at a copy of the
-# demo app with the same files, so the baked-data checks cover them.
+# demo app with the same files; `baked_list >"$WORK/baked.txt"` afterwards
+# makes the baked-data checks cover them. A few GiB: BYTES=$((3 << 30)).
 bake_image() {
     local tag="$1" files="$2" bytes="$3" ctx="$WORK/bake-${1##*:}"
     APPSRC="$WORK/app-${1##*:}"
