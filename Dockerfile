@@ -10,11 +10,13 @@
 #   docker build -t sharelink-pipeline .                 # or: docker-compose up --build
 #   docker build --build-arg BASE_IMAGE=python:3.12-slim-bookworm -t ... .
 #
-# CI / machines without a registry (no rust image): build the binary on the
-# host and use the `prebuilt` target over a locally made base image:
+# CI / machines without a registry (no rust or python image): build the
+# binary on the host and use the `prebuilt` target over a Python base image
+# made from Debian's packages (scripts/local-up.sh does all of this):
 #   cargo build --release --locked --target x86_64-unknown-linux-musl
 #   cp target/x86_64-unknown-linux-musl/release/sharelink dist/sharelink
-#   docker build --target prebuilt --build-arg BASE_IMAGE=sharelink-base:busybox-v1 -t ... .
+#   docker build --target prebuilt \
+#       --build-arg BASE_IMAGE=$(tests/docker/make-python-base.sh) -t ... .
 # The legacy builder (no BuildKit) builds every stage up to the target in file
 # order, so `prebuilt` comes before `builder`: that target never needs the
 # rust image. (BuildKit skips unused stages anyway.)
@@ -37,32 +39,37 @@ RUN set -eu; \
 
 COPY config/sharelink.toml /etc/sharelink/sharelink.toml
 
-# The demo app. Code and code-side config stay in the image; the data
-# directories below are baked with some data and become symlinks into the
-# share at start (baked data is moved into the share on first start).
+# The demo app (Python, standard library only). Code and code-side config
+# stay in the image; the data directories below are baked with some data and
+# become symlinks into the share at start (baked data is moved into the share
+# on first start).
 COPY examples/pipeline/ /app/
 RUN set -eu; \
     mkdir -p /app/forecasting/data/output \
              /app/modelling/cache/time_moe_cache \
              /app/modelling/predictions \
              /app/scraping/scraped_data; \
-    chmod 0755 /app/run_pipeline.sh /app/*/src/*.sh; \
     chown -R "${APP_UID}:${APP_GID}" /app/forecasting/data /app/modelling/cache \
              /app/modelling/predictions /app/scraping/scraped_data
 
 WORKDIR /app
-ENV SHARELINK_LOG=info
+ENV SHARELINK_LOG=info \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
 
 # Healthy = every data directory is the right symlink to an existing share
-# directory (`sharelink status` exits 1 otherwise). Linking may first move
-# baked data and wait for the mount, hence the start period.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=2m --retries=3 \
+# directory (`sharelink status` exits 1 otherwise, also while a link is still
+# migrating). A first start moves the data baked into the image into the
+# share, which for gigabytes over SMB takes minutes: failures during the
+# start period do not count. Size it to your baked data divided by the
+# share's throughput (docs/containers.md, "A first start").
+HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 \
     CMD ["/usr/local/bin/sharelink", "status"]
 
 # sharelink links the data directories, then runs CMD as PID 1: signals are
 # forwarded, orphans reaped, and the container exits with the pipeline's status.
 ENTRYPOINT ["/usr/local/bin/sharelink", "run", "--"]
-CMD ["/app/run_pipeline.sh"]
+CMD ["python3", "/app/run_pipeline.py"]
 
 # ---------------------------------------------------------------------------
 FROM app AS prebuilt

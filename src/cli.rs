@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// Forward signals to the command's whole process group
     #[arg(long)]
     pub kill_process_group: bool,
+    /// Forward signal FROM to the command as TO; TO = 0 drops it (repeatable; names or numbers: TERM:INT, 15:2)
+    #[arg(long, value_name = "FROM:TO", value_parser = parse_rewrite)]
+    pub rewrite: Vec<(i32, i32)>,
     /// The command and its arguments
     #[arg(
         required = true,
@@ -102,6 +105,10 @@ fn parse_bool(s: &str) -> std::result::Result<bool, String> {
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("expected true or false, got {s:?}")),
     }
+}
+
+fn parse_rewrite(s: &str) -> std::result::Result<(i32, i32), String> {
+    crate::signals::Rewrites::parse_rule(s)
 }
 
 fn parse_duration_arg(s: &str) -> std::result::Result<Duration, String> {
@@ -200,11 +207,17 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             // A signal that came after the last safe point of linking still
             // means "do not start".
             crate::signals::check_interrupt()?;
+            // Command-line rules replace the config's for the same signal.
+            let mut rewrite = cfg.run.rewrite.clone();
+            for &(from, to) in &args.rewrite {
+                rewrite.insert(from, to);
+            }
             let opts = supervisor::RunOptions {
                 command: args.command.clone(),
                 credentials,
                 grace_period: args.grace_period.unwrap_or(cfg.run.grace_period),
                 kill_process_group: args.kill_process_group || cfg.run.kill_process_group,
+                rewrite,
             };
             Ok(supervisor::run(opts))
         }
@@ -252,6 +265,31 @@ mod tests {
             }
             _ => panic!(),
         }
+    }
+
+    #[test]
+    fn rewrite_is_repeatable() {
+        let c = Cli::try_parse_from([
+            "sharelink",
+            "run",
+            "--rewrite",
+            "TERM:INT",
+            "--rewrite",
+            "1:0",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Run(r) => assert_eq!(
+                r.rewrite,
+                [(libc::SIGTERM, libc::SIGINT), (libc::SIGHUP, 0)]
+            ),
+            _ => panic!(),
+        }
+        let e =
+            Cli::try_parse_from(["sharelink", "run", "--rewrite", "TERM:NOPE", "x"]).unwrap_err();
+        assert!(e.to_string().contains("NOPE"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::signals::{self, Rewrites};
 
 pub const DEFAULT_PATH: &str = "/etc/sharelink/sharelink.toml";
 /// Reserved directory in the share for locks, displaced files and the like.
@@ -73,6 +74,8 @@ pub struct RunDefaults {
     pub user: Option<String>,
     pub grace_period: Duration,
     pub kill_process_group: bool,
+    /// `rewrite = { TERM = "INT" }`: signals forwarded as another one.
+    pub rewrite: Rewrites,
 }
 
 impl Default for RunDefaults {
@@ -81,6 +84,7 @@ impl Default for RunDefaults {
             user: None,
             grace_period: Duration::from_secs(3),
             kill_process_group: false,
+            rewrite: Rewrites::default(),
         }
     }
 }
@@ -191,6 +195,32 @@ struct RawRun {
     user: Option<Spanned<String>>,
     grace_period: Option<Spanned<String>>,
     kill_process_group: Option<bool>,
+    rewrite: Option<BTreeMap<Spanned<String>, Spanned<RawSignal>>>,
+}
+
+/// A signal in the config: a name (`"INT"`) or a number (`2`, `0`).
+enum RawSignal {
+    Name(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for RawSignal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawSignal;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a signal name like \"INT\" or a number (0 drops the signal)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSignal, E> {
+                Ok(RawSignal::Name(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSignal, E> {
+                Ok(RawSignal::Number(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -314,6 +344,18 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         Some(u) => Some(u.get_ref().clone()),
         None => None,
     };
+    let mut rewrite = Rewrites::default();
+    for (from, to) in raw.run.rewrite.iter().flatten() {
+        let w = at(from.span());
+        let key = format!("run.rewrite.{}", from.get_ref());
+        let source = signals::parse_source(from.get_ref()).map_err(|m| w.err(&key, &m))?;
+        let target = match to.get_ref() {
+            RawSignal::Name(n) => signals::parse_target(n),
+            RawSignal::Number(n) => signals::parse_target(&n.to_string()),
+        }
+        .map_err(|m| at(to.span()).err(&key, &m))?;
+        rewrite.insert(source, target);
+    }
 
     let parallelism = match (ov.parallelism, &raw.migration.parallelism) {
         (Some(n), _) => Some(n),
@@ -369,6 +411,7 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
             user,
             grace_period,
             kill_process_group: raw.run.kill_process_group.unwrap_or(false),
+            rewrite,
         },
         migration: MigrationSettings { parallelism },
     };
@@ -759,6 +802,28 @@ kill_process_group = false
             e.contains("run.grace_period") && e.contains("line 4"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rewrite_table() {
+        let c = p(&format!(
+            "{ROOTS}[run]\nrewrite = {{ TERM = \"INT\", sighup = 0, 10 = \"SIGUSR2\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.run.rewrite.apply(libc::SIGTERM), Some(libc::SIGINT));
+        assert_eq!(c.run.rewrite.apply(libc::SIGHUP), None);
+        assert_eq!(c.run.rewrite.apply(libc::SIGUSR1), Some(libc::SIGUSR2));
+        for (table, culprit) in [
+            ("{ TERM = \"BOGUS\" }", "run.rewrite.TERM"),
+            ("{ BOGUS = \"INT\" }", "run.rewrite.BOGUS"),
+            ("{ KILL = \"INT\" }", "SIGKILL"),
+            ("{ STOP = \"INT\" }", "SIGSTOP"),
+            ("{ TERM = 99 }", "99"),
+            ("{ TERM = true }", "line 4"),
+        ] {
+            let e = err(&format!("{ROOTS}[run]\nrewrite = {table}\n"));
+            assert!(e.contains(culprit) && e.contains("line 4"), "{table}: {e}");
+        }
     }
 
     #[test]

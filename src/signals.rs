@@ -102,3 +102,163 @@ pub fn discard(sig: libc::c_int) {
     // takes what is pending.
     while unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), zero.as_ref()) } > 0 {}
 }
+
+// ---------------------------------------------------------------------------
+// Naming signals and rewriting them
+
+/// A signal as a user writes it: a number (1-64) or a name in any case, with
+/// or without `SIG` (`15`, `TERM`, `sigterm`). Real-time signals have no
+/// portable names (glibc and musl disagree on `SIGRTMIN`), so they are
+/// numbers.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i64>() {
+        return if (1..=64).contains(&n) {
+            Ok(n as i32)
+        } else {
+            Err(format!("signal number {n} is out of range (1-64)"))
+        };
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("unknown signal {text:?}"))
+}
+
+/// Which forwarded signals the command receives as another signal, or not
+/// at all (`TERM:INT` lets a Python program without a SIGTERM handler clean
+/// up through KeyboardInterrupt).
+///
+/// Only forwarding consults it: a signal that stops linking, and the
+/// SIGTERM/SIGKILL sharelink sends to leftovers after the command exits,
+/// are sharelink's own and never rewritten.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    /// Source signal -> what the command gets; `0` means nothing.
+    map: std::collections::BTreeMap<i32, i32>,
+}
+
+/// `0` as a target: drop the signal instead of forwarding it.
+pub const DROP: i32 = 0;
+
+impl Rewrites {
+    /// Parse `FROM:TO` (`TERM:INT`, `15:2`, `SIGHUP:0`).
+    pub fn parse_rule(rule: &str) -> Result<(i32, i32), String> {
+        let (from, to) = rule
+            .split_once(':')
+            .ok_or_else(|| format!("expected FROM:TO (like TERM:INT), got {rule:?}"))?;
+        Ok((parse_source(from)?, parse_target(to)?))
+    }
+
+    /// Add or replace the rule for `from`.
+    pub fn insert(&mut self, from: i32, to: i32) {
+        self.map.insert(from, to);
+    }
+
+    /// What the command gets for `sig`: `None` when it is dropped.
+    pub fn apply(&self, sig: i32) -> Option<i32> {
+        match self.map.get(&sig).copied().unwrap_or(sig) {
+            DROP => None,
+            to => Some(to),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A signal sharelink can receive and would forward.
+pub fn parse_source(text: &str) -> Result<i32, String> {
+    let sig = parse_signal(text)?;
+    match sig {
+        libc::SIGKILL | libc::SIGSTOP => Err(format!(
+            "{} cannot be caught, so sharelink never receives it to rewrite",
+            crate::error::signal_name(sig)
+        )),
+        libc::SIGCHLD => Err(
+            "SIGCHLD is sharelink's own (it reaps with it) and is never \
+                              forwarded"
+                .into(),
+        ),
+        _ => Ok(sig),
+    }
+}
+
+/// What a rewritten signal becomes: any signal, or `0` to drop it.
+pub fn parse_target(text: &str) -> Result<i32, String> {
+    if text.trim() == "0" {
+        return Ok(DROP);
+    }
+    parse_signal(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_and_numbers() {
+        for s in ["15", "TERM", "term", "SIGTERM", "sigterm", " SigTerm "] {
+            assert_eq!(parse_signal(s), Ok(libc::SIGTERM), "{s}");
+        }
+        assert_eq!(parse_signal("pwr"), Ok(libc::SIGPWR));
+        assert_eq!(parse_signal("WINCH"), Ok(libc::SIGWINCH));
+        assert_eq!(parse_signal("64"), Ok(64));
+        for bad in ["0", "65", "-1", "", "SIG", "TERMINATE", "RTMIN"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules() {
+        assert_eq!(
+            Rewrites::parse_rule("TERM:INT"),
+            Ok((libc::SIGTERM, libc::SIGINT))
+        );
+        assert_eq!(
+            Rewrites::parse_rule("15:2"),
+            Ok((libc::SIGTERM, libc::SIGINT))
+        );
+        assert_eq!(Rewrites::parse_rule("sighup:0"), Ok((libc::SIGHUP, DROP)));
+        // Any signal may be the target, SIGKILL and SIGSTOP included.
+        assert_eq!(
+            Rewrites::parse_rule("TSTP:STOP"),
+            Ok((libc::SIGTSTP, libc::SIGSTOP))
+        );
+        for bad in [
+            "TERM",
+            "TERM:",
+            ":INT",
+            "TERM:BOGUS",
+            "KILL:TERM",
+            "STOP:TERM",
+            "CHLD:TERM",
+            "0:TERM",
+        ] {
+            assert!(Rewrites::parse_rule(bad).is_err(), "{bad}");
+        }
+        let e = Rewrites::parse_rule("KILL:TERM").unwrap_err();
+        assert!(e.contains("SIGKILL"), "{e}");
+    }
+
+    #[test]
+    fn apply() {
+        let mut r = Rewrites::default();
+        assert_eq!(r.apply(libc::SIGTERM), Some(libc::SIGTERM));
+        r.insert(libc::SIGTERM, libc::SIGINT);
+        r.insert(libc::SIGHUP, DROP);
+        assert_eq!(r.apply(libc::SIGTERM), Some(libc::SIGINT));
+        assert_eq!(r.apply(libc::SIGHUP), None);
+        assert_eq!(r.apply(libc::SIGUSR1), Some(libc::SIGUSR1));
+        // Later rules for the same source win (the command line over the
+        // config).
+        r.insert(libc::SIGTERM, libc::SIGQUIT);
+        assert_eq!(r.apply(libc::SIGTERM), Some(libc::SIGQUIT));
+    }
+}

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub credentials: Option<Credentials>,
     pub grace_period: Duration,
     pub kill_process_group: bool,
+    /// Applied to every forwarded signal (see [`signals::Rewrites`]).
+    pub rewrite: signals::Rewrites,
 }
 
 /// After SIGKILL, how long to wait for the last processes to be reaped. A
@@ -74,6 +76,7 @@ pub fn run(opts: RunOptions) -> i32 {
         self_pid,
         pid1,
         grace: opts.grace_period,
+        rewrite: opts.rewrite,
         warned_no_proc: Default::default(),
     }
     .supervise()
@@ -456,6 +459,7 @@ struct Supervisor {
     self_pid: i32,
     pid1: bool,
     grace: Duration,
+    rewrite: signals::Rewrites,
     warned_no_proc: std::cell::Cell<bool>,
 }
 
@@ -608,26 +612,35 @@ impl Supervisor {
             tracing::debug!("{} ignored: the command has exited", signal_name(sig));
             return;
         }
+        let Some(to) = self.rewrite.apply(sig) else {
+            tracing::debug!("{} not forwarded (rewritten to 0)", signal_name(sig));
+            return;
+        };
         // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest: the
         // command stops, sharelink does not (it stays able to forward the
         // SIGCONT that resumes it). As PID 1 the default stop action would
         // not even apply to sharelink.
         tracing::debug!(
             target = self.forward_to,
-            "forwarding {} to the command{}",
+            "forwarding {} to the command{}{}",
             signal_name(sig),
             if self.forward_to < 0 {
                 "'s process group"
             } else {
                 ""
+            },
+            if to == sig {
+                String::new()
+            } else {
+                format!(" as {}", signal_name(to))
             }
         );
         // SAFETY: plain syscall.
-        if unsafe { libc::kill(self.forward_to, sig) } != 0 {
+        if unsafe { libc::kill(self.forward_to, to) } != 0 {
             // ESRCH: the command is exiting; its SIGCHLD is on the way.
             tracing::debug!(
                 "could not forward {}: {}",
-                signal_name(sig),
+                signal_name(to),
                 std::io::Error::last_os_error()
             );
         }

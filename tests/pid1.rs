@@ -572,6 +572,164 @@ fn kill_process_group_reaches_a_grandchild() {
 }
 
 // ---------------------------------------------------------------------------
+// Signal rewriting
+
+/// A Python program with no SIGTERM handler: `finally` runs only if the
+/// signal it gets is SIGINT (KeyboardInterrupt).
+const PY_CLEANUP: &str = "\
+import sys, time
+d = sys.argv[1]
+try:
+    open(d + '/ready', 'w').close()
+    while True:
+        time.sleep(0.05)
+finally:
+    open(d + '/finally', 'w').close()
+";
+
+/// Start PY_CLEANUP under sharelink with `run_args` (and `config_run`
+/// appended to the config's `[run]` table), send SIGTERM to sharelink, and
+/// return the exit code and whether the `finally` block ran.
+fn python_gets_sigterm(
+    sb: &Sandbox,
+    name: &str,
+    run_args: &[&str],
+    config_run: &str,
+) -> (i32, bool) {
+    let d = sb.path(name);
+    std::fs::create_dir(&d).unwrap();
+    let cfg = sb.path(&format!("{name}.toml"));
+    let base = std::fs::read_to_string(sb.path("sharelink.toml")).unwrap();
+    std::fs::write(&cfg, format!("{base}[run]\n{config_run}\n")).unwrap();
+    let script = sb.script(&format!("{name}.py"), PY_CLEANUP);
+    let mut c = Command::new(bin());
+    c.arg("--config").arg(&cfg).arg("run").args(run_args).args([
+        "--",
+        "python3",
+        &script,
+        d.to_str().unwrap(),
+    ]);
+    prepare(&mut c);
+    let r = Running::start(c, Mode::Subreaper);
+    wait_file(&d.join("ready"));
+    kill(r.sharelink_pid(), libc::SIGTERM);
+    let o = r.finish();
+    (o.code, d.join("finally").exists())
+}
+
+/// `--rewrite TERM:INT`: Python turns the SIGINT into KeyboardInterrupt and
+/// runs its `finally` block; without the rewrite SIGTERM kills it outright.
+#[test]
+fn rewrite_term_to_int_lets_python_clean_up() {
+    let sb = Sandbox::new();
+    let sigint = 128 + libc::SIGINT;
+    let sigterm = 128 + libc::SIGTERM;
+    assert_eq!(python_gets_sigterm(&sb, "plain", &[], ""), (sigterm, false));
+    for (name, args) in [
+        ("names", &["--rewrite", "TERM:INT"][..]),
+        ("numbers", &["--rewrite", "15:2"][..]),
+        ("prefixed", &["--rewrite", "sigterm:SIGINT"][..]),
+        (
+            "group",
+            &["--kill-process-group", "--rewrite", "term:int"][..],
+        ),
+    ] {
+        assert_eq!(
+            python_gets_sigterm(&sb, name, args, ""),
+            (sigint, true),
+            "{args:?}"
+        );
+    }
+}
+
+/// The same from the config's `[run] rewrite` table, and a command-line
+/// rule replaces the config's rule for the same signal.
+#[test]
+fn rewrite_from_config_and_cli_wins() {
+    let sb = Sandbox::new();
+    let sigint = 128 + libc::SIGINT;
+    assert_eq!(
+        python_gets_sigterm(&sb, "config", &[], "rewrite = { TERM = \"INT\" }"),
+        (sigint, true)
+    );
+    // The config drops SIGTERM (it would never reach Python, and the test
+    // would hang); the command line turns it into SIGINT instead.
+    assert_eq!(
+        python_gets_sigterm(
+            &sb,
+            "override",
+            &["--rewrite", "TERM:INT"],
+            "rewrite = { TERM = 0 }"
+        ),
+        (sigint, true)
+    );
+}
+
+/// A dropped signal never reaches the command; others still do.
+#[test]
+fn rewrite_to_zero_drops_the_signal() {
+    let sb = Sandbox::new();
+    let log = sb.path("got");
+    let ready = sb.path("ready");
+    let script = format!(
+        "trap 'echo usr1 >> {0}' USR1\ntrap 'echo usr2 >> {0}; exit 0' USR2\n\
+         touch {1}\nwhile :; do sleep 0.05; done\n",
+        log.display(),
+        ready.display()
+    );
+    let path = sb.script("drop.sh", &script);
+    let r = sb.start(Mode::Subreaper, &["--rewrite", "USR1:0"], &["sh", &path]);
+    wait_file(&ready);
+    let pid = r.sharelink_pid();
+    kill(pid, libc::SIGUSR1);
+    // USR2 ends the command; once it has, the USR1 sent first had its
+    // chance (sharelink takes signals in order, lowest number first).
+    kill(pid, libc::SIGUSR2);
+    let o = r.finish();
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "usr2\n", "{o:?}");
+    assert!(o.stderr.contains("SIGUSR1 not forwarded"), "{o:?}");
+}
+
+/// Bad rules: a usage error (2) on the command line, a config error (78)
+/// naming the key and line in the file; the command never starts.
+#[test]
+fn bad_rewrite_rules_are_refused() {
+    let sb = Sandbox::new();
+    let marker = sb.path("ran");
+    let touch = format!("touch {}", marker.display());
+    for (rule, culprit) in [
+        ("TERM:BOGUS", "BOGUS"),
+        ("NOPE:INT", "NOPE"),
+        ("TERM", "FROM:TO"),
+        ("KILL:INT", "SIGKILL"),
+        ("sigstop:INT", "SIGSTOP"),
+        ("15:65", "65"),
+    ] {
+        let o = sb.run(Mode::Subreaper, &["--rewrite", rule], &sh(&touch));
+        assert_eq!(o.code, 2, "{rule}: {o:?}");
+        assert!(o.stderr.contains(culprit), "{rule}: {o:?}");
+    }
+    let base = std::fs::read_to_string(sb.path("sharelink.toml")).unwrap();
+    for (table, culprit) in [
+        ("{ TERM = \"BOGUS\" }", "run.rewrite.TERM"),
+        ("{ KILL = \"INT\" }", "SIGKILL"),
+        ("{ TERM = 99 }", "99"),
+    ] {
+        std::fs::write(
+            sb.path("sharelink.toml"),
+            format!("{base}[run]\nrewrite = {table}\n"),
+        )
+        .unwrap();
+        let o = sb.run(Mode::Subreaper, &[], &sh(&touch));
+        assert_eq!(o.code, 78, "{table}: {o:?}");
+        assert!(o.stderr.contains(culprit), "{table}: {o:?}");
+        assert!(o.stderr.contains("line 5"), "{table}: {o:?}");
+    }
+    assert!(!marker.exists(), "the command must not run");
+}
+
+// ---------------------------------------------------------------------------
 // Reaping
 
 /// Shell helpers for the zombie tests, run by the command as PID 2 of the

@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # Container smoke test: the real Dockerfile and docker-compose.yml on a real
-# Docker engine, with no image registry (base image made locally).
+# Docker engine, with no image registry (Python base image made locally), and
+# the demo Python pipeline (examples/pipeline/run_pipeline.py).
 #
 #   bash tests/docker/smoke.sh
 #
-# Checks (issue 4):
+# Checks:
 #   (1) `up` runs the pipeline; the container's exit code is the pipeline's
 #   (2) every data directory is a symlink into /mnt/fileshare; baked data is in
 #       the host's share directory
-#   (3) `restart` keeps the data and migrates nothing again
-#   (4) `stop` of a long-running pipeline is quick and the container exits 143
+#   (3) `restart` keeps the data and migrates nothing again; the second run
+#       reuses the SARIMA orders cached on the share
+#   (4) `stop` of a long-running pipeline is quick and graceful: sharelink's
+#       rewrite (TERM -> INT) lets Python run its `finally` (checkpoint
+#       written, exit 130); without the rewrite Python dies of SIGTERM (143)
+#       and writes nothing
 #   (5) orphans spawned by the pipeline leave no zombies
 #   (6) `up --scale app=4` on a fresh share: all linked, data migrated once
 #   (7) docker-compose.prod.yml validates
+#   (8) the troubleshooting steps of the docs: `ls -la` of the four links,
+#       `echo test > forecasting/data/test.txt`, `docker-compose restart`,
+#       `cat` it back, `sharelink link` re-run in the running container
 # plus: the image builds from the Dockerfile's `prebuilt` target, require_mount
 # sees the bind mount, no mount -> exit 69 with nothing touched, --user works.
 #
 # Environment:
 #   SHARELINK_BIN=path    use this static binary instead of building one
-#   SHARELINK_BASE_IMAGE  base image tag (default: made by make-base-image.sh)
+#   SHARELINK_BASE_IMAGE  base image tag (default: tests/docker/make-python-base.sh)
 #   SMOKE_KEEP=1          keep containers, image and temp dir for debugging
 #
 # Every docker command runs under `timeout`; the script cannot hang. Exit 0
@@ -81,7 +89,7 @@ command -v docker-compose >/dev/null || { echo "FAIL: docker-compose not install
 
 BASE="${SHARELINK_BASE_IMAGE:-}"
 if [ -z "$BASE" ]; then
-    BASE="$(t 600 bash "$ROOT/tests/docker/make-base-image.sh")"
+    BASE="$(t 1200 bash "$ROOT/tests/docker/make-python-base.sh")"
 fi
 
 if [ -n "${SHARELINK_BIN:-}" ]; then
@@ -134,7 +142,7 @@ fi
 ep="$(t 30 docker image inspect -f '{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{if .Config.Healthcheck}}{{json .Config.Healthcheck.Test}}{{end}}' "$IMAGE" || true)"
 echo "image config: $ep"
 check "image: ENTRYPOINT sharelink run --, CMD the pipeline, HEALTHCHECK sharelink status" \
-    grep -q '\["/usr/local/bin/sharelink","run","--"\] \["/app/run_pipeline.sh"\] \["CMD","/usr/local/bin/sharelink","status"\]' <<<"$ep"
+    grep -q '\["/usr/local/bin/sharelink","run","--"\] \["python3","/app/run_pipeline.py"\] \["CMD","/usr/local/bin/sharelink","status"\]' <<<"$ep"
 
 # --- compose helpers ---------------------------------------------------------
 export SHARELINK_IMAGE="$IMAGE" SHARELINK_BUILD_TARGET=prebuilt BASE_IMAGE="$BASE"
@@ -149,7 +157,12 @@ new_project() {
     export SHARELINK_SHARE_DIR="$2"
     mkdir -p "$2"
 }
-dc() { t "${DC_TIMEOUT:-120}" docker-compose --env-file "$WORK/empty.env" -p "$CUR" -f "$ROOT/docker-compose.yml" --ansi never "$@"; }
+# DC_OVERRIDE=FILE: a compose file merged over docker-compose.yml.
+dc() {
+    local files=(-f "$ROOT/docker-compose.yml")
+    [ -z "${DC_OVERRIDE:-}" ] || files+=(-f "$DC_OVERRIDE")
+    t "${DC_TIMEOUT:-120}" docker-compose --env-file "$WORK/empty.env" -p "$CUR" "${files[@]}" --ansi never "$@"
+}
 cids() { dc ps -q app 2>/dev/null; }
 cid1() { cids | head -n1 || true; }
 # wait_exit CID [SECONDS] -> prints the exit code
@@ -169,6 +182,15 @@ wait_log() {
 }
 running() { [ "$(t 10 docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
 logs_have() { logs "$1" | grep -q -- "$2"; }
+# wait_log_count CID PATTERN N SECONDS: until the logs show PATTERN N times
+# (a restarted container keeps the logs of its earlier runs).
+wait_log_count() {
+    local until=$((SECONDS + $4))
+    while [ "$(logs "$1" | grep -c -- "$2")" -lt "$3" ]; do
+        [ "$SECONDS" -lt "$until" ] || return 1
+        sleep 0.2
+    done
+}
 # The container's app-side link entries, from its filesystem (works on
 # stopped containers): "app_rel -> target" lines.
 links_in() {
@@ -243,13 +265,59 @@ share_clean() {
     return $ok
 }
 count() { find "$1" -maxdepth 1 -name "$2" 2>/dev/null | wc -l; }
+# What the pipeline writes per run: "directory glob" (share-relative).
+RUN_OUTPUTS=("scraping/scraped_data prices-*.csv" "forecasting/data/output forecast-*.csv"
+    "modelling/predictions predictions-*.csv")
+# What it writes once and then updates: the SARIMA orders it searched (the
+# series long enough for a search) and its checkpoint.
+SEARCHED_SERIES=(price_gadget price_widget sales temperature visitors)
+CHECKPOINT=modelling/cache/checkpoint.json
 outputs_are() { # DIR N: each data directory got N pipeline outputs
-    local dir="$1" n="$2" got
-    for spec in "scraping/scraped_data prices-*.csv" "forecasting/data/output forecast-*.csv" \
-        "modelling/predictions predictions-*.csv" "modelling/cache/time_moe_cache *.cache"; do
+    local dir="$1" n="$2" got spec s
+    for spec in "${RUN_OUTPUTS[@]}"; do
         got="$(count "$dir/${spec%% *}" "${spec#* }")"
         [ "$got" = "$n" ] || { echo "  $dir/${spec%% *}: $got outputs, want $n"; return 1; }
     done
+    for s in "${SEARCHED_SERIES[@]}"; do
+        [ -s "$dir/modelling/cache/sarima_params/$s.json" ] || { echo "  no cached orders for $s"; return 1; }
+    done
+    [ -s "$dir/$CHECKPOINT" ] || { echo "  no $CHECKPOINT"; return 1; }
+}
+# Share-relative paths of pipeline outputs, one per line on stdin -> the rest.
+not_outputs() {
+    grep -vE "^(scraping/scraped_data/prices|forecasting/data/output/forecast|modelling/predictions/predictions)-[^/]*\.csv$|^modelling/cache/sarima_params/($(
+        IFS='|'; echo "${SEARCHED_SERIES[*]}"))\.json$|^$CHECKPOINT$" || true
+}
+# checkpoint_is DIR STATUS [FIELD VALUE]: the pipeline's checkpoint says so.
+checkpoint_is() {
+    local f="$1/$CHECKPOINT"
+    grep -q "\"status\": \"$2\"" "$f" 2>/dev/null &&
+        { [ -z "${3:-}" ] || grep -q "\"$3\": \"$4\"" "$f"; } ||
+        { echo "  $CHECKPOINT: $(tr -d '\n' <"$f" 2>/dev/null || echo missing)"; return 1; }
+}
+# bake_image TAG FILES BYTES: an image with more data baked into
+# /app/forecasting/data/input/bulk (FILES small files and one of BYTES random
+# bytes) than the demo has, built FROM $IMAGE. Points APPSRC at a copy of the
+# demo app with the same files; `baked_list >"$WORK/baked.txt"` afterwards
+# makes the baked-data checks cover them. A few GiB: BYTES=$((3 << 30)).
+bake_image() {
+    local tag="$1" files="$2" bytes="$3" ctx="$WORK/bake-${1##*:}"
+    APPSRC="$WORK/app-${1##*:}"
+    rm -rf "$APPSRC" "$ctx"
+    cp -a "$ROOT/examples/pipeline" "$APPSRC"
+    mkdir -p "$APPSRC/forecasting/data/input/bulk" "$ctx"
+    (cd "$APPSRC/forecasting/data/input/bulk" && for i in $(seq 1 "$files"); do echo "row $i" >"part-$i.csv"; done)
+    head -c "$bytes" /dev/urandom >"$APPSRC/forecasting/data/input/bulk/big.bin"
+    cp -al "$APPSRC/forecasting/data/input/bulk" "$ctx/bulk"
+    printf 'FROM %s\nCOPY bulk/ /app/forecasting/data/input/bulk/\n' "$IMAGE" >"$ctx/Dockerfile"
+    if t 900 docker build -q -t "$tag" "$ctx" >/dev/null 2>"$ctx.log"; then
+        EXTRA_IMAGES+=("$tag")
+        rm -rf "$ctx"
+    else
+        cat "$ctx.log"
+        APPSRC="$ROOT/examples/pipeline"
+        return 1
+    fi
 }
 snapshot() { # DIR -> inode/size/mtime of the baked files
     (cd "$1" && while IFS= read -r rel; do stat -c '%n %i %s %Y' "$rel"; done <"$WORK/baked.txt") 2>&1
@@ -260,6 +328,56 @@ zombies() { # CID -> number of zombie processes in the container
 adopted_sleeps() { # CID -> number of `sleep` processes whose parent is PID 1
     ex "$1" sh -c 'n=0; for d in /proc/[0-9]*; do
         [ "$(cat $d/comm 2>/dev/null)" = sleep ] && grep -q "^PPid:[[:space:]]*1$" $d/status 2>/dev/null && n=$((n+1)); done; echo $n'
+}
+# (8) The docs' troubleshooting steps, typed as a user would, against the
+# running container CID of the current project (its pipeline holds).
+troubleshooting_steps() {
+    local c="$1" l app share out code start secs
+    say "(8) troubleshooting steps: ls -la, echo test, restart, cat, sharelink link"
+    for l in "${LINKS[@]}"; do
+        app="${l%% *}"; share="${l#* }"
+        out="$(dc exec -T app ls -la "$app" 2>&1)" || true
+        echo "    \$ ls -la $app"; echo "    $out"
+        check "(8) ls -la $app: a symlink to /mnt/fileshare/$share" \
+            bash -c '[[ "$1" == l* && "$1" == *" $2 -> /mnt/fileshare/$3" ]]' _ "$out" "$app" "$share"
+    done
+    check "(8) echo test > forecasting/data/test.txt" dc exec -T app sh -c 'echo "test" > forecasting/data/test.txt'
+    start=$(date +%s.%N)
+    dc restart >/dev/null 2>&1 || true
+    secs="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+    echo "    docker-compose restart took ${secs}s"
+    if wait_log_count "$c" "holding for" 2 60; then
+        out="$(dc exec -T app cat forecasting/data/test.txt 2>&1)" || true
+        check "(8) after docker-compose restart, cat forecasting/data/test.txt gives test (got: $out)" test "$out" = test
+        check "(8) ... and the file is on the host's share directory" grep -qx test "$SHARELINK_SHARE_DIR/forecasting/data/test.txt"
+        code=0
+        out="$(dc exec -T app sharelink link 2>&1)" || code=$?
+        check "(8) sharelink link re-run in the running container exits 0 (got $code)" test "$code" = 0
+        [ "$code" = 0 ] || echo "$out" | sed 's/^/  /'
+        check "(8) ... and everything is still linked" all_linked "$c"
+    else
+        show_logs
+        fail "(8) the pipeline did not come back after docker-compose restart"
+    fi
+}
+# stop_gracefully CID LABEL: `docker-compose stop` of the holding pipeline of
+# the current project is quick, and sharelink's TERM -> INT rewrite lets
+# Python clean up: its `finally` writes the checkpoint, then it dies of SIGINT.
+stop_gracefully() {
+    local c="$1" label="$2" start secs code before
+    check "$label before the stop, the checkpoint says running" checkpoint_is "$SHARELINK_SHARE_DIR" running
+    before="$(logs "$c" | grep -c "interrupted during hold" || true)"
+    start=$(date +%s.%N)
+    dc stop >/dev/null 2>&1 || true
+    secs="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+    echo "    docker-compose stop took ${secs}s"
+    check "$label stop returned in ${secs}s (< 5s; Docker's kill deadline is 10s)" awk -v s="$secs" 'BEGIN { exit !(s < 5) }'
+    code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$c" 2>/dev/null || echo none)"
+    check "$label Python got SIGINT, cleaned up and died of it: exit 130 (got $code)" test "$code" = 130
+    check "$label Python's finally ran: the checkpoint says interrupted during hold" \
+        checkpoint_is "$SHARELINK_SHARE_DIR" interrupted interrupted_in hold
+    check "$label ... and the pipeline logged its clean stop" \
+        test "$(logs "$c" | grep -c "interrupted during hold" || true)" = "$((before + 1))"
 }
 show_logs() { for c in $(cids); do echo "  --- logs of ${c:0:12}"; logs "$c" | tail -n 25 | sed 's/^/  | /'; done; }
 
@@ -278,6 +396,12 @@ if AZURE_STORAGE_ACCOUNT=dummyaccount AZURE_STORAGE_KEY='ZHVtbXk+a2V5/w==' AZURE
     grep -q 'device: //dummyaccount.file.core.windows.net/dummyshare' "$WORK/prod.yml" || missing="$missing device"
     grep -q "SHARELINK_REQUIRE_MOUNT: 'true'\|SHARELINK_REQUIRE_MOUNT: \"true\"" "$WORK/prod.yml" || missing="$missing require_mount"
     check "(7) prod volume: cifs with all mount options, require_mount on${missing:+ (missing:$missing)}" test -z "$missing"
+    # Its `entrypoint` drops the image's CMD: its `command` must be the same.
+    prod_cmd="$(awk '/^    command:/ { f = 1; next } f && /^    - / { sub(/^    - /, ""); a = a (a ? "," : "") "\"" $0 "\""; next }
+        f { exit } END { print "[" a "]" }' "$WORK/prod.yml")"
+    image_cmd="$(t 30 docker image inspect -f '{{json .Config.Cmd}}' "$IMAGE")"
+    check "(7) prod: entrypoint --user app, and command is the image's CMD ($prod_cmd, want $image_cmd)" \
+        bash -c 'grep -q -- "- --user" "$1" && [ "$2" = "$3" ]' _ "$WORK/prod.yml" "$prod_cmd" "$image_cmd"
 else
     cat "$WORK/prod.err"
     fail "(7) prod compose file validates with dummy env"
@@ -314,8 +438,11 @@ C="$(cid1)"
 if [ -n "$C" ]; then
     code="$(wait_exit "$C")"
     check "(1) up: pipeline ran and the container exited 0 (got $code)" \
-        bash -c '[ "$1" = 0 ] && grep -q "pipeline\[.*\]: done, exit 0" <<<"$2"' _ "$code" "$(logs "$C")"
+        bash -c '[ "$1" = 0 ] && grep -q "pipeline: done, exit 0" <<<"$2"' _ "$code" "$(logs "$C")"
     [ "$code" = 0 ] || show_logs
+    check "(1) first run on a fresh share: the pipeline searched the SARIMA orders of every series" \
+        logs_have "$C" "grid search for ${#SEARCHED_SERIES[@]}/${#SEARCHED_SERIES[@]} series"
+    first_model="$(logs "$C" | sed -nE 's/.*pipeline: model: finished in ([0-9.]+)s.*/\1/p' | tail -n1)"
     logs "$C" | grep -E 'migrated|linked' | sed 's/^/    sharelink log: /' || true
     say "(2) data directories are symlinks into the share; baked data is on the host"
     check "(2) container: every data directory -> /mnt/fileshare/<share path>" all_linked "$C"
@@ -334,6 +461,13 @@ check "(1) up --exit-code-from app returns the pipeline's non-zero status (7, go
 C="$(cid1)"
 code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
 check "(1) container exit code is the pipeline's (7, got $code)" test "$code" = 7
+# A new container (its environment changed), the same share.
+check "(3) second run: reused the SARIMA orders cached on the share (grid search skipped)" \
+    grep -q "reused cached SARIMA orders for ${#SEARCHED_SERIES[@]}/${#SEARCHED_SERIES[@]} series" "$WORK/up7.log"
+second_model="$(sed -nE 's/.*pipeline: model: finished in ([0-9.]+)s.*/\1/p' "$WORK/up7.log" | tail -n1)"
+echo "    model stage: first run ${first_model:-?}s, second run ${second_model:-?}s"
+check "(3) second run: the model stage is faster (${second_model:-?}s < ${first_model:-?}s)" \
+    awk -v a="${first_model:-0}" -v b="${second_model:-x}" 'BEGIN { exit !(b != "x" && b + 0 < a + 0) }'
 
 say "(3) restart keeps the data and does not migrate again"
 { echo "written by the smoke test" >"$SHARE_A/forecasting/data/marker.txt"; } 2>/dev/null ||
@@ -358,7 +492,7 @@ check "(3) restart: nothing displaced, nested or left behind" share_clean "$SHAR
 say "(4) stop of a long-running pipeline; recreate on a used share"
 # A new container has the baked data in its image again while the share
 # already has it: the share wins, nothing is copied over it or displaced.
-{ echo "2024-01-08,999" >>"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || true
+{ echo "2024-04-22,131" >>"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || true
 edited="$({ cksum <"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || echo missing)"
 before="$(snapshot "$SHARE_A" || true)"
 PIPELINE_HOLD=300 dc up -d --force-recreate >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(4) up -d (hold)"; }
@@ -378,18 +512,35 @@ if [ -n "$C" ] && wait_log "$C" "holding for" 60; then
     after="$(snapshot "$SHARE_A" || true)"
     check "(3) recreate: baked files on the share are the same files (inode, size, mtime)" test "$before" = "$after"
     [ "$before" = "$after" ] || diff <(echo "$before") <(echo "$after") | sed 's/^/  /'
-    start=$(date +%s.%N)
-    dc stop >/dev/null 2>&1 || true
-    end=$(date +%s.%N)
-    secs="$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')"
-    echo "    docker-compose stop took ${secs}s"
-    check "(4) stop returned in ${secs}s (< 5s; Docker's kill deadline is 10s)" awk -v s="$secs" 'BEGIN { exit !(s < 5) }'
-    code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
-    check "(4) container exited 143 (got $code)" test "$code" = 143
+    troubleshooting_steps "$C"
+    stop_gracefully "$C" "(4)"
 else
     show_logs
     fail "(4) long-running pipeline did not start"
 fi
+
+say "(4) control: the same stop without the rewrite"
+# A command-line rule replaces the config's for the same signal: TERM:TERM
+# forwards SIGTERM as it is.
+printf 'services:\n  app:\n    entrypoint: ["/usr/local/bin/sharelink", "run", "--rewrite", "TERM:TERM", "--"]\n    command: ["python3", "/app/run_pipeline.py"]\n' \
+    >"$WORK/no-rewrite.yml"
+DC_OVERRIDE="$WORK/no-rewrite.yml"
+PIPELINE_HOLD=300 dc up -d --force-recreate >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(4) up -d (no rewrite)"; }
+C="$(cid1)"
+if [ -n "$C" ] && wait_log "$C" "holding for" 60; then
+    start=$(date +%s.%N)
+    dc stop >/dev/null 2>&1 || true
+    secs="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')"
+    code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
+    echo "    docker-compose stop without the rewrite took ${secs}s, exit $code"
+    check "(4) control: without the rewrite Python dies of SIGTERM (exit 143, got $code)" test "$code" = 143
+    check "(4) control: ... and its finally never ran (checkpoint still says running)" checkpoint_is "$SHARE_A" running
+    check "(4) control: ... and it logged nothing on the way out" bash -c '! grep -q "interrupted during" <<<"$1"' _ "$(logs "$C")"
+else
+    show_logs
+    fail "(4) control: long-running pipeline did not start"
+fi
+DC_OVERRIDE=""
 
 say "(5) orphans leave no zombies"
 PIPELINE_HOLD=300 PIPELINE_ORPHANS=8 PIPELINE_ORPHAN_LIFE=2 dc up -d --force-recreate >"$WORK/up.log" 2>&1 ||
@@ -405,7 +556,7 @@ if [ -n "$C" ] && wait_log "$C" "spawned 8 orphan" 60; then
     check "(5) pipeline still running" running "$C"
     dc stop >/dev/null 2>&1 || true
     code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$C" 2>/dev/null || echo none)"
-    check "(5) stopped: exit 143 (got $code)" test "$code" = 143
+    check "(5) stopped: exit 130 (got $code)" test "$code" = 130
 else
     show_logs
     fail "(5) pipeline with orphans did not start"
@@ -421,7 +572,7 @@ dc down -v -t 1 >/dev/null 2>&1 || true
 # every data directory, baked ones and ones that linking creates.
 new_project u "$WORK/share-u"
 code=0
-out="$(dc run --rm --entrypoint /usr/local/bin/sharelink app run --user app -- /app/run_pipeline.sh 2>&1)" || code=$?
+out="$(dc run --rm --entrypoint /usr/local/bin/sharelink app run --user app -- python3 /app/run_pipeline.py 2>&1)" || code=$?
 check "--user app: the demo pipeline runs as uid 10001 on a fresh share and writes every data directory (exit $code)" \
     bash -c '[ "$1" = 0 ] && grep -q "start as uid 10001" <<<"$2"' _ "$code" "$out"
 [ "$code" = 0 ] || echo "$out" | tail -n 15 | sed 's/^/  /'
@@ -433,19 +584,10 @@ say "(6) up --scale app=4 on a fresh share"
 # The demo's baked data moves in milliseconds; replicas would rarely overlap.
 # An image with more baked data (BULK_FILES small files plus one of 32 MiB)
 # keeps the first migration busy while the other replicas start.
-APPSRC="$WORK/app-heavy"
-cp -a "$ROOT/examples/pipeline" "$APPSRC"
-mkdir -p "$APPSRC/forecasting/data/input/bulk" "$WORK/heavy"
-(cd "$APPSRC/forecasting/data/input/bulk" && for i in $(seq 1 "${BULK_FILES:-3000}"); do echo "row $i" >"part-$i.csv"; done)
-head -c 33554432 /dev/urandom >"$APPSRC/forecasting/data/input/bulk/big.bin"
-cp -a "$APPSRC/forecasting/data/input/bulk" "$WORK/heavy/bulk"
-printf 'FROM %s\nCOPY bulk/ /app/forecasting/data/input/bulk/\n' "$IMAGE" >"$WORK/heavy/Dockerfile"
-if t 300 docker build -q -t "$IMAGE-heavy" "$WORK/heavy" >/dev/null 2>"$WORK/heavy.log"; then
+if bake_image "$IMAGE-heavy" "${BULK_FILES:-3000}" $((32 << 20)); then
     export SHARELINK_IMAGE="$IMAGE-heavy"
-    EXTRA_IMAGES+=("$IMAGE-heavy")
 else
-    cat "$WORK/heavy.log"; fail "(6) build the image with more baked data"
-    APPSRC="$ROOT/examples/pipeline"
+    fail "(6) build the image with more baked data"
 fi
 baked_list >"$WORK/baked.txt"
 echo "baked data: $(wc -l <"$WORK/baked.txt") files/symlinks"
@@ -478,7 +620,7 @@ check "(6) every replica is linked ($linked/${#CS[@]})" test "$linked" = "${#CS[
 check "(6) baked data on the share, byte-identical" baked_on_share "$SHARE_B"
 check "(6) migrated once: nothing displaced, nested, duplicated or left behind" share_clean "$SHARE_B"
 nb="$(cd "$SHARE_B" && { for l in "${LINKS[@]}"; do s="${l#* }"; find "$s" \( -type f -o -type l \); done; } |
-    grep -cvE '/(prices|forecast|predictions)-[^/]*\.csv$|time_moe_cache/[^/]*\.cache$' || true)"
+    not_outputs | wc -l)"
 check "(6) file count on the share: $nb baked files, want $(wc -l <"$WORK/baked.txt")" test "$nb" = "$(wc -l <"$WORK/baked.txt")"
 check "(6) each replica's outputs are on the share (4 per data directory)" outputs_are "$SHARE_B" 4
 dc down -v -t 1 >/dev/null 2>&1 || true
