@@ -47,6 +47,7 @@ fn reachable(s: Scenario) -> BTreeSet<&'static str> {
         "staging.file",
         "staging.journal",
         "staging.synced",
+        "prune.leased",
         "prune.entry",
         "prune.done",
         "swap.temp",

@@ -36,6 +36,10 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Inventory {
     pub entries: Vec<Entry>,
+    /// Entries this process could not empty out (directories it may not
+    /// write to, files it may not read), with why: a migration must not
+    /// start when it could not finish.
+    pub blockers: Vec<(Ix, std::io::Error)>,
 }
 
 impl Inventory {
@@ -58,7 +62,12 @@ impl Inventory {
                 leader: None,
                 changed: false,
             }],
+            blockers: Vec::new(),
         };
+        // The kernel's own answer (read-only mounts, immutable flags,
+        // permissions, ACLs), asked where the walk already is: files only
+        // when we are not root, who may read anything.
+        let root_user = nix::unistd::geteuid().is_root();
         let mut links: HashMap<(u64, u64), Ix> = HashMap::new();
         // Directories still to read, each with its parent held open; the
         // stack keeps the walk depth-first, so few directories are open.
@@ -104,6 +113,9 @@ impl Inventory {
                 inv.entries[ix as usize].changed = true;
                 continue;
             }
+            if let Err(e) = dir.access(OsStr::new("."), libc::W_OK | libc::X_OK) {
+                inv.blockers.push((ix, e));
+            }
             let listing = dir
                 .list()
                 .map_err(|e| Error::io("read directory", &inv.path(app_path, ix), e))?;
@@ -119,6 +131,11 @@ impl Inventory {
                     }
                 };
                 let me = inv.entries.len() as Ix;
+                if !root_user && meta.kind == Kind::File {
+                    if let Err(e) = dir.access(&name, libc::R_OK) {
+                        inv.blockers.push((me, e));
+                    }
+                }
                 let leader = if meta.kind == Kind::File && meta.nlink > 1 {
                     match links.get(&(meta.dev, meta.id.ino)) {
                         Some(&l) => Some(l),

@@ -78,7 +78,7 @@ impl Journal {
 /// `F <checksum> <fields…> <escaped path>\n`: the checksum covers the rest
 /// of the line, so a line cut short by a crash is never taken for a
 /// shorter path.
-fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
+pub fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
     let id = &r.app;
     let mut body = format!(
         "{} {} {}.{} {}.{} {} ",
@@ -98,8 +98,13 @@ fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
 }
 
 fn parse(text: &[u8]) -> HashMap<PathBuf, Record> {
+    parse_lines(text.strip_prefix(HEADER).unwrap_or(&[]))
+}
+
+/// Records in `body` (lines as [`encode`] writes them), ignoring any that
+/// are torn or garbled.
+pub fn parse_lines(body: &[u8]) -> HashMap<PathBuf, Record> {
     let mut out = HashMap::new();
-    let body = text.strip_prefix(HEADER).unwrap_or(&[]);
     // Only complete lines: the last one may be torn.
     let complete = match body.iter().rposition(|&b| b == b'\n') {
         Some(i) => &body[..i],

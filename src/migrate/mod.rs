@@ -79,6 +79,7 @@ pub const FAILPOINTS: &[&str] = &[
     "commit.synced",
     "merge.moved",
     "displace.renamed",
+    "prune.leased",
     "prune.entry",
     "prune.done",
     "swap.temp",
@@ -315,8 +316,6 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
     let share_path = cfg.share_path(link);
     let places = Places::new(cfg, link);
     let (app_parent_path, app_name) = split(&app_path);
-    let (app_parent_path, app_name) = (app_parent_path.to_path_buf(), app_name.to_os_string());
-    let (app_parent_path, app_name) = (app_parent_path.as_path(), app_name.as_os_str());
     let app_parent =
         Dir::open(app_parent_path).map_err(|e| Error::io("open", app_parent_path, e))?;
     let app = app_parent
@@ -352,7 +351,7 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
         app_path,
     };
     ctx.fresh.touch();
-    let r = m.run(&app_parent, app_name, &app, &mut ctx);
+    let r = m.run(&app_parent, &app, &mut ctx);
     // A lease broken while we deleted sends SIGIO; it is ours, not the
     // command's.
     signals::discard(libc::SIGIO);
@@ -432,24 +431,20 @@ enum Target {
 }
 
 impl Migration<'_> {
-    fn run(
-        &self,
-        app_parent: &Dir,
-        app_name: &OsStr,
-        app: &Dir,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<Outcome> {
+    fn run(&self, app_parent: &Dir, app: &Dir, ctx: &mut Ctx<'_>) -> Result<Outcome> {
         let mut out = Outcome::default();
-        let mut own = self.committed_here();
         // Our own copies on the share of entries still in the app
-        // directory, to recognise them in a later pass.
-        let mut placed: HashMap<PathBuf, Identity> = HashMap::new();
+        // directory, to recognise them in a later pass (or run).
+        let (mut own, mut placed) = match self.committed_here() {
+            Some(placed) => (true, placed),
+            None => (false, HashMap::new()),
+        };
         let mut last_kept = Vec::new();
         for pass in 1..=PASSES {
             out.passes = pass;
             let inv = Inventory::scan(app, &self.app_path, &mut signals::check_interrupt)?;
             if pass == 1 {
-                preflight(&inv, app_parent, app_name, &self.app_path)?;
+                preflight(&inv, app_parent, &self.app_path)?;
             }
             let target = self.target()?;
             // An empty app directory still makes a missing target (with the
@@ -500,6 +495,9 @@ impl Migration<'_> {
             // Let what is being written settle before looking again.
             signals::sleep_interruptible(Duration::from_nanos(SETTLE_NS as u64 * (pass as u64)))?;
         }
+        if own {
+            self.mark_committed(&placed)?;
+        }
         Err(Error::AppBusy(describe_busy(&self.app_path, &last_kept)))
     }
 
@@ -543,10 +541,28 @@ impl Migration<'_> {
 
     /// Whether this container committed the migration into the current
     /// share target (its marker names the target and the target exists).
-    fn committed_here(&self) -> bool {
-        std::fs::read(&self.marker).is_ok_and(|m| {
-            m.strip_suffix(b"\n").unwrap_or(&m) == self.share_path.as_os_str().as_encoded_bytes()
-        }) && matches!(self.share_parent.stat_at(&self.share_name), Ok(Some(m)) if m.kind == Kind::Dir)
+    /// When this container committed the migration into the current share
+    /// target (its marker names the target and the target exists): our
+    /// copies it recorded there.
+    fn committed_here(&self) -> Option<HashMap<PathBuf, Identity>> {
+        let m = std::fs::read(&self.marker).ok()?;
+        let (first, rest) = match m.iter().position(|&b| b == b'\n') {
+            Some(i) => (&m[..i], &m[i + 1..]),
+            None => (&m[..], &[][..]),
+        };
+        if first != self.share_path.as_os_str().as_encoded_bytes() {
+            return None;
+        }
+        match self.share_parent.stat_at(&self.share_name) {
+            Ok(Some(t)) if t.kind == Kind::Dir => {}
+            _ => return None,
+        }
+        Some(
+            journal::parse_lines(rest)
+                .into_iter()
+                .map(|(rel, r)| (rel, r.app))
+                .collect(),
+        )
     }
 
     fn target(&self) -> Result<Target> {
@@ -632,7 +648,7 @@ impl Migration<'_> {
             Err(e) => return Err(Error::io("commit the copy to", &self.share_path, e)),
         }
         failpoint::hit("commit.renamed");
-        self.mark_committed()?;
+        self.mark_committed(&HashMap::new())?;
         failpoint::hit("commit.marked");
         self.share_parent
             .sync_fs()
@@ -651,9 +667,20 @@ impl Migration<'_> {
         Ok(None)
     }
 
-    fn mark_committed(&self) -> Result<()> {
+    /// Record on the app side that this container committed its copy to
+    /// the share target, and which of our copies there are of entries the
+    /// app directory still holds (to be replaced, not set aside, when a
+    /// later run finds those entries changed).
+    fn mark_committed(&self, placed: &HashMap<PathBuf, Identity>) -> Result<()> {
         let mut text = self.share_path.as_os_str().as_encoded_bytes().to_vec();
         text.push(b'\n');
+        for (rel, id) in placed {
+            let rec = journal::Record {
+                app: *id,
+                staged_ino: 0,
+            };
+            journal::encode(&mut text, rel, &rec);
+        }
         std::fs::write(&self.marker, text).map_err(|e| Error::io("write", &self.marker, e))
     }
 
@@ -1075,77 +1102,56 @@ fn describe_busy(app: &Path, kept: &[(PathBuf, prune::Kept)]) -> String {
 
 /// Before anything is copied: would the end of the migration fail? The app
 /// directory must be emptied and replaced with a symlink, so its parent and
-/// every directory in it must be writable by us. Failing after a full copy
-/// would fail again on every start.
-fn preflight(inv: &Inventory, app_parent: &Dir, app_name: &OsStr, app_path: &Path) -> Result<()> {
+/// every directory in it must be writable by us, and its files readable.
+/// Failing after a full copy would fail again on every start.
+fn preflight(inv: &Inventory, app_parent: &Dir, app_path: &Path) -> Result<()> {
     let parent_path = app_path.parent().unwrap_or(Path::new("/"));
-    if let Err(e) = app_parent.access(OsStr::new("."), libc::W_OK | libc::X_OK) {
-        return Err(if e.raw_os_error() == Some(libc::EROFS) {
-            Error::ReadOnlyApp(format!(
+    let mut blockers: Vec<(PathBuf, &std::io::Error)> = Vec::new();
+    let parent_err = app_parent
+        .access(OsStr::new("."), libc::W_OK | libc::X_OK)
+        .err();
+    if let Some(e) = &parent_err {
+        if e.raw_os_error() == Some(libc::EROFS) {
+            return Err(Error::ReadOnlyApp(format!(
                 "{} is on a read-only filesystem: sharelink must replace {} with a symlink (run the container with a writable root, or make the data directory a symlink at build time)",
                 parent_path.display(),
                 app_path.display()
-            ))
-        } else {
-            Error::io(
-                &format!(
-                    "cannot replace {} with a symlink: write to",
-                    app_path.display()
-                ),
-                parent_path,
-                e,
-            )
-        });
+            )));
+        }
+        blockers.push((parent_path.to_path_buf(), e));
     }
-    let _ = app_name;
+    for (ix, e) in &inv.blockers {
+        blockers.push((inv.path(app_path, *ix), e));
+    }
+    // A sticky directory lets only an entry's owner (or the directory's)
+    // remove it; `access` does not say so.
     let euid = nix::unistd::geteuid().as_raw();
-    if euid == 0 {
-        return Ok(());
-    }
-    let groups: Vec<u32> = nix::unistd::getgroups()
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_default();
-    let egid = nix::unistd::getegid().as_raw();
-    let may = |uid: u32, gid: u32, perm: u32, want: u32| -> bool {
-        let bits = if uid == euid {
-            perm >> 6
-        } else if gid == egid || groups.contains(&gid) {
-            perm >> 3
-        } else {
-            perm
-        } & 7;
-        bits & want == want
-    };
-    let mut bad = Vec::new();
-    for (i, e) in inv.entries.iter().enumerate() {
-        let m = &e.meta;
-        let ok = match m.kind {
-            // Entries are removed from it, and it is read.
-            Kind::Dir => {
-                may(m.uid, m.gid, m.perm, 0o7) && (m.perm & libc::S_ISVTX == 0 || m.uid == euid)
+    let sticky = std::io::Error::from_raw_os_error(libc::EPERM);
+    if euid != 0 {
+        for (i, e) in inv.entries.iter().enumerate().skip(1) {
+            let parent = &inv.get(e.parent).meta;
+            if parent.perm & libc::S_ISVTX != 0 && parent.uid != euid && e.meta.uid != euid {
+                blockers.push((inv.path(app_path, i as Ix), &sticky));
             }
-            Kind::File => may(m.uid, m.gid, m.perm, 0o4),
-            _ => true,
-        };
-        if !ok {
-            bad.push(inv.path(app_path, i as Ix));
         }
     }
-    if bad.is_empty() {
+    if blockers.is_empty() {
         return Ok(());
     }
-    let shown: Vec<String> = bad
+    let shown: Vec<String> = blockers
         .iter()
         .take(5)
-        .map(|p| p.display().to_string())
+        .map(|(p, e)| format!("{}: {e}", p.display()))
         .collect();
     Err(Error::CannotEmpty(format!(
-        "sharelink runs as uid {euid} and could not empty {} to replace it with a symlink: {} entr{} cannot be read or removed by that user ({}{}). Nothing was copied. Make the data directory readable and writable by uid {euid} (e.g. chown in the Dockerfile), or start sharelink as root and drop privileges with `run --user`",
+        "sharelink (uid {euid}) could not empty {} and replace it with a symlink, so it copied nothing: {}{}. Make the data directory writable (and its files readable) by uid {euid}, e.g. with chown in the Dockerfile, or start sharelink as root and drop privileges with `run --user`",
         app_path.display(),
-        bad.len(),
-        if bad.len() == 1 { "y" } else { "ies" },
-        shown.join(", "),
-        if bad.len() > 5 { ", …" } else { "" }
+        shown.join("; "),
+        if blockers.len() > 5 {
+            format!("; and {} more", blockers.len() - 5)
+        } else {
+            String::new()
+        }
     )))
 }
 

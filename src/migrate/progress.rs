@@ -33,32 +33,31 @@ pub struct Snapshot {
 impl Snapshot {
     /// Bytes per second so far.
     pub fn rate(&self) -> u64 {
-        let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            (self.bytes as f64 / s) as u64
-        } else {
+        let ms = self.elapsed.as_millis() as u64;
+        if ms == 0 {
             0
+        } else {
+            (self.bytes as u128 * 1000 / ms as u128) as u64
         }
     }
 
     /// Time left at the rate so far, from bytes (or files when there are
     /// no bytes to speak of).
     pub fn eta(&self) -> Option<Duration> {
-        let s = self.elapsed.as_secs_f64();
+        let ms = self.elapsed.as_millis();
         let (done, total) = if self.bytes_total > 0 {
             (self.bytes, self.bytes_total)
         } else {
             (self.files, self.files_total)
         };
-        if done == 0 || s <= 0.0 || done >= total {
+        if done == 0 || ms == 0 || done >= total {
             return None;
         }
-        Some(Duration::from_secs_f64(
-            s * (total - done) as f64 / done as f64,
-        ))
+        let left_ms = ms * (total - done) as u128 / done as u128;
+        Some(Duration::from_millis(left_ms as u64))
     }
 
-    /// `1234/5000 files, 1.2 GiB/4.0 GiB, 85 MiB/s, about 34s left`
+    /// `1234/5000 files, 1.2 GiB/4.0 GiB, 85.0 MiB/s, about 34s left`
     pub fn describe(&self) -> String {
         let mut s = format!(
             "{}/{} files, {}/{}, {}/s",
@@ -75,20 +74,21 @@ impl Snapshot {
     }
 }
 
-/// `1.2 GiB`.
+/// `1.2 GiB` (integer arithmetic: no float formatting in the binary).
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
     let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
+    let mut scale: u64 = 1;
+    while n / scale >= 1024 && u < UNITS.len() - 1 {
+        scale *= 1024;
         u += 1;
     }
     if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+        return format!("{n} B");
     }
+    // Tenths, rounded.
+    let tenths = (n as u128 * 10 + scale as u128 / 2) / scale as u128;
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[u])
 }
 
 impl Progress {

@@ -5,11 +5,15 @@
 //! the entry's identity at that moment, and the entry still has that
 //! identity when it is deleted. A regular file is deleted under a read
 //! lease: the kernel refuses the lease while any other process has the file
-//! open for writing, so a file a writer holds open is kept, and a writer
-//! that tries to open it meanwhile waits until the name is gone.
+//! open for writing, so a file a writer holds open is kept. A writer that
+//! opens it during the few microseconds the lease is held waits for it and
+//! then gets the inode whose name is gone: the kernel tells us (the lease
+//! is broken), and once that writer closes the file its content is put
+//! back under its name, to be migrated by the next pass.
 //! Directories are only ever removed empty (`rmdir`).
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 
 use super::inventory::{Inventory, Ix};
@@ -29,6 +33,9 @@ pub enum Kept {
     Busy,
     /// A directory that still holds something.
     NotEmpty,
+    /// A writer opened it while it was deleted: put back with what it
+    /// wrote.
+    Rescued,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +116,13 @@ fn walk(
                 out.deleted += 1;
                 failpoint::hit("prune.entry");
             }
+            Ok(Some(Kept::Rescued)) => {
+                tracing::warn!(
+                    path = %inv.path(app_path, c).display(),
+                    "a process opened this file for writing while sharelink deleted it; it is back in place, with what was written, and is migrated again"
+                );
+                out.kept.push((c, Kept::Rescued));
+            }
             Ok(Some(why)) => out.kept.push((c, why)),
             Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
         }
@@ -118,6 +132,16 @@ fn walk(
 }
 
 const F_SETLEASE: libc::c_int = 1024;
+const F_SETSIG: libc::c_int = 10;
+
+fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: plain fcntl on our fd.
+    if unsafe { libc::fcntl(f.as_raw_fd(), F_SETLEASE, how) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// Delete `name` if it still is `id`. `Ok(Some(why))` when it stays.
 fn delete(dir: &Dir, name: &OsStr, kind: Kind, id: &Identity) -> std::io::Result<Option<Kept>> {
@@ -136,16 +160,18 @@ fn delete(dir: &Dir, name: &OsStr, kind: Kind, id: &Identity) -> std::io::Result
         }
         Err(e) => return Err(e),
     };
+    // A broken lease is reported as SIGIO carrying this fd (the signal is
+    // blocked: it waits to be taken below).
     // SAFETY: plain fcntl on our fd.
-    let leased = match unsafe { libc::fcntl(f.as_raw_fd(), F_SETLEASE, libc::F_RDLCK) } {
-        0 => true,
-        _ => match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => return Ok(Some(Kept::Busy)),
-            // No leases here (some filesystems, or not the file's owner):
-            // the identity check alone decides.
-            _ => false,
-        },
+    unsafe { libc::fcntl(f.as_raw_fd(), F_SETSIG, libc::SIGIO) };
+    let leased = match lease(&f, libc::F_RDLCK) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Some(Kept::Busy)),
+        // No leases here (some filesystems, or not the file's owner): the
+        // identity check alone decides.
+        Err(_) => false,
     };
+    failpoint::hit("prune.leased");
     let now = nix::sys::stat::fstat(&f).map(|st| Meta::from_stat(&st))?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
@@ -154,9 +180,69 @@ fn delete(dir: &Dir, name: &OsStr, kind: Kind, id: &Identity) -> std::io::Result
     } else {
         Ok(Some(Kept::Changed))
     };
-    if leased {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(f.as_raw_fd(), F_SETLEASE, libc::F_UNLCK) };
+    if !leased {
+        return r;
     }
-    r
+    let broken = lease_broken(&f);
+    let _ = lease(&f, libc::F_UNLCK);
+    match r {
+        Ok(None) if broken => rescue(dir, name, &f).map(|_| Some(Kept::Rescued)),
+        r => r,
+    }
+}
+
+/// Whether the kernel reported that someone opened `f` for writing while
+/// we held its lease.
+fn lease_broken(f: &File) -> bool {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGIO);
+    let zero = nix::sys::time::TimeSpec::new(0, 0);
+    let mut broken = false;
+    loop {
+        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: valid set, out-pointer and timespec.
+        if unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), zero.as_ref()) } <= 0 {
+            return broken;
+        }
+        // SAFETY: filled by sigtimedwait; for SIGIO the union holds
+        // `si_band` (a long) then `si_fd` (an int), after the three ints
+        // of the header and their padding.
+        let fd = unsafe {
+            let base = info.as_ptr().cast::<u8>();
+            *base
+                .add(16 + std::mem::size_of::<libc::c_long>())
+                .cast::<libc::c_int>()
+        };
+        broken |= fd == f.as_raw_fd();
+    }
+}
+
+/// Someone got the inode whose name we just removed: when they are done
+/// writing, put its content back under its name (or, if a new file took
+/// the name meanwhile, beside it).
+fn rescue(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The read lease is refused while a writer still has it open.
+    while lease(f, libc::F_RDLCK).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = lease(f, libc::F_UNLCK);
+    let meta = nix::sys::stat::fstat(f).map(|st| Meta::from_stat(&st))?;
+    let mut target = name.to_os_string();
+    let mut n = 1;
+    let to = loop {
+        match dir.create(&target, 0o600) {
+            Ok(t) => break t,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 100 => {
+                n += 1;
+                target = name.to_os_string();
+                target.push(format!(".sharelink-rescued-{n}"));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    crate::fs::content::copy(f, &to, meta.id.size, meta.looks_sparse(), &stop)?;
+    let x = crate::fs::attrs::read_file(f)?;
+    crate::fs::attrs::apply_fd(&to, &meta, &x, &crate::fs::attrs::Fidelity::default())
 }

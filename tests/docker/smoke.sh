@@ -234,10 +234,22 @@ baked_src() { # share-relative path -> the baked file in $APPSRC
 }
 # Nothing displaced, no nested copies (data/data), nothing unexpected beside
 # the link targets (staging leftovers), baked files exactly once.
-share_clean() {
-    local dir="$1" l share ok=0 extra
-    if [ -d "$dir/.sharelink/displaced" ] && [ -n "$(find "$dir/.sharelink/displaced" ! -type d | head -n1)" ]; then
-        echo "  displaced files:"; find "$dir/.sharelink/displaced" ! -type d | sed 's/^/    /'; ok=1
+share_clean() { # DIR [DISPLACED-OK...]: the glob patterns (relative to
+    # .sharelink/displaced) of files that may have been set aside
+    local dir="$1" l share ok=0 extra unexpected
+    shift
+    if [ -d "$dir/.sharelink/displaced" ]; then
+        unexpected="$(cd "$dir/.sharelink/displaced" && find . ! -type d | sed 's#^\./##' | while IFS= read -r f; do
+            allowed=0
+            for pat in "$@"; do
+                # shellcheck disable=SC2053
+                [[ "$f" == $pat ]] && allowed=1
+            done
+            [ "$allowed" = 1 ] || echo "$f"
+        done)"
+        if [ -n "$unexpected" ]; then
+            echo "  displaced files:"; sed 's/^/    /' <<<"$unexpected"; ok=1
+        fi
     fi
     for l in "${LINKS[@]}"; do
         share="${l#* }"
@@ -491,7 +503,9 @@ check "(3) restart: nothing displaced, nested or left behind" share_clean "$SHAR
 
 say "(4) stop of a long-running pipeline; recreate on a used share"
 # A new container has the baked data in its image again while the share
-# already has it: the share wins, nothing is copied over it or displaced.
+# already has it: identical files are dropped from the app side, the share's
+# edited file stays, and the baked version of that file, which differs, is
+# set aside (never dropped).
 { echo "2024-04-22,131" >>"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || true
 edited="$({ cksum <"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || echo missing)"
 before="$(snapshot "$SHARE_A" || true)"
@@ -506,7 +520,11 @@ if [ -n "$C" ] && wait_log "$C" "holding for" 60; then
         ex "$C" sh -c 'for d in forecasting/data modelling/cache modelling/predictions scraping/scraped_data; do
             case "$(readlink "/app/$d")" in /mnt/fileshare/*) ;; *) exit 1 ;; esac; done'
     check "(3) recreate: user data visible through the link" ex "$C" grep -q "smoke test" /app/forecasting/data/marker.txt
-    check "(3) recreate: nothing displaced, nested or left behind" share_clean "$SHARE_A"
+    check "(3) recreate: nothing displaced but the baked version of the edited file, nothing nested or left behind" \
+        share_clean "$SHARE_A" "forecasting/data/*/input/sales.csv"
+    check "(3) recreate: the baked version of the file edited on the share is set aside, byte for byte" \
+        bash -c 'src="$2"; set -- "$1"/.sharelink/displaced/forecasting/data/*/input/sales.csv; [ $# = 1 ] && cmp -s "$1" "$src"' \
+        _ "$SHARE_A" "$APPSRC/forecasting/data/input/sales.csv"
     check "(3) recreate: the share wins (a file edited on the share is not overwritten by the baked copy)" \
         test "$edited" = "$({ cksum <"$SHARE_A/forecasting/data/input/sales.csv"; } 2>/dev/null || echo gone)"
     after="$(snapshot "$SHARE_A" || true)"

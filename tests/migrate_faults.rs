@@ -1,0 +1,257 @@
+//! What the first landing got wrong, one test per class: equality taken
+//! from size and mtime, a volume emptied because a mount name was not
+//! UTF-8, a migration that could never finish started anyway, and staging
+//! paths longer than PATH_MAX.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Complete set-aside copies of `app_rel`, oldest first.
+fn stamps(share: &Path, app_rel: &str) -> Vec<PathBuf> {
+    let base = share.join(".sharelink/displaced").join(app_rel);
+    let mut v: Vec<PathBuf> = fs::read_dir(&base)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| !p.to_string_lossy().ends_with(".partial"));
+    v.sort();
+    v
+}
+
+fn set_mtime(p: &Path, t: SystemTime) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+/// A file set aside once, then a different file with the same size and
+/// mtime (reproducible builds, `tar -x`, SOURCE_DATE_EPOCH) at the same
+/// path: it must be set aside too, not taken for the one already kept.
+#[test]
+fn same_size_and_mtime_is_not_same_content() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    fs::create_dir_all(&target).unwrap();
+    fs::write(target.join("model.bin"), "the share's own model").unwrap();
+    let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for (round, content) in [(1, "AAAA-baked-v1"), (2, "BBBB-baked-v2")] {
+        // A new container: the image's data directory again.
+        let _ = fs::remove_file(&app);
+        fs::create_dir_all(&app).unwrap();
+        fs::write(app.join("model.bin"), content).unwrap();
+        set_mtime(&app.join("model.bin"), epoch);
+        std::thread::sleep(Duration::from_millis(150));
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        assert_eq!(fs::read_link(&app).unwrap(), target, "round {round}");
+        assert_eq!(
+            fs::read_to_string(target.join("model.bin")).unwrap(),
+            "the share's own model"
+        );
+        let kept: Vec<String> = stamps(&sb.share, "data")
+            .iter()
+            .map(|s| fs::read_to_string(s.join("model.bin")).unwrap())
+            .collect();
+        assert!(
+            kept.contains(&content.to_string()),
+            "round {round}: {kept:?}"
+        );
+        assert_eq!(kept.len(), round, "round {round}: {kept:?}");
+    }
+    // The same bytes a third time: recognised (by content) as kept.
+    fs::remove_file(&app).unwrap();
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("model.bin"), "BBBB-baked-v2").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(stamps(&sb.share, "data").len(), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("already set aside"), "{}", stderr(&o));
+}
+
+/// A volume bind-mounted into a data directory from the same filesystem
+/// (so only the mount table can tell), while another mount point's name is
+/// not UTF-8: the mount table is read as bytes, the volume found, the link
+/// refused, and nothing of the volume touched.
+#[test]
+fn volume_inside_data_dir_is_found_even_with_non_utf8_mount_names() {
+    if !in_private_mount_ns("volume_inside_data_dir_is_found_even_with_non_utf8_mount_names") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let fsroot = root.path().join("fs");
+    mount_tmpfs(&fsroot, "64m");
+    let odd = root
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9-\xff"));
+    fs::create_dir_all(&odd).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&odd)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let app_root = fsroot.join("app");
+    let share = fsroot.join("share");
+    fs::create_dir_all(app_root.join("data/vol")).unwrap();
+    fs::create_dir_all(&share).unwrap();
+    fs::write(app_root.join("data/baked.txt"), "baked").unwrap();
+    let source = fsroot.join("volume-source");
+    make_tree(&source, 20, 500, 3);
+    let volume = snapshot(&source);
+    sh(&format!(
+        "mount --bind '{}' '{}'",
+        source.display(),
+        app_root.join("data/vol").display()
+    ));
+    assert_eq!(
+        fs::metadata(app_root.join("data/vol")).unwrap().dev(),
+        fs::metadata(app_root.join("data")).unwrap().dev(),
+        "the bind mount is on the same device: only the mount table shows it"
+    );
+    let cfg = root.path().join("sharelink.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "app_root = {app_root:?}\nshare_root = {share:?}\nrequire_mount = false\n[links]\n\"data\" = \"data\"\n"
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("link")
+        .output()
+        .unwrap();
+    expect_code(&o, 65);
+    assert!(stderr(&o).contains("mount point"), "{}", stderr(&o));
+    assert_eq!(snapshot(&source), volume, "the volume was touched");
+    assert!(fs::symlink_metadata(app_root.join("data"))
+        .unwrap()
+        .is_dir());
+    assert!(!share.join("data").exists());
+    umount(&app_root.join("data/vol"));
+    let _ = std::process::Command::new("umount").arg(&odd).status();
+}
+
+/// sharelink run as a user who cannot empty the data directory: refused
+/// before anything is copied (it would otherwise copy everything, fail to
+/// delete, and do so again on every start).
+#[test]
+fn app_dir_that_cannot_be_emptied_fails_before_copying_as_non_root() {
+    if !require_root("app_dir_that_cannot_be_emptied_fails_before_copying_as_non_root") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 30, 1000, 4);
+    // Everything readable and searchable by others, owned by root.
+    sh(&format!("chmod -R a+rX '{}'", sb.root.path().display()));
+    let before = snapshot(&sb.app.join("data"));
+    sh(&format!("chown -R 65534:65534 '{}'", sb.share.display()));
+    std::thread::sleep(Duration::from_millis(150));
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .arg("--config")
+        .arg(&sb.config)
+        .arg("link")
+        .env_remove("SHARELINK_LOG")
+        .output()
+        .unwrap();
+    expect_code(&o, 73);
+    let err = stderr(&o);
+    assert!(
+        err.contains("could not empty") && err.contains("copied nothing"),
+        "{err}"
+    );
+    assert!(err.contains("uid 65534"), "{err}");
+    assert_eq!(snapshot(&sb.app.join("data")), before);
+    assert!(!sb.share.join("data").exists());
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+}
+
+/// Root, but a directory in the tree is immutable: the same early refusal.
+#[test]
+fn app_dir_with_an_immutable_subdirectory_fails_before_copying() {
+    if !require_root("app_dir_with_an_immutable_subdirectory_fails_before_copying") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 30, 1000, 5);
+    let locked = sb.app.join("data/locked");
+    fs::create_dir_all(&locked).unwrap();
+    fs::write(locked.join("f"), "x").unwrap();
+    let chattr = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&locked)
+        .output()
+        .unwrap();
+    if !chattr.status.success() {
+        assert!(
+            !is_ci(),
+            "chattr +i failed in CI: {}",
+            String::from_utf8_lossy(&chattr.stderr)
+        );
+        eprintln!("!!!!! SKIPPED: the temporary directory's filesystem has no immutable flag");
+        return;
+    }
+    let before = snapshot(&sb.app.join("data"));
+    std::thread::sleep(Duration::from_millis(150));
+    let o = sb.run(["link"]);
+    sh(&format!("chattr -i '{}'", locked.display()));
+    expect_code(&o, 73);
+    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    assert_eq!(snapshot(&sb.app.join("data")), before);
+    assert!(!sb.share.join("data").exists());
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    // Once the flag is gone the migration goes through.
+    expect_code(&sb.run(["link"]), 0);
+    assert_eq!(snapshot(&sb.share.join("data")), before);
+}
+
+/// The share target's paths fit in PATH_MAX but the same files in the
+/// staging directory beside it (20-odd bytes longer) would not: every
+/// operation is relative to an open directory, so it does not matter.
+#[test]
+fn staging_deeper_than_path_max_still_migrates() {
+    let sb = Sandbox::new("\"x\" = \"x\"");
+    let base = sb.share.as_os_str().len();
+    // A share path of 200-byte components, up to about 3,700 bytes.
+    let comp = "s".repeat(200);
+    let mut share_rel = PathBuf::new();
+    while base + share_rel.as_os_str().len() < 3_500 {
+        share_rel.push(&comp);
+    }
+    share_rel.push("data");
+    // A file whose path below the target takes it to just under PATH_MAX.
+    let target_len = base + 1 + share_rel.as_os_str().len();
+    let room = 4_090 - target_len;
+    let mut rel = PathBuf::new();
+    while room - rel.as_os_str().len() > 201 {
+        rel.push("d".repeat(200));
+    }
+    rel.push("f".repeat(room - rel.as_os_str().len() - 1));
+    assert!(target_len + 1 + rel.as_os_str().len() <= 4_095);
+    assert!(
+        target_len + ".sharelink-staging/tree/".len() + 1 + rel.as_os_str().len() > 4_095,
+        "the staging path must not fit"
+    );
+    let app = sb.app.join("data");
+    fs::create_dir_all(app.join(rel.parent().unwrap())).unwrap();
+    fs::write(app.join(&rel), "deep").unwrap();
+    sb.write_config(
+        false,
+        &format!("\"data\" = {:?}", share_rel.to_str().unwrap()),
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let target = sb.share.join(&share_rel);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    assert_eq!(fs::read_to_string(target.join(&rel)).unwrap(), "deep");
+    expect_code(&sb.run(["status"]), 0);
+}

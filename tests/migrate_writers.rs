@@ -1,0 +1,253 @@
+//! Processes writing into a data directory while `sharelink link` migrates
+//! it (a manual re-run in a running container, a sidecar): nothing they
+//! wrote may be lost.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every complete set-aside copy of `app_rel`.
+fn stamps(share: &Path, app_rel: &str) -> Vec<PathBuf> {
+    let base = share.join(".sharelink/displaced").join(app_rel);
+    fs::read_dir(&base)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| !p.to_string_lossy().ends_with(".partial"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The contents of `rel` wherever it ended up: the share target and every
+/// set-aside copy.
+fn versions(share: &Path, target: &Path, rel: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for dir in std::iter::once(target.to_path_buf()).chain(stamps(share, "data")) {
+        if let Ok(s) = fs::read_to_string(dir.join(rel)) {
+            v.push(s);
+        }
+    }
+    v
+}
+
+/// What the writer managed to write (only what the kernel accepted).
+#[derive(Default)]
+struct Written {
+    lines: usize,
+    files: Vec<usize>,
+    rewrites: Vec<String>,
+}
+
+/// A writer doing what pipelines do through the app path: append lines
+/// (open, write, close), create new files, rewrite a baked file in place.
+fn writer(app: PathBuf, stop: Arc<AtomicBool>) -> Written {
+    let mut w = Written::default();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let line = format!("line {}\n", w.lines);
+        if fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(app.join("log.txt"))
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .is_ok()
+        {
+            w.lines += 1;
+        }
+        if i % 3 == 0 && fs::write(app.join(format!("new/f{i}")), format!("new file {i}")).is_ok() {
+            w.files.push(i);
+        }
+        if i % 7 == 0 {
+            let text = format!("rewritten {i}");
+            if fs::write(app.join("baked/rewritten.txt"), &text).is_ok() {
+                w.rewrites.push(text);
+            }
+        }
+        std::thread::sleep(Duration::from_micros(700));
+    }
+    w
+}
+
+/// A writer runs all through a migration; then it stops and a re-run
+/// finishes. Every line, file and rewrite it got accepted must be in the
+/// share target or set aside; nothing of the baked data is lost.
+#[test]
+fn writes_during_a_migration_are_never_lost() {
+    for round in 0..3 {
+        let sb = Sandbox::new("\"data\" = \"data\"");
+        let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+        make_tree(&app.join("baked"), 1500, 20_000, 40 + round);
+        fs::write(app.join("baked/rewritten.txt"), "baked version").unwrap();
+        fs::create_dir_all(app.join("new")).unwrap();
+        let baked = snapshot(&app.join("baked"));
+        std::thread::sleep(Duration::from_millis(150));
+        let stop = Arc::new(AtomicBool::new(false));
+        let w = {
+            let (app, stop) = (app.clone(), stop.clone());
+            std::thread::spawn(move || writer(app, stop))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let first = sb
+            .cmd()
+            .arg("link")
+            .env("SHARELINK_PARALLELISM", "2")
+            .output()
+            .unwrap();
+        // It may finish (the writer's files then land in the share through
+        // the link) or give up on what keeps changing (74), app side kept.
+        assert!(matches!(code(&first), 0 | 74), "{}", stderr(&first));
+        std::thread::sleep(Duration::from_millis(30));
+        stop.store(true, Ordering::Relaxed);
+        let written = w.join().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let again = sb.run(["link"]);
+        expect_code(&again, 0);
+        assert_eq!(fs::read_link(&app).unwrap(), target);
+        // Nothing of the baked data lost: on the share, or set aside.
+        let now = snapshot(&target.join("baked"));
+        for (p, n) in &baked {
+            if *n == Node::Dir || p == Path::new("rewritten.txt") {
+                continue;
+            }
+            let here = now.get(p).is_some_and(|t| t.same_content(n));
+            assert!(here, "round {round}: baked {} lost", p.display());
+        }
+        // Every line appended, somewhere (the log's newest version holds
+        // them all; older versions may have been set aside).
+        let logs = versions(&sb.share, &target, "log.txt").join("");
+        for l in 0..written.lines {
+            assert!(
+                logs.contains(&format!("line {l}\n")),
+                "round {round}: line {l} of {} lost",
+                written.lines
+            );
+        }
+        for i in &written.files {
+            let v = versions(&sb.share, &target, &format!("new/f{i}"));
+            assert!(
+                v.contains(&format!("new file {i}")),
+                "round {round}: new/f{i} lost: {v:?}"
+            );
+        }
+        // The last rewrite is the file on the share; none is lost outright.
+        if let Some(last) = written.rewrites.last() {
+            assert_eq!(
+                &fs::read_to_string(target.join("baked/rewritten.txt")).unwrap(),
+                last,
+                "round {round}"
+            );
+        }
+        assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+        eprintln!(
+            "round {round}: first run exit {}, {} lines, {} new files, {} rewrites, all kept",
+            code(&first),
+            written.lines,
+            written.files.len(),
+            written.rewrites.len()
+        );
+    }
+}
+
+/// A file another process holds open for writing is never deleted under
+/// it: the run stops (74) naming it, and finishes once it is closed.
+#[test]
+fn a_file_held_open_for_writing_is_kept() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    make_tree(&app, 50, 1000, 7);
+    let mut held = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(app.join("held.log"))
+        .unwrap();
+    held.write_all(b"before\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let o = sb.run(["link"]);
+    expect_code(&o, 74);
+    let err = stderr(&o);
+    assert!(err.contains("held.log (open for writing)"), "{err}");
+    assert_eq!(
+        fs::read_to_string(app.join("held.log")).unwrap(),
+        "before\n"
+    );
+    held.write_all(b"after\n").unwrap();
+    drop(held);
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sb.run(["link"]), 0);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    assert_eq!(
+        fs::read_to_string(target.join("held.log")).unwrap(),
+        "before\nafter\n"
+    );
+}
+
+/// The narrowest race: a writer opens a file in the instant sharelink
+/// deletes it (sharelink is stopped right there, holding the file's lease;
+/// the writer's open waits for it). The writer then writes to an inode
+/// whose name is gone; sharelink notices and puts the content back.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("journal.txt"), "baked\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "prune.leased:1:stop")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for(
+        "sharelink to stop holding the lease",
+        Duration::from_secs(30),
+        || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            })
+        },
+    );
+    // The writer's open blocks on the lease.
+    let path = app.join("journal.txt");
+    let w = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"written while it was deleted\n").unwrap();
+    });
+    wait_for(
+        "the writer to wait for the lease",
+        Duration::from_secs(10),
+        || {
+            fs::read_dir("/proc/self/task").unwrap().flatten().any(|t| {
+                fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("lease"))
+            })
+        },
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    w.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(err.contains("it is back in place"), "{err}");
+    assert!(matches!(code(&o), 0 | 74), "{err}");
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sb.run(["link"]), 0);
+    let all = versions(&sb.share, &target, "journal.txt").join("");
+    assert!(all.contains("written while it was deleted"), "{all:?}");
+}
