@@ -1,7 +1,7 @@
 //! `sharelink run` after linking: start the command and be its init.
 //!
-//! The design is tini's: one thread, every catchable signal blocked since the
-//! first instruction of `main`, and one loop that takes signals synchronously
+//! The design is tini's: one thread, every signal blocked since the first
+//! instruction of `main`, and one loop that takes signals synchronously
 //! with `sigtimedwait`. There are no asynchronous handlers, so there is no
 //! state shared with a handler and no signal is lost between "check" and
 //! "sleep". Each turn of the loop
@@ -17,13 +17,12 @@
 //! shutdown deadline.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::Signal;
 
 use crate::error::{code, signal_name};
 use crate::signals;
@@ -139,7 +138,8 @@ struct Prepared {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
-    mask: SigSet,
+    /// The signal mask sharelink was started with.
+    mask: signals::SigMask,
     /// Give the child the terminal (see [`we_own_the_terminal`]).
     foreground: bool,
 }
@@ -406,7 +406,13 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
     }
     // Last: signals sent to the child since fork are pending and are
     // delivered now, with default actions, as they should be.
-    libc::pthread_sigmask(libc::SIG_SETMASK, prep.mask.as_ref(), std::ptr::null_mut());
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &prep.mask as *const signals::SigMask,
+        std::ptr::null_mut::<signals::SigMask>(),
+        8usize,
+    );
 
     // execvp's rules: keep searching past "not here" and "not allowed",
     // stop at any other error. Unlike execvp, "not allowed" only counts
@@ -479,11 +485,6 @@ enum Phase {
 
 impl Supervisor {
     fn supervise(&self) -> i32 {
-        // Wait for exactly what `main` blocked (every catchable signal but
-        // the synchronous fault signals).
-        let mut wait_set = SigSet::empty();
-        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut wait_set));
-
         let mut phase = Phase::Running;
         loop {
             let mut command = None;
@@ -546,7 +547,7 @@ impl Supervisor {
                     Some(deadline.saturating_duration_since(Instant::now()))
                 }
             };
-            if let Some(info) = wait_signal(&wait_set, timeout) {
+            if let Some(info) = signals::wait(signals::ALL, timeout) {
                 self.on_signal(&info, phase);
             }
         }
@@ -674,22 +675,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// `sigtimedwait` on `set`; `None` on timeout or interruption.
-fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
-    let ts = timeout.map(nix::sys::time::TimeSpec::from_duration);
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: valid set, out-pointer and optional timespec.
-    let r = unsafe {
-        libc::sigtimedwait(
-            set.as_ref(),
-            info.as_mut_ptr(),
-            ts.as_ref().map_or(std::ptr::null(), |t| t.as_ref()),
-        )
-    };
-    // SAFETY: filled by a successful sigtimedwait.
-    (r > 0).then(|| unsafe { info.assume_init() })
 }
 
 /// Every descendant of `root`, from one pass over /proc/*/stat. `None` when
