@@ -4,8 +4,9 @@
 //! lost or acted on by a default disposition while the config is read or
 //! links are applied. Linking then polls for the termination signals at
 //! safe points ([`check_interrupt`]); the supervisor later collects all of
-//! them synchronously with [`wait`]. The child gets the original mask back
-//! before `exec` ([`original_mask`]).
+//! them synchronously with [`wait`]. The child gets back the mask and the
+//! ignored signals sharelink was started with ([`original_mask`],
+//! [`inherited_ignored`]).
 //!
 //! Sets are the kernel's 64-bit masks (bit `N-1` for signal `N`) and the
 //! calls are raw system calls: libc's `sigset_t` helpers refuse the
@@ -42,6 +43,7 @@ fn mask_of(sigs: &[i32]) -> SigMask {
 const KERNEL_MASK_BYTES: usize = 8;
 
 static ORIGINAL_MASK: AtomicU64 = AtomicU64::new(0);
+static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
 
 /// Block every signal and remember the mask we started with. Call first
 /// thing in `main`.
@@ -67,9 +69,42 @@ pub fn block_all() {
     ORIGINAL_MASK.store(old, Ordering::Relaxed);
 }
 
+/// Record which signals sharelink was started with ignored (`nohup` ignores
+/// SIGHUP), so the command keeps them. Must run before the Rust runtime
+/// starts, because the runtime sets SIGPIPE to ignored: `main.rs` calls it
+/// from `.init_array`. Async-signal-safe; no allocation, no runtime.
+pub fn record_inherited_dispositions() {
+    let mut ignored: SigMask = 0;
+    for sig in 1..=64 {
+        // The kernel's struct sigaction starts with the handler.
+        let mut old = [0u64; 4];
+        // SAFETY: rt_sigaction reading into a buffer larger than the
+        // kernel's struct; no action is installed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u8>(),
+                old.as_mut_ptr(),
+                KERNEL_MASK_BYTES,
+            )
+        };
+        if r == 0 && old[0] == libc::SIG_IGN as u64 {
+            ignored |= bit(sig);
+        }
+    }
+    INHERITED_IGNORED.store(ignored, Ordering::Relaxed);
+}
+
 /// The mask `main` started with, to restore in the child.
 pub fn original_mask() -> SigMask {
     ORIGINAL_MASK.load(Ordering::Relaxed)
+}
+
+/// The signals sharelink was started with ignored, to keep ignored in the
+/// child (empty unless [`record_inherited_dispositions`] ran).
+pub fn inherited_ignored() -> SigMask {
+    INHERITED_IGNORED.load(Ordering::Relaxed)
 }
 
 /// Take one pending signal of `set`, waiting up to `timeout` (forever with

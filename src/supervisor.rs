@@ -58,6 +58,7 @@ pub fn run(opts: RunOptions) -> i32 {
     // An inherited SIG_IGN for SIGCHLD makes the kernel reap children by
     // itself (and `waitpid` then fails with ECHILD): the command's status
     // would be lost. Blocked is not enough; the disposition must be default.
+    // (The command still gets the inherited one.)
     // SAFETY: resetting a disposition to SIG_DFL; no handler is involved.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 
@@ -138,8 +139,9 @@ struct Prepared {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
-    /// The signal mask sharelink was started with.
+    /// The signal mask and the ignored signals sharelink was started with.
     mask: signals::SigMask,
+    ignored: signals::SigMask,
     /// Give the child the terminal (see [`we_own_the_terminal`]).
     foreground: bool,
 }
@@ -184,6 +186,7 @@ impl Prepared {
             argv_ptrs,
             ids,
             mask: signals::original_mask(),
+            ignored: signals::inherited_ignored(),
             foreground: we_own_the_terminal(),
         })
     }
@@ -388,24 +391,26 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
             child_fail(report, Stage::Verify);
         }
     }
-    // Default dispositions: sharelink never installs handlers (exec would
-    // reset those anyway), but SIG_IGN survives exec. The Rust runtime sets
-    // SIGPIPE to SIG_IGN, and a pipeline must not inherit that, nor any
-    // other ignore sharelink was started with. The raw syscall reaches the
-    // real-time signals libc keeps for itself (an all-zero sigaction is
-    // SIG_DFL in the kernel's layout); errors (SIGKILL, SIGSTOP) are moot.
-    let dfl = [0u64; 4];
+    // The signal state sharelink was started with. Handlers do not survive
+    // exec, but SIG_IGN does: every signal sharelink was started with
+    // ignored stays ignored (`nohup` keeps working), and every other one is
+    // default, which undoes the Rust runtime's own SIGPIPE ignore and the
+    // default sharelink gave SIGCHLD. The raw syscall reaches the real-time
+    // signals libc keeps for itself; the kernel's struct starts with the
+    // handler, and the rest stays zero. Errors (SIGKILL, SIGSTOP) are moot.
     for sig in 1..=64 {
+        let ignore = prep.ignored & signals::bit(sig) != 0;
+        let action = [if ignore { libc::SIG_IGN as u64 } else { 0 }, 0, 0, 0];
         libc::syscall(
             libc::SYS_rt_sigaction,
             sig,
-            dfl.as_ptr(),
+            action.as_ptr(),
             std::ptr::null_mut::<u8>(),
             8usize,
         );
     }
     // Last: signals sent to the child since fork are pending and are
-    // delivered now, with default actions, as they should be.
+    // delivered now, as they should be.
     libc::syscall(
         libc::SYS_rt_sigprocmask,
         libc::SIG_SETMASK,

@@ -1079,41 +1079,109 @@ fn no_fd_leaks_into_the_command() {
     }
 }
 
-/// The command gets default dispositions and the mask sharelink started
-/// with: SIGPIPE (ignored by the Rust runtime) is default again, and so is
-/// anything sharelink itself was started ignoring.
-#[test]
-fn command_gets_default_signal_state() {
-    let sb = Sandbox::new();
-    // grep reads its own status: a shell would show its own transient
-    // masks (dash blocks signals around fork and wait).
+/// `grep SigBlk/SigIgn /proc/self/status` of a command started with
+/// `ignore` ignored and `block` blocked, by sharelink or (`direct`) without
+/// it. grep reads its own status: a shell would show its own transient
+/// masks (dash blocks signals around fork and wait).
+fn command_signal_state(
+    sb: &Sandbox,
+    direct: bool,
+    ignore: &'static [i32],
+    block: &'static [i32],
+) -> (u64, u64) {
     let probe = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
-    let plain = sb.run(Mode::Subreaper, &[], &probe);
-    let mut c = sb.command(Mode::Subreaper, &[], &probe);
-    // SAFETY: signal() to SIG_IGN is async-signal-safe in practice
-    // (a single sigaction).
+    let mut c = if direct {
+        let mut c = Command::new(probe[0]);
+        c.args(&probe[1..]);
+        prepare(&mut c);
+        c
+    } else {
+        sb.command(Mode::Subreaper, &[], &probe)
+    };
+    // SAFETY: signal() and sigprocmask() are single system calls.
     unsafe {
-        c.pre_exec(|| {
-            for sig in [
-                libc::SIGHUP,
-                libc::SIGINT,
-                libc::SIGTERM,
-                libc::SIGPIPE,
-                libc::SIGTSTP,
-            ] {
+        c.pre_exec(move || {
+            for &sig in ignore {
                 libc::signal(sig, libc::SIG_IGN);
             }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &sig in block {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             Ok(())
         });
     }
-    let ignoring = Running::start(c, Mode::Subreaper).finish();
-    for o in [plain, ignoring] {
-        assert_eq!(o.code, 0, "{o:?}");
-        assert_eq!(o.stdout.lines().count(), 2, "{o:?}");
-        for line in o.stdout.lines() {
-            let mask = line.split_whitespace().nth(1).unwrap();
-            assert!(mask.chars().all(|c| c == '0'), "{line}: {o:?}");
-        }
+    let o = Running::start(c, Mode::Subreaper).finish();
+    assert_eq!(o.code, 0, "{o:?}");
+    let field = |name: &str| {
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{o:?}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+fn mask(sigs: &[i32]) -> u64 {
+    sigs.iter().fold(0, |m, &s| m | 1 << (s - 1))
+}
+
+/// The command gets the signal state it would get without sharelink: the
+/// Rust runtime's own SIGPIPE ignore does not leak into it, and every
+/// signal sharelink was started with ignored or blocked (SIGPIPE
+/// included) stays so. (glibc's posix_spawn, which starts sharelink here,
+/// leaves libc's internal signal 32 ignored: it is inherited too.)
+#[test]
+fn command_gets_the_signal_state_sharelink_was_started_with() {
+    let sb = Sandbox::new();
+    const IGNORE: &[i32] = &[
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGPIPE,
+        libc::SIGTSTP,
+        libc::SIGCHLD,
+    ];
+    const BLOCK: &[i32] = &[libc::SIGUSR1, libc::SIGWINCH];
+    for (ignore, block) in [(&[][..], &[][..]), (IGNORE, BLOCK)] {
+        let without = command_signal_state(&sb, true, ignore, block);
+        let with = command_signal_state(&sb, false, ignore, block);
+        assert_eq!(with, without, "ignoring {ignore:?}, blocking {block:?}");
+        assert_eq!(with.0, mask(block));
+        assert_eq!(with.1 & mask(IGNORE), mask(ignore));
+    }
+}
+
+/// `nohup sharelink run -- CMD`: the command keeps SIGHUP ignored, so a
+/// hang-up forwarded to it does not kill it; the SIGTERM sent after it
+/// does (143, not 129). Signals are forwarded in order, lowest first.
+#[test]
+fn nohup_keeps_the_command_alive() {
+    let modes: &[Mode] = if privileged("nohup_keeps_the_command_alive (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    for &mode in modes {
+        let ready = sb.path(&format!("nohup-ready-{mode:?}"));
+        let script = format!("touch {}; exec sleep 1000", ready.display());
+        let inner = sb.command(mode, &[], &sh(&script));
+        let mut c = Command::new("nohup");
+        c.arg(inner.get_program()).args(inner.get_args());
+        prepare(&mut c);
+        let r = Running::start(c, mode);
+        wait_file(&ready);
+        let pid = r.sharelink_pid();
+        kill(pid, libc::SIGHUP);
+        kill(pid, libc::SIGTERM);
+        let o = r.finish();
+        assert_eq!(o.code, 128 + libc::SIGTERM, "{mode:?}: {o:?}");
+        assert!(o.stderr.contains("forwarding SIGHUP"), "{o:?}");
     }
 }
 
