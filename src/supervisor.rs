@@ -9,8 +9,9 @@
 //! 1. reaps every child that has exited (`waitpid(-1, WNOHANG)` until there
 //!    is none: SIGCHLD is a standard signal, so a burst of exits can arrive
 //!    as a single SIGCHLD and each wake-up must drain them all);
-//! 2. advances the shutdown once the command is gone: SIGTERM to everything
-//!    left, a grace period, SIGKILL, exit with the command's status;
+//! 2. advances the shutdown once the command is gone ([`step`], a pure
+//!    function): SIGTERM to everything left, a grace period, SIGKILL, exit
+//!    with the command's status;
 //! 3. waits for the next signal and forwards it to the command.
 //!
 //! A child exit is noticed through SIGCHLD alone; the only timeout is the
@@ -476,7 +477,7 @@ struct Supervisor {
 
 /// Where the shutdown stands. The command's status is fixed once it is
 /// reaped; what follows only decides when to exit.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// The command runs: forward signals, reap orphans.
     Running,
@@ -488,92 +489,156 @@ enum Phase {
     Killing { code: i32, deadline: Instant },
 }
 
+impl Phase {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Phase::Running => None,
+            Phase::Draining { deadline, .. } | Phase::Killing { deadline, .. } => Some(deadline),
+        }
+    }
+}
+
+/// What one turn of the loop found by reaping.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reaped {
+    /// The command's exit code, if it was reaped in this turn.
+    command: Option<i32>,
+    /// Whether any child (the command or an adopted orphan) is left.
+    children_left: bool,
+}
+
+/// The next move of the shutdown, decided by [`step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing to do but wait for the next signal or the deadline.
+    Wait,
+    /// The command exited with `code` and processes are left: SIGTERM (and
+    /// SIGCONT) to them, and a grace period until `deadline`.
+    Terminate { code: i32, deadline: Instant },
+    /// The grace period is over: SIGKILL to whatever is left, and wait until
+    /// `deadline` for it to be reaped.
+    Kill { code: i32, deadline: Instant },
+    /// Still waiting after SIGKILL: send it again, so a process forked
+    /// between the scan and the kill does not escape.
+    KillAgain,
+    /// Exit with `code`; `abandoned` when processes survived SIGKILL.
+    Exit { code: i32, abandoned: bool },
+}
+
+/// The shutdown as a pure function: from the phase, what reaping found and
+/// the time, the next step. No processes, no clock of its own.
+fn step(
+    phase: Phase,
+    command: Option<i32>,
+    children_left: bool,
+    now: Instant,
+    grace: Duration,
+) -> Step {
+    match phase {
+        Phase::Running => match command {
+            None => Step::Wait,
+            Some(code) if !children_left => Step::Exit {
+                code,
+                abandoned: false,
+            },
+            Some(code) => Step::Terminate {
+                code,
+                deadline: now + grace,
+            },
+        },
+        Phase::Draining { code, .. } | Phase::Killing { code, .. } if !children_left => {
+            Step::Exit {
+                code,
+                abandoned: false,
+            }
+        }
+        Phase::Draining { code, deadline } if now >= deadline => Step::Kill {
+            code,
+            deadline: now + KILL_WAIT,
+        },
+        Phase::Draining { .. } => Step::Wait,
+        Phase::Killing { code, deadline } if now >= deadline => Step::Exit {
+            code,
+            abandoned: true,
+        },
+        Phase::Killing { .. } => Step::KillAgain,
+    }
+}
+
 impl Supervisor {
+    /// tini's loop: reap, step the shutdown, wait for a signal and forward
+    /// it.
     fn supervise(&self) -> i32 {
         let mut phase = Phase::Running;
         loop {
-            let mut command = None;
-            let children_left = self.reap(&mut command);
-            phase = match phase {
-                Phase::Running => match command {
-                    None => Phase::Running,
-                    Some(code) if !children_left => return code,
-                    Some(code) => {
-                        tracing::info!(
-                            "sending SIGTERM to the processes left, grace period {:?}",
-                            self.grace
-                        );
-                        // SIGCONT too, as systemd does: a stopped process
-                        // would not act on SIGTERM until continued.
-                        self.signal_leftovers(&[Signal::SIGTERM, Signal::SIGCONT]);
-                        Phase::Draining {
-                            code,
-                            deadline: Instant::now() + self.grace,
-                        }
-                    }
-                },
-                Phase::Draining { code, .. } | Phase::Killing { code, .. } if !children_left => {
-                    tracing::debug!("no process left");
-                    return code;
+            let reaped = self.reap();
+            match step(
+                phase,
+                reaped.command,
+                reaped.children_left,
+                Instant::now(),
+                self.grace,
+            ) {
+                Step::Wait => {}
+                Step::Terminate { code, deadline } => {
+                    tracing::info!(
+                        "sending SIGTERM to the processes left, grace period {:?}",
+                        self.grace
+                    );
+                    // SIGCONT too, as systemd does: a stopped process
+                    // would not act on SIGTERM until continued.
+                    self.signal_leftovers(&[Signal::SIGTERM, Signal::SIGCONT]);
+                    phase = Phase::Draining { code, deadline };
                 }
-                Phase::Draining { code, deadline } => {
-                    if Instant::now() < deadline {
-                        phase
-                    } else {
-                        tracing::warn!(
-                            "processes still running after the {:?} grace period; sending SIGKILL",
-                            self.grace
-                        );
-                        self.signal_leftovers(&[Signal::SIGKILL]);
-                        Phase::Killing {
-                            code,
-                            deadline: Instant::now() + KILL_WAIT,
-                        }
-                    }
+                Step::Kill { code, deadline } => {
+                    tracing::warn!(
+                        "processes still running after the {:?} grace period; sending SIGKILL",
+                        self.grace
+                    );
+                    self.signal_leftovers(&[Signal::SIGKILL]);
+                    phase = Phase::Killing { code, deadline };
                 }
-                Phase::Killing { code, deadline } => {
-                    if Instant::now() >= deadline {
+                Step::KillAgain => self.signal_leftovers(&[Signal::SIGKILL]),
+                Step::Exit { code, abandoned } => {
+                    if abandoned {
                         tracing::warn!(
                             "processes survive SIGKILL after {KILL_WAIT:?} (uninterruptible \
                              sleep, e.g. a hung share?); exiting without them"
                         );
-                        return code;
+                    } else if phase != Phase::Running {
+                        tracing::debug!("no process left");
                     }
-                    // Again on every wake-up: a process that forked between
-                    // the scan and the kill must not escape.
-                    self.signal_leftovers(&[Signal::SIGKILL]);
-                    phase
+                    return code;
                 }
-            };
+            }
 
-            let timeout = match phase {
-                Phase::Running => None,
-                Phase::Draining { deadline, .. } | Phase::Killing { deadline, .. } => {
-                    Some(deadline.saturating_duration_since(Instant::now()))
-                }
-            };
+            let timeout = phase
+                .deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             if let Some(info) = signals::wait(signals::ALL, timeout) {
                 self.on_signal(&info, phase);
             }
         }
     }
 
-    /// Reap every child that has exited. Records the command's exit code in
-    /// `command` when it is among them. Returns whether any child is left.
-    fn reap(&self, command: &mut Option<i32>) -> bool {
+    /// Reap every child that has exited (SIGCHLD is a standard signal: a
+    /// burst of exits can arrive as one, so each wake-up drains them all).
+    fn reap(&self) -> Reaped {
+        let mut out = Reaped::default();
         loop {
             let mut status = 0;
             // SAFETY: plain syscall with our own status variable.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid == 0 {
-                return true;
+                out.children_left = true;
+                return out;
             }
             if pid < 0 {
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) => continue,
                     // ECHILD: nothing left. Nothing else can happen with
                     // these arguments.
-                    _ => return false,
+                    _ => return out,
                 }
             }
             if pid != self.child {
@@ -593,7 +658,7 @@ impl Supervisor {
                 tracing::info!("command exited with {code}");
                 code
             };
-            *command = Some(code);
+            out.command = Some(code);
         }
     }
 
@@ -612,7 +677,7 @@ impl Supervisor {
             tracing::trace!("ignoring {} raised by sharelink itself", signal_name(sig));
             return;
         }
-        if !matches!(phase, Phase::Running) {
+        if phase != Phase::Running {
             // The command is gone and the leftovers are already being
             // stopped on a bounded schedule.
             tracing::debug!("{} ignored: the command has exited", signal_name(sig));
@@ -751,6 +816,86 @@ mod tests {
         let _ = child.wait();
         assert!(found.contains(&(child.id() as i32)), "{found:?}");
         assert!(!found.contains(&me));
+    }
+
+    #[test]
+    fn step_while_the_command_runs() {
+        let t = Instant::now();
+        let g = Duration::from_secs(3);
+        assert_eq!(step(Phase::Running, None, true, t, g), Step::Wait);
+        // No child at all yet is still "running" until the command's
+        // status is known.
+        assert_eq!(step(Phase::Running, None, false, t, g), Step::Wait);
+        assert_eq!(
+            step(Phase::Running, Some(3), false, t, g),
+            Step::Exit {
+                code: 3,
+                abandoned: false
+            }
+        );
+        assert_eq!(
+            step(Phase::Running, Some(3), true, t, g),
+            Step::Terminate {
+                code: 3,
+                deadline: t + g
+            }
+        );
+    }
+
+    #[test]
+    fn step_through_the_shutdown() {
+        let t = Instant::now();
+        let g = Duration::from_secs(3);
+        let draining = Phase::Draining {
+            code: 7,
+            deadline: t + g,
+        };
+        assert_eq!(step(draining, None, true, t, g), Step::Wait);
+        assert_eq!(
+            step(draining, None, false, t, g),
+            Step::Exit {
+                code: 7,
+                abandoned: false
+            }
+        );
+        assert_eq!(
+            step(draining, None, true, t + g, g),
+            Step::Kill {
+                code: 7,
+                deadline: t + g + KILL_WAIT
+            }
+        );
+        let killing = Phase::Killing {
+            code: 7,
+            deadline: t + g + KILL_WAIT,
+        };
+        assert_eq!(step(killing, None, true, t + g, g), Step::KillAgain);
+        assert_eq!(
+            step(killing, None, false, t + g, g),
+            Step::Exit {
+                code: 7,
+                abandoned: false
+            }
+        );
+        assert_eq!(
+            step(killing, None, true, t + g + KILL_WAIT, g),
+            Step::Exit {
+                code: 7,
+                abandoned: true
+            }
+        );
+        // A zero grace period kills on the next turn.
+        let zero = Duration::ZERO;
+        match step(Phase::Running, Some(0), true, t, zero) {
+            Step::Terminate { code, deadline } => assert_eq!(
+                step(Phase::Draining { code, deadline }, None, true, t, zero),
+                Step::Kill {
+                    code: 0,
+                    deadline: t + KILL_WAIT
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
