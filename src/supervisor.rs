@@ -197,12 +197,16 @@ impl Prepared {
 /// own group is the foreground now (PID 1 of `docker run -t`, or an
 /// interactive shell's foreground job). Started in the background, taking
 /// the terminal would steal it from the user's shell.
+///
+/// As PID 1 of a PID namespace whose creator did not give it a session of
+/// its own (`unshare --pid --fork`), sharelink's group and the terminal's
+/// foreground group were both made outside the namespace and both read as
+/// 0: they cannot be compared, and sharelink takes the terminal as tini
+/// does, since a namespace's PID 1 is normally started in the foreground.
 fn we_own_the_terminal() -> bool {
-    // SAFETY: plain syscalls on fd 0; failure (not a tty) returns -1.
-    unsafe {
-        let fg = libc::tcgetpgrp(libc::STDIN_FILENO);
-        fg > 0 && fg == libc::getpgrp()
-    }
+    // SAFETY: plain syscalls on fd 0; failure (not our terminal) is -1.
+    let (fg, ours) = unsafe { (libc::tcgetpgrp(libc::STDIN_FILENO), libc::getpgrp()) };
+    fg >= 0 && fg == ours
 }
 
 extern "C" {

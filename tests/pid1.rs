@@ -567,6 +567,157 @@ fn kill_process_group_reaches_a_grandchild() {
 }
 
 // ---------------------------------------------------------------------------
+// Terminals and job control
+
+/// A program on a pseudo-terminal: the leader of a new session whose
+/// controlling terminal is the pty, as under `script` or an ssh login. The
+/// test types into it and reads everything it prints.
+struct Pty {
+    child: Child,
+    master: std::fs::File,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How far `expect` has read.
+    seen: usize,
+}
+
+impl Pty {
+    fn spawn(mut c: Command) -> Pty {
+        use std::os::fd::AsRawFd;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        for fd in [pty.master.as_raw_fd(), pty.slave.as_raw_fd()] {
+            // SAFETY: plain fcntl on our own fds.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        c.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        // SAFETY: setsid, ioctl and close_range are async-signal-safe. Runs
+        // after the pty is on fds 0-2; nothing else of the harness (another
+        // test's pty) may leak in, or the pty would not close.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let child = c.spawn().expect("spawn on a pty");
+        // The parent's copies of the slave go with `c`: the master reads
+        // EIO once the session's last process has closed it.
+        drop(c);
+        let master = std::fs::File::from(pty.master);
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut r, sink) = (master.try_clone().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            child,
+            master,
+            out,
+            seen: 0,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn send(&mut self, keys: &str) {
+        use std::io::Write;
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Wait until `needle` is printed after what earlier calls matched.
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = {
+                let out = self.out.lock().unwrap();
+                out[self.seen..]
+                    .windows(needle.len())
+                    .position(|w| w == needle.as_bytes())
+            };
+            if let Some(i) = found {
+                self.seen += i + needle.len();
+                return;
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("{needle:?} not printed within {PATIENCE:?}; the terminal shows:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kill the session's processes: the leader's group and every group of
+    /// the session.
+    fn kill(&mut self) {
+        let sid = self.child.id() as i32;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: plain syscalls.
+            if unsafe { libc::getsid(p) } == sid {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = self.child.wait();
+    }
+
+    /// The session leader's exit code, and everything the terminal showed.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                let code = s.code().unwrap_or(-1);
+                return (code, self.output());
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("the session did not end within {PATIENCE:?}; the terminal shows:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// PID 1 of a PID namespace whose creator gave it no session of its own
+/// (`unshare --pid --fork` on a terminal): sharelink's process group and
+/// the terminal's foreground group read as 0 there, and sharelink must
+/// still hand the terminal to the command, so that its `read` succeeds
+/// instead of stopping it in the background.
+#[test]
+fn pid1_without_a_session_gives_the_command_the_terminal() {
+    if !privileged("pid1_without_a_session_gives_the_command_the_terminal") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--mount-proc"])
+        .arg(bin())
+        .arg("--config")
+        .arg(sb.path("sharelink.toml"))
+        .args(["run", "--"])
+        .args(sh("read line; echo \"got:$line\""))
+        .env("SHARELINK_LOG", "debug")
+        .current_dir("/");
+    let mut pty = Pty::spawn(c);
+    pty.send("hello\n");
+    pty.expect("got:hello");
+    let (code, out) = pty.finish();
+    assert_eq!(code, 0, "{out}");
+}
+
+// ---------------------------------------------------------------------------
 // Signal rewriting
 
 /// A Python program with no SIGTERM handler: `finally` runs only if the
