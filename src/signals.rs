@@ -160,6 +160,37 @@ pub fn sleep_interruptible(dur: Duration) -> Result<()> {
     }
 }
 
+/// Stop sharelink as `sig` (a job-control signal) would, so that a shell
+/// reports the same reason as for the command ("Stopped", "Stopped (tty
+/// input)"); with SIGSTOP when `sig` is ignored. Returns once sharelink is
+/// continued.
+pub fn stop_self(sig: i32) {
+    // SAFETY: reading a disposition, sending a signal to ourselves and
+    // changing our own mask for the one signal.
+    unsafe {
+        let mut current = std::mem::zeroed::<libc::sigaction>();
+        let default = libc::sigaction(sig, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_DFL;
+        if !default {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            return;
+        }
+        // Pending while blocked; unblocking delivers it, and the stop
+        // happens before the call returns.
+        libc::kill(libc::getpid(), sig);
+        let one = bit(sig);
+        for how in [libc::SIG_UNBLOCK, libc::SIG_BLOCK] {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                how,
+                &one as *const SigMask,
+                std::ptr::null_mut::<SigMask>(),
+                KERNEL_MASK_BYTES,
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Naming signals and rewriting them
 

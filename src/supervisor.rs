@@ -8,7 +8,9 @@
 //!
 //! 1. reaps every child that has exited (`waitpid(-1, WNOHANG)` until there
 //!    is none: SIGCHLD is a standard signal, so a burst of exits can arrive
-//!    as a single SIGCHLD and each wake-up must drain them all);
+//!    as a single SIGCHLD and each wake-up must drain them all), and
+//!    follows the command into a job-control stop when a shell waits for
+//!    sharelink;
 //! 2. advances the shutdown once the command is gone ([`step`], a pure
 //!    function): SIGTERM to everything left, a grace period, SIGKILL, exit
 //!    with the command's status;
@@ -507,6 +509,8 @@ impl Phase {
 struct Reaped {
     /// The command's exit code, if it was reaped in this turn.
     command: Option<i32>,
+    /// The signal that stopped the command, if it stopped in this turn.
+    command_stopped_by: Option<i32>,
     /// Whether any child (the command or an adopted orphan) is left.
     children_left: bool,
 }
@@ -576,6 +580,9 @@ impl Supervisor {
         let mut phase = Phase::Running;
         loop {
             let reaped = self.reap();
+            if let (Phase::Running, Some(sig)) = (phase, reaped.command_stopped_by) {
+                self.follow_stop(sig);
+            }
             match step(
                 phase,
                 reaped.command,
@@ -626,13 +633,14 @@ impl Supervisor {
     }
 
     /// Reap every child that has exited (SIGCHLD is a standard signal: a
-    /// burst of exits can arrive as one, so each wake-up drains them all).
+    /// burst of exits can arrive as one, so each wake-up drains them all),
+    /// and notice the command stopping.
     fn reap(&self) -> Reaped {
         let mut out = Reaped::default();
         loop {
             let mut status = 0;
             // SAFETY: plain syscall with our own status variable.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::WUNTRACED) };
             if pid == 0 {
                 out.children_left = true;
                 return out;
@@ -644,6 +652,14 @@ impl Supervisor {
                     // these arguments.
                     _ => return out,
                 }
+            }
+            if libc::WIFSTOPPED(status) {
+                // Reported once per stop; an adopted orphan's stop is not
+                // sharelink's business.
+                if pid == self.child {
+                    out.command_stopped_by = Some(libc::WSTOPSIG(status));
+                }
+                continue;
             }
             if pid != self.child {
                 tracing::trace!(pid, "reaped an orphan");
@@ -663,6 +679,57 @@ impl Supervisor {
                 code
             };
             out.command = Some(code);
+        }
+    }
+
+    /// The command stopped. When it stopped for job control (Ctrl-Z, or
+    /// reading or writing the terminal from the background) and sharelink
+    /// is a shell's job, sharelink stops too: the shell waits for its job,
+    /// not for the command, and would otherwise never get the terminal back.
+    /// When the shell continues sharelink (`fg` or `bg`), sharelink hands
+    /// the terminal back to the command if it was put in the foreground,
+    /// and continues it. Any other stop is left as it is: SIGCONT to
+    /// sharelink is forwarded as usual.
+    fn follow_stop(&self, sig: i32) {
+        if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) || !self.is_a_shell_job() {
+            tracing::debug!("command stopped by {}", signal_name(sig));
+            return;
+        }
+        tracing::debug!(
+            "command stopped by {}: stopping sharelink too, for the shell",
+            signal_name(sig)
+        );
+        signals::stop_self(sig);
+        // SAFETY: plain syscalls.
+        unsafe {
+            // SIGTTOU is blocked, and sharelink is in the foreground anyway
+            // when this succeeds.
+            if libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() {
+                libc::tcsetpgrp(libc::STDIN_FILENO, self.child);
+            }
+            // The whole group: the terminal stopped all of it.
+            libc::kill(-self.child, libc::SIGCONT);
+        }
+        tracing::debug!("continued: the command is continued too");
+    }
+
+    /// Whether a job-control shell started sharelink as a job, so that
+    /// stopping sharelink hands the terminal back to it: sharelink leads its
+    /// own process group and its parent is in another group of the same
+    /// session (the group is not orphaned: someone can continue it). Never
+    /// as PID 1, which cannot stop.
+    fn is_a_shell_job(&self) -> bool {
+        if self.pid1 {
+            return false;
+        }
+        // SAFETY: plain syscalls; `parent > 0` keeps getpgid/getsid from
+        // reading sharelink's own ids.
+        unsafe {
+            let parent = libc::getppid();
+            parent > 0
+                && libc::getpgrp() == self.self_pid
+                && libc::getpgid(parent) != self.self_pid
+                && libc::getsid(parent) == libc::getsid(0)
         }
     }
 
@@ -691,10 +758,8 @@ impl Supervisor {
             tracing::debug!("{} not forwarded (rewritten to 0)", signal_name(sig));
             return;
         };
-        // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest: the
-        // command stops, sharelink does not (it stays able to forward the
-        // SIGCONT that resumes it). As PID 1 the default stop action would
-        // not even apply to sharelink.
+        // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest; if the
+        // command stops, `follow_stop` decides whether sharelink stops too.
         tracing::debug!(
             target = self.forward_to,
             "forwarding {} to the command{}{}",

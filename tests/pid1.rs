@@ -484,7 +484,9 @@ fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
     }
 }
 
-/// SIGTSTP stops the command, not sharelink; SIGCONT resumes it.
+/// SIGTSTP stops the command, not sharelink, when no job-control shell waits
+/// for sharelink (here it shares the test's process group): sharelink stays
+/// able to forward the SIGCONT that resumes the command.
 #[test]
 fn stop_signals_stop_the_command_not_sharelink() {
     let sb = Sandbox::new();
@@ -715,6 +717,55 @@ fn pid1_without_a_session_gives_the_command_the_terminal() {
     pty.expect("got:hello");
     let (code, out) = pty.finish();
     assert_eq!(code, 0, "{out}");
+}
+
+/// From an interactive bash on a terminal, Ctrl-Z, `fg` and Ctrl-C do with
+/// sharelink what they do without it: Ctrl-Z gives the prompt back, `fg`
+/// gives the terminal back to the command, Ctrl-C ends it with 130.
+#[test]
+fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
+    let sb = Sandbox::new();
+    let job = sb.script(
+        "job.sh",
+        "echo started\nwhile read l; do echo \"got:$l\"; done\n",
+    );
+    let with = format!(
+        "{} --config {} run -- sh {job}",
+        bin(),
+        sb.path("sharelink.toml").display()
+    );
+    let without = format!("sh {job}");
+    for line in [without, with] {
+        let mut c = Command::new("bash");
+        c.args(["--norc", "--noprofile", "--noediting", "-i"])
+            .env("PS1", "PROMPT> ")
+            .env("HISTFILE", "")
+            .env("TERM", "dumb")
+            .env("SHARELINK_LOG", "warn")
+            .current_dir("/");
+        let mut pty = Pty::spawn(c);
+        pty.expect("PROMPT> ");
+        pty.send(&format!("{line}\n"));
+        pty.expect("started");
+        pty.send("\x1a");
+        pty.expect("Stopped");
+        pty.expect("PROMPT> ");
+        // The shell has the terminal and runs commands.
+        pty.send("echo \"a\"\"live\"\n");
+        pty.expect("alive");
+        pty.expect("PROMPT> ");
+        pty.send("fg\n");
+        pty.send("ping\n");
+        pty.expect("got:ping");
+        pty.send("\x03");
+        pty.expect("PROMPT> ");
+        pty.send("echo \"st\"\"atus=$?\"\n");
+        pty.expect("status=130");
+        pty.send("exit\n");
+        let (code, out) = pty.finish();
+        assert_eq!(code, 0, "{line}: {out}");
+        assert!(!out.contains("no job control"), "{line}: {out}");
+    }
 }
 
 // ---------------------------------------------------------------------------
