@@ -69,6 +69,12 @@ pub fn run(opts: RunOptions) -> i32 {
         Ok(pid) => pid,
         Err(code) => return code,
     };
+    // The command keeps the working directory; sharelink needs none from
+    // here on (every path it still uses is absolute) and must not keep a
+    // directory busy that someone wants to unmount, such as the share.
+    if let Err(e) = std::env::set_current_dir("/") {
+        tracing::debug!("cannot leave the working directory for /: {e}");
+    }
     Supervisor {
         child,
         forward_to: if opts.kill_process_group {

@@ -1265,6 +1265,28 @@ fn unsearchable_path_entries_are_skipped() {
     }
 }
 
+/// The command starts in sharelink's working directory; sharelink itself
+/// moves to `/` once the command runs, so it holds no directory (a share
+/// being unmounted) busy.
+#[test]
+fn working_directory_is_the_commands_not_sharelinks() {
+    let sb = Sandbox::new();
+    let mut c = sb.command(
+        Mode::Subreaper,
+        &[],
+        // sharelink leaves once the command has started: wait for it.
+        &sh("readlink /proc/$$/cwd; n=0; \
+             while [ \"$(readlink /proc/$PPID/cwd)\" != / ] && [ $n -lt 3000 ]; do \
+               n=$((n+1)); sleep 0.02; done; \
+             readlink /proc/$PPID/cwd"),
+    );
+    c.current_dir(sb.dir.path());
+    let o = Running::start(c, Mode::Subreaper).finish();
+    assert_eq!(o.code, 0, "{o:?}");
+    let dir = sb.dir.path().canonicalize().unwrap();
+    assert_eq!(o.stdout, format!("{}\n/\n", dir.display()), "{o:?}");
+}
+
 #[test]
 fn no_fd_leaks_into_the_command() {
     let modes: &[Mode] = if privileged("no_fd_leaks_into_the_command (as PID 1)") {
