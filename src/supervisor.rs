@@ -706,16 +706,25 @@ impl Supervisor {
             signal_name(sig)
         );
         signals::stop_self(sig);
-        // SAFETY: plain syscalls.
+        // SAFETY: plain syscalls. SIGTTOU is blocked, and sharelink is in
+        // the foreground anyway when this succeeds.
         unsafe {
-            // SIGTTOU is blocked, and sharelink is in the foreground anyway
-            // when this succeeds.
             if libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() {
                 libc::tcsetpgrp(libc::STDIN_FILENO, self.child);
             }
-            // The whole group: the terminal stopped all of it.
-            libc::kill(-self.child, libc::SIGCONT);
         }
+        // What came while sharelink was stopped goes to the command before
+        // it runs again, as it would have without sharelink: `kill %1` on a
+        // stopped job sends SIGTERM and SIGCONT, and the SIGTERM must reach
+        // the command before it can stop again on its next read. SIGCHLD
+        // stays pending for the loop, which reaps when it sees it.
+        let forward = signals::ALL & !signals::bit(libc::SIGCHLD);
+        while let Some(info) = signals::wait(forward, Some(Duration::ZERO)) {
+            self.on_signal(&info, Phase::Running);
+        }
+        // The whole group: the terminal stopped all of it.
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(-self.child, libc::SIGCONT) };
         tracing::debug!("continued: the command is continued too");
     }
 

@@ -658,6 +658,28 @@ impl Pty {
         }
     }
 
+    /// Type `question` (a command line) until the shell's answer, read up
+    /// to the next `prompt`, satisfies `done`.
+    fn ask_until(&mut self, question: &str, prompt: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let from = self.seen;
+            self.send(question);
+            self.expect(prompt);
+            let answer =
+                String::from_utf8_lossy(&self.out.lock().unwrap()[from..self.seen]).into_owned();
+            if done(&answer) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("{question:?} never answered as expected; the terminal shows:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kill the session's processes: the leader's group and every group of
     /// the session.
     fn kill(&mut self) {
@@ -719,9 +741,11 @@ fn pid1_without_a_session_gives_the_command_the_terminal() {
     assert_eq!(code, 0, "{out}");
 }
 
-/// From an interactive bash on a terminal, Ctrl-Z, `fg` and Ctrl-C do with
-/// sharelink what they do without it: Ctrl-Z gives the prompt back, `fg`
-/// gives the terminal back to the command, Ctrl-C ends it with 130.
+/// From an interactive bash on a terminal, job control does with sharelink
+/// what it does without it: Ctrl-Z gives the prompt back, `fg` gives the
+/// terminal back to the command, Ctrl-C ends it with 130; after `bg` its
+/// read stops it ("Stopped (tty input)"), and SIGTERM then SIGCONT to the
+/// job ends it.
 #[test]
 fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
     let sb = Sandbox::new();
@@ -761,6 +785,40 @@ fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
         pty.expect("PROMPT> ");
         pty.send("echo \"st\"\"atus=$?\"\n");
         pty.expect("status=130");
+        // In the background, its read stops it (tty input); `kill %1`
+        // (SIGTERM, then SIGCONT) ends it.
+        pty.send(&format!("{line}\n"));
+        pty.expect("started");
+        pty.send("\x1a");
+        pty.expect("Stopped");
+        pty.expect("PROMPT> ");
+        pty.send("bg\n");
+        pty.expect("PROMPT> ");
+        // bash tells of a job's change at the next prompt after it.
+        pty.ask_until("jobs -l\n", "PROMPT> ", |a| {
+            a.contains("Stopped (tty input)")
+        });
+        // SIGTERM, then SIGCONT to the job (what `kill %1` does, in an
+        // order that does not race): it ends.
+        pty.send("echo \"pg\"\"id=$(jobs -p)\"\n");
+        pty.expect("pgid=");
+        pty.expect("\n");
+        let out = pty.output();
+        let line_end = out[..pty.seen].trim_end();
+        let pgid: i32 = line_end[line_end.rfind('=').unwrap() + 1..]
+            .parse()
+            .unwrap();
+        pty.expect("PROMPT> ");
+        let from = pty.seen;
+        kill(-pgid, libc::SIGTERM);
+        kill(-pgid, libc::SIGCONT);
+        pty.ask_until("jobs -l\n", "PROMPT> ", |a| !a.contains("job.sh"));
+        // Killed by SIGTERM without sharelink, exit 143 with it.
+        let end = pty.output()[from..].to_owned();
+        assert!(
+            end.contains("Terminated") || end.contains("Exit 143"),
+            "{line}: {end}"
+        );
         pty.send("exit\n");
         let (code, out) = pty.finish();
         assert_eq!(code, 0, "{line}: {out}");
