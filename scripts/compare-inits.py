@@ -96,13 +96,16 @@ class Run:
         self.pid1 = pid1
         self.proc = subprocess.Popen(init.argv(pid1, cmd), env=init.env, **kw)
         if pid1:
-            wait_for(lambda: children(self.proc.pid))
-            self.init_pid = children(self.proc.pid)[0]
+            # -1 when the init is already gone.
+            wait_for(lambda: children(self.proc.pid) or self.proc.poll() is not None)
+            self.init_pid = (children(self.proc.pid) or [-1])[0]
         else:
             self.init_pid = self.proc.pid
 
     def kill_all(self, extra=()):
         for p in list(extra) + [self.init_pid, self.proc.pid]:
+            if p <= 0:
+                continue
             try:
                 os.kill(p, signal.SIGKILL)
             except OSError:
@@ -278,16 +281,16 @@ def job_control(init, job):
         return "**Ctrl-Z hangs the terminal**"
     cells = ["prompt returns"]
     t.send('echo "a""live"\n')
-    if not t.pump("alive"):
+    if not t.pump("alive", 5):
         cells.append("**the stopped command took the shell's input**")
-    t.pump("P> ", 1)
+    t.pump("P> ", 5)
     t.send("fg\n")
     # Time for the init to hand the terminal over.
     time.sleep(0.5)
     t.send("ping\n")
     cells.append("`fg` resumes" if t.pump("got:ping") else "**`fg` does not resume**")
     t.send("\x03")
-    t.pump("P> ", 1)
+    t.pump("P> ", 5)
     t.send('echo "st""atus=$?"\n')
     if t.pump("status=130"):
         cells.append("Ctrl-C: 130")
@@ -297,6 +300,32 @@ def job_control(init, job):
         cells.append("**Ctrl-C does not end it**")
     t.close()
     return "; ".join(cells)
+
+
+def background_read(init, job):
+    env = dict(init.env, PS1="P> ", HISTFILE="", TERM="dumb")
+    t = Term(["bash", "--norc", "--noprofile", "--noediting", "-i"], env)
+    t.pump("P> ")
+    t.send(" ".join(init.argv(False, ["sh", job])) + "\n")
+    t.pump("started")
+    t.send("\x1a")
+    if not (t.pump("Stopped") and t.pump("P> ")):
+        t.close()
+        return "(Ctrl-Z hangs)"
+    t.send("bg\n")
+    t.pump("P> ")
+    time.sleep(0.5)
+    for _ in range(5):
+        t.send('echo "h""i"\n')
+        t.pump("P> ", 1)
+    t.send("jobs -l\n")
+    t.pump("P> ")
+    out = t.out.decode(errors="replace")
+    t.close()
+    stolen = out.count("got:echo")
+    if "Stopped (tty input)" in out:
+        return "the job stops (tty input)" + (f", **took {stolen} of 5 lines typed to the shell**" if stolen else "")
+    return "the job runs on" + (f", **took {stolen} of 5 lines typed to the shell**" if stolen else "")
 
 
 def tstp_by_kill(init):
@@ -439,6 +468,7 @@ def main():
         ("signals the init was started with ignored (HUP PIPE USR1)", ignored_inherited),
         ("PID 1 under `unshare -pf` on a terminal: the command reads it", terminal_pid1_no_session),
         ("interactive bash: Ctrl-Z, `fg`, Ctrl-C", lambda i: job_control(i, job)),
+        ("then `bg`: the job reads the terminal", lambda i: background_read(i, job)),
         ("SIGTSTP sent with kill (no terminal, not a shell job)", tstp_by_kill),
         ("the command's process group", process_group),
         ("a signal to the init reaches", forward_target),
