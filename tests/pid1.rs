@@ -1334,7 +1334,7 @@ fn working_directory_is_the_commands_not_sharelinks() {
         &[],
         // sharelink leaves once the command has started: wait for it.
         &sh("readlink /proc/$$/cwd; n=0; \
-             while [ \"$(readlink /proc/$PPID/cwd)\" != / ] && [ $n -lt 3000 ]; do \
+             while [ \"$(readlink /proc/$PPID/cwd)\" != / ] && [ $n -lt 1500 ]; do \
                n=$((n+1)); sleep 0.02; done; \
              readlink /proc/$PPID/cwd"),
     );
