@@ -76,10 +76,10 @@ pub fn block_all() {
 pub fn record_inherited_dispositions() {
     let mut ignored: SigMask = 0;
     for sig in 1..=64 {
-        // The kernel's struct sigaction starts with the handler.
+        // The kernel's struct sigaction: handler, flags, restorer, mask.
         let mut old = [0u64; 4];
-        // SAFETY: rt_sigaction reading into a buffer larger than the
-        // kernel's struct; no action is installed.
+        // SAFETY: rt_sigaction reading into a buffer of the kernel's
+        // struct's size; no action is installed.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,

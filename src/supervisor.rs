@@ -731,7 +731,9 @@ impl Supervisor {
     /// Whether a job-control shell started sharelink as a job, so that
     /// stopping sharelink hands the terminal back to it: sharelink leads its
     /// own process group and its parent is in another group of the same
-    /// session (the group is not orphaned: someone can continue it). Never
+    /// session (the group is not orphaned: someone can continue it). An init
+    /// that gives its child a group of its own (tini) looks the same; there
+    /// the stop is harmless, as a SIGCONT to that init continues both. Never
     /// as PID 1, which cannot stop.
     fn is_a_shell_job(&self) -> bool {
         if self.pid1 {
