@@ -1,7 +1,9 @@
 //! Test helper for tests/reliability_signals.rs: a command that counts the
 //! signals it receives, and makes orphans for its init to reap.
 //!
-//! `sigcount DIR`: blocks every signal, writes `DIR/ready`, then takes
+//! `sigcount DIR`: blocks every signal (with raw system calls, so that the
+//! real-time signals libc keeps for itself are counted too), writes
+//! `DIR/ready`, then takes
 //! signals synchronously (`sigtimedwait`) and counts them per number,
 //! rewriting `DIR/counts` ("SIGNO COUNT" lines) every 50 ms. For its first
 //! 40 turns it also starts a shell that leaves two short-lived orphans
@@ -26,13 +28,18 @@ fn write_counts(path: &std::path::Path, counts: &[u64; 65]) {
 
 fn main() {
     let dir = PathBuf::from(std::env::args_os().nth(1).expect("usage: sigcount DIR"));
-    // SAFETY: plain libc calls on a local, initialised set.
-    let all = unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigfillset(&mut set);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    // Every signal 1-64, in the kernel's 8-byte mask.
+    let all: u64 = !0;
+    // SAFETY: rt_sigprocmask with a valid 8-byte mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &all as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
     std::fs::write(dir.join("ready"), std::process::id().to_string()).unwrap();
     let counts_path = dir.join("counts");
     let mut counts = [0u64; 65];
@@ -44,8 +51,16 @@ fn main() {
             tv_sec: 0,
             tv_nsec: 10_000_000,
         };
-        // SAFETY: valid set and timespec; a null siginfo is allowed.
-        let sig = unsafe { libc::sigtimedwait(&all, std::ptr::null_mut(), &ts) };
+        // SAFETY: valid mask and timespec; a null siginfo is allowed.
+        let sig = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigtimedwait,
+                &all as *const u64,
+                std::ptr::null_mut::<libc::siginfo_t>(),
+                &ts as *const libc::timespec,
+                8usize,
+            )
+        } as i32;
         if sig > 0 {
             counts[sig as usize] += 1;
             if sig == libc::SIGTERM {

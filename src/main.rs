@@ -3,3 +3,14 @@ fn main() {
     sharelink::signals::block_all();
     std::process::exit(sharelink::cli::main());
 }
+
+/// Runs from `.init_array`, before the Rust runtime sets SIGPIPE to
+/// ignored, so the dispositions recorded are the ones sharelink was started
+/// with (see `signals::record_inherited_dispositions`).
+extern "C" fn record_inherited_dispositions() {
+    sharelink::signals::record_inherited_dispositions();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static RECORD_INHERITED_DISPOSITIONS: extern "C" fn() = record_inherited_dispositions;

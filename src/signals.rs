@@ -1,54 +1,132 @@
 //! Signal mask handling shared by linking and the supervisor.
 //!
-//! `main` blocks every catchable signal before it does anything else, so no
-//! signal is lost or acted on by a default disposition while the config is
-//! read or links are applied. Linking then polls for the termination signals
-//! at safe points ([`check_interrupt`]); the supervisor later collects all of
-//! them synchronously with `sigtimedwait`. The child gets the original mask
-//! back before `exec` ([`original_mask`]).
+//! `main` blocks every signal before it does anything else, so no signal is
+//! lost or acted on by a default disposition while the config is read or
+//! links are applied. Linking then polls for the termination signals at
+//! safe points ([`check_interrupt`]); the supervisor later collects all of
+//! them synchronously with [`wait`]. The child gets back the mask and the
+//! ignored signals sharelink was started with ([`original_mask`],
+//! [`inherited_ignored`]).
+//!
+//! Sets are the kernel's 64-bit masks (bit `N-1` for signal `N`) and the
+//! calls are raw system calls: libc's `sigset_t` helpers refuse the
+//! real-time signals libc keeps for itself (32 and 33 in glibc, 32 to 34 in
+//! musl), and those must be blocked and forwarded like any other.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 
-static ORIGINAL_MASK: OnceLock<SigSet> = OnceLock::new();
+/// A set of signals 1 to 64 in the kernel's layout.
+pub type SigMask = u64;
 
-/// The signals that stop linking at a safe point (SPEC: `run`).
-pub const TERMINATING: [Signal; 4] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-];
+/// Every signal. The kernel never blocks SIGKILL and SIGSTOP and silently
+/// drops them from any mask.
+pub const ALL: SigMask = !0;
 
-/// Block every signal that can be blocked and remember the mask we started
-/// with. Call first thing in `main`.
+/// The signals that stop linking at a safe point.
+pub const TERMINATING: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// `sig` as a one-signal mask.
+pub const fn bit(sig: i32) -> SigMask {
+    1 << (sig - 1)
+}
+
+fn mask_of(sigs: &[i32]) -> SigMask {
+    sigs.iter().fold(0, |m, &s| m | bit(s))
+}
+
+/// Size of the kernel's mask, the last argument of the rt_sig* calls.
+const KERNEL_MASK_BYTES: usize = 8;
+
+static ORIGINAL_MASK: AtomicU64 = AtomicU64::new(0);
+static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
+
+/// Block every signal and remember the mask we started with. Call first
+/// thing in `main`.
+///
+/// The fault signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP,
+/// SIGSYS) are blocked too: a real fault is forced through by the kernel
+/// (it unblocks the signal and kills), so blocking them loses nothing,
+/// while the same signals sent with `kill` are then forwarded like any
+/// other instead of being dropped (PID 1) or killing sharelink.
 pub fn block_all() {
-    let mut old = SigSet::empty();
-    // SIGKILL/SIGSTOP are silently ignored by the kernel; SIGSEGV and friends
-    // stay deliverable for real faults because they are synchronous.
-    let mut all = SigSet::all();
-    for sig in [
-        Signal::SIGSEGV,
-        Signal::SIGBUS,
-        Signal::SIGFPE,
-        Signal::SIGILL,
-        Signal::SIGABRT,
-        Signal::SIGTRAP,
-        Signal::SIGSYS,
-    ] {
-        all.remove(sig);
+    let mut old: SigMask = 0;
+    // SAFETY: rt_sigprocmask with valid pointers to 8-byte masks; cannot
+    // fail with these arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &ALL as *const SigMask,
+            &mut old as *mut SigMask,
+            KERNEL_MASK_BYTES,
+        )
+    };
+    ORIGINAL_MASK.store(old, Ordering::Relaxed);
+}
+
+/// Record which signals sharelink was started with ignored (`nohup` ignores
+/// SIGHUP), so the command keeps them. Must run before the Rust runtime
+/// starts, because the runtime sets SIGPIPE to ignored: `main.rs` calls it
+/// from `.init_array`. Async-signal-safe; no allocation, no runtime.
+pub fn record_inherited_dispositions() {
+    let mut ignored: SigMask = 0;
+    for sig in 1..=64 {
+        // The kernel's struct sigaction: handler, flags, restorer, mask.
+        let mut old = [0u64; 4];
+        // SAFETY: rt_sigaction reading into a buffer of the kernel's
+        // struct's size; no action is installed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u8>(),
+                old.as_mut_ptr(),
+                KERNEL_MASK_BYTES,
+            )
+        };
+        if r == 0 && old[0] == libc::SIG_IGN as u64 {
+            ignored |= bit(sig);
+        }
     }
-    // Cannot fail with a valid `how`.
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut old));
-    let _ = ORIGINAL_MASK.set(old);
+    INHERITED_IGNORED.store(ignored, Ordering::Relaxed);
 }
 
 /// The mask `main` started with, to restore in the child.
-pub fn original_mask() -> SigSet {
-    ORIGINAL_MASK.get().copied().unwrap_or_else(SigSet::empty)
+pub fn original_mask() -> SigMask {
+    ORIGINAL_MASK.load(Ordering::Relaxed)
+}
+
+/// The signals sharelink was started with ignored, to keep ignored in the
+/// child (empty unless [`record_inherited_dispositions`] ran).
+pub fn inherited_ignored() -> SigMask {
+    INHERITED_IGNORED.load(Ordering::Relaxed)
+}
+
+/// Take one pending signal of `set`, waiting up to `timeout` (forever with
+/// `None`). `None` on timeout or interruption.
+pub fn wait(set: SigMask, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: valid mask, out-pointer and optional timespec.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigtimedwait,
+            &set as *const SigMask,
+            info.as_mut_ptr(),
+            ts.as_ref().map_or(std::ptr::null(), |t| t as *const _),
+            KERNEL_MASK_BYTES,
+        )
+    };
+    // SAFETY: filled by a successful call.
+    (r > 0).then(|| unsafe { info.assume_init() })
 }
 
 /// `Err(Interrupted(sig))` if a termination signal is pending. Cheap (one
@@ -56,37 +134,61 @@ pub fn original_mask() -> SigSet {
 /// large file. The signal is left pending: nothing after this point acts on
 /// it except the exit.
 pub fn check_interrupt() -> Result<()> {
-    let mut pending = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigpending fills the set it is given.
-    if unsafe { libc::sigpending(pending.as_mut_ptr()) } != 0 {
+    let mut pending: SigMask = 0;
+    // SAFETY: rt_sigpending fills the 8-byte mask it is given.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigpending,
+            &mut pending as *mut SigMask,
+            KERNEL_MASK_BYTES,
+        )
+    } != 0
+    {
         return Ok(());
     }
-    // SAFETY: initialised by the successful call above.
-    let pending = unsafe { pending.assume_init() };
-    for sig in TERMINATING {
-        // SAFETY: valid set and signal number.
-        if unsafe { libc::sigismember(&pending, sig as i32) } == 1 {
-            return Err(Error::Interrupted(sig as i32));
-        }
+    match TERMINATING.iter().find(|&&s| pending & bit(s) != 0) {
+        Some(&sig) => Err(Error::Interrupted(sig)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Sleep for `dur`, waking early (with `Err`) if a termination signal comes.
-pub fn sleep_interruptible(dur: std::time::Duration) -> Result<()> {
-    let mut set = SigSet::empty();
-    for sig in TERMINATING {
-        set.add(sig);
+pub fn sleep_interruptible(dur: Duration) -> Result<()> {
+    match wait(mask_of(&TERMINATING), Some(dur)) {
+        Some(info) => Err(Error::Interrupted(info.si_signo)),
+        None => Ok(()),
     }
-    let ts = nix::sys::time::TimeSpec::from_duration(dur);
-    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
-    // SAFETY: valid set, out-pointer and timespec; all signals are blocked so
-    // sigtimedwait is the only consumer.
-    let r = unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), ts.as_ref()) };
-    if r > 0 {
-        return Err(Error::Interrupted(r));
+}
+
+/// Stop sharelink as `sig` (a job-control signal) would, so that a shell
+/// reports the same reason as for the command ("Stopped", "Stopped (tty
+/// input)"); with SIGSTOP when `sig` is ignored. Returns once sharelink is
+/// continued.
+pub fn stop_self(sig: i32) {
+    // SAFETY: reading a disposition, sending a signal to ourselves and
+    // changing our own mask for the one signal.
+    unsafe {
+        let mut current = std::mem::zeroed::<libc::sigaction>();
+        let default = libc::sigaction(sig, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_DFL;
+        if !default {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            return;
+        }
+        // Pending while blocked; unblocking delivers it, and the stop
+        // happens before the call returns.
+        libc::kill(libc::getpid(), sig);
+        let one = bit(sig);
+        for how in [libc::SIG_UNBLOCK, libc::SIG_BLOCK] {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                how,
+                &one as *const SigMask,
+                std::ptr::null_mut::<SigMask>(),
+                KERNEL_MASK_BYTES,
+            );
+        }
     }
-    Ok(())
 }
 
 /// Take a pending `sig` off the queue, if there is one (a signal raised on
@@ -201,6 +303,13 @@ pub fn parse_target(text: &str) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(bit(1), 1);
+        assert_eq!(bit(64), 1 << 63);
+        assert_eq!(mask_of(&[libc::SIGHUP, libc::SIGINT]), 0b11);
+    }
 
     #[test]
     fn signal_names_and_numbers() {

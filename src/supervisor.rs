@@ -1,29 +1,31 @@
 //! `sharelink run` after linking: start the command and be its init.
 //!
-//! The design is tini's: one thread, every catchable signal blocked since the
-//! first instruction of `main`, and one loop that takes signals synchronously
+//! The design is tini's: one thread, every signal blocked since the first
+//! instruction of `main`, and one loop that takes signals synchronously
 //! with `sigtimedwait`. There are no asynchronous handlers, so there is no
 //! state shared with a handler and no signal is lost between "check" and
 //! "sleep". Each turn of the loop
 //!
 //! 1. reaps every child that has exited (`waitpid(-1, WNOHANG)` until there
 //!    is none: SIGCHLD is a standard signal, so a burst of exits can arrive
-//!    as a single SIGCHLD and each wake-up must drain them all);
-//! 2. advances the shutdown once the command is gone: SIGTERM to everything
-//!    left, a grace period, SIGKILL, exit with the command's status;
+//!    as a single SIGCHLD and each wake-up must drain them all), and
+//!    follows the command into a job-control stop when a shell waits for
+//!    sharelink;
+//! 2. advances the shutdown once the command is gone ([`step`], a pure
+//!    function): SIGTERM to everything left, a grace period, SIGKILL, exit
+//!    with the command's status;
 //! 3. waits for the next signal and forwards it to the command.
 //!
 //! A child exit is noticed through SIGCHLD alone; the only timeout is the
 //! shutdown deadline.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::Signal;
 
 use crate::error::{code, signal_name};
 use crate::signals;
@@ -59,6 +61,7 @@ pub fn run(opts: RunOptions) -> i32 {
     // An inherited SIG_IGN for SIGCHLD makes the kernel reap children by
     // itself (and `waitpid` then fails with ECHILD): the command's status
     // would be lost. Blocked is not enough; the disposition must be default.
+    // (The command still gets the inherited one.)
     // SAFETY: resetting a disposition to SIG_DFL; no handler is involved.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 
@@ -66,6 +69,12 @@ pub fn run(opts: RunOptions) -> i32 {
         Ok(pid) => pid,
         Err(code) => return code,
     };
+    // The command keeps the working directory; sharelink needs none from
+    // here on (every path it still uses is absolute) and must not keep a
+    // directory busy that someone wants to unmount, such as the share.
+    if let Err(e) = std::env::set_current_dir("/") {
+        tracing::debug!("cannot leave the working directory for /: {e}");
+    }
     Supervisor {
         child,
         forward_to: if opts.kill_process_group {
@@ -139,7 +148,9 @@ struct Prepared {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
-    mask: SigSet,
+    /// The signal mask and the ignored signals sharelink was started with.
+    mask: signals::SigMask,
+    ignored: signals::SigMask,
     /// Give the child the terminal (see [`we_own_the_terminal`]).
     foreground: bool,
 }
@@ -184,6 +195,7 @@ impl Prepared {
             argv_ptrs,
             ids,
             mask: signals::original_mask(),
+            ignored: signals::inherited_ignored(),
             foreground: we_own_the_terminal(),
         })
     }
@@ -193,12 +205,16 @@ impl Prepared {
 /// own group is the foreground now (PID 1 of `docker run -t`, or an
 /// interactive shell's foreground job). Started in the background, taking
 /// the terminal would steal it from the user's shell.
+///
+/// As PID 1 of a PID namespace whose creator did not give it a session of
+/// its own (`unshare --pid --fork`), sharelink's group and the terminal's
+/// foreground group were both made outside the namespace and both read as
+/// 0: they cannot be compared, and sharelink takes the terminal as tini
+/// does, since a namespace's PID 1 is normally started in the foreground.
 fn we_own_the_terminal() -> bool {
-    // SAFETY: plain syscalls on fd 0; failure (not a tty) returns -1.
-    unsafe {
-        let fg = libc::tcgetpgrp(libc::STDIN_FILENO);
-        fg > 0 && fg == libc::getpgrp()
-    }
+    // SAFETY: plain syscalls on fd 0; failure (not our terminal) is -1.
+    let (fg, ours) = unsafe { (libc::tcgetpgrp(libc::STDIN_FILENO), libc::getpgrp()) };
+    fg >= 0 && fg == ours
 }
 
 extern "C" {
@@ -388,25 +404,33 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
             child_fail(report, Stage::Verify);
         }
     }
-    // Default dispositions: sharelink never installs handlers (exec would
-    // reset those anyway), but SIG_IGN survives exec. The Rust runtime sets
-    // SIGPIPE to SIG_IGN, and a pipeline must not inherit that, nor any
-    // other ignore sharelink was started with. The raw syscall reaches the
-    // real-time signals libc keeps for itself (an all-zero sigaction is
-    // SIG_DFL in the kernel's layout); errors (SIGKILL, SIGSTOP) are moot.
-    let dfl = [0u64; 4];
+    // The signal state sharelink was started with. Handlers do not survive
+    // exec, but SIG_IGN does: every signal sharelink was started with
+    // ignored stays ignored (`nohup` keeps working), and every other one is
+    // default, which undoes the Rust runtime's own SIGPIPE ignore and the
+    // default sharelink gave SIGCHLD. The raw syscall reaches the real-time
+    // signals libc keeps for itself; the kernel's struct starts with the
+    // handler, and the rest stays zero. Errors (SIGKILL, SIGSTOP) are moot.
     for sig in 1..=64 {
+        let ignore = prep.ignored & signals::bit(sig) != 0;
+        let action = [if ignore { libc::SIG_IGN as u64 } else { 0 }, 0, 0, 0];
         libc::syscall(
             libc::SYS_rt_sigaction,
             sig,
-            dfl.as_ptr(),
+            action.as_ptr(),
             std::ptr::null_mut::<u8>(),
             8usize,
         );
     }
     // Last: signals sent to the child since fork are pending and are
-    // delivered now, with default actions, as they should be.
-    libc::pthread_sigmask(libc::SIG_SETMASK, prep.mask.as_ref(), std::ptr::null_mut());
+    // delivered now, as they should be.
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &prep.mask as *const signals::SigMask,
+        std::ptr::null_mut::<signals::SigMask>(),
+        8usize,
+    );
 
     // execvp's rules: keep searching past "not here" and "not allowed",
     // stop at any other error. Unlike execvp, "not allowed" only counts
@@ -465,7 +489,7 @@ struct Supervisor {
 
 /// Where the shutdown stands. The command's status is fixed once it is
 /// reaped; what follows only decides when to exit.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// The command runs: forward signals, reap orphans.
     Running,
@@ -477,98 +501,171 @@ enum Phase {
     Killing { code: i32, deadline: Instant },
 }
 
-impl Supervisor {
-    fn supervise(&self) -> i32 {
-        // Wait for exactly what `main` blocked (every catchable signal but
-        // the synchronous fault signals).
-        let mut wait_set = SigSet::empty();
-        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut wait_set));
+impl Phase {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Phase::Running => None,
+            Phase::Draining { deadline, .. } | Phase::Killing { deadline, .. } => Some(deadline),
+        }
+    }
+}
 
+/// What one turn of the loop found by reaping.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reaped {
+    /// The command's exit code, if it was reaped in this turn.
+    command: Option<i32>,
+    /// The signal that stopped the command, if it stopped in this turn.
+    command_stopped_by: Option<i32>,
+    /// Whether any child (the command or an adopted orphan) is left.
+    children_left: bool,
+}
+
+/// The next move of the shutdown, decided by [`step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing to do but wait for the next signal or the deadline.
+    Wait,
+    /// The command exited with `code` and processes are left: SIGTERM (and
+    /// SIGCONT) to them, and a grace period until `deadline`.
+    Terminate { code: i32, deadline: Instant },
+    /// The grace period is over: SIGKILL to whatever is left, and wait until
+    /// `deadline` for it to be reaped.
+    Kill { code: i32, deadline: Instant },
+    /// Still waiting after SIGKILL: send it again, so a process forked
+    /// between the scan and the kill does not escape.
+    KillAgain,
+    /// Exit with `code`; `abandoned` when processes survived SIGKILL.
+    Exit { code: i32, abandoned: bool },
+}
+
+/// The shutdown as a pure function: from the phase, what reaping found and
+/// the time, the next step. No processes, no clock of its own.
+fn step(
+    phase: Phase,
+    command: Option<i32>,
+    children_left: bool,
+    now: Instant,
+    grace: Duration,
+) -> Step {
+    match phase {
+        Phase::Running => match command {
+            None => Step::Wait,
+            Some(code) if !children_left => Step::Exit {
+                code,
+                abandoned: false,
+            },
+            Some(code) => Step::Terminate {
+                code,
+                deadline: now + grace,
+            },
+        },
+        Phase::Draining { code, .. } | Phase::Killing { code, .. } if !children_left => {
+            Step::Exit {
+                code,
+                abandoned: false,
+            }
+        }
+        Phase::Draining { code, deadline } if now >= deadline => Step::Kill {
+            code,
+            deadline: now + KILL_WAIT,
+        },
+        Phase::Draining { .. } => Step::Wait,
+        Phase::Killing { code, deadline } if now >= deadline => Step::Exit {
+            code,
+            abandoned: true,
+        },
+        Phase::Killing { .. } => Step::KillAgain,
+    }
+}
+
+impl Supervisor {
+    /// tini's loop: reap, step the shutdown, wait for a signal and forward
+    /// it.
+    fn supervise(&self) -> i32 {
         let mut phase = Phase::Running;
         loop {
-            let mut command = None;
-            let children_left = self.reap(&mut command);
-            phase = match phase {
-                Phase::Running => match command {
-                    None => Phase::Running,
-                    Some(code) if !children_left => return code,
-                    Some(code) => {
-                        tracing::info!(
-                            "sending SIGTERM to the processes left, grace period {:?}",
-                            self.grace
-                        );
-                        // SIGCONT too, as systemd does: a stopped process
-                        // would not act on SIGTERM until continued.
-                        self.signal_leftovers(&[Signal::SIGTERM, Signal::SIGCONT]);
-                        Phase::Draining {
-                            code,
-                            deadline: Instant::now() + self.grace,
-                        }
-                    }
-                },
-                Phase::Draining { code, .. } | Phase::Killing { code, .. } if !children_left => {
-                    tracing::debug!("no process left");
-                    return code;
+            let reaped = self.reap();
+            if let (Phase::Running, Some(sig)) = (phase, reaped.command_stopped_by) {
+                self.follow_stop(sig);
+            }
+            match step(
+                phase,
+                reaped.command,
+                reaped.children_left,
+                Instant::now(),
+                self.grace,
+            ) {
+                Step::Wait => {}
+                Step::Terminate { code, deadline } => {
+                    tracing::info!(
+                        "sending SIGTERM to the processes left, grace period {:?}",
+                        self.grace
+                    );
+                    // SIGCONT too, as systemd does: a stopped process
+                    // would not act on SIGTERM until continued.
+                    self.signal_leftovers(&[Signal::SIGTERM, Signal::SIGCONT]);
+                    phase = Phase::Draining { code, deadline };
                 }
-                Phase::Draining { code, deadline } => {
-                    if Instant::now() < deadline {
-                        phase
-                    } else {
-                        tracing::warn!(
-                            "processes still running after the {:?} grace period; sending SIGKILL",
-                            self.grace
-                        );
-                        self.signal_leftovers(&[Signal::SIGKILL]);
-                        Phase::Killing {
-                            code,
-                            deadline: Instant::now() + KILL_WAIT,
-                        }
-                    }
+                Step::Kill { code, deadline } => {
+                    tracing::warn!(
+                        "processes still running after the {:?} grace period; sending SIGKILL",
+                        self.grace
+                    );
+                    self.signal_leftovers(&[Signal::SIGKILL]);
+                    phase = Phase::Killing { code, deadline };
                 }
-                Phase::Killing { code, deadline } => {
-                    if Instant::now() >= deadline {
+                Step::KillAgain => self.signal_leftovers(&[Signal::SIGKILL]),
+                Step::Exit { code, abandoned } => {
+                    if abandoned {
                         tracing::warn!(
                             "processes survive SIGKILL after {KILL_WAIT:?} (uninterruptible \
                              sleep, e.g. a hung share?); exiting without them"
                         );
-                        return code;
+                    } else if phase != Phase::Running {
+                        tracing::debug!("no process left");
                     }
-                    // Again on every wake-up: a process that forked between
-                    // the scan and the kill must not escape.
-                    self.signal_leftovers(&[Signal::SIGKILL]);
-                    phase
+                    return code;
                 }
-            };
+            }
 
-            let timeout = match phase {
-                Phase::Running => None,
-                Phase::Draining { deadline, .. } | Phase::Killing { deadline, .. } => {
-                    Some(deadline.saturating_duration_since(Instant::now()))
-                }
-            };
-            if let Some(info) = wait_signal(&wait_set, timeout) {
+            let timeout = phase
+                .deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Some(info) = signals::wait(signals::ALL, timeout) {
                 self.on_signal(&info, phase);
             }
         }
     }
 
-    /// Reap every child that has exited. Records the command's exit code in
-    /// `command` when it is among them. Returns whether any child is left.
-    fn reap(&self, command: &mut Option<i32>) -> bool {
+    /// Reap every child that has exited (SIGCHLD is a standard signal: a
+    /// burst of exits can arrive as one, so each wake-up drains them all),
+    /// and notice the command stopping.
+    fn reap(&self) -> Reaped {
+        let mut out = Reaped::default();
         loop {
             let mut status = 0;
             // SAFETY: plain syscall with our own status variable.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::WUNTRACED) };
             if pid == 0 {
-                return true;
+                out.children_left = true;
+                return out;
             }
             if pid < 0 {
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) => continue,
                     // ECHILD: nothing left. Nothing else can happen with
                     // these arguments.
-                    _ => return false,
+                    _ => return out,
                 }
+            }
+            if libc::WIFSTOPPED(status) {
+                // Reported once per stop; an adopted orphan's stop is not
+                // sharelink's business.
+                if pid == self.child {
+                    out.command_stopped_by = Some(libc::WSTOPSIG(status));
+                }
+                continue;
             }
             if pid != self.child {
                 tracing::trace!(pid, "reaped an orphan");
@@ -587,7 +684,69 @@ impl Supervisor {
                 tracing::info!("command exited with {code}");
                 code
             };
-            *command = Some(code);
+            out.command = Some(code);
+        }
+    }
+
+    /// The command stopped. When it stopped for job control (Ctrl-Z, or
+    /// reading or writing the terminal from the background) and sharelink
+    /// is a shell's job, sharelink stops too: the shell waits for its job,
+    /// not for the command, and would otherwise never get the terminal back.
+    /// When the shell continues sharelink (`fg` or `bg`), sharelink hands
+    /// the terminal back to the command if it was put in the foreground,
+    /// and continues it. Any other stop is left as it is: SIGCONT to
+    /// sharelink is forwarded as usual.
+    fn follow_stop(&self, sig: i32) {
+        if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) || !self.is_a_shell_job() {
+            tracing::debug!("command stopped by {}", signal_name(sig));
+            return;
+        }
+        tracing::debug!(
+            "command stopped by {}: stopping sharelink too, for the shell",
+            signal_name(sig)
+        );
+        signals::stop_self(sig);
+        // SAFETY: plain syscalls. SIGTTOU is blocked, and sharelink is in
+        // the foreground anyway when this succeeds.
+        unsafe {
+            if libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() {
+                libc::tcsetpgrp(libc::STDIN_FILENO, self.child);
+            }
+        }
+        // What came while sharelink was stopped goes to the command before
+        // it runs again, as it would have without sharelink: `kill %1` on a
+        // stopped job sends SIGTERM and SIGCONT, and the SIGTERM must reach
+        // the command before it can stop again on its next read. SIGCHLD
+        // stays pending for the loop, which reaps when it sees it.
+        let forward = signals::ALL & !signals::bit(libc::SIGCHLD);
+        while let Some(info) = signals::wait(forward, Some(Duration::ZERO)) {
+            self.on_signal(&info, Phase::Running);
+        }
+        // The whole group: the terminal stopped all of it.
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(-self.child, libc::SIGCONT) };
+        tracing::debug!("continued: the command is continued too");
+    }
+
+    /// Whether a job-control shell started sharelink as a job, so that
+    /// stopping sharelink hands the terminal back to it: sharelink leads its
+    /// own process group and its parent is in another group of the same
+    /// session (the group is not orphaned: someone can continue it). An init
+    /// that gives its child a group of its own (tini) looks the same; there
+    /// the stop is harmless, as a SIGCONT to that init continues both. Never
+    /// as PID 1, which cannot stop.
+    fn is_a_shell_job(&self) -> bool {
+        if self.pid1 {
+            return false;
+        }
+        // SAFETY: plain syscalls; `parent > 0` keeps getpgid/getsid from
+        // reading sharelink's own ids.
+        unsafe {
+            let parent = libc::getppid();
+            parent > 0
+                && libc::getpgrp() == self.self_pid
+                && libc::getpgid(parent) != self.self_pid
+                && libc::getsid(parent) == libc::getsid(0)
         }
     }
 
@@ -606,7 +765,7 @@ impl Supervisor {
             tracing::trace!("ignoring {} raised by sharelink itself", signal_name(sig));
             return;
         }
-        if !matches!(phase, Phase::Running) {
+        if phase != Phase::Running {
             // The command is gone and the leftovers are already being
             // stopped on a bounded schedule.
             tracing::debug!("{} ignored: the command has exited", signal_name(sig));
@@ -616,10 +775,8 @@ impl Supervisor {
             tracing::debug!("{} not forwarded (rewritten to 0)", signal_name(sig));
             return;
         };
-        // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest: the
-        // command stops, sharelink does not (it stays able to forward the
-        // SIGCONT that resumes it). As PID 1 the default stop action would
-        // not even apply to sharelink.
+        // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest; if the
+        // command stops, `follow_stop` decides whether sharelink stops too.
         tracing::debug!(
             target = self.forward_to,
             "forwarding {} to the command{}{}",
@@ -674,22 +831,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// `sigtimedwait` on `set`; `None` on timeout or interruption.
-fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
-    let ts = timeout.map(nix::sys::time::TimeSpec::from_duration);
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: valid set, out-pointer and optional timespec.
-    let r = unsafe {
-        libc::sigtimedwait(
-            set.as_ref(),
-            info.as_mut_ptr(),
-            ts.as_ref().map_or(std::ptr::null(), |t| t.as_ref()),
-        )
-    };
-    // SAFETY: filled by a successful sigtimedwait.
-    (r > 0).then(|| unsafe { info.assume_init() })
 }
 
 /// Every descendant of `root`, from one pass over /proc/*/stat. `None` when
@@ -761,6 +902,86 @@ mod tests {
         let _ = child.wait();
         assert!(found.contains(&(child.id() as i32)), "{found:?}");
         assert!(!found.contains(&me));
+    }
+
+    #[test]
+    fn step_while_the_command_runs() {
+        let t = Instant::now();
+        let g = Duration::from_secs(3);
+        assert_eq!(step(Phase::Running, None, true, t, g), Step::Wait);
+        // No child at all yet is still "running" until the command's
+        // status is known.
+        assert_eq!(step(Phase::Running, None, false, t, g), Step::Wait);
+        assert_eq!(
+            step(Phase::Running, Some(3), false, t, g),
+            Step::Exit {
+                code: 3,
+                abandoned: false
+            }
+        );
+        assert_eq!(
+            step(Phase::Running, Some(3), true, t, g),
+            Step::Terminate {
+                code: 3,
+                deadline: t + g
+            }
+        );
+    }
+
+    #[test]
+    fn step_through_the_shutdown() {
+        let t = Instant::now();
+        let g = Duration::from_secs(3);
+        let draining = Phase::Draining {
+            code: 7,
+            deadline: t + g,
+        };
+        assert_eq!(step(draining, None, true, t, g), Step::Wait);
+        assert_eq!(
+            step(draining, None, false, t, g),
+            Step::Exit {
+                code: 7,
+                abandoned: false
+            }
+        );
+        assert_eq!(
+            step(draining, None, true, t + g, g),
+            Step::Kill {
+                code: 7,
+                deadline: t + g + KILL_WAIT
+            }
+        );
+        let killing = Phase::Killing {
+            code: 7,
+            deadline: t + g + KILL_WAIT,
+        };
+        assert_eq!(step(killing, None, true, t + g, g), Step::KillAgain);
+        assert_eq!(
+            step(killing, None, false, t + g, g),
+            Step::Exit {
+                code: 7,
+                abandoned: false
+            }
+        );
+        assert_eq!(
+            step(killing, None, true, t + g + KILL_WAIT, g),
+            Step::Exit {
+                code: 7,
+                abandoned: true
+            }
+        );
+        // A zero grace period kills on the next turn.
+        let zero = Duration::ZERO;
+        match step(Phase::Running, Some(0), true, t, zero) {
+            Step::Terminate { code, deadline } => assert_eq!(
+                step(Phase::Draining { code, deadline }, None, true, t, zero),
+                Step::Kill {
+                    code: 0,
+                    deadline: t + KILL_WAIT
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

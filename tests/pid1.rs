@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// The binary under test; `SHARELINK_TEST_BIN` points the suite at another
 /// build (the static musl release binary, in CI).
 fn bin() -> String {
@@ -416,80 +418,75 @@ fn forwarded_termination_ends_the_command() {
 // ---------------------------------------------------------------------------
 // Signal forwarding
 
-/// Every catchable signal except SIGCHLD, sent to sharelink, is seen by the
-/// command's trap. One at a time, each waited for, so none coalesce.
+/// Counts per signal number written by the `sigcount` helper.
+fn read_counts(path: &Path) -> std::collections::BTreeMap<i32, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (s, n) = l.split_once(' ')?;
+            Some((s.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every signal but SIGKILL, SIGSTOP and SIGCHLD, sent to sharelink, reaches
+/// the command (which blocks and counts them all) exactly once, and
+/// sharelink survives each: the fault signals sent with `kill` (ABRT, SEGV,
+/// BUS, FPE, ILL, TRAP, SYS), SIGSTKFLT, the job-control signals and every
+/// real-time signal, including those libc keeps for itself (32 to 34).
+/// One at a time, each waited for, so none coalesce. SIGTERM comes last
+/// and ends the command with its own status.
 #[test]
-fn every_forwarded_signal_reaches_the_command() {
-    let modes: &[Mode] = if privileged("every_forwarded_signal_reaches_the_command (as PID 1)") {
+fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
+    let modes: &[Mode] = if privileged(
+        "every_catchable_signal_reaches_the_command_and_sharelink_survives (as PID 1)",
+    ) {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let signals = [
-        libc::SIGHUP,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGPIPE,
-        libc::SIGALRM,
-        libc::SIGTERM,
-        libc::SIGCONT,
-        libc::SIGTSTP,
-        libc::SIGTTIN,
-        libc::SIGTTOU,
-        libc::SIGURG,
-        libc::SIGXCPU,
-        libc::SIGXFSZ,
-        libc::SIGVTALRM,
-        libc::SIGPROF,
-        libc::SIGWINCH,
-        libc::SIGIO,
-        libc::SIGPWR,
-        40, // a real-time signal
-    ];
+    let signals: Vec<i32> = (1..=64)
+        .filter(|&s| ![libc::SIGKILL, libc::SIGSTOP, libc::SIGCHLD, libc::SIGTERM].contains(&s))
+        .collect();
+    let sigcount = common::example("sigcount");
     let sb = Sandbox::new();
     for &mode in modes {
-        let log = sb.path(&format!("signals-{mode:?}"));
-        let ready = sb.path(&format!("ready-{mode:?}"));
-        let stop = sb.path(&format!("stop-{mode:?}"));
-        let mut script = String::new();
-        for s in signals {
-            script.push_str(&format!("trap 'echo {s} >> {}' {s}\n", log.display()));
-        }
-        script.push_str(&format!(
-            "touch {}\nwhile [ ! -e {} ]; do sleep 0.05; done\nexit 0\n",
-            ready.display(),
-            stop.display()
-        ));
-        let path = sb.script(&format!("traps-{mode:?}.sh"), &script);
-        let r = sb.start(mode, &[], &["sh", &path]);
-        wait_file(&ready);
+        let d = sb.path(&format!("count-{mode:?}"));
+        std::fs::create_dir(&d).unwrap();
+        let r = sb.start(
+            mode,
+            &[],
+            &[sigcount.to_str().unwrap(), d.to_str().unwrap()],
+        );
+        wait_file(&d.join("ready"));
         let pid = r.sharelink_pid();
-        for s in signals {
+        for &s in &signals {
             kill(pid, s);
             poll(
-                &format!("{mode:?}: signal {s} in the command's trap"),
+                &format!("{mode:?}: signal {s} counted by the command"),
                 || {
-                    let got = std::fs::read_to_string(&log).unwrap_or_default();
-                    got.lines().any(|l| l == s.to_string()).then_some(())
+                    read_counts(&d.join("counts"))
+                        .contains_key(&s)
+                        .then_some(())
                 },
             );
         }
-        std::fs::write(&stop, "").unwrap();
+        kill(pid, libc::SIGTERM);
         let o = r.finish();
-        assert_eq!(o.code, 0, "{o:?}");
-        let got = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(
-            got.lines().count(),
-            signals.len(),
-            "each signal exactly once: {got}"
-        );
-        assert!(o.stderr.contains("forwarding SIGWINCH"), "{}", o.stderr);
+        // sigcount exits 7 on SIGTERM: sharelink was alive to forward it.
+        assert_eq!(o.code, 7, "{mode:?}: {o:?}");
+        let counts = read_counts(&d.join("counts"));
+        for &s in signals.iter().chain([libc::SIGTERM].iter()) {
+            assert_eq!(counts.get(&s), Some(&1), "{mode:?} signal {s}: {counts:?}");
+        }
+        assert!(o.stderr.contains("forwarding SIGABRT"), "{}", o.stderr);
     }
 }
 
-/// SIGTSTP stops the command, not sharelink; SIGCONT resumes it.
+/// SIGTSTP stops the command, not sharelink, when no job-control shell waits
+/// for sharelink (here it shares the test's process group): sharelink stays
+/// able to forward the SIGCONT that resumes the command.
 #[test]
 fn stop_signals_stop_the_command_not_sharelink() {
     let sb = Sandbox::new();
@@ -568,6 +565,264 @@ fn kill_process_group_reaches_a_grandchild() {
             };
             assert!(ok, "{mode:?} --kill-process-group={flag}: {got:?} {o:?}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Terminals and job control
+
+/// A program on a pseudo-terminal: the leader of a new session whose
+/// controlling terminal is the pty, as under `script` or an ssh login. The
+/// test types into it and reads everything it prints.
+struct Pty {
+    child: Child,
+    master: std::fs::File,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How far `expect` has read.
+    seen: usize,
+}
+
+impl Pty {
+    fn spawn(mut c: Command) -> Pty {
+        use std::os::fd::AsRawFd;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        for fd in [pty.master.as_raw_fd(), pty.slave.as_raw_fd()] {
+            // SAFETY: plain fcntl on our own fds.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        c.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave));
+        // SAFETY: setsid, ioctl and close_range are async-signal-safe. Runs
+        // after the pty is on fds 0-2; nothing else of the harness (another
+        // test's pty) may leak in, or the pty would not close.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let child = c.spawn().expect("spawn on a pty");
+        // The parent's copies of the slave go with `c`: the master reads
+        // EIO once the session's last process has closed it.
+        drop(c);
+        let master = std::fs::File::from(pty.master);
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut r, sink) = (master.try_clone().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            child,
+            master,
+            out,
+            seen: 0,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn send(&mut self, keys: &str) {
+        use std::io::Write;
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Wait until `needle` is printed after what earlier calls matched.
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = {
+                let out = self.out.lock().unwrap();
+                out[self.seen..]
+                    .windows(needle.len())
+                    .position(|w| w == needle.as_bytes())
+            };
+            if let Some(i) = found {
+                self.seen += i + needle.len();
+                return;
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("{needle:?} not printed within {PATIENCE:?}; the terminal shows:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Type `question` (a command line) until the shell's answer, read up
+    /// to the next `prompt`, satisfies `done`.
+    fn ask_until(&mut self, question: &str, prompt: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let from = self.seen;
+            self.send(question);
+            self.expect(prompt);
+            let answer =
+                String::from_utf8_lossy(&self.out.lock().unwrap()[from..self.seen]).into_owned();
+            if done(&answer) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("{question:?} never answered as expected; the terminal shows:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kill the session's processes: the leader's group and every group of
+    /// the session.
+    fn kill(&mut self) {
+        let sid = self.child.id() as i32;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: plain syscalls.
+            if unsafe { libc::getsid(p) } == sid {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = self.child.wait();
+    }
+
+    /// The session leader's exit code, and everything the terminal showed.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                let code = s.code().unwrap_or(-1);
+                return (code, self.output());
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("the session did not end within {PATIENCE:?}; the terminal shows:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// PID 1 of a PID namespace whose creator gave it no session of its own
+/// (`unshare --pid --fork` on a terminal): sharelink's process group and
+/// the terminal's foreground group read as 0 there, and sharelink must
+/// still hand the terminal to the command, so that its `read` succeeds
+/// instead of stopping it in the background.
+#[test]
+fn pid1_without_a_session_gives_the_command_the_terminal() {
+    if !privileged("pid1_without_a_session_gives_the_command_the_terminal") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--mount-proc"])
+        .arg(bin())
+        .arg("--config")
+        .arg(sb.path("sharelink.toml"))
+        .args(["run", "--"])
+        .args(sh("read line; echo \"got:$line\""))
+        .env("SHARELINK_LOG", "debug")
+        .current_dir("/");
+    let mut pty = Pty::spawn(c);
+    pty.send("hello\n");
+    pty.expect("got:hello");
+    let (code, out) = pty.finish();
+    assert_eq!(code, 0, "{out}");
+}
+
+/// From an interactive bash on a terminal, job control does with sharelink
+/// what it does without it: Ctrl-Z gives the prompt back, `fg` gives the
+/// terminal back to the command, Ctrl-C ends it with 130; after `bg` its
+/// read stops it ("Stopped (tty input)"), and SIGTERM then SIGCONT to the
+/// job ends it.
+#[test]
+fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
+    let sb = Sandbox::new();
+    let job = sb.script(
+        "job.sh",
+        "echo started\nwhile read l; do echo \"got:$l\"; done\n",
+    );
+    let with = format!(
+        "{} --config {} run -- sh {job}",
+        bin(),
+        sb.path("sharelink.toml").display()
+    );
+    let without = format!("sh {job}");
+    for line in [without, with] {
+        let mut c = Command::new("bash");
+        c.args(["--norc", "--noprofile", "--noediting", "-i"])
+            .env("PS1", "PROMPT> ")
+            .env("HISTFILE", "")
+            .env("TERM", "dumb")
+            .env("SHARELINK_LOG", "warn")
+            .current_dir("/");
+        let mut pty = Pty::spawn(c);
+        pty.expect("PROMPT> ");
+        pty.send(&format!("{line}\n"));
+        pty.expect("started");
+        pty.send("\x1a");
+        pty.expect("Stopped");
+        pty.expect("PROMPT> ");
+        // The shell has the terminal and runs commands.
+        pty.send("echo \"a\"\"live\"\n");
+        pty.expect("alive");
+        pty.expect("PROMPT> ");
+        pty.send("fg\n");
+        pty.send("ping\n");
+        pty.expect("got:ping");
+        pty.send("\x03");
+        pty.expect("PROMPT> ");
+        pty.send("echo \"st\"\"atus=$?\"\n");
+        pty.expect("status=130");
+        // In the background, its read stops it (tty input); `kill %1`
+        // (SIGTERM, then SIGCONT) ends it.
+        pty.send(&format!("{line}\n"));
+        pty.expect("started");
+        pty.send("\x1a");
+        pty.expect("Stopped");
+        pty.expect("PROMPT> ");
+        pty.send("bg\n");
+        pty.expect("PROMPT> ");
+        // bash tells of a job's change at the next prompt after it.
+        pty.ask_until("jobs -l\n", "PROMPT> ", |a| {
+            a.contains("Stopped (tty input)")
+        });
+        // SIGTERM, then SIGCONT to the job (what `kill %1` does, in an
+        // order that does not race): it ends.
+        pty.send("echo \"pg\"\"id=$(jobs -p)\"\n");
+        pty.expect("pgid=");
+        pty.expect("\n");
+        let out = pty.output();
+        let line_end = out[..pty.seen].trim_end();
+        let pgid: i32 = line_end[line_end.rfind('=').unwrap() + 1..]
+            .parse()
+            .unwrap();
+        pty.expect("PROMPT> ");
+        let from = pty.seen;
+        kill(-pgid, libc::SIGTERM);
+        kill(-pgid, libc::SIGCONT);
+        pty.ask_until("jobs -l\n", "PROMPT> ", |a| !a.contains("job.sh"));
+        // Killed by SIGTERM without sharelink, exit 143 with it.
+        let end = pty.output()[from..].to_owned();
+        assert!(
+            end.contains("Terminated") || end.contains("Exit 143"),
+            "{line}: {end}"
+        );
+        pty.send("exit\n");
+        let (code, out) = pty.finish();
+        assert_eq!(code, 0, "{line}: {out}");
+        assert!(!out.contains("no job control"), "{line}: {out}");
     }
 }
 
@@ -1068,6 +1323,28 @@ fn unsearchable_path_entries_are_skipped() {
     }
 }
 
+/// The command starts in sharelink's working directory; sharelink itself
+/// moves to `/` once the command runs, so it holds no directory (a share
+/// being unmounted) busy.
+#[test]
+fn working_directory_is_the_commands_not_sharelinks() {
+    let sb = Sandbox::new();
+    let mut c = sb.command(
+        Mode::Subreaper,
+        &[],
+        // sharelink leaves once the command has started: wait for it.
+        &sh("readlink /proc/$$/cwd; n=0; \
+             while [ \"$(readlink /proc/$PPID/cwd)\" != / ] && [ $n -lt 1500 ]; do \
+               n=$((n+1)); sleep 0.02; done; \
+             readlink /proc/$PPID/cwd"),
+    );
+    c.current_dir(sb.dir.path());
+    let o = Running::start(c, Mode::Subreaper).finish();
+    assert_eq!(o.code, 0, "{o:?}");
+    let dir = sb.dir.path().canonicalize().unwrap();
+    assert_eq!(o.stdout, format!("{}\n/\n", dir.display()), "{o:?}");
+}
+
 #[test]
 fn no_fd_leaks_into_the_command() {
     let modes: &[Mode] = if privileged("no_fd_leaks_into_the_command (as PID 1)") {
@@ -1084,41 +1361,109 @@ fn no_fd_leaks_into_the_command() {
     }
 }
 
-/// The command gets default dispositions and the mask sharelink started
-/// with: SIGPIPE (ignored by the Rust runtime) is default again, and so is
-/// anything sharelink itself was started ignoring.
-#[test]
-fn command_gets_default_signal_state() {
-    let sb = Sandbox::new();
-    // grep reads its own status: a shell would show its own transient
-    // masks (dash blocks signals around fork and wait).
+/// `grep SigBlk/SigIgn /proc/self/status` of a command started with
+/// `ignore` ignored and `block` blocked, by sharelink or (`direct`) without
+/// it. grep reads its own status: a shell would show its own transient
+/// masks (dash blocks signals around fork and wait).
+fn command_signal_state(
+    sb: &Sandbox,
+    direct: bool,
+    ignore: &'static [i32],
+    block: &'static [i32],
+) -> (u64, u64) {
     let probe = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
-    let plain = sb.run(Mode::Subreaper, &[], &probe);
-    let mut c = sb.command(Mode::Subreaper, &[], &probe);
-    // SAFETY: signal() to SIG_IGN is async-signal-safe in practice
-    // (a single sigaction).
+    let mut c = if direct {
+        let mut c = Command::new(probe[0]);
+        c.args(&probe[1..]);
+        prepare(&mut c);
+        c
+    } else {
+        sb.command(Mode::Subreaper, &[], &probe)
+    };
+    // SAFETY: signal() and sigprocmask() are single system calls.
     unsafe {
-        c.pre_exec(|| {
-            for sig in [
-                libc::SIGHUP,
-                libc::SIGINT,
-                libc::SIGTERM,
-                libc::SIGPIPE,
-                libc::SIGTSTP,
-            ] {
+        c.pre_exec(move || {
+            for &sig in ignore {
                 libc::signal(sig, libc::SIG_IGN);
             }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &sig in block {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             Ok(())
         });
     }
-    let ignoring = Running::start(c, Mode::Subreaper).finish();
-    for o in [plain, ignoring] {
-        assert_eq!(o.code, 0, "{o:?}");
-        assert_eq!(o.stdout.lines().count(), 2, "{o:?}");
-        for line in o.stdout.lines() {
-            let mask = line.split_whitespace().nth(1).unwrap();
-            assert!(mask.chars().all(|c| c == '0'), "{line}: {o:?}");
-        }
+    let o = Running::start(c, Mode::Subreaper).finish();
+    assert_eq!(o.code, 0, "{o:?}");
+    let field = |name: &str| {
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{o:?}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+fn mask(sigs: &[i32]) -> u64 {
+    sigs.iter().fold(0, |m, &s| m | 1 << (s - 1))
+}
+
+/// The command gets the signal state it would get without sharelink: the
+/// Rust runtime's own SIGPIPE ignore does not leak into it, and every
+/// signal sharelink was started with ignored or blocked (SIGPIPE
+/// included) stays so. (glibc's posix_spawn, which starts sharelink here,
+/// leaves libc's internal signal 32 ignored: it is inherited too.)
+#[test]
+fn command_gets_the_signal_state_sharelink_was_started_with() {
+    let sb = Sandbox::new();
+    const IGNORE: &[i32] = &[
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGPIPE,
+        libc::SIGTSTP,
+        libc::SIGCHLD,
+    ];
+    const BLOCK: &[i32] = &[libc::SIGUSR1, libc::SIGWINCH];
+    for (ignore, block) in [(&[][..], &[][..]), (IGNORE, BLOCK)] {
+        let without = command_signal_state(&sb, true, ignore, block);
+        let with = command_signal_state(&sb, false, ignore, block);
+        assert_eq!(with, without, "ignoring {ignore:?}, blocking {block:?}");
+        assert_eq!(with.0, mask(block));
+        assert_eq!(with.1 & mask(IGNORE), mask(ignore));
+    }
+}
+
+/// `nohup sharelink run -- CMD`: the command keeps SIGHUP ignored, so a
+/// hang-up forwarded to it does not kill it; the SIGTERM sent after it
+/// does (143, not 129). Signals are forwarded in order, lowest first.
+#[test]
+fn nohup_keeps_the_command_alive() {
+    let modes: &[Mode] = if privileged("nohup_keeps_the_command_alive (as PID 1)") {
+        &[Mode::Pid1, Mode::Subreaper]
+    } else {
+        &[Mode::Subreaper]
+    };
+    let sb = Sandbox::new();
+    for &mode in modes {
+        let ready = sb.path(&format!("nohup-ready-{mode:?}"));
+        let script = format!("touch {}; exec sleep 1000", ready.display());
+        let inner = sb.command(mode, &[], &sh(&script));
+        let mut c = Command::new("nohup");
+        c.arg(inner.get_program()).args(inner.get_args());
+        prepare(&mut c);
+        let r = Running::start(c, mode);
+        wait_file(&ready);
+        let pid = r.sharelink_pid();
+        kill(pid, libc::SIGHUP);
+        kill(pid, libc::SIGTERM);
+        let o = r.finish();
+        assert_eq!(o.code, 128 + libc::SIGTERM, "{mode:?}: {o:?}");
+        assert!(o.stderr.contains("forwarding SIGHUP"), "{o:?}");
     }
 }
 

@@ -13,29 +13,11 @@ mod rel_support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOTAL: usize = 10_000;
-
-/// The helper built from examples/sigcount.rs. A plain `cargo test` builds
-/// examples; a run filtered with `--test` does not, so build it then.
-fn sigcount() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let p = profile_dir.join("examples/sigcount");
-    if !p.exists() {
-        let s = Command::new(env!("CARGO"))
-            .args(["build", "--example", "sigcount", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(s.success(), "cargo build --example sigcount failed");
-    }
-    p
-}
 
 fn children_of(pid: u32) -> Vec<u32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -100,7 +82,7 @@ fn signal_storm_to_pid1() {
         .arg("--config")
         .arg(&cfg)
         .args(["run", "--grace-period", "2s", "--"])
-        .arg(sigcount())
+        .arg(common::example("sigcount"))
         .arg(dir)
         .env_remove("SHARELINK_LOG")
         .stdin(Stdio::null())

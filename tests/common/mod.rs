@@ -73,6 +73,24 @@ pub fn in_private_mount_ns(test: &str) -> bool {
     false
 }
 
+/// A helper program built from examples/NAME.rs. A plain `cargo test`
+/// builds examples; a run filtered with `--test` does not, so build it then.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let p = profile_dir.join("examples").join(name);
+    if !p.exists() {
+        let s = Command::new(env!("CARGO"))
+            .args(["build", "--example", name, "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+            .status()
+            .unwrap();
+        assert!(s.success(), "cargo build --example {name} failed");
+    }
+    p
+}
+
 pub fn sh(cmd: &str) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     assert!(
