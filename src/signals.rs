@@ -193,16 +193,8 @@ pub fn stop_self(sig: i32) {
 
 /// Take a pending `sig` off the queue, if there is one (a signal raised on
 /// sharelink's own account, such as SIGIO from a lease it held).
-pub fn discard(sig: libc::c_int) {
-    let mut set = SigSet::empty();
-    if let Ok(s) = Signal::try_from(sig) {
-        set.add(s);
-    }
-    let zero = nix::sys::time::TimeSpec::new(0, 0);
-    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
-    // SAFETY: valid set, out-pointer and timespec; a zero timeout only
-    // takes what is pending.
-    while unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), zero.as_ref()) } > 0 {}
+pub fn discard(sig: i32) {
+    while wait(bit(sig), Some(Duration::ZERO)).is_some() {}
 }
 
 // ---------------------------------------------------------------------------

@@ -194,27 +194,23 @@ fn delete(dir: &Dir, name: &OsStr, kind: Kind, id: &Identity) -> std::io::Result
 /// Whether the kernel reported that someone opened `f` for writing while
 /// we held its lease.
 fn lease_broken(f: &File) -> bool {
-    let mut set = nix::sys::signal::SigSet::empty();
-    set.add(nix::sys::signal::Signal::SIGIO);
-    let zero = nix::sys::time::TimeSpec::new(0, 0);
     let mut broken = false;
-    loop {
-        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
-        // SAFETY: valid set, out-pointer and timespec.
-        if unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr(), zero.as_ref()) } <= 0 {
-            return broken;
-        }
-        // SAFETY: filled by sigtimedwait; for SIGIO the union holds
-        // `si_band` (a long) then `si_fd` (an int), after the three ints
-        // of the header and their padding.
+    while let Some(info) = crate::signals::wait(
+        crate::signals::bit(libc::SIGIO),
+        Some(std::time::Duration::ZERO),
+    ) {
+        // SAFETY: for SIGIO the siginfo union holds `si_band` (a long)
+        // then `si_fd` (an int), after the three ints of the header and
+        // their padding.
         let fd = unsafe {
-            let base = info.as_ptr().cast::<u8>();
+            let base = (&info as *const libc::siginfo_t).cast::<u8>();
             *base
                 .add(16 + std::mem::size_of::<libc::c_long>())
                 .cast::<libc::c_int>()
         };
         broken |= fd == f.as_raw_fd();
     }
+    broken
 }
 
 /// Someone got the inode whose name we just removed: when they are done
