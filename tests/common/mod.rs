@@ -79,15 +79,15 @@ pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let p = profile_dir.join("examples").join(name);
-    if !p.exists() {
-        let s = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(s.success(), "cargo build --example {name} failed");
-    }
+    // Always asked (a no-op when up to date): a binary left by an older
+    // checkout must not stand in for the current one.
+    let s = Command::new(env!("CARGO"))
+        .args(["build", "-q", "--example", name, "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+        .status()
+        .unwrap();
+    assert!(s.success(), "cargo build --example {name} failed");
     p
 }
 
