@@ -1,0 +1,237 @@
+//! A property test of the migration: random trees, random writers changing
+//! the data directory while sharelink runs, random SIGKILLs, and after every
+//! step the invariant: every version a writer last put at a path, and every
+//! baked entry nobody changed, exists whole in the app directory, the share
+//! target or a set-aside copy. At the end, a quiet rerun links.
+//!
+//! `SHARELINK_TEST_SEED` repeats a run, `SHARELINK_PROPERTY_TRIALS` makes it
+//! longer.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The content each path must still have somewhere.
+type Model = BTreeMap<PathBuf, Vec<u8>>;
+
+/// Random changes through the app path, as a pipeline makes them. Each
+/// one the kernel accepted updates the model.
+fn mutate(app: PathBuf, model: Arc<Mutex<Model>>, seed: u64, stop: Arc<AtomicBool>) {
+    let mut rng = Rng(seed | 1);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let keys: Vec<PathBuf> = model.lock().unwrap().keys().cloned().collect();
+        let pick = keys[rng.below(keys.len() as u64) as usize].clone();
+        match rng.below(4) {
+            // Append a line (open, write, close).
+            0 => {
+                let line = format!("appended {n}\n").into_bytes();
+                let ok = fs::OpenOptions::new()
+                    .append(true)
+                    .open(app.join(&pick))
+                    .and_then(|mut f| f.write_all(&line))
+                    .is_ok();
+                if ok {
+                    model
+                        .lock()
+                        .unwrap()
+                        .get_mut(&pick)
+                        .unwrap()
+                        .extend_from_slice(&line);
+                }
+            }
+            // Rewrite in place.
+            1 => {
+                let text = format!("rewritten {n}").into_bytes();
+                if fs::write(app.join(&pick), &text).is_ok() {
+                    model.lock().unwrap().insert(pick, text);
+                }
+            }
+            // A new file (in a new directory now and then).
+            _ => {
+                let rel = if rng.below(5) == 0 {
+                    PathBuf::from(format!("new{n}/file"))
+                } else {
+                    PathBuf::from(format!("made{n}"))
+                };
+                let text = format!("made {n}").into_bytes();
+                let ok = rel
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or(Ok(()), |p| fs::create_dir(app.join(p)))
+                    .and_then(|_| fs::write(app.join(&rel), &text))
+                    .is_ok();
+                if ok {
+                    model.lock().unwrap().insert(rel, text);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(300 + rng.below(3000)));
+    }
+}
+
+/// Where versions of a path can be: the app directory, the share target,
+/// set-aside copies.
+fn places(app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
+    let mut v = vec![target.to_path_buf()];
+    if fs::symlink_metadata(app).is_ok_and(|m| m.is_dir()) {
+        v.push(app.to_path_buf());
+    }
+    if let Ok(rd) = fs::read_dir(share.join(".sharelink/displaced/data")) {
+        v.extend(rd.map(|e| e.unwrap().path()));
+    }
+    v
+}
+
+fn check(model: &Model, app: &Path, target: &Path, share: &Path, what: &str) {
+    let places = places(app, target, share);
+    for (rel, want) in model {
+        let found = places
+            .iter()
+            .any(|p| fs::read(p.join(rel)).is_ok_and(|got| got == *want));
+        assert!(
+            found,
+            "{what}: the last version of {} is nowhere",
+            rel.display()
+        );
+    }
+}
+
+#[test]
+fn random_trees_writers_and_kills_lose_nothing() {
+    let seed = std::env::var("SHARELINK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let trials: u64 = std::env::var("SHARELINK_PROPERTY_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    eprintln!("seed {seed} (repeat with SHARELINK_TEST_SEED={seed})");
+    let mut rng = Rng(seed | 1);
+    let (mut kills, mut steps, mut mutations) = (0, 0, 0);
+    for trial in 0..trials {
+        let mode = if rng.below(2) == 0 {
+            "if-empty"
+        } else {
+            "merge"
+        };
+        let sb = Sandbox::new(&format!(
+            "\"data\" = {{ share = \"data\", migrate = \"{mode}\" }}"
+        ));
+        let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+        make_tree(
+            &app,
+            50 + rng.below(400) as usize,
+            1 + rng.below(200_000) as usize,
+            rng.next(),
+        );
+        // Half the time the share already holds data, some of it at the
+        // app's paths with other bytes.
+        if rng.below(2) == 0 {
+            make_tree(&target, 10 + rng.below(60) as usize, 2000, rng.next());
+        }
+        let share_before = if target.exists() {
+            snapshot(&target)
+        } else {
+            BTreeMap::new()
+        };
+        let mut model: Model = BTreeMap::new();
+        for (rel, n) in snapshot(&app) {
+            if matches!(n, Node::File { .. }) {
+                model.insert(rel.clone(), fs::read(app.join(&rel)).unwrap());
+            }
+        }
+        let model = Arc::new(Mutex::new(model));
+        std::thread::sleep(Duration::from_millis(120));
+        for step in 0..6 {
+            steps += 1;
+            let what = format!("seed {seed} trial {trial} step {step} ({mode})");
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = (rng.below(3) != 0).then(|| {
+                let (app, model, stop, s) = (app.clone(), model.clone(), stop.clone(), rng.next());
+                std::thread::spawn(move || mutate(app, model, s, stop))
+            });
+            let mut child = sb
+                .cmd()
+                .arg("link")
+                .env("SHARELINK_PARALLELISM", (1 + rng.below(4)).to_string())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let kill_after = Duration::from_millis(rng.below(250));
+            std::thread::sleep(kill_after);
+            let killed = rng.below(3) != 0 && child.try_wait().unwrap().is_none();
+            if killed {
+                child.kill().unwrap();
+                kills += 1;
+            }
+            let o = child.wait_with_output().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            if let Some(w) = writer {
+                w.join().unwrap();
+            }
+            if !killed {
+                assert!(matches!(code(&o), 0 | 74), "{what}: {}", stderr(&o));
+            }
+            check(&model.lock().unwrap(), &app, &target, &sb.share, &what);
+            if !killed && code(&o) == 0 {
+                break;
+            }
+        }
+        // Quiet now: the next run finishes.
+        std::thread::sleep(Duration::from_millis(120));
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        let what = format!("seed {seed} trial {trial} final");
+        assert_eq!(fs::read_link(&app).unwrap(), target, "{what}");
+        let model = model.lock().unwrap();
+        check(&model, &app, &target, &sb.share, &what);
+        mutations += model.len();
+        // The share's own entries at paths the app never had are untouched.
+        let now = snapshot(&target);
+        for (rel, n) in &share_before {
+            if !model.contains_key(rel) && !matches!(n, Node::Dir) {
+                assert_eq!(
+                    now.get(rel),
+                    Some(n),
+                    "{what}: share's {} changed",
+                    rel.display()
+                );
+            }
+        }
+        assert!(
+            entries_containing(&sb.share, "sharelink-staging").is_empty(),
+            "{what}"
+        );
+        expect_code(&sb.run(["status"]), 0);
+    }
+    eprintln!("seed {seed}: {trials} trials, {steps} steps, {kills} kills, {mutations} paths tracked, nothing lost");
+}
