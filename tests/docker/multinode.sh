@@ -69,7 +69,7 @@ cleanup() {
     [ -z "$ids" ] || t 120 docker rm -f $ids >/dev/null 2>&1
     ids="$(t 30 docker network ls -q --filter "label=$LABEL")"
     [ -z "$ids" ] || t 120 docker network rm $ids >/dev/null 2>&1
-    t 60 docker rmi -f "$IMAGE" "$PREFIX:app" >/dev/null 2>&1
+    t 60 docker rmi -f "$IMAGE" "$PREFIX:app" "$PREFIX:nonroot" >/dev/null 2>&1
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -454,6 +454,27 @@ for r in $(seq 1 "$ROUNDS"); do
     [ -z "$ids" ] || t 180 docker rm -f $ids >/dev/null 2>&1 || true
     unset NODE_OF
 done
+
+# The fully non-root variant docs/deploy.md describes: an image whose `app`
+# user owns the data directories' parents, run as that user with no
+# capabilities at all (runAsNonRoot, drop ALL), on a share that user owns
+# (as the uid= mount option makes it).
+say "non-root variant: uid 10001, no capabilities"
+printf 'FROM %s\nRUN chown app:app /app/forecasting /app/modelling /app/scraping\nUSER app\n' "$PREFIX:app" >"$WORK/nonroot.Dockerfile"
+SHARE_NR="$WORK/share-nonroot"
+mkdir -p "$SHARE_NR"
+chown 10001:10001 "$SHARE_NR"
+if t 300 docker build -q -t "$PREFIX:nonroot" -f "$WORK/nonroot.Dockerfile" "$WORK" >"$WORK/build.log" 2>&1; then
+    code=0
+    out="$(t 120 docker run --name "slnode$ID-nonroot" --label "$LABEL" --user 10001:10001 --cap-drop ALL \
+        --security-opt no-new-privileges -v "$SHARE_NR:$MOUNT" "$PREFIX:nonroot" /app/run_pipeline.sh 2>&1)" || code=$?
+    check "non-root variant: links and runs the pipeline as uid 10001 with no capabilities (exit $code)" \
+        bash -c '[ "$1" = 0 ] && grep -q "start as uid 10001" <<<"$2" && [ -d "$3/forecasting/data/input" ]' _ "$code" "$out" "$SHARE_NR"
+    [ "$code" = 0 ] || tail -n 10 <<<"$out" | sed 's/^/  | /'
+else
+    cat "$WORK/build.log"
+    fail "non-root variant: image builds"
+fi
 
 check "no container exited on its own (${#UNEXPECTED[@]}: ${UNEXPECTED[*]:-none})" \
     test "${#UNEXPECTED[@]}" = 0
