@@ -98,12 +98,15 @@ impl Lock {
     /// Take the lock for `share_rel`, waiting while a live holder has it.
     /// Returns early with `Interrupted` on a termination signal.
     pub fn acquire(share_root: &Path, share_rel: &Path) -> Result<Lock> {
+        Self::acquire_with_lease(share_root, share_rel, lease())
+    }
+
+    fn acquire_with_lease(share_root: &Path, share_rel: &Path, lease: Duration) -> Result<Lock> {
         let locks_rel = Path::new(RESERVED_DIR).join("locks");
         crate::fs::share::ensure_dir_beneath(share_root, &locks_rel)?;
         let locks = share_root.join(&locks_rel);
         let id = lock_id(share_rel);
         let dir = locks.join(&id);
-        let lease = lease();
         let (me, _) = identity();
         let pid = std::process::id();
         let content = format!(
@@ -122,15 +125,23 @@ impl Lock {
             &start_time(pid).unwrap_or_default(),
         ));
         let owner_tmp = fresh.join("owner");
-        let _ = fs::remove_file(&owner_tmp);
-        let _ = fs::remove_dir(&fresh);
-        fs::create_dir(&fresh).ctx("create lock", &fresh)?;
-        if let Err(e) = fs::write(&owner_tmp, &content) {
-            let _ = fs::remove_dir(&fresh);
-            return Err(Error::io("write lock owner", &owner_tmp, e));
-        }
+        make_private(&fresh, &owner_tmp, &content)?;
+        // The owner file's mtime is the lease, for the private directory
+        // while we wait (other hosts sweep private directories whose lease
+        // ran out) and for the lock from the instant it is renamed into
+        // place (other hosts break a lock whose lease ran out). So it is
+        // refreshed while waiting too, and `refreshed` is when it really
+        // was: a lock taken after a long wait must not look stale already.
+        let mut touched = Instant::now();
         let mut waited_for: Option<String> = None;
         loop {
+            if touched.elapsed() >= lease / 4 {
+                if touch(&owner_tmp).is_err() {
+                    // Swept while this process was frozen past the lease.
+                    make_private(&fresh, &owner_tmp, &content)?;
+                }
+                touched = Instant::now();
+            }
             match crate::fs::rename_noreplace(&fresh, &dir) {
                 Ok(()) => {
                     crate::failpoint::hit("lock.acquired");
@@ -140,11 +151,16 @@ impl Lock {
                         dir,
                         content,
                         lease,
-                        refreshed: Instant::now(),
+                        refreshed: touched,
                         verified: Instant::now(),
                     });
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !fresh.exists() => {
+                    make_private(&fresh, &owner_tmp, &content)?;
+                    touched = Instant::now();
+                    continue;
+                }
                 Err(e) => {
                     let _ = fs::remove_file(&owner_tmp);
                     let _ = fs::remove_dir(&fresh);
@@ -192,12 +208,7 @@ impl Lock {
             return Ok(());
         }
         self.verify()?;
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(&self.owner)
-            .ctx("refresh lock", &self.owner)?;
-        f.set_modified(SystemTime::now())
-            .ctx("refresh lock", &self.owner)?;
+        touch(&self.owner).ctx("refresh lock", &self.owner)?;
         self.refreshed = Instant::now();
         Ok(())
     }
@@ -250,6 +261,26 @@ pub const PROGRESS: &str = "progress";
 
 /// How often a holder re-reads its owner file while it works.
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
+
+/// A private lock directory with its owner file, made anew.
+fn make_private(fresh: &Path, owner: &Path, content: &str) -> Result<()> {
+    let _ = fs::remove_file(owner);
+    let _ = fs::remove_dir(fresh);
+    fs::create_dir(fresh).ctx("create lock", fresh)?;
+    if let Err(e) = fs::write(owner, content) {
+        let _ = fs::remove_dir(fresh);
+        return Err(Error::io("write lock owner", owner, e));
+    }
+    Ok(())
+}
+
+/// Set a file's mtime to now: renews the lease it stands for.
+fn touch(path: &Path) -> io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_modified(SystemTime::now())
+}
 
 fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     let same_host = !holder.is_empty() && holder.starts_with(me);
@@ -535,6 +566,58 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         sweep_abandoned(locks, "x", &me, &locks.join("none"), Duration::ZERO);
         assert!(!other.exists());
+    }
+
+    /// Waiting longer than the lease for a live holder on another host:
+    /// the waiter's private directory must not be swept as abandoned by a
+    /// third host meanwhile, and the lock it then takes must not look stale
+    /// to that third host (which would break it: two holders).
+    #[test]
+    fn a_lock_taken_after_a_long_wait_keeps_its_lease() {
+        let lease = Duration::from_millis(1000);
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let locks = root.join(".sharelink/locks");
+        let dir = locks.join("x");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("owner"),
+            "host=elsewhere\nboot=b\npidns=p\npid=1\nstart=1\n",
+        )
+        .unwrap();
+        // The live holder keeps its lease for two leases, then releases.
+        let holder_dir = dir.clone();
+        let holder = std::thread::spawn(move || {
+            let until = Instant::now() + lease * 2;
+            while Instant::now() < until {
+                touch(&holder_dir.join("owner")).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            fs::remove_file(holder_dir.join("owner")).unwrap();
+            fs::remove_dir(&holder_dir).unwrap();
+        });
+        let waiter_root = root.clone();
+        let waiter = std::thread::spawn(move || {
+            Lock::acquire_with_lease(&waiter_root, Path::new("x"), lease)
+        });
+        let third = "host=third\nboot=b\npidns=p\n";
+        std::thread::sleep(lease * 3 / 2);
+        sweep_abandoned(&locks, "x", third, &locks.join("none"), lease);
+        let private: Vec<_> = fs::read_dir(&locks)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("x.new."))
+            .collect();
+        assert_eq!(private.len(), 1, "the waiter's private directory was swept");
+        holder.join().unwrap();
+        let lock = waiter.join().unwrap().expect("the waiter takes the lock");
+        let owner = fs::read_to_string(dir.join("owner")).unwrap();
+        assert!(
+            !is_stale(&dir, &owner, third, lease),
+            "a lock just taken looks stale to another host"
+        );
+        drop(lock);
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -18,25 +18,27 @@ fn root() -> &'static Path {
 }
 
 /// The command that runs check-jsonschema: the script on PATH, else the
-/// module (pip's script directory is not always on PATH).
-fn validator() -> Option<Vec<&'static str>> {
-    let candidates: [&[&str]; 2] = [
-        &["check-jsonschema"],
-        &["python3", "-m", "check_jsonschema"],
+/// test tools' virtualenv (`.ci/install-deps`), else the module.
+fn validator() -> Option<Vec<String>> {
+    let venv =
+        std::env::var("SHARELINK_PYTOOLS").unwrap_or_else(|_| "/opt/sharelink-pytools".into());
+    let candidates: [Vec<String>; 3] = [
+        vec!["check-jsonschema".into()],
+        vec![format!("{venv}/bin/check-jsonschema")],
+        vec!["python3".into(), "-m".into(), "check_jsonschema".into()],
     ];
-    candidates.into_iter().find_map(|cmd| {
-        let ok = Command::new(cmd[0])
+    candidates.into_iter().find(|cmd| {
+        Command::new(&cmd[0])
             .args(&cmd[1..])
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .is_ok_and(|o| o.status.success());
-        ok.then(|| cmd.to_vec())
+            .is_ok_and(|o| o.status.success())
     })
 }
 
 /// The validator, or `None` after a loud skip (a panic under `CI=true`).
-fn require_validator(test: &str) -> Option<Vec<&'static str>> {
+fn require_validator(test: &str) -> Option<Vec<String>> {
     let found = validator();
     if found.is_none() {
         if common::is_ci() {
@@ -49,7 +51,7 @@ fn require_validator(test: &str) -> Option<Vec<&'static str>> {
     found
 }
 
-fn validate(cmd: &[&str], files: &[PathBuf]) -> Output {
+fn validate(cmd: &[String], files: &[PathBuf]) -> Output {
     Command::new("timeout")
         .arg("120")
         .args(cmd)

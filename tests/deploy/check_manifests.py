@@ -1,0 +1,195 @@
+"""What the deploy manifests must say, beyond their schemas.
+
+    python check_manifests.py RENDERED_K8S_YAML ACA_APP_YAML ACA_JOB_YAML
+
+The facts they must agree with are read from the repository itself: the
+share root from config/sharelink.toml, the `app` user's ids from the
+Dockerfile, sharelink's exit codes from src/error.rs. Prints PASS/FAIL lines;
+exits 1 on any FAIL.
+"""
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FAILED = []
+
+
+def check(desc, ok, detail=""):
+    if ok:
+        print(f"PASS: {desc}")
+    else:
+        FAILED.append(desc)
+        print(f"FAIL: {desc}{': ' + str(detail) if detail else ''}")
+
+
+def exit_codes():
+    text = (ROOT / "src/error.rs").read_text()
+    return {m[0]: int(m[1]) for m in re.findall(r"pub const (\w+): i32 = (\d+);", text)}
+
+
+def dockerfile_ids():
+    text = (ROOT / "Dockerfile").read_text()
+    uid = re.search(r"^ARG APP_UID=(\d+)", text, re.M)
+    gid = re.search(r"^ARG APP_GID=(\d+)", text, re.M)
+    return int(uid[1]), int(gid[1])
+
+
+def mount_options(opts):
+    """A list (Kubernetes) or comma-separated string (Container Apps) -> dict."""
+    if isinstance(opts, str):
+        opts = opts.split(",")
+    out = {}
+    for o in opts:
+        k, _, v = o.partition("=")
+        out[k] = v
+    return out
+
+
+CODES = exit_codes()
+UID, GID = dockerfile_ids()
+SHARE_ROOT = tomllib.loads((ROOT / "config/sharelink.toml").read_text())["share_root"]
+ENTRYPOINT = ["/usr/local/bin/sharelink", "run"]
+STATUS = ["/usr/local/bin/sharelink", "status"]
+# What Microsoft recommends for azurefile-csi, plus the image's user.
+NEEDED_OPTIONS = {
+    "mfsymlinks": "",
+    "nobrl": "",
+    "cache": "strict",
+    "actimeo": "30",
+    "nosharesock": "",
+    "uid": str(UID),
+    "gid": str(GID),
+}
+# A first migration may take a while: at least 30 min before a restart.
+MIN_STARTUP_BUDGET = 30 * 60
+
+
+def check_options(where, opts):
+    got = mount_options(opts)
+    for k, v in NEEDED_OPTIONS.items():
+        check(f"{where}: mount option {k}{'=' + v if v else ''}", got.get(k) == v, got)
+    for k in ("dir_mode", "file_mode"):
+        check(f"{where}: mount option {k} set", re.fullmatch(r"0[0-7]{3}", got.get(k, "")), got)
+
+
+def check_pipeline_container(where, c, pod_spec):
+    cmd = c.get("command", [])
+    check(f"{where}: sharelink is the container's entrypoint (`sharelink run ... --`)",
+          cmd[:2] == ENTRYPOINT and cmd[-1] == "--", cmd)
+    check(f"{where}: the pipeline runs as the non-root user `app` (--user app)",
+          "--user" in cmd and cmd[cmd.index("--user") + 1] == "app", cmd)
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    check(f"{where}: SHARELINK_REQUIRE_MOUNT=true", env.get("SHARELINK_REQUIRE_MOUNT") == "true", env)
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    check(f"{where}: the share is mounted at share_root {SHARE_ROOT}", SHARE_ROOT in mounts, mounts)
+    if pod_spec is not None:
+        init = [i.get("name") for i in pod_spec.get("initContainers", [])
+                if "sharelink" in " ".join(i.get("command", []) + i.get("args", []))]
+        check(f"{where}: no initContainer runs sharelink (its symlinks would be lost)", not init, init)
+        sc = c.get("securityContext", {})
+        caps = sc.get("capabilities", {})
+        check(f"{where}: starts as root (linking rewrites /app), no privilege escalation",
+              sc.get("runAsUser") == 0 and sc.get("allowPrivilegeEscalation") is False, sc)
+        check(f"{where}: all capabilities dropped but what linking and --user need",
+              caps.get("drop") == ["ALL"]
+              and set(caps.get("add", [])) == {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "KILL"},
+              caps)
+
+
+def kubernetes(path):
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    kinds = sorted(by_kind)
+    check("kubernetes: StorageClass, PVC, Deployment and CronJob present",
+          {"StorageClass", "PersistentVolumeClaim", "Deployment", "CronJob"} <= set(kinds), kinds)
+
+    sc = by_kind["StorageClass"][0]
+    check("StorageClass: azurefile-csi provisioner (file.csi.azure.com)", sc.get("provisioner") == "file.csi.azure.com")
+    check("StorageClass: reclaimPolicy Retain (the share holds the data)", sc.get("reclaimPolicy") == "Retain")
+    check_options("StorageClass", sc.get("mountOptions", []))
+
+    pvc = by_kind["PersistentVolumeClaim"][0]
+    check("PVC: ReadWriteMany", pvc["spec"].get("accessModes") == ["ReadWriteMany"])
+    check("PVC: uses the StorageClass", pvc["spec"].get("storageClassName") == sc["metadata"]["name"])
+
+    dep = by_kind["Deployment"][0]
+    check("Deployment: at least 3 replicas", dep["spec"].get("replicas", 1) >= 3, dep["spec"].get("replicas"))
+    pod = dep["spec"]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+    check("Deployment: mounts the PVC", claims == [pvc["metadata"]["name"]], claims)
+    c = pod["containers"][0]
+    check_pipeline_container("Deployment", c, pod)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        p = c.get(probe, {})
+        check(f"Deployment: {probe} runs `sharelink status`", p.get("exec", {}).get("command") == STATUS, p)
+    sp = c.get("startupProbe", {})
+    budget = sp.get("failureThreshold", 3) * sp.get("periodSeconds", 10)
+    check(f"Deployment: startupProbe allows a first migration ({budget} s >= {MIN_STARTUP_BUDGET} s)",
+          budget >= MIN_STARTUP_BUDGET)
+    lp = c.get("livenessProbe", {})
+    check("Deployment: liveness tolerates minutes of share trouble (>= 3 min)",
+          lp.get("failureThreshold", 3) * lp.get("periodSeconds", 10) >= 180)
+
+    cj = by_kind["CronJob"][0]
+    check("CronJob: concurrencyPolicy Forbid", cj["spec"].get("concurrencyPolicy") == "Forbid")
+    job = cj["spec"]["jobTemplate"]["spec"]
+    jpod = job["template"]["spec"]
+    check("CronJob: restartPolicy Never (podFailurePolicy needs it)", jpod.get("restartPolicy") == "Never")
+    check_pipeline_container("CronJob", jpod["containers"][0], jpod)
+    rules = job.get("podFailurePolicy", {}).get("rules", [])
+    actions = [r.get("action") for r in rules]
+    check("CronJob: podFailurePolicy actions are ones Kubernetes knows",
+          set(actions) <= {"FailJob", "FailIndex", "Ignore", "Count"}, actions)
+
+    def action_for(code):
+        for r in rules:
+            e = r.get("onExitCodes")
+            if e and (code in e["values"]) == (e["operator"] == "In"):
+                return r["action"]
+        return "Count"
+
+    for name in ("UNSAFE", "CONFIG"):
+        check(f"CronJob: exit {CODES[name]} ({name}) fails the Job at once", action_for(CODES[name]) == "FailJob", rules)
+    check(f"CronJob: exit {CODES['UNAVAILABLE']} (share unavailable) is retried",
+          action_for(CODES["UNAVAILABLE"]) in ("Ignore", "Count"), rules)
+    check("CronJob: activeDeadlineSeconds bounds the retries", job.get("activeDeadlineSeconds", 0) > 0)
+    for r in rules:
+        e = r.get("onExitCodes")
+        if e:
+            check(f"CronJob: podFailurePolicy names the pipeline container ({e.get('containerName')})",
+                  e.get("containerName") == jpod["containers"][0]["name"])
+
+
+def container_apps(app_path, job_path):
+    for path, kind in ((app_path, "app"), (job_path, "job")):
+        doc = yaml.safe_load(Path(path).read_text())
+        tpl = doc["properties"]["template"]
+        vols = [v for v in tpl.get("volumes", []) if v.get("storageType") == "AzureFile"]
+        check(f"Container Apps {kind}: an AzureFile volume", len(vols) == 1, tpl.get("volumes"))
+        if vols:
+            check_options(f"Container Apps {kind}", vols[0].get("mountOptions", ""))
+        c = tpl["containers"][0]
+        check_pipeline_container(f"Container Apps {kind}", c, None)
+        if kind == "app":
+            check("Container Apps app: at least 3 replicas", tpl.get("scale", {}).get("minReplicas", 0) >= 3)
+            probes = {p["type"]: p for p in c.get("probes", [])}
+            check("Container Apps app: startup, readiness and liveness probes",
+                  set(probes) == {"Startup", "Readiness", "Liveness"}, sorted(probes))
+            sp = probes.get("Startup", {})
+            budget = sp.get("failureThreshold", 3) * sp.get("periodSeconds", 10)
+            check(f"Container Apps app: startup probe allows a first migration ({budget} s >= {MIN_STARTUP_BUDGET} s)",
+                  budget >= MIN_STARTUP_BUDGET)
+
+
+if __name__ == "__main__":
+    kubernetes(sys.argv[1])
+    container_apps(sys.argv[2], sys.argv[3])
+    print(f"manifest checks: {len(FAILED)} failed")
+    sys.exit(1 if FAILED else 0)
