@@ -134,18 +134,25 @@ pub fn wait(set: SigMask, timeout: Option<Duration>) -> Option<libc::siginfo_t> 
 /// large file. The signal is left pending: nothing after this point acts on
 /// it except the exit.
 pub fn check_interrupt() -> Result<()> {
+    interrupted(pending())
+}
+
+/// The signals pending for this process (one system call).
+pub fn pending() -> SigMask {
     let mut pending: SigMask = 0;
     // SAFETY: rt_sigpending fills the 8-byte mask it is given.
-    if unsafe {
+    unsafe {
         libc::syscall(
             libc::SYS_rt_sigpending,
             &mut pending as *mut SigMask,
             KERNEL_MASK_BYTES,
         )
-    } != 0
-    {
-        return Ok(());
-    }
+    };
+    pending
+}
+
+/// `Err(Interrupted(sig))` if `pending` holds a termination signal.
+pub fn interrupted(pending: SigMask) -> Result<()> {
     match TERMINATING.iter().find(|&&s| pending & bit(s) != 0) {
         Some(&sig) => Err(Error::Interrupted(sig)),
         None => Ok(()),

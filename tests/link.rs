@@ -742,6 +742,13 @@ fn share_refusing_chmod_and_chown_warns_once_per_link() {
     let backing = sb.root.path().join("backing");
     mount_tmpfs(&backing, "64m");
     make_tree(&backing.join("two"), 10, 100, 33);
+    // Owned by someone else than sharelink (root), so keeping owners takes
+    // a chown, which this share refuses.
+    sh(&format!(
+        "chown -R 4321:4321 '{}' '{}'",
+        sb.app.join("one").display(),
+        sb.app.join("two").display()
+    ));
     let share_two = snapshot(&backing.join("two"));
     let (one, two) = (snapshot(&sb.app.join("one")), snapshot(&sb.app.join("two")));
     mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");

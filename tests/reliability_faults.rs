@@ -263,6 +263,9 @@ fn smb_like_share_refusing_chmod_and_chown_warns_once_per_link() {
     let lower = tmp.path().join("lower");
     common::make_tree(&lower.join("data"), 300, 100_000, 21);
     common::make_tree(&lower.join("models/cache"), 50, 10_000, 22);
+    // Owned by someone else than sharelink (root), so keeping owners takes
+    // a chown, which this share refuses.
+    common::sh(&format!("chown -R 4321:4321 '{}'", lower.display()));
     let data = rel_support::load_tree(&lower.join("data"));
     let cache = rel_support::load_tree(&lower.join("models/cache"));
     let app_root = common::mount_overlay(&tmp.path().join("ovl"), &lower);

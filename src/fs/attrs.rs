@@ -340,26 +340,94 @@ fn ts(t: super::meta::Time) -> TimeSpec {
     TimeSpec::new(t.sec, t.nsec)
 }
 
-/// Owner, mode, xattrs and times of an open file or directory we created,
-/// in the order that keeps each: owner first (chown clears set-id bits and
-/// capabilities), then mode, then xattrs (ACLs after the mode they
-/// extend), then times last (every other change moves them).
-pub fn apply_fd(f: &dyn AsRawFd, meta: &Meta, x: &Xattrs, fid: &Fidelity) -> io::Result<()> {
+/// What a file or directory we just made already has: owner and mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Made {
+    pub uid: u32,
+    pub gid: u32,
+    pub perm: u32,
+}
+
+impl Made {
+    /// An entry made by this process with `perm` asked for: its owner and
+    /// what the umask leaves of the mode.
+    pub fn by_us(perm: u32) -> Made {
+        Made {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            perm: perm & !umask(),
+        }
+    }
+}
+
+/// The process's umask, read once (reading it means setting it, so it is
+/// done before any worker runs, and put back at once).
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        // SAFETY: umask cannot fail; the old value is restored at once.
+        unsafe {
+            let old = libc::umask(0o022);
+            libc::umask(old);
+            old
+        }
+    })
+}
+
+/// Owner, mode, xattrs and times of an open file or directory we made
+/// (`made`: what it has already), in the order that keeps each: owner first
+/// (chown clears set-id bits and capabilities), then mode, then xattrs
+/// (ACLs after the mode they extend), then times last (every other change
+/// moves them). Calls that would change nothing are not made: on a local
+/// disk they are most of the cost of a small file.
+pub fn apply_fd(
+    f: &dyn AsRawFd,
+    meta: &Meta,
+    made: Made,
+    x: &Xattrs,
+    fid: &Fidelity,
+) -> io::Result<()> {
     let fd = f.as_raw_fd();
-    fid.attempt(Loss::Owner, || {
-        // SAFETY: plain syscall on an open fd.
-        check(unsafe { libc::fchown(fd, meta.uid, meta.gid) })
-    })?;
-    fid.attempt(Loss::Mode, || {
-        // SAFETY: as above.
-        check(unsafe { libc::fchmod(fd, meta.perm) })
-    })?;
+    let chown = (meta.uid, meta.gid) != (made.uid, made.gid);
+    if chown {
+        fid.attempt(Loss::Owner, || {
+            // SAFETY: plain syscall on an open fd.
+            check(unsafe { libc::fchown(fd, meta.uid, meta.gid) })
+        })?;
+    }
+    if meta.perm != made.perm || chown && meta.perm & 0o6000 != 0 {
+        fid.attempt(Loss::Mode, || {
+            // SAFETY: as above.
+            check(unsafe { libc::fchmod(fd, meta.perm) })
+        })?;
+    }
     x.write(&Target::Fd(f), fid)?;
     fid.attempt(Loss::Times, || {
         let times = [ts(meta.atime), ts(meta.id.mtime)];
         // SAFETY: two valid timespecs.
         check(unsafe { libc::futimens(fd, times.as_ptr().cast()) })
     })
+}
+
+/// After [`apply_fd`] skipped owner or mode because the entry seemed to
+/// have them already: if the filesystem gave it others anyway (an SMB share
+/// decides owners and modes itself), ask, so a loss is counted like any
+/// other.
+pub fn recheck_fd(f: &dyn AsRawFd, meta: &Meta, now: &Meta, fid: &Fidelity) -> io::Result<()> {
+    let fd = f.as_raw_fd();
+    if (now.uid, now.gid) != (meta.uid, meta.gid) {
+        fid.attempt(Loss::Owner, || {
+            // SAFETY: plain syscall on an open fd.
+            check(unsafe { libc::fchown(fd, meta.uid, meta.gid) })
+        })?;
+    }
+    if now.perm != meta.perm {
+        fid.attempt(Loss::Mode, || {
+            // SAFETY: as above.
+            check(unsafe { libc::fchmod(fd, meta.perm) })
+        })?;
+    }
+    Ok(())
 }
 
 /// The same for a symlink or special file `name` in `dir` (never followed;
@@ -372,16 +440,19 @@ pub fn apply_at(
     fid: &Fidelity,
 ) -> io::Result<()> {
     use nix::fcntl::AtFlags;
-    fid.attempt(Loss::Owner, || {
-        nix::unistd::fchownat(
-            dir,
-            name,
-            Some(meta.uid.into()),
-            Some(meta.gid.into()),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(io::Error::from)
-    })?;
+    let made = Made::by_us(0);
+    if (meta.uid, meta.gid) != (made.uid, made.gid) {
+        fid.attempt(Loss::Owner, || {
+            nix::unistd::fchownat(
+                dir,
+                name,
+                Some(meta.uid.into()),
+                Some(meta.gid.into()),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from)
+        })?;
+    }
     if meta.kind != Kind::Symlink {
         fid.attempt(Loss::Mode, || {
             nix::sys::stat::fchmodat(
@@ -447,7 +518,7 @@ mod tests {
         let dst = d.create(OsStr::new("b"), 0o600).unwrap();
         let meta = Meta::from_stat(&nix::sys::stat::fstat(&src).unwrap());
         let fid = Fidelity::default();
-        apply_fd(&dst, &meta, &x, &fid).unwrap();
+        apply_fd(&dst, &meta, Made::by_us(0o600), &x, &fid).unwrap();
         assert_eq!(read_file(&dst).unwrap(), x);
         assert!(fid.losses().is_empty());
         // A refused kind is counted, then not asked again.

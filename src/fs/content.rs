@@ -1,10 +1,11 @@
 //! The bytes of regular files: copy them (holes stay holes) and compare
 //! them. Equality of content is only ever decided here, by bytes.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Between chunks a long copy checks whether it should stop.
 const CHUNK: usize = 8 << 20;
@@ -28,11 +29,32 @@ fn lseek(f: &File, off: i64, whence: libc::c_int) -> io::Result<i64> {
     }
 }
 
+/// Where a copy goes from and to: the source's and the target's device
+/// numbers (the kernel copies within a filesystem, not across).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Devices {
+    pub src: u64,
+    pub dst: u64,
+}
+
+impl Devices {
+    fn key(self) -> u64 {
+        self.src.rotate_left(32) ^ self.dst
+    }
+}
+
 /// Copy `len` bytes of `src` into a new, empty `dst`, keeping holes when
 /// `sparse` (the source has fewer blocks than bytes): data ranges are found
 /// with `SEEK_DATA`/`SEEK_HOLE` and the size is set at the end, as
 /// `cp --sparse=auto` does. Returns the bytes written.
-pub fn copy(src: &File, dst: &File, len: u64, sparse: bool, stop: &AtomicBool) -> io::Result<u64> {
+pub fn copy(
+    src: &File,
+    dst: &File,
+    len: u64,
+    sparse: bool,
+    devs: Devices,
+    stop: &AtomicBool,
+) -> io::Result<u64> {
     let mut written = 0;
     if sparse {
         let mut pos: i64 = 0;
@@ -47,7 +69,7 @@ pub fn copy(src: &File, dst: &File, len: u64, sparse: bool, stop: &AtomicBool) -
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
                 // No SEEK_DATA here: copy densely from `pos`.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    written += copy_range(src, dst, pos, end, stop)?;
+                    written += copy_range(src, dst, pos, end, devs, stop)?;
                     break;
                 }
                 Err(e) => return Err(e),
@@ -56,71 +78,104 @@ pub fn copy(src: &File, dst: &File, len: u64, sparse: bool, stop: &AtomicBool) -
                 break;
             }
             let hole = lseek(src, data, libc::SEEK_HOLE)?.min(end);
-            written += copy_range(src, dst, data, hole, stop)?;
+            written += copy_range(src, dst, data, hole, devs, stop)?;
             pos = hole;
         }
         dst.set_len(len)?;
     } else {
-        written = copy_range(src, dst, 0, len as i64, stop)?;
+        written = copy_range(src, dst, 0, len as i64, devs, stop)?;
     }
     Ok(written)
 }
 
+thread_local! {
+    /// Each worker's copy buffer, allocated once.
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The pair of devices (source, target) last found to refuse
+/// `copy_file_range` (across filesystems it is EXDEV for every file): not
+/// asked again for each of thousands of files.
+static NO_KERNEL_COPY: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// Copy `[from, to)` of `src` to the same offsets of `dst`: in the kernel
-/// (`copy_file_range`) where it can, else by reads and writes. Stops early at end of file (the caller's identity check then
-/// notices the file changed).
-fn copy_range(src: &File, dst: &File, from: i64, to: i64, stop: &AtomicBool) -> io::Result<u64> {
+/// (`copy_file_range`) where it can, else by reads and writes. Stops early
+/// at end of file (the caller's identity check then notices the file
+/// changed).
+fn copy_range(
+    src: &File,
+    dst: &File,
+    from: i64,
+    to: i64,
+    devs: Devices,
+    stop: &AtomicBool,
+) -> io::Result<u64> {
+    let pair = devs.key();
+    if NO_KERNEL_COPY.load(Ordering::Relaxed) == pair {
+        return BUFFER.with(|b| user_copy(src, dst, from, to, stop, &mut b.borrow_mut()));
+    }
     let mut off_in = from;
     let mut off_out = from;
-    let mut kernel = true;
-    let mut buf: Vec<u8> = Vec::new();
     while off_in < to {
         stopped(stop)?;
         let want = ((to - off_in) as usize).min(CHUNK);
-        let n = if kernel {
-            // SAFETY: valid fds and offset pointers.
-            let r = unsafe {
-                libc::copy_file_range(
-                    src.as_raw_fd(),
-                    &mut off_in,
-                    dst.as_raw_fd(),
-                    &mut off_out,
-                    want,
-                    0,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    // Across filesystems, or not supported here.
-                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-                        if off_in == from =>
-                    {
-                        kernel = false;
-                        continue;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => return Err(e),
-                }
-            }
-            r as usize
-        } else {
-            if buf.is_empty() {
-                buf = vec![0u8; BUF];
-            }
-            let n = pread(src, &mut buf[..want.min(BUF)], off_in)?;
-            if n > 0 {
-                pwrite_all(dst, &buf[..n], off_out)?;
-            }
-            off_in += n as i64;
-            off_out += n as i64;
-            n
+        // SAFETY: valid fds and offset pointers.
+        let r = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
         };
-        if n == 0 {
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // Across filesystems, or not supported here.
+                Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                    if off_in == from =>
+                {
+                    NO_KERNEL_COPY.store(pair, Ordering::Relaxed);
+                    return BUFFER
+                        .with(|b| user_copy(src, dst, from, to, stop, &mut b.borrow_mut()));
+                }
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if r == 0 {
             break;
         }
     }
     Ok((off_in - from) as u64)
+}
+
+/// [`copy_range`] through a user-space buffer.
+fn user_copy(
+    src: &File,
+    dst: &File,
+    from: i64,
+    to: i64,
+    stop: &AtomicBool,
+    buf: &mut Vec<u8>,
+) -> io::Result<u64> {
+    if buf.is_empty() {
+        buf.resize(BUF, 0);
+    }
+    let mut off = from;
+    while off < to {
+        stopped(stop)?;
+        let want = ((to - off) as usize).min(BUF);
+        let n = pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        pwrite_all(dst, &buf[..n], off)?;
+        off += n as i64;
+    }
+    Ok((off - from) as u64)
 }
 
 fn pread(f: &File, buf: &mut [u8], off: i64) -> io::Result<usize> {
@@ -193,6 +248,8 @@ fn read_full(f: &File, buf: &mut [u8], off: i64) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DEVS: Devices = Devices { src: 1, dst: 1 };
     use std::io::{Seek, SeekFrom, Write};
     use std::os::unix::fs::MetadataExt;
 
@@ -214,7 +271,7 @@ mod tests {
             .unwrap();
         let len = src.metadata().unwrap().len();
         let stop = AtomicBool::new(false);
-        let n = copy(&src, &dst, len, true, &stop).unwrap();
+        let n = copy(&src, &dst, len, true, DEVS, &stop).unwrap();
         assert!(n < 1 << 20, "copied {n} bytes of data");
         let m = std::fs::metadata(&b).unwrap();
         assert_eq!(m.len(), len);
@@ -249,7 +306,7 @@ mod tests {
         let dst = File::create(&b).unwrap();
         let stop = AtomicBool::new(false);
         assert_eq!(
-            copy(&src, &dst, data.len() as u64, false, &stop).unwrap(),
+            copy(&src, &dst, data.len() as u64, false, DEVS, &stop).unwrap(),
             data.len() as u64
         );
         assert_eq!(std::fs::read(&b).unwrap(), data);

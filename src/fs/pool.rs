@@ -5,14 +5,18 @@
 //! fixed pace however long one job takes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
 pub struct Queue<J> {
     state: Mutex<State<J>>,
-    wake: Condvar,
+    /// Wakes a worker: a job was pushed, or the work is over.
+    work: Condvar,
+    /// Wakes the calling thread: the work is over.
+    done: Condvar,
+    threads: usize,
     /// Set on the first error or when the heartbeat says stop; long jobs
     /// check it between chunks.
     pub stop: AtomicBool,
@@ -21,29 +25,51 @@ pub struct Queue<J> {
 struct State<J> {
     jobs: Vec<J>,
     running: usize,
+    /// Workers waiting for a job: a wake-up is a system call, made only
+    /// when someone waits.
+    idle: usize,
     error: Option<Error>,
 }
 
+impl<J> State<J> {
+    fn finished(&self) -> bool {
+        self.running == 0 && self.jobs.is_empty()
+    }
+}
+
 impl<J> Queue<J> {
+    fn lock(&self) -> MutexGuard<'_, State<J>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn push(&self, job: J) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
         s.jobs.push(job);
+        let wake = s.idle > 0;
         drop(s);
-        self.wake.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Workers in the pool (to size the jobs they are given).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Stop everyone; the first error is the one to report (later ones are
+    /// its echoes: ECANCELED from jobs told to stop).
     fn fail(&self, e: Error) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // The first error is the one to report; later ones are its echoes
-        // (ECANCELED from jobs told to stop).
+        let mut s = self.lock();
         s.error.get_or_insert(e);
         self.stop.store(true, Ordering::Relaxed);
         drop(s);
-        self.wake.notify_all();
+        self.work.notify_all();
+        self.done.notify_all();
     }
 }
 
@@ -67,40 +93,39 @@ where
         state: Mutex::new(State {
             jobs: initial,
             running: 0,
+            idle: 0,
             error: None,
         }),
-        wake: Condvar::new(),
+        work: Condvar::new(),
+        done: Condvar::new(),
+        threads: threads.max(1),
         stop: AtomicBool::new(false),
     };
     std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
+        for _ in 0..q.threads {
             scope.spawn(|| worker(&q, &work));
         }
-        let mut s = q.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = std::time::Instant::now();
-        loop {
-            let idle = s.jobs.is_empty() && s.running == 0;
-            if idle || (q.stopped() && s.running == 0) {
-                break;
-            }
+        let mut last = Instant::now();
+        let mut s = q.lock();
+        while !(s.finished() || q.stopped() && s.running == 0) {
             s = q
-                .wake
+                .done
                 .wait_timeout(s, HEARTBEAT)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
             if last.elapsed() >= HEARTBEAT && !q.stopped() {
                 drop(s);
-                last = std::time::Instant::now();
+                last = Instant::now();
                 if let Err(e) = heartbeat() {
                     q.fail(e);
                 }
-                s = q.state.lock().unwrap_or_else(|p| p.into_inner());
+                s = q.lock();
             }
         }
         // Release the workers waiting for jobs that will not come.
         q.stop.store(true, Ordering::Relaxed);
         drop(s);
-        q.wake.notify_all();
+        q.work.notify_all();
     });
     let s = q.state.into_inner().unwrap_or_else(|p| p.into_inner());
     match s.error {
@@ -114,7 +139,7 @@ where
     F: Fn(J, &Queue<J>) -> Result<()>,
 {
     loop {
-        let mut s = q.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = q.lock();
         let job = loop {
             if q.stopped() {
                 return;
@@ -125,22 +150,28 @@ where
             if s.running == 0 {
                 // Nothing queued and nothing that could queue more.
                 drop(s);
-                q.wake.notify_all();
+                q.work.notify_all();
+                q.done.notify_all();
                 return;
             }
-            s = q.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.idle += 1;
+            s = q.work.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.idle -= 1;
         };
         s.running += 1;
         drop(s);
         let r = work(job, q);
-        let mut s = q.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = q.lock();
         s.running -= 1;
-        let finished = s.running == 0 && s.jobs.is_empty();
+        let finished = s.finished();
         drop(s);
         match r {
             // The last job wakes everyone: the caller and the idle workers
-            // all have nothing left to wait for.
-            Ok(()) if finished => q.wake.notify_all(),
+            // have nothing left to wait for.
+            Ok(()) if finished => {
+                q.work.notify_all();
+                q.done.notify_all();
+            }
             Ok(()) => {}
             Err(e) => q.fail(e),
         }

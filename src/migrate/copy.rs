@@ -266,6 +266,7 @@ impl Staging {
             fresh,
             app_path,
             staging_path: &self.path,
+            dst_dev: self.tree.stat().map(|m| m.dev).unwrap_or(0),
         };
         let root_src = Arc::new(
             app.try_clone()
@@ -364,9 +365,9 @@ enum Job {
         src: Arc<Dir>,
         dst: Arc<Dir>,
     },
-    /// Copy one non-directory.
+    /// Copy non-directories of one directory.
     Leaf {
-        ix: Ix,
+        ixs: Vec<Ix>,
         src: Arc<Dir>,
         dst: Arc<Dir>,
     },
@@ -440,6 +441,8 @@ struct Shared<'a> {
     fresh: &'a super::Fresh,
     app_path: &'a Path,
     staging_path: &'a Path,
+    /// The staging tree's device.
+    dst_dev: u64,
 }
 
 impl Shared<'_> {
@@ -464,17 +467,20 @@ impl Shared<'_> {
     fn run(&self, job: Job, q: &Queue<Job>) -> Result<()> {
         match job {
             Job::Dir { ix, src, dst } => self.dir(ix, src, dst, q),
-            Job::Leaf { ix, src, dst } => {
-                let s = self.leaf(ix, &src, &dst, &q.stop)?;
-                self.set(ix, s);
-                let e = self.entry(ix);
-                if e.meta.kind == Kind::File && e.meta.nlink > 1 && e.leader.is_none() {
-                    let at = s
-                        .filter(|s| s.faithful)
-                        .map(|_| (dst.clone(), e.name.clone()));
-                    self.leader_done(ix, at, q);
+            Job::Leaf { ixs, src, dst } => {
+                for ix in ixs {
+                    let s = self.leaf(ix, &src, &dst, &q.stop)?;
+                    self.set(ix, s);
+                    let e = self.entry(ix);
+                    if e.meta.kind == Kind::File && e.meta.nlink > 1 && e.leader.is_none() {
+                        let at = s
+                            .filter(|s| s.faithful)
+                            .map(|_| (dst.clone(), e.name.clone()));
+                        self.leader_done(ix, at, q);
+                    }
+                    self.release(e.parent)?;
                 }
-                self.release(e.parent)
+                Ok(())
             }
             Job::Link {
                 ix,
@@ -507,6 +513,7 @@ impl Shared<'_> {
                     dst: dst.clone(),
                 },
             );
+        let mut leaves = Vec::new();
         for c in kids {
             let e = self.entry(c);
             if e.meta.kind == Kind::Dir {
@@ -522,12 +529,18 @@ impl Shared<'_> {
             } else if let Some(leader) = e.leader {
                 self.follow(leader, c, &src, &dst, q);
             } else {
-                q.push(Job::Leaf {
-                    ix: c,
-                    src: src.clone(),
-                    dst: dst.clone(),
-                });
+                leaves.push(c);
             }
+        }
+        // Enough jobs to keep every worker busy, few enough that handing
+        // them out costs little next to the work.
+        let per_job = (leaves.len() / (q.threads() * 4)).clamp(1, 64);
+        for chunk in leaves.chunks(per_job) {
+            q.push(Job::Leaf {
+                ixs: chunk.to_vec(),
+                src: src.clone(),
+                dst: dst.clone(),
+            });
         }
         // This job's own unit.
         self.release(ix)
@@ -583,7 +596,7 @@ impl Shared<'_> {
                 to_name: to_name.clone(),
             }),
             Some(LeaderState::Done(None)) => q.push(Job::Leaf {
-                ix,
+                ixs: vec![ix],
                 src: src.clone(),
                 dst: dst.clone(),
             }),
@@ -596,7 +609,7 @@ impl Shared<'_> {
             }
             // The leader is not being copied: copy this name on its own.
             None => q.push(Job::Leaf {
-                ix,
+                ixs: vec![ix],
                 src: src.clone(),
                 dst: dst.clone(),
             }),
@@ -620,7 +633,11 @@ impl Shared<'_> {
                     to: to.clone(),
                     to_name: to_name.clone(),
                 }),
-                None => q.push(Job::Leaf { ix: f, src, dst }),
+                None => q.push(Job::Leaf {
+                    ixs: vec![f],
+                    src,
+                    dst,
+                }),
             }
         }
     }
@@ -632,7 +649,11 @@ impl Shared<'_> {
         for state in l.values_mut() {
             if let LeaderState::Waiting(v) = state {
                 for (ix, src, dst) in v.drain(..) {
-                    jobs.push(Job::Leaf { ix, src, dst });
+                    jobs.push(Job::Leaf {
+                        ixs: vec![ix],
+                        src,
+                        dst,
+                    });
                 }
                 *state = LeaderState::Done(None);
             }
@@ -680,25 +701,48 @@ impl Shared<'_> {
             }
         }
         self.fresh.wait()?;
-        let to = match dst.create(&e.name, 0o600) {
+        // Made with its final mode (no chmod later) unless set-id bits would
+        // exist before the owner is right; nobody else can reach it yet
+        // (the staging directory is 0700).
+        let perm = if before.perm & 0o6000 == 0 {
+            before.perm
+        } else {
+            0o600
+        };
+        let to = match dst.create(&e.name, perm) {
             Ok(f) => f,
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 // An incomplete copy left by an earlier run.
                 dst.unlink(&e.name)
                     .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                dst.create(&e.name, 0o600)
+                dst.create(&e.name, perm)
                     .map_err(|x| Error::io("create", &self.dst_path(ix), x))?
             }
             Err(err) => return Err(Error::io("create", &self.dst_path(ix), err)),
         };
-        content::copy(&from, &to, before.id.size, before.looks_sparse(), stop)
-            .map_err(|err| Error::io("copy to", &self.dst_path(ix), err))?;
+        content::copy(
+            &from,
+            &to,
+            before.id.size,
+            before.looks_sparse(),
+            content::Devices {
+                src: before.dev,
+                dst: self.dst_dev,
+            },
+            stop,
+        )
+        .map_err(|err| Error::io("copy to", &self.dst_path(ix), err))?;
         let x = attrs::read_file(&from)
             .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
-        attrs::apply_fd(&to, &before, &x, self.fid)
+        attrs::apply_fd(&to, &before, attrs::Made::by_us(perm), &x, self.fid)
             .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
         let after = fstat(&from).map_err(|err| Error::io("inspect", &self.src_path(ix), err))?;
-        let copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+        let mut copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+        if (copy.uid, copy.gid, copy.perm) != (before.uid, before.gid, before.perm) {
+            attrs::recheck_fd(&to, &before, &copy, self.fid)
+                .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
+            copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+        }
         drop(to);
         let faithful = after.id == before.id && settled;
         if faithful {
@@ -911,7 +955,7 @@ impl Shared<'_> {
         let e = self.entry(ix);
         let x = Xattrs::read(&Target::Fd(src))
             .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
-        attrs::apply_fd(dst, &e.meta, &x, self.fid)
+        attrs::apply_fd(dst, &e.meta, attrs::Made::by_us(0o700), &x, self.fid)
             .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
         self.set(
             ix,

@@ -351,6 +351,8 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
         app_path,
     };
     ctx.fresh.touch();
+    // Read before any worker runs (reading it means setting it).
+    crate::fs::attrs::umask();
     let r = m.run(&app_parent, &app, &mut ctx);
     // A lease broken while we deleted sends SIGIO; it is ours, not the
     // command's.

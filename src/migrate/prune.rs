@@ -43,6 +43,9 @@ pub struct Pruned {
     pub deleted: u64,
     /// What stayed, with why (the root is never listed).
     pub kept: Vec<(Ix, Kept)>,
+    /// Signals pending at the last look (read once per file deleted).
+    pending: crate::signals::SigMask,
+    since_beat: u32,
 }
 
 /// Delete every entry of `doomed` (indexed like `inv`: the identity it must
@@ -111,7 +114,7 @@ fn walk(
             out.kept.push((c, Kept::NoCopy));
             continue;
         };
-        match delete(dir, &e.name, e.meta.kind, &id) {
+        match delete(dir, &e.name, e.meta.kind, &id, &mut out.pending) {
             Ok(None) => {
                 out.deleted += 1;
                 failpoint::hit("prune.entry");
@@ -126,7 +129,12 @@ fn walk(
             Ok(Some(why)) => out.kept.push((c, why)),
             Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
         }
-        check()?;
+        crate::signals::interrupted(out.pending)?;
+        out.since_beat += 1;
+        if out.since_beat >= 64 {
+            out.since_beat = 0;
+            check()?;
+        }
     }
     Ok(())
 }
@@ -144,7 +152,15 @@ fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
 }
 
 /// Delete `name` if it still is `id`. `Ok(Some(why))` when it stays.
-fn delete(dir: &Dir, name: &OsStr, kind: Kind, id: &Identity) -> std::io::Result<Option<Kept>> {
+/// `pending` gets the signals pending afterwards.
+fn delete(
+    dir: &Dir,
+    name: &OsStr,
+    kind: Kind,
+    id: &Identity,
+    pending: &mut crate::signals::SigMask,
+) -> std::io::Result<Option<Kept>> {
+    *pending = 0;
     if kind != Kind::File {
         return match dir.stat_at(name)? {
             Some(m) if m.kind == kind && m.id == *id => dir.unlink(name).map(|_| None),
@@ -183,7 +199,8 @@ fn delete(dir: &Dir, name: &OsStr, kind: Kind, id: &Identity) -> std::io::Result
     if !leased {
         return r;
     }
-    let broken = lease_broken(&f);
+    *pending = crate::signals::pending();
+    let broken = *pending & crate::signals::bit(libc::SIGIO) != 0 && lease_broken(&f);
     let _ = lease(&f, libc::F_UNLCK);
     match r {
         Ok(None) if broken => rescue(dir, name, &f).map(|_| Some(Kept::Rescued)),
@@ -238,7 +255,12 @@ fn rescue(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
         }
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
-    crate::fs::content::copy(f, &to, meta.id.size, meta.looks_sparse(), &stop)?;
+    let devs = crate::fs::content::Devices {
+        src: meta.dev,
+        dst: meta.dev,
+    };
+    crate::fs::content::copy(f, &to, meta.id.size, meta.looks_sparse(), devs, &stop)?;
     let x = crate::fs::attrs::read_file(f)?;
-    crate::fs::attrs::apply_fd(&to, &meta, &x, &crate::fs::attrs::Fidelity::default())
+    let made = crate::fs::attrs::Made::by_us(0o600);
+    crate::fs::attrs::apply_fd(&to, &meta, made, &x, &crate::fs::attrs::Fidelity::default())
 }
