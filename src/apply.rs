@@ -29,8 +29,17 @@ pub type Owner = Option<(u32, u32)>;
 pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
     let mut first_err = None;
     let locks = lock::lock_names(&cfg.share_root);
-    for link in &cfg.links {
-        match apply_link(cfg, link, owner, &locks) {
+    // Looked at all at once (on a network share, many at a time); a link
+    // reached after earlier ones took a while is looked at again.
+    let looked = std::time::Instant::now();
+    let observed = plan::observe_all(cfg);
+    for (link, obs) in cfg.links.iter().zip(observed) {
+        let obs = if looked.elapsed() < std::time::Duration::from_secs(1) {
+            obs
+        } else {
+            plan::observe(cfg, link, &Paths::new(cfg, link))
+        };
+        match apply_link(cfg, link, obs, owner, &locks) {
             Ok(()) => {}
             Err(e) if e.is_interrupted() => return Err(e),
             Err(e) => {
@@ -44,17 +53,27 @@ pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
 
 fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
     let obs = plan::observe(cfg, link, paths)?;
-    let d = plan::decide(link, paths, &obs);
+    refused(plan::decide(link, paths, &obs))
+}
+
+/// A decision that refuses the link is its error (65).
+fn refused(d: Decision) -> Result<Decision> {
     match plan::refusal_error(&d) {
         Some(e) => Err(e),
         None => Ok(d),
     }
 }
 
-fn apply_link(cfg: &Config, link: &Link, owner: Owner, locks: &lock::LockNames) -> Result<()> {
+fn apply_link(
+    cfg: &Config,
+    link: &Link,
+    obs: Result<plan::Observed>,
+    owner: Owner,
+    locks: &lock::LockNames,
+) -> Result<()> {
     signals::check_interrupt()?;
     let paths = Paths::new(cfg, link);
-    let mut d = decide(cfg, link, &paths)?;
+    let mut d = refused(plan::decide(link, &paths, &obs?))?;
     if d.actions.is_empty() {
         lock::clear_stale(&cfg.share_root, &link.share, locks);
         // A run killed between making the symlink and forgetting the

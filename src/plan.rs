@@ -319,16 +319,26 @@ pub struct Plan<'a> {
 
 /// Observe and decide every link. Errors reading one link are kept with it.
 pub fn plan(cfg: &Config) -> Plan<'_> {
-    let links = cfg
-        .links
-        .iter()
-        .map(|l| {
+    let links = observe_all(cfg)
+        .into_iter()
+        .zip(&cfg.links)
+        .map(|(o, l)| {
             let paths = Paths::new(cfg, l);
-            let d = observe(cfg, l, &paths).map(|o| decide(l, &paths, &o));
+            let d = o.map(|o| decide(l, &paths, &o));
             (l, paths, d)
         })
         .collect();
     Plan { cfg, links }
+}
+
+/// [`observe`] every link, several at a time: on a network share each look
+/// is a few round trips, and a thousand links one after the other would
+/// take seconds.
+pub fn observe_all(cfg: &Config) -> Vec<Result<Observed>> {
+    let threads = cfg.migration.threads(&cfg.share_root);
+    crate::fs::pool::map(&cfg.links, threads, |l| {
+        observe(cfg, l, &Paths::new(cfg, l))
+    })
 }
 
 impl Plan<'_> {
@@ -419,15 +429,25 @@ pub fn status(cfg: &Config) -> Report {
     let share_problem = crate::mounts::check_share(cfg, false)
         .err()
         .map(|e| e.to_string());
+    let observed = if share_problem.is_some() {
+        Vec::new()
+    } else {
+        observe_all(cfg)
+    };
     let links: Vec<LinkReport> = cfg
         .links
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let paths = Paths::new(cfg, l);
             let (state, detail) = if share_problem.is_some() {
                 (State::ShareUnavailable, None)
             } else {
-                match observe(cfg, l, &paths).map(|o| (decide(l, &paths, &o), o)) {
+                let o = match &observed[i] {
+                    Ok(o) => Ok(o.clone()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match o.map(|o| (decide(l, &paths, &o), o)) {
                     Ok((d, o)) => match d.state {
                         State::NeedsMigration | State::Interrupted => {
                             match crate::lock::holder(&cfg.share_root, &l.share) {
@@ -440,7 +460,7 @@ pub fn status(cfg: &Config) -> Report {
                         }
                         _ => (d.state, d.refusal),
                     },
-                    Err(e) => (State::Blocked, Some(e.to_string())),
+                    Err(e) => (State::Blocked, Some(e)),
                 }
             };
             LinkReport {

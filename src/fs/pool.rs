@@ -134,6 +134,34 @@ where
     }
 }
 
+/// `f` over `items` on up to `threads` threads, results in order. A few
+/// items are done on the calling thread: starting threads costs more.
+pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = threads.min(items.len() / 4).max(1);
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(f(item));
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every item mapped")
+        })
+        .collect()
+}
+
 fn worker<J, F>(q: &Queue<J>, work: &F)
 where
     F: Fn(J, &Queue<J>) -> Result<()>,
@@ -206,6 +234,16 @@ mod tests {
         .unwrap();
         assert_eq!(n.load(Ordering::Relaxed), (1 << 11) - 1);
         assert!(beats >= 1);
+    }
+
+    #[test]
+    fn map_keeps_order() {
+        let v: Vec<u32> = (0..1000).collect();
+        assert_eq!(
+            map(&v, 8, |x| x * 2),
+            v.iter().map(|x| x * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(map(&v[..3], 8, |x| x + 1), [1, 2, 3]);
     }
 
     #[test]
