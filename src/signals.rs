@@ -111,7 +111,7 @@ pub fn inherited_ignored() -> SigMask {
 /// `None`). `None` on timeout or interruption.
 pub fn wait(set: SigMask, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
     let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: d.as_secs().min(i64::MAX as u64) as _,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     });
     let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();

@@ -154,7 +154,9 @@ impl Meta {
             perm: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
-            nlink: st.st_nlink,
+            // u32 on some architectures (aarch64), u64 on others.
+            #[allow(clippy::useless_conversion)]
+            nlink: u64::from(st.st_nlink),
             rdev: st.st_rdev,
             blocks: st.st_blocks as u64,
             atime: Time {

@@ -79,16 +79,12 @@ pub const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Run `initial` and every job they push on `threads` worker threads.
 /// `heartbeat` runs on the calling thread every [`HEARTBEAT`] and once at
 /// the end; an error from it stops the work. Returns the first error.
-pub fn run<J, F>(
+pub fn run<J: Send>(
     threads: usize,
     initial: Vec<J>,
-    work: F,
+    work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
     heartbeat: &mut dyn FnMut() -> Result<()>,
-) -> Result<()>
-where
-    J: Send,
-    F: Fn(J, &Queue<J>) -> Result<()> + Sync,
-{
+) -> Result<()> {
     let q = Queue {
         state: Mutex::new(State {
             jobs: initial,
@@ -103,7 +99,7 @@ where
     };
     std::thread::scope(|scope| {
         for _ in 0..q.threads {
-            scope.spawn(|| worker(&q, &work));
+            scope.spawn(|| worker(&q, work));
         }
         let mut last = Instant::now();
         let mut s = q.lock();
@@ -162,10 +158,7 @@ pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + 
         .collect()
 }
 
-fn worker<J, F>(q: &Queue<J>, work: &F)
-where
-    F: Fn(J, &Queue<J>) -> Result<()>,
-{
+fn worker<J>(q: &Queue<J>, work: &dyn Fn(J, &Queue<J>) -> Result<()>) {
     loop {
         let mut s = q.lock();
         let job = loop {
@@ -218,7 +211,7 @@ mod tests {
         run(
             4,
             vec![0u32],
-            |depth, q| {
+            &|depth: u32, q: &Queue<u32>| {
                 n.fetch_add(1, Ordering::Relaxed);
                 if depth < 10 {
                     q.push(depth + 1);
@@ -251,7 +244,7 @@ mod tests {
         let r = run(
             3,
             (0..1000).collect::<Vec<u32>>(),
-            |i, _| {
+            &|i: u32, _: &Queue<u32>| {
                 if i == 500 {
                     Err(Error::Usage("boom".into()))
                 } else {
@@ -270,7 +263,7 @@ mod tests {
         let r = run(
             2,
             (0..100_000).collect::<Vec<u32>>(),
-            |_, _| {
+            &|_: u32, _: &Queue<u32>| {
                 std::thread::sleep(Duration::from_micros(100));
                 done.fetch_add(1, Ordering::Relaxed);
                 Ok(())

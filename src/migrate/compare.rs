@@ -82,7 +82,7 @@ pub fn compare(
     }];
     let threads = ctx.threads;
     let mut beat = || ctx.beat();
-    pool::run(threads, start, |job, q| w.run(job, q), &mut beat)?;
+    pool::run(threads, start, &|job, q| w.run(job, q), &mut beat)?;
     Ok(out
         .into_iter()
         .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))

@@ -281,12 +281,12 @@ impl Staging {
             super::heartbeat(lock, fresh, progress)?;
             shared.batches.flush(false)
         };
-        pool::run(threads, start, |job, q| shared.run(job, q), &mut beat)?;
+        pool::run(threads, start, &|job, q| shared.run(job, q), &mut beat)?;
         // Followers whose leader was never copied (it changed meanwhile, or
         // sat below a directory that did): copy them on their own.
         let orphans = shared.orphaned_followers();
         if !orphans.is_empty() {
-            pool::run(threads, orphans, |job, q| shared.run(job, q), &mut beat)?;
+            pool::run(threads, orphans, &|job, q| shared.run(job, q), &mut beat)?;
         }
         shared.batches.flush(true)?;
         self.sync()?;

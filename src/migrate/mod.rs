@@ -983,7 +983,7 @@ impl Migration<'_> {
         pool::run(
             threads,
             leaves.to_vec(),
-            |ix, q| {
+            &|ix: Ix, q: &pool::Queue<Ix>| {
                 for st in stamps {
                     match compare::already_kept(inv, ix, app, &st.dir, &q.stop) {
                         Ok(Some(id)) => {
