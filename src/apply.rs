@@ -48,7 +48,8 @@ pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
             }
         }
     }
-    first_err.map_or(Ok(()), Err)
+    // Each failing link has said why; the first one's code is the exit's.
+    first_err.map_or(Ok(()), |e: Error| Err(Error::Reported(e.exit_code())))
 }
 
 fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
@@ -168,7 +169,7 @@ fn execute(
 fn give(dir: &Path, owner: Owner) {
     if let Some((uid, gid)) = owner {
         if let Err(e) = std::os::unix::fs::lchown(dir, Some(uid), Some(gid)) {
-            tracing::debug!(dir = %dir.display(), "chown to the run user refused: {e}");
+            crate::debug!("chown of {} to the run user refused: {e}", dir.display());
         }
     }
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, Overrides};
-use crate::error::{code, Result};
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use crate::error::{code, Error, Result};
 use crate::logging::{self, LogFormat};
 use crate::{apply, mounts, plan, supervisor, user};
 
@@ -132,13 +136,18 @@ pub fn main() -> i32 {
     logging::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
     match dispatch(&cli) {
         Ok(code) => code,
-        Err(e) => {
-            if e.is_interrupted() {
-                tracing::warn!("{e}; stopped at a safe point, the next run finishes the work");
-            } else {
-                tracing::error!("{e}");
+        Err(err) => {
+            // The library's typed error decides the exit code; the context
+            // around it only explains.
+            let typed = err.chain().find_map(|c| c.downcast_ref::<Error>());
+            match typed {
+                Some(Error::Reported(_)) => {}
+                Some(e) if e.is_interrupted() => crate::warn!(
+                    "{err:#}; stopped at a safe point, the next run finishes the work"
+                ),
+                _ => crate::error!("{err:#}"),
             }
-            e.exit_code()
+            typed.map_or(code::IO, Error::exit_code)
         }
     }
 }
@@ -156,25 +165,35 @@ fn load(cli: &Cli) -> Result<Config> {
     )
 }
 
-fn dispatch(cli: &Cli) -> Result<i32> {
+/// Write a report to stdout. A reader that went away (`status | head`) is
+/// an error with a cause, not a panic.
+fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(text)
+        .and_then(|_| stdout.flush())
+        .context("cannot write to standard output")
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Check => {
             let cfg = load(cli)?;
-            println!(
-                "{}: ok, {} link{}",
+            out(format_args!(
+                "{}: ok, {} link{}\n",
                 cfg.origin.display(),
                 cfg.links.len(),
                 if cfg.links.len() == 1 { "" } else { "s" }
-            );
+            ))?;
             Ok(code::OK)
         }
         Command::Status { json } => {
             let cfg = load(cli)?;
             let report = plan::status(&cfg);
             if *json {
-                println!("{}", report.to_json());
+                out(format_args!("{}\n", report.to_json()))?;
             } else {
-                print!("{}", report.to_text());
+                out(format_args!("{}", report.to_text()))?;
             }
             Ok(if report.healthy() {
                 code::OK
@@ -187,7 +206,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             if *dry_run {
                 mounts::check_share(&cfg, false)?;
                 let plan = plan::plan(&cfg);
-                print!("{plan}");
+                out(format_args!("{plan}"))?;
                 // Exit as `link` would, so a dry run can gate a deploy.
                 return Ok(plan.exit_code());
             }
@@ -202,7 +221,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let user_spec = args.user.as_ref().or(cfg.run.user.as_ref());
             // Resolve the user before touching anything: a typo must not
             // leave a half-set-up container behind.
-            let credentials = user_spec.map(|u| user::resolve(u)).transpose()?;
+            let credentials = user_spec
+                .map(|u| user::resolve(u))
+                .transpose()
+                .context("the user to run the command as")?;
             link_all(&cfg, credentials.as_ref().map(|c| (c.uid, c.gid)))?;
             // A signal that came after the last safe point of linking still
             // means "do not start".

@@ -186,7 +186,7 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMigration {
-    parallelism: Option<Spanned<i64>>,
+    parallelism: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,10 +359,12 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
 
     let parallelism = match (ov.parallelism, &raw.migration.parallelism) {
         (Some(n), _) => Some(n),
-        (None, Some(n)) => {
-            let v = *n.get_ref();
+        (None, Some(v)) => {
+            let v = *v;
             if !(1..=MAX_PARALLELISM as i64).contains(&v) {
-                return Err(at(n.span()).err(
+                // Serde gives no span for a plain integer: find the key.
+                let line = text.find("parallelism").map(|i| i..i);
+                return Err(line.map_or(Where { origin, line: None }, &at).err(
                     "migration.parallelism",
                     &format!("must be between 1 and {MAX_PARALLELISM}, got {v}"),
                 ));
@@ -398,7 +400,7 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         });
     }
     // File order reads better in `status` than key order.
-    links.sort_by_key(|l| l.line);
+    links.sort_unstable_by_key(|l| l.line);
 
     let cfg = Config {
         origin: origin.to_path_buf(),
@@ -572,7 +574,7 @@ fn check_overlaps(cfg: &Config) -> Result<()> {
         ("share", |l: &Link| l.share.clone()),
     ] {
         let mut v: Vec<(PathBuf, &Link)> = cfg.links.iter().map(|l| (get(l), l)).collect();
-        v.sort_by(|a, b| a.0.components().cmp(b.0.components()));
+        v.sort_unstable_by(|a, b| a.0.components().cmp(b.0.components()));
         for w in v.windows(2) {
             if w[1].0.starts_with(&w[0].0) {
                 let how = if w[0].0 == w[1].0 {

@@ -51,6 +51,9 @@ pub enum Error {
     ReadOnlyApp(String),
     /// The app directory cannot be emptied by this user (73).
     CannotEmpty(String),
+    /// Already logged where it happened (each failing link says why);
+    /// only the exit code is left to give.
+    Reported(i32),
     /// The share has no room for the copy (73).
     NoSpace(String),
     /// Bad command line (2).
@@ -70,6 +73,7 @@ impl Error {
             Error::Usage(_) => code::USAGE,
             Error::LockLost(_) | Error::ShareKeepsChanging(_) | Error::AppBusy(_) => code::IO,
             Error::ReadOnlyApp(_) | Error::CannotEmpty(_) | Error::NoSpace(_) => code::CANT_WRITE,
+            Error::Reported(code) => *code,
         }
     }
 
@@ -111,6 +115,7 @@ impl fmt::Display for Error {
             | Error::NoSpace(m) => f.write_str(m),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Interrupted(sig) => write!(f, "interrupted by signal {}", signal_name(*sig)),
+            Error::Reported(code) => write!(f, "failed (exit {code}), as logged above"),
         }
     }
 }

@@ -240,7 +240,7 @@ impl Lock {
             .and_then(|_| fs::rename(&tmp, self.dir.join(PROGRESS)))
             .is_err()
         {
-            tracing::debug!(lock = %self.dir.display(), "could not record progress");
+            crate::debug!("could not record progress in lock {}", self.dir.display());
         }
     }
 }
@@ -433,7 +433,11 @@ fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) 
     let dir = locks.join(id);
     let now_holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
     if now_holder == holder && is_stale(&dir, &now_holder, me, lease) {
-        tracing::warn!(lock = %dir.display(), holder = %holder.replace('\n', " ").trim(), "removing a stale lock");
+        crate::warn!(
+            "removing a stale lock {} (holder: {})",
+            dir.display(),
+            holder.replace('\n', " ").trim()
+        );
         // Owner last: a lock directory without one is never live.
         let _ = fs::remove_file(dir.join(PROGRESS));
         let _ = fs::remove_file(dir.join(".progress"));

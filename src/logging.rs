@@ -4,8 +4,9 @@
 //! `SHARELINK_LOG` takes a level (`debug`) or a filter (`sharelink=debug,warn`);
 //! without it `-v`/`-q` move the default `info` up or down.
 //!
-//! The line writer is our own small [`Layer`] rather than
-//! `tracing_subscriber::fmt`: sharelink is every container's PID 1, and the
+//! The subscriber is our own small one (tracing-subscriber gives the filter
+//! syntax, [`Targets`]) rather than `tracing_subscriber::fmt` over a span
+//! registry: sharelink is every container's PID 1, has no spans, and the
 //! fmt machinery (and `EnvFilter`'s regex engine) cost more binary size and
 //! start-up than two fixed line formats are worth.
 
@@ -15,10 +16,59 @@ use std::str::FromStr;
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
-use tracing::{Event, Level, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{span, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
+
+/// Lines with no fields of their own, formatted by the caller and written
+/// through one event per level: every `tracing` call site costs about a
+/// kilobyte of the binary every container starts. Lines that machines read
+/// field by field (per link, progress, losses) stay `tracing` events.
+/// Filters still select these by level and by crate.
+#[macro_export]
+macro_rules! log_line {
+    ($level:ident, $($t:tt)*) => {
+        if tracing::level_filters::LevelFilter::current() >= tracing::Level::$level {
+            $crate::logging::line(tracing::Level::$level, format_args!($($t)*))
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! error {
+    ($($t:tt)*) => { $crate::log_line!(ERROR, $($t)*) };
+}
+
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::log_line!(WARN, $($t)*) };
+}
+
+#[macro_export]
+macro_rules! info {
+    ($($t:tt)*) => { $crate::log_line!(INFO, $($t)*) };
+}
+
+#[macro_export]
+macro_rules! debug {
+    ($($t:tt)*) => { $crate::log_line!(DEBUG, $($t)*) };
+}
+
+#[macro_export]
+macro_rules! trace {
+    ($($t:tt)*) => { $crate::log_line!(TRACE, $($t)*) };
+}
+
+#[doc(hidden)]
+pub fn line(level: Level, args: std::fmt::Arguments<'_>) {
+    match level {
+        Level::ERROR => tracing::error!("{args}"),
+        Level::WARN => tracing::warn!("{args}"),
+        Level::INFO => tracing::info!("{args}"),
+        Level::DEBUG => tracing::debug!("{args}"),
+        _ => tracing::trace!("{args}"),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -43,17 +93,17 @@ pub fn init(format: LogFormat, verbosity: i8) {
         }),
         _ => Targets::new().with_default(default),
     };
-    tracing_subscriber::registry()
-        .with(LineWriter { format }.with_filter(filter))
-        .init();
+    let _ = tracing::subscriber::set_global_default(LineWriter { format, filter });
     if let Some(s) = bad_filter {
-        tracing::warn!(filter = %s, "SHARELINK_LOG is not a level or filter; using the default");
+        crate::warn!("SHARELINK_LOG={s:?} is not a level or filter; using the default");
     }
 }
 
-/// Writes each event as one line to stderr.
+/// Writes each event as one line to stderr. sharelink has no spans, so
+/// this is the whole subscriber: no span registry behind it.
 struct LineWriter {
     format: LogFormat,
+    filter: Targets,
 }
 
 /// An event's message and fields. Reused across events (thread-local) so a
@@ -104,8 +154,38 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<(Fields, String, Stamp)> = Default::default();
 }
 
-impl<S: Subscriber> Layer<S> for LineWriter {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+impl Subscriber for LineWriter {
+    fn register_callsite(&self, m: &'static Metadata<'static>) -> Interest {
+        if self.enabled(m) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        self.filter.would_enable(m.target(), m.level())
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.filter.default_level().unwrap_or(LevelFilter::OFF).max(
+            self.filter
+                .iter()
+                .map(|(_, l)| l)
+                .max()
+                .unwrap_or(LevelFilter::OFF),
+        ))
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
         SCRATCH.with(|cell| {
             let Ok(mut scratch) = cell.try_borrow_mut() else {
                 return; // an event logged while formatting one: drop it

@@ -136,7 +136,10 @@ pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
             )));
         }
         if !logged {
-            tracing::info!(share_root = %cfg.share_root.display(), timeout = ?cfg.mount_timeout, "waiting for the share: {why}");
+            crate::info!(
+                "waiting up to {:?} for the share: {why}",
+                cfg.mount_timeout
+            );
             logged = true;
         }
         let slice = (deadline - now).min(Duration::from_millis(200));

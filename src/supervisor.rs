@@ -73,7 +73,7 @@ pub fn run(opts: RunOptions) -> i32 {
     // here on (every path it still uses is absolute) and must not keep a
     // directory busy that someone wants to unmount, such as the share.
     if let Err(e) = std::env::set_current_dir("/") {
-        tracing::debug!("cannot leave the working directory for /: {e}");
+        crate::debug!("cannot leave the working directory for /: {e}");
     }
     Supervisor {
         child,
@@ -97,9 +97,9 @@ pub fn run(opts: RunOptions) -> i32 {
 fn become_subreaper() {
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
-        tracing::debug!("not PID 1: became a child subreaper, orphans come to sharelink");
+        crate::debug!("not PID 1: became a child subreaper, orphans come to sharelink");
     } else {
-        tracing::warn!(
+        crate::warn!(
             "not PID 1 and cannot become a child subreaper ({}): orphaned processes will not \
              be reaped or stopped by sharelink",
             std::io::Error::last_os_error()
@@ -237,12 +237,12 @@ fn spawn(opts: &RunOptions) -> Result<i32, i32> {
         // the child's `environ` already has it. sharelink is single-threaded
         // and reads no environment variable after this point.
         std::env::set_var("HOME", &c.home);
-        tracing::debug!(user = %c, home = %c.home.display(), "the command will run as");
+        crate::debug!("the command will run as {c}, HOME={}", c.home.display());
     }
     let prep = match Prepared::new(opts) {
         Ok(p) => p,
         Err(why) => {
-            tracing::error!("cannot run {name:?}: {why}");
+            crate::error!("cannot run {name:?}: {why}");
             return Err(code::NOT_EXECUTABLE);
         }
     };
@@ -251,7 +251,7 @@ fn spawn(opts: &RunOptions) -> Result<i32, i32> {
     let (report_r, report_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!("cannot run {name:?}: pipe: {e}");
+            crate::error!("cannot run {name:?}: pipe: {e}");
             return Err(code::NOT_EXECUTABLE);
         }
     };
@@ -259,7 +259,7 @@ fn spawn(opts: &RunOptions) -> Result<i32, i32> {
     // `exec_child`, which is async-signal-safe and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        tracing::error!(
+        crate::error!(
             "cannot run {name:?}: fork: {}",
             std::io::Error::last_os_error()
         );
@@ -278,7 +278,7 @@ fn spawn(opts: &RunOptions) -> Result<i32, i32> {
 
     match read_report(&report_r) {
         None => {
-            tracing::debug!(pid, command = ?opts.command, "command started");
+            crate::debug!("command started: pid {pid}, {:?}", opts.command);
             Ok(pid)
         }
         Some((stage, errno)) => {
@@ -342,7 +342,7 @@ fn report_failure(opts: &RunOptions, prep: &Prepared, stage: Stage, errno: i32) 
             Stage::Setuid => "setuid",
             _ => "the ids read back differ",
         };
-        tracing::error!("cannot run {name:?} as {user}: {what}: {err}");
+        crate::error!("cannot run {name:?} as {user}: {what}: {err}");
         return code::NOT_EXECUTABLE;
     }
     match errno {
@@ -352,18 +352,18 @@ fn report_failure(opts: &RunOptions, prep: &Prepared, stage: Stage, errno: i32) 
             let exists = prep.candidates.len() == 1
                 && Path::new(OsStr::from_bytes(prep.candidates[0].as_bytes())).exists();
             if exists {
-                tracing::error!(
+                crate::error!(
                     "cannot run {name:?}: {err} (the file exists: is its #! interpreter missing?)"
                 );
             } else if prep.candidates.len() == 1 {
-                tracing::error!("cannot run {name:?}: not found ({err})");
+                crate::error!("cannot run {name:?}: not found ({err})");
             } else {
-                tracing::error!("cannot run {name:?}: command not found in PATH");
+                crate::error!("cannot run {name:?}: command not found in PATH");
             }
             code::NOT_FOUND
         }
         _ => {
-            tracing::error!("cannot run {name:?}: not executable ({err})");
+            crate::error!("cannot run {name:?}: not executable ({err})");
             code::NOT_EXECUTABLE
         }
     }
@@ -598,7 +598,7 @@ impl Supervisor {
             ) {
                 Step::Wait => {}
                 Step::Terminate { code, deadline } => {
-                    tracing::info!(
+                    crate::info!(
                         "sending SIGTERM to the processes left, grace period {:?}",
                         self.grace
                     );
@@ -608,7 +608,7 @@ impl Supervisor {
                     phase = Phase::Draining { code, deadline };
                 }
                 Step::Kill { code, deadline } => {
-                    tracing::warn!(
+                    crate::warn!(
                         "processes still running after the {:?} grace period; sending SIGKILL",
                         self.grace
                     );
@@ -618,12 +618,12 @@ impl Supervisor {
                 Step::KillAgain => self.signal_leftovers(&[Signal::SIGKILL]),
                 Step::Exit { code, abandoned } => {
                     if abandoned {
-                        tracing::warn!(
+                        crate::warn!(
                             "processes survive SIGKILL after {KILL_WAIT:?} (uninterruptible \
                              sleep, e.g. a hung share?); exiting without them"
                         );
                     } else if phase != Phase::Running {
-                        tracing::debug!("no process left");
+                        crate::debug!("no process left");
                     }
                     return code;
                 }
@@ -668,12 +668,12 @@ impl Supervisor {
                 continue;
             }
             if pid != self.child {
-                tracing::trace!(pid, "reaped an orphan");
+                crate::trace!("reaped an orphan, pid {pid}");
                 continue;
             }
             let code = if libc::WIFSIGNALED(status) {
                 let sig = libc::WTERMSIG(status);
-                tracing::info!(
+                crate::info!(
                     "command killed by {}: exit code {}",
                     signal_name(sig),
                     128 + sig
@@ -681,7 +681,7 @@ impl Supervisor {
                 128 + sig
             } else {
                 let code = libc::WEXITSTATUS(status);
-                tracing::info!("command exited with {code}");
+                crate::info!("command exited with {code}");
                 code
             };
             out.command = Some(code);
@@ -698,10 +698,10 @@ impl Supervisor {
     /// sharelink is forwarded as usual.
     fn follow_stop(&self, sig: i32) {
         if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) || !self.is_a_shell_job() {
-            tracing::debug!("command stopped by {}", signal_name(sig));
+            crate::debug!("command stopped by {}", signal_name(sig));
             return;
         }
-        tracing::debug!(
+        crate::debug!(
             "command stopped by {}: stopping sharelink too, for the shell",
             signal_name(sig)
         );
@@ -725,7 +725,7 @@ impl Supervisor {
         // The whole group: the terminal stopped all of it.
         // SAFETY: plain syscall.
         unsafe { libc::kill(-self.child, libc::SIGCONT) };
-        tracing::debug!("continued: the command is continued too");
+        crate::debug!("continued: the command is continued too");
     }
 
     /// Whether a job-control shell started sharelink as a job, so that
@@ -762,24 +762,23 @@ impl Supervisor {
             // Raised by sharelink itself: SIGPIPE from writing a log line to
             // a closed stderr (blocked signals are queued even when their
             // disposition is SIG_IGN). Not the command's business.
-            tracing::trace!("ignoring {} raised by sharelink itself", signal_name(sig));
+            crate::trace!("ignoring {} raised by sharelink itself", signal_name(sig));
             return;
         }
         if phase != Phase::Running {
             // The command is gone and the leftovers are already being
             // stopped on a bounded schedule.
-            tracing::debug!("{} ignored: the command has exited", signal_name(sig));
+            crate::debug!("{} ignored: the command has exited", signal_name(sig));
             return;
         }
         let Some(to) = self.rewrite.apply(sig) else {
-            tracing::debug!("{} not forwarded (rewritten to 0)", signal_name(sig));
+            crate::debug!("{} not forwarded (rewritten to 0)", signal_name(sig));
             return;
         };
         // SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the rest; if the
         // command stops, `follow_stop` decides whether sharelink stops too.
-        tracing::debug!(
-            target = self.forward_to,
-            "forwarding {} to the command{}{}",
+        crate::debug!(
+            "forwarding {} to the command{}{} (kill {})",
             signal_name(sig),
             if self.forward_to < 0 {
                 "'s process group"
@@ -790,12 +789,13 @@ impl Supervisor {
                 String::new()
             } else {
                 format!(" as {}", signal_name(to))
-            }
+            },
+            self.forward_to
         );
         // SAFETY: plain syscall.
         if unsafe { libc::kill(self.forward_to, to) } != 0 {
             // ESRCH: the command is exiting; its SIGCHLD is on the way.
-            tracing::debug!(
+            crate::debug!(
                 "could not forward {}: {}",
                 signal_name(to),
                 std::io::Error::last_os_error()
@@ -811,13 +811,13 @@ impl Supervisor {
             // -1 from PID 1 spares sharelink itself.
             vec![-1]
         } else if let Some(pids) = descendants(self.self_pid) {
-            tracing::debug!("{} processes left", pids.len());
+            crate::debug!("{} processes left", pids.len());
             pids
         } else {
             // Fall back on what is known without /proc: the command's
             // process group (its orphans usually stay in it).
             if !self.warned_no_proc.replace(true) {
-                tracing::warn!(
+                crate::warn!(
                     "/proc does not show this pid namespace; only the command's process \
                      group can be stopped"
                 );

@@ -117,7 +117,7 @@ impl Dir {
             });
             out.push((OsStr::from_bytes(name).to_os_string(), kind));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 

@@ -132,15 +132,20 @@ impl Walk<'_> {
         let listing = share
             .list()
             .map_err(|e| Error::io("read directory", &self.share(ix), e))?;
-        let on_share: std::collections::HashMap<OsString, Option<Kind>> =
-            listing.into_iter().collect();
+        // Sorted by name, as the inventory's children are.
+        let on_share = |name: &OsString| {
+            listing
+                .binary_search_by(|(n, _)| n.cmp(name))
+                .ok()
+                .map(|i| &listing[i].1)
+        };
         for c in self.inv.children(ix) {
             let e = self.inv.get(c);
             if e.changed {
                 self.set(c, Verdict::Changed);
                 continue;
             }
-            let kind = match on_share.get(&e.name) {
+            let kind = match on_share(&e.name) {
                 None => {
                     self.set(c, Verdict::AppOnly);
                     continue;

@@ -109,7 +109,7 @@ impl Staging {
                     // is junk or hostile, and removing it touches nothing
                     // it points to.
                     Some(m) if m.kind == Kind::Symlink => {
-                        tracing::warn!(staging = %path.display(), "removing a symlink found where sharelink keeps its staging directory");
+                        crate::warn!("removing a symlink found where sharelink keeps its staging directory: {}", path.display());
                         parent
                             .unlink(name)
                             .map_err(|e| Error::io("remove", &path, e))?;
@@ -222,10 +222,10 @@ impl Staging {
             .and_then(|_| self.parent.rmdir(&self.name));
         match r {
             Ok(()) => {
-                tracing::info!(staging = %self.path.display(), "removed the partial copy: the share is full")
+                crate::info!("removed the partial copy {}: the share is full", self.path.display())
             }
             Err(e) => {
-                tracing::warn!(staging = %self.path.display(), "could not remove the partial copy: {e}")
+                crate::warn!("could not remove the partial copy {}: {e}", self.path.display())
             }
         }
     }

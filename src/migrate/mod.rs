@@ -165,9 +165,9 @@ impl Places {
 pub fn forget(cfg: &Config, link: &Link) {
     let m = Places::new(cfg, link).marker;
     match std::fs::remove_file(&m) {
-        Ok(()) => tracing::debug!(marker = %m.display(), "migration finished"),
+        Ok(()) => crate::debug!("migration finished: removed {}", m.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(marker = %m.display(), "could not remove: {e}"),
+        Err(e) => crate::warn!("could not remove {}: {e}", m.display()),
     }
 }
 
@@ -423,6 +423,10 @@ impl Ledger {
     }
 }
 
+/// Our own copies on the share (their identity there, in `app`) of entries
+/// the app directory still holds, by relative path.
+type Placed = HashMap<PathBuf, journal::Record>;
+
 /// The share target as a pass finds it.
 enum Target {
     /// Missing, or holding nothing but directories.
@@ -480,13 +484,18 @@ impl Migration<'_> {
             }
             for &(ix, _) in &pruned.kept {
                 if let Some(id) = ledger.copies[ix as usize] {
-                    placed.insert(inv.rel(ix), id);
+                    placed.insert(
+                        inv.rel(ix),
+                        journal::Record {
+                            app: id,
+                            staged_ino: 0,
+                        },
+                    );
                 }
             }
-            tracing::debug!(
-                pass,
-                left = pruned.kept.len(),
-                "entries changed or appeared during the migration; another pass"
+            crate::debug!(
+                "pass {pass}: {} entries changed or appeared during the migration; another pass",
+                pruned.kept.len()
             );
             last_kept = pruned
                 .kept
@@ -546,7 +555,7 @@ impl Migration<'_> {
     /// When this container committed the migration into the current share
     /// target (its marker names the target and the target exists): our
     /// copies it recorded there.
-    fn committed_here(&self) -> Option<HashMap<PathBuf, Identity>> {
+    fn committed_here(&self) -> Option<Placed> {
         let m = std::fs::read(&self.marker).ok()?;
         let (first, rest) = match m.iter().position(|&b| b == b'\n') {
             Some(i) => (&m[..i], &m[i + 1..]),
@@ -559,12 +568,7 @@ impl Migration<'_> {
             Ok(Some(t)) if t.kind == Kind::Dir => {}
             _ => return None,
         }
-        Some(
-            journal::parse_lines(rest)
-                .into_iter()
-                .map(|(rel, r)| (rel, r.app))
-                .collect(),
-        )
+        Some(journal::parse_lines(rest))
     }
 
     fn target(&self) -> Result<Target> {
@@ -657,13 +661,16 @@ impl Migration<'_> {
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
         failpoint::hit("commit.synced");
         staging.remove()?;
-        tracing::debug!(share = %self.share_path.display(), "committed: the share target holds the copy");
+        crate::debug!("committed: {} holds the copy", self.share_path.display());
         add(&mut out.copied, &stats);
         Ok(Some(Ledger::from_staged(inv, &staged)))
     }
 
     fn gained_data(&self, staging: Staging) -> Result<Option<Ledger>> {
-        tracing::info!(share = %self.share_path.display(), "the share target gained data while this run copied; comparing instead");
+        crate::info!(
+            "{} gained data while this run copied; comparing instead",
+            self.share_path.display()
+        );
         // The staged copy is redundant: the app directory is intact.
         staging.remove()?;
         Ok(None)
@@ -673,15 +680,11 @@ impl Migration<'_> {
     /// the share target, and which of our copies there are of entries the
     /// app directory still holds (to be replaced, not set aside, when a
     /// later run finds those entries changed).
-    fn mark_committed(&self, placed: &HashMap<PathBuf, Identity>) -> Result<()> {
+    fn mark_committed(&self, placed: &Placed) -> Result<()> {
         let mut text = self.share_path.as_os_str().as_encoded_bytes().to_vec();
         text.push(b'\n');
-        for (rel, id) in placed {
-            let rec = journal::Record {
-                app: *id,
-                staged_ino: 0,
-            };
-            journal::encode(&mut text, rel, &rec);
+        for (rel, rec) in placed {
+            journal::encode(&mut text, rel, rec);
         }
         std::fs::write(&self.marker, text).map_err(|e| Error::io("write", &self.marker, e))
     }
@@ -694,7 +697,7 @@ impl Migration<'_> {
         app: &Dir,
         target: &Dir,
         own: bool,
-        placed: &HashMap<PathBuf, Identity>,
+        placed: &Placed,
         ctx: &mut Ctx<'_>,
         out: &mut Outcome,
     ) -> Result<Ledger> {
@@ -708,7 +711,7 @@ impl Migration<'_> {
             };
             let kind = inv.get(ix).meta.kind;
             let ours = match v {
-                Verdict::Differs { share: Some(s) } => placed.get(&inv.rel(ix)) == Some(&s),
+                Verdict::Differs { share: Some(s) } => placed.get(&inv.rel(ix)).map(|r| r.app) == Some(s),
                 _ => false,
             };
             match step(v, kind, self.link.migrate, own, ours) {
@@ -1044,8 +1047,8 @@ impl SetAside {
                 }
             }
         }
-        stamps.sort_by_key(|st| std::cmp::Reverse(stamp_key(&st.name)));
-        partials.sort();
+        stamps.sort_unstable_by_key(|st| std::cmp::Reverse(stamp_key(&st.name)));
+        partials.sort_unstable();
         let partial = partials.pop();
         for p in partials {
             tree::remove(base, OsStr::new(&format!("{p}.partial")))?;

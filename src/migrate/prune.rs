@@ -120,9 +120,9 @@ fn walk(
                 failpoint::hit("prune.entry");
             }
             Ok(Some(Kept::Rescued)) => {
-                tracing::warn!(
-                    path = %inv.path(app_path, c).display(),
-                    "a process opened this file for writing while sharelink deleted it; it is back in place, with what was written, and is migrated again"
+                crate::warn!(
+                    "a process opened {} for writing while sharelink deleted it; it is back in place, with what was written, and is migrated again",
+                    inv.path(app_path, c).display()
                 );
                 out.kept.push((c, Kept::Rescued));
             }
