@@ -142,9 +142,9 @@ pub fn main() -> i32 {
             let typed = err.chain().find_map(|c| c.downcast_ref::<Error>());
             match typed {
                 Some(Error::Reported(_)) => {}
-                Some(e) if e.is_interrupted() => crate::warn!(
-                    "{err:#}; stopped at a safe point, the next run finishes the work"
-                ),
+                Some(e) if e.is_interrupted() => {
+                    crate::warn!("{err:#}; stopped at a safe point, the next run finishes the work")
+                }
                 _ => crate::error!("{err:#}"),
             }
             typed.map_or(code::IO, Error::exit_code)

@@ -168,13 +168,15 @@ impl Subscriber for LineWriter {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.filter.default_level().unwrap_or(LevelFilter::OFF).max(
-            self.filter
-                .iter()
-                .map(|(_, l)| l)
-                .max()
-                .unwrap_or(LevelFilter::OFF),
-        ))
+        Some(
+            self.filter.default_level().unwrap_or(LevelFilter::OFF).max(
+                self.filter
+                    .iter()
+                    .map(|(_, l)| l)
+                    .max()
+                    .unwrap_or(LevelFilter::OFF),
+            ),
+        )
     }
 
     fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {

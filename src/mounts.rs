@@ -136,10 +136,7 @@ pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
             )));
         }
         if !logged {
-            crate::info!(
-                "waiting up to {:?} for the share: {why}",
-                cfg.mount_timeout
-            );
+            crate::info!("waiting up to {:?} for the share: {why}", cfg.mount_timeout);
             logged = true;
         }
         let slice = (deadline - now).min(Duration::from_millis(200));

@@ -955,7 +955,7 @@ fn mount_timeout_waits_for_the_share_and_uses_it() {
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut log = String::new();
     // Wait until it says it is waiting (no sleep-as-synchronisation).
-    while !log.contains("waiting for the share") {
+    while !log.contains("for the share:") {
         let mut line = String::new();
         assert!(
             err.read_line(&mut line).unwrap() > 0,

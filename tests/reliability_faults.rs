@@ -232,7 +232,7 @@ fn unmounted_share_touches_nothing_and_a_late_mount_is_used() {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(s.success(), "{err}");
-    assert!(err.contains("waiting for the share"), "{err}");
+    assert!(err.contains("for the share:"), "{err}");
     assert_eq!(rel_support::load_tree(&share.join("data")), tree);
     assert_eq!(
         fs::read_link(app_root.join("made/new")).unwrap(),
