@@ -560,3 +560,63 @@ fn repeatedly_killed_migration_still_finishes() {
     );
     umount(&case.merged);
 }
+
+/// Kills on a timer, each at half the time a whole migration takes, land
+/// anywhere: in the copy, between the commit and the end of emptying the
+/// app directory, in the prune. Every attempt must leave less to do than
+/// the one before (the run after the commit reads no file again: the
+/// staging journal says which share files are its copies), so the
+/// migration finishes.
+#[test]
+fn killed_on_a_timer_again_and_again_still_finishes() {
+    if !in_private_mount_ns("killed_on_a_timer_again_and_again_still_finishes") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (work, shares) = (root.path().join("work"), root.path().join("shares"));
+    mount_tmpfs(&work, "1g");
+    mount_tmpfs(&shares, "1g");
+    // An uninterrupted run of an identical case, for the time.
+    let probe = setup(&work, &shares, 1, Scenario::IntoEmpty, 3000);
+    let t = std::time::Instant::now();
+    let o = probe.run(&["link"], &[]);
+    let whole = t.elapsed();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let case = setup(&work, &shares, 0, Scenario::IntoEmpty, 3000);
+    let mut attempts = Vec::new();
+    let finished = loop {
+        assert!(attempts.len() < 20, "no end after 20 kills: {attempts:?}");
+        let mut c = std::process::Command::new(BIN);
+        c.arg("--config")
+            .arg(&case.config)
+            .arg("link")
+            .env_remove("SHARELINK_LOG")
+            .env_remove("SHARELINK_FAILPOINT")
+            .env("SHARELINK_PARALLELISM", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(whole / 2);
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        if st.success() {
+            break attempts.len() + 1;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+        let what = format!("kill {}", attempts.len() + 1);
+        check_after_crash(Scenario::IntoEmpty, &case, &what);
+        let left = fs::read_dir(case.app()).map(|d| d.count()).ok();
+        attempts.push((case.target().exists(), left));
+    };
+    assert!(
+        !attempts.is_empty(),
+        "the timer never interrupted the migration"
+    );
+    check_finished(Scenario::IntoEmpty, &case, "after kills on a timer");
+    eprintln!(
+        "a whole migration took {whole:?}; killed at half that: (committed, app entries left) {attempts:?}, finished on attempt {finished}"
+    );
+    umount(&case.merged);
+    umount(&probe.merged);
+}

@@ -1,13 +1,16 @@
 //! Comparing the app tree with what the share already holds, entry by entry
-//! and by content: regular files by their bytes, symlinks by their target,
-//! special files by kind and device. Nothing here writes.
+//! and by content: regular files by their bytes (or, for copies this
+//! migration made, by its journal), symlinks by their target, special files
+//! by kind and device. Nothing here writes.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use super::inventory::{Inventory, Ix};
+use super::journal::Record;
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::fs::content;
@@ -52,11 +55,16 @@ enum Job {
 /// Verdicts for every entry below `root` (the app directory against the
 /// share directory `share`). Entries under an `AppOnly` or `Differs`
 /// directory get none: their subtree goes as a whole.
+///
+/// `copied` (the staging journal) names copies this migration made: an app
+/// file that is still the version copied, facing that very copy, is the
+/// same without reading either.
 pub fn compare(
     inv: &Inventory,
     app: &Dir,
     share: &Dir,
     share_path: &Path,
+    copied: &HashMap<PathBuf, Record>,
     ctx: &mut Ctx<'_>,
 ) -> Result<Vec<Option<Verdict>>> {
     let out: Vec<Mutex<Option<Verdict>>> =
@@ -67,6 +75,7 @@ pub fn compare(
         out: &out,
         app_path: &app_path,
         share_path,
+        copied,
     };
     let start = vec![Job::Dirs {
         ix: 0,
@@ -94,6 +103,7 @@ struct Walk<'a> {
     out: &'a [Mutex<Option<Verdict>>],
     app_path: &'a Path,
     share_path: &'a Path,
+    copied: &'a HashMap<PathBuf, Record>,
 }
 
 impl Walk<'_> {
@@ -215,6 +225,9 @@ impl Walk<'_> {
         let seen = Time::now();
         match kind {
             Kind::File => {
+                if let Some(v) = self.known_copy(ix, app, share)? {
+                    return Ok(v);
+                }
                 let a = match app.open_read(&e.name) {
                     Ok(f) => f,
                     Err(err) if gone(&err) => return Ok(Verdict::Changed),
@@ -277,6 +290,28 @@ impl Walk<'_> {
                 }
                 Ok(settled(before, before, seen))
             }
+        }
+    }
+}
+
+impl Walk<'_> {
+    /// `Same` when the journal says the share file is the copy made of the
+    /// app file as it still is; `None` when it cannot say.
+    fn known_copy(&self, ix: Ix, app: &Dir, share: &Dir) -> Result<Option<Verdict>> {
+        if self.copied.is_empty() {
+            return Ok(None);
+        }
+        let Some(rec) = self.copied.get(&self.inv.rel(ix)) else {
+            return Ok(None);
+        };
+        let name = &self.inv.get(ix).name;
+        match stat(app, name, &self.app(ix))? {
+            Some(a) if a.kind == Kind::File && a.id == rec.app => {}
+            _ => return Ok(None),
+        }
+        match stat(share, name, &self.share(ix))? {
+            Some(s) if rec.is_copy(&s) => Ok(Some(Verdict::Same { app: rec.app })),
+            _ => Ok(None),
         }
     }
 }

@@ -178,7 +178,8 @@ impl Staging {
         self.dir.rename_noreplace(OsStr::new(TREE), to, to_name)
     }
 
-    /// Remove the staging directory and whatever it still holds.
+    /// Remove the staging directory and whatever it still holds: the
+    /// journal first, so that no record outlives the copy it names.
     pub fn remove(self) -> Result<()> {
         let Staging {
             parent,
@@ -190,7 +191,18 @@ impl Staging {
             ..
         } = self;
         drop((journal, tree, dir));
-        crate::fs::tree::remove(&parent, &name).map_err(|e| Error::io("remove", &path, e))
+        discard(&parent, &name).map_err(|e| Error::io("remove", &path, e))
+    }
+
+    /// After the staged entries moved into the share: remove what is left
+    /// of the tree and keep the journal, whose records now name those
+    /// entries in their new place.
+    pub fn close(self) -> Result<()> {
+        match crate::fs::tree::remove(&self.dir, OsStr::new(TREE)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(Error::io("remove", &self.path.join(TREE), e)),
+        }
     }
 
     /// Copy the entries `sel` marks from `app` into the staging tree.
@@ -217,15 +229,19 @@ impl Staging {
 
     /// Empty the staging directory (best effort; it is redundant).
     fn clear(&self) {
-        let r = crate::fs::tree::remove(&self.dir, OsStr::new(TREE))
-            .and_then(|_| self.dir.unlink(OsStr::new(journal::NAME)))
-            .and_then(|_| self.parent.rmdir(&self.name));
+        let r = discard(&self.parent, &self.name);
         match r {
             Ok(()) => {
-                crate::info!("removed the partial copy {}: the share is full", self.path.display())
+                crate::info!(
+                    "removed the partial copy {}: the share is full",
+                    self.path.display()
+                )
             }
             Err(e) => {
-                crate::warn!("could not remove the partial copy {}: {e}", self.path.display())
+                crate::warn!(
+                    "could not remove the partial copy {}: {e}",
+                    self.path.display()
+                )
             }
         }
     }
@@ -298,6 +314,29 @@ impl Staging {
             .collect();
         Ok((out, shared.stats.snapshot()))
     }
+}
+
+/// Remove the staging directory `name` in `parent`, if there is one: the
+/// journal first, so that no record outlives the copy it names.
+pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
+    let dir = match parent.open_dir(name) {
+        Ok(d) => d,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+            ) =>
+        {
+            return crate::fs::tree::remove(parent, name)
+        }
+        Err(e) => return Err(e),
+    };
+    match dir.unlink(OsStr::new(journal::NAME)) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+        _ => {}
+    }
+    drop(dir);
+    crate::fs::tree::remove(parent, name)
 }
 
 /// How long, or how many, completed files wait before a `syncfs` makes
@@ -687,8 +726,7 @@ impl Shared<'_> {
         let rel = self.inv.rel(ix);
         if let Some(rec) = self.prior.get(&rel).filter(|r| r.app == before.id) {
             if let Ok(Some(m)) = dst.stat_at(&e.name) {
-                if m.kind == Kind::File && m.id.ino == rec.staged_ino && m.id.size == before.id.size
-                {
+                if rec.is_copy(&m) {
                     self.stats.resumed.fetch_add(1, Relaxed);
                     self.stats.resumed_bytes.fetch_add(m.id.size, Relaxed);
                     self.progress.add(1, m.id.size);
@@ -750,7 +788,7 @@ impl Shared<'_> {
                 rel,
                 Record {
                     app: before.id,
-                    staged_ino: copy.id.ino,
+                    copy: copy.id,
                 },
             )?;
         }

@@ -2,10 +2,13 @@
 //!
 //! A line is appended for a batch of files only after a `syncfs` made
 //! their bytes durable. It names the app file's identity when it was copied
-//! and the staged file's inode, so a later run (after a crash, or on
-//! another replica) reuses a staged file only if the app file is still
-//! that version and the staged name still holds the inode that was
-//! completed. A torn last line (a crash while appending) is ignored.
+//! and the copy's, so a later run (after a crash, or on another replica)
+//! reuses a staged file only if the app file is still that version and the
+//! staged name still holds the copy that was completed. The journal
+//! outlives the commit: until the app directory is empty, it tells a run
+//! that an app file and the share file at its path are that same copy
+//! without reading both. A torn last line (a crash while appending) is
+//! ignored.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,19 +17,32 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Identity, Time};
+use crate::fs::meta::{Identity, Kind, Meta, Time};
 use crate::fs::names::fnv1a;
 
 pub const NAME: &str = "journal";
-const HEADER: &[u8] = b"sharelink staging journal v1\n";
+const HEADER: &[u8] = b"sharelink staging journal v2\n";
 
 /// One completed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     /// The app file as it was when copied.
     pub app: Identity,
-    /// The staged copy's inode.
-    pub staged_ino: u64,
+    /// The copy when it was complete.
+    pub copy: Identity,
+}
+
+impl Record {
+    /// Whether `m` is still that copy: the same inode, with the size and
+    /// modification time it was given (renames move its ctime, writes its
+    /// mtime). Records are dropped before the copies they name, so the
+    /// inode cannot have been reused.
+    pub fn is_copy(&self, m: &Meta) -> bool {
+        m.kind == Kind::File
+            && m.id.ino == self.copy.ino
+            && m.id.size == self.copy.size
+            && m.id.mtime == self.copy.mtime
+    }
 }
 
 pub struct Journal {
@@ -79,12 +95,16 @@ impl Journal {
 /// of the line, so a line cut short by a crash is never taken for a
 /// shorter path.
 pub fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
-    let id = &r.app;
-    let mut body = format!(
-        "{} {} {}.{} {}.{} {} ",
-        id.ino, id.size, id.mtime.sec, id.mtime.nsec, id.ctime.sec, id.ctime.nsec, r.staged_ino
-    )
-    .into_bytes();
+    let mut body = Vec::with_capacity(160);
+    for id in [&r.app, &r.copy] {
+        body.extend_from_slice(
+            format!(
+                "{} {} {}.{} {}.{} ",
+                id.ino, id.size, id.mtime.sec, id.mtime.nsec, id.ctime.sec, id.ctime.nsec
+            )
+            .as_bytes(),
+        );
+    }
     for &b in rel.as_os_str().as_bytes() {
         match b {
             b'\\' => body.extend_from_slice(b"\\\\"),
@@ -124,7 +144,7 @@ fn parse_line(line: &[u8]) -> Option<(PathBuf, Record)> {
     if std::str::from_utf8(sum).ok()? != format!("{:016x}", fnv1a(body)) {
         return None;
     }
-    let mut parts = body.splitn(6, |&b| b == b' ');
+    let mut parts = body.splitn(9, |&b| b == b' ');
     let num = |p: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(p?).ok()?.parse().ok() };
     let time = |p: Option<&[u8]>| -> Option<Time> {
         let s = std::str::from_utf8(p?).ok()?;
@@ -134,27 +154,21 @@ fn parse_line(line: &[u8]) -> Option<(PathBuf, Record)> {
             nsec: b.parse().ok()?,
         })
     };
-    let ino = num(parts.next())?;
-    let size = num(parts.next())?;
-    let mtime = time(parts.next())?;
-    let ctime = time(parts.next())?;
-    let staged_ino = num(parts.next())?;
+    let mut id = || -> Option<Identity> {
+        Some(Identity {
+            ino: num(parts.next())?,
+            size: num(parts.next())?,
+            mtime: time(parts.next())?,
+            ctime: time(parts.next())?,
+        })
+    };
+    let app = id()?;
+    let copy = id()?;
     let rel = unescape(parts.next()?)?;
     if rel.is_empty() {
         return None;
     }
-    Some((
-        PathBuf::from(OsStr::from_bytes(&rel)),
-        Record {
-            app: Identity {
-                ino,
-                size,
-                mtime,
-                ctime,
-            },
-            staged_ino,
-        },
-    ))
+    Some((PathBuf::from(OsStr::from_bytes(&rel)), Record { app, copy }))
 }
 
 fn unescape(s: &[u8]) -> Option<Vec<u8>> {
@@ -194,7 +208,12 @@ mod tests {
                 mtime: Time { sec: 5, nsec: 6 },
                 ctime: Time { sec: -1, nsec: 999 },
             },
-            staged_ino: n + 1,
+            copy: Identity {
+                ino: n + 1,
+                size: n * 10,
+                mtime: Time { sec: 5, nsec: 6 },
+                ctime: Time { sec: 7, nsec: 8 },
+            },
         }
     }
 

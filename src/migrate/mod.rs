@@ -154,7 +154,8 @@ impl Places {
             })
             .unwrap_or(false);
         Leftovers {
-            staging: exists(&self.staging),
+            // After the commit only the journal stays, until the end.
+            staging: exists(&self.staging.join(copy::TREE)),
             displacing,
             committed: exists(&self.marker),
         }
@@ -487,8 +488,8 @@ impl Migration<'_> {
                     placed.insert(
                         inv.rel(ix),
                         journal::Record {
-                            app: id,
-                            staged_ino: 0,
+                            app: inv.get(ix).meta.id,
+                            copy: id,
                         },
                     );
                 }
@@ -516,7 +517,7 @@ impl Migration<'_> {
     /// copies in progress is redundant (a run killed after committing, or
     /// whose copies a later run found already there).
     fn clean_up(&self) -> Result<()> {
-        tree::remove(&self.share_parent, &self.staging_name)
+        copy::discard(&self.share_parent, &self.staging_name)
             .map_err(|e| Error::io("remove", &self.staging_path, e))?;
         let base = match tree::open_beneath(&self.share_root, &self.displaced_rel) {
             Ok(d) => d,
@@ -569,6 +570,16 @@ impl Migration<'_> {
             _ => return None,
         }
         Some(journal::parse_lines(rest))
+    }
+
+    /// What the staging journal records as copied by this migration (or by
+    /// another replica's, of the same image): app files whose copy the
+    /// share target may hold.
+    fn copied(&self) -> HashMap<PathBuf, journal::Record> {
+        match self.share_parent.open_dir(&self.staging_name) {
+            Ok(d) => journal::Journal::load(&d).unwrap_or_default(),
+            Err(_) => HashMap::new(),
+        }
     }
 
     fn target(&self) -> Result<Target> {
@@ -660,7 +671,7 @@ impl Migration<'_> {
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
         failpoint::hit("commit.synced");
-        staging.remove()?;
+        staging.close()?;
         crate::debug!("committed: {} holds the copy", self.share_path.display());
         add(&mut out.copied, &stats);
         Ok(Some(Ledger::from_staged(inv, &staged)))
@@ -701,7 +712,8 @@ impl Migration<'_> {
         ctx: &mut Ctx<'_>,
         out: &mut Outcome,
     ) -> Result<Ledger> {
-        let verdicts = compare::compare(inv, app, target, &self.share_path, ctx)?;
+        let copied = self.copied();
+        let verdicts = compare::compare(inv, app, target, &self.share_path, &copied, ctx)?;
         let n = inv.entries.len();
         let mut ledger = Ledger::new(n);
         let (mut copy_in, mut set_aside, mut replace) = (Vec::new(), Vec::new(), Vec::new());
@@ -711,7 +723,9 @@ impl Migration<'_> {
             };
             let kind = inv.get(ix).meta.kind;
             let ours = match v {
-                Verdict::Differs { share: Some(s) } => placed.get(&inv.rel(ix)).map(|r| r.app) == Some(s),
+                Verdict::Differs { share: Some(s) } => {
+                    placed.get(&inv.rel(ix)).map(|r| r.copy) == Some(s)
+                }
                 _ => false,
             };
             match step(v, kind, self.link.migrate, own, ours) {
@@ -831,7 +845,7 @@ impl Migration<'_> {
         target
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
-        staging.remove()?;
+        staging.close()?;
         add(&mut out.copied, &stats);
         Ok(())
     }
