@@ -190,13 +190,15 @@ fn a_file_held_open_for_writing_is_kept() {
 
 /// The narrowest race: a writer opens a file in the instant sharelink
 /// deletes it (sharelink is stopped right there, holding the file's lease;
-/// the writer's open waits for it). The writer then writes to an inode
-/// whose name is gone; sharelink notices and puts the content back.
-#[test]
+/// the writer's open waits for it). `write` then runs with the file open,
+/// writing to an inode whose name is gone. Returns the `link` process,
+/// running again, and the writer thread.
 #[cfg(feature = "failpoints")]
-fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
-    let sb = Sandbox::new("\"data\" = \"data\"");
-    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+fn race_a_writer(
+    sb: &Sandbox,
+    write: impl FnOnce(fs::File) + Send + 'static,
+) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    let app = sb.app.join("data");
     fs::create_dir_all(&app).unwrap();
     fs::write(app.join("journal.txt"), "baked\n").unwrap();
     std::thread::sleep(Duration::from_millis(150));
@@ -224,8 +226,7 @@ fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
     // The writer's open blocks on the lease.
     let path = app.join("journal.txt");
     let w = std::thread::spawn(move || {
-        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"written while it was deleted\n").unwrap();
+        write(fs::OpenOptions::new().append(true).open(&path).unwrap());
     });
     wait_for(
         "the writer to wait for the lease",
@@ -241,6 +242,16 @@ fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
         nix::sys::signal::Signal::SIGCONT,
     )
     .unwrap();
+    (child, w)
+}
+
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (child, w) = race_a_writer(&sb, |mut f| {
+        f.write_all(b"written while it was deleted\n").unwrap();
+    });
     w.join().unwrap();
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
@@ -248,6 +259,64 @@ fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
     assert!(matches!(code(&o), 0 | 74), "{err}");
     std::thread::sleep(Duration::from_millis(150));
     expect_code(&sb.run(["link"]), 0);
-    let all = versions(&sb.share, &target, "journal.txt").join("");
+    let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
     assert!(all.contains("written while it was deleted"), "{all:?}");
+}
+
+/// However long that writer keeps the file open, sharelink waits for it
+/// (keeping its lock), so that what it writes last is kept too.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_writer_holding_the_deleted_file_for_long_is_waited_for() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (child, w) = race_a_writer(&sb, |mut f| {
+        f.write_all(b"first line, at once\n").unwrap();
+        std::thread::sleep(Duration::from_secs(35));
+        f.write_all(b"second line, 35 s later\n").unwrap();
+    });
+    w.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(err.contains("still waiting for the process"), "{err}");
+    assert!(matches!(code(&o), 0 | 74), "{err}");
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sb.run(["link"]), 0);
+    let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
+    assert!(all.contains("first line, at once"), "{all:?}");
+    assert!(all.contains("second line, 35 s later"), "{all:?}");
+}
+
+/// Stopped while it waits for that writer, sharelink first puts back what
+/// was written so far.
+#[test]
+#[cfg(feature = "failpoints")]
+fn stopped_while_waiting_for_that_writer_it_puts_back_what_is_there() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (wrote_tx, wrote_rx) = std::sync::mpsc::channel::<()>();
+    let (child, w) = race_a_writer(&sb, move |mut f| {
+        f.write_all(b"written while it was deleted\n").unwrap();
+        wrote_tx.send(()).unwrap();
+        // Held open until the test is done.
+        let _ = done_rx.recv();
+        drop(f);
+    });
+    wrote_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(code(&o), 143, "{err}");
+    let back = sb.app.join("data/journal.txt");
+    assert_eq!(
+        fs::read_to_string(&back).unwrap(),
+        "baked\nwritten while it was deleted\n",
+        "{err}"
+    );
+    done_tx.send(()).unwrap();
+    w.join().unwrap();
 }

@@ -115,18 +115,20 @@ fn walk(
             continue;
         };
         match delete(dir, &e.name, e.meta.kind, &id, &mut out.pending) {
-            Ok(None) => {
+            Ok(Gone::Deleted) => {
                 out.deleted += 1;
                 failpoint::hit("prune.entry");
             }
-            Ok(Some(Kept::Rescued)) => {
+            Ok(Gone::Orphaned(f)) => {
+                let path = inv.path(app_path, c);
+                rescue(dir, &e.name, &f, &path, check)?;
                 crate::warn!(
                     "a process opened {} for writing while sharelink deleted it; it is back in place, with what was written, and is migrated again",
-                    inv.path(app_path, c).display()
+                    path.display()
                 );
                 out.kept.push((c, Kept::Rescued));
             }
-            Ok(Some(why)) => out.kept.push((c, why)),
+            Ok(Gone::Kept(why)) => out.kept.push((c, why)),
             Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
         }
         crate::signals::interrupted(out.pending)?;
@@ -151,28 +153,37 @@ fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// Delete `name` if it still is `id`. `Ok(Some(why))` when it stays.
-/// `pending` gets the signals pending afterwards.
+/// What became of an entry to delete.
+enum Gone {
+    Deleted,
+    Kept(Kept),
+    /// Deleted, but a writer opened it meanwhile: the inode lives on, held
+    /// by that writer (and by this open file), without a name.
+    Orphaned(File),
+}
+
+/// Delete `name` if it still is `id`. `pending` gets the signals pending
+/// afterwards.
 fn delete(
     dir: &Dir,
     name: &OsStr,
     kind: Kind,
     id: &Identity,
     pending: &mut crate::signals::SigMask,
-) -> std::io::Result<Option<Kept>> {
+) -> std::io::Result<Gone> {
     *pending = 0;
     if kind != Kind::File {
         return match dir.stat_at(name)? {
-            Some(m) if m.kind == kind && m.id == *id => dir.unlink(name).map(|_| None),
-            Some(_) => Ok(Some(Kept::Changed)),
-            None => Ok(None),
+            Some(m) if m.kind == kind && m.id == *id => dir.unlink(name).map(|_| Gone::Deleted),
+            Some(_) => Ok(Gone::Kept(Kept::Changed)),
+            None => Ok(Gone::Deleted),
         };
     }
     let f = match dir.open_read(name) {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Gone::Deleted),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
-            return Ok(Some(Kept::Changed))
+            return Ok(Gone::Kept(Kept::Changed))
         }
         Err(e) => return Err(e),
     };
@@ -182,7 +193,7 @@ fn delete(
     unsafe { libc::fcntl(f.as_raw_fd(), F_SETSIG, libc::SIGIO) };
     let leased = match lease(&f, libc::F_RDLCK) {
         Ok(()) => true,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Some(Kept::Busy)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Gone::Kept(Kept::Busy)),
         // No leases here (some filesystems, or not the file's owner): the
         // identity check alone decides.
         Err(_) => false,
@@ -192,9 +203,9 @@ fn delete(
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
     let r = if now.kind == Kind::File && now.id == *id && named == Some(id.ino) {
-        dir.unlink(name).map(|_| None)
+        dir.unlink(name).map(|_| Gone::Deleted)
     } else {
-        Ok(Some(Kept::Changed))
+        Ok(Gone::Kept(Kept::Changed))
     };
     if !leased {
         return r;
@@ -203,7 +214,7 @@ fn delete(
     let broken = *pending & crate::signals::bit(libc::SIGIO) != 0 && lease_broken(&f);
     let _ = lease(&f, libc::F_UNLCK);
     match r {
-        Ok(None) if broken => rescue(dir, name, &f).map(|_| Some(Kept::Rescued)),
+        Ok(Gone::Deleted) if broken => Ok(Gone::Orphaned(f)),
         r => r,
     }
 }
@@ -231,15 +242,43 @@ fn lease_broken(f: &File) -> bool {
 }
 
 /// Someone got the inode whose name we just removed: when they are done
-/// writing, put its content back under its name (or, if a new file took
-/// the name meanwhile, beside it).
-fn rescue(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+/// writing, however long that takes, put its content back under its name
+/// (or, if a new file took the name meanwhile, beside it). Waiting keeps
+/// the lock alive; if the run must stop first (a signal, the lock lost),
+/// what was written so far is put back before it does.
+fn rescue(
+    dir: &Dir,
+    name: &OsStr,
+    f: &File,
+    path: &std::path::Path,
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let mut said = started;
+    let mut stopped = Ok(());
     // The read lease is refused while a writer still has it open.
-    while lease(f, libc::F_RDLCK).is_err() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    while lease(f, libc::F_RDLCK).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+        if said.elapsed() >= Duration::from_secs(30) {
+            said = Instant::now();
+            crate::warn!(
+                "still waiting for the process that opened {} while it was deleted to close it ({}s); its content is put back then",
+                path.display(),
+                started.elapsed().as_secs()
+            );
+        }
+        if let Err(e) = check() {
+            stopped = Err(e);
+            break;
+        }
     }
     let _ = lease(f, libc::F_UNLCK);
+    put_back(dir, name, f).map_err(|e| Error::io("put back", path, e))?;
+    stopped
+}
+
+fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
     let meta = nix::sys::stat::fstat(f).map(|st| Meta::from_stat(&st))?;
     let mut target = name.to_os_string();
     let mut n = 1;
