@@ -32,12 +32,19 @@ fn set_mtime(p: &Path, t: SystemTime) {
 /// A file set aside once, then a different file with the same size and
 /// mtime (reproducible builds, `tar -x`, SOURCE_DATE_EPOCH) at the same
 /// path: it must be set aside too, not taken for the one already kept.
-#[test]
-fn same_size_and_mtime_is_not_same_content() {
+/// `share_has_it`: the share holds its own version of the file (a
+/// conflict); otherwise the file is only in the app (set aside because the
+/// share target is not empty and the mode is `if-empty`).
+fn same_size_and_mtime_is_not_same_content(share_has_it: bool) {
     let sb = Sandbox::new("\"data\" = \"data\"");
     let (app, target) = (sb.app.join("data"), sb.share.join("data"));
     fs::create_dir_all(&target).unwrap();
-    fs::write(target.join("model.bin"), "the share's own model").unwrap();
+    let share_file = if share_has_it {
+        "model.bin"
+    } else {
+        "share-only.txt"
+    };
+    fs::write(target.join(share_file), "the share's own file").unwrap();
     let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     for (round, content) in [(1, "AAAA-baked-v1"), (2, "BBBB-baked-v2")] {
         // A new container: the image's data directory again.
@@ -50,9 +57,10 @@ fn same_size_and_mtime_is_not_same_content() {
         expect_code(&o, 0);
         assert_eq!(fs::read_link(&app).unwrap(), target, "round {round}");
         assert_eq!(
-            fs::read_to_string(target.join("model.bin")).unwrap(),
-            "the share's own model"
+            fs::read_to_string(target.join(share_file)).unwrap(),
+            "the share's own file"
         );
+        assert_eq!(target.join("model.bin").exists(), share_has_it);
         let kept: Vec<String> = stamps(&sb.share, "data")
             .iter()
             .map(|s| fs::read_to_string(s.join("model.bin")).unwrap())
@@ -72,6 +80,16 @@ fn same_size_and_mtime_is_not_same_content() {
     expect_code(&o, 0);
     assert_eq!(stamps(&sb.share, "data").len(), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("already set aside"), "{}", stderr(&o));
+}
+
+#[test]
+fn same_size_and_mtime_as_a_kept_conflict_is_not_same_content() {
+    same_size_and_mtime_is_not_same_content(true);
+}
+
+#[test]
+fn same_size_and_mtime_as_a_kept_app_only_file_is_not_same_content() {
+    same_size_and_mtime_is_not_same_content(false);
 }
 
 /// A volume bind-mounted into a data directory from the same filesystem
