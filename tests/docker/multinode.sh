@@ -290,10 +290,10 @@ share_exact() {
     if [ -n "$missing" ]; then echo "  missing or different on the share ($LOST):"; head -n 5 <<<"$missing" | sed 's/^/    /'; ok=1; fi
     if [ -n "$extra" ]; then echo "  unexpected on the share (duplicates, leftovers):"; head -n 5 <<<"$extra" | sed 's/^/    /'; ok=1; fi
     if [ -n "$(comm -23 "$WORK/baked-dirs.txt" <(grep '^d ' "$WORK/got.txt"))" ]; then echo "  baked directories missing"; ok=1; fi
-    if find "$share" -name '*.sharelink-staging*' -o -name '*.sharelink-link.*' | grep -q .; then
+    if [ -n "$(find "$share" \( -name '*.sharelink-staging*' -o -name '*.sharelink-link.*' \) -print -quit)" ]; then
         echo "  staging or temporary entries left:"; find "$share" -name '*.sharelink-*' | head -n 5 | sed 's/^/    /'; ok=1
     fi
-    if [ -d "$share/.sharelink/displaced" ] && find "$share/.sharelink/displaced" ! -type d | grep -q .; then
+    if [ -d "$share/.sharelink/displaced" ] && [ -n "$(find "$share/.sharelink/displaced" ! -type d -print -quit)" ]; then
         echo "  data was displaced (migrated twice?):"; find "$share/.sharelink/displaced" ! -type d | head -n 5 | sed 's/^/    /'; ok=1
     fi
     return $ok
