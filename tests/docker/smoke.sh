@@ -21,6 +21,8 @@
 #   (8) the troubleshooting steps of the docs: `ls -la` of the four links,
 #       `echo test > forecasting/data/test.txt`, `docker-compose restart`,
 #       `cat` it back, `sharelink link` re-run in the running container
+#   (9) a first start with a few GiB baked (BIG_BYTES, default 3 GiB):
+#       progress lines in the logs, `sharelink status` says migrating
 # plus: the image builds from the Dockerfile's `prebuilt` target, require_mount
 # sees the bind mount, no mount -> exit 69 with nothing touched, --user works.
 #
@@ -181,7 +183,9 @@ wait_log() {
     done
 }
 running() { [ "$(t 10 docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
-logs_have() { logs "$1" | grep -q -- "$2"; }
+# (grep reads everything: with pipefail, `grep -q` quitting early would fail
+# the pipeline through docker's SIGPIPE.)
+logs_have() { logs "$1" | grep -- "$2" >/dev/null; }
 # wait_log_count CID PATTERN N SECONDS: until the logs show PATTERN N times
 # (a restarted container keeps the logs of its earlier runs).
 wait_log_count() {
@@ -642,6 +646,47 @@ nb="$(cd "$SHARE_B" && { for l in "${LINKS[@]}"; do s="${l#* }"; find "$s" \( -t
 check "(6) file count on the share: $nb baked files, want $(wc -l <"$WORK/baked.txt")" test "$nb" = "$(wc -l <"$WORK/baked.txt")"
 check "(6) each replica's outputs are on the share (4 per data directory)" outputs_are "$SHARE_B" 4
 dc down -v -t 1 >/dev/null 2>&1 || true
+
+# --- scenario C: a first start with a few GiB baked --------------------------
+# What a user with a big image sees: progress lines (files and bytes of the
+# total, rate, ETA) in `docker logs`, and `sharelink status` in the running
+# container saying `migrating` with that progress, not a bare lock.
+BIG_BYTES="${BIG_BYTES:-$((3 << 30))}"
+say "(9) a first start with $((BIG_BYTES >> 20)) MiB baked: progress in the logs and in status"
+if bake_image "$IMAGE-gib" 500 "$BIG_BYTES"; then
+    export SHARELINK_IMAGE="$IMAGE-gib"
+    baked_list >"$WORK/baked.txt"
+    SHARE_G="$WORK/share-g"
+    new_project g "$SHARE_G"
+    dc up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(9) up -d"; }
+    C="$(cid1)"
+    seen=""
+    # `docker exec` (bypassing the entrypoint) while PID 1 migrates.
+    for _ in $(seq 1 600); do
+        out="$(ex "$C" sharelink status 2>&1)" || true
+        if grep -q "migrating" <<<"$out" && grep -qE "[0-9]+/[0-9]+ files" <<<"$out"; then
+            seen="$out"
+            break
+        fi
+        logs_have "$C" "migrated [0-9]* files" && break
+        running "$C" || break
+        sleep 0.2
+    done
+    [ -z "$seen" ] || echo "$seen" | grep -E "migrating" | sed 's/^/    status: /'
+    check "(9) sharelink status, run in the container during the migration, says migrating with its progress" test -n "$seen"
+    code="$(wait_exit "$C" 600)"
+    check "(9) the pipeline ran after the migration (exit $code)" test "$code" = 0
+    logs "$C" | grep -E "migrating: [0-9]+/[0-9]+ files" | sed 's/^/    /' || true
+    n="$(logs "$C" | grep -cE "migrating: [0-9]+/[0-9]+ files, [0-9.]+ [KMG]iB/[0-9.]+ GiB, [0-9.]+ [KMG]?i?B/s, about [0-9]+s left" || true)"
+    check "(9) progress lines with files, bytes of the total, rate and ETA during the migration ($n)" test "$n" -ge 1
+    logs "$C" | grep -E "migrated [0-9]+ files" | sed 's/^/    /' || true
+    check "(9) the baked GiB are on the share, byte for byte" baked_on_share "$SHARE_G"
+    check "(9) migrated once: nothing displaced or left behind" share_clean "$SHARE_G"
+    dc down -v -t 1 >/dev/null 2>&1 || true
+    docker rmi -f "$IMAGE-gib" >/dev/null 2>&1 || true
+else
+    fail "(9) build the image with a few GiB baked"
+fi
 
 # --- summary -----------------------------------------------------------------
 echo
