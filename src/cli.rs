@@ -1,4 +1,4 @@
-//! Command line (SPEC: "Command line") and the dispatch of each command.
+//! The command line and the dispatch of each command.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, Overrides};
 use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use crate::error::{code, Error, Result};
+use crate::config::{self, Config, Overrides};
+use crate::error::{Error, ExitCode, Result};
+use crate::init::{self, user};
+use crate::link::{self, mounts, plan, status, Owner};
 use crate::logging::{self, LogFormat};
-use crate::{apply, mounts, plan, supervisor, user};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,16 +121,16 @@ fn parse_duration_arg(s: &str) -> std::result::Result<Duration, String> {
 }
 
 /// Parse the command line, run the command, return the exit code.
-pub fn main() -> i32 {
+pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    code::OK
+                    ExitCode::Ok
                 }
-                _ => code::USAGE,
+                _ => ExitCode::Usage,
             };
         }
     };
@@ -147,7 +148,7 @@ pub fn main() -> i32 {
                 }
                 _ => crate::error!("{err:#}"),
             }
-            typed.map_or(code::IO, Error::exit_code)
+            typed.map_or(ExitCode::Io, Error::exit_code)
         }
     }
 }
@@ -175,7 +176,7 @@ fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
         .context("cannot write to standard output")
 }
 
-fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
+fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Check => {
             let cfg = load(cli)?;
@@ -185,20 +186,20 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
                 cfg.links.len(),
                 if cfg.links.len() == 1 { "" } else { "s" }
             ))?;
-            Ok(code::OK)
+            Ok(ExitCode::Ok)
         }
         Command::Status { json } => {
             let cfg = load(cli)?;
-            let report = plan::status(&cfg);
+            let report = status::status(&cfg);
             if *json {
                 out(format_args!("{}\n", report.to_json()))?;
             } else {
                 out(format_args!("{}", report.to_text()))?;
             }
             Ok(if report.healthy() {
-                code::OK
+                ExitCode::Ok
             } else {
-                code::UNHEALTHY
+                ExitCode::Unhealthy
             })
         }
         Command::Link { dry_run } => {
@@ -213,8 +214,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
             // Directories made by hand must still be writable by the
             // pipeline's user.
             let owner = cfg.run.user.as_deref().map(user::resolve).transpose()?;
-            link_all(&cfg, owner.map(|c| (c.uid, c.gid)))?;
-            Ok(code::OK)
+            link::link_all(&cfg, owner.as_ref().map(owner_of))?;
+            Ok(ExitCode::Ok)
         }
         Command::Run(args) => {
             let cfg = load(cli)?;
@@ -225,7 +226,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
                 .map(|u| user::resolve(u))
                 .transpose()
                 .context("the user to run the command as")?;
-            link_all(&cfg, credentials.as_ref().map(|c| (c.uid, c.gid)))?;
+            link::link_all(&cfg, credentials.as_ref().map(owner_of))?;
             // A signal that came after the last safe point of linking still
             // means "do not start".
             crate::signals::check_interrupt()?;
@@ -234,22 +235,24 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
             for &(from, to) in &args.rewrite {
                 rewrite.insert(from, to);
             }
-            let opts = supervisor::RunOptions {
+            let opts = init::RunOptions {
                 command: args.command.clone(),
                 credentials,
                 grace_period: args.grace_period.unwrap_or(cfg.run.grace_period),
                 kill_process_group: args.kill_process_group || cfg.run.kill_process_group,
                 rewrite,
             };
-            Ok(supervisor::run(opts))
+            Ok(init::run(opts))
         }
     }
 }
 
-/// Mount guard, then plan and apply every link.
-fn link_all(cfg: &Config, owner: apply::Owner) -> Result<()> {
-    mounts::check_share(cfg, true)?;
-    apply::apply(cfg, owner)
+/// Share directories that linking creates go to the pipeline's user.
+fn owner_of(c: &user::Credentials) -> Owner {
+    Owner {
+        uid: c.uid,
+        gid: c.gid,
+    }
 }
 
 #[cfg(test)]

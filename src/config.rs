@@ -294,15 +294,7 @@ pub fn load(path: &Path, ov: &Overrides) -> Result<Config> {
 
 /// Parse and validate config text. `origin` only labels messages.
 pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
-    // Offsets of line starts, so each span's line is a binary search
-    // (counting newlines per link made a 1,000-link config quadratic).
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let at = |span: std::ops::Range<usize>| Where {
-        origin,
-        line: Some(line_starts.partition_point(|&s| s <= span.start)),
-    };
+    let src = Source::new(text, origin);
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         Error::Config(format!(
             "config {}: {}",
@@ -310,73 +302,135 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
             e.to_string().trim_end()
         ))
     })?;
-
     let app_root = root(
         "app_root",
         ov.app_root.as_deref(),
         raw.app_root.as_ref(),
-        &at,
-        origin,
+        &src,
     )?;
     let share_root = root(
         "share_root",
         ov.share_root.as_deref(),
         raw.share_root.as_ref(),
-        &at,
-        origin,
+        &src,
     )?;
     let mount_timeout = match &raw.mount_timeout {
         Some(s) => {
-            parse_duration(s.get_ref()).map_err(|m| at(s.span()).err("mount_timeout", &m))?
+            parse_duration(s.get_ref()).map_err(|m| src.at(s.span()).err("mount_timeout", &m))?
         }
         None => Duration::ZERO,
     };
-    let grace_period = match &raw.run.grace_period {
+    let cfg = Config {
+        origin: origin.to_path_buf(),
+        app_root,
+        share_root,
+        require_mount: ov.require_mount.or(raw.require_mount).unwrap_or(true),
+        mount_timeout,
+        links: links(&raw.links, &src)?,
+        run: run_defaults(&raw.run, &src)?,
+        migration: MigrationSettings {
+            parallelism: parallelism(ov, &raw.migration, &src)?,
+        },
+    };
+    check_overlaps(&cfg)?;
+    check_lengths(&cfg)?;
+    Ok(cfg)
+}
+
+/// The config text, to say where in it a value is.
+struct Source<'a> {
+    text: &'a str,
+    origin: &'a Path,
+    /// Offsets of line starts, so each span's line is a binary search
+    /// (counting newlines per link made a 1,000-link config quadratic).
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, origin: &'a Path) -> Source<'a> {
+        Source {
+            text,
+            origin,
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        }
+    }
+
+    fn at(&self, span: std::ops::Range<usize>) -> Where<'a> {
+        Where {
+            origin: self.origin,
+            line: Some(self.line_starts.partition_point(|&s| s <= span.start)),
+        }
+    }
+
+    /// No place in the file (a command-line value).
+    fn nowhere(&self) -> Where<'a> {
+        Where {
+            origin: self.origin,
+            line: None,
+        }
+    }
+}
+
+fn run_defaults(raw: &RawRun, src: &Source<'_>) -> Result<RunDefaults> {
+    let grace_period = match &raw.grace_period {
         Some(s) => {
-            parse_duration(s.get_ref()).map_err(|m| at(s.span()).err("run.grace_period", &m))?
+            parse_duration(s.get_ref()).map_err(|m| src.at(s.span()).err("run.grace_period", &m))?
         }
         None => RunDefaults::default().grace_period,
     };
-    let user = match &raw.run.user {
+    let user = match &raw.user {
         Some(u) if u.get_ref().trim().is_empty() => {
-            return Err(at(u.span()).err("run.user", "must not be empty"))
+            return Err(src.at(u.span()).err("run.user", "must not be empty"))
         }
         Some(u) => Some(u.get_ref().clone()),
         None => None,
     };
     let mut rewrite = Rewrites::default();
-    for (from, to) in raw.run.rewrite.iter().flatten() {
-        let w = at(from.span());
+    for (from, to) in raw.rewrite.iter().flatten() {
         let key = format!("run.rewrite.{}", from.get_ref());
-        let source = signals::parse_source(from.get_ref()).map_err(|m| w.err(&key, &m))?;
+        let source =
+            signals::parse_source(from.get_ref()).map_err(|m| src.at(from.span()).err(&key, &m))?;
         let target = match to.get_ref() {
             RawSignal::Name(n) => signals::parse_target(n),
             RawSignal::Number(n) => signals::parse_target(&n.to_string()),
         }
-        .map_err(|m| at(to.span()).err(&key, &m))?;
+        .map_err(|m| src.at(to.span()).err(&key, &m))?;
         rewrite.insert(source, target);
     }
+    Ok(RunDefaults {
+        user,
+        grace_period,
+        kill_process_group: raw.kill_process_group.unwrap_or(false),
+        rewrite,
+    })
+}
 
-    let parallelism = match (ov.parallelism, &raw.migration.parallelism) {
-        (Some(n), _) => Some(n),
-        (None, Some(v)) => {
-            let v = *v;
-            if !(1..=MAX_PARALLELISM as i64).contains(&v) {
-                // Serde gives no span for a plain integer: find the key.
-                let line = text.find("parallelism").map(|i| i..i);
-                return Err(line.map_or(Where { origin, line: None }, &at).err(
-                    "migration.parallelism",
-                    &format!("must be between 1 and {MAX_PARALLELISM}, got {v}"),
-                ));
-            }
-            Some(v as usize)
-        }
-        (None, None) => None,
+fn parallelism(ov: &Overrides, raw: &RawMigration, src: &Source<'_>) -> Result<Option<usize>> {
+    let v = match (ov.parallelism, raw.parallelism) {
+        (Some(n), _) => return Ok(Some(n)),
+        (None, None) => return Ok(None),
+        (None, Some(v)) => v,
     };
+    if !(1..=MAX_PARALLELISM as i64).contains(&v) {
+        // Serde gives no span for a plain integer: find the key.
+        let w = match src.text.find("parallelism") {
+            Some(i) => src.at(i..i),
+            None => src.nowhere(),
+        };
+        return Err(w.err(
+            "migration.parallelism",
+            &format!("must be between 1 and {MAX_PARALLELISM}, got {v}"),
+        ));
+    }
+    Ok(Some(v as usize))
+}
 
-    let mut links = Vec::with_capacity(raw.links.len());
-    for (key, value) in &raw.links {
-        let w = at(key.span());
+fn links(raw: &BTreeMap<Spanned<String>, Spanned<RawLink>>, src: &Source<'_>) -> Result<Vec<Link>> {
+    let mut links = Vec::with_capacity(raw.len());
+    for (key, value) in raw {
+        let w = src.at(key.span());
         let name = format!("links.{:?}", key.get_ref());
         let app = rel_path(key.get_ref()).map_err(|m| w.err(&name, &m))?;
         let table = &value.get_ref().0;
@@ -401,25 +455,7 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
     }
     // File order reads better in `status` than key order.
     links.sort_unstable_by_key(|l| l.line);
-
-    let cfg = Config {
-        origin: origin.to_path_buf(),
-        app_root,
-        share_root,
-        require_mount: ov.require_mount.or(raw.require_mount).unwrap_or(true),
-        mount_timeout,
-        links,
-        run: RunDefaults {
-            user,
-            grace_period,
-            kill_process_group: raw.run.kill_process_group.unwrap_or(false),
-            rewrite,
-        },
-        migration: MigrationSettings { parallelism },
-    };
-    check_overlaps(&cfg)?;
-    check_lengths(&cfg)?;
-    Ok(cfg)
+    Ok(links)
 }
 
 struct Where<'a> {
@@ -439,20 +475,19 @@ impl Where<'_> {
     }
 }
 
-fn root<'a>(
+fn root(
     key: &str,
     flag: Option<&Path>,
     file: Option<&Spanned<String>>,
-    at: &dyn Fn(std::ops::Range<usize>) -> Where<'a>,
-    origin: &'a Path,
+    src: &Source<'_>,
 ) -> Result<PathBuf> {
     let (value, w) = match (flag, file) {
-        (Some(p), _) => (p.to_path_buf(), Where { origin, line: None }),
-        (None, Some(s)) => (PathBuf::from(s.get_ref()), at(s.span())),
+        (Some(p), _) => (p.to_path_buf(), src.nowhere()),
+        (None, Some(s)) => (PathBuf::from(s.get_ref()), src.at(s.span())),
         (None, None) => {
             return Err(Error::Config(format!(
                 "config {}: {key} is missing (set it in the file or with --{})",
-                origin.display(),
+                src.origin.display(),
                 key.replace('_', "-")
             )))
         }
@@ -612,13 +647,14 @@ fn check_overlaps(cfg: &Config) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit_code::ExitCode;
 
     fn p(text: &str) -> Result<Config> {
         parse(text, Path::new("t.toml"), &Overrides::default())
     }
     fn err(text: &str) -> String {
         let e = p(text).unwrap_err();
-        assert_eq!(e.exit_code(), 78, "{e}");
+        assert_eq!(e.exit_code(), ExitCode::Config, "{e}");
         e.to_string()
     }
     const ROOTS: &str = "app_root = \"/app\"\nshare_root = \"/mnt/fileshare\"\n";

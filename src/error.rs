@@ -1,31 +1,14 @@
-//! Errors and the exit codes of SPEC.md.
-//!
-//! Every failure that reaches the user is an [`Error`]: a message that names
-//! the culprit (a config key, a path) and a class that fixes the exit code.
-//! I/O errors are classed by errno so that "the share is full" (73) is told
-//! apart from "the share is flaky" (74).
+//! Errors. Every failure that reaches the user is an [`Error`]: a message
+//! that names the culprit (a config key, a path) and a class that fixes the
+//! [`ExitCode`]. I/O errors are classed by errno so that "the share is
+//! full" (73) is told apart from "the share is flaky" (74).
 
 use std::fmt;
 use std::io;
 use std::path::Path;
 
-/// Exit codes, fixed by SPEC.md (BSD `sysexits.h` values where one fits).
-pub mod code {
-    pub const OK: i32 = 0;
-    /// `status`: some link is not healthy.
-    pub const UNHEALTHY: i32 = 1;
-    pub const USAGE: i32 = 2;
-    /// The filesystem holds something sharelink must not touch.
-    pub const UNSAFE: i32 = 65;
-    /// `share_root` missing or not mounted.
-    pub const UNAVAILABLE: i32 = 69;
-    /// Permission denied, read-only, or no space left.
-    pub const CANT_WRITE: i32 = 73;
-    pub const IO: i32 = 74;
-    pub const CONFIG: i32 = 78;
-    pub const NOT_EXECUTABLE: i32 = 126;
-    pub const NOT_FOUND: i32 = 127;
-}
+pub use crate::exit_code::ExitCode;
+use crate::signals::signal_name;
 
 #[derive(Debug)]
 pub enum Error {
@@ -53,7 +36,7 @@ pub enum Error {
     CannotEmpty(String),
     /// Already logged where it happened (each failing link says why);
     /// only the exit code is left to give.
-    Reported(i32),
+    Reported(ExitCode),
     /// The share has no room for the copy (73).
     NoSpace(String),
     /// Bad command line (2).
@@ -63,16 +46,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config(_) => code::CONFIG,
-            Error::Unsafe(_) => code::UNSAFE,
-            Error::ShareUnavailable(_) => code::UNAVAILABLE,
+            Error::Config(_) => ExitCode::Config,
+            Error::Unsafe(_) => ExitCode::Unsafe,
+            Error::ShareUnavailable(_) => ExitCode::ShareUnavailable,
             Error::Io { source, .. } => io_exit_code(source),
-            Error::Interrupted(sig) => 128 + sig,
-            Error::Usage(_) => code::USAGE,
-            Error::LockLost(_) | Error::ShareKeepsChanging(_) | Error::AppBusy(_) => code::IO,
-            Error::ReadOnlyApp(_) | Error::CannotEmpty(_) | Error::NoSpace(_) => code::CANT_WRITE,
+            Error::Interrupted(sig) => ExitCode::Signal(*sig),
+            Error::Usage(_) => ExitCode::Usage,
+            Error::LockLost(_) | Error::ShareKeepsChanging(_) | Error::AppBusy(_) => ExitCode::Io,
+            Error::ReadOnlyApp(_) | Error::CannotEmpty(_) | Error::NoSpace(_) => {
+                ExitCode::CannotWrite
+            }
             Error::Reported(code) => *code,
         }
     }
@@ -91,12 +76,12 @@ impl Error {
 }
 
 /// 73 for "cannot write here" errors, 74 for everything else.
-pub fn io_exit_code(e: &io::Error) -> i32 {
+pub fn io_exit_code(e: &io::Error) -> ExitCode {
     match e.raw_os_error() {
         Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOSPC | libc::EDQUOT) => {
-            code::CANT_WRITE
+            ExitCode::CannotWrite
         }
-        _ => code::IO,
+        _ => ExitCode::Io,
     }
 }
 
@@ -127,13 +112,6 @@ impl std::error::Error for Error {
             _ => None,
         }
     }
-}
-
-/// "SIGTERM" for 15; the number for anything nix does not know.
-pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// Attach a path and a verb to an `io::Result`.

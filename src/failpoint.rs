@@ -14,9 +14,9 @@
 pub fn hit(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static SPEC: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
+    static PARSED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let spec = SPEC.get_or_init(|| {
+    let spec = PARSED.get_or_init(|| {
         let v = std::env::var("SHARELINK_FAILPOINT").ok()?;
         let mut parts = v.splitn(3, ':');
         let n = parts.next()?.to_string();

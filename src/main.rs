@@ -1,7 +1,7 @@
 fn main() {
     // Signals are blocked before anything else runs (see `signals`).
     sharelink::signals::block_all();
-    std::process::exit(sharelink::cli::main());
+    std::process::exit(sharelink::cli::main().code());
 }
 
 /// Runs from `.init_array`, before the Rust runtime sets SIGPIPE to

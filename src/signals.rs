@@ -1,9 +1,10 @@
-//! Signal mask handling shared by linking and the supervisor.
+//! Signals, shared by both halves: the mask, waiting, names and rewrite
+//! rules.
 //!
 //! `main` blocks every signal before it does anything else, so no signal is
 //! lost or acted on by a default disposition while the config is read or
 //! links are applied. Linking then polls for the termination signals at
-//! safe points ([`check_interrupt`]); the supervisor later collects all of
+//! safe points ([`check_interrupt`]); the init later collects all of
 //! them synchronously with [`wait`]. The child gets back the mask and the
 //! ignored signals sharelink was started with ([`original_mask`],
 //! [`inherited_ignored`]).
@@ -207,6 +208,13 @@ pub fn discard(sig: i32) {
 // ---------------------------------------------------------------------------
 // Naming signals and rewriting them
 
+/// "SIGTERM" for 15; the number for anything nix does not know.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
 /// A signal as a user writes it: a number (1-64) or a name in any case, with
 /// or without `SIG` (`15`, `TERM`, `sigterm`). Real-time signals have no
 /// portable names (glibc and musl disagree on `SIGRTMIN`), so they are
@@ -280,7 +288,7 @@ pub fn parse_source(text: &str) -> Result<i32, String> {
     match sig {
         libc::SIGKILL | libc::SIGSTOP => Err(format!(
             "{} cannot be caught, so sharelink never receives it to rewrite",
-            crate::error::signal_name(sig)
+            signal_name(sig)
         )),
         libc::SIGCHLD => Err(
             "SIGCHLD is sharelink's own (it reaps with it) and is never \

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = config::parse_duration(text);
     match config::parse(text, Path::new("fuzz.toml"), &Overrides::default()) {
         Err(e) => {
-            assert_eq!(e.exit_code(), 78, "{e}");
+            assert_eq!(e.exit_code().code(), 78, "{e}");
             assert!(e.to_string().contains("fuzz.toml"), "{e}");
         }
         Ok(cfg) => {

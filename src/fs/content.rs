@@ -43,6 +43,15 @@ impl Devices {
     }
 }
 
+/// What a long copy obeys and reports: a flag that stops it between
+/// chunks, and a counter of the bytes copied so far (for progress lines
+/// that move during a big file, not only after it).
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    pub stop: &'a AtomicBool,
+    pub copied: &'a AtomicU64,
+}
+
 /// Copy `len` bytes of `src` into a new, empty `dst`, keeping holes when
 /// `sparse` (the source has fewer blocks than bytes): data ranges are found
 /// with `SEEK_DATA`/`SEEK_HOLE` and the size is set at the end, as
@@ -53,7 +62,7 @@ pub fn copy(
     len: u64,
     sparse: bool,
     devs: Devices,
-    stop: &AtomicBool,
+    watch: Watch<'_>,
 ) -> io::Result<u64> {
     let mut written = 0;
     if sparse {
@@ -69,7 +78,7 @@ pub fn copy(
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
                 // No SEEK_DATA here: copy densely from `pos`.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    written += copy_range(src, dst, pos, end, devs, stop)?;
+                    written += copy_range(src, dst, pos, end, devs, watch)?;
                     break;
                 }
                 Err(e) => return Err(e),
@@ -78,12 +87,12 @@ pub fn copy(
                 break;
             }
             let hole = lseek(src, data, libc::SEEK_HOLE)?.min(end);
-            written += copy_range(src, dst, data, hole, devs, stop)?;
+            written += copy_range(src, dst, data, hole, devs, watch)?;
             pos = hole;
         }
         dst.set_len(len)?;
     } else {
-        written = copy_range(src, dst, 0, len as i64, devs, stop)?;
+        written = copy_range(src, dst, 0, len as i64, devs, watch)?;
     }
     Ok(written)
 }
@@ -108,16 +117,16 @@ fn copy_range(
     from: i64,
     to: i64,
     devs: Devices,
-    stop: &AtomicBool,
+    watch: Watch<'_>,
 ) -> io::Result<u64> {
     let pair = devs.key();
     if NO_KERNEL_COPY.load(Ordering::Relaxed) == pair {
-        return BUFFER.with(|b| user_copy(src, dst, from, to, stop, &mut b.borrow_mut()));
+        return BUFFER.with(|b| user_copy(src, dst, from, to, watch, &mut b.borrow_mut()));
     }
     let mut off_in = from;
     let mut off_out = from;
     while off_in < to {
-        stopped(stop)?;
+        stopped(watch.stop)?;
         let want = ((to - off_in) as usize).min(CHUNK);
         // SAFETY: valid fds and offset pointers.
         let r = unsafe {
@@ -139,7 +148,7 @@ fn copy_range(
                 {
                     NO_KERNEL_COPY.store(pair, Ordering::Relaxed);
                     return BUFFER
-                        .with(|b| user_copy(src, dst, from, to, stop, &mut b.borrow_mut()));
+                        .with(|b| user_copy(src, dst, from, to, watch, &mut b.borrow_mut()));
                 }
                 Some(libc::EINTR) => continue,
                 _ => return Err(e),
@@ -148,6 +157,7 @@ fn copy_range(
         if r == 0 {
             break;
         }
+        watch.copied.fetch_add(r as u64, Ordering::Relaxed);
     }
     Ok((off_in - from) as u64)
 }
@@ -158,7 +168,7 @@ fn user_copy(
     dst: &File,
     from: i64,
     to: i64,
-    stop: &AtomicBool,
+    watch: Watch<'_>,
     buf: &mut Vec<u8>,
 ) -> io::Result<u64> {
     if buf.is_empty() {
@@ -166,7 +176,7 @@ fn user_copy(
     }
     let mut off = from;
     while off < to {
-        stopped(stop)?;
+        stopped(watch.stop)?;
         let want = ((to - off) as usize).min(BUF);
         let n = pread(src, &mut buf[..want], off)?;
         if n == 0 {
@@ -174,6 +184,7 @@ fn user_copy(
         }
         pwrite_all(dst, &buf[..n], off)?;
         off += n as i64;
+        watch.copied.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok((off - from) as u64)
 }
@@ -271,7 +282,13 @@ mod tests {
             .unwrap();
         let len = src.metadata().unwrap().len();
         let stop = AtomicBool::new(false);
-        let n = copy(&src, &dst, len, true, DEVS, &stop).unwrap();
+        let copied = AtomicU64::new(0);
+        let watch = Watch {
+            stop: &stop,
+            copied: &copied,
+        };
+        let n = copy(&src, &dst, len, true, DEVS, watch).unwrap();
+        assert_eq!(copied.load(Ordering::Relaxed), n);
         assert!(n < 1 << 20, "copied {n} bytes of data");
         let m = std::fs::metadata(&b).unwrap();
         assert_eq!(m.len(), len);
@@ -305,10 +322,17 @@ mod tests {
         let src = File::open(&a).unwrap();
         let dst = File::create(&b).unwrap();
         let stop = AtomicBool::new(false);
+        let copied = AtomicU64::new(0);
+        let watch = Watch {
+            stop: &stop,
+            copied: &copied,
+        };
         assert_eq!(
-            copy(&src, &dst, data.len() as u64, false, DEVS, &stop).unwrap(),
+            copy(&src, &dst, data.len() as u64, false, DEVS, watch).unwrap(),
             data.len() as u64
         );
+        // Counted as it goes, for progress lines during a big file.
+        assert_eq!(copied.load(Ordering::Relaxed), data.len() as u64);
         assert_eq!(std::fs::read(&b).unwrap(), data);
     }
 }

@@ -186,13 +186,13 @@ mod tests {
             ensure_dir_beneath(root, Path::new("evil/tmp"))
                 .unwrap_err()
                 .exit_code(),
-            65
+            crate::exit_code::ExitCode::Unsafe
         );
         assert_eq!(
             ensure_dir_beneath(root, Path::new("file/x"))
                 .unwrap_err()
                 .exit_code(),
-            65
+            crate::exit_code::ExitCode::Unsafe
         );
         assert!(ensure_dir_beneath(root, Path::new("a/b/c/d")).unwrap());
         assert!(!ensure_dir_beneath(root, Path::new("a/b/c/d")).unwrap());

@@ -5,7 +5,7 @@
 //! instruction of `main`, and one loop that takes signals synchronously
 //! with `sigtimedwait`. There are no asynchronous handlers, so there is no
 //! state shared with a handler and no signal is lost between "check" and
-//! "sleep". Each turn of the loop ([`supervise`])
+//! "sleep". Each turn of the loop (in `supervise`)
 //!
 //! 1. reaps every child that has exited (`waitpid(-1, WNOHANG)` until there
 //!    is none: SIGCHLD is a standard signal, so a burst of exits can arrive
@@ -17,7 +17,7 @@
 //!    exit with the command's status;
 //! 3. waits for the next signal and forwards it to the command.
 //!
-//! [`spawn`] starts the command (dropping privileges to [`user`] first).
+//! `spawn` starts the command (dropping privileges to the [`user`] first).
 
 pub mod shutdown;
 mod spawn;

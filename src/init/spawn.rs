@@ -311,13 +311,22 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
             child_fail(report, Stage::Verify);
         }
     }
-    // The signal state sharelink was started with. Handlers do not survive
-    // exec, but SIG_IGN does: every signal sharelink was started with
-    // ignored stays ignored (`nohup` keeps working), and every other one is
-    // default, which undoes the Rust runtime's own SIGPIPE ignore and the
-    // default sharelink gave SIGCHLD. The raw syscall reaches the real-time
-    // signals libc keeps for itself; the kernel's struct starts with the
-    // handler, and the rest stays zero. Errors (SIGKILL, SIGSTOP) are moot.
+    restore_signals(prep);
+    *libc::__errno_location() = exec_search(prep);
+    child_fail(report, Stage::Exec)
+}
+
+/// The signal state sharelink was started with. Handlers do not survive
+/// exec, but SIG_IGN does: every signal sharelink was started with ignored
+/// stays ignored (`nohup` keeps working), and every other one is default,
+/// which undoes the Rust runtime's own SIGPIPE ignore and the default
+/// sharelink gave SIGCHLD. The raw syscall reaches the real-time signals
+/// libc keeps for itself; the kernel's struct starts with the handler, and
+/// the rest stays zero. Errors (SIGKILL, SIGSTOP) are moot.
+///
+/// # Safety
+/// Only in the child of `fork`, right before exec.
+unsafe fn restore_signals(prep: &Prepared) {
     for sig in 1..=64 {
         let ignore = prep.ignored & signals::bit(sig) != 0;
         let action = [if ignore { libc::SIG_IGN as u64 } else { 0 }, 0, 0, 0];
@@ -338,12 +347,18 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
         std::ptr::null_mut::<signals::SigMask>(),
         8usize,
     );
+}
 
-    // execvp's rules: keep searching past "not here" and "not allowed",
-    // stop at any other error. Unlike execvp, "not allowed" only counts
-    // when the file itself is there: a PATH directory the user may not
-    // search (`/root/...` after dropping root) means "not found", as in a
-    // shell.
+/// Try each candidate path; returns the errno to report when none could be
+/// executed. execvp's rules: keep searching past "not here" and "not
+/// allowed", stop at any other error. Unlike execvp, "not allowed" only
+/// counts when the file itself is there: a PATH directory the user may not
+/// search (`/root/...` after dropping root) means "not found", as in a
+/// shell.
+///
+/// # Safety
+/// Only in the child of `fork`: on success it does not return.
+unsafe fn exec_search(prep: &Prepared) -> i32 {
     let mut errno = libc::ENOENT;
     for path in &prep.candidates {
         libc::execve(path.as_ptr(), prep.argv_ptrs.as_ptr(), environ);
@@ -360,8 +375,7 @@ unsafe fn exec_child(prep: &Prepared, report: RawFd) -> ! {
             }
         }
     }
-    *libc::__errno_location() = errno;
-    child_fail(report, Stage::Exec)
+    errno
 }
 
 /// Send `(stage, errno)` to the parent and exit 126/127 (the parent uses the
@@ -372,12 +386,14 @@ unsafe fn child_fail(report: RawFd, stage: Stage) -> ! {
     buf[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
     buf[4..].copy_from_slice(&errno.to_ne_bytes());
     libc::write(report, buf.as_ptr().cast(), buf.len());
-    libc::_exit(if stage == Stage::Exec && errno == libc::ENOENT {
-        ExitCode::NotFound
-    } else {
-        ExitCode::NotExecutable
-    }
-    .code())
+    libc::_exit(
+        if stage == Stage::Exec && errno == libc::ENOENT {
+            ExitCode::NotFound
+        } else {
+            ExitCode::NotExecutable
+        }
+        .code(),
+    )
 }
 
 #[cfg(test)]

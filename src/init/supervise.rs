@@ -116,27 +116,24 @@ impl Supervisor {
             if libc::WIFSTOPPED(status) {
                 // Reported once per stop; an adopted orphan's stop is not
                 // sharelink's business.
-                if pid == self.child {
+                if pid == self.child.as_raw() {
                     out.command_stopped_by = Some(libc::WSTOPSIG(status));
                 }
                 continue;
             }
-            if pid != self.child {
+            if pid != self.child.as_raw() {
                 crate::trace!("reaped an orphan, pid {pid}");
                 continue;
             }
             let code = if libc::WIFSIGNALED(status) {
                 let sig = libc::WTERMSIG(status);
-                crate::info!(
-                    "command killed by {}: exit code {}",
-                    signal_name(sig),
-                    128 + sig
-                );
-                128 + sig
-            } else {
-                let code = libc::WEXITSTATUS(status);
-                crate::info!("command exited with {code}");
+                let code = ExitCode::Signal(sig);
+                crate::info!("command killed by {}: exit code {code}", signal_name(sig));
                 code
+            } else {
+                let status = libc::WEXITSTATUS(status);
+                crate::info!("command exited with {status}");
+                ExitCode::Command(status as u8)
             };
             out.command = Some(code);
         }
@@ -164,7 +161,7 @@ impl Supervisor {
         // the foreground anyway when this succeeds.
         unsafe {
             if libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() {
-                libc::tcsetpgrp(libc::STDIN_FILENO, self.child);
+                libc::tcsetpgrp(libc::STDIN_FILENO, self.child.as_raw());
             }
         }
         // What came while sharelink was stopped goes to the command before
@@ -178,7 +175,7 @@ impl Supervisor {
         }
         // The whole group: the terminal stopped all of it.
         // SAFETY: plain syscall.
-        unsafe { libc::kill(-self.child, libc::SIGCONT) };
+        unsafe { libc::kill(-self.child.as_raw(), libc::SIGCONT) };
         crate::debug!("continued: the command is continued too");
     }
 
@@ -276,7 +273,7 @@ impl Supervisor {
                      group can be stopped"
                 );
             }
-            vec![-self.child]
+            vec![-self.child.as_raw()]
         };
         for pid in targets {
             for &sig in sigs {
@@ -357,5 +354,4 @@ mod tests {
         assert!(found.contains(&(child.id() as i32)), "{found:?}");
         assert!(!found.contains(&me));
     }
-
 }

@@ -159,6 +159,63 @@ fn is_numeric(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The passwd entry of `user` (a name or a uid); a uid without an entry
+/// is `Err(uid)` in the `Ok`, since that is allowed (Docker's `--user`).
+fn passwd_entry<'a>(
+    spec: &str,
+    user: &str,
+    passwd: &'a Database,
+) -> Result<Result<PasswdEntry<'a>, u32>> {
+    if is_numeric(user) {
+        let uid: u32 = user
+            .parse()
+            .map_err(|_| Error::Config(format!("user {spec:?}: the uid is out of range")))?;
+        return Ok(passwd
+            .lines()
+            .filter_map(parse_passwd_line)
+            .find(|e| e.uid == uid)
+            .ok_or(uid));
+    }
+    match passwd
+        .lines()
+        .filter_map(parse_passwd_line)
+        .find(|e| e.name == user)
+    {
+        Some(e) => Ok(Ok(e)),
+        None => {
+            let why = if passwd.text.is_some() {
+                "no such user in"
+            } else {
+                "cannot look up a user name without"
+            };
+            Err(Error::Config(format!(
+                "user {user:?} (from {spec:?}): {why} {}",
+                passwd.path.display()
+            )))
+        }
+    }
+}
+
+/// The gid of `g` (a name or a gid).
+fn group_id(spec: &str, g: &str, group: &Database) -> Result<u32> {
+    if is_numeric(g) {
+        return g
+            .parse()
+            .map_err(|_| Error::Config(format!("user {spec:?}: the gid is out of range")));
+    }
+    group
+        .lines()
+        .filter_map(parse_group_line)
+        .find(|e| e.name == g)
+        .map(|e| e.gid)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "group {g:?} (from {spec:?}): no such group in {}",
+                group.path.display()
+            ))
+        })
+}
+
 /// Resolve `spec` against the two databases. Pure: no I/O.
 pub fn lookup(spec: &str, passwd: &Database, group: &Database) -> Result<Credentials> {
     let bad = |why: &str| Error::Config(format!("user {spec:?}: {why}"));
@@ -177,37 +234,7 @@ pub fn lookup(spec: &str, passwd: &Database, group: &Database) -> Result<Credent
         }
     }
 
-    let entry = if is_numeric(user_part) {
-        let uid: u32 = user_part
-            .parse()
-            .map_err(|_| bad("the uid is out of range"))?;
-        passwd
-            .lines()
-            .filter_map(parse_passwd_line)
-            .find(|e| e.uid == uid)
-            .map(Ok)
-            .unwrap_or(Err(uid))
-    } else {
-        match passwd
-            .lines()
-            .filter_map(parse_passwd_line)
-            .find(|e| e.name == user_part)
-        {
-            Some(e) => Ok(e),
-            None => {
-                let why = if passwd.text.is_some() {
-                    "no such user in"
-                } else {
-                    "cannot look up a user name without"
-                };
-                return Err(Error::Config(format!(
-                    "user {user_part:?} (from {spec:?}): {why} {}",
-                    passwd.path.display()
-                )));
-            }
-        }
-    };
-
+    let entry = passwd_entry(spec, user_part, passwd)?;
     // Without a passwd entry: Docker's defaults, gid 0 and home `/`.
     let (uid, default_gid, name, home) = match &entry {
         Ok(e) => (
@@ -221,18 +248,7 @@ pub fn lookup(spec: &str, passwd: &Database, group: &Database) -> Result<Credent
 
     let gid = match group_part {
         None => default_gid,
-        Some(g) if is_numeric(g) => g.parse().map_err(|_| bad("the gid is out of range"))?,
-        Some(g) => group
-            .lines()
-            .filter_map(parse_group_line)
-            .find(|e| e.name == g)
-            .map(|e| e.gid)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "group {g:?} (from {spec:?}): no such group in {}",
-                    group.path.display()
-                ))
-            })?,
+        Some(g) => group_id(spec, g, group)?,
     };
 
     let mut groups = vec![gid];
@@ -306,7 +322,7 @@ dup:x:1001:app
     fn err(spec: &str) -> String {
         let e = look(spec).expect_err(spec);
         assert!(matches!(e, Error::Config(_)), "{spec}: {e:?}");
-        assert_eq!(e.exit_code(), 78);
+        assert_eq!(e.exit_code(), crate::exit_code::ExitCode::Config);
         e.to_string()
     }
 

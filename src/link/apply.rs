@@ -10,15 +10,25 @@ use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fs::dir::Dir;
 use crate::fs::{names, share};
-use crate::lock::{self, Lock};
-use crate::migrate::{self, Outcome};
-use crate::plan::{self, Action, Decision, Paths};
+use crate::link::lock::{self, Lock};
+use crate::link::migrate::{self, Outcome};
+use crate::link::plan::{self, Action, Decision, Paths, State};
 use crate::signals;
 
 /// Who should own share directories that linking creates: the user the
 /// pipeline runs as (`run --user` / `run.user`), so that it can write into
 /// them after sharelink drops root. Migrated data keeps its own owners.
-pub type Owner = Option<(u32, u32)>;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to do for a link that is not blocked.
+struct Todo {
+    state: State,
+    actions: Vec<Action>,
+}
 
 /// Link every entry. A link that fails does not stop the others (each is
 /// independent); the first error decides the exit code. A termination
@@ -26,7 +36,7 @@ pub type Owner = Option<(u32, u32)>;
 ///
 /// Each link gets one INFO line saying what was done ("already linked"
 /// when nothing was).
-pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
+pub fn apply(cfg: &Config, owner: Option<Owner>) -> Result<()> {
     let mut first_err = None;
     let locks = lock::lock_names(&cfg.share_root);
     // Looked at all at once (on a network share, many at a time); a link
@@ -52,16 +62,16 @@ pub fn apply(cfg: &Config, owner: Owner) -> Result<()> {
     first_err.map_or(Ok(()), |e: Error| Err(Error::Reported(e.exit_code())))
 }
 
-fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Decision> {
+fn decide(cfg: &Config, link: &Link, paths: &Paths) -> Result<Todo> {
     let obs = plan::observe(cfg, link, paths)?;
-    refused(plan::decide(link, paths, &obs))
+    proceed(plan::decide(link, paths, &obs))
 }
 
-/// A decision that refuses the link is its error (65).
-fn refused(d: Decision) -> Result<Decision> {
-    match plan::refusal_error(&d) {
-        Some(e) => Err(e),
-        None => Ok(d),
+/// A decision that blocks the link is its error (65).
+fn proceed(d: Decision) -> Result<Todo> {
+    match d {
+        Decision::Blocked(why) => Err(Error::Unsafe(why)),
+        Decision::Proceed { state, actions } => Ok(Todo { state, actions }),
     }
 }
 
@@ -69,12 +79,12 @@ fn apply_link(
     cfg: &Config,
     link: &Link,
     obs: Result<plan::Observed>,
-    owner: Owner,
+    owner: Option<Owner>,
     locks: &lock::LockNames,
 ) -> Result<()> {
     signals::check_interrupt()?;
     let paths = Paths::new(cfg, link);
-    let mut d = refused(plan::decide(link, &paths, &obs?))?;
+    let mut d = proceed(plan::decide(link, &paths, &obs?))?;
     if d.actions.is_empty() {
         lock::clear_stale(&cfg.share_root, &link.share, locks);
         // A run killed between making the symlink and forgetting the
@@ -117,9 +127,9 @@ fn execute(
     cfg: &Config,
     link: &Link,
     paths: &Paths,
-    d: &Decision,
+    d: &Todo,
     mut lock: Option<&mut Lock>,
-    owner: Owner,
+    owner: Option<Owner>,
 ) -> Result<Option<String>> {
     let mut done: Vec<String> = Vec::new();
     for action in &d.actions {
@@ -166,8 +176,8 @@ fn execute(
 
 /// Hand a directory we just created to the pipeline's user. A share that
 /// refuses chown (SMB: owners come from the mount options) is fine.
-fn give(dir: &Path, owner: Owner) {
-    if let Some((uid, gid)) = owner {
+fn give(dir: &Path, owner: Option<Owner>) {
+    if let Some(Owner { uid, gid }) = owner {
         if let Err(e) = std::os::unix::fs::lchown(dir, Some(uid), Some(gid)) {
             crate::debug!("chown of {} to the run user refused: {e}", dir.display());
         }

@@ -118,79 +118,43 @@ impl Lock {
         // is therefore never live (only a crashed release leaves one).
         // The private name must be unique across machines, not just across
         // this host's processes: every container's sharelink is PID 1.
-        let fresh = locks.join(fresh_name(
-            &id,
-            &me,
-            pid,
-            &start_time(pid).unwrap_or_default(),
-        ));
-        let owner_tmp = fresh.join("owner");
-        make_private(&fresh, &owner_tmp, &content)?;
-        // The owner file's mtime is the lease, for the private directory
-        // while we wait (other hosts sweep private directories whose lease
-        // ran out) and for the lock from the instant it is renamed into
-        // place (other hosts break a lock whose lease ran out). So it is
-        // refreshed while waiting too, and `refreshed` is when it really
-        // was: a lock taken after a long wait must not look stale already.
-        let mut touched = Instant::now();
+        let mut pending = Pending::make(
+            locks.join(fresh_name(
+                &id,
+                &me,
+                pid,
+                &start_time(pid).unwrap_or_default(),
+            )),
+            content,
+        )?;
         let mut waited_for: Option<String> = None;
         loop {
-            if touched.elapsed() >= lease / 4 {
-                if touch(&owner_tmp).is_err() {
-                    // Swept while this process was frozen past the lease.
-                    make_private(&fresh, &owner_tmp, &content)?;
-                }
-                touched = Instant::now();
-            }
-            match crate::fs::rename_noreplace(&fresh, &dir) {
+            pending.keep_alive(lease)?;
+            match crate::fs::rename_noreplace(&pending.dir, &dir) {
                 Ok(()) => {
                     crate::failpoint::hit("lock.acquired");
-                    sweep_abandoned(&locks, &id, &me, &fresh, lease);
+                    sweep_abandoned(&locks, &id, &me, &pending.dir, lease);
                     return Ok(Lock {
                         owner: dir.join("owner"),
                         dir,
-                        content,
+                        content: pending.content,
                         lease,
-                        refreshed: touched,
+                        refreshed: pending.touched,
                         verified: Instant::now(),
                     });
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !fresh.exists() => {
-                    make_private(&fresh, &owner_tmp, &content)?;
-                    touched = Instant::now();
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !pending.dir.exists() => {
+                    pending.remake()?;
                     continue;
                 }
                 Err(e) => {
-                    let _ = fs::remove_file(&owner_tmp);
-                    let _ = fs::remove_dir(&fresh);
+                    pending.abandon();
                     return Err(Error::io("take lock", &dir, e));
                 }
             }
-            let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
-            if holder.is_empty() {
-                // Left by a release that crashed half-way; rmdir refuses
-                // anything that is not empty.
-                let _ = fs::remove_dir(&dir);
-                continue;
-            }
-            let waited = (|| -> Result<()> {
-                if is_stale(&dir, &holder, &me, lease) {
-                    return break_stale(&locks, &id, &holder, &me, lease);
-                }
-                if waited_for.as_deref() != Some(holder.as_str()) {
-                    tracing::info!(
-                        lock = %dir.display(),
-                        holder = %holder.replace('\n', " ").trim(),
-                        "another sharelink is working on this share directory; waiting"
-                    );
-                    waited_for = Some(holder.clone());
-                }
-                signals::sleep_interruptible(Duration::from_millis(50 + (fastish_rand() % 150)))
-            })();
-            if let Err(e) = waited {
-                let _ = fs::remove_file(&owner_tmp);
-                let _ = fs::remove_dir(&fresh);
+            if let Err(e) = wait_turn(&locks, &id, &dir, &me, lease, &mut waited_for) {
+                pending.abandon();
                 return Err(e);
             }
         }
@@ -224,17 +188,9 @@ impl Lock {
         }
     }
 
-    /// Leave a progress line in the lock for `status` in other processes.
-    pub fn publish(&self, snap: &crate::migrate::progress::Snapshot) {
-        let text = format!(
-            "files={}\nfiles_total={}\nbytes={}\nbytes_total={}\nrate={}\neta_s={}\n",
-            snap.files,
-            snap.files_total,
-            snap.bytes,
-            snap.bytes_total,
-            snap.rate(),
-            snap.eta().map(|d| d.as_secs()).unwrap_or(0)
-        );
+    /// Leave a progress report in the lock for `status` in other
+    /// processes (what it says is the migration's business).
+    pub fn publish(&self, text: &str) {
         let tmp = self.dir.join(".progress");
         if fs::write(&tmp, text)
             .and_then(|_| fs::rename(&tmp, self.dir.join(PROGRESS)))
@@ -263,6 +219,85 @@ pub const PROGRESS: &str = "progress";
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// A private lock directory with its owner file, made anew.
+/// The lock under its private name, waiting to be renamed into place.
+/// Its owner file's mtime is its lease too: other hosts sweep private
+/// directories whose lease ran out.
+struct Pending {
+    dir: PathBuf,
+    owner: PathBuf,
+    content: String,
+    /// When the owner file was last touched.
+    touched: Instant,
+}
+
+impl Pending {
+    fn make(dir: PathBuf, content: String) -> Result<Pending> {
+        let owner = dir.join("owner");
+        make_private(&dir, &owner, &content)?;
+        Ok(Pending {
+            dir,
+            owner,
+            content,
+            touched: Instant::now(),
+        })
+    }
+
+    fn remake(&mut self) -> Result<()> {
+        make_private(&self.dir, &self.owner, &self.content)?;
+        self.touched = Instant::now();
+        Ok(())
+    }
+
+    /// Renew the lease while waiting, so that a lock taken after a long
+    /// wait does not look stale already.
+    fn keep_alive(&mut self, lease: Duration) -> Result<()> {
+        if self.touched.elapsed() >= lease / 4 {
+            if touch(&self.owner).is_err() {
+                // Swept while this process was frozen past the lease.
+                make_private(&self.dir, &self.owner, &self.content)?;
+            }
+            self.touched = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn abandon(&self) {
+        let _ = fs::remove_file(&self.owner);
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The lock `dir` is taken: clear it if its holder is gone, else say who
+/// holds it (once per holder) and wait a moment.
+fn wait_turn(
+    locks: &Path,
+    id: &str,
+    dir: &Path,
+    me: &str,
+    lease: Duration,
+    waited_for: &mut Option<String>,
+) -> Result<()> {
+    let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+    if holder.is_empty() {
+        // Left by a release that crashed half-way; rmdir refuses anything
+        // that is not empty.
+        let _ = fs::remove_dir(dir);
+        return Ok(());
+    }
+    if is_stale(dir, &holder, me, lease) {
+        return break_stale(locks, id, &holder, me, lease);
+    }
+    if waited_for.as_deref() != Some(holder.as_str()) {
+        tracing::info!(
+            lock = %dir.display(),
+            holder = %holder.replace('\n', " ").trim(),
+            "another sharelink is working on this share directory; waiting"
+        );
+        *waited_for = Some(holder);
+    }
+    signals::sleep_interruptible(Duration::from_millis(50 + (fastish_rand() % 150)))
+}
+
 fn make_private(fresh: &Path, owner: &Path, content: &str) -> Result<()> {
     let _ = fs::remove_file(owner);
     let _ = fs::remove_dir(fresh);
@@ -306,9 +341,18 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
     }
 }
 
-/// Who holds the lock of `share_rel` right now, with their progress, if a
-/// live holder does (for `status`; never writes).
-pub fn holder(share_root: &Path, share_rel: &Path) -> Option<String> {
+/// A live holder of a lock, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// `host pid N`.
+    pub who: String,
+    /// What the holder last published.
+    pub progress: Option<String>,
+}
+
+/// Who holds the lock of `share_rel` right now, if a live holder does (for
+/// `status`; never writes).
+pub fn holder(share_root: &Path, share_rel: &Path) -> Option<Holder> {
     let dir = share_root
         .join(RESERVED_DIR)
         .join("locks")
@@ -318,44 +362,14 @@ pub fn holder(share_root: &Path, share_rel: &Path) -> Option<String> {
     if owner.is_empty() || is_stale(&dir, &owner, &me, lease()) {
         return None;
     }
-    let who = format!(
-        "by {} pid {}",
-        field(&owner, "host").unwrap_or("?"),
-        field(&owner, "pid").unwrap_or("?")
-    );
-    let progress = fs::read_to_string(dir.join(PROGRESS)).unwrap_or_default();
-    let num = |k: &str| field(&progress, k).and_then(|v| v.parse::<u64>().ok());
-    match (
-        num("files"),
-        num("files_total"),
-        num("bytes"),
-        num("bytes_total"),
-    ) {
-        (Some(files), Some(files_total), Some(bytes), Some(bytes_total)) => {
-            let snap = crate::migrate::progress::Snapshot {
-                files,
-                files_total,
-                bytes,
-                bytes_total,
-                elapsed: Duration::ZERO,
-            };
-            let mut s = format!(
-                "{who}: {}/{} files, {}/{}",
-                files,
-                files_total,
-                crate::migrate::progress::human(bytes),
-                crate::migrate::progress::human(snap.bytes_total)
-            );
-            if let (Some(rate), Some(eta)) = (num("rate"), num("eta_s")) {
-                s.push_str(&format!(
-                    ", {}/s, about {eta}s left",
-                    crate::migrate::progress::human(rate)
-                ));
-            }
-            Some(s)
-        }
-        _ => Some(who),
-    }
+    Some(Holder {
+        who: format!(
+            "{} pid {}",
+            field(&owner, "host").unwrap_or("?"),
+            field(&owner, "pid").unwrap_or("?")
+        ),
+        progress: fs::read_to_string(dir.join(PROGRESS)).ok(),
+    })
 }
 
 /// The names in `<share_root>/.sharelink/locks`, read once per run. Almost

@@ -724,19 +724,15 @@ impl Shared<'_> {
         }
         let settled = before.settled(seen, super::SETTLE_NS);
         let rel = self.inv.rel(ix);
-        if let Some(rec) = self.prior.get(&rel).filter(|r| r.app == before.id) {
-            if let Ok(Some(m)) = dst.stat_at(&e.name) {
-                if rec.is_copy(&m) {
-                    self.stats.resumed.fetch_add(1, Relaxed);
-                    self.stats.resumed_bytes.fetch_add(m.id.size, Relaxed);
-                    self.progress.add(1, m.id.size);
-                    return Ok(Some(Staged {
-                        app: before.id,
-                        copy: Some(m.id),
-                        faithful: settled,
-                    }));
-                }
-            }
+        if let Some(copy) = self.completed_before(&rel, &before, dst, &e.name) {
+            self.stats.resumed.fetch_add(1, Relaxed);
+            self.stats.resumed_bytes.fetch_add(copy.size, Relaxed);
+            self.progress.add(1, copy.size);
+            return Ok(Some(Staged {
+                app: before.id,
+                copy: Some(copy),
+                faithful: settled,
+            }));
         }
         self.fresh.wait()?;
         // Made with its final mode (no chmod later) unless set-id bits would
@@ -747,17 +743,7 @@ impl Shared<'_> {
         } else {
             0o600
         };
-        let to = match dst.create(&e.name, perm) {
-            Ok(f) => f,
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                // An incomplete copy left by an earlier run.
-                dst.unlink(&e.name)
-                    .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                dst.create(&e.name, perm)
-                    .map_err(|x| Error::io("create", &self.dst_path(ix), x))?
-            }
-            Err(err) => return Err(Error::io("create", &self.dst_path(ix), err)),
-        };
+        let to = self.create(ix, dst, perm)?;
         content::copy(
             &from,
             &to,
@@ -767,7 +753,10 @@ impl Shared<'_> {
                 src: before.dev,
                 dst: self.dst_dev,
             },
-            stop,
+            content::Watch {
+                stop,
+                copied: self.progress.copied(),
+            },
         )
         .map_err(|err| Error::io("copy to", &self.dst_path(ix), err))?;
         let x = attrs::read_file(&from)
@@ -794,13 +783,46 @@ impl Shared<'_> {
         }
         self.stats.files.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(before.id.size, Relaxed);
-        self.progress.add(1, before.id.size);
+        // The bytes were counted as they were copied.
+        self.progress.add(1, 0);
         failpoint::hit("staging.file");
         Ok(Some(Staged {
             app: before.id,
             copy: Some(copy.id),
             faithful,
         }))
+    }
+
+    /// The staged copy an earlier run completed of this version of the app
+    /// file, if the journal says so and it is still there.
+    fn completed_before(
+        &self,
+        rel: &Path,
+        app: &Meta,
+        dst: &Dir,
+        name: &OsStr,
+    ) -> Option<Identity> {
+        let rec = self.prior.get(rel).filter(|r| r.app == app.id)?;
+        match dst.stat_at(name) {
+            Ok(Some(m)) if rec.is_copy(&m) => Some(m.id),
+            _ => None,
+        }
+    }
+
+    /// Create the staged file, replacing an incomplete copy an earlier run
+    /// left.
+    fn create(&self, ix: Ix, dst: &Dir, perm: u32) -> Result<std::fs::File> {
+        let name = &self.entry(ix).name;
+        match dst.create(name, perm) {
+            Ok(f) => Ok(f),
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                dst.unlink(name)
+                    .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
+                dst.create(name, perm)
+                    .map_err(|x| Error::io("create", &self.dst_path(ix), x))
+            }
+            Err(err) => Err(Error::io("create", &self.dst_path(ix), err)),
+        }
     }
 
     fn symlink(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {

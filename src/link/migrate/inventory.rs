@@ -42,6 +42,121 @@ pub struct Inventory {
     pub blockers: Vec<(Ix, std::io::Error)>,
 }
 
+/// The state of one [`Inventory::scan`].
+struct Walk<'a> {
+    inv: Inventory,
+    app_path: &'a Path,
+    root_dev: u64,
+    /// Root may read anything: files are checked for readability only when
+    /// we are not root.
+    root_user: bool,
+    /// First name of each inode with several names.
+    links: HashMap<(u64, u64), Ix>,
+    since_check: usize,
+}
+
+impl Walk<'_> {
+    /// Open directory `ix` in its parent; `None` when it went away or
+    /// became something else since it was listed.
+    fn open(&mut self, ix: Ix, parent: &Dir) -> Result<Option<Dir>> {
+        let e = &self.inv.entries[ix as usize];
+        match parent.open_dir(&e.name) {
+            Ok(d) => Ok(Some(d)),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                self.inv.entries[ix as usize].changed = true;
+                Ok(None)
+            }
+            Err(err) => Err(Error::io(
+                "open directory",
+                &self.inv.path(self.app_path, ix),
+                err,
+            )),
+        }
+    }
+
+    /// List directory `ix` into the inventory; its children's range, or
+    /// `None` when it is no longer the directory that was listed.
+    fn read(
+        &mut self,
+        ix: Ix,
+        dir: &Dir,
+        check: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<std::ops::Range<Ix>>> {
+        let path = |w: &Self| w.inv.path(w.app_path, ix);
+        let m = dir
+            .stat()
+            .map_err(|e| Error::io("inspect", &path(self), e))?;
+        if m.dev != self.root_dev {
+            return Err(Error::Unsafe(format!(
+                "{} is a mount point inside the data directory {}; sharelink cannot move a mount into the share or replace it with a symlink. Unmount it (drop the volume) and re-run",
+                path(self).display(),
+                self.app_path.display()
+            )));
+        }
+        if m.id.ino != self.inv.entries[ix as usize].meta.id.ino {
+            self.inv.entries[ix as usize].changed = true;
+            return Ok(None);
+        }
+        // The kernel's own answer (read-only mounts, immutable flags,
+        // permissions, ACLs), asked where the walk already is.
+        if let Err(e) = dir.access(OsStr::new("."), libc::W_OK | libc::X_OK) {
+            self.inv.blockers.push((ix, e));
+        }
+        let listing = dir
+            .list()
+            .map_err(|e| Error::io("read directory", &path(self), e))?;
+        let start = self.inv.entries.len() as Ix;
+        for (name, _) in listing {
+            let seen = Time::now();
+            let meta = match dir.stat_at(&name) {
+                Ok(Some(m)) => m,
+                // Removed since the listing.
+                Ok(None) => continue,
+                Err(e) => return Err(Error::io("inspect", &path(self).join(&name), e)),
+            };
+            let me = self.inv.entries.len() as Ix;
+            if !self.root_user && meta.kind == Kind::File {
+                if let Err(e) = dir.access(&name, libc::R_OK) {
+                    self.inv.blockers.push((me, e));
+                }
+            }
+            let leader = if meta.kind == Kind::File && meta.nlink > 1 {
+                match self.links.get(&(meta.dev, meta.id.ino)) {
+                    Some(&l) => Some(l),
+                    None => {
+                        self.links.insert((meta.dev, meta.id.ino), me);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            self.inv.entries.push(Entry {
+                parent: ix,
+                name,
+                meta,
+                seen,
+                children: 0..0,
+                leader,
+                changed: false,
+            });
+            self.since_check += 1;
+            if self.since_check >= 256 {
+                self.since_check = 0;
+                check()?;
+            }
+        }
+        let end = self.inv.entries.len() as Ix;
+        self.inv.entries[ix as usize].children = start..end;
+        Ok(Some(start..end))
+    }
+}
+
 impl Inventory {
     /// Walk `app` (opened by the caller, `app_path` only names it in
     /// messages). `check` runs every few hundred entries (signals).
@@ -52,23 +167,25 @@ impl Inventory {
     ) -> Result<Inventory> {
         let seen = Time::now();
         let root_meta = app.stat().map_err(|e| Error::io("inspect", app_path, e))?;
-        let mut inv = Inventory {
-            entries: vec![Entry {
-                parent: 0,
-                name: OsString::new(),
-                meta: root_meta,
-                seen,
-                children: 0..0,
-                leader: None,
-                changed: false,
-            }],
-            blockers: Vec::new(),
+        let mut walk = Walk {
+            inv: Inventory {
+                entries: vec![Entry {
+                    parent: 0,
+                    name: OsString::new(),
+                    meta: root_meta,
+                    seen,
+                    children: 0..0,
+                    leader: None,
+                    changed: false,
+                }],
+                blockers: Vec::new(),
+            },
+            app_path,
+            root_dev: root_meta.dev,
+            root_user: nix::unistd::geteuid().is_root(),
+            links: HashMap::new(),
+            since_check: 0,
         };
-        // The kernel's own answer (read-only mounts, immutable flags,
-        // permissions, ACLs), asked where the walk already is: files only
-        // when we are not root, who may read anything.
-        let root_user = nix::unistd::geteuid().is_root();
-        let mut links: HashMap<(u64, u64), Ix> = HashMap::new();
         // Directories still to read, each with its parent held open; the
         // stack keeps the walk depth-first, so few directories are open.
         let mut todo: Vec<(Ix, Option<Rc<Dir>>)> = vec![(0, None)];
@@ -76,102 +193,24 @@ impl Inventory {
             app.try_clone()
                 .map_err(|e| Error::io("open", app_path, e))?,
         );
-        let mut since_check = 0usize;
         while let Some((ix, parent)) = todo.pop() {
             let dir = match parent {
                 None => root.take().expect("the root is read once"),
-                Some(p) => {
-                    let e = &inv.entries[ix as usize];
-                    match p.open_dir(&e.name) {
-                        Ok(d) => d,
-                        Err(err)
-                            if matches!(
-                                err.raw_os_error(),
-                                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                            ) =>
-                        {
-                            inv.entries[ix as usize].changed = true;
-                            continue;
-                        }
-                        Err(err) => {
-                            return Err(Error::io("open directory", &inv.path(app_path, ix), err))
-                        }
-                    }
-                }
+                Some(p) => match walk.open(ix, &p)? {
+                    Some(d) => d,
+                    None => continue,
+                },
             };
-            let m = dir
-                .stat()
-                .map_err(|e| Error::io("inspect", &inv.path(app_path, ix), e))?;
-            if m.dev != root_meta.dev {
-                return Err(Error::Unsafe(format!(
-                    "{} is a mount point inside the data directory {}; sharelink cannot move a mount into the share or replace it with a symlink. Unmount it (drop the volume) and re-run",
-                    inv.path(app_path, ix).display(),
-                    app_path.display()
-                )));
-            }
-            if m.id.ino != inv.entries[ix as usize].meta.id.ino {
-                inv.entries[ix as usize].changed = true;
-                continue;
-            }
-            if let Err(e) = dir.access(OsStr::new("."), libc::W_OK | libc::X_OK) {
-                inv.blockers.push((ix, e));
-            }
-            let listing = dir
-                .list()
-                .map_err(|e| Error::io("read directory", &inv.path(app_path, ix), e))?;
-            let start = inv.entries.len() as Ix;
-            for (name, _) in listing {
-                let seen = Time::now();
-                let meta = match dir.stat_at(&name) {
-                    Ok(Some(m)) => m,
-                    // Removed since the listing.
-                    Ok(None) => continue,
-                    Err(e) => {
-                        return Err(Error::io("inspect", &inv.path(app_path, ix).join(&name), e))
+            if let Some(children) = walk.read(ix, &dir, check)? {
+                let dir = Rc::new(dir);
+                for c in children.rev() {
+                    if walk.inv.entries[c as usize].meta.kind == Kind::Dir {
+                        todo.push((c, Some(dir.clone())));
                     }
-                };
-                let me = inv.entries.len() as Ix;
-                if !root_user && meta.kind == Kind::File {
-                    if let Err(e) = dir.access(&name, libc::R_OK) {
-                        inv.blockers.push((me, e));
-                    }
-                }
-                let leader = if meta.kind == Kind::File && meta.nlink > 1 {
-                    match links.get(&(meta.dev, meta.id.ino)) {
-                        Some(&l) => Some(l),
-                        None => {
-                            links.insert((meta.dev, meta.id.ino), me);
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                inv.entries.push(Entry {
-                    parent: ix,
-                    name,
-                    meta,
-                    seen,
-                    children: 0..0,
-                    leader,
-                    changed: false,
-                });
-                since_check += 1;
-                if since_check >= 256 {
-                    since_check = 0;
-                    check()?;
-                }
-            }
-            let end = inv.entries.len() as Ix;
-            inv.entries[ix as usize].children = start..end;
-            let dir = Rc::new(dir);
-            for c in (start..end).rev() {
-                if inv.entries[c as usize].meta.kind == Kind::Dir {
-                    todo.push((c, Some(dir.clone())));
                 }
             }
         }
-        Ok(inv)
+        Ok(walk.inv)
     }
 
     pub fn get(&self, ix: Ix) -> &Entry {

@@ -48,7 +48,7 @@ use crate::fs::attrs::{Fidelity, Loss};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::{names, pool, tree};
-use crate::lock::Lock;
+use crate::link::lock::Lock;
 use crate::signals;
 
 use compare::Verdict;
@@ -203,7 +203,7 @@ impl Fresh {
         self.last_ok_ms.store(self.now_ms(), Relaxed);
     }
 
-    /// Block until the lock was confirmed within [`FRESH_FOR`].
+    /// Block until the lock was confirmed within `FRESH_FOR`.
     pub fn wait(&self) -> Result<()> {
         loop {
             if self.failed.load(Relaxed) {
@@ -246,7 +246,7 @@ pub fn heartbeat(lock: &mut Lock, fresh: &Fresh, progress: &Progress) -> Result<
         Ok(()) => {
             fresh.touch();
             if let Some(snap) = progress.maybe_log() {
-                lock.publish(&snap);
+                lock.publish(&progress::Published::of(&snap).to_text());
             }
             Ok(())
         }
@@ -784,50 +784,8 @@ impl Migration<'_> {
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
         ctx.lock.verify()?;
         let staged = Ledger::from_staged(inv, &staged);
-        // Move root `r` from the staging tree into the target. `expect`:
-        // replace what is there, if it still is that (our own older copy).
-        // Returns the moved entry's identity on the share (a rename may
-        // move its ctime), or `None` when it did not move.
-        let moved = |r: Ix, expect: Option<&Identity>| -> Result<Option<Option<Identity>>> {
-            let rel = inv.rel(r);
-            let parent_rel = rel.parent().unwrap_or(Path::new(""));
-            let name = &inv.get(r).name;
-            let from = tree::open_beneath(&staging.tree, parent_rel).map_err(|e| {
-                Error::io("open", &staging.path.join(copy::TREE).join(parent_rel), e)
-            })?;
-            let to = tree::open_beneath(target, parent_rel)
-                .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
-            let r = match expect {
-                Some(id) => match to.stat_at(name) {
-                    Ok(Some(m)) if m.id == *id => from.rename(name, &to, name),
-                    _ => return Ok(None),
-                },
-                None => from.rename_noreplace(name, &to, name),
-            };
-            match r {
-                Ok(()) => {
-                    failpoint::hit("merge.moved");
-                    let now = to.stat_at(name).ok().flatten();
-                    Ok(Some(now.filter(|m| m.kind == Kind::File).map(|m| m.id)))
-                }
-                // It appeared on the share meanwhile: compared next pass.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EEXIST | libc::ENOTEMPTY | libc::ENOENT)
-                    ) =>
-                {
-                    Ok(None)
-                }
-                Err(e) => Err(Error::io(
-                    "move into the share",
-                    &self.share_path.join(&rel),
-                    e,
-                )),
-            }
-        };
         for &r in copy_in {
-            if let Some(id) = moved(r, None)? {
+            if let Some(id) = self.move_in(inv, r, &staging, target, None)? {
                 for i in inv.subtree(r) {
                     ledger.deletable[i as usize] = staged.deletable[i as usize];
                     ledger.copies[i as usize] = staged.copies[i as usize];
@@ -836,7 +794,7 @@ impl Migration<'_> {
             }
         }
         for &(r, ref was) in replace {
-            if let Some(id) = moved(r, Some(was))? {
+            if let Some(id) = self.move_in(inv, r, &staging, target, Some(was))? {
                 ledger.deletable[r as usize] = staged.deletable[r as usize];
                 ledger.copies[r as usize] = id;
                 out.replaced += 1;
@@ -848,6 +806,55 @@ impl Migration<'_> {
         staging.close()?;
         add(&mut out.copied, &stats);
         Ok(())
+    }
+
+    /// Move root `r` from the staging tree into the target. `expect`:
+    /// replace what is there, if it still is that (our own older copy).
+    /// Returns the moved entry's identity on the share (a rename may move
+    /// its ctime), or `None` when it did not move.
+    fn move_in(
+        &self,
+        inv: &Inventory,
+        r: Ix,
+        staging: &Staging,
+        target: &Dir,
+        expect: Option<&Identity>,
+    ) -> Result<Option<Option<Identity>>> {
+        let rel = inv.rel(r);
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let name = &inv.get(r).name;
+        let from = tree::open_beneath(&staging.tree, parent_rel)
+            .map_err(|e| Error::io("open", &staging.path.join(copy::TREE).join(parent_rel), e))?;
+        let to = tree::open_beneath(target, parent_rel)
+            .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
+        let moved = match expect {
+            Some(id) => match to.stat_at(name) {
+                Ok(Some(m)) if m.id == *id => from.rename(name, &to, name),
+                _ => return Ok(None),
+            },
+            None => from.rename_noreplace(name, &to, name),
+        };
+        match moved {
+            Ok(()) => {
+                failpoint::hit("merge.moved");
+                let now = to.stat_at(name).ok().flatten();
+                Ok(Some(now.filter(|m| m.kind == Kind::File).map(|m| m.id)))
+            }
+            // It appeared on the share meanwhile: compared next pass.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EEXIST | libc::ENOTEMPTY | libc::ENOENT)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(
+                "move into the share",
+                &self.share_path.join(&rel),
+                e,
+            )),
+        }
     }
 
     /// Keep app entries the share must not take under
@@ -870,19 +877,7 @@ impl Migration<'_> {
         )?);
         let SetAside { stamps, partial } =
             SetAside::find(&base).map_err(|e| Error::io("read directory", &base_path, e))?;
-        // Leaves of the subtrees to keep: non-directories and empty
-        // directories.
-        let mut leaves = Vec::new();
-        let mut under = vec![false; inv.entries.len()];
-        for &r in roots {
-            for i in inv.subtree(r) {
-                under[i as usize] = true;
-                let e = inv.get(i);
-                if e.meta.kind != Kind::Dir || e.children.is_empty() {
-                    leaves.push(i);
-                }
-            }
-        }
+        let (leaves, under) = leaves_under(inv, roots);
         let kept = self.already_kept(inv, app, &stamps, &leaves, ctx)?;
         let mut todo = Vec::new();
         for &l in &leaves {
@@ -904,24 +899,7 @@ impl Migration<'_> {
             }
             return Ok(());
         }
-        // What to copy: the leaves not kept yet, and the directories on the
-        // way (copied with their attributes inside the kept subtrees).
-        let mut sel = vec![Sel::Skip; inv.entries.len()];
-        for &l in &todo {
-            sel[l as usize] = Sel::Copy;
-            let mut p = l;
-            while p != 0 {
-                p = inv.get(p).parent;
-                let s = if under[p as usize] {
-                    Sel::Copy
-                } else {
-                    Sel::Path
-                };
-                if sel[p as usize] == Sel::Skip {
-                    sel[p as usize] = s;
-                }
-            }
-        }
+        let sel = select_leaves(inv, &todo, &under);
         let stamp =
             partial.unwrap_or_else(|| crate::clock::Utc::at(std::time::SystemTime::now()).stamp());
         let mut staging = Staging::open(
@@ -937,25 +915,7 @@ impl Migration<'_> {
         ctx.progress.start(files, bytes);
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
         ctx.lock.verify()?;
-        let mut name = stamp.clone();
-        for n in 2.. {
-            match staging.commit_tree(&base, OsStr::new(&name)) {
-                Ok(()) => break,
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY))
-                        && n < 100 =>
-                {
-                    name = format!("{stamp}-{n}");
-                }
-                Err(e) => {
-                    return Err(Error::io(
-                        "rename set-aside copy to",
-                        &base_path.join(&name),
-                        e,
-                    ))
-                }
-            }
-        }
+        let name = commit_stamped(&staging, &base, &base_path, &stamp)?;
         failpoint::hit("displace.renamed");
         base.sync_fs()
             .map_err(|e| Error::io("sync", &base_path, e))?;
@@ -1027,6 +987,70 @@ impl Migration<'_> {
             .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
             .collect())
     }
+}
+
+/// The leaves of the subtrees under `roots` (non-directories and empty
+/// directories), and which entries are in those subtrees.
+fn leaves_under(inv: &Inventory, roots: &[Ix]) -> (Vec<Ix>, Vec<bool>) {
+    let mut leaves = Vec::new();
+    let mut under = vec![false; inv.entries.len()];
+    for &r in roots {
+        for i in inv.subtree(r) {
+            under[i as usize] = true;
+            let e = inv.get(i);
+            if e.meta.kind != Kind::Dir || e.children.is_empty() {
+                leaves.push(i);
+            }
+        }
+    }
+    (leaves, under)
+}
+
+/// What to copy: `leaves`, and the directories on the way (copied with
+/// their attributes inside the kept subtrees, `under`; plain elsewhere).
+fn select_leaves(inv: &Inventory, leaves: &[Ix], under: &[bool]) -> Vec<Sel> {
+    let mut sel = vec![Sel::Skip; inv.entries.len()];
+    for &l in leaves {
+        sel[l as usize] = Sel::Copy;
+        let mut p = l;
+        while p != 0 {
+            p = inv.get(p).parent;
+            let s = if under[p as usize] {
+                Sel::Copy
+            } else {
+                Sel::Path
+            };
+            if sel[p as usize] == Sel::Skip {
+                sel[p as usize] = s;
+            }
+        }
+    }
+    sel
+}
+
+/// Rename the staged set-aside copy to `stamp` in `base`, or `stamp-2`,
+/// `stamp-3`... when that is taken (two runs in the same second). Returns
+/// the name.
+fn commit_stamped(staging: &Staging, base: &Dir, base_path: &Path, stamp: &str) -> Result<String> {
+    let mut name = stamp.to_string();
+    for n in 2.. {
+        match staging.commit_tree(base, OsStr::new(&name)) {
+            Ok(()) => break,
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) && n < 100 =>
+            {
+                name = format!("{stamp}-{n}");
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "rename set-aside copy to",
+                    &base_path.join(&name),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(name)
 }
 
 /// One complete set-aside copy under `displaced/<app path>/`.

@@ -74,6 +74,79 @@ impl Snapshot {
     }
 }
 
+/// A snapshot as the migrating process publishes it in its lock, for
+/// `status` in other processes: `key=value` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub files: u64,
+    pub files_total: u64,
+    pub bytes: u64,
+    pub bytes_total: u64,
+    pub rate: u64,
+    pub eta_s: Option<u64>,
+}
+
+impl Published {
+    pub fn of(snap: &Snapshot) -> Published {
+        Published {
+            files: snap.files,
+            files_total: snap.files_total,
+            bytes: snap.bytes,
+            bytes_total: snap.bytes_total,
+            rate: snap.rate(),
+            eta_s: snap.eta().map(|d| d.as_secs()),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        format!(
+            "files={}\nfiles_total={}\nbytes={}\nbytes_total={}\nrate={}\neta_s={}\n",
+            self.files,
+            self.files_total,
+            self.bytes,
+            self.bytes_total,
+            self.rate,
+            self.eta_s.unwrap_or(0)
+        )
+    }
+
+    pub fn parse(text: &str) -> Option<Published> {
+        let num = |k: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(Published {
+            files: num("files")?,
+            files_total: num("files_total")?,
+            bytes: num("bytes")?,
+            bytes_total: num("bytes_total")?,
+            rate: num("rate").unwrap_or(0),
+            eta_s: num("eta_s").filter(|&s| s > 0),
+        })
+    }
+
+    /// `120/5000 files, 1.2 GiB/4.0 GiB, 85.0 MiB/s, about 34s left`
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{}/{} files, {}/{}",
+            self.files,
+            self.files_total,
+            human(self.bytes),
+            human(self.bytes_total)
+        );
+        if self.rate > 0 {
+            s.push_str(&format!(", {}/s", human(self.rate)));
+        }
+        if let Some(eta) = self.eta_s {
+            s.push_str(&format!(", about {eta}s left"));
+        }
+        s
+    }
+}
+
 /// `1.2 GiB` (integer arithmetic: no float formatting in the binary).
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -116,6 +189,11 @@ impl Progress {
     pub fn add(&self, files: u64, bytes: u64) {
         self.files.fetch_add(files, Relaxed);
         self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// The byte counter, for copies that count as they go.
+    pub fn copied(&self) -> &AtomicU64 {
+        &self.bytes
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -190,5 +268,20 @@ mod tests {
             ..s
         };
         assert_eq!(done.eta(), None);
+    }
+
+    #[test]
+    fn published_round_trip() {
+        let s = Snapshot {
+            files: 50,
+            files_total: 100,
+            bytes: 512 << 20,
+            bytes_total: 1 << 30,
+            elapsed: Duration::from_secs(10),
+        };
+        let p = Published::of(&s);
+        assert_eq!(Published::parse(&p.to_text()), Some(p));
+        assert_eq!(p.describe(), s.describe());
+        assert_eq!(Published::parse("files=1\n"), None);
     }
 }

@@ -298,7 +298,12 @@ fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
         src: meta.dev,
         dst: meta.dev,
     };
-    crate::fs::content::copy(f, &to, meta.id.size, meta.looks_sparse(), devs, &stop)?;
+    let copied = std::sync::atomic::AtomicU64::new(0);
+    let watch = crate::fs::content::Watch {
+        stop: &stop,
+        copied: &copied,
+    };
+    crate::fs::content::copy(f, &to, meta.id.size, meta.looks_sparse(), devs, watch)?;
     let x = crate::fs::attrs::read_file(f)?;
     let made = crate::fs::attrs::Made::by_us(0o600);
     crate::fs::attrs::apply_fd(&to, &meta, made, &x, &crate::fs::attrs::Fidelity::default())
