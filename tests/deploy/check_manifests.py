@@ -4,7 +4,7 @@
 
 The facts they must agree with are read from the repository itself: the
 share root from config/sharelink.toml, the `app` user's ids from the
-Dockerfile, sharelink's exit codes from src/error.rs. Prints PASS/FAIL lines;
+Dockerfile, sharelink's exit codes from src/exit_code.rs. Prints PASS/FAIL lines;
 exits 1 on any FAIL.
 """
 
@@ -28,8 +28,11 @@ def check(desc, ok, detail=""):
 
 
 def exit_codes():
-    text = (ROOT / "src/error.rs").read_text()
-    return {m[0]: int(m[1]) for m in re.findall(r"pub const (\w+): i32 = (\d+);", text)}
+    """ExitCode variant -> number, from `ExitCode::Name => 65,` in code()."""
+    text = (ROOT / "src/exit_code.rs").read_text()
+    codes = {m[0]: int(m[1]) for m in re.findall(r"ExitCode::(\w+) => (\d+),", text)}
+    assert codes, "no exit codes found in src/exit_code.rs"
+    return codes
 
 
 def dockerfile_ids():
@@ -155,10 +158,10 @@ def kubernetes(path):
                 return r["action"]
         return "Count"
 
-    for name in ("UNSAFE", "CONFIG"):
+    for name in ("Unsafe", "Config"):
         check(f"CronJob: exit {CODES[name]} ({name}) fails the Job at once", action_for(CODES[name]) == "FailJob", rules)
-    check(f"CronJob: exit {CODES['UNAVAILABLE']} (share unavailable) is retried",
-          action_for(CODES["UNAVAILABLE"]) in ("Ignore", "Count"), rules)
+    check(f"CronJob: exit {CODES['ShareUnavailable']} (share unavailable) is retried",
+          action_for(CODES["ShareUnavailable"]) in ("Ignore", "Count"), rules)
     check("CronJob: activeDeadlineSeconds bounds the retries", job.get("activeDeadlineSeconds", 0) > 0)
     for r in rules:
         e = r.get("onExitCodes")
