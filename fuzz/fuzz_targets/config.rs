@@ -1,6 +1,6 @@
 //! Coverage-guided fuzzing of config parsing and validation:
 //! `cargo +nightly fuzz run config fuzz/seeds/config` (see docs/reliability.md).
-//! CI runs the proptest twin, tests/reliability_config_fuzz.rs.
+//! CI runs its proptest twin (the config-fuzzing integration tests).
 //!
 //! Properties: `parse` never panics; every rejection is exit 78 and names
 //! the config; every accepted config has absolute roots, clean relative
