@@ -456,8 +456,14 @@ fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) 
         let _ = fs::remove_file(dir.join(PROGRESS));
         let _ = fs::remove_file(dir.join(".progress"));
         let _ = fs::remove_file(dir.join("owner"));
-        if let Err(e) = fs::remove_dir(&dir) {
-            if e.kind() != io::ErrorKind::NotFound {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            // Gone, or already someone else's: a waiter that found it
+            // without an owner removed it and another took the lock.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
+            Err(e) => {
                 let _ = fs::remove_dir(&breaker);
                 return Err(Error::io("remove stale lock", &dir, e));
             }
