@@ -196,7 +196,10 @@ CFG
     code=0; t 30 tail --pid="$pid" -f /dev/null || true; wait "$pid" || code=$?
     check "$label: SIGTERM is forwarded to the command (its handler's 42, got $code)" test "$code" = 42
     rm -f "$ready"
-    "${R[@]}" --config "$cfg" run -- sh -c "touch '$ready'; exec sleep 30" 2>/dev/null &
+    # A background job of a script starts with SIGINT ignored, and sharelink
+    # hands ignored signals on as it got them (as nohup expects): start it
+    # with SIGINT at its default, as a foreground or container start does.
+    env --default-signal=INT "${R[@]}" --config "$cfg" run -- sh -c "touch '$ready'; exec sleep 30" 2>/dev/null &
     pid=$!
     wait_for_file "$ready" 30
     sleep 0.2
