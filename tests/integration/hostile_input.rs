@@ -3,8 +3,8 @@
 //! naive code (non-UTF-8, spaces, newlines, 255 bytes, 200 levels deep).
 //! None of these need root: plain directories, `require_mount = false`.
 
-mod common;
-mod rel_support;
+use crate::common;
+use crate::rel_support;
 
 use std::ffi::OsStr;
 use std::fs;

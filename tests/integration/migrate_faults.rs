@@ -3,7 +3,7 @@
 //! UTF-8, a migration that could never finish started anyway, and staging
 //! paths longer than PATH_MAX.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::fs;
@@ -98,7 +98,7 @@ fn same_size_and_mtime_as_a_kept_app_only_file_is_not_same_content() {
 /// refused, and nothing of the volume touched.
 #[test]
 fn volume_inside_data_dir_is_found_even_with_non_utf8_mount_names() {
-    if !in_private_mount_ns("volume_inside_data_dir_is_found_even_with_non_utf8_mount_names") {
+    if !in_private_mount_ns!("volume_inside_data_dir_is_found_even_with_non_utf8_mount_names") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //! tree), and on a share that cannot hold some of it (SMB-like) keeps the
 //! data, says once per kind what was lost, and counts it.
 
-mod common;
+use crate::common;
 use common::latencyfs::LatencyFs;
 use common::*;
 
@@ -248,7 +248,7 @@ fn config(path: &Path, app_root: &Path, share: &Path) {
 
 #[test]
 fn copy_keeps_what_cp_a_keeps() {
-    if !in_private_mount_ns("copy_keeps_what_cp_a_keeps") {
+    if !in_private_mount_ns!("copy_keeps_what_cp_a_keeps") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -309,7 +309,7 @@ fn copy_keeps_what_cp_a_keeps() {
 /// loss is one warning and a count in the link's line.
 #[test]
 fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
-    if !in_private_mount_ns("smb_like_share_keeps_the_data_and_warns_once_per_kind") {
+    if !in_private_mount_ns!("smb_like_share_keeps_the_data_and_warns_once_per_kind") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

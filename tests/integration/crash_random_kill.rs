@@ -18,8 +18,8 @@
 //! `SHARELINK_CRASH_TRIALS` (default 200) and `SHARELINK_TEST_SEED` repeat
 //! or extend a run.
 
-mod common;
-mod rel_support;
+use crate::common;
+use crate::rel_support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -175,7 +175,7 @@ impl Figures {
 
 #[test]
 fn crash_consistency_random_sigkill() {
-    if !common::in_private_mount_ns("crash_consistency_random_sigkill") {
+    if !in_private_mount_ns!("crash_consistency_random_sigkill") {
         return;
     }
     let seed = rel_support::seed("crash_consistency_random_sigkill");

@@ -2,8 +2,8 @@
 //! mounted late), and SMB-like (refuses chmod/chown). A compact version of
 //! the per-row checks, with the figures for docs/reliability.md.
 
-mod common;
-mod rel_support;
+use crate::common;
+use crate::rel_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ fn write_cfg(base: &Path, app_root: &Path, share: &Path, extra: &str, links: &st
 
 #[test]
 fn full_share_mid_migration_then_space_freed() {
-    if !common::in_private_mount_ns("full_share_mid_migration_then_space_freed") {
+    if !in_private_mount_ns!("full_share_mid_migration_then_space_freed") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -119,7 +119,7 @@ fn full_share_mid_migration_then_space_freed() {
 
 #[test]
 fn read_only_share_changes_nothing() {
-    if !common::in_private_mount_ns("read_only_share_changes_nothing") {
+    if !in_private_mount_ns!("read_only_share_changes_nothing") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -173,7 +173,7 @@ fn read_only_share_changes_nothing() {
 
 #[test]
 fn unmounted_share_touches_nothing_and_a_late_mount_is_used() {
-    if !common::in_private_mount_ns("unmounted_share_touches_nothing_and_a_late_mount_is_used") {
+    if !in_private_mount_ns!("unmounted_share_touches_nothing_and_a_late_mount_is_used") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -255,7 +255,7 @@ impl Drop for Fuse {
 
 #[test]
 fn smb_like_share_refusing_chmod_and_chown_warns_once_per_link() {
-    if !common::in_private_mount_ns("smb_like_share_refusing_chmod_and_chown_warns_once_per_link") {
+    if !in_private_mount_ns!("smb_like_share_refusing_chmod_and_chown_warns_once_per_link") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

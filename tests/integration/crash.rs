@@ -6,7 +6,7 @@
 //!
 //! Needs `cargo test --features failpoints`; without it this file fails.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -386,6 +386,7 @@ fn check_finished(s: Scenario, case: &Case, what: &str) {
     assert_eq!(code(&o), 0, "{what}: status: {}", stdout(&o));
 }
 
+/// `test`: the test's path from [`test_path!`].
 fn sweep(test: &str, s: Scenario) {
     if !in_private_mount_ns(test) {
         return;
@@ -437,7 +438,7 @@ fn sweep(test: &str, s: Scenario) {
 #[test]
 fn crash_anywhere_into_empty_share_then_rerun_completes() {
     sweep(
-        "crash_anywhere_into_empty_share_then_rerun_completes",
+        test_path!("crash_anywhere_into_empty_share_then_rerun_completes"),
         Scenario::IntoEmpty,
     );
 }
@@ -445,7 +446,7 @@ fn crash_anywhere_into_empty_share_then_rerun_completes() {
 #[test]
 fn crash_anywhere_while_setting_aside_then_rerun_completes() {
     sweep(
-        "crash_anywhere_while_setting_aside_then_rerun_completes",
+        test_path!("crash_anywhere_while_setting_aside_then_rerun_completes"),
         Scenario::KeepShare,
     );
 }
@@ -453,7 +454,7 @@ fn crash_anywhere_while_setting_aside_then_rerun_completes() {
 #[test]
 fn crash_anywhere_while_merging_then_rerun_completes() {
     sweep(
-        "crash_anywhere_while_merging_then_rerun_completes",
+        test_path!("crash_anywhere_while_merging_then_rerun_completes"),
         Scenario::Merge,
     );
 }
@@ -475,7 +476,7 @@ fn staged_inodes(case: &Case) -> BTreeMap<PathBuf, u64> {
 /// next run keeps the very same staged files (same inodes) and says so.
 #[test]
 fn killed_copy_resumes_instead_of_starting_over() {
-    if !in_private_mount_ns("killed_copy_resumes_instead_of_starting_over") {
+    if !in_private_mount_ns!("killed_copy_resumes_instead_of_starting_over") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -514,7 +515,7 @@ fn killed_copy_resumes_instead_of_starting_over() {
 /// migration finishes.
 #[test]
 fn repeatedly_killed_migration_still_finishes() {
-    if !in_private_mount_ns("repeatedly_killed_migration_still_finishes") {
+    if !in_private_mount_ns!("repeatedly_killed_migration_still_finishes") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -569,7 +570,7 @@ fn repeatedly_killed_migration_still_finishes() {
 /// migration finishes.
 #[test]
 fn killed_on_a_timer_again_and_again_still_finishes() {
-    if !in_private_mount_ns("killed_on_a_timer_again_and_again_still_finishes") {
+    if !in_private_mount_ns!("killed_on_a_timer_again_and_again_still_finishes") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@
 //! Needs the Python tools `.ci/install-deps` installs; without them it is
 //! skipped loudly, except with `CI=true`.
 
-mod script_support;
+use crate::script_support;
 
 use std::time::Duration;
 

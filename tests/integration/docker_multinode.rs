@@ -10,7 +10,7 @@
 //! - `SHARELINK_SKIP_DOCKER_MULTINODE=1` skips it outside CI (about three
 //!   minutes).
 
-mod script_support;
+use crate::script_support;
 
 use std::time::Duration;
 

@@ -8,8 +8,8 @@
 //! may stay under sharelink; afterwards SIGTERM is forwarded, the command's
 //! status (7) is sharelink's, and nothing hangs.
 
-mod common;
-mod rel_support;
+use crate::common;
+use crate::rel_support;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -40,9 +40,17 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// See the module docs. `test` is the test's full path as libtest names
-/// it (e.g. `overlay_lower_layer_migrates`).
-pub fn in_private_mount_ns(test: &str) -> bool {
+/// See the module docs. `path` is the test's path from [`test_path!`]
+/// (`integration::module::name`): the namespace runs exactly that test.
+pub fn in_private_mount_ns(path: &str) -> bool {
+    let test = path.split_once("::").map_or(path, |(_krate, test)| test);
+    // A test passing another test's name would re-run that one instead.
+    if let Some(thread) = std::thread::current().name().filter(|n| *n != "main") {
+        assert_eq!(
+            thread, test,
+            "in_private_mount_ns called with another test's name"
+        );
+    }
     if std::env::var_os(NS_ENV).is_some() {
         return true;
     }

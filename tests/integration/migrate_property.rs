@@ -7,7 +7,7 @@
 //! `SHARELINK_TEST_SEED` repeats a run, `SHARELINK_PROPERTY_TRIALS` makes it
 //! longer.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::collections::BTreeMap;

@@ -10,7 +10,7 @@
 //! The script's output is streamed to stderr as it runs (so a CI log shows
 //! progress) and its FAIL lines are repeated in the panic message.
 
-mod script_support;
+use crate::script_support;
 
 use std::time::Duration;
 

@@ -1,12 +1,12 @@
 //! `sharelink link` on real filesystems: every row of SPEC's table.
 
-mod common;
+use crate::common;
 use common::*;
 use std::fs;
 
 #[test]
 fn baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share() {
-    if !in_private_mount_ns("baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share") {
+    if !in_private_mount_ns!("baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share") {
         return;
     }
     let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"input\", \"output\"] }");
@@ -689,7 +689,7 @@ fn dev(p: &Path) -> u64 {
 
 #[test]
 fn overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view() {
-    if !in_private_mount_ns("overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view") {
+    if !in_private_mount_ns!("overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view") {
         return;
     }
     let sb = Sandbox::new("\"data\" = \"data\"");
@@ -729,7 +729,7 @@ fn overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view() {
 
 #[test]
 fn share_refusing_chmod_and_chown_warns_once_per_link() {
-    if !in_private_mount_ns("share_refusing_chmod_and_chown_warns_once_per_link") {
+    if !in_private_mount_ns!("share_refusing_chmod_and_chown_warns_once_per_link") {
         return;
     }
     let links =
@@ -820,7 +820,7 @@ fn share_refusing_chmod_and_chown_warns_once_per_link() {
 
 #[test]
 fn read_only_share_exits_73_and_touches_nothing() {
-    if !in_private_mount_ns("read_only_share_exits_73_and_touches_nothing") {
+    if !in_private_mount_ns!("read_only_share_exits_73_and_touches_nothing") {
         return;
     }
     let links = "\"baked\" = \"baked\"";
@@ -875,7 +875,7 @@ fn read_only_share_exits_73_and_touches_nothing() {
 
 #[test]
 fn share_too_small_exits_73_before_copying_and_completes_once_grown() {
-    if !in_private_mount_ns("share_too_small_exits_73_before_copying_and_completes_once_grown") {
+    if !in_private_mount_ns!("share_too_small_exits_73_before_copying_and_completes_once_grown") {
         return;
     }
     let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }");
@@ -930,7 +930,7 @@ fn write_config_with_timeout(sb: &Sandbox, timeout: &str, links: &str) {
 
 #[test]
 fn mount_timeout_waits_for_the_share_and_uses_it() {
-    if !in_private_mount_ns("mount_timeout_waits_for_the_share_and_uses_it") {
+    if !in_private_mount_ns!("mount_timeout_waits_for_the_share_and_uses_it") {
         return;
     }
     use std::io::{BufRead, BufReader};
@@ -1074,7 +1074,7 @@ fn assert_whole_somewhere(
 
 #[test]
 fn sigterm_during_link_stops_at_a_safe_point_and_rerun_completes() {
-    if !in_private_mount_ns("sigterm_during_link_stops_at_a_safe_point_and_rerun_completes") {
+    if !in_private_mount_ns!("sigterm_during_link_stops_at_a_safe_point_and_rerun_completes") {
         return;
     }
     let staging = |sb: &Sandbox| sb.share.join(".data.sharelink-staging");
@@ -1115,7 +1115,7 @@ fn sigterm_during_link_stops_at_a_safe_point_and_rerun_completes() {
 
 #[test]
 fn signal_during_prune_leaves_a_complete_share_and_rerun_finishes() {
-    if !in_private_mount_ns("signal_during_prune_leaves_a_complete_share_and_rerun_finishes") {
+    if !in_private_mount_ns!("signal_during_prune_leaves_a_complete_share_and_rerun_finishes") {
         return;
     }
     // Signalled once the target is committed: the app dir is being deleted.
@@ -1154,7 +1154,7 @@ fn signal_during_prune_leaves_a_complete_share_and_rerun_finishes() {
 
 #[test]
 fn signal_while_run_is_linking_never_starts_the_command() {
-    if !in_private_mount_ns("signal_while_run_is_linking_never_starts_the_command") {
+    if !in_private_mount_ns!("signal_while_run_is_linking_never_starts_the_command") {
         return;
     }
     use nix::sys::signal::Signal;
@@ -1195,7 +1195,7 @@ fn signal_while_run_is_linking_never_starts_the_command() {
 
 #[test]
 fn mount_at_or_below_the_app_path_is_refused_untouched() {
-    if !in_private_mount_ns("mount_at_or_below_the_app_path_is_refused_untouched") {
+    if !in_private_mount_ns!("mount_at_or_below_the_app_path_is_refused_untouched") {
         return;
     }
     // A volume mounted over the app directory (or inside it) cannot be
@@ -1275,7 +1275,7 @@ fn run_links_first_then_starts_the_command_with_its_status() {
 
 #[test]
 fn read_only_app_root_exits_73_before_copying_anything() {
-    if !in_private_mount_ns("read_only_app_root_exits_73_before_copying_anything") {
+    if !in_private_mount_ns!("read_only_app_root_exits_73_before_copying_anything") {
         return;
     }
     let sb = Sandbox::new("\"data\" = \"data\"");

@@ -6,7 +6,7 @@
 //! Without check-jsonschema the schema tests skip loudly; with `CI=true`
 //! they fail instead.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -7,7 +7,7 @@
 //! and the two musl rustup targets, all installed by `.ci/install-deps`;
 //! without them it is skipped loudly, except with `CI=true`.
 
-mod script_support;
+use crate::script_support;
 
 use std::time::Duration;
 

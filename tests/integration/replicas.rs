@@ -13,8 +13,8 @@
 //! lock whose holder is alive is not; a foreign host's lock is broken once
 //! its lease expires.
 
-mod common;
-mod rel_support;
+use crate::common;
+use crate::rel_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -173,7 +173,7 @@ fn replica_rounds(
 
 #[test]
 fn replicas_on_one_app_root() {
-    if !common::in_private_mount_ns("replicas_on_one_app_root") {
+    if !in_private_mount_ns!("replicas_on_one_app_root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -194,7 +194,7 @@ fn replicas_on_one_app_root() {
 
 #[test]
 fn replicas_on_separate_machines() {
-    if !common::in_private_mount_ns("replicas_on_separate_machines") {
+    if !in_private_mount_ns!("replicas_on_separate_machines") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //! it (a manual re-run in a running container, a sidecar): nothing they
 //! wrote may be lost.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::fs;

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 /// The binary under test; `SHARELINK_TEST_BIN` points the suite at another
 /// build (the static musl release binary, in CI).
