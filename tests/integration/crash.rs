@@ -6,8 +6,7 @@
 //!
 //! Needs `cargo test --features failpoints`; without it this file fails.
 
-use crate::common;
-use common::*;
+use crate::support::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -82,14 +81,10 @@ impl Case {
         self.share_root.join(".data.sharelink-staging")
     }
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        let mut c = std::process::Command::new(BIN);
-        c.arg("--config").arg(&self.config).args(args);
-        c.env_remove("SHARELINK_LOG")
-            .env_remove("SHARELINK_FAILPOINT")
-            .env_remove("SHARELINK_FAILPOINT_LOG")
-            // One worker: failpoints are then reached in a fixed order and
-            // hit counts are exact.
-            .env("SHARELINK_PARALLELISM", "1");
+        let mut c = sharelink(&self.config);
+        // One worker: failpoints are then reached in a fixed order and hit
+        // counts are exact.
+        c.args(args).env("SHARELINK_PARALLELISM", "1");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -587,12 +582,8 @@ fn killed_on_a_timer_again_and_again_still_finishes() {
     let mut attempts = Vec::new();
     let finished = loop {
         assert!(attempts.len() < 20, "no end after 20 kills: {attempts:?}");
-        let mut c = std::process::Command::new(BIN);
-        c.arg("--config")
-            .arg(&case.config)
-            .arg("link")
-            .env_remove("SHARELINK_LOG")
-            .env_remove("SHARELINK_FAILPOINT")
+        let mut c = sharelink(&case.config);
+        c.arg("link")
             .env("SHARELINK_PARALLELISM", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());

@@ -3,8 +3,7 @@
 //! naive code (non-UTF-8, spaces, newlines, 255 bytes, 200 levels deep).
 //! None of these need root: plain directories, `require_mount = false`.
 
-use crate::common;
-use crate::rel_support;
+use crate::support;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -12,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{expect_code as expect, stderr};
+use support::{expect_code, stderr};
 
 struct Box_ {
     _t: tempfile::TempDir,
@@ -29,11 +28,7 @@ fn sandbox(links: &str) -> Box_ {
     fs::create_dir_all(&app).unwrap();
     fs::create_dir_all(&share).unwrap();
     let cfg = root.join("sharelink.toml");
-    fs::write(
-        &cfg,
-        rel_support::config_text(&app, &share, false, "", links),
-    )
-    .unwrap();
+    fs::write(&cfg, support::config_text(&app, &share, false, "", links)).unwrap();
     Box_ {
         _t: t,
         root,
@@ -80,7 +75,7 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
         fs::write(outside.join("precious"), "do not touch").unwrap();
         let displaced = level.starts_with(".sharelink/displaced");
         if baked {
-            common::make_tree(&b.app.join("x/data"), 30, 1000, 9);
+            support::make_tree(&b.app.join("x/data"), 30, 1000, 9);
         }
         if displaced {
             // The share target already holds other data: app-only files
@@ -94,29 +89,29 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
         let at = b.share.join(level);
         fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&outside, &at).unwrap();
-        let outside_before = rel_support::load_tree(&outside);
-        let app_before = rel_support::load_tree(&b.app);
-        let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
-        expect(&o, 65);
+        let outside_before = support::snapshot(&outside);
+        let app_before = support::snapshot(&b.app);
+        let o = support::sharelink(&b.cfg).arg("link").output().unwrap();
+        expect_code(&o, 65);
         assert!(
             stderr(&o).contains("symlink inside the share"),
             "{level}: {}",
             stderr(&o)
         );
         assert_eq!(
-            rel_support::load_tree(&outside),
+            support::snapshot(&outside),
             outside_before,
             "{level}: wrote outside the share"
         );
         assert_eq!(
-            rel_support::load_tree(&b.app),
+            support::snapshot(&b.app),
             app_before,
             "{level}: app changed"
         );
         assert!(fs::symlink_metadata(&at).unwrap().file_type().is_symlink());
         // dry-run and status refuse too, without touching anything.
-        expect(
-            &rel_support::sharelink(&b.cfg)
+        expect_code(
+            &support::sharelink(&b.cfg)
                 .args(["link", "--dry-run"])
                 .output()
                 .unwrap(),
@@ -126,15 +121,12 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
                 65
             },
         );
-        expect(
-            &rel_support::sharelink(&b.cfg)
-                .arg("status")
-                .output()
-                .unwrap(),
+        expect_code(
+            &support::sharelink(&b.cfg).arg("status").output().unwrap(),
             1,
         );
         assert_eq!(
-            rel_support::load_tree(&outside),
+            support::snapshot(&outside),
             outside_before,
             "{level}: wrote outside the share"
         );
@@ -147,19 +139,19 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
     let outside = b.root.join("outside");
     fs::create_dir_all(&outside).unwrap();
     fs::write(outside.join("precious"), "do not touch").unwrap();
-    common::make_tree(&b.app.join("x/data"), 30, 1000, 9);
-    let data = rel_support::load_tree(&b.app.join("x/data"));
+    support::make_tree(&b.app.join("x/data"), 30, 1000, 9);
+    let data = support::snapshot(&b.app.join("x/data"));
     fs::create_dir_all(b.share.join("a/b/c")).unwrap();
     std::os::unix::fs::symlink(&outside, b.share.join("a/b/c/.data.sharelink-staging")).unwrap();
-    let outside_before = rel_support::load_tree(&outside);
-    let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
-    expect(&o, 0);
-    assert_eq!(rel_support::load_tree(&outside), outside_before);
-    let mut got = rel_support::load_tree(&b.share.join("a/b/c/data"));
+    let outside_before = support::snapshot(&outside);
+    let o = support::sharelink(&b.cfg).arg("link").output().unwrap();
+    expect_code(&o, 0);
+    assert_eq!(support::snapshot(&outside), outside_before);
+    let mut got = support::snapshot(&b.share.join("a/b/c/data"));
     got.remove(Path::new("in/deep"));
     got.remove(Path::new("in"));
     assert_eq!(got, data);
-    rel_support::report(&format!(
+    support::report(&format!(
         "hostile share: symlink to outside planted at each of {refused} levels (4 path components, 2 dirs levels, .sharelink, locks, displaced x2): exit 65 every time, 0 bytes written outside; planted staging symlink: removed, outside untouched"
     ));
 }
@@ -268,24 +260,24 @@ fn traversal_and_overlapping_configs_are_rejected_naming_the_key() {
             vec!["links.\"s/x\"", "overlap"],
         ),
     ];
-    let app_before = rel_support::load_tree(&b.app);
+    let app_before = support::snapshot(&b.app);
     for (text, want) in &cases {
         fs::write(&b.cfg, text).unwrap();
         for cmd in ["check", "link", "status"] {
-            let o = rel_support::sharelink(&b.cfg).arg(cmd).output().unwrap();
-            expect(&o, 78);
+            let o = support::sharelink(&b.cfg).arg(cmd).output().unwrap();
+            expect_code(&o, 78);
             let e = stderr(&o);
             for w in want {
                 assert!(e.contains(w), "{cmd} with\n{text}\nshould name {w:?}: {e}");
             }
         }
         assert!(
-            rel_support::names(&b.share).is_empty(),
+            support::names(&b.share).is_empty(),
             "touched the share for\n{text}"
         );
-        assert_eq!(rel_support::load_tree(&b.app), app_before);
+        assert_eq!(support::snapshot(&b.app), app_before);
     }
-    rel_support::report(&format!(
+    support::report(&format!(
         "hostile config: {} traversal/overlap/invalid configs x check, link, status: exit 78 naming the key every time, nothing touched",
         cases.len()
     ));
@@ -315,16 +307,13 @@ fn ten_thousand_links() {
         fs::write(d.join("baked.txt"), format!("data {i}")).unwrap();
     }
     let t0 = Instant::now();
-    let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
+    let o = support::sharelink(&b.cfg).arg("link").output().unwrap();
     let took_link = t0.elapsed();
-    expect(&o, 0);
+    expect_code(&o, 0);
     let t1 = Instant::now();
-    let o = rel_support::sharelink(&b.cfg)
-        .arg("status")
-        .output()
-        .unwrap();
+    let o = support::sharelink(&b.cfg).arg("status").output().unwrap();
     let took_status = t1.elapsed();
-    expect(&o, 0);
+    expect_code(&o, 0);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -345,16 +334,10 @@ fn ten_thousand_links() {
     }
     // A re-run is cheap and changes nothing.
     let t2 = Instant::now();
-    expect(
-        &rel_support::sharelink(&b.cfg).arg("link").output().unwrap(),
-        0,
-    );
+    expect_code(&support::sharelink(&b.cfg).arg("link").output().unwrap(), 0);
     let took_rerun = t2.elapsed();
-    assert_eq!(
-        rel_support::leftovers(&b.app, &b.share),
-        Vec::<String>::new()
-    );
-    rel_support::report(&format!(
+    assert_eq!(support::leftovers(&b.app, &b.share), Vec::<String>::new());
+    support::report(&format!(
         "10,000 links (100 with baked data): link exit 0 in {took_link:.2?}, status exit 0 in {took_status:.2?}, re-run in {took_rerun:.2?} (debug build)"
     ));
 }
@@ -420,41 +403,35 @@ fn odd_names_and_deep_trees_migrate_byte_for_byte() {
     }
     let before: Vec<_> = apps
         .iter()
-        .map(|a| rel_support::load_tree(&b.app.join(a)))
+        .map(|a| support::snapshot(&b.app.join(a)))
         .collect();
     let entries: usize = before.iter().map(|t| t.len()).sum();
-    let o = rel_support::sharelink(&b.cfg).arg("link").output().unwrap();
-    expect(&o, 0);
+    let o = support::sharelink(&b.cfg).arg("link").output().unwrap();
+    expect_code(&o, 0);
     let shares = ["share dir/with space", "données/数据", long.as_str(), "odd"];
     for (i, s) in shares.iter().enumerate() {
-        let mut got = rel_support::load_tree(&b.share.join(s));
+        let mut got = support::snapshot(&b.share.join(s));
         if *s == "odd" {
             got.remove(Path::new("in put"));
             got.remove(Path::new("out\nput"));
         }
-        let (m, c, x, msgs) = rel_support::diff(&before[i], &got, true, 5);
+        let (m, c, x, msgs) = support::diff(&before[i], &got, true, 5);
         assert_eq!((m, c, x), (0, 0, 0), "{s}: {msgs:?}");
         assert_eq!(fs::read_link(b.app.join(apps[i])).unwrap(), b.share.join(s));
     }
-    expect(
-        &rel_support::sharelink(&b.cfg)
-            .arg("status")
-            .output()
-            .unwrap(),
+    expect_code(
+        &support::sharelink(&b.cfg).arg("status").output().unwrap(),
         0,
     );
-    expect(
-        &rel_support::sharelink(&b.cfg)
+    expect_code(
+        &support::sharelink(&b.cfg)
             .args(["status", "--json"])
             .output()
             .unwrap(),
         0,
     );
-    assert_eq!(
-        rel_support::leftovers(&b.app, &b.share),
-        Vec::<String>::new()
-    );
-    rel_support::report(&format!(
+    assert_eq!(support::leftovers(&b.app, &b.share), Vec::<String>::new());
+    support::report(&format!(
         "odd names: 4 links (spaces, non-ASCII, 255-byte link names) x trees with non-UTF-8/newline/tab/255-byte names and 200 levels of directories ({entries} entries): exit 0, all equal byte for byte with modes"
     ));
 }

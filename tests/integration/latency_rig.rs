@@ -4,9 +4,8 @@
 //! and requests from different threads are served concurrently (a rig that
 //! serialised them would hide the very latency effect it exists to show).
 
-use crate::common;
-use common::latencyfs::LatencyFs;
-use common::*;
+use crate::support::latencyfs::LatencyFs;
+use crate::support::*;
 
 use std::ffi::CString;
 use std::fs;

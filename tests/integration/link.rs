@@ -1,7 +1,6 @@
 //! `sharelink link` on real filesystems: every row of SPEC's table.
 
-use crate::common;
-use common::*;
+use crate::support::*;
 use std::fs;
 
 #[test]
@@ -640,7 +639,7 @@ fn check_accepts_good_config_and_names_key_and_line_of_bad_one() {
         // link refuses too, before touching anything.
         expect_code(&sb.run(["link"]), 78);
     }
-    let o = std::process::Command::new(BIN)
+    let o = std::process::Command::new(bin())
         .arg("--config")
         .arg(sb.root.path().join("nope.toml"))
         .arg("check")

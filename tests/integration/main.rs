@@ -1,24 +1,9 @@
-//! The integration tests: one crate, one module per subject.
+//! The integration tests: one crate, one module per subject, helpers in
+//! [`support`]. Run with `cargo test --features failpoints` (as root, with
+//! Docker, for all of them: see `support` for what skips and when).
 
-/// The path of test `$name` in this crate as libtest names it
-/// (`module::name`), prefixed with the crate's name (stripped where used).
-macro_rules! test_path {
-    ($name:literal) => {
-        concat!(module_path!(), "::", $name)
-    };
-}
-
-/// `if !in_private_mount_ns!("this_test") { return; }` at the top of a
-/// test that mounts: see [`common::in_private_mount_ns`].
-macro_rules! in_private_mount_ns {
-    ($name:literal) => {
-        $crate::common::in_private_mount_ns(test_path!($name))
-    };
-}
-
-mod common;
-mod rel_support;
-mod script_support;
+#[macro_use]
+mod support;
 
 mod compose_files;
 mod config_property;

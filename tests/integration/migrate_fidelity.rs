@@ -2,9 +2,8 @@
 //! tree), and on a share that cannot hold some of it (SMB-like) keeps the
 //! data, says once per kind what was lost, and counts it.
 
-use crate::common;
-use common::latencyfs::LatencyFs;
-use common::*;
+use crate::support::latencyfs::LatencyFs;
+use crate::support::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -273,12 +272,7 @@ fn copy_keeps_what_cp_a_keeps() {
     let cfg = root.path().join("sharelink.toml");
     config(&cfg, &merged, &share);
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     assert!(
         !stderr(&o).contains("WARN"),
@@ -328,12 +322,7 @@ fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
     let cfg = root.path().join("sharelink.toml");
     config(&cfg, &merged, &share);
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     let err = stderr(&o);
     let mut kinds: Vec<String> = err
@@ -398,12 +387,7 @@ fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
         share.join("data")
     );
     // Nothing left to warn about on the next run.
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     assert!(!stderr(&o).contains("WARN"), "{}", stderr(&o));
 }

@@ -2,8 +2,7 @@
 //! it (a manual re-run in a running container, a sidecar): nothing they
 //! wrote may be lost.
 
-use crate::common;
-use common::*;
+use crate::support::*;
 
 use std::fs;
 use std::io::Write;
@@ -210,19 +209,7 @@ fn race_a_writer(
         .spawn()
         .unwrap();
     let pid = child.id();
-    wait_for(
-        "sharelink to stop holding the lease",
-        Duration::from_secs(30),
-        || {
-            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('T')
-            })
-        },
-    );
+    wait_stopped(pid, Duration::from_secs(30));
     // The writer's open blocks on the lease.
     let path = app.join("journal.txt");
     let w = std::thread::spawn(move || {

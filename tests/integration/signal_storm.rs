@@ -8,8 +8,7 @@
 //! may stay under sharelink; afterwards SIGTERM is forwarded, the command's
 //! status (7) is sharelink's, and nothing hangs.
 
-use crate::common;
-use crate::rel_support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -63,7 +62,7 @@ fn read_counts(path: &Path) -> BTreeMap<i32, u64> {
 
 #[test]
 fn signal_storm_to_pid1() {
-    if !common::require_root("signal_storm_to_pid1") {
+    if !support::require_root("signal_storm_to_pid1") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -71,18 +70,18 @@ fn signal_storm_to_pid1() {
     let cfg = dir.join("sharelink.toml");
     fs::write(
         &cfg,
-        rel_support::config_text(&dir.join("app"), &dir.join("share"), false, "", ""),
+        support::config_text(&dir.join("app"), &dir.join("share"), false, "", ""),
     )
     .unwrap();
     fs::create_dir_all(dir.join("share")).unwrap();
     let log = dir.join("sharelink.log");
     let mut unshare = Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc"])
-        .arg(rel_support::BIN)
+        .arg(support::bin())
         .arg("--config")
         .arg(&cfg)
         .args(["run", "--grace-period", "2s", "--"])
-        .arg(common::example("sigcount"))
+        .arg(support::program("sigcount"))
         .arg(dir)
         .env_remove("SHARELINK_LOG")
         .stdin(Stdio::null())
@@ -126,7 +125,7 @@ fn signal_storm_to_pid1() {
     ];
     let kinds: Vec<i32> = standard.iter().chain(realtime.iter()).copied().collect();
     let mut sent: BTreeMap<i32, u64> = BTreeMap::new();
-    let mut rng = rel_support::Rng(rel_support::seed("signal_storm_to_pid1"));
+    let mut rng = support::Rng(support::seed("signal_storm_to_pid1"));
     let mut max_zombies = 0;
     let t0 = Instant::now();
     // 100 bursts of 100, 20 ms apart, so the storm overlaps the orphans (2 s).
@@ -183,17 +182,17 @@ fn signal_storm_to_pid1() {
     // SIGTERM ends it: forwarded, the command exits 7, so does sharelink.
     // SAFETY: plain syscall.
     unsafe { libc::kill(sharelink as i32, libc::SIGTERM) };
-    let status = rel_support::wait_with_limit(
+    let status = support::wait_with_limit(
         &mut unshare,
         Duration::from_secs(30),
         "sharelink after SIGTERM",
     );
     let err = fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(rel_support::exit_code(status), 7, "{err}");
+    assert_eq!(support::code(&status), 7, "{err}");
     let last = read_counts(&counts_path);
     assert_eq!(last.get(&libc::SIGTERM), Some(&1), "{last:?}");
     let received: u64 = got.values().sum();
-    rel_support::report(&format!(
+    support::report(&format!(
         "signal storm: {TOTAL} signals of {} kinds ({} real-time) to sharelink as PID 1 in {storm:.2?} while the command made 80 orphans: \
          received {received} (standard kinds coalesce: >=1 of each; real-time: all {} of {}), zombies seen mid-storm at most {max_zombies}, 0 left, exit status 7 passed through, no hang",
         kinds.len(),
