@@ -1,7 +1,12 @@
-//! `sharelink link` on real filesystems: every row of SPEC's table.
+//! `sharelink link`, one state of a link at a time: what it finds at the
+//! app path and the share target, and what it leaves there (plain
+//! directories, and overlay or tmpfs where it matters).
 
 use crate::support::*;
+
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 #[test]
 fn baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share() {
@@ -40,26 +45,6 @@ fn baked_dir_in_overlay_lower_layer_moves_to_tmpfs_share() {
     assert!(!sb.share.join(".data.sharelink-staging").exists());
     let o = sb.run(["status"]);
     expect_code(&o, 0);
-}
-
-// ---------------------------------------------------------------------------
-// SPEC's table, row by row, on plain directories (require_mount = false).
-
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
-fn lmeta(p: &Path) -> fs::Metadata {
-    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// (inode, mtime, mtime_nsec) of a path, not followed.
-fn stamp(p: &Path) -> (u64, i64, i64) {
-    let m = lmeta(p);
-    (m.ino(), m.mtime(), m.mtime_nsec())
-}
-
-fn count(hay: &str, needle: &str) -> usize {
-    hay.matches(needle).count()
 }
 
 #[test]
@@ -498,701 +483,6 @@ fn non_directory_where_a_share_dir_belongs_is_refused() {
 }
 
 #[test]
-fn unmounted_share_with_require_mount_exits_69_touching_nothing() {
-    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"");
-    sb.write_config(
-        true,
-        "\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"",
-    );
-    make_tree(&sb.app.join("data"), 30, 1000, 1);
-    let app_before = snapshot(&sb.app);
-    let app_stamp = stamp(&sb.app);
-    let share_stamp = stamp(&sb.share);
-    for args in [&["link"][..], &["link", "--dry-run"][..]] {
-        let o = sb.run(args);
-        expect_code(&o, 69);
-        assert!(stderr(&o).contains("not a mount point"), "{}", stderr(&o));
-    }
-    assert_eq!(snapshot(&sb.app), app_before);
-    assert!(snapshot(&sb.share).is_empty());
-    assert_eq!(stamp(&sb.app), app_stamp);
-    assert_eq!(stamp(&sb.share), share_stamp);
-    let o = sb.run(["status"]);
-    expect_code(&o, 1);
-    assert!(stdout(&o).contains("share-unavailable"), "{}", stdout(&o));
-    // A missing share_root is unavailable too, whatever require_mount says.
-    fs::remove_dir(&sb.share).unwrap();
-    expect_code(&sb.run(["--require-mount", "false", "link"]), 69);
-    assert!(!sb.share.exists());
-    assert_eq!(snapshot(&sb.app), app_before);
-    // With require_mount = false, a plain directory is a fine share.
-    fs::create_dir(&sb.share).unwrap();
-    let o = sb.run(["--require-mount", "false", "link"]);
-    expect_code(&o, 0);
-    assert_eq!(without_dirs(snapshot(&sb.share.join("data")), &["in"]), {
-        // `make_tree` data, now on the share.
-        app_before
-            .iter()
-            .filter_map(|(p, n)| Some((p.strip_prefix("data").ok()?.to_path_buf(), n.clone())))
-            .filter(|(p, _)| !p.as_os_str().is_empty())
-            .collect()
-    });
-}
-
-#[test]
-fn dry_run_prints_the_plan_and_changes_nothing() {
-    let links = "\"baked\" = \"baked\"\n\"missing\" = { share = \"m\", dirs = [\"in\"] }\n\"wrong\" = \"wrong\"\n\"keep\" = \"keep\"";
-    let sb = Sandbox::new(links);
-    make_tree(&sb.app.join("baked"), 20, 100, 2);
-    std::os::unix::fs::symlink("/nowhere", sb.app.join("wrong")).unwrap();
-    make_tree(&sb.app.join("keep"), 5, 10, 4);
-    make_tree(&sb.share.join("keep"), 5, 10, 8);
-    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&sb.share));
-    let o = sb.run(["link", "--dry-run"]);
-    expect_code(&o, 0);
-    let out = stdout(&o);
-    for want in [
-        "needs-migration",
-        "move the baked directory",
-        "unlinked",
-        "create dirs in",
-        "wrong-symlink",
-        "/nowhere",
-        "displaced",
-    ] {
-        assert!(out.contains(want), "plan lacks {want:?}:\n{out}");
-    }
-    assert_eq!(snapshot(&sb.app), app_before);
-    assert_eq!(snapshot(&sb.share), share_before);
-    // A dry run exits as `link` would.
-    fs::write(sb.app.join("missing"), "file").unwrap();
-    let o = sb.run(["link", "--dry-run"]);
-    expect_code(&o, 65);
-    assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
-    fs::remove_file(sb.app.join("missing")).unwrap();
-    // After linking, the plan is empty.
-    expect_code(&sb.run(["link"]), 0);
-    let o = sb.run(["link", "--dry-run"]);
-    expect_code(&o, 0);
-    assert_eq!(count(&stdout(&o), "nothing to do"), 4, "{}", stdout(&o));
-}
-
-#[test]
-fn status_text_and_json() {
-    let sb = Sandbox::new("\"a\" = \"a\"\n\"b\" = { share = \"b\", dirs = [\"in\"] }");
-    let o = sb.run(["status"]);
-    expect_code(&o, 1);
-    assert_eq!(count(&stdout(&o), "unlinked"), 2, "{}", stdout(&o));
-    let o = sb.run(["status", "--json"]);
-    expect_code(&o, 1);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(v["healthy"], false);
-    assert_eq!(v["links"].as_array().unwrap().len(), 2);
-    assert_eq!(v["links"][0]["state"], "unlinked");
-    assert_eq!(v["links"][0]["app"], sb.app.join("a").to_str().unwrap());
-    expect_code(&sb.run(["link"]), 0);
-    let o = sb.run(["status", "--json"]);
-    expect_code(&o, 0);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(v["healthy"], true);
-    assert!(v["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|l| l["state"] == "linked"));
-    // A missing `dirs` entry makes it unhealthy again.
-    fs::remove_dir(sb.share.join("b/in")).unwrap();
-    let o = sb.run(["status", "--json"]);
-    expect_code(&o, 1);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(v["links"][1]["state"], "dirs-missing");
-    // status never writes.
-    assert!(!sb.share.join("b/in").exists());
-}
-
-#[test]
-fn check_accepts_good_config_and_names_key_and_line_of_bad_one() {
-    let sb = Sandbox::new("\"a\" = \"a\"");
-    let o = sb.run(["check"]);
-    expect_code(&o, 0);
-    let bad = [
-        (
-            "\"a\" = \"a\"\n\"b\" = { share = \"b\", migrate = \"always\" }",
-            "migrate",
-            7,
-        ),
-        ("\"a\" = \"a\"\n\"a/b\" = \"x\"", "a/b", 7),
-        ("\"a\" = \"../up\"", "share", 6),
-        ("\"a\" = { share = \"a\", colour = \"red\" }", "colour", 6),
-        ("\"a\" = \".sharelink/x\"", ".sharelink", 6),
-    ];
-    for (links, key, line) in bad {
-        sb.write_config(false, links);
-        let o = sb.run(["check"]);
-        expect_code(&o, 78);
-        let err = stderr(&o);
-        assert!(err.contains(key), "{links}: key {key} not named: {err}");
-        assert!(
-            err.contains(&format!("line {line}")),
-            "{links}: line {line} not named: {err}"
-        );
-        // link refuses too, before touching anything.
-        expect_code(&sb.run(["link"]), 78);
-    }
-    let o = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(sb.root.path().join("nope.toml"))
-        .arg("check")
-        .output()
-        .unwrap();
-    expect_code(&o, 78);
-    assert!(snapshot(&sb.share).is_empty() && snapshot(&sb.app).is_empty());
-}
-
-#[test]
-fn a_thousand_already_linked_links() {
-    let links: String = (0..1000)
-        .map(|i| {
-            format!(
-                "\"app{}/d{i}\" = {{ share = \"s{}/d{i}\", dirs = [\"in\"] }}\n",
-                i % 10,
-                i % 10
-            )
-        })
-        .collect();
-    let sb = Sandbox::new(&links);
-    expect_code(&sb.run(["link"]), 0);
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    assert_eq!(count(&stderr(&o), "already linked"), 1000);
-    for i in (0..1000).step_by(97) {
-        let app = sb.app.join(format!("app{}/d{i}", i % 10));
-        assert_eq!(
-            fs::read_link(&app).unwrap(),
-            sb.share.join(format!("s{}/d{i}", i % 10))
-        );
-    }
-    let o = sb.run(["status", "--json"]);
-    expect_code(&o, 0);
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(v["links"].as_array().unwrap().len(), 1000);
-}
-
-// ---------------------------------------------------------------------------
-// Real filesystems, each test in its own private mount namespace.
-
-/// The device a path lives on (which filesystem holds it).
-fn dev(p: &Path) -> u64 {
-    lmeta(p).dev()
-}
-
-#[test]
-fn overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view() {
-    if !in_private_mount_ns!("overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view") {
-        return;
-    }
-    let sb = Sandbox::new("\"data\" = \"data\"");
-    let lower = sb.root.path().join("lower");
-    make_tree(&lower.join("data"), 120, 50_000, 21);
-    let merged = mount_overlay(&sb.root.path().join("ovl"), &lower);
-    fs::remove_dir(&sb.app).unwrap();
-    std::os::unix::fs::symlink(&merged, &sb.app).unwrap();
-    let data = merged.join("data");
-    // Container writes on top of the image layer: new files and dirs (upper
-    // only), a lower file modified (copied up), a lower file deleted
-    // (whiteout), a lower directory replaced (opaque).
-    fs::write(data.join("new_in_upper"), "written at run time").unwrap();
-    fs::create_dir_all(data.join("upper_dir/x")).unwrap();
-    fs::write(data.join("upper_dir/x/f"), "upper").unwrap();
-    let lower_files: Vec<_> = snapshot(&data)
-        .into_iter()
-        .filter(|(_, n)| matches!(n, Node::File { .. }))
-        .map(|(p, _)| p)
-        .collect();
-    fs::write(data.join(&lower_files[0]), "modified: copied up").unwrap();
-    fs::remove_file(data.join(&lower_files[1])).unwrap();
-    fs::remove_dir_all(data.join("empty")).unwrap();
-    fs::create_dir(data.join("empty")).unwrap();
-    fs::write(data.join("empty/now_full"), "opaque dir").unwrap();
-    let before = snapshot(&data);
-    mount_tmpfs(&sb.share, "64m");
-    sb.write_config(true, "\"data\" = \"data\"");
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    assert_eq!(fs::read_link(&data).unwrap(), sb.share.join("data"));
-    assert_eq!(snapshot(&sb.share.join("data")), before);
-    // The image layer itself is untouched (overlay wrote whiteouts).
-    assert!(lower.join("data").join(&lower_files[1]).exists());
-    expect_code(&sb.run(["status"]), 0);
-}
-
-#[test]
-fn share_refusing_chmod_and_chown_warns_once_per_link() {
-    if !in_private_mount_ns!("share_refusing_chmod_and_chown_warns_once_per_link") {
-        return;
-    }
-    let links =
-        "\"one\" = { share = \"one\", dirs = [\"in\"] }\n\"two\" = \"two\"\n\"three\" = \"three\"";
-    let sb = Sandbox::new(links);
-    make_tree(&sb.app.join("one"), 80, 20_000, 31);
-    // "two": the share already has data, so app-only files are displaced
-    // (the displaced copy is refused chmod too).
-    make_tree(&sb.app.join("two"), 40, 1000, 32);
-    let backing = sb.root.path().join("backing");
-    mount_tmpfs(&backing, "64m");
-    make_tree(&backing.join("two"), 10, 100, 33);
-    // Owned by someone else than sharelink (root), so keeping owners takes
-    // a chown, which this share refuses.
-    sh(&format!(
-        "chown -R 4321:4321 '{}' '{}'",
-        sb.app.join("one").display(),
-        sb.app.join("two").display()
-    ));
-    let share_two = snapshot(&backing.join("two"));
-    let (one, two) = (snapshot(&sb.app.join("one")), snapshot(&sb.app.join("two")));
-    mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");
-    // Precondition: this share really refuses chmod.
-    fs::write(sb.share.join("probe"), "").unwrap();
-    let e = fs::set_permissions(
-        sb.share.join("probe"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
-    fs::remove_file(sb.share.join("probe")).unwrap();
-
-    sb.write_config(true, links);
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    let err = stderr(&o);
-    // One warning per migrated link and kind of loss: owners and modes.
-    let mut refusals: Vec<(String, String)> = err
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("the share refused"))
-        .map(|l| {
-            let field = |k: &str| {
-                l.split(' ')
-                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                    .unwrap_or("")
-                    .to_string()
-            };
-            (field("link"), field("kind"))
-        })
-        .collect();
-    refusals.sort();
-    let want: Vec<(String, String)> = [
-        ("one", "modes"),
-        ("one", "owners"),
-        ("two", "modes"),
-        ("two", "owners"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
-    assert_eq!(refusals, want, "{err}");
-    assert!(!err.contains("ERROR"), "{err}");
-    assert_eq!(
-        without_modes(&without_dirs(snapshot(&sb.share.join("one")), &["in"])),
-        without_modes(&one)
-    );
-    assert_eq!(snapshot(&sb.share.join("two")), share_two);
-    let displaced = sb.share.join(".sharelink/displaced/two");
-    let stamps: Vec<_> = fs::read_dir(&displaced)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(stamps.len(), 1);
-    let kept = snapshot(&stamps[0]);
-    for (p, n) in without_modes(&two) {
-        if !share_two.contains_key(&p) {
-            assert_eq!(
-                without_modes(&kept).get(&p),
-                Some(&n),
-                "{} displaced",
-                p.display()
-            );
-        }
-    }
-    expect_code(&sb.run(["status"]), 0);
-    umount(&sb.share);
-}
-
-#[test]
-fn read_only_share_exits_73_and_touches_nothing() {
-    if !in_private_mount_ns!("read_only_share_exits_73_and_touches_nothing") {
-        return;
-    }
-    let links = "\"baked\" = \"baked\"";
-    let sb = Sandbox::new(links);
-    let backing = sb.root.path().join("backing");
-    mount_tmpfs(&backing, "64m");
-    make_tree(&sb.app.join("baked"), 40, 5000, 41);
-    mount_ro_bind(&backing, &sb.share);
-    for (links, what) in [
-        ("\"baked\" = \"baked\"", "baked dir to migrate"),
-        (
-            "\"missing\" = { share = \"m\", dirs = [\"in\"] }",
-            "target to create",
-        ),
-        ("\"baked\" = \"baked\"\n\"missing\" = \"m\"", "both"),
-    ] {
-        sb.write_config(true, links);
-        let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
-        let o = sb.run(["link"]);
-        assert_eq!(code(&o), 73, "{what}: {}", stderr(&o));
-        assert!(stderr(&o).contains("Read-only"), "{what}: {}", stderr(&o));
-        assert_eq!(snapshot(&sb.app), app_before, "{what}");
-        assert_eq!(snapshot(&backing), share_before, "{what}");
-    }
-    // Linked earlier on a writable share, a re-run on a read-only one has
-    // nothing to write and succeeds.
-    umount(&sb.share);
-    sb.write_config(true, "\"baked\" = \"baked\"\n\"missing\" = \"m\"");
-    mount_ro_bind(&backing, &sb.share);
-    sh(&format!(
-        "mount -o remount,bind,rw '{}'",
-        sb.share.display()
-    ));
-    expect_code(&sb.run(["link"]), 0);
-    sh(&format!(
-        "mount -o remount,bind,ro '{}'",
-        sb.share.display()
-    ));
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    expect_code(&sb.run(["status"]), 0);
-    // With sharelink's own state directory already there, a new baked
-    // directory still fails cleanly (the lock cannot be taken).
-    assert!(backing.join(".sharelink/locks").is_dir());
-    sb.write_config(true, "\"late\" = \"late\"");
-    make_tree(&sb.app.join("late"), 10, 100, 42);
-    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
-    expect_code(&sb.run(["link"]), 73);
-    assert_eq!(snapshot(&sb.app), app_before);
-    assert_eq!(snapshot(&backing), share_before);
-}
-
-#[test]
-fn share_too_small_exits_73_before_copying_and_completes_once_grown() {
-    if !in_private_mount_ns!("share_too_small_exits_73_before_copying_and_completes_once_grown") {
-        return;
-    }
-    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }");
-    let baked = sb.app.join("data");
-    make_tree(&baked, 60, 1000, 51);
-    for i in 0..3 {
-        fs::write(baked.join(format!("big{i}")), vec![i as u8 + 1; 1 << 20]).unwrap();
-    }
-    let before = snapshot(&baked);
-    mount_tmpfs(&sb.share, "1m");
-    sb.write_config(true, "\"data\" = { share = \"data\", dirs = [\"in\"] }");
-    let o = sb.run(["link"]);
-    expect_code(&o, 73);
-    let err = stderr(&o);
-    assert!(
-        err.contains("free") && err.contains("Nothing was copied") && err.contains("data"),
-        "{err}"
-    );
-    assert_eq!(snapshot(&baked), before, "original must be intact");
-    assert!(lmeta(&baked).is_dir());
-    // Refused before copying: no target, no staging.
-    assert!(!sb.share.join("data").exists());
-    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
-    let o = sb.run(["status"]);
-    expect_code(&o, 1);
-    // Room again: the next run finishes the job.
-    sh(&format!(
-        "mount -o remount,size=64m '{}'",
-        sb.share.display()
-    ));
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    assert_eq!(
-        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
-        before
-    );
-    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
-    assert_eq!(fs::read_link(&baked).unwrap(), sb.share.join("data"));
-    expect_code(&sb.run(["status"]), 0);
-}
-
-fn write_config_with_timeout(sb: &Sandbox, timeout: &str, links: &str) {
-    fs::write(
-        &sb.config,
-        format!(
-            "app_root = {:?}\nshare_root = {:?}\nmount_timeout = {timeout:?}\n\n[links]\n{links}\n",
-            sb.app, sb.share
-        ),
-    )
-    .unwrap();
-}
-
-#[test]
-fn mount_timeout_waits_for_the_share_and_uses_it() {
-    if !in_private_mount_ns!("mount_timeout_waits_for_the_share_and_uses_it") {
-        return;
-    }
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let links = "\"data\" = { share = \"data\", dirs = [\"in\"] }";
-    let sb = Sandbox::new(links);
-    make_tree(&sb.app.join("data"), 40, 1000, 61);
-    let before = snapshot(&sb.app.join("data"));
-
-    // Too short a wait: 69, nothing touched.
-    write_config_with_timeout(&sb, "300ms", links);
-    let t0 = std::time::Instant::now();
-    let o = sb.run(["link"]);
-    expect_code(&o, 69);
-    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
-    assert_eq!(snapshot(&sb.app.join("data")), before);
-    assert!(snapshot(&sb.share).is_empty());
-
-    // The mount appears while `link` waits.
-    write_config_with_timeout(&sb, "10s", links);
-    let mut child = sb.cmd().arg("link").stderr(Stdio::piped()).spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    // Wait until it says it is waiting (no sleep-as-synchronisation).
-    while !log.contains("for the share:") {
-        let mut line = String::new();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "link ended early:\n{log}"
-        );
-        log.push_str(&line);
-    }
-    let share = sb.share.clone();
-    let mounter = std::thread::spawn(move || {
-        // The share shows up a moment later, as a slow SMB mount would.
-        std::thread::sleep(std::time::Duration::from_millis(1000));
-        mount_tmpfs(&share, "64m");
-    });
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
-    log.push_str(&rest);
-    let status = child.wait().unwrap();
-    mounter.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
-    // The data landed in the tmpfs mounted later, not in the directory under it.
-    assert_ne!(dev(&sb.share), dev(sb.root.path()));
-    assert_eq!(dev(&sb.share.join("data")), dev(&sb.share));
-    assert_eq!(
-        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
-        before
-    );
-    umount(&sb.share);
-    assert!(
-        snapshot(&sb.share).is_empty(),
-        "wrote under the mount point"
-    );
-}
-
-// ---------------------------------------------------------------------------
-// A termination signal while linking: stop at a safe point, exit 128+sig.
-
-/// Start `sharelink ARGS`, wait until `ready` holds (e.g. the staging
-/// directory appeared), send `sig`; return whether it was sent (not if the
-/// run finished first) and the output.
-fn signal_when(
-    sb: &Sandbox,
-    args: &[&str],
-    sig: nix::sys::signal::Signal,
-    ready: impl Fn() -> bool,
-) -> (bool, std::process::Output) {
-    use std::process::Stdio;
-    let child = sb
-        .cmd()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = child;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut sent = false;
-    // Until the moment comes, or the run ends first. The child is reaped
-    // only by `try_wait`/`wait`, so `pid` cannot be reused before the kill.
-    while child.try_wait().unwrap().is_none() {
-        if ready() {
-            nix::sys::signal::kill(pid, sig).unwrap();
-            sent = true;
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never saw the moment to signal"
-        );
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    (sent, child.wait_with_output().unwrap())
-}
-
-fn big_tree_sandbox(
-    links: &str,
-    seed: u64,
-) -> (
-    Sandbox,
-    std::collections::BTreeMap<std::path::PathBuf, Node>,
-) {
-    // App and share are two tmpfs: a busy disk would make these slow.
-    let sb = Sandbox::new(links);
-    mount_tmpfs(&sb.app, "256m");
-    mount_tmpfs(&sb.share, "256m");
-    make_tree(&sb.app.join("data"), 3000, 2000, seed);
-    let before = snapshot(&sb.app.join("data"));
-    (sb, before)
-}
-
-/// After an interruption: the original is whole in the app dir, or the
-/// share target is complete; never a partial target.
-#[track_caller]
-fn assert_whole_somewhere(
-    sb: &Sandbox,
-    before: &std::collections::BTreeMap<std::path::PathBuf, Node>,
-) {
-    let app = sb.app.join("data");
-    let target = sb.share.join("data");
-    if target.exists() {
-        assert_eq!(
-            &snapshot(&target),
-            before,
-            "share target visible but incomplete"
-        );
-        // Whatever is left of the app dir is a subset of the original.
-        if lmeta(&app).is_dir() {
-            for (p, n) in snapshot(&app) {
-                assert_eq!(before.get(&p), Some(&n), "{}", p.display());
-            }
-        }
-    } else {
-        assert_eq!(&snapshot(&app), before, "app dir changed before the commit");
-    }
-}
-
-#[test]
-fn sigterm_during_link_stops_at_a_safe_point_and_rerun_completes() {
-    if !in_private_mount_ns!("sigterm_during_link_stops_at_a_safe_point_and_rerun_completes") {
-        return;
-    }
-    let staging = |sb: &Sandbox| sb.share.join(".data.sharelink-staging");
-    let mut interrupted = 0;
-    for attempt in 0..5 {
-        let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 100 + attempt);
-        let st = staging(&sb);
-        let (sent, o) = signal_when(&sb, &["link"], nix::sys::signal::Signal::SIGTERM, || {
-            st.exists()
-        });
-        match o.status.code() {
-            Some(143) => {
-                assert!(sent);
-                interrupted += 1;
-                assert!(stderr(&o).contains("SIGTERM"), "{}", stderr(&o));
-                assert_whole_somewhere(&sb, &before);
-                assert!(!sb.share.join("data").exists(), "signalled while staging");
-                assert!(lmeta(&sb.app.join("data")).is_dir());
-                expect_code(&sb.run(["status"]), 1);
-            }
-            // The copy finished before the signal was looked at: fine, but
-            // it must then be a complete, successful run.
-            Some(0) => {}
-            _ => panic!("attempt {attempt}: {o:?}\n{}", stderr(&o)),
-        }
-        let o = sb.run(["link"]);
-        expect_code(&o, 0);
-        assert_eq!(snapshot(&sb.share.join("data")), before);
-        assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
-        expect_code(&sb.run(["status"]), 0);
-        if interrupted >= 2 {
-            break;
-        }
-    }
-    eprintln!("interrupted {interrupted} migrations");
-    assert!(interrupted > 0, "never managed to interrupt a migration");
-}
-
-#[test]
-fn signal_during_prune_leaves_a_complete_share_and_rerun_finishes() {
-    if !in_private_mount_ns!("signal_during_prune_leaves_a_complete_share_and_rerun_finishes") {
-        return;
-    }
-    // Signalled once the target is committed: the app dir is being deleted.
-    let mut seen = 0;
-    for attempt in 0..5 {
-        let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 200 + attempt);
-        let target = sb.share.join("data");
-        let (_, o) = signal_when(&sb, &["link"], nix::sys::signal::Signal::SIGINT, || {
-            target.exists()
-        });
-        match o.status.code() {
-            Some(130) => {
-                seen += 1;
-                assert_whole_somewhere(&sb, &before);
-            }
-            Some(0) => {}
-            _ => panic!("attempt {attempt}: {o:?}\n{}", stderr(&o)),
-        }
-        let o = sb.run(["link"]);
-        expect_code(&o, 0);
-        assert!(
-            !stderr(&o).contains("displaced"),
-            "nothing is app-only: {}",
-            stderr(&o)
-        );
-        assert!(!sb.share.join(".sharelink/displaced").exists());
-        assert_eq!(snapshot(&sb.share.join("data")), before);
-        assert_eq!(fs::read_link(sb.app.join("data")).unwrap(), target);
-        if seen > 0 {
-            break;
-        }
-    }
-    eprintln!("interrupted {seen} prunes");
-    assert!(seen > 0, "never interrupted the prune");
-}
-
-#[test]
-fn signal_while_run_is_linking_never_starts_the_command() {
-    if !in_private_mount_ns!("signal_while_run_is_linking_never_starts_the_command") {
-        return;
-    }
-    use nix::sys::signal::Signal;
-    for sig in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        let mut interrupted = false;
-        for attempt in 0..4 {
-            let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 300 + attempt);
-            let marker = sb.root.path().join("command-started");
-            let st = sb.share.join(".data.sharelink-staging");
-            let script = format!("touch '{}'", marker.display());
-            let (_, o) = signal_when(&sb, &["run", "--", "sh", "-c", &script], sig, || {
-                st.exists()
-            });
-            if o.status.code() != Some(128 + sig as i32) {
-                // Linking won the race; try again with a fresh tree.
-                continue;
-            }
-            interrupted = true;
-            eprintln!("{sig}: interrupted at attempt {attempt}");
-            assert!(
-                !marker.exists(),
-                "{sig}: COMMAND started after an interrupted link"
-            );
-            assert_whole_somewhere(&sb, &before);
-            let o = sb.run(["link"]);
-            expect_code(&o, 0);
-            assert_eq!(snapshot(&sb.share.join("data")), before);
-            break;
-        }
-        assert!(interrupted, "{sig}: never interrupted `run` while linking");
-    }
-}
-
-#[test]
 fn mount_at_or_below_the_app_path_is_refused_untouched() {
     if !in_private_mount_ns!("mount_at_or_below_the_app_path_is_refused_untouched") {
         return;
@@ -1242,6 +532,82 @@ fn mount_at_or_below_the_app_path_is_refused_untouched() {
 }
 
 #[test]
+fn read_only_app_root_exits_73_before_copying_anything() {
+    if !in_private_mount_ns!("read_only_app_root_exits_73_before_copying_anything") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 30, 1000, 3);
+    let before = snapshot(&sb.app);
+    // A container run with a read-only root filesystem.
+    mount_ro_bind(&sb.app, &sb.app);
+    let o = sb.run(["link"]);
+    expect_code(&o, 73);
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+    assert_eq!(snapshot(&sb.app), before);
+    // Nothing was copied: the share holds no data, only sharelink's lock dir.
+    assert!(!sb.share.join("data").exists());
+    assert!(entries_containing(&sb.share, "data").is_empty());
+}
+
+#[test]
+fn overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view() {
+    if !in_private_mount_ns!("overlay_with_upper_layer_changes_mixed_in_migrates_the_merged_view") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let lower = sb.root.path().join("lower");
+    make_tree(&lower.join("data"), 120, 50_000, 21);
+    let merged = mount_overlay(&sb.root.path().join("ovl"), &lower);
+    fs::remove_dir(&sb.app).unwrap();
+    std::os::unix::fs::symlink(&merged, &sb.app).unwrap();
+    let data = merged.join("data");
+    // Container writes on top of the image layer: new files and dirs (upper
+    // only), a lower file modified (copied up), a lower file deleted
+    // (whiteout), a lower directory replaced (opaque).
+    fs::write(data.join("new_in_upper"), "written at run time").unwrap();
+    fs::create_dir_all(data.join("upper_dir/x")).unwrap();
+    fs::write(data.join("upper_dir/x/f"), "upper").unwrap();
+    let lower_files: Vec<_> = snapshot(&data)
+        .into_iter()
+        .filter(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(p, _)| p)
+        .collect();
+    fs::write(data.join(&lower_files[0]), "modified: copied up").unwrap();
+    fs::remove_file(data.join(&lower_files[1])).unwrap();
+    fs::remove_dir_all(data.join("empty")).unwrap();
+    fs::create_dir(data.join("empty")).unwrap();
+    fs::write(data.join("empty/now_full"), "opaque dir").unwrap();
+    let before = snapshot(&data);
+    mount_tmpfs(&sb.share, "64m");
+    sb.write_config(true, "\"data\" = \"data\"");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(fs::read_link(&data).unwrap(), sb.share.join("data"));
+    assert_eq!(snapshot(&sb.share.join("data")), before);
+    // The image layer itself is untouched (overlay wrote whiteouts).
+    assert!(lower.join("data").join(&lower_files[1]).exists());
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn empty_baked_dir_makes_the_share_target_with_its_owner_and_mode() {
+    let sb = Sandbox::new("\"out\" = \"out\"");
+    let app = sb.app.join("out");
+    fs::create_dir(&app).unwrap();
+    fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&app, Some(4321), Some(4322)).unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let target = sb.share.join("out");
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    let m = lmeta(&target);
+    assert!(m.is_dir());
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o750, 4321, 4322));
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
 fn run_links_first_then_starts_the_command_with_its_status() {
     let sb = Sandbox::new("\"m/data\" = { share = \"s/data\", dirs = [\"out\"] }");
     let baked = sb.app.join("m/data");
@@ -1270,40 +636,4 @@ fn run_links_first_then_starts_the_command_with_its_status() {
     let o = sb.run(["run", "--", "touch", marker.to_str().unwrap()]);
     expect_code(&o, 65);
     assert!(!marker.exists(), "the command ran despite a linking error");
-}
-
-#[test]
-fn read_only_app_root_exits_73_before_copying_anything() {
-    if !in_private_mount_ns!("read_only_app_root_exits_73_before_copying_anything") {
-        return;
-    }
-    let sb = Sandbox::new("\"data\" = \"data\"");
-    make_tree(&sb.app.join("data"), 30, 1000, 3);
-    let before = snapshot(&sb.app);
-    // A container run with a read-only root filesystem.
-    mount_ro_bind(&sb.app, &sb.app);
-    let o = sb.run(["link"]);
-    expect_code(&o, 73);
-    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
-    assert_eq!(snapshot(&sb.app), before);
-    // Nothing was copied: the share holds no data, only sharelink's lock dir.
-    assert!(!sb.share.join("data").exists());
-    assert!(entries_containing(&sb.share, "data").is_empty());
-}
-
-#[test]
-fn empty_baked_dir_makes_the_share_target_with_its_owner_and_mode() {
-    let sb = Sandbox::new("\"out\" = \"out\"");
-    let app = sb.app.join("out");
-    fs::create_dir(&app).unwrap();
-    fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
-    std::os::unix::fs::chown(&app, Some(4321), Some(4322)).unwrap();
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    let target = sb.share.join("out");
-    assert_eq!(fs::read_link(&app).unwrap(), target);
-    let m = lmeta(&target);
-    assert!(m.is_dir());
-    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o750, 4321, 4322));
-    expect_code(&sb.run(["status"]), 0);
 }

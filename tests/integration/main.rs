@@ -6,6 +6,7 @@
 mod support;
 
 mod compose_files;
+mod config;
 mod config_property;
 mod crash;
 mod crash_random_kill;
@@ -13,6 +14,7 @@ mod deploy_manifests;
 mod docker_multinode;
 mod docker_smoke;
 mod hostile_input;
+mod interrupted_link;
 mod latency_rig;
 mod link;
 mod migrate_faults;
@@ -24,3 +26,4 @@ mod release_artifacts;
 mod replicas;
 mod share_faults;
 mod signal_storm;
+mod status;

@@ -1,144 +1,71 @@
-//! The share misbehaving: full mid-migration, read-only, not mounted (and
-//! mounted late), and SMB-like (refuses chmod/chown). A compact version of
-//! the per-row checks, with the figures for docs/reliability.md.
+//! The share misbehaving: not mounted (or mounted late), read-only, too
+//! small, filling up mid-migration, and SMB-like (refusing chmod and
+//! chown). Each reports a figure for docs/reliability.md.
 
-use crate::support;
+use crate::support::*;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::Tree;
-
-use support::{expect_code, stderr};
-
 /// An image layer on tmpfs and an overlay app root over it.
 fn baked(base: &Path, files: usize, big: usize) -> (PathBuf, Tree) {
-    support::mount_tmpfs(base, "1g");
+    mount_tmpfs(base, "1g");
     let lower = base.join("lower");
-    support::make_tree(&lower.join("data"), files, big, 11);
-    let tree = support::snapshot(&lower.join("data"));
-    let app_root = support::mount_overlay(&base.join("ovl"), &lower);
+    make_tree(&lower.join("data"), files, big, 11);
+    let tree = snapshot(&lower.join("data"));
+    let app_root = mount_overlay(&base.join("ovl"), &lower);
     (app_root, tree)
 }
 
 fn write_cfg(base: &Path, app_root: &Path, share: &Path, extra: &str, links: &str) -> PathBuf {
     let cfg = base.join("sharelink.toml");
-    fs::write(
-        &cfg,
-        support::config_text(app_root, share, true, extra, links),
-    )
-    .unwrap();
+    fs::write(&cfg, config_text(app_root, share, true, extra, links)).unwrap();
     cfg
 }
 
 #[test]
-fn full_share_mid_migration_then_space_freed() {
-    if !in_private_mount_ns!("full_share_mid_migration_then_space_freed") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (app_root, tree) = baked(tmp.path(), 200, 1 << 20);
-    let bytes: usize = tree
-        .values()
-        .map(|e| match e {
-            support::Node::File { bytes, .. } => bytes.len(),
-            _ => 0,
-        })
-        .sum();
-    let share = tmp.path().join("share");
-    support::mount_tmpfs(&share, "256m");
-    let cfg = write_cfg(tmp.path(), &app_root, &share, "", "\"data\" = \"data\"");
-    // The share has room when the copy starts; something else fills it
-    // while sharelink is a third of the way through (it is stopped at that
-    // point, the share filled, then it goes on).
-    let child = support::sharelink(&cfg)
-        .arg("link")
-        .env("SHARELINK_PARALLELISM", "1")
-        .env(
-            "SHARELINK_FAILPOINT",
-            format!("staging.file:{}:stop", tree.len() / 6),
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    support::wait_stopped(child.id(), Duration::from_secs(60));
-    support::sh(&format!(
-        "dd if=/dev/zero of='{}/filler' bs=1M 2>/dev/null; true",
-        share.display()
-    ));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let o = child.wait_with_output().unwrap();
-    expect_code(&o, 73);
-    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
-    // Original intact, nothing half-copied visible at the target.
-    assert_eq!(support::snapshot(&app_root.join("data")), tree);
-    assert!(!share.join("data").exists());
-    // The partial copy is gone: a failed run does not leave the share full
-    // for everyone else.
-    fs::remove_file(share.join("filler")).unwrap();
-    assert_eq!(support::leftovers(&app_root, &share), Vec::<String>::new());
-    // Space freed: the rerun completes.
-    let o = support::sharelink(&cfg).arg("link").output().unwrap();
-    expect_code(&o, 0);
-    assert_eq!(support::snapshot(&share.join("data")), tree);
-    assert_eq!(
-        fs::read_link(app_root.join("data")).unwrap(),
-        share.join("data")
+fn unmounted_share_with_require_mount_exits_69_touching_nothing() {
+    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"");
+    sb.write_config(
+        true,
+        "\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"new\" = \"new\"",
     );
-    assert_eq!(support::leftovers(&app_root, &share), Vec::<String>::new());
-    support::report(&format!(
-        "full share: migration of {} entries ({bytes} bytes) into a share that another writer fills a sixth of the way through: exit 73, original intact, target not visible, partial copy removed; after space is freed: exit 0, all {} entries equal",
-        tree.len(),
-        tree.len()
-    ));
-}
-
-#[test]
-fn read_only_share_changes_nothing() {
-    if !in_private_mount_ns!("read_only_share_changes_nothing") {
-        return;
+    make_tree(&sb.app.join("data"), 30, 1000, 1);
+    let app_before = snapshot(&sb.app);
+    let app_stamp = stamp(&sb.app);
+    let share_stamp = stamp(&sb.share);
+    for args in [&["link"][..], &["link", "--dry-run"][..]] {
+        let o = sb.run(args);
+        expect_code(&o, 69);
+        assert!(stderr(&o).contains("not a mount point"), "{}", stderr(&o));
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (app_root, tree) = baked(tmp.path(), 100, 50_000);
-    let share = tmp.path().join("share");
-    support::mount_tmpfs(&share, "64m");
-    // A share that was used before (has .sharelink/locks) and one that was not.
-    let mut tried = 0;
-    for used_before in [false, true] {
-        if used_before {
-            fs::create_dir_all(share.join(".sharelink/locks")).unwrap();
-            fs::write(share.join("other_team_file"), "keep").unwrap();
-        }
-        support::sh(&format!("mount -o remount,ro '{}'", share.display()));
-        let share_before = support::snapshot(&share);
-        let cfg = write_cfg(
-            tmp.path(),
-            &app_root,
-            &share,
-            "",
-            "\"data\" = \"data\"\n\"fresh/new\" = { share = \"new\", dirs = [\"in\"] }",
-        );
-        let o = support::sharelink(&cfg).arg("link").output().unwrap();
-        expect_code(&o, 73);
-        assert!(stderr(&o).contains("Read-only"), "{}", stderr(&o));
-        assert_eq!(support::snapshot(&share), share_before);
-        assert_eq!(support::snapshot(&app_root.join("data")), tree);
-        support::sh(&format!("mount -o remount,rw '{}'", share.display()));
-        tried += 1;
-    }
-    // Already linked on a share that has since gone read-only: nothing to
-    // write, so `link` succeeds and `status` is healthy.
-    let cfg = write_cfg(tmp.path(), &app_root, &share, "", "\"data\" = \"data\"");
-    expect_code(&support::sharelink(&cfg).arg("link").output().unwrap(), 0);
-    support::sh(&format!("mount -o remount,ro '{}'", share.display()));
-    expect_code(&support::sharelink(&cfg).arg("link").output().unwrap(), 0);
-    expect_code(&support::sharelink(&cfg).arg("status").output().unwrap(), 0);
-    support::report(&format!(
-        "read-only share: {tried} cases (fresh share, share used before): exit 73, share and app byte-for-byte unchanged; already-linked on read-only: exit 0"
-    ));
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert!(snapshot(&sb.share).is_empty());
+    assert_eq!(stamp(&sb.app), app_stamp);
+    assert_eq!(stamp(&sb.share), share_stamp);
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-unavailable"), "{}", stdout(&o));
+    // A missing share_root is unavailable too, whatever require_mount says.
+    fs::remove_dir(&sb.share).unwrap();
+    expect_code(&sb.run(["--require-mount", "false", "link"]), 69);
+    assert!(!sb.share.exists());
+    assert_eq!(snapshot(&sb.app), app_before);
+    // With require_mount = false, a plain directory is a fine share.
+    fs::create_dir(&sb.share).unwrap();
+    let o = sb.run(["--require-mount", "false", "link"]);
+    expect_code(&o, 0);
+    assert_eq!(without_dirs(snapshot(&sb.share.join("data")), &["in"]), {
+        // `make_tree` data, now on the share.
+        app_before
+            .iter()
+            .filter_map(|(p, n)| Some((p.strip_prefix("data").ok()?.to_path_buf(), n.clone())))
+            .filter(|(p, _)| !p.as_os_str().is_empty())
+            .collect()
+    });
 }
 
 #[test]
@@ -153,19 +80,16 @@ fn unmounted_share_touches_nothing_and_a_late_mount_is_used() {
     let links = "\"data\" = \"data\"\n\"made/new\" = \"new\"";
     // Not a mount point: 69, nothing touched on either side.
     let cfg = write_cfg(tmp.path(), &app_root, &share, "", links);
-    let o = support::sharelink(&cfg).arg("link").output().unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 69);
     assert!(stderr(&o).contains("not a mount point"), "{}", stderr(&o));
-    assert!(support::names(&share).is_empty());
-    assert_eq!(support::snapshot(&app_root.join("data")), tree);
+    assert!(names(&share).is_empty());
+    assert_eq!(snapshot(&app_root.join("data")), tree);
     assert!(!app_root.join("made").exists());
     // share_root missing altogether: 69 as well.
     let gone = tmp.path().join("nowhere");
     let cfg_gone = write_cfg(tmp.path(), &app_root, &gone, "", links);
-    expect_code(
-        &support::sharelink(&cfg_gone).arg("link").output().unwrap(),
-        69,
-    );
+    expect_code(&sharelink(&cfg_gone).arg("link").output().unwrap(), 69);
     assert!(!gone.exists());
     // With mount_timeout, a mount that appears while waiting is used.
     let cfg = write_cfg(
@@ -175,7 +99,7 @@ fn unmounted_share_touches_nothing_and_a_late_mount_is_used() {
         "mount_timeout = \"60s\"",
         links,
     );
-    let mut child = support::sharelink(&cfg)
+    let mut child = sharelink(&cfg)
         .arg("link")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -187,11 +111,11 @@ fn unmounted_share_touches_nothing_and_a_late_mount_is_used() {
         "did not wait for the mount"
     );
     assert!(
-        support::names(&share).is_empty(),
+        names(&share).is_empty(),
         "wrote into the unmounted share_root"
     );
-    support::mount_tmpfs(&share, "64m");
-    let s = support::wait_with_limit(
+    mount_tmpfs(&share, "64m");
+    let s = wait_with_limit(
         &mut child,
         Duration::from_secs(60),
         "link waiting for the mount",
@@ -200,20 +124,385 @@ fn unmounted_share_touches_nothing_and_a_late_mount_is_used() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(s.success(), "{err}");
     assert!(err.contains("for the share:"), "{err}");
-    assert_eq!(support::snapshot(&share.join("data")), tree);
+    assert_eq!(snapshot(&share.join("data")), tree);
     assert_eq!(
         fs::read_link(app_root.join("made/new")).unwrap(),
         share.join("new")
     );
     // Under the mount, the original directory got nothing.
-    support::sh(&format!("umount -l '{}'", share.display()));
-    assert!(support::names(&share).is_empty());
-    support::report("unmounted share: not a mount point and missing share_root: exit 69, nothing touched; mount appearing 0.7 s into a 60 s mount_timeout: used, exit 0, data equal");
+    sh(&format!("umount -l '{}'", share.display()));
+    assert!(names(&share).is_empty());
+    report("unmounted share: not a mount point and missing share_root: exit 69, nothing touched; mount appearing 0.7 s into a 60 s mount_timeout: used, exit 0, data equal");
+}
+
+/// The device a path lives on (which filesystem holds it).
+fn dev(p: &Path) -> u64 {
+    lmeta(p).dev()
+}
+
+#[test]
+fn mount_timeout_waits_for_the_share_and_uses_it() {
+    if !in_private_mount_ns!("mount_timeout_waits_for_the_share_and_uses_it") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let links = "\"data\" = { share = \"data\", dirs = [\"in\"] }";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("data"), 40, 1000, 61);
+    let before = snapshot(&sb.app.join("data"));
+
+    // Too short a wait: 69, nothing touched.
+    sb.write_config_with(true, "mount_timeout = \"300ms\"", links);
+    let t0 = std::time::Instant::now();
+    let o = sb.run(["link"]);
+    expect_code(&o, 69);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(snapshot(&sb.app.join("data")), before);
+    assert!(snapshot(&sb.share).is_empty());
+
+    // The mount appears while `link` waits.
+    sb.write_config_with(true, "mount_timeout = \"10s\"", links);
+    let mut child = sb.cmd().arg("link").stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Wait until it says it is waiting (no sleep-as-synchronisation).
+    while !log.contains("for the share:") {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "link ended early:\n{log}"
+        );
+        log.push_str(&line);
+    }
+    let share = sb.share.clone();
+    let mounter = std::thread::spawn(move || {
+        // The share shows up a moment later, as a slow SMB mount would.
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        mount_tmpfs(&share, "64m");
+    });
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    log.push_str(&rest);
+    let status = child.wait().unwrap();
+    mounter.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // The data landed in the tmpfs mounted later, not in the directory under it.
+    assert_ne!(dev(&sb.share), dev(sb.root.path()));
+    assert_eq!(dev(&sb.share.join("data")), dev(&sb.share));
+    assert_eq!(
+        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
+        before
+    );
+    umount(&sb.share);
+    assert!(
+        snapshot(&sb.share).is_empty(),
+        "wrote under the mount point"
+    );
+}
+
+#[test]
+fn read_only_share_exits_73_and_touches_nothing() {
+    if !in_private_mount_ns!("read_only_share_exits_73_and_touches_nothing") {
+        return;
+    }
+    let links = "\"baked\" = \"baked\"";
+    let sb = Sandbox::new(links);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    make_tree(&sb.app.join("baked"), 40, 5000, 41);
+    mount_ro_bind(&backing, &sb.share);
+    for (links, what) in [
+        ("\"baked\" = \"baked\"", "baked dir to migrate"),
+        (
+            "\"missing\" = { share = \"m\", dirs = [\"in\"] }",
+            "target to create",
+        ),
+        ("\"baked\" = \"baked\"\n\"missing\" = \"m\"", "both"),
+    ] {
+        sb.write_config(true, links);
+        let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
+        let o = sb.run(["link"]);
+        assert_eq!(code(&o), 73, "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("Read-only"), "{what}: {}", stderr(&o));
+        assert_eq!(snapshot(&sb.app), app_before, "{what}");
+        assert_eq!(snapshot(&backing), share_before, "{what}");
+    }
+    // Linked earlier on a writable share, a re-run on a read-only one has
+    // nothing to write and succeeds.
+    umount(&sb.share);
+    sb.write_config(true, "\"baked\" = \"baked\"\n\"missing\" = \"m\"");
+    mount_ro_bind(&backing, &sb.share);
+    sh(&format!(
+        "mount -o remount,bind,rw '{}'",
+        sb.share.display()
+    ));
+    expect_code(&sb.run(["link"]), 0);
+    sh(&format!(
+        "mount -o remount,bind,ro '{}'",
+        sb.share.display()
+    ));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    expect_code(&sb.run(["status"]), 0);
+    // With sharelink's own state directory already there, a new baked
+    // directory still fails cleanly (the lock cannot be taken).
+    assert!(backing.join(".sharelink/locks").is_dir());
+    sb.write_config(true, "\"late\" = \"late\"");
+    make_tree(&sb.app.join("late"), 10, 100, 42);
+    let (app_before, share_before) = (snapshot(&sb.app), snapshot(&backing));
+    expect_code(&sb.run(["link"]), 73);
+    assert_eq!(snapshot(&sb.app), app_before);
+    assert_eq!(snapshot(&backing), share_before);
+}
+
+#[test]
+fn read_only_share_changes_nothing() {
+    if !in_private_mount_ns!("read_only_share_changes_nothing") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (app_root, tree) = baked(tmp.path(), 100, 50_000);
+    let share = tmp.path().join("share");
+    mount_tmpfs(&share, "64m");
+    // A share that was used before (has .sharelink/locks) and one that was not.
+    let mut tried = 0;
+    for used_before in [false, true] {
+        if used_before {
+            fs::create_dir_all(share.join(".sharelink/locks")).unwrap();
+            fs::write(share.join("other_team_file"), "keep").unwrap();
+        }
+        sh(&format!("mount -o remount,ro '{}'", share.display()));
+        let share_before = snapshot(&share);
+        let cfg = write_cfg(
+            tmp.path(),
+            &app_root,
+            &share,
+            "",
+            "\"data\" = \"data\"\n\"fresh/new\" = { share = \"new\", dirs = [\"in\"] }",
+        );
+        let o = sharelink(&cfg).arg("link").output().unwrap();
+        expect_code(&o, 73);
+        assert!(stderr(&o).contains("Read-only"), "{}", stderr(&o));
+        assert_eq!(snapshot(&share), share_before);
+        assert_eq!(snapshot(&app_root.join("data")), tree);
+        sh(&format!("mount -o remount,rw '{}'", share.display()));
+        tried += 1;
+    }
+    // Already linked on a share that has since gone read-only: nothing to
+    // write, so `link` succeeds and `status` is healthy.
+    let cfg = write_cfg(tmp.path(), &app_root, &share, "", "\"data\" = \"data\"");
+    expect_code(&sharelink(&cfg).arg("link").output().unwrap(), 0);
+    sh(&format!("mount -o remount,ro '{}'", share.display()));
+    expect_code(&sharelink(&cfg).arg("link").output().unwrap(), 0);
+    expect_code(&sharelink(&cfg).arg("status").output().unwrap(), 0);
+    report(&format!(
+        "read-only share: {tried} cases (fresh share, share used before): exit 73, share and app byte-for-byte unchanged; already-linked on read-only: exit 0"
+    ));
+}
+
+#[test]
+fn share_too_small_exits_73_before_copying_and_completes_once_grown() {
+    if !in_private_mount_ns!("share_too_small_exits_73_before_copying_and_completes_once_grown") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = { share = \"data\", dirs = [\"in\"] }");
+    let baked = sb.app.join("data");
+    make_tree(&baked, 60, 1000, 51);
+    for i in 0..3 {
+        fs::write(baked.join(format!("big{i}")), vec![i as u8 + 1; 1 << 20]).unwrap();
+    }
+    let before = snapshot(&baked);
+    mount_tmpfs(&sb.share, "1m");
+    sb.write_config(true, "\"data\" = { share = \"data\", dirs = [\"in\"] }");
+    let o = sb.run(["link"]);
+    expect_code(&o, 73);
+    let err = stderr(&o);
+    assert!(
+        err.contains("free") && err.contains("Nothing was copied") && err.contains("data"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&baked), before, "original must be intact");
+    assert!(lmeta(&baked).is_dir());
+    // Refused before copying: no target, no staging.
+    assert!(!sb.share.join("data").exists());
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    // Room again: the next run finishes the job.
+    sh(&format!(
+        "mount -o remount,size=64m '{}'",
+        sb.share.display()
+    ));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(
+        without_dirs(snapshot(&sb.share.join("data")), &["in"]),
+        before
+    );
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+    assert_eq!(fs::read_link(&baked).unwrap(), sb.share.join("data"));
+    expect_code(&sb.run(["status"]), 0);
+}
+
+#[test]
+fn full_share_mid_migration_then_space_freed() {
+    if !in_private_mount_ns!("full_share_mid_migration_then_space_freed") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (app_root, tree) = baked(tmp.path(), 200, 1 << 20);
+    let bytes: usize = tree
+        .values()
+        .map(|e| match e {
+            Node::File { bytes, .. } => bytes.len(),
+            _ => 0,
+        })
+        .sum();
+    let share = tmp.path().join("share");
+    mount_tmpfs(&share, "256m");
+    let cfg = write_cfg(tmp.path(), &app_root, &share, "", "\"data\" = \"data\"");
+    // The share has room when the copy starts; something else fills it
+    // while sharelink is a third of the way through (it is stopped at that
+    // point, the share filled, then it goes on).
+    let child = sharelink(&cfg)
+        .arg("link")
+        .env("SHARELINK_PARALLELISM", "1")
+        .env(
+            "SHARELINK_FAILPOINT",
+            format!("staging.file:{}:stop", tree.len() / 6),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    wait_stopped(child.id(), Duration::from_secs(60));
+    sh(&format!(
+        "dd if=/dev/zero of='{}/filler' bs=1M 2>/dev/null; true",
+        share.display()
+    ));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let o = child.wait_with_output().unwrap();
+    expect_code(&o, 73);
+    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    // Original intact, nothing half-copied visible at the target.
+    assert_eq!(snapshot(&app_root.join("data")), tree);
+    assert!(!share.join("data").exists());
+    // The partial copy is gone: a failed run does not leave the share full
+    // for everyone else.
+    fs::remove_file(share.join("filler")).unwrap();
+    assert_eq!(leftovers(&app_root, &share), Vec::<String>::new());
+    // Space freed: the rerun completes.
+    let o = sharelink(&cfg).arg("link").output().unwrap();
+    expect_code(&o, 0);
+    assert_eq!(snapshot(&share.join("data")), tree);
+    assert_eq!(
+        fs::read_link(app_root.join("data")).unwrap(),
+        share.join("data")
+    );
+    assert_eq!(leftovers(&app_root, &share), Vec::<String>::new());
+    report(&format!(
+        "full share: migration of {} entries ({bytes} bytes) into a share that another writer fills a sixth of the way through: exit 73, original intact, target not visible, partial copy removed; after space is freed: exit 0, all {} entries equal",
+        tree.len(),
+        tree.len()
+    ));
+}
+
+#[test]
+fn share_refusing_chmod_and_chown_warns_once_per_link() {
+    if !in_private_mount_ns!("share_refusing_chmod_and_chown_warns_once_per_link") {
+        return;
+    }
+    let links =
+        "\"one\" = { share = \"one\", dirs = [\"in\"] }\n\"two\" = \"two\"\n\"three\" = \"three\"";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("one"), 80, 20_000, 31);
+    // "two": the share already has data, so app-only files are displaced
+    // (the displaced copy is refused chmod too).
+    make_tree(&sb.app.join("two"), 40, 1000, 32);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    make_tree(&backing.join("two"), 10, 100, 33);
+    // Owned by someone else than sharelink (root), so keeping owners takes
+    // a chown, which this share refuses.
+    sh(&format!(
+        "chown -R 4321:4321 '{}' '{}'",
+        sb.app.join("one").display(),
+        sb.app.join("two").display()
+    ));
+    let share_two = snapshot(&backing.join("two"));
+    let (one, two) = (snapshot(&sb.app.join("one")), snapshot(&sb.app.join("two")));
+    mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");
+    // Precondition: this share really refuses chmod.
+    fs::write(sb.share.join("probe"), "").unwrap();
+    let e = fs::set_permissions(
+        sb.share.join("probe"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    fs::remove_file(sb.share.join("probe")).unwrap();
+
+    sb.write_config(true, links);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    // One warning per migrated link and kind of loss: owners and modes.
+    let mut refusals: Vec<(String, String)> = err
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("the share refused"))
+        .map(|l| {
+            let field = |k: &str| {
+                l.split(' ')
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (field("link"), field("kind"))
+        })
+        .collect();
+    refusals.sort();
+    let want: Vec<(String, String)> = [
+        ("one", "modes"),
+        ("one", "owners"),
+        ("two", "modes"),
+        ("two", "owners"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(refusals, want, "{err}");
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(
+        without_modes(&without_dirs(snapshot(&sb.share.join("one")), &["in"])),
+        without_modes(&one)
+    );
+    assert_eq!(snapshot(&sb.share.join("two")), share_two);
+    let displaced = sb.share.join(".sharelink/displaced/two");
+    let stamps: Vec<_> = fs::read_dir(&displaced)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stamps.len(), 1);
+    let kept = snapshot(&stamps[0]);
+    for (p, n) in without_modes(&two) {
+        if !share_two.contains_key(&p) {
+            assert_eq!(
+                without_modes(&kept).get(&p),
+                Some(&n),
+                "{} displaced",
+                p.display()
+            );
+        }
+    }
+    expect_code(&sb.run(["status"]), 0);
+    umount(&sb.share);
 }
 
 /// Unmounts the FUSE share even when the test fails, so no bindfs daemon
 /// outlives it.
 struct Fuse(PathBuf);
+
 impl Drop for Fuse {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
@@ -226,21 +515,21 @@ fn smb_like_share_refusing_chmod_and_chown_warns_once_per_link() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    support::mount_tmpfs(tmp.path(), "1g");
+    mount_tmpfs(tmp.path(), "1g");
     let lower = tmp.path().join("lower");
-    support::make_tree(&lower.join("data"), 300, 100_000, 21);
-    support::make_tree(&lower.join("models/cache"), 50, 10_000, 22);
+    make_tree(&lower.join("data"), 300, 100_000, 21);
+    make_tree(&lower.join("models/cache"), 50, 10_000, 22);
     // Owned by someone else than sharelink (root), so keeping owners takes
     // a chown, which this share refuses.
-    support::sh(&format!("chown -R 4321:4321 '{}'", lower.display()));
-    let data = support::snapshot(&lower.join("data"));
-    let cache = support::snapshot(&lower.join("models/cache"));
-    let app_root = support::mount_overlay(&tmp.path().join("ovl"), &lower);
+    sh(&format!("chown -R 4321:4321 '{}'", lower.display()));
+    let data = snapshot(&lower.join("data"));
+    let cache = snapshot(&lower.join("models/cache"));
+    let app_root = mount_overlay(&tmp.path().join("ovl"), &lower);
     let backing = tmp.path().join("backing");
     let share = tmp.path().join("share");
     fs::create_dir_all(&backing).unwrap();
     fs::create_dir_all(&share).unwrap();
-    support::sh(&format!(
+    sh(&format!(
         "bindfs --chmod-deny --chown-deny '{}' '{}'",
         backing.display(),
         share.display()
@@ -263,7 +552,7 @@ fn smb_like_share_refusing_chmod_and_chown_warns_once_per_link() {
         "",
         "\"data\" = { share = \"data\", dirs = [\"in\"] }\n\"models/cache\" = \"cache\"\n\"empty/new\" = \"new\"",
     );
-    let o = support::sharelink(&cfg).arg("link").output().unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     let err = stderr(&o);
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("WARN")).collect();
@@ -288,22 +577,22 @@ fn smb_like_share_refusing_chmod_and_chown_warns_once_per_link() {
             "{share} {kind}: {err}"
         );
     }
-    let mut got = support::snapshot(&share.join("data"));
-    assert_eq!(got.remove(Path::new("in")), Some(support::Node::Dir));
-    let (m, c, x, msgs) = support::diff(&data, &got, false, 5);
+    let mut got = snapshot(&share.join("data"));
+    assert_eq!(got.remove(Path::new("in")), Some(Node::Dir));
+    let (m, c, x, msgs) = diff(&data, &got, false, 5);
     assert_eq!((m, c, x), (0, 0, 0), "{msgs:?}");
-    let (m, c, x, msgs) = support::diff(&cache, &support::snapshot(&share.join("cache")), false, 5);
+    let (m, c, x, msgs) = diff(&cache, &snapshot(&share.join("cache")), false, 5);
     assert_eq!((m, c, x), (0, 0, 0), "{msgs:?}");
     assert_eq!(
         fs::read_link(app_root.join("data")).unwrap(),
         share.join("data")
     );
-    expect_code(&support::sharelink(&cfg).arg("status").output().unwrap(), 0);
+    expect_code(&sharelink(&cfg).arg("status").output().unwrap(), 0);
     // Re-runs are quiet.
-    let o = support::sharelink(&cfg).arg("link").output().unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     assert!(!stderr(&o).contains("WARN"), "{}", stderr(&o));
-    support::report(&format!(
+    report(&format!(
         "SMB-like share (bindfs --chmod-deny --chown-deny): 2 migrated links ({} entries) + 1 new link: exit 0, content equal (modes not kept), exactly 1 warning per migrated link, rerun silent",
         data.len() + cache.len()
     ));

@@ -553,6 +553,18 @@ fn snapshot_into(root: &Path, rel: &Path, out: &mut Tree) {
     }
 }
 
+/// Metadata of `p`, not following a symlink; panics naming the path.
+pub fn lmeta(p: &Path) -> fs::Metadata {
+    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// (inode, mtime, mtime_nsec) of `p`, not following a symlink: equal
+/// stamps mean nothing replaced or rewrote it.
+pub fn stamp(p: &Path) -> (u64, i64, i64) {
+    let m = lmeta(p);
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
 /// Ignore modes (for shares that refuse chmod).
 pub fn without_modes(t: &Tree) -> Tree {
     t.iter()
