@@ -25,5 +25,4 @@ mod pid1;
 mod release_artifacts;
 mod replicas;
 mod share_faults;
-mod signal_storm;
 mod status;
