@@ -1,6 +1,5 @@
 //! Hostile and odd input: symlinks planted in the share at every level,
-//! thousands of links, and names that break
-//! naive code (non-UTF-8, spaces, newlines, 255 bytes, 200 levels deep).
+//! thousands of links, and names that break naive code (non-UTF-8, spaces, newlines, 255 bytes, 200 levels deep).
 //! None of these need root: plain directories, `require_mount = false`.
 
 use crate::support::*;
@@ -13,20 +12,29 @@ use std::time::Instant;
 
 #[test]
 fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
-    // share path a/b/c/data with dirs in/deep; the lock and displaced areas.
+    // share path a/b/c/data with dirs in/deep, and sharelink's own areas
+    // (locks, displaced copies). Along the share path both with the app
+    // path missing (the link is made) and baked (the data migrates); the
+    // own areas are used only when there is data to move.
     let links = "\"x/data\" = { share = \"a/b/c/data\", dirs = [\"in/deep\"] }";
-    let levels = [
-        ("a", true),
-        ("a/b", true),
-        ("a/b/c", true),
-        ("a/b/c/data", true),
-        ("a/b/c/data/in", false),
-        ("a/b/c/data/in/deep", false),
-        (".sharelink", true),
-        (".sharelink/locks", true),
-        (".sharelink/displaced", true),
-        (".sharelink/displaced/x", true),
+    let path_levels = [
+        "a",
+        "a/b",
+        "a/b/c",
+        "a/b/c/data",
+        "a/b/c/data/in",
+        "a/b/c/data/in/deep",
     ];
+    let own_levels = [
+        ".sharelink",
+        ".sharelink/locks",
+        ".sharelink/displaced",
+        ".sharelink/displaced/x",
+    ];
+    let levels = path_levels
+        .iter()
+        .flat_map(|l| [(*l, false), (*l, true)])
+        .chain(own_levels.iter().map(|l| (*l, true)));
     let mut refused = 0;
     for (level, baked) in levels {
         let b = Sandbox::new(links);
@@ -56,27 +64,35 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
             fs::create_dir_all(b.share.join("a/b/c/data")).unwrap();
             fs::write(b.share.join("a/b/c/data/theirs"), "share data").unwrap();
         }
-        if !baked {
-            fs::create_dir_all(b.share.join("a/b/c/data")).unwrap();
-        }
         let at = b.share.join(level);
         fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&outside, &at).unwrap();
         let outside_before = snapshot(&outside);
         let app_before = snapshot(&b.app);
+        let share_before = snapshot(&b.share);
+        let what = format!("symlink at {level}, baked={baked}");
         let o = sharelink(&b.config).arg("link").output().unwrap();
-        expect_code(&o, 65);
+        assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("symlink inside the share"), "{what}: {err}");
         assert!(
-            stderr(&o).contains("symlink inside the share"),
-            "{level}: {}",
-            stderr(&o)
+            err.contains(&*at.to_string_lossy()),
+            "{what}: the message names the symlink: {err}"
         );
         assert_eq!(
             snapshot(&outside),
             outside_before,
-            "{level}: wrote outside the share"
+            "{what}: wrote outside the share"
         );
-        assert_eq!(snapshot(&b.app), app_before, "{level}: app changed");
+        assert_eq!(snapshot(&b.app), app_before, "{what}: app changed");
+        // Nothing in the share changed, apart from sharelink's own lock
+        // directory (left empty) where it got as far as taking the lock.
+        let mut share_after = snapshot(&b.share);
+        let locks = Path::new(".sharelink/locks");
+        if !share_before.contains_key(locks) && share_after.get(locks) == Some(&Node::Dir) {
+            share_after.remove(locks);
+        }
+        assert_eq!(share_after, share_before, "{what}: share changed");
         assert!(fs::symlink_metadata(&at).unwrap().file_type().is_symlink());
         // dry-run and status refuse too, without touching anything.
         expect_code(
@@ -94,7 +110,7 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
         assert_eq!(
             snapshot(&outside),
             outside_before,
-            "{level}: wrote outside the share"
+            "{what}: wrote outside the share"
         );
         refused += 1;
     }
@@ -118,7 +134,7 @@ fn symlink_planted_in_the_share_at_each_level_is_never_followed() {
     got.remove(Path::new("in"));
     assert_eq!(got, data);
     report(&format!(
-        "hostile share: symlink to outside planted at each of {refused} levels (4 path components, 2 dirs levels, .sharelink, locks, displaced x2): exit 65 every time, 0 bytes written outside; planted staging symlink: removed, outside untouched"
+        "hostile share: symlink to outside planted in {refused} places (4 path components and 2 dirs levels, each with the app path missing and baked; .sharelink, locks, displaced x2): exit 65 every time naming the symlink, 0 bytes written outside or in the share; planted staging symlink: removed, outside untouched"
     ));
 }
 #[test]

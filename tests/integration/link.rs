@@ -394,59 +394,6 @@ fn regular_file_at_app_path_is_refused_and_other_links_still_run() {
     expect_code(&o, 1);
     assert!(stdout(&o).contains("blocked"), "{}", stdout(&o));
 }
-
-#[test]
-fn symlinks_inside_the_share_are_never_followed() {
-    // share = "a/b/c" with dirs "d/e": a symlink at every level, with the
-    // app path missing (creation) and baked (migration).
-    let levels = ["a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/e"];
-    for level in levels {
-        for baked in [false, true] {
-            let sb = Sandbox::new("\"data\" = { share = \"a/b/c\", dirs = [\"d/e\"] }");
-            let outside = sb.root.path().join("outside");
-            fs::create_dir(&outside).unwrap();
-            let parent = Path::new(level).parent().unwrap();
-            fs::create_dir_all(sb.share.join(parent)).unwrap();
-            std::os::unix::fs::symlink(&outside, sb.share.join(level)).unwrap();
-            if baked {
-                make_tree(&sb.app.join("data"), 20, 100, 3);
-            }
-            let app_before = snapshot(&sb.app);
-            let share_before = snapshot(&sb.share);
-            let o = sb.run(["link"]);
-            let what = format!("symlink at {level}, baked={baked}");
-            assert_eq!(code(&o), 65, "{what}: {}", stderr(&o));
-            assert!(
-                stderr(&o).contains(&*sb.share.join(level).to_string_lossy()),
-                "{what}: message names the symlink: {}",
-                stderr(&o)
-            );
-            assert!(
-                snapshot(&outside).is_empty(),
-                "{what}: wrote outside the share"
-            );
-            assert_eq!(snapshot(&sb.app), app_before, "{what}: app changed");
-            assert_eq!(snapshot(&sb.share), share_before, "{what}: share changed");
-            expect_code(&sb.run(["status"]), 1);
-        }
-    }
-}
-
-#[test]
-fn symlinked_state_dir_in_the_share_is_never_followed() {
-    // `.sharelink` (locks, displaced copies) pointing out of the share.
-    let sb = Sandbox::new("\"data\" = \"data\"");
-    let outside = sb.root.path().join("outside");
-    fs::create_dir(&outside).unwrap();
-    std::os::unix::fs::symlink(&outside, sb.share.join(".sharelink")).unwrap();
-    make_tree(&sb.app.join("data"), 10, 100, 5);
-    let app_before = snapshot(&sb.app);
-    let o = sb.run(["link"]);
-    expect_code(&o, 65);
-    assert!(snapshot(&outside).is_empty(), "wrote outside the share");
-    assert_eq!(snapshot(&sb.app), app_before);
-}
-
 #[test]
 fn non_directory_where_a_share_dir_belongs_is_refused() {
     // (what to put where, share path, dirs)
