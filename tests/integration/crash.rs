@@ -147,14 +147,8 @@ fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize) -> Cas
     } else {
         "[]"
     };
-    fs::write(
-        &config,
-        format!(
-            "app_root = {merged:?}\nshare_root = {share_root:?}\nrequire_mount = false\n\n\
-             [links]\n\"data\" = {{ share = \"data\", dirs = {dirs}, migrate = {migrate:?} }}\n"
-        ),
-    )
-    .unwrap();
+    let link = format!("\"data\" = {{ share = \"data\", dirs = {dirs}, migrate = {migrate:?} }}");
+    fs::write(&config, config_text(&merged, &share_root, false, "", &link)).unwrap();
     let orig = snapshot(&merged.join("data"));
     let share_before = if target.exists() {
         snapshot(&target)
@@ -188,14 +182,10 @@ fn app_only(orig: &Tree, share: &Tree) -> Vec<PathBuf> {
 }
 
 /// Complete displaced copies (`.partial` ones excluded).
-fn displaced(case: &Case) -> Vec<Tree> {
-    let base = case.share_root.join(".sharelink/displaced/data");
-    let Ok(rd) = fs::read_dir(&base) else {
-        return Vec::new();
-    };
-    rd.map(|e| e.unwrap().path())
-        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
-        .map(|p| snapshot(&p))
+fn displaced_trees(case: &Case) -> Vec<Tree> {
+    displaced(&case.share_root, "data")
+        .iter()
+        .map(|p| snapshot(p))
         .collect()
 }
 
@@ -244,7 +234,7 @@ fn check_after_crash(s: Scenario, case: &Case, what: &str) {
     } else {
         Tree::new()
     };
-    let kept = displaced(case);
+    let kept = displaced_trees(case);
     match s {
         Scenario::IntoEmpty => {
             if case.target().exists() {
@@ -308,7 +298,7 @@ fn check_finished(s: Scenario, case: &Case, what: &str) {
         "{what}: not linked"
     );
     let target = strip_input(snapshot(&case.target()));
-    let kept = displaced(case);
+    let kept = displaced_trees(case);
     match s {
         Scenario::IntoEmpty => {
             assert_eq!(target, case.orig, "{what}: share != original");

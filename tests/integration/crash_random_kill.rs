@@ -135,19 +135,6 @@ fn write_tree(root: &Path, t: &Tree) {
         }
     }
 }
-
-/// Completed displaced copies (`<stamp>` directories, not `.partial`).
-fn displaced_stamps(share: &Path) -> Vec<PathBuf> {
-    let base = share.join(".sharelink/displaced/data");
-    let mut v: Vec<PathBuf> = support::names(&base)
-        .into_iter()
-        .filter(|n| !n.ends_with(".partial"))
-        .map(|n| base.join(n))
-        .collect();
-    v.sort();
-    v
-}
-
 #[derive(Default)]
 struct Figures {
     trials: usize,
@@ -362,7 +349,7 @@ fn crash_consistency_random_sigkill() {
             "no kill landed in {phase}: {summary}"
         );
     }
-    support::sh(&format!("umount -l '{}'", base.display()));
+    support::umount_lazy(&base);
 }
 
 fn count_entries(root: &Path) -> usize {
@@ -391,7 +378,8 @@ fn where_landed(lab: &Lab, app_root: &Path, share: &Path, mode: Mode) -> Landed 
             !staging.exists()
                 && !partial
                 && app_is_dir
-                && (count_entries(&app) < lab.pristine.len() || !displaced_stamps(share).is_empty())
+                && (count_entries(&app) < lab.pristine.len()
+                    || !support::displaced(share, "data").is_empty())
         }
     };
     if app_is_link {
@@ -423,7 +411,7 @@ fn check_invariant(
     let app = app_root.join("data");
     let app_is_dir = fs::symlink_metadata(&app).is_ok_and(|m| m.is_dir());
     let target = share.join("data");
-    let stamps = displaced_stamps(share);
+    let stamps = support::displaced(share, "data");
     let mut lost_here = 0;
     for (rel, e) in &lab.pristine {
         let whole = (app_is_dir && support::holds(&app.join(rel), e))
@@ -540,7 +528,7 @@ fn check_final(
         fig.corrupt += corrupt + extra;
         fig.fail(trial, format!("share after rerun: {missing} missing, {corrupt} differ, {extra} unexpected: {msgs:?}"));
     }
-    let stamps = displaced_stamps(share);
+    let stamps = support::displaced(share, "data");
     match mode {
         Mode::KeepShare => {
             // Every app-only entry is in a displaced copy, whole.

@@ -216,18 +216,6 @@ fn baked_dir_moves_whole_into_missing_or_empty_share_target() {
         expect_code(&sb.run(["status"]), 0);
     }
 }
-
-/// `<share_root>/.sharelink/displaced/<app path>/<stamp>` directories.
-fn displaced_stamps(sb: &Sandbox, app_rel: &str) -> Vec<std::path::PathBuf> {
-    let base = sb.share.join(".sharelink/displaced").join(app_rel);
-    let Ok(rd) = fs::read_dir(&base) else {
-        return Vec::new();
-    };
-    let mut v: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
-    v.sort();
-    v
-}
-
 fn is_utc_stamp(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() >= 16
@@ -276,8 +264,9 @@ fn if_empty_keeps_the_share_and_sets_aside_what_differs_or_is_app_only() {
     // The share wins, entirely: nothing merged in, nothing overwritten.
     assert_eq!(snapshot(&target), share_before);
     assert_eq!(fs::read_link(&app).unwrap(), target);
-    let stamps = displaced_stamps(&sb, "m/data");
+    let stamps = displaced(&sb.share, "m/data");
     assert_eq!(stamps.len(), 1, "{stamps:?}");
+    assert_eq!(leftovers(&sb.app, &sb.share), Vec::<String>::new());
     let name = stamps[0]
         .file_name()
         .unwrap()
@@ -353,8 +342,9 @@ fn merge_copies_app_only_files_in_without_overwriting() {
     );
     // What cannot be merged (an app file where the share has a directory,
     // files whose content differs) is kept aside, not dropped.
-    let stamps = displaced_stamps(&sb, "data");
+    let stamps = displaced(&sb.share, "data");
     assert_eq!(stamps.len(), 1, "{stamps:?}");
+    assert_eq!(leftovers(&sb.app, &sb.share), Vec::<String>::new());
     for (p, want) in [
         ("clash", "app file where the share has a dir"),
         ("both", "app version"),

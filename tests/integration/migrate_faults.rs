@@ -11,17 +11,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// Complete set-aside copies of `app_rel`, oldest first.
-fn stamps(share: &Path, app_rel: &str) -> Vec<PathBuf> {
-    let base = share.join(".sharelink/displaced").join(app_rel);
-    let mut v: Vec<PathBuf> = fs::read_dir(&base)
-        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    v.retain(|p| !p.to_string_lossy().ends_with(".partial"));
-    v.sort();
-    v
-}
-
 fn set_mtime(p: &Path, t: SystemTime) {
     let f = fs::File::options().write(true).open(p).unwrap();
     f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
@@ -60,7 +49,7 @@ fn same_size_and_mtime_is_not_same_content(share_has_it: bool) {
             "the share's own file"
         );
         assert_eq!(target.join("model.bin").exists(), share_has_it);
-        let kept: Vec<String> = stamps(&sb.share, "data")
+        let kept: Vec<String> = displaced(&sb.share, "data")
             .iter()
             .map(|s| fs::read_to_string(s.join("model.bin")).unwrap())
             .collect();
@@ -77,7 +66,7 @@ fn same_size_and_mtime_is_not_same_content(share_has_it: bool) {
     std::thread::sleep(Duration::from_millis(150));
     let o = sb.run(["link"]);
     expect_code(&o, 0);
-    assert_eq!(stamps(&sb.share, "data").len(), 2, "{}", stderr(&o));
+    assert_eq!(displaced(&sb.share, "data").len(), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("already set aside"), "{}", stderr(&o));
 }
 

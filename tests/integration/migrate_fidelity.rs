@@ -236,15 +236,6 @@ fn rich_tree(d: &Path) {
         d.display()
     ));
 }
-
-fn config(path: &Path, app_root: &Path, share: &Path) {
-    fs::write(
-        path,
-        format!("app_root = {app_root:?}\nshare_root = {share:?}\nrequire_mount = false\n[links]\n\"data\" = \"data\"\n"),
-    )
-    .unwrap();
-}
-
 #[test]
 fn copy_keeps_what_cp_a_keeps() {
     if !in_private_mount_ns!("copy_keeps_what_cp_a_keeps") {
@@ -270,7 +261,11 @@ fn copy_keeps_what_cp_a_keeps() {
     let share = shares.join("share");
     fs::create_dir_all(&share).unwrap();
     let cfg = root.path().join("sharelink.toml");
-    config(&cfg, &merged, &share);
+    fs::write(
+        &cfg,
+        config_text(&merged, &share, false, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
     let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
@@ -320,7 +315,11 @@ fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
         &["--deny", "link,xattr,mknod,chmod,chown"],
     );
     let cfg = root.path().join("sharelink.toml");
-    config(&cfg, &merged, &share);
+    fs::write(
+        &cfg,
+        config_text(&merged, &share, false, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
     let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);

@@ -11,23 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Every complete set-aside copy of `app_rel`.
-fn stamps(share: &Path, app_rel: &str) -> Vec<PathBuf> {
-    let base = share.join(".sharelink/displaced").join(app_rel);
-    fs::read_dir(&base)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().path())
-                .filter(|p| !p.to_string_lossy().ends_with(".partial"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The contents of `rel` wherever it ended up: the share target and every
 /// set-aside copy.
 fn versions(share: &Path, target: &Path, rel: &str) -> Vec<String> {
     let mut v = Vec::new();
-    for dir in std::iter::once(target.to_path_buf()).chain(stamps(share, "data")) {
+    for dir in std::iter::once(target.to_path_buf()).chain(displaced(share, "data")) {
         if let Ok(s) = fs::read_to_string(dir.join(rel)) {
             v.push(s);
         }

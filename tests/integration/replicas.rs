@@ -221,19 +221,6 @@ fn replicas_on_separate_machines() {
         },
     );
 }
-
-// ---- dead and live lock holders (no root needed) ---------------------------
-
-fn plain(links: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let t = tempfile::tempdir().unwrap();
-    let (app, share) = (t.path().join("app"), t.path().join("share"));
-    fs::create_dir_all(&app).unwrap();
-    fs::create_dir_all(&share).unwrap();
-    let cfg = t.path().join("sharelink.toml");
-    fs::write(&cfg, support::config_text(&app, &share, false, "", links)).unwrap();
-    (t, app, share, cfg)
-}
-
 /// The owner-file prefix sharelink writes for a process of this host.
 fn my_identity() -> String {
     let host = nix::unistd::gethostname().unwrap();
@@ -258,7 +245,8 @@ fn lock_of_a_killed_holder_is_broken() {
     if !sharelink::failpoint::ENABLED {
         panic!("build with --features failpoints (the documented test command)");
     }
-    let (t, app, share, cfg) = plain("\"data\" = \"data\"");
+    let sb = support::Sandbox::new("\"data\" = \"data\"");
+    let (app, share, cfg) = (sb.app.clone(), sb.share.clone(), sb.config.clone());
     support::make_tree(&app.join("data"), 200, 20_000, 3);
     let before = support::snapshot(&app.join("data"));
     let mut killed_at = Vec::new();
@@ -293,12 +281,13 @@ fn lock_of_a_killed_holder_is_broken() {
     assert_eq!(support::snapshot(&share.join("data")), before);
     assert_eq!(fs::read_link(app.join("data")).unwrap(), share.join("data"));
     assert_eq!(support::leftovers(&app, &share), Vec::<String>::new());
-    drop(t);
+    drop(sb);
 }
 
 #[test]
 fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
-    let (_t, app, share, cfg) = plain("\"data\" = \"data\"");
+    let sb = support::Sandbox::new("\"data\" = \"data\"");
+    let (app, share, cfg) = (sb.app.clone(), sb.share.clone(), sb.config.clone());
     support::make_tree(&app.join("data"), 50, 1000, 4);
     let before = support::snapshot(&app.join("data"));
     let lock = share.join(".sharelink/locks/data");
@@ -339,7 +328,8 @@ fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
 
     // A holder on another machine whose lease ran out (owner file not
     // refreshed for longer than SHARELINK_LOCK_LEASE) is broken too.
-    let (_t2, app2, share2, cfg2) = plain("\"data\" = \"data\"");
+    let sb2 = support::Sandbox::new("\"data\" = \"data\"");
+    let (app2, share2, cfg2) = (sb2.app.clone(), sb2.share.clone(), sb2.config.clone());
     support::make_tree(&app2.join("data"), 50, 1000, 5);
     let lock2 = share2.join(".sharelink/locks/data");
     fs::create_dir_all(&lock2).unwrap();

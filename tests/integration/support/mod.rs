@@ -732,6 +732,20 @@ pub fn walk_names(root: &Path, f: &mut dyn FnMut(&Path, &str)) {
     }
 }
 
+/// Complete set-aside copies of `app_rel`
+/// (`<share_root>/.sharelink/displaced/<app_rel>/<stamp>`), oldest first;
+/// unfinished (`.partial`) ones are not included.
+pub fn displaced(share_root: &Path, app_rel: &str) -> Vec<PathBuf> {
+    let base = share_root.join(".sharelink/displaced").join(app_rel);
+    let mut v: Vec<PathBuf> = names(&base)
+        .into_iter()
+        .filter(|n| !n.ends_with(".partial"))
+        .map(|n| base.join(n))
+        .collect();
+    v.sort();
+    v
+}
+
 /// What a finished run must not leave behind: staging directories,
 /// partial displaced copies, lock directories (taken, `.new.`, `.break`),
 /// temporary symlinks. Returns descriptions of what it found.
