@@ -4,7 +4,8 @@
 //! next run finishes the job with every byte where it belongs. Then the
 //! resume path: a killed copy is continued, not started over.
 //!
-//! Needs `cargo test --features failpoints`; without it this file fails.
+//! Needs `cargo test --features failpoints`; without it
+//! `crash_tests_need_the_failpoints_feature` fails.
 
 use crate::support::*;
 
@@ -21,7 +22,7 @@ type Tree = BTreeMap<PathBuf, Node>;
 #[test]
 fn crash_tests_need_the_failpoints_feature() {
     panic!(
-        "tests/crash.rs needs the failpoint hooks: run `cargo test --features failpoints` \
+        "the crash tests need the failpoint hooks: run `cargo test --features failpoints` \
          (a build without them cannot crash on purpose, so the sweep would test nothing)"
     );
 }

@@ -1,6 +1,8 @@
 //! Crash consistency: SIGKILL `sharelink link` at a random moment of a
-//! migration, check SPEC's invariant right after the kill, re-run, and
-//! compare the whole original tree with the share byte for byte.
+//! migration, check the invariant right after the kill (every original
+//! entry whole in the app directory, the share target or a complete
+//! set-aside copy; the target all or nothing), re-run, and compare the
+//! whole original tree with the share byte for byte.
 //!
 //! The source tree (≥2,000 files: mixed sizes, nested and empty
 //! directories, symlinks) is built once on a tmpfs and used as the lower
@@ -294,7 +296,7 @@ fn crash_consistency_random_sigkill() {
         };
         *fig.landed.entry(format!("{landed:?}")).or_default() += 1;
 
-        // SPEC's invariant, right after the kill.
+        // The invariant, right after the kill.
         check_invariant(&lab, &app_root, &share, mode, trial, &mut fig);
 
         // The next run finishes the work.

@@ -1,7 +1,7 @@
 //! Concurrent replicas and dead lock holders.
 //!
-//! SPEC: "Several replicas starting at once on the same share all end
-//! linked, with the baked data migrated exactly once and nothing lost."
+//! Several replicas starting at once on the same share must all end
+//! linked, with the baked data migrated exactly once and nothing lost.
 //! Two ways, 50 rounds each, 8 processes per round:
 //! - one app root shared by all 8 (people running `sharelink link` by hand
 //!   in a running container);
