@@ -244,7 +244,7 @@ pub fn require_root(test: &str) -> bool {
             skip_or_fail(
                 test,
                 &format!("needs root and unshare (mount and PID namespaces): {why}"),
-                "run the tests as root, as CI does",
+                "sudo -E cargo test --features failpoints",
             );
             false
         }
