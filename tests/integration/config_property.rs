@@ -22,8 +22,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::support::api::{config, Overrides};
 use proptest::prelude::*;
-use sharelink::config::{self, Overrides};
 
 fn cases(default: u32) -> ProptestConfig {
     let n = std::env::var("PROPTEST_CASES")

@@ -14,7 +14,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sharelink::migrate::FAILPOINTS;
+use crate::support::api::FAILPOINTS;
 
 type Tree = BTreeMap<PathBuf, Node>;
 

@@ -242,7 +242,7 @@ fn start_time(pid: u32) -> String {
 
 #[test]
 fn lock_of_a_killed_holder_is_broken() {
-    if !sharelink::failpoint::ENABLED {
+    if !support::api::FAILPOINTS_ENABLED {
         panic!("build with --features failpoints (the documented test command)");
     }
     let sb = support::Sandbox::new("\"data\" = \"data\"");

@@ -16,6 +16,14 @@
 pub mod latencyfs;
 pub mod scripts;
 
+/// The library items the tests use, all named here: when one moves in
+/// src/, this is the one place to follow it.
+pub mod api {
+    pub use sharelink::config::{self, Overrides};
+    pub use sharelink::failpoint::ENABLED as FAILPOINTS_ENABLED;
+    pub use sharelink::migrate::FAILPOINTS;
+}
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;
