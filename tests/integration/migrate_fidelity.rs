@@ -2,9 +2,8 @@
 //! tree), and on a share that cannot hold some of it (SMB-like) keeps the
 //! data, says once per kind what was lost, and counts it.
 
-mod common;
-use common::latencyfs::LatencyFs;
-use common::*;
+use crate::support::latencyfs::LatencyFs;
+use crate::support::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -237,18 +236,9 @@ fn rich_tree(d: &Path) {
         d.display()
     ));
 }
-
-fn config(path: &Path, app_root: &Path, share: &Path) {
-    fs::write(
-        path,
-        format!("app_root = {app_root:?}\nshare_root = {share:?}\nrequire_mount = false\n[links]\n\"data\" = \"data\"\n"),
-    )
-    .unwrap();
-}
-
 #[test]
 fn copy_keeps_what_cp_a_keeps() {
-    if !in_private_mount_ns("copy_keeps_what_cp_a_keeps") {
+    if !in_private_mount_ns!("copy_keeps_what_cp_a_keeps") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -271,14 +261,13 @@ fn copy_keeps_what_cp_a_keeps() {
     let share = shares.join("share");
     fs::create_dir_all(&share).unwrap();
     let cfg = root.path().join("sharelink.toml");
-    config(&cfg, &merged, &share);
+    fs::write(
+        &cfg,
+        config_text(&merged, &share, false, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     assert!(
         !stderr(&o).contains("WARN"),
@@ -309,7 +298,7 @@ fn copy_keeps_what_cp_a_keeps() {
 /// loss is one warning and a count in the link's line.
 #[test]
 fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
-    if !in_private_mount_ns("smb_like_share_keeps_the_data_and_warns_once_per_kind") {
+    if !in_private_mount_ns!("smb_like_share_keeps_the_data_and_warns_once_per_kind") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -326,14 +315,13 @@ fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
         &["--deny", "link,xattr,mknod,chmod,chown"],
     );
     let cfg = root.path().join("sharelink.toml");
-    config(&cfg, &merged, &share);
+    fs::write(
+        &cfg,
+        config_text(&merged, &share, false, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     let err = stderr(&o);
     let mut kinds: Vec<String> = err
@@ -398,12 +386,7 @@ fn smb_like_share_keeps_the_data_and_warns_once_per_kind() {
         share.join("data")
     );
     // Nothing left to warn about on the next run.
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 0);
     assert!(!stderr(&o).contains("WARN"), "{}", stderr(&o));
 }

@@ -7,8 +7,7 @@
 //! `SHARELINK_TEST_SEED` repeats a run, `SHARELINK_PROPERTY_TRIALS` makes it
 //! longer.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,20 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The content each path must still have somewhere.
 type Model = BTreeMap<PathBuf, Vec<u8>>;
@@ -121,21 +106,9 @@ fn check(model: &Model, app: &Path, target: &Path, share: &Path, what: &str) {
 
 #[test]
 fn random_trees_writers_and_kills_lose_nothing() {
-    let seed = std::env::var("SHARELINK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let trials: u64 = std::env::var("SHARELINK_PROPERTY_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    eprintln!("seed {seed} (repeat with SHARELINK_TEST_SEED={seed})");
-    let mut rng = Rng(seed | 1);
+    let seed = seed("random_trees_writers_and_kills_lose_nothing");
+    let trials = knob("SHARELINK_PROPERTY_TRIALS", 12) as u64;
+    let mut rng = Rng(seed);
     let (mut kills, mut steps, mut mutations) = (0, 0, 0);
     for trial in 0..trials {
         let mode = if rng.below(2) == 0 {

@@ -2,8 +2,7 @@
 //! it (a manual re-run in a running container, a sidecar): nothing they
 //! wrote may be lost.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use std::fs;
 use std::io::Write;
@@ -12,23 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Every complete set-aside copy of `app_rel`.
-fn stamps(share: &Path, app_rel: &str) -> Vec<PathBuf> {
-    let base = share.join(".sharelink/displaced").join(app_rel);
-    fs::read_dir(&base)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().path())
-                .filter(|p| !p.to_string_lossy().ends_with(".partial"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The contents of `rel` wherever it ended up: the share target and every
 /// set-aside copy.
 fn versions(share: &Path, target: &Path, rel: &str) -> Vec<String> {
     let mut v = Vec::new();
-    for dir in std::iter::once(target.to_path_buf()).chain(stamps(share, "data")) {
+    for dir in std::iter::once(target.to_path_buf()).chain(displaced(share, "data")) {
         if let Ok(s) = fs::read_to_string(dir.join(rel)) {
             v.push(s);
         }
@@ -210,19 +197,7 @@ fn race_a_writer(
         .spawn()
         .unwrap();
     let pid = child.id();
-    wait_for(
-        "sharelink to stop holding the lease",
-        Duration::from_secs(30),
-        || {
-            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('T')
-            })
-        },
-    );
+    wait_stopped(pid, Duration::from_secs(30));
     // The writer's open blocks on the lease.
     let path = app.join("journal.txt");
     let w = std::thread::spawn(move || {

@@ -7,37 +7,22 @@
 //! a `SKIP:` line); the test is then skipped loudly, except with `CI=true`,
 //! where every script must run. Callers check their own prerequisites the
 //! same way through [`skip_or_fail`].
-#![allow(dead_code)]
+//!
+//! Scripts run one at a time: they build images and release binaries, and
+//! two at once would only make each slower than its own deadlines allow.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::skip_or_fail;
 
 /// The exit code a script uses for "a prerequisite is missing".
 pub const SKIP: i32 = 77;
-
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Skip `test` loudly, or fail when `CI=true`.
-pub fn skip_or_fail(test: &str, why: &str, how: &str) {
-    if in_ci() {
-        panic!("{test}: CI=true but it cannot run: {why}");
-    }
-    let bar = "!".repeat(78);
-    let msg = format!(
-        "\n{bar}\n!!! SKIPPED: {test} (did NOT run)\n!!! {why}\n\
-         !!! Run it with CI=true to make this a failure, or `{how}`.\n{bar}\n"
-    );
-    // Straight to the process's stderr: visible even when the harness
-    // captures test output.
-    let _ = std::io::stderr().write_all(msg.as_bytes());
-    println!("{msg}");
-}
 
 /// Why Docker is not usable, if it is not.
 pub fn docker_unusable() -> Option<String> {
@@ -66,6 +51,10 @@ pub fn docker_unusable() -> Option<String> {
 /// Run `bash <script>` from the repository root with `tag` before each
 /// output line; panic unless it exits 0 (77: [`skip_or_fail`]).
 pub fn run(test: &str, tag: &str, script: &str, deadline: Duration) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    // A script that failed (panicked) in another test leaves it poisoned:
+    // that is no reason to fail this one.
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new("bash")
         .arg(root.join(script))

@@ -4,17 +4,17 @@
 //! next run finishes the job with every byte where it belongs. Then the
 //! resume path: a killed copy is continued, not started over.
 //!
-//! Needs `cargo test --features failpoints`; without it this file fails.
+//! Needs `cargo test --features failpoints`; without it
+//! `crash_tests_need_the_failpoints_feature` fails.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sharelink::link::migrate::FAILPOINTS;
+use crate::support::api::FAILPOINTS;
 
 type Tree = BTreeMap<PathBuf, Node>;
 
@@ -22,7 +22,7 @@ type Tree = BTreeMap<PathBuf, Node>;
 #[test]
 fn crash_tests_need_the_failpoints_feature() {
     panic!(
-        "tests/crash.rs needs the failpoint hooks: run `cargo test --features failpoints` \
+        "the crash tests need the failpoint hooks: run `cargo test --features failpoints` \
          (a build without them cannot crash on purpose, so the sweep would test nothing)"
     );
 }
@@ -82,14 +82,10 @@ impl Case {
         self.share_root.join(".data.sharelink-staging")
     }
     fn run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        let mut c = std::process::Command::new(BIN);
-        c.arg("--config").arg(&self.config).args(args);
-        c.env_remove("SHARELINK_LOG")
-            .env_remove("SHARELINK_FAILPOINT")
-            .env_remove("SHARELINK_FAILPOINT_LOG")
-            // One worker: failpoints are then reached in a fixed order and
-            // hit counts are exact.
-            .env("SHARELINK_PARALLELISM", "1");
+        let mut c = sharelink(&self.config);
+        // One worker: failpoints are then reached in a fixed order and hit
+        // counts are exact.
+        c.args(args).env("SHARELINK_PARALLELISM", "1");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -152,14 +148,8 @@ fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize) -> Cas
     } else {
         "[]"
     };
-    fs::write(
-        &config,
-        format!(
-            "app_root = {merged:?}\nshare_root = {share_root:?}\nrequire_mount = false\n\n\
-             [links]\n\"data\" = {{ share = \"data\", dirs = {dirs}, migrate = {migrate:?} }}\n"
-        ),
-    )
-    .unwrap();
+    let link = format!("\"data\" = {{ share = \"data\", dirs = {dirs}, migrate = {migrate:?} }}");
+    fs::write(&config, config_text(&merged, &share_root, false, "", &link)).unwrap();
     let orig = snapshot(&merged.join("data"));
     let share_before = if target.exists() {
         snapshot(&target)
@@ -193,14 +183,10 @@ fn app_only(orig: &Tree, share: &Tree) -> Vec<PathBuf> {
 }
 
 /// Complete displaced copies (`.partial` ones excluded).
-fn displaced(case: &Case) -> Vec<Tree> {
-    let base = case.share_root.join(".sharelink/displaced/data");
-    let Ok(rd) = fs::read_dir(&base) else {
-        return Vec::new();
-    };
-    rd.map(|e| e.unwrap().path())
-        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
-        .map(|p| snapshot(&p))
+fn displaced_trees(case: &Case) -> Vec<Tree> {
+    displaced(&case.share_root, "data")
+        .iter()
+        .map(|p| snapshot(p))
         .collect()
 }
 
@@ -249,7 +235,7 @@ fn check_after_crash(s: Scenario, case: &Case, what: &str) {
     } else {
         Tree::new()
     };
-    let kept = displaced(case);
+    let kept = displaced_trees(case);
     match s {
         Scenario::IntoEmpty => {
             if case.target().exists() {
@@ -313,7 +299,7 @@ fn check_finished(s: Scenario, case: &Case, what: &str) {
         "{what}: not linked"
     );
     let target = strip_input(snapshot(&case.target()));
-    let kept = displaced(case);
+    let kept = displaced_trees(case);
     match s {
         Scenario::IntoEmpty => {
             assert_eq!(target, case.orig, "{what}: share != original");
@@ -386,6 +372,7 @@ fn check_finished(s: Scenario, case: &Case, what: &str) {
     assert_eq!(code(&o), 0, "{what}: status: {}", stdout(&o));
 }
 
+/// `test`: the test's path from [`test_path!`].
 fn sweep(test: &str, s: Scenario) {
     if !in_private_mount_ns(test) {
         return;
@@ -437,7 +424,7 @@ fn sweep(test: &str, s: Scenario) {
 #[test]
 fn crash_anywhere_into_empty_share_then_rerun_completes() {
     sweep(
-        "crash_anywhere_into_empty_share_then_rerun_completes",
+        test_path!("crash_anywhere_into_empty_share_then_rerun_completes"),
         Scenario::IntoEmpty,
     );
 }
@@ -445,7 +432,7 @@ fn crash_anywhere_into_empty_share_then_rerun_completes() {
 #[test]
 fn crash_anywhere_while_setting_aside_then_rerun_completes() {
     sweep(
-        "crash_anywhere_while_setting_aside_then_rerun_completes",
+        test_path!("crash_anywhere_while_setting_aside_then_rerun_completes"),
         Scenario::KeepShare,
     );
 }
@@ -453,7 +440,7 @@ fn crash_anywhere_while_setting_aside_then_rerun_completes() {
 #[test]
 fn crash_anywhere_while_merging_then_rerun_completes() {
     sweep(
-        "crash_anywhere_while_merging_then_rerun_completes",
+        test_path!("crash_anywhere_while_merging_then_rerun_completes"),
         Scenario::Merge,
     );
 }
@@ -475,7 +462,7 @@ fn staged_inodes(case: &Case) -> BTreeMap<PathBuf, u64> {
 /// next run keeps the very same staged files (same inodes) and says so.
 #[test]
 fn killed_copy_resumes_instead_of_starting_over() {
-    if !in_private_mount_ns("killed_copy_resumes_instead_of_starting_over") {
+    if !in_private_mount_ns!("killed_copy_resumes_instead_of_starting_over") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -514,7 +501,7 @@ fn killed_copy_resumes_instead_of_starting_over() {
 /// migration finishes.
 #[test]
 fn repeatedly_killed_migration_still_finishes() {
-    if !in_private_mount_ns("repeatedly_killed_migration_still_finishes") {
+    if !in_private_mount_ns!("repeatedly_killed_migration_still_finishes") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -569,29 +556,35 @@ fn repeatedly_killed_migration_still_finishes() {
 /// migration finishes.
 #[test]
 fn killed_on_a_timer_again_and_again_still_finishes() {
-    if !in_private_mount_ns("killed_on_a_timer_again_and_again_still_finishes") {
+    if !in_private_mount_ns!("killed_on_a_timer_again_and_again_still_finishes") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
     let (work, shares) = (root.path().join("work"), root.path().join("shares"));
     mount_tmpfs(&work, "1g");
     mount_tmpfs(&shares, "1g");
-    // An uninterrupted run of an identical case, for the time.
-    let probe = setup(&work, &shares, 1, Scenario::IntoEmpty, 3000);
-    let t = std::time::Instant::now();
-    let o = probe.run(&["link"], &[]);
-    let whole = t.elapsed();
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // How long an uninterrupted run of an identical case takes, measured
+    // again before every attempt: other tests share the machine, and a
+    // timer set while it was quiet could stop every run before it gets
+    // anywhere once it is busy.
+    let mut probes = 0;
+    let mut whole = || {
+        probes += 1;
+        let probe = setup(&work, &shares, probes, Scenario::IntoEmpty, 3000);
+        let t = std::time::Instant::now();
+        let o = probe.run(&["link"], &[]);
+        let took = t.elapsed();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        umount(&probe.merged);
+        took
+    };
     let case = setup(&work, &shares, 0, Scenario::IntoEmpty, 3000);
     let mut attempts = Vec::new();
     let finished = loop {
         assert!(attempts.len() < 20, "no end after 20 kills: {attempts:?}");
-        let mut c = std::process::Command::new(BIN);
-        c.arg("--config")
-            .arg(&case.config)
-            .arg("link")
-            .env_remove("SHARELINK_LOG")
-            .env_remove("SHARELINK_FAILPOINT")
+        let whole = whole();
+        let mut c = sharelink(&case.config);
+        c.arg("link")
             .env("SHARELINK_PARALLELISM", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -607,7 +600,7 @@ fn killed_on_a_timer_again_and_again_still_finishes() {
         let what = format!("kill {}", attempts.len() + 1);
         check_after_crash(Scenario::IntoEmpty, &case, &what);
         let left = fs::read_dir(case.app()).map(|d| d.count()).ok();
-        attempts.push((case.target().exists(), left));
+        attempts.push((whole, case.target().exists(), left));
     };
     assert!(
         !attempts.is_empty(),
@@ -615,8 +608,7 @@ fn killed_on_a_timer_again_and_again_still_finishes() {
     );
     check_finished(Scenario::IntoEmpty, &case, "after kills on a timer");
     eprintln!(
-        "a whole migration took {whole:?}; killed at half that: (committed, app entries left) {attempts:?}, finished on attempt {finished}"
+        "killed at half a whole migration's time: (whole, committed, app entries left) {attempts:?}, finished on attempt {finished}"
     );
     umount(&case.merged);
-    umount(&probe.merged);
 }

@@ -10,7 +10,7 @@
 //! - `SHARELINK_SKIP_DOCKER_MULTINODE=1` skips it outside CI (about three
 //!   minutes).
 
-mod script_support;
+use crate::support::{self, scripts};
 
 use std::time::Duration;
 
@@ -21,15 +21,14 @@ const DEADLINE: Duration = Duration::from_secs(30 * 60);
 fn deployment_scale_out_on_separate_nodes() {
     let test = "docker_multinode";
     let how = "bash tests/docker/multinode.sh";
-    if !script_support::in_ci()
-        && std::env::var("SHARELINK_SKIP_DOCKER_MULTINODE").is_ok_and(|v| v == "1")
+    if !support::in_ci() && std::env::var("SHARELINK_SKIP_DOCKER_MULTINODE").is_ok_and(|v| v == "1")
     {
-        script_support::skip_or_fail(test, "SHARELINK_SKIP_DOCKER_MULTINODE=1", how);
+        support::skip_or_fail(test, "SHARELINK_SKIP_DOCKER_MULTINODE=1", how);
         return;
     }
-    if let Some(why) = script_support::docker_unusable() {
-        script_support::skip_or_fail(test, &format!("Docker is not usable here: {why}"), how);
+    if let Some(why) = scripts::docker_unusable() {
+        support::skip_or_fail(test, &format!("Docker is not usable here: {why}"), how);
         return;
     }
-    script_support::run(test, "multinode", "tests/docker/multinode.sh", DEADLINE);
+    scripts::run(test, "multinode", "tests/docker/multinode.sh", DEADLINE);
 }

@@ -3,25 +3,13 @@
 //! UTF-8, a migration that could never finish started anyway, and staging
 //! paths longer than PATH_MAX.
 
-mod common;
-use common::*;
+use crate::support::*;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// Complete set-aside copies of `app_rel`, oldest first.
-fn stamps(share: &Path, app_rel: &str) -> Vec<PathBuf> {
-    let base = share.join(".sharelink/displaced").join(app_rel);
-    let mut v: Vec<PathBuf> = fs::read_dir(&base)
-        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    v.retain(|p| !p.to_string_lossy().ends_with(".partial"));
-    v.sort();
-    v
-}
 
 fn set_mtime(p: &Path, t: SystemTime) {
     let f = fs::File::options().write(true).open(p).unwrap();
@@ -61,7 +49,7 @@ fn same_size_and_mtime_is_not_same_content(share_has_it: bool) {
             "the share's own file"
         );
         assert_eq!(target.join("model.bin").exists(), share_has_it);
-        let kept: Vec<String> = stamps(&sb.share, "data")
+        let kept: Vec<String> = displaced(&sb.share, "data")
             .iter()
             .map(|s| fs::read_to_string(s.join("model.bin")).unwrap())
             .collect();
@@ -78,7 +66,7 @@ fn same_size_and_mtime_is_not_same_content(share_has_it: bool) {
     std::thread::sleep(Duration::from_millis(150));
     let o = sb.run(["link"]);
     expect_code(&o, 0);
-    assert_eq!(stamps(&sb.share, "data").len(), 2, "{}", stderr(&o));
+    assert_eq!(displaced(&sb.share, "data").len(), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("already set aside"), "{}", stderr(&o));
 }
 
@@ -98,7 +86,7 @@ fn same_size_and_mtime_as_a_kept_app_only_file_is_not_same_content() {
 /// refused, and nothing of the volume touched.
 #[test]
 fn volume_inside_data_dir_is_found_even_with_non_utf8_mount_names() {
-    if !in_private_mount_ns("volume_inside_data_dir_is_found_even_with_non_utf8_mount_names") {
+    if !in_private_mount_ns!("volume_inside_data_dir_is_found_even_with_non_utf8_mount_names") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -140,12 +128,7 @@ fn volume_inside_data_dir_is_found_even_with_non_utf8_mount_names() {
         ),
     )
     .unwrap();
-    let o = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("link")
-        .output()
-        .unwrap();
+    let o = sharelink(&cfg).arg("link").output().unwrap();
     expect_code(&o, 65);
     assert!(stderr(&o).contains("mount point"), "{}", stderr(&o));
     assert_eq!(snapshot(&source), volume, "the volume was touched");
@@ -173,7 +156,7 @@ fn app_dir_that_cannot_be_emptied_fails_before_copying_as_non_root() {
     sh(&format!("chown -R 65534:65534 '{}'", sb.share.display()));
     std::thread::sleep(Duration::from_millis(150));
     let o = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
         .arg("--config")
         .arg(&sb.config)
         .arg("link")
@@ -209,12 +192,14 @@ fn app_dir_with_an_immutable_subdirectory_fails_before_copying() {
         .output()
         .unwrap();
     if !chattr.status.success() {
-        assert!(
-            !is_ci(),
-            "chattr +i failed in CI: {}",
-            String::from_utf8_lossy(&chattr.stderr)
+        skip_or_fail(
+            "app_dir_with_an_immutable_subdirectory_fails_before_copying",
+            &format!(
+                "the temporary directory's filesystem has no immutable flag: chattr +i: {}",
+                String::from_utf8_lossy(&chattr.stderr).trim()
+            ),
+            "run it with TMPDIR on ext4, xfs or btrfs",
         );
-        eprintln!("!!!!! SKIPPED: the temporary directory's filesystem has no immutable flag");
         return;
     }
     let before = snapshot(&sb.app.join("data"));

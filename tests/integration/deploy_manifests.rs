@@ -7,13 +7,13 @@
 //! Needs the Python tools `.ci/install-deps` installs; without them it is
 //! skipped loudly, except with `CI=true`.
 
-mod script_support;
+use crate::support::scripts;
 
 use std::time::Duration;
 
 #[test]
 fn deploy_manifests_validate() {
-    script_support::run(
+    scripts::run(
         "deploy_manifests_validate",
         "deploy",
         "tests/deploy/validate.sh",

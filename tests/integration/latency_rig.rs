@@ -4,9 +4,8 @@
 //! and requests from different threads are served concurrently (a rig that
 //! serialised them would hide the very latency effect it exists to show).
 
-mod common;
-use common::latencyfs::LatencyFs;
-use common::*;
+use crate::support::latencyfs::LatencyFs;
+use crate::support::*;
 
 use std::ffi::CString;
 use std::fs;
@@ -119,7 +118,7 @@ fn fingerprint(root: &Path) -> Vec<String> {
 
 #[test]
 fn latencyfs_passes_a_cp_a_tree_through() {
-    if !in_private_mount_ns("latencyfs_passes_a_cp_a_tree_through") {
+    if !in_private_mount_ns!("latencyfs_passes_a_cp_a_tree_through") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -202,7 +201,7 @@ fn latencyfs_passes_a_cp_a_tree_through() {
 
 #[test]
 fn latencyfs_deny_modes_return_smb_errnos() {
-    if !in_private_mount_ns("latencyfs_deny_modes_return_smb_errnos") {
+    if !in_private_mount_ns!("latencyfs_deny_modes_return_smb_errnos") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -275,7 +274,7 @@ fn latencyfs_deny_modes_return_smb_errnos() {
 
 #[test]
 fn latencyfs_serves_requests_concurrently() {
-    if !in_private_mount_ns("latencyfs_serves_requests_concurrently") {
+    if !in_private_mount_ns!("latencyfs_serves_requests_concurrently") {
         return;
     }
     const N: usize = 16;

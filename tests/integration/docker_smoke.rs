@@ -10,7 +10,7 @@
 //! The script's output is streamed to stderr as it runs (so a CI log shows
 //! progress) and its FAIL lines are repeated in the panic message.
 
-mod script_support;
+use crate::support::{self, scripts};
 
 use std::time::Duration;
 
@@ -20,21 +20,19 @@ const DEADLINE: Duration = Duration::from_secs(45 * 60);
 #[test]
 fn docker_compose_smoke() {
     let how = "bash tests/docker/smoke.sh";
-    if !script_support::in_ci()
-        && std::env::var("SHARELINK_SKIP_DOCKER_SMOKE").is_ok_and(|v| v == "1")
-    {
-        script_support::skip_or_fail("docker_smoke", "SHARELINK_SKIP_DOCKER_SMOKE=1", how);
+    if !support::in_ci() && std::env::var("SHARELINK_SKIP_DOCKER_SMOKE").is_ok_and(|v| v == "1") {
+        support::skip_or_fail("docker_smoke", "SHARELINK_SKIP_DOCKER_SMOKE=1", how);
         return;
     }
-    if let Some(why) = script_support::docker_unusable() {
-        script_support::skip_or_fail(
+    if let Some(why) = scripts::docker_unusable() {
+        support::skip_or_fail(
             "docker_smoke",
             &format!("Docker is not usable here: {why}"),
             how,
         );
         return;
     }
-    script_support::run(
+    scripts::run(
         "container smoke test",
         "docker-smoke",
         "tests/docker/smoke.sh",

@@ -1,7 +1,7 @@
 //! Concurrent replicas and dead lock holders.
 //!
-//! SPEC: "Several replicas starting at once on the same share all end
-//! linked, with the baked data migrated exactly once and nothing lost."
+//! Several replicas starting at once on the same share must all end
+//! linked, with the baked data migrated exactly once and nothing lost.
 //! Two ways, 50 rounds each, 8 processes per round:
 //! - one app root shared by all 8 (people running `sharelink link` by hand
 //!   in a running container);
@@ -13,15 +13,14 @@
 //! lock whose holder is alive is not; a foreign host's lock is broken once
 //! its lease expires.
 
-mod common;
-mod rel_support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use rel_support::Tree;
+use support::Tree;
 
 const ROUNDS: usize = 50;
 const REPLICAS: usize = 8;
@@ -36,22 +35,22 @@ struct Round {
 fn fresh_round(dir: &Path, lower: &Path, n_apps: usize) -> Round {
     if dir.exists() {
         for e in fs::read_dir(dir).unwrap().flatten() {
-            rel_support::umount_quiet(&e.path().join("merged"));
+            support::umount_lazy(&e.path().join("merged"));
         }
-        rel_support::umount_quiet(&dir.join("share"));
+        support::umount_lazy(&dir.join("share"));
         fs::remove_dir_all(dir).unwrap();
     }
     fs::create_dir_all(dir).unwrap();
     let share = dir.join("share");
-    common::mount_tmpfs(&share, "128m");
+    support::mount_tmpfs(&share, "128m");
     let mut app_roots = Vec::new();
     let mut configs = Vec::new();
     for i in 0..n_apps {
-        let app_root = common::mount_overlay(&dir.join(format!("app{i}")), lower);
+        let app_root = support::mount_overlay(&dir.join(format!("app{i}")), lower);
         let cfg = dir.join(format!("sharelink{i}.toml"));
         fs::write(
             &cfg,
-            rel_support::config_text(
+            support::config_text(
                 &app_root,
                 &share,
                 true,
@@ -72,10 +71,10 @@ fn fresh_round(dir: &Path, lower: &Path, n_apps: usize) -> Round {
 
 fn image_layer(base: &Path) -> (PathBuf, Tree, Tree) {
     let lower = base.join("lower");
-    common::make_tree(&lower.join("data"), 250, 64 * 1024, 0xbeef);
-    common::make_tree(&lower.join("cache"), 40, 4096, 0xcafe);
-    let data = rel_support::load_tree(&lower.join("data"));
-    let cache = rel_support::load_tree(&lower.join("cache"));
+    support::make_tree(&lower.join("data"), 250, 64 * 1024, 0xbeef);
+    support::make_tree(&lower.join("cache"), 40, 4096, 0xcafe);
+    let data = support::snapshot(&lower.join("data"));
+    let cache = support::snapshot(&lower.join("cache"));
     (lower, data, cache)
 }
 
@@ -84,11 +83,11 @@ fn check_round(r: &Round, data: &Tree, cache: &Tree) -> Vec<String> {
     let mut bad = Vec::new();
     let mut want_data = data.clone();
     for d in ["in", "out"] {
-        want_data.insert(d.into(), rel_support::Entry::Dir);
+        want_data.insert(d.into(), support::Node::Dir);
     }
     for (name, share_rel, want) in [("data", "data", &want_data), ("cache", "c/cache", cache)] {
-        let got = rel_support::load_tree(&r.share.join(share_rel));
-        let (missing, corrupt, extra, msgs) = rel_support::diff(want, &got, true, 5);
+        let got = support::snapshot(&r.share.join(share_rel));
+        let (missing, corrupt, extra, msgs) = support::diff(want, &got, true, 5);
         if missing + corrupt + extra > 0 {
             bad.push(format!(
                 "{name}: {missing} missing, {corrupt} differ, {extra} unexpected (nesting or duplicates): {msgs:?}"
@@ -103,13 +102,13 @@ fn check_round(r: &Round, data: &Tree, cache: &Tree) -> Vec<String> {
     }
     if r.share.join(".sharelink/displaced").exists() {
         let mut d = Vec::new();
-        rel_support::walk_names(&r.share.join(".sharelink/displaced"), &mut |p, _| {
+        support::walk_names(&r.share.join(".sharelink/displaced"), &mut |p, _| {
             d.push(p.display().to_string())
         });
         bad.push(format!("data was displaced (migrated twice?): {d:?}"));
     }
     for app_root in &r.app_roots {
-        let left = rel_support::leftovers(app_root, &r.share);
+        let left = support::leftovers(app_root, &r.share);
         if !left.is_empty() {
             bad.push(format!("left behind: {left:?}"));
             break;
@@ -121,11 +120,11 @@ fn check_round(r: &Round, data: &Tree, cache: &Tree) -> Vec<String> {
 fn wait_all(children: Vec<(usize, Child, PathBuf)>) -> Vec<String> {
     let mut bad = Vec::new();
     for (i, mut c, log) in children {
-        let s = rel_support::wait_with_limit(&mut c, Duration::from_secs(120), "replica");
+        let s = support::wait_with_limit(&mut c, Duration::from_secs(120), "replica");
         if !s.success() {
             bad.push(format!(
                 "replica {i} exited {}: {}",
-                rel_support::exit_code(s),
+                support::code(&s),
                 fs::read_to_string(&log).unwrap_or_default()
             ));
         }
@@ -142,7 +141,7 @@ fn replica_rounds(
     what: &str,
     spawn: impl Fn(usize, &Round, fs::File) -> Child,
 ) {
-    common::mount_tmpfs(tmp, "2g");
+    support::mount_tmpfs(tmp, "2g");
     let (lower, data, cache) = image_layer(tmp);
     let t0 = Instant::now();
     let mut failures = Vec::new();
@@ -167,13 +166,13 @@ fn replica_rounds(
         failures.len(),
         t0.elapsed()
     );
-    rel_support::report(&summary);
+    support::report(&summary);
     assert!(failures.is_empty(), "{summary}\n{}", failures.join("\n"));
 }
 
 #[test]
 fn replicas_on_one_app_root() {
-    if !common::in_private_mount_ns("replicas_on_one_app_root") {
+    if !in_private_mount_ns!("replicas_on_one_app_root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -182,7 +181,7 @@ fn replicas_on_one_app_root() {
         1,
         "one app root (concurrent `sharelink link` by hand)",
         |_, r, log| {
-            rel_support::sharelink(&r.configs[0])
+            support::sharelink(&r.configs[0])
                 .arg("link")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -194,7 +193,7 @@ fn replicas_on_one_app_root() {
 
 #[test]
 fn replicas_on_separate_machines() {
-    if !common::in_private_mount_ns("replicas_on_separate_machines") {
+    if !in_private_mount_ns!("replicas_on_separate_machines") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -210,7 +209,7 @@ fn replicas_on_separate_machines() {
                 .arg(format!(
                     "hostname replica-{i} && exec \"$0\" --config \"$1\" link"
                 ))
-                .arg(rel_support::BIN)
+                .arg(support::bin())
                 .arg(&r.configs[i])
                 .env_remove("SHARELINK_LOG")
                 .env_remove("SHARELINK_LOCK_LEASE")
@@ -222,23 +221,6 @@ fn replicas_on_separate_machines() {
         },
     );
 }
-
-// ---- dead and live lock holders (no root needed) ---------------------------
-
-fn plain(links: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let t = tempfile::tempdir().unwrap();
-    let (app, share) = (t.path().join("app"), t.path().join("share"));
-    fs::create_dir_all(&app).unwrap();
-    fs::create_dir_all(&share).unwrap();
-    let cfg = t.path().join("sharelink.toml");
-    fs::write(
-        &cfg,
-        rel_support::config_text(&app, &share, false, "", links),
-    )
-    .unwrap();
-    (t, app, share, cfg)
-}
-
 /// The owner-file prefix sharelink writes for a process of this host.
 fn my_identity() -> String {
     let host = nix::unistd::gethostname().unwrap();
@@ -260,12 +242,13 @@ fn start_time(pid: u32) -> String {
 
 #[test]
 fn lock_of_a_killed_holder_is_broken() {
-    if !sharelink::failpoint::ENABLED {
+    if !support::api::FAILPOINTS_ENABLED {
         panic!("build with --features failpoints (the documented test command)");
     }
-    let (t, app, share, cfg) = plain("\"data\" = \"data\"");
-    common::make_tree(&app.join("data"), 200, 20_000, 3);
-    let before = rel_support::load_tree(&app.join("data"));
+    let sb = support::Sandbox::new("\"data\" = \"data\"");
+    let (app, share, cfg) = (sb.app.clone(), sb.share.clone(), sb.config.clone());
+    support::make_tree(&app.join("data"), 200, 20_000, 3);
+    let before = support::snapshot(&app.join("data"));
     let mut killed_at = Vec::new();
     // Die holding the lock at each point where a holder can die.
     for point in [
@@ -275,12 +258,12 @@ fn lock_of_a_killed_holder_is_broken() {
         "prune.entry:10",
         "swap.temp",
     ] {
-        let o = rel_support::sharelink(&cfg)
+        let o = support::sharelink(&cfg)
             .arg("link")
             .env("SHARELINK_FAILPOINT", point)
             .output()
             .unwrap();
-        if rel_support::exit_code(o.status) != 137 {
+        if support::code(&o.status) != 137 {
             // Already past that point (an earlier kill moved the state on).
             continue;
         }
@@ -293,19 +276,20 @@ fn lock_of_a_killed_holder_is_broken() {
         }
     }
     assert!(killed_at.len() >= 3, "{killed_at:?}");
-    let o = rel_support::sharelink(&cfg).arg("link").output().unwrap();
+    let o = support::sharelink(&cfg).arg("link").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(rel_support::load_tree(&share.join("data")), before);
+    assert_eq!(support::snapshot(&share.join("data")), before);
     assert_eq!(fs::read_link(app.join("data")).unwrap(), share.join("data"));
-    assert_eq!(rel_support::leftovers(&app, &share), Vec::<String>::new());
-    drop(t);
+    assert_eq!(support::leftovers(&app, &share), Vec::<String>::new());
+    drop(sb);
 }
 
 #[test]
 fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
-    let (_t, app, share, cfg) = plain("\"data\" = \"data\"");
-    common::make_tree(&app.join("data"), 50, 1000, 4);
-    let before = rel_support::load_tree(&app.join("data"));
+    let sb = support::Sandbox::new("\"data\" = \"data\"");
+    let (app, share, cfg) = (sb.app.clone(), sb.share.clone(), sb.config.clone());
+    support::make_tree(&app.join("data"), 50, 1000, 4);
+    let before = support::snapshot(&app.join("data"));
     let lock = share.join(".sharelink/locks/data");
     fs::create_dir_all(&lock).unwrap();
 
@@ -321,7 +305,7 @@ fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
         start_time(holder.id())
     );
     fs::write(lock.join("owner"), &owner).unwrap();
-    let mut waiter = rel_support::sharelink(&cfg)
+    let mut waiter = support::sharelink(&cfg)
         .arg("link")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -333,19 +317,20 @@ fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
         "did not wait for a live lock holder"
     );
     assert_eq!(fs::read_to_string(lock.join("owner")).unwrap(), owner);
-    assert_eq!(rel_support::load_tree(&app.join("data")), before);
+    assert_eq!(support::snapshot(&app.join("data")), before);
     assert!(!share.join("data").exists());
     // The holder dies without releasing: the waiter breaks the lock.
     holder.kill().unwrap();
     holder.wait().unwrap();
-    let s = rel_support::wait_with_limit(&mut waiter, Duration::from_secs(30), "waiter");
+    let s = support::wait_with_limit(&mut waiter, Duration::from_secs(30), "waiter");
     assert!(s.success());
-    assert_eq!(rel_support::load_tree(&share.join("data")), before);
+    assert_eq!(support::snapshot(&share.join("data")), before);
 
     // A holder on another machine whose lease ran out (owner file not
     // refreshed for longer than SHARELINK_LOCK_LEASE) is broken too.
-    let (_t2, app2, share2, cfg2) = plain("\"data\" = \"data\"");
-    common::make_tree(&app2.join("data"), 50, 1000, 5);
+    let sb2 = support::Sandbox::new("\"data\" = \"data\"");
+    let (app2, share2, cfg2) = (sb2.app.clone(), sb2.share.clone(), sb2.config.clone());
+    support::make_tree(&app2.join("data"), 50, 1000, 5);
     let lock2 = share2.join(".sharelink/locks/data");
     fs::create_dir_all(&lock2).unwrap();
     fs::write(
@@ -360,12 +345,12 @@ fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    let o = rel_support::sharelink(&cfg2)
+    let o = support::sharelink(&cfg2)
         .arg("link")
         .env("SHARELINK_LOCK_LEASE", "2s")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("stale lock"));
-    assert_eq!(rel_support::leftovers(&app2, &share2), Vec::<String>::new());
+    assert_eq!(support::leftovers(&app2, &share2), Vec::<String>::new());
 }

@@ -1,6 +1,8 @@
 //! Crash consistency: SIGKILL `sharelink link` at a random moment of a
-//! migration, check SPEC's invariant right after the kill, re-run, and
-//! compare the whole original tree with the share byte for byte.
+//! migration, check the invariant right after the kill (every original
+//! entry whole in the app directory, the share target or a complete
+//! set-aside copy; the target all or nothing), re-run, and compare the
+//! whole original tree with the share byte for byte.
 //!
 //! The source tree (≥2,000 files: mixed sizes, nested and empty
 //! directories, symlinks) is built once on a tmpfs and used as the lower
@@ -18,8 +20,7 @@
 //! `SHARELINK_CRASH_TRIALS` (default 200) and `SHARELINK_TEST_SEED` repeat
 //! or extend a run.
 
-mod common;
-mod rel_support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rel_support::{Entry, Tree};
+use support::{Node, Tree};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -89,22 +90,22 @@ impl Lab {
     /// for Merge/KeepShare trials. Returns (app_root, share_root, config).
     fn fresh(&self, mode: Mode) -> (PathBuf, PathBuf, PathBuf) {
         let t = self.trial_dir();
-        rel_support::umount_quiet(&t.join("ovl/merged"));
-        rel_support::umount_quiet(&t.join("share"));
+        support::umount_lazy(&t.join("ovl/merged"));
+        support::umount_lazy(&t.join("share"));
         if t.exists() {
             fs::remove_dir_all(&t).unwrap();
         }
         fs::create_dir_all(&t).unwrap();
-        let app_root = common::mount_overlay(&t.join("ovl"), &self.lower);
+        let app_root = support::mount_overlay(&t.join("ovl"), &self.lower);
         let share = t.join("share");
-        common::mount_tmpfs(&share, "256m");
+        support::mount_tmpfs(&share, "256m");
         if mode != Mode::IntoEmpty {
             write_tree(&share.join("data"), &self.prepop);
         }
         let cfg = t.join("sharelink.toml");
         fs::write(
             &cfg,
-            rel_support::config_text(
+            support::config_text(
                 &app_root,
                 &share,
                 true,
@@ -126,29 +127,16 @@ fn write_tree(root: &Path, t: &Tree) {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         match e {
-            Entry::Dir => fs::create_dir_all(&p).unwrap(),
-            Entry::File { bytes, mode } => {
+            Node::Dir => fs::create_dir_all(&p).unwrap(),
+            Node::File { bytes, mode } => {
                 fs::write(&p, bytes).unwrap();
                 fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
             }
-            Entry::Symlink(to) => std::os::unix::fs::symlink(to, &p).unwrap(),
-            Entry::Other => {}
+            Node::Symlink(to) => std::os::unix::fs::symlink(to, &p).unwrap(),
+            Node::Special(_) => {}
         }
     }
 }
-
-/// Completed displaced copies (`<stamp>` directories, not `.partial`).
-fn displaced_stamps(share: &Path) -> Vec<PathBuf> {
-    let base = share.join(".sharelink/displaced/data");
-    let mut v: Vec<PathBuf> = rel_support::names(&base)
-        .into_iter()
-        .filter(|n| !n.ends_with(".partial"))
-        .map(|n| base.join(n))
-        .collect();
-    v.sort();
-    v
-}
-
 #[derive(Default)]
 struct Figures {
     trials: usize,
@@ -175,31 +163,31 @@ impl Figures {
 
 #[test]
 fn crash_consistency_random_sigkill() {
-    if !common::in_private_mount_ns("crash_consistency_random_sigkill") {
+    if !in_private_mount_ns!("crash_consistency_random_sigkill") {
         return;
     }
-    let seed = rel_support::seed("crash_consistency_random_sigkill");
-    let mut rng = rel_support::Rng(seed);
-    let trials = rel_support::knob("SHARELINK_CRASH_TRIALS", 200);
+    let seed = support::seed("crash_consistency_random_sigkill");
+    let mut rng = support::Rng(seed);
+    let trials = support::knob("SHARELINK_CRASH_TRIALS", 200);
 
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();
-    common::mount_tmpfs(&base, "2g");
+    support::mount_tmpfs(&base, "2g");
     // The image layer: built once, shared by every trial's overlay.
     let lower = base.join("lower");
-    let files = common::make_tree(&lower.join("data"), 2200, 96 * 1024, 0x5eed);
+    let files = support::make_tree(&lower.join("data"), 2200, 96 * 1024, 0x5eed);
     for d in ["deep/er/and/deeper/empty", "e1", "e2/e3"] {
         fs::create_dir_all(lower.join("data").join(d)).unwrap();
     }
-    let pristine = rel_support::load_tree(&lower.join("data"));
-    let count = |f: fn(&Entry) -> bool| pristine.values().filter(|e| f(e)).count();
-    let n_files = count(|e| matches!(e, Entry::File { .. }));
-    let n_links = count(|e| matches!(e, Entry::Symlink(_)));
-    let n_dirs = count(|e| matches!(e, Entry::Dir));
+    let pristine = support::snapshot(&lower.join("data"));
+    let count = |f: fn(&Node) -> bool| pristine.values().filter(|e| f(e)).count();
+    let n_files = count(|e| matches!(e, Node::File { .. }));
+    let n_links = count(|e| matches!(e, Node::Symlink(_)));
+    let n_dirs = count(|e| matches!(e, Node::Dir));
     let bytes: usize = pristine
         .values()
         .map(|e| match e {
-            Entry::File { bytes, .. } => bytes.len(),
+            Node::File { bytes, .. } => bytes.len(),
             _ => 0,
         })
         .sum();
@@ -209,7 +197,7 @@ fn crash_consistency_random_sigkill() {
     let mut prepop: Tree = pristine
         .iter()
         .enumerate()
-        .filter(|(i, (_, e))| i % 3 == 0 && !matches!(e, Entry::Dir))
+        .filter(|(i, (_, e))| i % 3 == 0 && !matches!(e, Node::Dir))
         .map(|(_, (k, v))| (k.clone(), v.clone()))
         .collect();
     for (k, v) in [
@@ -221,7 +209,7 @@ fn crash_consistency_random_sigkill() {
     ] {
         prepop.insert(
             k.into(),
-            Entry::File {
+            Node::File {
                 bytes: v,
                 mode: 0o644,
             },
@@ -243,7 +231,7 @@ fn crash_consistency_random_sigkill() {
             for _ in 0..runs {
                 let (_, _, cfg) = lab.fresh(mode);
                 let t0 = Instant::now();
-                let o = rel_support::sharelink(&cfg).arg("link").output().unwrap();
+                let o = support::sharelink(&cfg).arg("link").output().unwrap();
                 let took = t0.elapsed();
                 assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
                 let v = samples.entry(format!("{mode:?}")).or_default();
@@ -276,7 +264,7 @@ fn crash_consistency_random_sigkill() {
         let (app_root, share, cfg) = lab.fresh(mode);
         let delay = full.mul_f64(1.2 * rng.unit());
         let log = lab.trial_dir().join("killed.log");
-        let mut child = rel_support::sharelink(&cfg)
+        let mut child = support::sharelink(&cfg)
             .arg("-v")
             .arg("link")
             .stdout(Stdio::null())
@@ -308,18 +296,18 @@ fn crash_consistency_random_sigkill() {
         };
         *fig.landed.entry(format!("{landed:?}")).or_default() += 1;
 
-        // SPEC's invariant, right after the kill.
+        // The invariant, right after the kill.
         check_invariant(&lab, &app_root, &share, mode, trial, &mut fig);
 
         // The next run finishes the work.
-        let o = rel_support::sharelink(&cfg).arg("link").output().unwrap();
+        let o = support::sharelink(&cfg).arg("link").output().unwrap();
         if !o.status.success() {
             fig.rerun_failures += 1;
             fig.fail(
                 trial,
                 format!(
                     "rerun after a kill ({landed:?}, {delay:?}) exited {}: {}",
-                    rel_support::exit_code(o.status),
+                    support::code(&o.status),
                     String::from_utf8_lossy(&o.stderr)
                 ),
             );
@@ -349,7 +337,7 @@ fn crash_consistency_random_sigkill() {
         fig.leftovers,
         fig.duplicate_displaced,
     );
-    rel_support::report(&summary);
+    support::report(&summary);
     assert!(
         fig.failures.is_empty(),
         "{summary}\nfirst failures:\n{}",
@@ -363,12 +351,12 @@ fn crash_consistency_random_sigkill() {
             "no kill landed in {phase}: {summary}"
         );
     }
-    common::sh(&format!("umount -l '{}'", base.display()));
+    support::umount_lazy(&base);
 }
 
 fn count_entries(root: &Path) -> usize {
     let mut n = 0;
-    rel_support::walk_names(root, &mut |_, _| n += 1);
+    support::walk_names(root, &mut |_, _| n += 1);
     n
 }
 
@@ -376,7 +364,7 @@ fn where_landed(lab: &Lab, app_root: &Path, share: &Path, mode: Mode) -> Landed 
     let app = app_root.join("data");
     let lock = share.join(".sharelink/locks/data");
     let staging = share.join(".data.sharelink-staging");
-    let partial = rel_support::names(&share.join(".sharelink/displaced/data"))
+    let partial = support::names(&share.join(".sharelink/displaced/data"))
         .iter()
         .any(|n| n.ends_with(".partial"));
     let app_meta = fs::symlink_metadata(&app).ok();
@@ -392,7 +380,8 @@ fn where_landed(lab: &Lab, app_root: &Path, share: &Path, mode: Mode) -> Landed 
             !staging.exists()
                 && !partial
                 && app_is_dir
-                && (count_entries(&app) < lab.pristine.len() || !displaced_stamps(share).is_empty())
+                && (count_entries(&app) < lab.pristine.len()
+                    || !support::displaced(share, "data").is_empty())
         }
     };
     if app_is_link {
@@ -424,12 +413,12 @@ fn check_invariant(
     let app = app_root.join("data");
     let app_is_dir = fs::symlink_metadata(&app).is_ok_and(|m| m.is_dir());
     let target = share.join("data");
-    let stamps = displaced_stamps(share);
+    let stamps = support::displaced(share, "data");
     let mut lost_here = 0;
     for (rel, e) in &lab.pristine {
-        let whole = (app_is_dir && rel_support::holds(&app.join(rel), e))
-            || rel_support::holds(&target.join(rel), e)
-            || stamps.iter().any(|s| rel_support::holds(&s.join(rel), e));
+        let whole = (app_is_dir && support::holds(&app.join(rel), e))
+            || support::holds(&target.join(rel), e)
+            || stamps.iter().any(|s| support::holds(&s.join(rel), e));
         if !whole {
             lost_here += 1;
             if lost_here <= 3 {
@@ -445,29 +434,25 @@ fn check_invariant(
     }
     // The share target: only whole files, and for IntoEmpty all or nothing.
     if target.exists() {
-        let got = rel_support::load_tree(&target);
+        let got = support::snapshot(&target);
         let mut partial = 0;
         for (rel, g) in &got {
             let ok = lab.pristine.get(rel) == Some(g)
                 || (mode != Mode::IntoEmpty && lab.prepop.get(rel) == Some(g))
-                || matches!(g, Entry::Dir)
-                || same_bytes(lab.pristine.get(rel), g);
+                || matches!(g, Node::Dir)
+                || lab.pristine.get(rel).is_some_and(|w| w.same_content(g));
             if !ok {
                 partial += 1;
                 if partial <= 3 {
                     fig.fail(
                         trial,
-                        format!(
-                            "share target shows {} as {}",
-                            rel.display(),
-                            rel_support::brief(g)
-                        ),
+                        format!("share target shows {} as {}", rel.display(), g.brief()),
                     );
                 }
             }
         }
         if mode == Mode::IntoEmpty {
-            let (missing, _, _, msgs) = rel_support::diff(&lab.pristine, &got, false, 3);
+            let (missing, _, _, msgs) = support::diff(&lab.pristine, &got, false, 3);
             if missing > 0 {
                 partial += 1;
                 fig.fail(
@@ -481,8 +466,9 @@ fn check_invariant(
         }
     }
     for s in &stamps {
-        for (rel, g) in &rel_support::load_tree(s) {
-            if !matches!(g, Entry::Dir) && !same_bytes(lab.pristine.get(rel), g) {
+        for (rel, g) in &support::snapshot(s) {
+            if !matches!(g, Node::Dir) && !lab.pristine.get(rel).is_some_and(|w| w.same_content(g))
+            {
                 fig.half_visible_targets += 1;
                 fig.fail(
                     trial,
@@ -490,20 +476,11 @@ fn check_invariant(
                         "displaced copy {} shows {} as {}",
                         s.display(),
                         rel.display(),
-                        rel_support::brief(g)
+                        g.brief()
                     ),
                 );
             }
         }
-    }
-}
-
-/// Same content, whatever the mode (a mode is set after the bytes).
-fn same_bytes(want: Option<&Entry>, got: &Entry) -> bool {
-    match (want, got) {
-        (Some(Entry::File { bytes: a, .. }), Entry::File { bytes: b, .. }) => a == b,
-        (Some(w), g) => w == g,
-        (None, _) => false,
     }
 }
 
@@ -530,7 +507,7 @@ fn check_final(
         Mode::Merge => {
             let mut w = lab.pristine.clone();
             w.extend(lab.prepop.clone());
-            w.insert("share_only_dir".into(), Entry::Dir);
+            w.insert("share_only_dir".into(), Node::Dir);
             w
         }
         Mode::KeepShare => {
@@ -539,31 +516,31 @@ fn check_final(
             for k in lab.prepop.keys() {
                 for a in k.ancestors().skip(1) {
                     if !a.as_os_str().is_empty() {
-                        w.insert(a.to_path_buf(), Entry::Dir);
+                        w.insert(a.to_path_buf(), Node::Dir);
                     }
                 }
             }
             w
         }
     };
-    let got = rel_support::load_tree(&share.join("data"));
-    let (missing, corrupt, extra, msgs) = rel_support::diff(&want, &got, true, 5);
+    let got = support::snapshot(&share.join("data"));
+    let (missing, corrupt, extra, msgs) = support::diff(&want, &got, true, 5);
     if missing + corrupt + extra > 0 {
         fig.lost += missing;
         fig.corrupt += corrupt + extra;
         fig.fail(trial, format!("share after rerun: {missing} missing, {corrupt} differ, {extra} unexpected: {msgs:?}"));
     }
-    let stamps = displaced_stamps(share);
+    let stamps = support::displaced(share, "data");
     match mode {
         Mode::KeepShare => {
             // Every app-only entry is in a displaced copy, whole.
             let mut missing = 0;
             for (rel, e) in &lab.pristine {
-                if lab.prepop.contains_key(rel) || matches!(e, Entry::Dir) && want.contains_key(rel)
+                if lab.prepop.contains_key(rel) || matches!(e, Node::Dir) && want.contains_key(rel)
                 {
                     continue;
                 }
-                if !stamps.iter().any(|s| rel_support::holds(&s.join(rel), e)) {
+                if !stamps.iter().any(|s| support::holds(&s.join(rel), e)) {
                     missing += 1;
                     if missing <= 3 {
                         fig.fail(
@@ -591,7 +568,7 @@ fn check_final(
             }
         }
     }
-    let left = rel_support::leftovers(app_root, share);
+    let left = support::leftovers(app_root, share);
     if !left.is_empty() {
         fig.leftovers += 1;
         fig.fail(trial, format!("left behind: {left:?}"));

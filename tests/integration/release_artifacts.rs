@@ -7,13 +7,13 @@
 //! and the two musl rustup targets, all installed by `.ci/install-deps`;
 //! without them it is skipped loudly, except with `CI=true`.
 
-mod script_support;
+use crate::support::scripts;
 
 use std::time::Duration;
 
 #[test]
 fn release_wheels_and_cross_binaries() {
-    script_support::run(
+    scripts::run(
         "release_wheels_and_cross_binaries",
         "release",
         "tests/release/check.sh",

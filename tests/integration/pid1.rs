@@ -1,6 +1,8 @@
 //! `sharelink run` as an init, with real processes: the real binary, as PID 1
 //! of a new pid namespace (`unshare --pid --fork --mount-proc`, root only)
-//! or as a child subreaper (anyone).
+//! or as a child subreaper (anyone): exit status, signal forwarding (one
+//! at a time, and a storm of 10,000), terminals, rewriting, reaping,
+//! shutdown, and how the command is started.
 //!
 //! Tests that need root print a loud SKIPPED line and pass when not run as
 //! root, except under `CI=true`, where they must run.
@@ -9,64 +11,21 @@
 //! up to a generous deadline, and durations are only checked as lower bounds
 //! (or against a grace period far longer than the work).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::support::{self, bin, poll, require_root, Sandbox};
 
-/// The binary under test; `SHARELINK_TEST_BIN` points the suite at another
-/// build (the static musl release binary, in CI).
-fn bin() -> String {
-    std::env::var("SHARELINK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sharelink").into())
-}
 /// Upper bound for anything to happen on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// Whether root-only tests can run here. Not root (or no `unshare`): a loud
-/// skip, or a failure under `CI=true`.
-fn privileged(test: &str) -> bool {
-    static OK: OnceLock<Result<(), String>> = OnceLock::new();
-    let ok = OK.get_or_init(|| {
-        // SAFETY: plain syscall.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root".into());
-        }
-        match Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "true"])
-            .status()
-        {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!(
-                "`unshare --pid --fork --mount-proc true` failed: {s}"
-            )),
-            Err(e) => Err(format!("cannot run unshare: {e}")),
-        }
-    });
-    match ok {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: needs root and unshare ({why}), and CI=true requires it to run")
-        }
-        Err(why) => {
-            // Straight to fd 2: the harness captures `eprintln!` of
-            // passing tests, and this must be seen.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!!!!! SKIPPED {test}: needs root and unshare ({why}); \
-                 run the tests as root (CI=true makes this a failure) !!!!!!!!\n"
-            );
-            false
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -76,37 +35,31 @@ enum Mode {
     Subreaper,
 }
 
-/// A temporary directory with a config file (no links) and room for
-/// scripts and marker files.
-struct Sandbox {
-    dir: tempfile::TempDir,
+/// A [`Sandbox`] with no links (linking is a no-op), room for scripts and
+/// marker files, and `sharelink run` started in it.
+struct RunSandbox {
+    sb: Sandbox,
 }
 
-impl Sandbox {
-    fn new() -> Sandbox {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        // A share with no links: linking is a no-op, but the share must
-        // exist (a missing share_root is exit 69).
-        std::fs::create_dir(root.join("share")).unwrap();
-        std::fs::write(
-            root.join("sharelink.toml"),
-            format!(
-                "app_root = {:?}\nshare_root = {:?}\nrequire_mount = false\n",
-                root.join("app"),
-                root.join("share")
-            ),
-        )
-        .unwrap();
-        Sandbox { dir }
+impl RunSandbox {
+    fn new() -> RunSandbox {
+        let sb = Sandbox::new("");
+        // Three lines and no `[links]`: tests append `[run]` tables (and
+        // check the line numbers errors name).
+        let text = format!(
+            "app_root = {:?}\nshare_root = {:?}\nrequire_mount = false\n",
+            sb.app, sb.share
+        );
+        std::fs::write(&sb.config, text).unwrap();
+        RunSandbox { sb }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.sb.path(name)
     }
 
     fn dir(&self) -> String {
-        self.dir.path().to_str().unwrap().to_owned()
+        self.sb.root.path().to_str().unwrap().to_owned()
     }
 
     /// Write a shell script and return its path.
@@ -127,7 +80,7 @@ impl Sandbox {
             Mode::Subreaper => Command::new(bin()),
         };
         c.arg("--config")
-            .arg(self.path("sharelink.toml"))
+            .arg(&self.sb.config)
             .arg("run")
             .args(run_args)
             .arg("--")
@@ -212,7 +165,9 @@ impl Running {
         let me = self.child.id() as i32;
         match self.mode {
             Mode::Subreaper => me,
-            Mode::Pid1 => poll("unshare's child", || children_of(me).first().copied()),
+            Mode::Pid1 => poll("unshare's child", PATIENCE, || {
+                children_of(me).first().copied()
+            }),
         }
     }
 
@@ -255,20 +210,10 @@ impl Running {
     }
 }
 
-/// Poll `f` until it gives a value, or panic naming `what` after PATIENCE.
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn wait_file(path: &Path) {
-    poll(&path.display().to_string(), || path.exists().then_some(()));
+    poll(&path.display().to_string(), PATIENCE, || {
+        path.exists().then_some(())
+    });
 }
 
 /// The stat line of a process, `None` once it is gone.
@@ -299,6 +244,14 @@ fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
+/// Zombie children of `pid`.
+fn zombies_under(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&c| stat(c).is_some_and(|s| stat_fields(&s)[0] == "Z"))
+        .collect()
+}
+
 fn kill(pid: i32, sig: i32) {
     // SAFETY: plain syscall.
     let r = unsafe { libc::kill(pid, sig) };
@@ -319,10 +272,10 @@ fn sh(script: &str) -> [&str; 3] {
 
 #[test]
 fn exit_codes_0_to_255_as_pid1() {
-    if !privileged("exit_codes_0_to_255_as_pid1") {
+    if !require_root("exit_codes_0_to_255_as_pid1") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let failures: Vec<String> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..4)
             .map(|w| {
@@ -349,7 +302,7 @@ fn exit_codes_0_to_255_as_pid1() {
 
 #[test]
 fn exit_codes_as_subreaper() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     for n in [0, 1, 2, 78, 126, 127, 128, 143, 255] {
         let o = sb.run(Mode::Subreaper, &[], &sh(&format!("exit {n}")));
         assert_eq!(o.code, n, "{o:?}");
@@ -364,12 +317,12 @@ fn exit_codes_as_subreaper() {
 /// exit code is 128+N.
 #[test]
 fn death_by_signal_is_128_plus_n() {
-    let modes: &[Mode] = if privileged("death_by_signal_is_128_plus_n (as PID 1)") {
+    let modes: &[Mode] = if require_root("death_by_signal_is_128_plus_n (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     for &mode in modes {
         for (name, n) in [
             ("TERM", libc::SIGTERM),
@@ -396,12 +349,12 @@ fn death_by_signal_is_128_plus_n() {
 /// becomes sharelink's status.
 #[test]
 fn forwarded_termination_ends_the_command() {
-    let modes: &[Mode] = if privileged("forwarded_termination_ends_the_command (as PID 1)") {
+    let modes: &[Mode] = if require_root("forwarded_termination_ends_the_command (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     for &mode in modes {
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
             let ready = sb.path(&format!("ready-{mode:?}-{sig}"));
@@ -419,7 +372,7 @@ fn forwarded_termination_ends_the_command() {
 // Signal forwarding
 
 /// Counts per signal number written by the `sigcount` helper.
-fn read_counts(path: &Path) -> std::collections::BTreeMap<i32, u64> {
+fn read_counts(path: &Path) -> BTreeMap<i32, u64> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -439,7 +392,7 @@ fn read_counts(path: &Path) -> std::collections::BTreeMap<i32, u64> {
 /// and ends the command with its own status.
 #[test]
 fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
-    let modes: &[Mode] = if privileged(
+    let modes: &[Mode] = if require_root(
         "every_catchable_signal_reaches_the_command_and_sharelink_survives (as PID 1)",
     ) {
         &[Mode::Pid1, Mode::Subreaper]
@@ -449,8 +402,8 @@ fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
     let signals: Vec<i32> = (1..=64)
         .filter(|&s| ![libc::SIGKILL, libc::SIGSTOP, libc::SIGCHLD, libc::SIGTERM].contains(&s))
         .collect();
-    let sigcount = common::example("sigcount");
-    let sb = Sandbox::new();
+    let sigcount = support::program("sigcount");
+    let sb = RunSandbox::new();
     for &mode in modes {
         let d = sb.path(&format!("count-{mode:?}"));
         std::fs::create_dir(&d).unwrap();
@@ -465,6 +418,7 @@ fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
             kill(pid, s);
             poll(
                 &format!("{mode:?}: signal {s} counted by the command"),
+                PATIENCE,
                 || {
                     read_counts(&d.join("counts"))
                         .contains_key(&s)
@@ -489,7 +443,7 @@ fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
 /// able to forward the SIGCONT that resumes the command.
 #[test]
 fn stop_signals_stop_the_command_not_sharelink() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let pidfile = sb.path("pid");
     let script = format!(
         "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
@@ -508,17 +462,21 @@ fn stop_signals_stop_the_command_not_sharelink() {
             .unwrap_or_default()
     };
     // Wait for the exec, so the stop hits sleep and not the shell.
-    poll("exec sleep", || {
+    poll("exec sleep", PATIENCE, || {
         std::fs::read_to_string(format!("/proc/{cmd}/comm"))
             .ok()
             .filter(|c| c.trim() == "sleep")
     });
     let me = r.sharelink_pid();
     kill(me, libc::SIGTSTP);
-    poll("command stopped", || (state(cmd) == "T").then_some(()));
+    poll("command stopped", PATIENCE, || {
+        (state(cmd) == "T").then_some(())
+    });
     assert_ne!(state(me), "T", "sharelink must not stop");
     kill(me, libc::SIGCONT);
-    poll("command resumed", || (state(cmd) != "T").then_some(()));
+    poll("command resumed", PATIENCE, || {
+        (state(cmd) != "T").then_some(())
+    });
     kill(me, libc::SIGTERM);
     let o = r.finish();
     assert_eq!(o.code, 128 + libc::SIGTERM, "{o:?}");
@@ -529,12 +487,12 @@ fn stop_signals_stop_the_command_not_sharelink() {
 /// grandchild is a leftover that gets SIGTERM at shutdown.
 #[test]
 fn kill_process_group_reaches_a_grandchild() {
-    let modes: &[Mode] = if privileged("kill_process_group_reaches_a_grandchild (as PID 1)") {
+    let modes: &[Mode] = if require_root("kill_process_group_reaches_a_grandchild (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let grandchild = sb.script(
         "grandchild.sh",
         "trap 'echo usr1 >> \"$1/got\"; exit 0' USR1\n\
@@ -566,6 +524,148 @@ fn kill_process_group_reaches_a_grandchild() {
             assert!(ok, "{mode:?} --kill-process-group={flag}: {got:?} {o:?}");
         }
     }
+}
+
+/// Signal storm: 10,000 signals of 17 kinds sent to sharelink as PID 1
+/// (`unshare --pid --fork --mount-proc sharelink run -- sigcount`) while the
+/// command runs and keeps making orphans.
+///
+/// Standard signals of one kind coalesce while pending, so for them the
+/// command must see at least one of each kind; real-time signals queue, so
+/// for them it must see exactly as many as were sent. Throughout, no zombie
+/// may stay under sharelink; afterwards SIGTERM is forwarded, the command's
+/// status (7) is sharelink's, and nothing hangs.
+#[test]
+fn signal_storm_to_pid1() {
+    const TOTAL: usize = 10_000;
+    if !require_root("signal_storm_to_pid1") {
+        return;
+    }
+    let sb = RunSandbox::new();
+    let dir = sb.sb.root.path();
+    let cfg = &sb.sb.config;
+    let log = dir.join("sharelink.log");
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(support::bin())
+        .arg("--config")
+        .arg(cfg)
+        .args(["run", "--grace-period", "2s", "--"])
+        .arg(support::program("sigcount"))
+        .arg(dir)
+        .env_remove("SHARELINK_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    poll("the command to start", PATIENCE, || {
+        dir.join("ready").exists().then_some(())
+    });
+    let sharelink = poll("sharelink under unshare", PATIENCE, || {
+        children_of(unshare.id() as i32).first().copied()
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{sharelink}/status")).unwrap();
+    assert!(
+        stat.lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "sharelink is not PID 1 of its namespace: {stat}"
+    );
+
+    let standard = [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGWINCH,
+        libc::SIGALRM,
+        libc::SIGCONT,
+        libc::SIGURG,
+        libc::SIGPIPE,
+        libc::SIGIO,
+        libc::SIGPROF,
+        libc::SIGVTALRM,
+        libc::SIGPWR,
+    ];
+    let realtime = [
+        libc::SIGRTMIN() + 2,
+        libc::SIGRTMIN() + 5,
+        libc::SIGRTMAX() - 1,
+    ];
+    let kinds: Vec<i32> = standard.iter().chain(realtime.iter()).copied().collect();
+    let mut sent: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut rng = support::Rng(support::seed("signal_storm_to_pid1"));
+    let mut max_zombies = 0;
+    let t0 = Instant::now();
+    // 100 bursts of 100, 20 ms apart, so the storm overlaps the orphans (2 s).
+    for burst in 0..TOTAL / 100 {
+        for _ in 0..100 {
+            let sig = kinds[(rng.next() % kinds.len() as u64) as usize];
+            // SAFETY: plain syscall.
+            let r = unsafe { libc::kill(sharelink, sig) };
+            assert_eq!(r, 0, "kill {sig}: {}", std::io::Error::last_os_error());
+            *sent.entry(sig).or_default() += 1;
+        }
+        if burst % 10 == 0 {
+            max_zombies = max_zombies.max(zombies_under(sharelink).len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let storm = t0.elapsed();
+    // Every real-time signal arrives (they queue), and at least one of
+    // each standard kind (they may coalesce).
+    let counts_path = dir.join("counts");
+    let got = poll("every queued signal forwarded", PATIENCE, || {
+        let got = read_counts(&counts_path);
+        realtime
+            .iter()
+            .all(|s| got.get(s).copied().unwrap_or(0) >= sent[s])
+            .then_some(got)
+    });
+    for s in &kinds {
+        let n = got.get(s).copied().unwrap_or(0);
+        assert!(
+            n >= 1,
+            "signal {s}: sent {}, received none ({got:?})",
+            sent[s]
+        );
+        assert!(n <= sent[s], "signal {s}: sent {}, received {n}", sent[s]);
+    }
+    for s in &realtime {
+        assert_eq!(
+            got[s], sent[s],
+            "real-time signal {s} must neither be lost nor duplicated"
+        );
+    }
+    // sharelink reaps every orphan the command left.
+    poll("the command's orphans", PATIENCE, || {
+        dir.join("orphans-done").exists().then_some(())
+    });
+    poll("no zombie under sharelink", PATIENCE, || {
+        zombies_under(sharelink).is_empty().then_some(())
+    });
+    // SIGTERM ends it: forwarded, the command exits 7, so does sharelink.
+    // SAFETY: plain syscall.
+    unsafe { libc::kill(sharelink, libc::SIGTERM) };
+    let status = support::wait_with_limit(
+        &mut unshare,
+        Duration::from_secs(30),
+        "sharelink after SIGTERM",
+    );
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(support::code(&status), 7, "{err}");
+    let last = read_counts(&counts_path);
+    assert_eq!(last.get(&libc::SIGTERM), Some(&1), "{last:?}");
+    let received: u64 = got.values().sum();
+    support::report(&format!(
+        "signal storm: {TOTAL} signals of {} kinds ({} real-time) to sharelink as PID 1 in {storm:.2?} while the command made 80 orphans: \
+         received {received} (standard kinds coalesce: >=1 of each; real-time: all {} of {}), zombies seen mid-storm at most {max_zombies}, 0 left, exit status 7 passed through, no hang",
+        kinds.len(),
+        realtime.len(),
+        realtime.iter().map(|s| sent[s]).sum::<u64>(),
+        realtime.iter().map(|s| sent[s]).sum::<u64>()
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -721,10 +821,10 @@ impl Pty {
 /// instead of stopping it in the background.
 #[test]
 fn pid1_without_a_session_gives_the_command_the_terminal() {
-    if !privileged("pid1_without_a_session_gives_the_command_the_terminal") {
+    if !require_root("pid1_without_a_session_gives_the_command_the_terminal") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let mut c = Command::new("unshare");
     c.args(["--pid", "--fork", "--mount-proc"])
         .arg(bin())
@@ -748,7 +848,7 @@ fn pid1_without_a_session_gives_the_command_the_terminal() {
 /// job ends it.
 #[test]
 fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let job = sb.script(
         "job.sh",
         "echo started\nwhile read l; do echo \"got:$l\"; done\n",
@@ -846,7 +946,7 @@ finally:
 /// appended to the config's `[run]` table), send SIGTERM to sharelink, and
 /// return the exit code and whether the `finally` block ran.
 fn python_gets_sigterm(
-    sb: &Sandbox,
+    sb: &RunSandbox,
     name: &str,
     run_args: &[&str],
     config_run: &str,
@@ -876,7 +976,7 @@ fn python_gets_sigterm(
 /// runs its `finally` block; without the rewrite SIGTERM kills it outright.
 #[test]
 fn rewrite_term_to_int_lets_python_clean_up() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let sigint = 128 + libc::SIGINT;
     let sigterm = 128 + libc::SIGTERM;
     assert_eq!(python_gets_sigterm(&sb, "plain", &[], ""), (sigterm, false));
@@ -901,7 +1001,7 @@ fn rewrite_term_to_int_lets_python_clean_up() {
 /// rule replaces the config's rule for the same signal.
 #[test]
 fn rewrite_from_config_and_cli_wins() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let sigint = 128 + libc::SIGINT;
     assert_eq!(
         python_gets_sigterm(&sb, "config", &[], "rewrite = { TERM = \"INT\" }"),
@@ -923,7 +1023,7 @@ fn rewrite_from_config_and_cli_wins() {
 /// A dropped signal never reaches the command; others still do.
 #[test]
 fn rewrite_to_zero_drops_the_signal() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let log = sb.path("got");
     let ready = sb.path("ready");
     let script = format!(
@@ -950,7 +1050,7 @@ fn rewrite_to_zero_drops_the_signal() {
 /// naming the key and line in the file; the command never starts.
 #[test]
 fn bad_rewrite_rules_are_refused() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let marker = sb.path("ran");
     let touch = format!("touch {}", marker.display());
     for (rule, culprit) in [
@@ -1010,10 +1110,10 @@ settle() {
 /// left as a zombie while the command still runs.
 #[test]
 fn zombies_created_one_after_another_are_reaped() {
-    if !privileged("zombies_created_one_after_another_are_reaped") {
+    if !require_root("zombies_created_one_after_another_are_reaped") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let path = sb.script(
         "seq.sh",
         &format!(
@@ -1032,10 +1132,10 @@ fn zombies_created_one_after_another_are_reaped() {
 /// last writer: their SIGCHLDs coalesce, and every one is still reaped.
 #[test]
 fn zombies_released_at_once_are_reaped() {
-    if !privileged("zombies_released_at_once_are_reaped") {
+    if !require_root("zombies_released_at_once_are_reaped") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let path = sb.script(
         "burst.sh",
         &format!(
@@ -1069,7 +1169,7 @@ fn zombies_released_at_once_are_reaped() {
 /// is re-parented to sharelink (not to the real init) and reaped by it.
 #[test]
 fn subreaper_adopts_and_reaps_orphans() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let orphan = sb.script(
         "orphan.sh",
         // Waits until its parent is sharelink ($2) or anyone but its first
@@ -1118,12 +1218,12 @@ fn subreaper_adopts_and_reaps_orphans() {
 /// (long before the 60 s grace period).
 #[test]
 fn leftover_with_term_trap_gets_term() {
-    let modes: &[Mode] = if privileged("leftover_with_term_trap_gets_term (as PID 1)") {
+    let modes: &[Mode] = if require_root("leftover_with_term_trap_gets_term (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let path = sb.script(
         "trapper.sh",
         "sh -c 'trap \"echo trapped > \\\"$0/trapped\\\"; exit 0\" TERM; touch \"$0/ready\"; \
@@ -1154,12 +1254,12 @@ fn leftover_with_term_trap_gets_term() {
 /// its trap runs within the grace period instead of it being SIGKILLed.
 #[test]
 fn stopped_leftover_is_continued_for_term() {
-    let modes: &[Mode] = if privileged("stopped_leftover_is_continued_for_term (as PID 1)") {
+    let modes: &[Mode] = if require_root("stopped_leftover_is_continued_for_term (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let path = sb.script(
         "stopped.sh",
         "sh -c 'trap \"echo trapped > \\\"$0/trapped\\\"; exit 0\" TERM; touch \"$0/ready\"; \
@@ -1187,12 +1287,13 @@ fn stopped_leftover_is_continued_for_term() {
 /// over; sharelink still exits with the command's code.
 #[test]
 fn leftover_ignoring_term_is_killed_after_grace() {
-    let modes: &[Mode] = if privileged("leftover_ignoring_term_is_killed_after_grace (as PID 1)") {
+    let modes: &[Mode] = if require_root("leftover_ignoring_term_is_killed_after_grace (as PID 1)")
+    {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     // The trap is set before the pid is published, so the command cannot
     // exit (and the SIGTERM come) before the leftover ignores it.
     let path = sb.script(
@@ -1244,7 +1345,7 @@ fn leftover_ignoring_term_is_killed_after_grace() {
 /// long grace period.
 #[test]
 fn no_leftovers_means_no_wait() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let o = sb.run(Mode::Subreaper, &["--grace-period", "60s"], &sh("exit 9"));
     assert_eq!(o.code, 9, "{o:?}");
     assert!(o.elapsed < Duration::from_secs(60), "{o:?}");
@@ -1256,7 +1357,7 @@ fn no_leftovers_means_no_wait() {
 
 #[test]
 fn exec_failures_are_126_and_127() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let plain = sb.script("plain.txt", "not a program\n");
     let garbage = sb.path("garbage");
     std::fs::write(&garbage, b"\x7fELF\x01\x02garbage").unwrap();
@@ -1287,7 +1388,7 @@ fn exec_failures_are_126_and_127() {
 
 #[test]
 fn path_search_skips_directories_it_cannot_use() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     // An entry that is a file, one that does not exist, and one where the
     // name is a directory come before the real one.
     std::fs::create_dir_all(sb.path("bin1/true")).unwrap();
@@ -1306,11 +1407,11 @@ fn path_search_skips_directories_it_cannot_use() {
 /// EACCES, 126), and a command later in PATH is still found.
 #[test]
 fn unsearchable_path_entries_are_skipped() {
-    if !privileged("unsearchable_path_entries_are_skipped") {
+    if !require_root("unsearchable_path_entries_are_skipped") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let private = sb.path("private");
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -1328,7 +1429,7 @@ fn unsearchable_path_entries_are_skipped() {
 /// being unmounted) busy.
 #[test]
 fn working_directory_is_the_commands_not_sharelinks() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let mut c = sb.command(
         Mode::Subreaper,
         &[],
@@ -1338,21 +1439,21 @@ fn working_directory_is_the_commands_not_sharelinks() {
                n=$((n+1)); sleep 0.02; done; \
              readlink /proc/$PPID/cwd"),
     );
-    c.current_dir(sb.dir.path());
+    c.current_dir(sb.sb.root.path());
     let o = Running::start(c, Mode::Subreaper).finish();
     assert_eq!(o.code, 0, "{o:?}");
-    let dir = sb.dir.path().canonicalize().unwrap();
+    let dir = sb.sb.root.path().canonicalize().unwrap();
     assert_eq!(o.stdout, format!("{}\n/\n", dir.display()), "{o:?}");
 }
 
 #[test]
 fn no_fd_leaks_into_the_command() {
-    let modes: &[Mode] = if privileged("no_fd_leaks_into_the_command (as PID 1)") {
+    let modes: &[Mode] = if require_root("no_fd_leaks_into_the_command (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     for &mode in modes {
         let o = sb.run(mode, &[], &sh("ls /proc/$$/fd"));
         assert_eq!(o.code, 0, "{o:?}");
@@ -1366,7 +1467,7 @@ fn no_fd_leaks_into_the_command() {
 /// it. grep reads its own status: a shell would show its own transient
 /// masks (dash blocks signals around fork and wait).
 fn command_signal_state(
-    sb: &Sandbox,
+    sb: &RunSandbox,
     direct: bool,
     ignore: &'static [i32],
     block: &'static [i32],
@@ -1419,7 +1520,7 @@ fn mask(sigs: &[i32]) -> u64 {
 /// leaves libc's internal signal 32 ignored: it is inherited too.)
 #[test]
 fn command_gets_the_signal_state_sharelink_was_started_with() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     const IGNORE: &[i32] = &[
         libc::SIGHUP,
         libc::SIGINT,
@@ -1443,12 +1544,12 @@ fn command_gets_the_signal_state_sharelink_was_started_with() {
 /// does (143, not 129). Signals are forwarded in order, lowest first.
 #[test]
 fn nohup_keeps_the_command_alive() {
-    let modes: &[Mode] = if privileged("nohup_keeps_the_command_alive (as PID 1)") {
+    let modes: &[Mode] = if require_root("nohup_keeps_the_command_alive (as PID 1)") {
         &[Mode::Pid1, Mode::Subreaper]
     } else {
         &[Mode::Subreaper]
     };
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     for &mode in modes {
         let ready = sb.path(&format!("nohup-ready-{mode:?}"));
         let script = format!("touch {}; exec sleep 1000", ready.display());
@@ -1474,10 +1575,10 @@ fn nohup_keeps_the_command_alive() {
 /// are the test's, verified by the command's own `id`.
 #[test]
 fn user_switch_is_seen_by_id() {
-    if !privileged("user_switch_is_seen_by_id") {
+    if !require_root("user_switch_is_seen_by_id") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let passwd = sb.script(
         "passwd",
         "root:x:0:0:root:/root:/bin/sh\n\
@@ -1504,7 +1605,7 @@ fn user_switch_is_seen_by_id() {
         let mut c = Command::new("unshare");
         c.args(["--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && shift 2 && exec \"$@\"")
-            .args(["sh", &passwd, &group, &bin(), "--config"])
+            .args(["sh", &passwd, &group, bin(), "--config"])
             .arg(sb.path("sharelink.toml"))
             .args(["run", "--user", spec, "--", "sh", "-c", report]);
         prepare(&mut c);
@@ -1525,10 +1626,10 @@ fn user_switch_is_seen_by_id() {
 /// The real system's `nobody`, from `run.user` in the config file.
 #[test]
 fn run_user_from_config() {
-    if !privileged("run_user_from_config") {
+    if !require_root("run_user_from_config") {
         return;
     }
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let cfg = sb.path("sharelink.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str("[run]\nuser = \"nobody\"\n");
@@ -1540,7 +1641,7 @@ fn run_user_from_config() {
 
 #[test]
 fn unknown_user_is_a_config_error() {
-    let sb = Sandbox::new();
+    let sb = RunSandbox::new();
     let marker = sb.path("ran");
     let o = sb.run(
         Mode::Subreaper,

@@ -1,4 +1,4 @@
-//! Test helper for tests/reliability_signals.rs: a command that counts the
+//! Test helper for the signal-forwarding tests: a command that counts the
 //! signals it receives, and makes orphans for its init to reap.
 //!
 //! `sigcount DIR`: blocks every signal (with raw system calls, so that the

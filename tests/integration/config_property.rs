@@ -2,21 +2,28 @@
 //! coverage-guided twin is fuzz/fuzz_targets/config.rs (`cargo +nightly
 //! fuzz run config`).
 //!
+//! The rules a config must satisfy, written here independently of
+//! src/config.rs: both roots absolute without `..`; every app path, share
+//! path and `dirs` entry relative, non-empty, of plain components only; no
+//! share path under `.sharelink` (sharelink's own area); no app path and
+//! share target inside one another; no two links' app paths, nor their
+//! share paths, inside one another.
+//!
 //! Three generators:
 //! - arbitrary text, and TOML-ish text assembled from the schema's keys and
 //!   hostile values: `parse` never panics, every error is exit 78, and
-//!   every accepted config satisfies SPEC's rules;
+//!   every accepted config satisfies the rules;
 //! - structured configs (links over a tiny alphabet so that overlaps,
 //!   traversal and reserved paths are common), rendered as valid TOML:
-//!   `parse` accepts exactly when an independent implementation of SPEC's
+//!   `parse` accepts exactly when the independent implementation of the
 //!   rules does (a differential oracle), and keeps the paths it was given.
 //!
 //! `PROPTEST_CASES` scales every property (CI uses the defaults below).
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::support::api::{config, Overrides};
 use proptest::prelude::*;
-use sharelink::config::{self, Overrides};
 
 fn cases(default: u32) -> ProptestConfig {
     let n = std::env::var("PROPTEST_CASES")
@@ -31,7 +38,7 @@ fn cases(default: u32) -> ProptestConfig {
 }
 
 /// Whatever `parse` says about `text`, it says it without panicking, and a
-/// rejection is exit 78 naming a config; an acceptance obeys SPEC.
+/// rejection is exit 78 naming a config; an acceptance obeys the rules.
 fn check_any(text: &str, ov: &Overrides) -> Result<bool, TestCaseError> {
     let accepted = match config::parse(text, Path::new("fuzz.toml"), ov) {
         Err(e) => {
@@ -40,7 +47,7 @@ fn check_any(text: &str, ov: &Overrides) -> Result<bool, TestCaseError> {
             false
         }
         Ok(cfg) => {
-            let rules = spec_rules(
+            let rules = config_rules(
                 &cfg.app_root,
                 &cfg.share_root,
                 &cfg.links
@@ -50,7 +57,7 @@ fn check_any(text: &str, ov: &Overrides) -> Result<bool, TestCaseError> {
             );
             prop_assert!(
                 rules.is_ok(),
-                "accepted a config SPEC rejects: {:?}\n{}",
+                "accepted a config the rules reject: {:?}\n{}",
                 rules,
                 text
             );
@@ -60,9 +67,8 @@ fn check_any(text: &str, ov: &Overrides) -> Result<bool, TestCaseError> {
     Ok(accepted)
 }
 
-/// SPEC's rules on already-parsed paths, written independently of
-/// src/config.rs.
-fn spec_rules(
+/// The rules (module docs) on already-parsed paths.
+fn config_rules(
     app_root: &Path,
     share_root: &Path,
     links: &[(PathBuf, PathBuf, Vec<PathBuf>)],
@@ -278,7 +284,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         })
 }
 
-/// What SPEC says about the raw strings (independent of src/config.rs).
+/// What the rules say about the raw strings.
 fn oracle(s: &Spec) -> Result<Vec<(PathBuf, PathBuf, Vec<PathBuf>)>, String> {
     let root = |r: &str| -> Result<PathBuf, String> {
         let p = Path::new(r);
@@ -310,7 +316,7 @@ fn oracle(s: &Spec) -> Result<Vec<(PathBuf, PathBuf, Vec<PathBuf>)>, String> {
         let dirs = dirs.iter().map(|d| rel(d)).collect::<Result<Vec<_>, _>>()?;
         links.push((rel(a)?, rel(sh)?, dirs));
     }
-    spec_rules(&app_root, &share_root, &links)?;
+    config_rules(&app_root, &share_root, &links)?;
     Ok(links)
 }
 

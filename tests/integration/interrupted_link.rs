@@ -1,0 +1,208 @@
+//! A termination signal while `link` (or `run`'s linking) works: it stops
+//! at a safe point with 128 + the signal, the data is whole in one place,
+//! the command never starts, and the next run finishes the job.
+
+use crate::support::*;
+
+use std::fs;
+
+/// Start `sharelink ARGS`, wait until `ready` holds (e.g. the staging
+/// directory appeared), send `sig`; return whether it was sent (not if the
+/// run finished first) and the output.
+fn signal_when(
+    sb: &Sandbox,
+    args: &[&str],
+    sig: nix::sys::signal::Signal,
+    ready: impl Fn() -> bool,
+) -> (bool, std::process::Output) {
+    use std::process::Stdio;
+    let child = sb
+        .cmd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut sent = false;
+    // Until the moment comes, or the run ends first. The child is reaped
+    // only by `try_wait`/`wait`, so `pid` cannot be reused before the kill.
+    while child.try_wait().unwrap().is_none() {
+        if ready() {
+            nix::sys::signal::kill(pid, sig).unwrap();
+            sent = true;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the moment to signal"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    (sent, child.wait_with_output().unwrap())
+}
+
+fn big_tree_sandbox(
+    links: &str,
+    seed: u64,
+) -> (
+    Sandbox,
+    std::collections::BTreeMap<std::path::PathBuf, Node>,
+) {
+    // App and share are two tmpfs: a busy disk would make these slow.
+    let sb = Sandbox::new(links);
+    mount_tmpfs(&sb.app, "256m");
+    mount_tmpfs(&sb.share, "256m");
+    make_tree(&sb.app.join("data"), 3000, 2000, seed);
+    let before = snapshot(&sb.app.join("data"));
+    (sb, before)
+}
+
+/// After an interruption: the original is whole in the app dir, or the
+/// share target is complete; never a partial target.
+#[track_caller]
+fn assert_whole_somewhere(
+    sb: &Sandbox,
+    before: &std::collections::BTreeMap<std::path::PathBuf, Node>,
+) {
+    let app = sb.app.join("data");
+    let target = sb.share.join("data");
+    if target.exists() {
+        assert_eq!(
+            &snapshot(&target),
+            before,
+            "share target visible but incomplete"
+        );
+        // Whatever is left of the app dir is a subset of the original.
+        if lmeta(&app).is_dir() {
+            for (p, n) in snapshot(&app) {
+                assert_eq!(before.get(&p), Some(&n), "{}", p.display());
+            }
+        }
+    } else {
+        assert_eq!(&snapshot(&app), before, "app dir changed before the commit");
+    }
+}
+
+#[test]
+fn sigterm_during_link_stops_at_a_safe_point_and_rerun_completes() {
+    if !in_private_mount_ns!("sigterm_during_link_stops_at_a_safe_point_and_rerun_completes") {
+        return;
+    }
+    let staging = |sb: &Sandbox| sb.share.join(".data.sharelink-staging");
+    let mut interrupted = 0;
+    for attempt in 0..5 {
+        let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 100 + attempt);
+        let st = staging(&sb);
+        let (sent, o) = signal_when(&sb, &["link"], nix::sys::signal::Signal::SIGTERM, || {
+            st.exists()
+        });
+        match o.status.code() {
+            Some(143) => {
+                assert!(sent);
+                interrupted += 1;
+                assert!(stderr(&o).contains("SIGTERM"), "{}", stderr(&o));
+                assert_whole_somewhere(&sb, &before);
+                assert!(!sb.share.join("data").exists(), "signalled while staging");
+                assert!(lmeta(&sb.app.join("data")).is_dir());
+                expect_code(&sb.run(["status"]), 1);
+            }
+            // The copy finished before the signal was looked at: fine, but
+            // it must then be a complete, successful run.
+            Some(0) => {}
+            _ => panic!("attempt {attempt}: {o:?}\n{}", stderr(&o)),
+        }
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        assert_eq!(snapshot(&sb.share.join("data")), before);
+        assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+        expect_code(&sb.run(["status"]), 0);
+        if interrupted >= 2 {
+            break;
+        }
+    }
+    eprintln!("interrupted {interrupted} migrations");
+    assert!(interrupted > 0, "never managed to interrupt a migration");
+}
+
+#[test]
+fn signal_during_prune_leaves_a_complete_share_and_rerun_finishes() {
+    if !in_private_mount_ns!("signal_during_prune_leaves_a_complete_share_and_rerun_finishes") {
+        return;
+    }
+    // Signalled once the target is committed: the app dir is being deleted.
+    let mut seen = 0;
+    for attempt in 0..5 {
+        let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 200 + attempt);
+        let target = sb.share.join("data");
+        let (_, o) = signal_when(&sb, &["link"], nix::sys::signal::Signal::SIGINT, || {
+            target.exists()
+        });
+        match o.status.code() {
+            Some(130) => {
+                seen += 1;
+                assert_whole_somewhere(&sb, &before);
+            }
+            Some(0) => {}
+            _ => panic!("attempt {attempt}: {o:?}\n{}", stderr(&o)),
+        }
+        let o = sb.run(["link"]);
+        expect_code(&o, 0);
+        assert!(
+            !stderr(&o).contains("displaced"),
+            "nothing is app-only: {}",
+            stderr(&o)
+        );
+        assert!(!sb.share.join(".sharelink/displaced").exists());
+        assert_eq!(snapshot(&sb.share.join("data")), before);
+        assert_eq!(fs::read_link(sb.app.join("data")).unwrap(), target);
+        if seen > 0 {
+            break;
+        }
+    }
+    eprintln!("interrupted {seen} prunes");
+    assert!(seen > 0, "never interrupted the prune");
+}
+
+#[test]
+fn signal_while_run_is_linking_never_starts_the_command() {
+    if !in_private_mount_ns!("signal_while_run_is_linking_never_starts_the_command") {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let mut interrupted = false;
+        for attempt in 0..4 {
+            let (sb, before) = big_tree_sandbox("\"data\" = \"data\"", 300 + attempt);
+            let marker = sb.root.path().join("command-started");
+            let st = sb.share.join(".data.sharelink-staging");
+            let script = format!("touch '{}'", marker.display());
+            let (_, o) = signal_when(&sb, &["run", "--", "sh", "-c", &script], sig, || {
+                st.exists()
+            });
+            if o.status.code() != Some(128 + sig as i32) {
+                // Linking won the race; try again with a fresh tree.
+                continue;
+            }
+            interrupted = true;
+            eprintln!("{sig}: interrupted at attempt {attempt}");
+            assert!(
+                !marker.exists(),
+                "{sig}: COMMAND started after an interrupted link"
+            );
+            assert_whole_somewhere(&sb, &before);
+            let o = sb.run(["link"]);
+            expect_code(&o, 0);
+            assert_eq!(snapshot(&sb.share.join("data")), before);
+            break;
+        }
+        assert!(interrupted, "{sig}: never interrupted `run` while linking");
+    }
+}
