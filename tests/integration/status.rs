@@ -3,6 +3,7 @@
 use crate::support::*;
 
 use std::fs;
+use std::time::Duration;
 
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
@@ -78,4 +79,73 @@ fn status_text_and_json() {
     assert_eq!(v["links"][1]["state"], "dirs-missing");
     // status never writes.
     assert!(!sb.share.join("b/in").exists());
+}
+
+/// A migration that takes a while says how far it is: INFO lines with files
+/// and bytes of the total, rate and time left, whose bytes move during a big
+/// file (not only once it is done), and `status` from another process says
+/// `migrating` with the holder and its progress instead of a bare lock.
+#[test]
+fn a_long_migration_reports_progress_in_the_log_and_in_status() {
+    use crate::support::latencyfs::LatencyFs;
+    use std::io::Read;
+    if !in_private_mount_ns!("a_long_migration_reports_progress_in_the_log_and_in_status") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    fs::create_dir_all(app.join("data")).unwrap();
+    // One file of 64 MiB: every write to the share is a request that waits
+    // 10 ms on the rig, so its copy takes seconds.
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(app.join("data/model.bin"), &big).unwrap();
+    let rig = LatencyFs::mount(
+        &tmp.path().join("backing"),
+        &tmp.path().join("share"),
+        &["--delay-ms", "10"],
+    );
+    let cfg = tmp.path().join("sharelink.toml");
+    fs::write(
+        &cfg,
+        config_text(&app, &rig.mnt, false, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
+    let mut child = sharelink(&cfg)
+        .arg("link")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = None;
+    while child.try_wait().unwrap().is_none() && seen.is_none() {
+        let o = sharelink(&cfg).arg("status").output().unwrap();
+        let out = stdout(&o);
+        if out.contains("migrating") && out.contains("files") {
+            seen = Some(out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{err}");
+    let seen = seen.unwrap_or_else(|| panic!("status never said migrating:\n{err}"));
+    assert!(seen.contains(" pid "), "no holder: {seen}");
+    // A line in the middle of the file: none of it counted as done, some of
+    // its bytes copied, the total known, a rate and the time left.
+    let mid = err
+        .lines()
+        .filter(|l| l.contains("migrating: 0/1 files, "))
+        .find(|l| !l.contains("migrating: 0/1 files, 0 B/"))
+        .unwrap_or_else(|| panic!("no progress line during the file:\n{err}"));
+    assert!(mid.contains("/64.0 MiB, "), "{mid}");
+    assert!(
+        mid.contains("/s, about ") && mid.contains("s left"),
+        "{mid}"
+    );
+    assert_eq!(fs::read(rig.mnt.join("data/model.bin")).unwrap(), big);
 }

@@ -361,19 +361,38 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     poll(what, limit, || cond().then_some(()))
 }
 
-/// Wait until process `pid` is stopped (e.g. at a `:stop` failpoint).
+/// Wait until process `pid` is stopped (e.g. at a `:stop` failpoint). A
+/// process that exits instead (a zombie, since the test holds it) fails at
+/// once; one that never stops fails after `limit` saying where it waits.
 #[track_caller]
 pub fn wait_stopped(pid: u32, limit: Duration) {
-    wait_for(&format!("process {pid} to stop"), limit, || {
-        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            // The state follows the command name, which may hold anything.
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('T')
-        })
-    });
+    // The state follows the command name, which may hold anything.
+    let state = || {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
+    };
+    let start = Instant::now();
+    loop {
+        match state() {
+            Some('T') => return,
+            Some('Z') | None => panic!("process {pid} exited before it stopped"),
+            Some(other) if start.elapsed() > limit => {
+                let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                let threads: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|t| fs::read_to_string(t.path().join("wchan")).unwrap_or_default())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "process {pid} did not stop within {limit:?}: state {other}, waiting in {wchan:?}, threads in {threads:?}"
+                );
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
 }
 
 /// Wait for `child` for at most `limit`; SIGKILL it (and fail) if it hangs.
