@@ -174,8 +174,15 @@ def kubernetes(path):
                 return r["action"]
         return "Count"
 
-    for name in ("Unsafe", "Config"):
+    # The same on every retry. 2 is also what python3 exits with when it
+    # cannot open the pipeline's script.
+    for name in ("Usage", "Unsafe", "Config", "NotExecutable", "NotFound"):
         check(f"CronJob: exit {CODES[name]} ({name}) fails the Job at once", action_for(CODES[name]) == "FailJob", rules)
+    # A stopped pipeline (a pod deleted mid-run: SIGTERM, which the image's
+    # config rewrites to SIGINT, so Python exits 130) is not a broken image.
+    for sig, name in ((2, "SIGINT"), (15, "SIGTERM")):
+        check(f"CronJob: exit {128 + sig} (pipeline stopped by {name}) is not FailJob",
+              action_for(128 + sig) != "FailJob", rules)
     check(f"CronJob: exit {CODES['ShareUnavailable']} (share unavailable) is retried",
           action_for(CODES["ShareUnavailable"]) in ("Ignore", "Count"), rules)
     check("CronJob: activeDeadlineSeconds bounds the retries", job.get("activeDeadlineSeconds", 0) > 0)
