@@ -3,11 +3,12 @@
     python check_manifests.py RENDERED_K8S_YAML ACA_APP_YAML ACA_JOB_YAML
 
 The facts they must agree with are read from the repository itself: the
-share root from config/sharelink.toml, the `app` user's ids from the
-Dockerfile, sharelink's exit codes from src/exit_code.rs. Prints PASS/FAIL lines;
-exits 1 on any FAIL.
+share root from config/sharelink.toml, the `app` user's ids and the image's
+CMD (the pipeline command) from the Dockerfile, sharelink's exit codes from
+src/exit_code.rs. Prints PASS/FAIL lines; exits 1 on any FAIL.
 """
 
+import json
 import re
 import sys
 import tomllib
@@ -42,6 +43,14 @@ def dockerfile_ids():
     return int(uid[1]), int(gid[1])
 
 
+def dockerfile_cmd():
+    """The image's CMD, exec form: the command the demo image runs."""
+    text = (ROOT / "Dockerfile").read_text()
+    cmd = re.findall(r"^CMD (\[.*\])\s*$", text, re.M)
+    assert cmd, "no exec-form CMD in the Dockerfile"
+    return json.loads(cmd[-1])
+
+
 def mount_options(opts):
     """A list (Kubernetes) or comma-separated string (Container Apps) -> dict."""
     if isinstance(opts, str):
@@ -55,6 +64,7 @@ def mount_options(opts):
 
 CODES = exit_codes()
 UID, GID = dockerfile_ids()
+PIPELINE = dockerfile_cmd()
 SHARE_ROOT = tomllib.loads((ROOT / "config/sharelink.toml").read_text())["share_root"]
 ENTRYPOINT = ["/usr/local/bin/sharelink", "run"]
 STATUS = ["/usr/local/bin/sharelink", "status"]
@@ -80,10 +90,16 @@ def check_options(where, opts):
         check(f"{where}: mount option {k} set", re.fullmatch(r"0[0-7]{3}", got.get(k, "")), got)
 
 
-def check_pipeline_container(where, c, pod_spec):
+def check_pipeline_container(where, c, pod_spec, runs_pipeline=True):
     cmd = c.get("command", [])
     check(f"{where}: sharelink is the container's entrypoint (`sharelink run ... --`)",
           cmd[:2] == ENTRYPOINT and cmd[-1] == "--", cmd)
+    if runs_pipeline:
+        # `command:` replaces the image's ENTRYPOINT and `args:` its CMD: a
+        # stale command here is a pod that exits at once (127, or 2 when
+        # python3 cannot open the script).
+        check(f"{where}: args are the image's CMD, the demo pipeline ({' '.join(PIPELINE)})",
+              c.get("args") == PIPELINE, c.get("args"))
     check(f"{where}: the pipeline runs as the non-root user `app` (--user app)",
           "--user" in cmd and cmd[cmd.index("--user") + 1] == "app", cmd)
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
@@ -158,8 +174,15 @@ def kubernetes(path):
                 return r["action"]
         return "Count"
 
-    for name in ("Unsafe", "Config"):
+    # The same on every retry. 2 is also what python3 exits with when it
+    # cannot open the pipeline's script.
+    for name in ("Usage", "Unsafe", "Config", "NotExecutable", "NotFound"):
         check(f"CronJob: exit {CODES[name]} ({name}) fails the Job at once", action_for(CODES[name]) == "FailJob", rules)
+    # A stopped pipeline (a pod deleted mid-run: SIGTERM, which the image's
+    # config rewrites to SIGINT, so Python exits 130) is not a broken image.
+    for sig, name in ((2, "SIGINT"), (15, "SIGTERM")):
+        check(f"CronJob: exit {128 + sig} (pipeline stopped by {name}) is not FailJob",
+              action_for(128 + sig) != "FailJob", rules)
     check(f"CronJob: exit {CODES['ShareUnavailable']} (share unavailable) is retried",
           action_for(CODES["ShareUnavailable"]) in ("Ignore", "Count"), rules)
     check("CronJob: activeDeadlineSeconds bounds the retries", job.get("activeDeadlineSeconds", 0) > 0)
@@ -179,7 +202,9 @@ def container_apps(app_path, job_path):
         if vols:
             check_options(f"Container Apps {kind}", vols[0].get("mountOptions", ""))
         c = tpl["containers"][0]
-        check_pipeline_container(f"Container Apps {kind}", c, None)
+        # The app runs "your app" with a port (the demo pipeline has none);
+        # the job runs the demo pipeline.
+        check_pipeline_container(f"Container Apps {kind}", c, None, runs_pipeline=kind == "job")
         if kind == "app":
             check("Container Apps app: at least 3 replicas", tpl.get("scale", {}).get("minReplicas", 0) >= 3)
             probes = {p["type"]: p for p in c.get("probes", [])}

@@ -11,7 +11,8 @@
 #   - negative controls: broken copies must be rejected, so a validator that
 #     accepts anything cannot pass this
 #   - tests/deploy/check_manifests.py: what the manifests must say beyond
-#     their schemas (mount options, probes, exit codes, entrypoint, user)
+#     their schemas (mount options, probes, exit codes, entrypoint, user,
+#     the pipeline command against the Dockerfile's CMD)
 #
 #   bash tests/deploy/validate.sh
 #

@@ -4,9 +4,12 @@
 # with its own host name (separate "nodes"), one shared bind-mounted
 # directory as the share, all started together from an image with enough
 # baked data that the first migration takes a while. Each container runs
-# what deploy/kubernetes/deployment.yaml gives the pod: its command, args,
-# env and securityContext (user, capabilities, no privilege escalation), and
-# its probe command decides "ready".
+# what deploy/kubernetes/deployment.yaml gives the pod: its command, args
+# (the demo Python pipeline, examples/pipeline/run_pipeline.py, on the Python
+# base image of tests/docker/make-python-base.sh), env (PIPELINE_HOLD keeps
+# it running like a service) and securityContext (user, capabilities, no
+# privilege escalation), and its probe command decides "ready". So every
+# node also runs the pipeline on the share, beside the others.
 #
 # Per round, on a fresh share:
 #   1. start all nodes at once; one takes the migration lock, the others wait
@@ -18,18 +21,22 @@
 #      restart) and replace the other with a new container on a new network
 #      and host name (a pod rescheduled after a node loss)
 #   5. wait until every node is ready; then a rolling update: each node
-#      replaced by a fresh container, one at a time (maxSurge 1)
+#      replaced by a fresh container, one at a time (maxSurge 1); each old
+#      one must stop cleanly (docker stop's SIGTERM reaches Python as SIGINT
+#      by the config's [run] rewrite: checkpoint written, exit 130)
 #   6. check: the share holds exactly the baked data, byte for byte (nothing
-#      lost, duplicated, displaced or half-copied), no staging left, the lock
-#      directory empty, every node linked and ready
+#      lost, duplicated, displaced or half-copied; the pipeline's own outputs
+#      left out), no staging left, the lock directory empty, every node
+#      linked and ready, and every node's pipeline run complete on the share
 #
 #   bash tests/docker/multinode.sh
 #
 # Environment: MULTINODE_NODES (4), MULTINODE_ROUNDS (3), SHARELINK_BIN (a
-# static binary to use instead of building one), MULTINODE_KEEP=1 (keep
-# everything for debugging). Every docker command runs under `timeout`;
-# every wait is bounded. Exit 0 only when every check passed; 77 when a
-# prerequisite is missing.
+# static binary to use instead of building one), SHARELINK_BASE_IMAGE (a
+# Python base image; default: tests/docker/make-python-base.sh),
+# MULTINODE_KEEP=1 (keep everything for debugging). Every docker command
+# runs under `timeout`; every wait is bounded. Exit 0 only when every check
+# passed; 77 when a prerequisite is missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -82,7 +89,7 @@ trap 'echo "FAIL: line $LINENO: \`$BASH_COMMAND\` exited $?"' ERR
 t 30 docker info >/dev/null 2>&1 || { echo "SKIP: docker engine not reachable"; exit 77; }
 "$PY" -c 'import yaml' 2>/dev/null || { echo "SKIP: no python with PyYAML (run .ci/install-deps)"; exit 77; }
 BASE="${SHARELINK_BASE_IMAGE:-}"
-[ -n "$BASE" ] || BASE="$(t 600 bash "$ROOT/tests/docker/make-base-image.sh")"
+[ -n "$BASE" ] || BASE="$(t 1200 bash "$ROOT/tests/docker/make-python-base.sh")"
 if [ -n "${SHARELINK_BIN:-}" ]; then
     BIN="$SHARELINK_BIN"
 else
@@ -131,6 +138,18 @@ while IFS= read -r e; do RUN_FLAGS+=(-e "$e"); done < <(field ENV)
 while IFS= read -r f; do RUN_FLAGS+=("$f"); done < <(field FLAG)
 echo "pod spec: $ENTRYPOINT ${CMD[*]} ${ARGS[*]}; probe: ${PROBE[*]}; share at $MOUNT"
 echo "          docker flags: ${RUN_FLAGS[*]}"
+# How a stopped pod's pipeline ends: sharelink passes docker stop's SIGTERM
+# on as the config's [run] rewrite says (TERM -> INT for the Python
+# pipeline, which then runs its `finally`, writes its checkpoint and dies of
+# SIGINT), so a clean stop exits 128 + that signal: 130.
+read -r STOP_SIG STOP_CODE < <("$PY" - "$ROOT/config/sharelink.toml" <<'PY'
+import signal, sys, tomllib
+cfg = tomllib.load(open(sys.argv[1], "rb"))
+sig = cfg.get("run", {}).get("rewrite", {}).get("TERM", "TERM").upper().removeprefix("SIG")
+print(sig, 128 + signal.Signals["SIG" + sig])
+PY
+)
+echo "          docker stop: SIGTERM reaches the pipeline as SIG$STOP_SIG ([run] rewrite); a clean stop exits $STOP_CODE"
 
 # --- image: the Dockerfile's prebuilt target plus baked bulk data --------------
 say "building $IMAGE (base $BASE) with bulk data baked in"
@@ -181,21 +200,36 @@ for l in "${LINKS[@]}"; do
     [ "$(basename "$app")" = "$(basename "$share")" ] || mv "$BAKED/$(dirname "$share")/$(basename "$app")" "$BAKED/$share"
 done
 t 30 docker rm "$c" >/dev/null
-# tree_of DIR: "type path sha256-or-target" per entry, sorted; pipeline
-# outputs (written by the demo pipeline each run) left out.
+# What the demo pipeline writes on the share (as tests/docker/smoke.sh lists
+# it): per run, prices-, forecast- and predictions-RUN.csv; once and then
+# updated, the SARIMA orders of each series long enough for a grid search and
+# its checkpoint; and the temporary names of its atomic writes
+# (.NAME.XXXXXXXX.tmp, tempfile.mkstemp), which a node killed mid-write
+# leaves behind. An ERE on "./share/relative/path".
+SEARCHED_SERIES=(price_gadget price_widget sales temperature visitors)
+output_re() { # DIR NAME_RE -> DIR/NAME or its temporary name
+    printf '%s/(%s|\\.%s\\.[A-Za-z0-9_]{8}\\.tmp)' "$1" "$2" "$2"
+}
+OUTPUTS_RE="^\\./($(output_re scraping/scraped_data 'prices-[^/]+\.csv')|$(output_re forecasting/data/output 'forecast-[^/]+\.csv')"
+OUTPUTS_RE+="|$(output_re modelling/predictions 'predictions-[^/]+\.csv')"
+OUTPUTS_RE+="|$(output_re modelling/cache/sarima_params "($(IFS='|'; echo "${SEARCHED_SERIES[*]}"))\\.json")"
+OUTPUTS_RE+="|$(output_re modelling/cache 'checkpoint\.json'))\$"
+# tree_of DIR: "type path sha256-or-target" per entry, sorted; the
+# pipeline's outputs left out.
 tree_of() {
     (cd "$1" && find . -mindepth 1 \( -path ./.sharelink -prune \) -o -print0 |
         while IFS= read -r -d '' p; do
-            case "$p" in
-            ./scraping/scraped_data/prices-*.csv | ./forecasting/data/output/forecast-*.csv | \
-                ./modelling/predictions/predictions-*.csv | ./modelling/cache/time_moe_cache/*.cache) continue ;;
-            esac
+            [[ ! "$p" =~ $OUTPUTS_RE ]] || continue
             if [ -L "$p" ]; then echo "l $p $(readlink "$p")"
             elif [ -d "$p" ]; then echo "d $p"
             else echo "f $p $(sha256sum <"$p" | cut -c1-64)"; fi
         done | LC_ALL=C sort)
 }
 tree_of "$BAKED" >"$WORK/baked.txt"
+# Leaving the pipeline's outputs out must hide nothing that was baked.
+hidden="$(cd "$BAKED" && find . -mindepth 1 | grep -E "$OUTPUTS_RE" || true)"
+check "no baked entry looks like a pipeline output (those are left out of the share comparison)${hidden:+: $hidden}" \
+    test -z "$hidden"
 # Directories sharelink creates from `dirs` (and parents of targets) may be
 # on the share without being baked: compare files and symlinks exactly, and
 # require every baked directory.
@@ -302,6 +336,27 @@ locks_empty() {
     local left
     left="$(ls -A "$1/.sharelink/locks" 2>/dev/null || true)"
     [ -z "$left" ] || { echo "  left in the lock directory: $left"; return 1; }
+}
+# pipeline_ran CID SHARE: within 60 s the node's pipeline has done all its
+# stages (it logs that it holds, PIPELINE_HOLD) and that run's outputs are
+# on the share. (A run resumed from another node's interrupted one has that
+# run's id.)
+pipeline_ran() {
+    local c="$1" share="$2" until=$((SECONDS + 60)) id f
+    while ! t 10 docker logs "$c" 2>&1 | grep 'pipeline: holding for' >/dev/null; do
+        [ "$SECONDS" -lt "$until" ] && running "$c" || {
+            echo "  $(hostname_of "$c"): the pipeline did not finish its stages"
+            t 10 docker logs --tail 10 "$c" 2>&1 | sed 's/^/  | /'
+            return 1
+        }
+        sleep 0.5
+    done
+    id="$(t 10 docker logs "$c" 2>&1 | sed -n 's/.* pipeline: run \([^ ]*\): start as uid .*/\1/p' | tail -n 1)"
+    [ -n "$id" ] || { echo "  $(hostname_of "$c"): no run id in its logs"; return 1; }
+    for f in "scraping/scraped_data/prices-$id.csv" "forecasting/data/output/forecast-$id.csv" \
+        "modelling/predictions/predictions-$id.csv"; do
+        [ -s "$share/$f" ] || { echo "  $(hostname_of "$c"): run $id: no $f on the share"; return 1; }
+    done
 }
 # linked_json CID: the probe's JSON says every link is linked.
 linked_json() {
@@ -432,14 +487,28 @@ for r in $(seq 1 "$ROUNDS"); do
     check "round $r: rolling update, ${#CUR[@]} fresh containers each ready before the old one stopped ($rolled_ok)" \
         test "$rolled_ok" = "${#CUR[@]}"
     stopped_codes=""
-    for c in "${CUR[@]}"; do stopped_codes="$stopped_codes $(t 10 docker inspect -f '{{.State.ExitCode}}' "$c")"; done
-    check "round $r: replaced nodes stopped cleanly (SIGTERM forwarded: 143 each, got$stopped_codes)" \
-        test -z "$(tr -d ' ' <<<"${stopped_codes//143/}")"
+    stopped_clean=0
+    for c in "${CUR[@]}"; do
+        code="$(t 10 docker inspect -f '{{.State.ExitCode}}' "$c")"
+        stopped_codes="$stopped_codes $code"
+        # (grep reads everything: `grep -q` quitting early would fail the
+        # pipeline through docker's SIGPIPE.)
+        if [ "$code" = "$STOP_CODE" ] &&
+            t 10 docker logs "$c" 2>&1 | grep 'interrupted during .*checkpoint written to' >/dev/null; then
+            stopped_clean=$((stopped_clean + 1))
+        fi
+    done
+    check "round $r: replaced nodes stopped cleanly (docker stop's SIGTERM reached Python as SIG$STOP_SIG by the config's rewrite: checkpoint written and exit $STOP_CODE, $stopped_clean of ${#CUR[@]}; exit codes$stopped_codes)" \
+        test "$stopped_clean" = "${#CUR[@]}"
 
     # (6) the result.
     linked=0
     for c in "${NEXT[@]}"; do linked_json "$c" && linked=$((linked + 1)); done
     check "round $r: every node linked and healthy (status --json: $linked/${#NEXT[@]})" test "$linked" = "${#NEXT[@]}"
+    ran=0
+    for c in "${NEXT[@]}"; do pipeline_ran "$c" "$SHARE" && ran=$((ran + 1)); done
+    check "round $r: every node's pipeline ran all its stages through the links, its outputs on the share ($ran/${#NEXT[@]})" \
+        test "$ran" = "${#NEXT[@]}"
     LOST=0
     check "round $r: the share holds exactly the baked data ($BAKED_FILES files byte for byte; nothing lost, duplicated, displaced or half-copied)" \
         share_exact "$SHARE"
@@ -467,9 +536,11 @@ chown 10001:10001 "$SHARE_NR"
 if t 300 docker build -q -t "$PREFIX:nonroot" -f "$WORK/nonroot.Dockerfile" "$WORK" >"$WORK/build.log" 2>&1; then
     code=0
     out="$(t 120 docker run --name "slnode$ID-nonroot" --label "$LABEL" --user 10001:10001 --cap-drop ALL \
-        --security-opt no-new-privileges -v "$SHARE_NR:$MOUNT" "$PREFIX:nonroot" /app/run_pipeline.sh 2>&1)" || code=$?
-    check "non-root variant: links and runs the pipeline as uid 10001 with no capabilities (exit $code)" \
-        bash -c '[ "$1" = 0 ] && grep -q "start as uid 10001" <<<"$2" && [ -d "$3/forecasting/data/input" ]' _ "$code" "$out" "$SHARE_NR"
+        --security-opt no-new-privileges -v "$SHARE_NR:$MOUNT" "$PREFIX:nonroot" "${ARGS[@]}" 2>&1)" || code=$?
+    check "non-root variant: links and runs the pipeline (${ARGS[*]}) as uid 10001 with no capabilities, to completion on the share (exit $code)" \
+        bash -c '[ "$1" = 0 ] && grep -q "start as uid 10001" <<<"$2" && [ -d "$3/forecasting/data/input" ] &&
+            grep -q "\"status\": \"completed\"" "$3/modelling/cache/checkpoint.json" &&
+            [ -n "$(find "$3/modelling/predictions" -name "predictions-*.csv" -size +0)" ]' _ "$code" "$out" "$SHARE_NR"
     [ "$code" = 0 ] || tail -n 10 <<<"$out" | sed 's/^/  | /'
 else
     cat "$WORK/build.log"
