@@ -30,7 +30,7 @@ FROM ${BASE_IMAGE} AS app
 # Non-root option: sharelink itself starts as root (it rewrites /app and
 # creates share directories), then drops to this user for the pipeline when
 # asked: `run.user = "app"` in the config or `sharelink run --user app`.
-# Appending to passwd/group works on Debian and busybox bases alike.
+# Appending to passwd/group works on any base, with or without useradd.
 ARG APP_UID=10001
 ARG APP_GID=10001
 RUN set -eu; \
