@@ -189,3 +189,10 @@ impl Meta {
         self.id.ctime.as_nanos() <= seen.as_nanos() - margin_ns
     }
 }
+
+/// `fstat` of an open file, as [`Meta`].
+pub fn fstat(f: &std::fs::File) -> std::io::Result<Meta> {
+    nix::sys::stat::fstat(f)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(std::io::Error::from)
+}

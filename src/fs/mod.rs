@@ -15,6 +15,16 @@ pub mod tree;
 use std::io;
 use std::path::Path;
 
+/// The entry went away or became something else while we looked: nothing
+/// there, a component no longer a directory, or a symlink where a directory
+/// was (never followed).
+pub fn gone(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+    )
+}
+
 /// `renameat2(RENAME_NOREPLACE)` by path (sharelink's own small entries,
 /// such as lock directories), with [`dir::Dir::rename_noreplace`]'s
 /// fallbacks.

@@ -15,7 +15,8 @@ use super::Ctx;
 use crate::error::{Error, Result};
 use crate::fs::content;
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Identity, Kind, Meta, Time};
+use crate::fs::gone;
+use crate::fs::meta::{fstat, Identity, Kind, Meta, Time};
 use crate::fs::pool::{self, Queue};
 
 /// How one app entry relates to the share's entry at the same path.
@@ -326,19 +327,6 @@ fn settled(before: Meta, after: Meta, seen: Time) -> Verdict {
 
 fn stat(dir: &Dir, name: &std::ffi::OsStr, path: &Path) -> Result<Option<Meta>> {
     dir.stat_at(name).map_err(|e| Error::io("inspect", path, e))
-}
-
-fn gone(err: &std::io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-    )
-}
-
-fn fstat(f: &std::fs::File) -> std::io::Result<Meta> {
-    nix::sys::stat::fstat(f)
-        .map(|st| Meta::from_stat(&st))
-        .map_err(std::io::Error::from)
 }
 
 /// Whether the app entry `ix` (`app` is the app directory) has a

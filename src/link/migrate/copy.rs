@@ -23,7 +23,8 @@ use crate::failpoint;
 use crate::fs::attrs::{self, Loss, Target, Xattrs};
 use crate::fs::content;
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Identity, Kind, Meta, Time};
+use crate::fs::gone;
+use crate::fs::meta::{fstat, Identity, Kind, Meta, Time};
 use crate::fs::pool::{self, Queue};
 
 pub const TREE: &str = "tree";
@@ -321,14 +322,7 @@ impl Staging {
 pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
     let dir = match parent.open_dir(name) {
         Ok(d) => d,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-            ) =>
-        {
-            return crate::fs::tree::remove(parent, name)
-        }
+        Err(e) if crate::fs::gone(&e) => return crate::fs::tree::remove(parent, name),
         Err(e) => return Err(e),
     };
     match dir.unlink(OsStr::new(journal::NAME)) {
@@ -1027,18 +1021,4 @@ impl Shared<'_> {
         );
         Ok(())
     }
-}
-
-/// The entry went away or became something else while we looked.
-fn gone(err: &std::io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-    )
-}
-
-fn fstat(f: &std::fs::File) -> std::io::Result<Meta> {
-    nix::sys::stat::fstat(f)
-        .map(|st| Meta::from_stat(&st))
-        .map_err(std::io::Error::from)
 }

@@ -62,12 +62,7 @@ impl Walk<'_> {
         let e = &self.inv.entries[ix as usize];
         match parent.open_dir(&e.name) {
             Ok(d) => Ok(Some(d)),
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                ) =>
-            {
+            Err(err) if crate::fs::gone(&err) => {
                 self.inv.entries[ix as usize].changed = true;
                 Ok(None)
             }

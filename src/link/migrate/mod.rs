@@ -521,14 +521,7 @@ impl Migration<'_> {
             .map_err(|e| Error::io("remove", &self.staging_path, e))?;
         let base = match tree::open_beneath(&self.share_root, &self.displaced_rel) {
             Ok(d) => d,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                ) =>
-            {
-                return Ok(())
-            }
+            Err(e) if crate::fs::gone(&e) => return Ok(()),
             Err(e) => {
                 return Err(Error::io(
                     "open",

@@ -20,7 +20,7 @@ use super::inventory::{Inventory, Ix};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Identity, Kind, Meta};
+use crate::fs::meta::{Identity, Kind};
 
 /// Why an entry stayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,14 +85,7 @@ fn walk(
                     out.kept.push((c, Kept::Changed));
                     continue;
                 }
-                Err(err)
-                    if matches!(
-                        err.raw_os_error(),
-                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                    ) =>
-                {
-                    continue
-                }
+                Err(err) if crate::fs::gone(&err) => continue,
                 Err(err) => return Err(Error::io("open directory", &inv.path(app_path, c), err)),
             };
             walk(inv, c, &sub, app_path, doomed, check, out)?;
@@ -199,7 +192,7 @@ fn delete(
         Err(_) => false,
     };
     failpoint::hit("prune.leased");
-    let now = nix::sys::stat::fstat(&f).map(|st| Meta::from_stat(&st))?;
+    let now = crate::fs::meta::fstat(&f)?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
     let r = if now.kind == Kind::File && now.id == *id && named == Some(id.ino) {
@@ -279,7 +272,7 @@ fn rescue(
 }
 
 fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
-    let meta = nix::sys::stat::fstat(f).map(|st| Meta::from_stat(&st))?;
+    let meta = crate::fs::meta::fstat(f)?;
     let mut target = name.to_os_string();
     let mut n = 1;
     let to = loop {
