@@ -59,18 +59,7 @@ impl Snapshot {
 
     /// `1234/5000 files, 1.2 GiB/4.0 GiB, 85.0 MiB/s, about 34s left`
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "{}/{} files, {}/{}, {}/s",
-            self.files,
-            self.files_total,
-            human(self.bytes),
-            human(self.bytes_total),
-            human(self.rate())
-        );
-        if let Some(eta) = self.eta() {
-            s.push_str(&format!(", about {}s left", eta.as_secs().max(1)));
-        }
-        s
+        Published::of(self).describe()
     }
 }
 
