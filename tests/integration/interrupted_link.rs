@@ -206,3 +206,60 @@ fn signal_while_run_is_linking_never_starts_the_command() {
         assert!(interrupted, "{sig}: never interrupted `run` while linking");
     }
 }
+
+/// Killed right after the commit, then an app file changes before the next
+/// run (a manual re-run killed, a sidecar writing): the share's file is
+/// still this migration's own untouched copy (the staging journal says so),
+/// so the newer app version replaces it, and nothing needs setting aside.
+/// A file someone changed on the share meanwhile is not ours any more: the
+/// app's version of that one is set aside.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_file_changed_after_a_kill_past_the_commit_replaces_our_own_copy() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("mine.txt"), "v1\n").unwrap();
+    fs::write(app.join("theirs.txt"), "v1\n").unwrap();
+    fs::write(app.join("same.txt"), "unchanged\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let o = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "commit.synced")
+        .output()
+        .unwrap();
+    expect_code(&o, 137);
+    assert_eq!(fs::read_to_string(target.join("mine.txt")).unwrap(), "v1\n");
+    fs::write(app.join("mine.txt"), "v2, written after the kill\n").unwrap();
+    fs::write(app.join("theirs.txt"), "v2 in the app\n").unwrap();
+    fs::write(target.join("theirs.txt"), "v2 on the share\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert_eq!(fs::read_link(&app).unwrap(), target);
+    assert_eq!(
+        fs::read_to_string(target.join("mine.txt")).unwrap(),
+        "v2, written after the kill\n"
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("theirs.txt")).unwrap(),
+        "v2 on the share\n"
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("same.txt")).unwrap(),
+        "unchanged\n"
+    );
+    let kept = displaced(&sb.share, "data");
+    let kept: Vec<String> = kept
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("theirs.txt")).ok())
+        .collect();
+    assert_eq!(kept, ["v2 in the app\n"], "{}", stderr(&o));
+    for d in displaced(&sb.share, "data") {
+        assert!(
+            !d.join("mine.txt").exists(),
+            "our own copy's file set aside"
+        );
+    }
+}

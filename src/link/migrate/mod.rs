@@ -715,9 +715,16 @@ impl Migration<'_> {
                 continue;
             };
             let kind = inv.get(ix).meta.kind;
+            // The share's differing file is a copy this migration made and
+            // nobody changed since (same inode, size, times): recorded in
+            // the marker by an earlier pass, or in the journal by the copy.
             let ours = match v {
                 Verdict::Differs { share: Some(s) } => {
-                    placed.get(&inv.rel(ix)).map(|r| r.copy) == Some(s)
+                    let rel = inv.rel(ix);
+                    [placed.get(&rel), copied.get(&rel)]
+                        .into_iter()
+                        .flatten()
+                        .any(|r| r.copy == s)
                 }
                 _ => false,
             };
