@@ -496,6 +496,85 @@ fn killed_copy_resumes_instead_of_starting_over() {
     umount(&case.merged);
 }
 
+/// Every state a kill leaves is recognisable from disk: `status` (text and
+/// JSON) says `interrupted` and what the next run finishes, `link
+/// --dry-run` changes nothing, and the next run finishes it.
+#[test]
+fn status_names_each_interrupted_state_and_the_next_run_finishes_it() {
+    if !in_private_mount_ns!("status_names_each_interrupted_state_and_the_next_run_finishes_it") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (work, shares) = (root.path().join("work"), root.path().join("shares"));
+    mount_tmpfs(&work, "512m");
+    mount_tmpfs(&shares, "512m");
+    let cases = [
+        (
+            Scenario::IntoEmpty,
+            "staging.synced",
+            "a copy into the share was interrupted",
+        ),
+        (
+            Scenario::KeepShare,
+            "staging.synced",
+            "setting conflicting files aside was interrupted",
+        ),
+        (
+            Scenario::IntoEmpty,
+            "commit.synced",
+            "the data is in the share",
+        ),
+    ];
+    for (n, (s, point, says)) in cases.into_iter().enumerate() {
+        let what = format!("{s:?} killed at {point}");
+        let case = setup(&work, &shares, n, s, 60);
+        let o = case.run(&["status"], &[]);
+        assert_eq!(code(&o), 1, "{what}: {}", stdout(&o));
+        assert!(
+            stdout(&o).contains("needs-migration"),
+            "{what}: {}",
+            stdout(&o)
+        );
+        let o = case.run(&["link"], &[("SHARELINK_FAILPOINT", point)]);
+        assert_eq!(code(&o), 137, "{what}: {}", stderr(&o));
+        let o = case.run(&["status"], &[]);
+        assert_eq!(code(&o), 1, "{what}: {}", stdout(&o));
+        let text = stdout(&o);
+        assert!(
+            text.contains("interrupted") && text.contains(says),
+            "{what}: {text}"
+        );
+        let o = case.run(&["status", "--json"], &[]);
+        assert!(
+            stdout(&o).contains("\"state\":\"interrupted\""),
+            "{what}: {}",
+            stdout(&o)
+        );
+        let (app, share) = (snapshot(&case.merged), snapshot(&case.share_root));
+        let o = case.run(&["link", "--dry-run"], &[]);
+        assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("interrupted"),
+            "{what}: dry run: {}",
+            stdout(&o)
+        );
+        assert_eq!(
+            snapshot(&case.merged),
+            app,
+            "{what}: dry run changed the app"
+        );
+        assert_eq!(
+            snapshot(&case.share_root),
+            share,
+            "{what}: dry run changed the share"
+        );
+        let o = case.run(&["link"], &[]);
+        assert_eq!(code(&o), 0, "{what}: {}", stderr(&o));
+        check_finished(s, &case, &what);
+        umount(&case.merged);
+    }
+}
+
 /// What a startup probe that is too short does: kill the migration again
 /// and again. Every attempt keeps what the previous ones copied, so the
 /// migration finishes.
