@@ -24,6 +24,10 @@ pub enum AppNode {
     /// A directory that is, or holds, a mount point (a volume): it cannot
     /// be moved or replaced by a symlink, and emptying it is not ours to do.
     HoldsMount(PathBuf),
+    /// A directory that is one with the share (a bind mount or a symlink
+    /// joins them): it is, holds or lies inside this share directory. A
+    /// migration would move the data onto itself and delete it.
+    JoinedWithShare(PathBuf),
 }
 
 /// Everything [`decide`] needs to know about one link.
@@ -180,6 +184,37 @@ fn app_node(app: &Path) -> Result<AppNode> {
     })
 }
 
+/// The share directory the app directory is one with, if any: the share
+/// target or one of its parents is the app directory, or the app directory
+/// lies inside the share target. Decided by device and inode, as a path
+/// cannot tell: a bind mount or a symlinked `app_root` joins trees whose
+/// paths differ. Only asked when there is a directory to migrate.
+fn joined(app: &Path, share: &Path) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+        Err(e) => Err(Error::io("inspect", p, e)),
+    };
+    let Some(app_id) = id(app)? else {
+        return Ok(None);
+    };
+    for p in share.ancestors() {
+        if id(p)? == Some(app_id) {
+            return Ok(Some(p.to_path_buf()));
+        }
+    }
+    if let Some(share_id) = id(share)? {
+        for p in app.ancestors().skip(1) {
+            if id(p)? == Some(share_id) {
+                return Ok(Some(share.to_path_buf()));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Look at one link on disk. Cheap when linked: a few `lstat`s and one
 /// `readlink`, never a walk of the data.
 pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
@@ -194,6 +229,13 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     let app = match app {
         Some(node) => node,
         None => app_node(&paths.app)?,
+    };
+    let app = match app {
+        AppNode::Dir => match joined(&paths.app, &paths.share)? {
+            Some(at) => AppNode::JoinedWithShare(at),
+            None => AppNode::Dir,
+        },
+        other => other,
     };
     // Whether the share target is empty only matters for a migration.
     let want_empty = matches!(app, AppNode::Dir);
@@ -272,7 +314,9 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
             actions.push(Action::Migrate(how));
             (State::NeedsMigration, Some(Action::Symlink))
         }
-        AppNode::Other(_) | AppNode::HoldsMount(_) => unreachable!("refused above"),
+        AppNode::Other(_) | AppNode::HoldsMount(_) | AppNode::JoinedWithShare(_) => {
+            unreachable!("refused above")
+        }
     };
     if share_missing && !matches!(obs.app, AppNode::Dir) {
         actions.push(Action::CreateShareTarget);
@@ -303,6 +347,13 @@ fn refusal(paths: &Paths, obs: &Observed) -> Option<String> {
         return Some(format!(
             "{} is a {kind} where the data directory belongs; sharelink leaves it alone. Move it away and re-run",
             paths.app.display()
+        ));
+    }
+    if let AppNode::JoinedWithShare(at) = &obs.app {
+        return Some(format!(
+            "{} and the share directory {} are one directory (a bind mount or a symlink joins them); moving the data into the share would move it onto itself. Mount the share only at share_root, not over the app, and re-run",
+            paths.app.display(),
+            at.display()
         ));
     }
     if let AppNode::HoldsMount(at) = &obs.app {

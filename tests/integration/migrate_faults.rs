@@ -258,3 +258,75 @@ fn staging_deeper_than_path_max_still_migrates() {
     assert_eq!(fs::read_to_string(target.join(&rel)).unwrap(), "deep");
     expect_code(&sb.run(["status"]), 0);
 }
+
+/// The app directory and the share directory are one directory, joined by
+/// something a path does not show: a volume of the share's parent left
+/// mounted over the app, a symlinked `app_root`, the share mounted at
+/// `app_root`. Every file would be "already on the share" and deleted;
+/// instead the link is refused (65) and nothing is touched.
+#[test]
+fn app_dir_that_is_the_share_dir_is_refused_and_untouched() {
+    if !in_private_mount_ns!("app_dir_that_is_the_share_dir_is_refused_and_untouched") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    for variant in [
+        "bind of the parent",
+        "symlinked app_root",
+        "share at app_root",
+    ] {
+        let base = root.path().join(variant.replace(' ', "-"));
+        let host = base.join("host");
+        mount_tmpfs(&host, "16m");
+        let (share, app_root) = (base.join("share"), base.join("app"));
+        make_tree(&host.join("forecasting/data/output"), 12, 400, 7);
+        let before = snapshot(&host);
+        fs::create_dir_all(&share).unwrap();
+        sh(&format!(
+            "mount --bind '{}' '{}'",
+            host.display(),
+            share.display()
+        ));
+        match variant {
+            "bind of the parent" => {
+                fs::create_dir_all(app_root.join("forecasting")).unwrap();
+                sh(&format!(
+                    "mount --bind '{}' '{}'",
+                    host.join("forecasting").display(),
+                    app_root.join("forecasting").display()
+                ));
+            }
+            "symlinked app_root" => std::os::unix::fs::symlink(&share, &app_root).unwrap(),
+            _ => {
+                fs::create_dir_all(&app_root).unwrap();
+                sh(&format!(
+                    "mount --bind '{}' '{}'",
+                    share.display(),
+                    app_root.display()
+                ));
+            }
+        }
+        let cfg = base.join("sharelink.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "app_root = {app_root:?}\nshare_root = {share:?}\n[links]\n\"forecasting/data\" = {{ share = \"forecasting/data\", dirs = [\"input\", \"output\"] }}\n"
+            ),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        for cmd in [&["link"][..], &["run", "--", "true"]] {
+            let o = sharelink(&cfg).args(cmd).output().unwrap();
+            expect_code(&o, 65);
+            assert!(
+                stderr(&o).contains("are one directory"),
+                "{variant}: {}",
+                stderr(&o)
+            );
+        }
+        let o = sharelink(&cfg).arg("status").output().unwrap();
+        expect_code(&o, 1);
+        assert!(stdout(&o).contains("blocked"), "{variant}: {}", stdout(&o));
+        assert_eq!(snapshot(&host), before, "{variant}: the data was touched");
+    }
+}
