@@ -264,7 +264,7 @@ fn if_empty_keeps_the_share_and_sets_aside_what_differs_or_is_app_only() {
     // The share wins, entirely: nothing merged in, nothing overwritten.
     assert_eq!(snapshot(&target), share_before);
     assert_eq!(fs::read_link(&app).unwrap(), target);
-    let stamps = displaced(&sb.share, "m/data");
+    let stamps = displaced(&sb.share, "data");
     assert_eq!(stamps.len(), 1, "{stamps:?}");
     assert_eq!(leftovers(&sb.app, &sb.share), Vec::<String>::new());
     let name = stamps[0]

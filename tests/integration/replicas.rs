@@ -354,3 +354,56 @@ fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("stale lock"));
     assert_eq!(support::leftovers(&app2, &share2), Vec::<String>::new());
 }
+
+/// Two services whose images use the same app path (`/app/data`) for
+/// different share paths (two pipelines, or a rolling update that moved
+/// the share path). Each one's set-aside copies are its own: the second
+/// service, finishing while the first is stopped in the middle of setting
+/// its files aside, must not clear the first one's copy in progress.
+#[test]
+#[cfg(feature = "failpoints")]
+fn services_with_one_app_path_keep_each_others_set_aside_copies() {
+    use support::{expect_code, make_tree, sharelink, snapshot, stderr, wait_stopped, Sandbox};
+    let sb = Sandbox::new("\"data\" = \"svc1/data\"");
+    make_tree(&sb.app.join("data"), 300, 2000, 41);
+    let baked = snapshot(&sb.app.join("data"));
+    // svc1's share target holds data already: in `if-empty` mode every
+    // baked file is set aside.
+    fs::create_dir_all(sb.share.join("svc1/data")).unwrap();
+    fs::write(sb.share.join("svc1/data/existing"), "svc1's share data").unwrap();
+    let app2 = sb.path("app2");
+    fs::create_dir_all(app2.join("data")).unwrap();
+    fs::write(app2.join("data/only"), "svc2 baked").unwrap();
+    let config2 = sb.path("svc2.toml");
+    fs::write(
+        &config2,
+        support::config_text(&app2, &sb.share, false, "", "\"data\" = \"svc2/data\""),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let svc1 = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "staging.synced:1:stop")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(svc1.id(), Duration::from_secs(60));
+    let o = sharelink(&config2).arg("link").output().unwrap();
+    expect_code(&o, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(svc1.id() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let o = svc1.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "svc1: {}", stderr(&o));
+    let copies = support::displaced(&sb.share, "svc1/data");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(snapshot(&copies[0]), baked, "svc1's set-aside copy");
+    assert_eq!(
+        fs::read_to_string(sb.share.join("svc2/data/only")).unwrap(),
+        "svc2 baked"
+    );
+    assert!(support::leftovers(&sb.app, &sb.share).is_empty());
+}

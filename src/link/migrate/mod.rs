@@ -126,8 +126,10 @@ impl Leftovers {
 pub struct Places {
     pub staging: PathBuf,
     pub marker: PathBuf,
-    /// `<share_root>/.sharelink/displaced/<app path>`, relative to the
-    /// share root.
+    /// `<share_root>/.sharelink/displaced/<share path>`, relative to the
+    /// share root: keyed like the lock, so that only the lock's holder
+    /// writes or clears it (two services with the same app path and other
+    /// share paths must not clear each other's copies).
     pub displaced: PathBuf,
 }
 
@@ -136,7 +138,7 @@ impl Places {
         Places {
             staging: names::sibling(&cfg.share_path(link), STAGING_SUFFIX, 0),
             marker: names::sibling(&cfg.app_path(link), MARKER_SUFFIX, 0),
-            displaced: Path::new(RESERVED_DIR).join("displaced").join(&link.app),
+            displaced: Path::new(RESERVED_DIR).join("displaced").join(&link.share),
         }
     }
 
@@ -858,7 +860,7 @@ impl Migration<'_> {
     }
 
     /// Keep app entries the share must not take under
-    /// `.sharelink/displaced/<app path>/<UTC stamp>/`, unless a byte-identical
+    /// `.sharelink/displaced/<share path>/<UTC stamp>/`, unless a byte-identical
     /// copy is there already from an earlier run.
     fn set_aside(
         &self,
@@ -1053,13 +1055,13 @@ fn commit_stamped(staging: &Staging, base: &Dir, base_path: &Path, stamp: &str) 
     Ok(name)
 }
 
-/// One complete set-aside copy under `displaced/<app path>/`.
+/// One complete set-aside copy under `displaced/<share path>/`.
 struct Stamp {
     name: String,
     dir: Dir,
 }
 
-/// What `displaced/<app path>/` holds.
+/// What `displaced/<share path>/` holds.
 struct SetAside {
     /// Complete copies, newest first.
     stamps: Vec<Stamp>,

@@ -759,11 +759,11 @@ pub fn walk_names(root: &Path, f: &mut dyn FnMut(&Path, &str)) {
     }
 }
 
-/// Complete set-aside copies of `app_rel`
-/// (`<share_root>/.sharelink/displaced/<app_rel>/<stamp>`), oldest first;
-/// unfinished (`.partial`) ones are not included.
-pub fn displaced(share_root: &Path, app_rel: &str) -> Vec<PathBuf> {
-    let base = share_root.join(".sharelink/displaced").join(app_rel);
+/// Complete set-aside copies for the share path `share_rel`
+/// (`<share_root>/.sharelink/displaced/<share_rel>/<stamp>`), oldest
+/// first; unfinished (`.partial`) ones are not included.
+pub fn displaced(share_root: &Path, share_rel: &str) -> Vec<PathBuf> {
+    let base = share_root.join(".sharelink/displaced").join(share_rel);
     let mut v: Vec<PathBuf> = names(&base)
         .into_iter()
         .filter(|n| !n.ends_with(".partial"))
