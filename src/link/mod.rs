@@ -21,5 +21,43 @@ pub use apply::Owner;
 /// The mount guard, then plan and apply every link.
 pub fn link_all(cfg: &Config, owner: Option<Owner>) -> Result<()> {
     mounts::check_share(cfg, true)?;
+    let _files = OpenFiles::raise();
     apply::apply(cfg, owner)
+}
+
+/// The soft limit on open files raised to the hard one while linking, and
+/// put back after, so the command starts with the limit it was given.
+/// A migration holds two directories open per level of a deep tree, and
+/// container runtimes may set a soft limit of 1024.
+struct OpenFiles(Option<libc::rlimit>);
+
+impl OpenFiles {
+    fn raise() -> OpenFiles {
+        let mut was = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls on a local struct.
+        let raised = unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut was) == 0
+                && was.rlim_cur < was.rlim_max
+                && libc::setrlimit(
+                    libc::RLIMIT_NOFILE,
+                    &libc::rlimit {
+                        rlim_cur: was.rlim_max,
+                        rlim_max: was.rlim_max,
+                    },
+                ) == 0
+        };
+        OpenFiles(raised.then_some(was))
+    }
+}
+
+impl Drop for OpenFiles {
+    fn drop(&mut self) {
+        if let Some(was) = &self.0 {
+            // SAFETY: as above; lowering the soft limit cannot fail.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, was) };
+        }
+    }
 }

@@ -294,3 +294,37 @@ fn odd_names_and_deep_trees_migrate_byte_for_byte() {
         "odd names: 4 links (spaces, non-ASCII, 255-byte link names) x trees with non-UTF-8/newline/tab/255-byte names and 200 levels of directories ({entries} entries): exit 0, all equal byte for byte with modes"
     ));
 }
+
+/// Under the soft limit of 1,024 open files that container runtimes may
+/// set: a data directory with 1,500 subdirectories side by side and one
+/// 1,500 levels deep migrate (before, both failed with EMFILE on every
+/// start), and the command still starts with the limit it was given.
+#[test]
+fn wide_and_deep_trees_migrate_under_a_low_open_files_limit() {
+    let sb = Sandbox::new("\"wide\" = \"wide\"\n\"deep\" = \"deep\"");
+    let wide = sb.app.join("wide");
+    for i in 0..1500 {
+        let d = wide.join(format!("s{i:05}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("page.html"), format!("page {i}")).unwrap();
+    }
+    let mut deep = sb.app.join("deep");
+    for _ in 0..1500 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), "at the bottom").unwrap();
+    let (wide_before, deep_before) = (snapshot(&wide), snapshot(&sb.app.join("deep")));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -S -n 1024 && exec \"$0\" --config \"$1\" run -- sh -c 'ulimit -n'")
+        .arg(bin())
+        .arg(&sb.config)
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+    assert_eq!(stdout(&o).trim(), "1024", "the command's limit");
+    assert_eq!(snapshot(&sb.share.join("wide")), wide_before);
+    assert_eq!(snapshot(&sb.share.join("deep")), deep_before);
+}

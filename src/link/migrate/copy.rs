@@ -398,6 +398,15 @@ enum Job {
         src: Arc<Dir>,
         dst: Arc<Dir>,
     },
+    /// Make the staged copy of directory `ix` in its parent's (open:
+    /// `src`, `dst`), then copy its children. Made when it runs, not when
+    /// its parent is walked, so a directory with thousands of
+    /// subdirectories does not hold them all open at once.
+    MakeDir {
+        ix: Ix,
+        src: Arc<Dir>,
+        dst: Arc<Dir>,
+    },
     /// Copy non-directories of one directory.
     Leaf {
         ixs: Vec<Ix>,
@@ -500,6 +509,11 @@ impl Shared<'_> {
     fn run(&self, job: Job, q: &Queue<Job>) -> Result<()> {
         match job {
             Job::Dir { ix, src, dst } => self.dir(ix, src, dst, q),
+            Job::MakeDir { ix, src, dst } => match self.make_dir(ix, &src, &dst)? {
+                Some((s, d)) => self.dir(ix, s, d, q),
+                // Changed since the walk: left for the next pass.
+                None => self.release(self.entry(ix).parent),
+            },
             Job::Leaf { ixs, src, dst } => {
                 for ix in ixs {
                     let s = self.leaf(ix, &src, &dst, &q.stop)?;
@@ -550,15 +564,11 @@ impl Shared<'_> {
         for c in kids {
             let e = self.entry(c);
             if e.meta.kind == Kind::Dir {
-                match self.make_dir(c, &src, &dst)? {
-                    Some((s, d)) => q.push(Job::Dir {
-                        ix: c,
-                        src: s,
-                        dst: d,
-                    }),
-                    // Changed since the walk: left for the next pass.
-                    None => self.release(ix)?,
-                }
+                q.push(Job::MakeDir {
+                    ix: c,
+                    src: src.clone(),
+                    dst: dst.clone(),
+                });
             } else if let Some(leader) = e.leader {
                 self.follow(leader, c, &src, &dst, q);
             } else {
