@@ -317,3 +317,50 @@ fn latencyfs_serves_requests_concurrently() {
     let s = rig.stats(false);
     assert!(s["peak_in_flight"] >= (N / 2) as u64, "{s:?}");
 }
+
+/// `--case-insensitive`: names match in any case and keep the case they
+/// were first written in, as on an SMB share; a name that exists in
+/// another case cannot be created again.
+#[test]
+fn latencyfs_case_insensitive_mode_matches_names_in_any_case() {
+    if !in_private_mount_ns!("latencyfs_case_insensitive_mode_matches_names_in_any_case") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = LatencyFs::mount(
+        &tmp.path().join("backing"),
+        &tmp.path().join("mnt"),
+        &["--case-insensitive"],
+    );
+    let m = &rig.mnt;
+    fs::write(m.join("Report.csv"), b"v1").unwrap();
+    assert_eq!(fs::read(m.join("report.CSV")).unwrap(), b"v1");
+    let excl = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("REPORT.csv"));
+    assert_eq!(
+        excl.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EEXIST)
+    );
+    fs::create_dir(m.join("Out")).unwrap();
+    assert_eq!(
+        fs::create_dir(m.join("out"))
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc::EEXIST)
+    );
+    fs::write(m.join("OUT/a.txt"), b"in Out").unwrap();
+    let names: Vec<String> = {
+        let mut v: Vec<String> = fs::read_dir(&rig.backing)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names, ["Out", "Report.csv"]);
+    assert_eq!(fs::read(rig.backing.join("Out/a.txt")).unwrap(), b"in Out");
+    fs::remove_file(m.join("REPORT.CSV")).unwrap();
+    assert!(!rig.backing.join("Report.csv").exists());
+}

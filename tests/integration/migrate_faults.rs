@@ -330,3 +330,66 @@ fn app_dir_that_is_the_share_dir_is_refused_and_untouched() {
         assert_eq!(snapshot(&host), before, "{variant}: the data was touched");
     }
 }
+
+/// Names that differ only in case (`Report.csv`, `report.csv`; `Out/`,
+/// `out/`) on a share that ignores case, as SMB does: before, both were
+/// copied onto one name, one version was lost and `link` exited 0. Now
+/// the link is refused before copying (65), naming each pair, in both
+/// modes; on a share that tells case apart the same tree migrates.
+#[test]
+fn names_differing_only_in_case_are_refused_on_a_case_insensitive_share() {
+    use crate::support::latencyfs::LatencyFs;
+    if !in_private_mount_ns!("names_differing_only_in_case_are_refused_on_a_case_insensitive_share")
+    {
+        return;
+    }
+    let bake = |app: &Path| {
+        fs::create_dir_all(app.join("Out")).unwrap();
+        fs::create_dir_all(app.join("out")).unwrap();
+        fs::write(app.join("Report.csv"), "v1").unwrap();
+        fs::write(app.join("report.csv"), "v2").unwrap();
+        fs::write(app.join("Out/a.txt"), "from Out").unwrap();
+        fs::write(app.join("out/a.txt"), "from out").unwrap();
+        fs::write(app.join("plain.txt"), "no twin").unwrap();
+    };
+    for (mode, share_has_data) in [("if-empty", false), ("merge", true)] {
+        let sb = Sandbox::new(&format!(
+            "\"data\" = {{ share = \"data\", migrate = \"{mode}\" }}"
+        ));
+        let backing = sb.path("backing");
+        mount_tmpfs(&backing, "16m");
+        let rig = LatencyFs::mount(&backing, &sb.share, &["--case-insensitive"]);
+        if share_has_data {
+            fs::create_dir_all(rig.mnt.join("data")).unwrap();
+            fs::write(rig.mnt.join("data/theirs"), "share data").unwrap();
+        }
+        let app = sb.app.join("data");
+        bake(&app);
+        let before = snapshot(&app);
+        let share_before = snapshot(&backing);
+        std::thread::sleep(Duration::from_millis(150));
+        let o = sb.run(["link"]);
+        expect_code(&o, 65);
+        let err = stderr(&o);
+        assert!(
+            err.contains("Report.csv and")
+                && err.contains("/Out and")
+                && err.contains("differ only in case"),
+            "{mode}: {err}"
+        );
+        assert_eq!(snapshot(&app), before, "{mode}: app changed");
+        let mut after = snapshot(&backing);
+        after.remove(Path::new(".sharelink/locks"));
+        after.remove(Path::new(".sharelink"));
+        assert_eq!(after, share_before, "{mode}: share changed");
+        drop(rig);
+        umount(&backing);
+    }
+    // The same tree on a share that tells case apart.
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    bake(&sb.app.join("data"));
+    let before = snapshot(&sb.app.join("data"));
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sb.run(["link"]), 0);
+    assert_eq!(snapshot(&sb.share.join("data")), before);
+}

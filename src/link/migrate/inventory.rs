@@ -216,6 +216,37 @@ impl Inventory {
         self.entries[ix as usize].children.clone()
     }
 
+    /// Entries whose names differ from a sibling's only in case
+    /// (`Report.csv`, `report.csv`): one file on a share that ignores case.
+    /// Folded both ways, so that any name SMB's upper-case table would take
+    /// for another is caught (and a few it would not).
+    pub fn case_twins(&self) -> Vec<(Ix, Ix)> {
+        let mut twins = Vec::new();
+        for e in &self.entries {
+            if e.meta.kind != Kind::Dir || e.children.len() < 2 {
+                continue;
+            }
+            let mut upper: HashMap<String, Ix> = HashMap::new();
+            let mut lower: HashMap<String, Ix> = HashMap::new();
+            for c in e.children.clone() {
+                let name = self.entries[c as usize].name.to_string_lossy();
+                let (u, l) = (name.to_uppercase(), name.to_lowercase());
+                if u == l {
+                    continue; // no letters: nothing to fold
+                }
+                let first = upper.get(&u).or_else(|| lower.get(&l)).copied();
+                match first {
+                    Some(f) => twins.push((f, c)),
+                    None => {
+                        upper.insert(u, c);
+                        lower.insert(l, c);
+                    }
+                }
+            }
+        }
+        twins
+    }
+
     /// The entry's path relative to the app directory.
     pub fn rel(&self, ix: Ix) -> PathBuf {
         let mut names: Vec<&OsStr> = Vec::new();
@@ -304,6 +335,54 @@ impl Totals {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn case_twins_are_siblings_whose_names_fold_alike() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        for d in [
+            "Out",
+            "out",
+            "x/Σίσυφος",
+            "x/ΣΊΣΥΦΟΣ",
+            "x/straße",
+            "x/STRASSE",
+        ] {
+            fs::create_dir_all(a.join(d)).unwrap();
+        }
+        // `Out/a` and `out/A` are in different directories: not twins.
+        for f in [
+            "Report.csv",
+            "report.csv",
+            "REPORT.csv",
+            "x/ok",
+            "x/OK2",
+            "123",
+            "Out/a",
+            "out/A",
+        ] {
+            fs::write(a.join(f), "").unwrap();
+        }
+        let inv = Inventory::scan(&Dir::open(&a).unwrap(), &a, &mut || Ok(())).unwrap();
+        let mut pairs: Vec<(PathBuf, PathBuf)> = inv
+            .case_twins()
+            .into_iter()
+            .map(|(x, y)| (inv.rel(x), inv.rel(y)))
+            .collect();
+        pairs.sort();
+        let p = |x: &str, y: &str| (PathBuf::from(x), PathBuf::from(y));
+        assert_eq!(
+            pairs,
+            [
+                p("Out", "out"),
+                p("REPORT.csv", "Report.csv"),
+                p("REPORT.csv", "report.csv"),
+                p("x/STRASSE", "x/straße"),
+                // Final sigma: alike upper-cased only.
+                p("x/ΣΊΣΥΦΟΣ", "x/Σίσυφος"),
+            ]
+        );
+    }
 
     #[test]
     fn walks_sorted_with_hard_links_and_finds_paths() {

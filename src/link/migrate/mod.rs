@@ -455,6 +455,7 @@ impl Migration<'_> {
             if pass == 1 {
                 preflight(&inv, app_parent, &self.app_path)?;
             }
+            self.refuse_case_twins(&inv)?;
             let target = self.target()?;
             // An empty app directory still makes a missing target (with the
             // directory's owner and mode, which the pipeline relies on).
@@ -1143,6 +1144,60 @@ fn describe_busy(app: &Path, kept: &[(PathBuf, prune::Kept)]) -> String {
         if more > 0 { format!(", and {more} more") } else { String::new() },
         app.display()
     )
+}
+
+impl Migration<'_> {
+    /// Names that differ only in case would become one file on a share
+    /// that ignores case (SMB): refuse before copying, naming them. The
+    /// share is asked only when the app directory holds such names.
+    fn refuse_case_twins(&self, inv: &Inventory) -> Result<()> {
+        let twins = inv.case_twins();
+        if twins.is_empty() || !self.share_ignores_case()? {
+            return Ok(());
+        }
+        let shown: Vec<String> = twins
+            .iter()
+            .take(5)
+            .map(|&(a, b)| {
+                format!(
+                    "{} and {}",
+                    inv.path(&self.app_path, a).display(),
+                    inv.path(&self.app_path, b).display()
+                )
+            })
+            .collect();
+        Err(Error::Unsafe(format!(
+            "{}{} differ only in case, and the share at {} does not tell such names apart: both would end up as one file. Nothing was copied; rename one of each pair (in the image or the container) and re-run",
+            shown.join("; "),
+            if twins.len() > 5 {
+                format!("; and {} more pairs", twins.len() - 5)
+            } else {
+                String::new()
+            },
+            self.cfg.share_root.display()
+        )))
+    }
+
+    /// Whether the share takes a name for the same name in another case:
+    /// make a file in sharelink's own directory and look it up lower-cased.
+    fn share_ignores_case(&self) -> Result<bool> {
+        let own = Path::new(RESERVED_DIR);
+        let dir = tree::open_beneath(&self.share_root, own)
+            .map_err(|e| Error::io("open", &self.cfg.share_root.join(own), e))?;
+        // Unique among replicas, which are all PID 1.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("Case-Probe.{}.{nanos}", std::process::id());
+        let probe = OsStr::new(&name);
+        let path = self.cfg.share_root.join(own).join(probe);
+        dir.create(probe, 0o600)
+            .map_err(|e| Error::io("create", &path, e))?;
+        let lower = OsString::from(name.to_lowercase());
+        let found = dir.stat_at(&lower);
+        let _ = dir.unlink(probe);
+        Ok(found.map_err(|e| Error::io("inspect", &path, e))?.is_some())
+    }
 }
 
 /// Before anything is copied: would the end of the migration fail? The app

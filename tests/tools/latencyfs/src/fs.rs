@@ -172,6 +172,9 @@ pub struct Options {
     pub ttl: Duration,
     pub threads: usize,
     pub writeback_cache: bool,
+    /// Names are matched without regard to case, and kept as first
+    /// written (as on an SMB share).
+    pub case_insensitive: bool,
     pub max_write: u32,
     pub max_background: u16,
     pub congestion_threshold: u16,
@@ -186,6 +189,7 @@ pub struct Core {
     /// directory handle -> its entries, read at offset 0
     dirs: Mutex<HashMap<u64, Entries>>,
     writeback_cache: bool,
+    case_insensitive: bool,
 }
 
 type Job = Box<dyn FnOnce(&Core) + Send>;
@@ -222,6 +226,7 @@ impl LatencyFs {
             inodes: Mutex::new(inodes),
             dirs: Mutex::new(HashMap::new()),
             writeback_cache: opts.writeback_cache,
+            case_insensitive: opts.case_insensitive,
         });
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -342,9 +347,30 @@ impl Core {
         }
     }
 
+    /// The name `name` stands for in `parent`: on a case-insensitive mount,
+    /// the existing entry whose name differs only in case, if any.
+    fn fold(&self, parent: &Inode, name: &OsStr) -> Res<OsString> {
+        if !self.case_insensitive {
+            return Ok(name.to_os_string());
+        }
+        let want = name.to_string_lossy().to_lowercase();
+        let dir = std::path::PathBuf::from(OsStr::from_bytes(
+            proc_path(parent.fd.as_raw_fd()).as_bytes(),
+        ));
+        let rd = std::fs::read_dir(dir).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        for e in rd.flatten() {
+            let n = e.file_name();
+            if n.to_string_lossy().to_lowercase() == want {
+                return Ok(n);
+            }
+        }
+        Ok(name.to_os_string())
+    }
+
     /// Take a reference for the kernel to `name` in `parent` (one lookup
     /// count), reusing the inode if it is already known.
     fn remember(&self, parent: &Inode, name: &OsStr) -> Res<FileAttr> {
+        let name = &self.fold(parent, name)?;
         let c = cstr(name)?;
         let fd = cvt(unsafe {
             libc::openat(
@@ -473,6 +499,7 @@ impl Core {
     fn make(&self, parent: u64, name: &OsStr, how: Make) -> Res<FileAttr> {
         let p = self.inode(parent)?;
         let pfd = p.fd.as_raw_fd();
+        let name = &self.fold(&p, name)?;
         let c = cstr(name)?;
         match how {
             Make::Node { mode, rdev } => {
@@ -508,7 +535,7 @@ impl Core {
 
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
         let p = self.inode(parent)?;
-        let c = cstr(name)?;
+        let c = cstr(&self.fold(&p, name)?)?;
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
         cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), c.as_ptr(), flags) })?;
         Ok(())
@@ -519,7 +546,7 @@ impl Core {
             self.policy.denied(Deny::Rename2)?;
         }
         let (p, q) = (self.inode(parent)?, self.inode(np)?);
-        let (a, b) = (cstr(name)?, cstr(nn)?);
+        let (a, b) = (cstr(&self.fold(&p, name)?)?, cstr(&self.fold(&q, nn)?)?);
         cvt(unsafe {
             libc::syscall(
                 libc::SYS_renameat2,
@@ -556,12 +583,20 @@ impl Core {
 
     fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> Res<(FileAttr, u64)> {
         let p = self.inode(parent)?;
+        let name = &self.fold(&p, name)?;
         let c = cstr(name)?;
+        // The kernel looked the name up first; only a name that exists in
+        // another case can still be there.
+        let excl = if self.case_insensitive {
+            flags & libc::O_EXCL
+        } else {
+            0
+        };
         let fd = cvt(unsafe {
             libc::openat(
                 p.fd.as_raw_fd(),
                 c.as_ptr(),
-                self.open_flags(flags) | libc::O_CREAT,
+                self.open_flags(flags) | libc::O_CREAT | excl,
                 mode,
             )
         })?;

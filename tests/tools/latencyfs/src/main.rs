@@ -39,6 +39,7 @@ options:
   --fail-op OP:N:ERRNO    the N-th call of OP fails with ERRNO (repeatable)
   --attr-timeout S        kernel attribute/entry cache timeout, seconds (default 1, like cifs actimeo)
   --writeback-cache       kernel caches writes and flushes them in the background
+  --case-insensitive      names match whatever their case, kept as first written (as on SMB)
   --max-write BYTES       largest single WRITE request (default 1 MiB; kernel caps it)
   --max-background N      FUSE max_background (default 12, the kernel's default)
   --congestion-threshold N  FUSE congestion_threshold (default 9, the kernel's default)
@@ -60,6 +61,7 @@ struct Args {
     fail: Vec<String>,
     attr_timeout: f64,
     writeback_cache: bool,
+    case_insensitive: bool,
     max_write: u32,
     max_background: u16,
     congestion_threshold: u16,
@@ -85,6 +87,7 @@ fn parse_serve_args(raw: &[String]) -> Args {
         fail: Vec::new(),
         attr_timeout: 1.0,
         writeback_cache: false,
+        case_insensitive: false,
         max_write: 1 << 20,
         max_background: 12,
         congestion_threshold: 9,
@@ -110,6 +113,7 @@ fn parse_serve_args(raw: &[String]) -> Args {
                 .push(val().unwrap_or_else(|| die("--fail-op needs a value"))),
             "--attr-timeout" => a.attr_timeout = num(&flag, val()),
             "--writeback-cache" => a.writeback_cache = true,
+            "--case-insensitive" => a.case_insensitive = true,
             "--max-write" => a.max_write = num(&flag, val()),
             "--max-background" => a.max_background = num(&flag, val()),
             "--congestion-threshold" => a.congestion_threshold = num(&flag, val()),
@@ -166,6 +170,7 @@ fn serve(a: Args) {
             ttl: Duration::from_secs_f64(a.attr_timeout),
             threads: a.threads,
             writeback_cache: a.writeback_cache,
+            case_insensitive: a.case_insensitive,
             max_write: a.max_write,
             max_background: a.max_background,
             congestion_threshold: a.congestion_threshold,
