@@ -524,6 +524,11 @@ fn status_names_each_interrupted_state_and_the_next_run_finishes_it() {
             "commit.synced",
             "the data is in the share",
         ),
+        (
+            Scenario::IntoEmpty,
+            "commit.renamed",
+            "committed by a run that did not finish",
+        ),
     ];
     for (n, (s, point, says)) in cases.into_iter().enumerate() {
         let what = format!("{s:?} killed at {point}");

@@ -99,11 +99,14 @@ pub struct Leftovers {
     /// This container committed its copy to the share and had not finished
     /// emptying the app directory or making the symlink.
     pub committed: bool,
+    /// A run (here or in another container) committed its copy and did not
+    /// finish: its journal is still beside the share target.
+    pub journal: bool,
 }
 
 impl Leftovers {
     pub fn any(&self) -> bool {
-        self.staging || self.displacing || self.committed
+        self.staging || self.displacing || self.committed || self.journal
     }
 
     /// For `status`: what the next run will finish.
@@ -117,6 +120,8 @@ impl Leftovers {
         }
         if self.committed {
             parts.push("the data is in the share; the next run finishes emptying the app directory and makes the symlink");
+        } else if self.journal && !self.staging {
+            parts.push("a copy into the share was committed by a run that did not finish; the next run checks what is left here against it and finishes");
         }
         parts.join("; ")
     }
@@ -160,6 +165,7 @@ impl Places {
             staging: exists(&self.staging.join(copy::TREE)),
             displacing,
             committed: exists(&self.marker),
+            journal: exists(&self.staging.join(journal::NAME)),
         }
     }
 }
