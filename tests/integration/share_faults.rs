@@ -429,3 +429,57 @@ impl Drop for Fuse {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A share that already holds data and has too little room for what must
+/// be set aside (`if-empty`) or merged in (`merge`): refused before
+/// copying (73), nothing written, the app intact; with room, it goes on.
+#[test]
+fn share_without_room_to_set_aside_or_merge_fails_before_copying() {
+    if !in_private_mount_ns!("share_without_room_to_set_aside_or_merge_fails_before_copying") {
+        return;
+    }
+    for mode in ["if-empty", "merge"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (app_root, tree) = baked(tmp.path(), 40, 1 << 20);
+        let share = tmp.path().join("share");
+        mount_tmpfs(&share, "4m");
+        fs::create_dir_all(share.join("data")).unwrap();
+        fs::write(share.join("data/theirs"), "the share's own").unwrap();
+        let share_before = snapshot(&share);
+        let cfg = write_cfg(
+            tmp.path(),
+            &app_root,
+            &share,
+            "",
+            &format!("\"data\" = {{ share = \"data\", migrate = \"{mode}\" }}"),
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        let o = sharelink(&cfg).arg("link").output().unwrap();
+        expect_code(&o, 73);
+        assert!(
+            stderr(&o).contains("Nothing was copied"),
+            "{mode}: {}",
+            stderr(&o)
+        );
+        assert_eq!(
+            snapshot(&app_root.join("data")),
+            tree,
+            "{mode}: app changed"
+        );
+        let mut after = snapshot(&share);
+        for own in [
+            ".sharelink/locks",
+            ".sharelink/displaced/data",
+            ".sharelink/displaced",
+            ".sharelink",
+        ] {
+            after.remove(Path::new(own));
+        }
+        assert_eq!(after, share_before, "{mode}: something was written");
+        sh(&format!("mount -o remount,size=256m '{}'", share.display()));
+        let o = sharelink(&cfg).arg("link").output().unwrap();
+        expect_code(&o, 0);
+        umount(&app_root);
+        umount(&share);
+    }
+}

@@ -620,18 +620,12 @@ impl Migration<'_> {
         ctx: &mut Ctx<'_>,
         out: &mut Outcome,
     ) -> Result<Option<Ledger>> {
-        let mut staging = Staging::open(
+        let staging = Staging::open(
             self.share_parent.clone(),
             &self.staging_name,
             self.staging_path.clone(),
         )?;
         let totals = Totals::of(inv, &[0]);
-        // What an interrupted run copied already takes room on the share.
-        let need = Totals {
-            footprint: totals.footprint.saturating_sub(staging.prior_bytes()),
-            entries: totals.entries.saturating_sub(staging.prior_files() as u64),
-            ..totals
-        };
         if staging.resumed {
             tracing::info!(
                 link = %self.link.app.display(),
@@ -639,12 +633,7 @@ impl Migration<'_> {
                 "resuming an interrupted copy into the share"
             );
         }
-        if let Err(e) = check_space(&self.share_parent, &self.share_path, &self.app_path, &need) {
-            if !staging.resumed {
-                staging.remove()?;
-            }
-            return Err(e);
-        }
+        let mut staging = self.room_for(staging, &totals, &self.share_parent, &self.share_path)?;
         ctx.progress.start(totals.files, totals.bytes);
         let sel = copy::select(inv, &[0]);
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
@@ -763,6 +752,31 @@ impl Migration<'_> {
         Ok(ledger)
     }
 
+    /// Refuse to start a copy the share has no room for, counting what an
+    /// interrupted run staged already; a fresh staging is removed again.
+    fn room_for(
+        &self,
+        staging: Staging,
+        totals: &Totals,
+        dir: &Dir,
+        path: &Path,
+    ) -> Result<Staging> {
+        let need = Totals {
+            footprint: totals.footprint.saturating_sub(staging.prior_bytes()),
+            entries: totals.entries.saturating_sub(staging.prior_files() as u64),
+            ..*totals
+        };
+        match check_space(dir, path, &self.app_path, &need) {
+            Ok(()) => Ok(staging),
+            Err(e) => {
+                if !staging.resumed {
+                    staging.remove()?;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Copy entries the share lacks into it (and replace our own outdated
     /// copies), through the staging directory: each appears whole.
     #[allow(clippy::too_many_arguments)]
@@ -782,12 +796,13 @@ impl Migration<'_> {
             .copied()
             .chain(replace.iter().map(|&(r, _)| r))
             .collect();
-        let mut staging = Staging::open(
+        let staging = Staging::open(
             self.share_parent.clone(),
             &self.staging_name,
             self.staging_path.clone(),
         )?;
         let totals = Totals::of(inv, &roots);
+        let mut staging = self.room_for(staging, &totals, &self.share_parent, &self.share_path)?;
         ctx.progress.start(totals.files, totals.bytes);
         let sel = copy::select(inv, &roots);
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
@@ -911,7 +926,7 @@ impl Migration<'_> {
         let sel = select_leaves(inv, &todo, &under);
         let stamp =
             partial.unwrap_or_else(|| crate::clock::Utc::at(std::time::SystemTime::now()).stamp());
-        let mut staging = Staging::open(
+        let staging = Staging::open(
             base.clone(),
             &OsString::from(format!("{stamp}.partial")),
             base_path.join(format!("{stamp}.partial")),
@@ -921,6 +936,8 @@ impl Migration<'_> {
             .filter(|&&l| inv.get(l).meta.kind == Kind::File)
             .count() as u64;
         let bytes = todo.iter().map(|&l| inv.get(l).meta.id.size).sum();
+        let totals = Totals::of(inv, &todo);
+        let mut staging = self.room_for(staging, &totals, &base, &base_path)?;
         ctx.progress.start(files, bytes);
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
         ctx.lock.verify()?;
