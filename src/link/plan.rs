@@ -197,8 +197,13 @@ fn joined(app: &Path, share: &Path) -> Result<Option<PathBuf>> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
         Err(e) => Err(Error::io("inspect", p, e)),
     };
-    let Some(app_id) = id(app)? else {
-        return Ok(None);
+    // The app path itself is not followed: another sharelink may have
+    // made it the symlink into the share since it was looked at.
+    let app_id = match std::fs::symlink_metadata(app) {
+        Ok(m) if m.is_dir() => (m.dev(), m.ino()),
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("inspect", app, e)),
     };
     for p in share.ancestors() {
         if id(p)? == Some(app_id) {
