@@ -152,9 +152,18 @@ pub fn pending() -> SigMask {
     pending
 }
 
+/// The termination signals that stop linking: those sharelink was not
+/// started with ignored. Blocked, an ignored signal still queues, and
+/// `nohup sharelink run …` (or `sharelink run … &` in a script, where
+/// SIGINT and SIGQUIT are ignored) must not stop at a hang-up or Ctrl-C.
+fn stopping() -> SigMask {
+    mask_of(&TERMINATING) & !inherited_ignored()
+}
+
 /// `Err(Interrupted(sig))` if `pending` holds a termination signal.
 pub fn interrupted(pending: SigMask) -> Result<()> {
-    match TERMINATING.iter().find(|&&s| pending & bit(s) != 0) {
+    let stop = pending & stopping();
+    match TERMINATING.iter().find(|&&s| stop & bit(s) != 0) {
         Some(&sig) => Err(Error::Interrupted(sig)),
         None => Ok(()),
     }
@@ -162,7 +171,7 @@ pub fn interrupted(pending: SigMask) -> Result<()> {
 
 /// Sleep for `dur`, waking early (with `Err`) if a termination signal comes.
 pub fn sleep_interruptible(dur: Duration) -> Result<()> {
-    match wait(mask_of(&TERMINATING), Some(dur)) {
+    match wait(stopping(), Some(dur)) {
         Some(info) => Err(Error::Interrupted(info.si_signo)),
         None => Ok(()),
     }

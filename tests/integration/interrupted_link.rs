@@ -263,3 +263,77 @@ fn a_file_changed_after_a_kill_past_the_commit_replaces_our_own_copy() {
         );
     }
 }
+
+/// Signals sharelink was started with ignored do not stop linking:
+/// `nohup sharelink run …` keeps waiting for the share through a hang-up,
+/// as `sharelink run … &` in a script does through Ctrl-C (the shell
+/// ignores SIGINT and SIGQUIT for it). Without `nohup` the hang-up stops it.
+#[test]
+fn signals_ignored_at_start_do_not_stop_linking() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    sb.write_config_with(true, "mount_timeout = \"2s\"", "\"data\" = \"data\"");
+    fs::create_dir_all(sb.app.join("data")).unwrap();
+    for (wrapper, sig, want) in [
+        (Some("nohup"), libc::SIGHUP, 69),
+        (Some("sh-bg"), libc::SIGINT, 69),
+        (None, libc::SIGHUP, 128 + libc::SIGHUP),
+    ] {
+        let mut c = match wrapper {
+            Some("nohup") => std::process::Command::new("nohup"),
+            // A non-interactive shell starts background jobs with SIGINT
+            // and SIGQUIT ignored.
+            Some(_) => {
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", "\"$@\" & wait $!", "sh"]);
+                c
+            }
+            None => std::process::Command::new("env"),
+        };
+        c.arg(bin())
+            .arg("--config")
+            .arg(&sb.config)
+            .args(["run", "--", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        let started = std::time::Instant::now();
+        // The sharelink process: the child itself, or the shell's child.
+        let pid = wait_for_sharelink(child.id());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        unsafe { libc::kill(pid, sig) };
+        let o = child.wait_with_output().unwrap();
+        let what = format!("{wrapper:?}, signal {sig}");
+        assert_eq!(o.status.code(), Some(want), "{what}: {}", stderr(&o));
+        if want == 69 {
+            assert!(
+                started.elapsed() >= std::time::Duration::from_secs(2),
+                "{what}"
+            );
+        }
+    }
+}
+
+/// The pid of the sharelink process started as `pid` or as its child.
+fn wait_for_sharelink(pid: u32) -> i32 {
+    let exe = fs::canonicalize(bin()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut cands = vec![pid as i32];
+        if let Ok(kids) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            cands.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+        for p in cands {
+            if fs::read_link(format!("/proc/{p}/exe")).ok().as_deref() == Some(exe.as_path()) {
+                return p;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sharelink did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
