@@ -551,8 +551,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" if n == 0 => Duration::ZERO,
         _ => return Err(bad()),
     };
+    // Deadlines are `now + d`: keep them far from the clock's range.
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is too long: at most 8760h (a year)"
+        ));
+    }
     Ok(d)
 }
+
+/// The longest duration a setting may have.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The app path is replaced by a symlink whose target is the share path:
 /// both must be usable as paths (a symlink's target is at most PATH_MAX
@@ -822,6 +831,13 @@ kill_process_group = false
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for long in ["8761h", "18446744073709551615s", "5124095576030431h"] {
+            assert!(
+                parse_duration(long).unwrap_err().contains("too long"),
+                "{long}"
+            );
+        }
         for bad in [
             "",
             "3",
