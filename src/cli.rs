@@ -180,6 +180,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Check => {
             let cfg = load(cli)?;
+            // `run` and `link` refuse a user the image does not have (78):
+            // so does the check that gates a deploy.
+            if let Some(u) = &cfg.run.user {
+                user::resolve(u)?;
+            }
             out(format_args!(
                 "{}: ok, {} link{}\n",
                 cfg.origin.display(),

@@ -167,3 +167,27 @@ fn traversal_and_overlapping_configs_are_rejected_naming_the_key() {
         cases.len()
     ));
 }
+
+/// `check` gates a deploy: a `run.user` the image does not have fails it
+/// (78, naming the user) as it fails `run` and `link`; a known one passes.
+#[test]
+fn check_refuses_an_unknown_run_user_like_run_and_link() {
+    let sb = Sandbox::new("\"a\" = \"a\"");
+    sb.write_config_with(
+        false,
+        "[run]\nuser = \"sharelink-no-such-user\"",
+        "\"a\" = \"a\"",
+    );
+    for cmd in [&["check"][..], &["link"], &["run", "--", "true"]] {
+        let o = sb.run(cmd);
+        expect_code(&o, 78);
+        assert!(
+            stderr(&o).contains("sharelink-no-such-user"),
+            "{cmd:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!sb.app.join("a").exists(), "link went ahead");
+    sb.write_config_with(false, "[run]\nuser = \"root\"", "\"a\" = \"a\"");
+    expect_code(&sb.run(["check"]), 0);
+}
