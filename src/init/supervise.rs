@@ -139,8 +139,9 @@ impl Supervisor {
         }
     }
 
-    /// The command stopped. When it stopped for job control (Ctrl-Z, or
-    /// reading or writing the terminal from the background) and sharelink
+    /// The command stopped. When it stopped for job control (Ctrl-Z,
+    /// reading or writing the terminal from the background, or SIGSTOP, as
+    /// bash's `suspend` stops itself) and sharelink
     /// is a shell's job, sharelink stops too: the shell waits for its job,
     /// not for the command, and would otherwise never get the terminal back.
     /// When the shell continues sharelink (`fg` or `bg`), sharelink hands
@@ -148,7 +149,11 @@ impl Supervisor {
     /// and continues it. Any other stop is left as it is: SIGCONT to
     /// sharelink is forwarded as usual.
     fn follow_stop(&self, sig: i32) {
-        if !matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) || !self.is_a_shell_job() {
+        let job_stop = matches!(
+            sig,
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU | libc::SIGSTOP
+        );
+        if !job_stop || !self.is_a_shell_job() {
             crate::debug!("command stopped by {}", signal_name(sig));
             return;
         }
@@ -181,8 +186,9 @@ impl Supervisor {
 
     /// Whether a job-control shell started sharelink as a job, so that
     /// stopping sharelink hands the terminal back to it: sharelink leads its
-    /// own process group and its parent is in another group of the same
-    /// session (the group is not orphaned: someone can continue it). An init
+    /// own process group, its parent is in another group of the same
+    /// session (the group is not orphaned: someone can continue it), and
+    /// the session has a terminal. An init
     /// that gives its child a group of its own (tini) looks the same; there
     /// the stop is harmless, as a SIGCONT to that init continues both. Never
     /// as PID 1, which cannot stop.
@@ -198,6 +204,10 @@ impl Supervisor {
                 && libc::getpgrp() == self.self_pid
                 && libc::getpgid(parent) != self.self_pid
                 && libc::getsid(parent) == libc::getsid(0)
+                // Job control needs the session's terminal: a supervisor
+                // without one that gave sharelink its own group is no shell
+                // and would never continue it.
+                && (0..=2).any(|fd| libc::tcgetsid(fd) == libc::getsid(0))
         }
     }
 

@@ -482,6 +482,58 @@ fn stop_signals_stop_the_command_not_sharelink() {
     assert_eq!(o.code, 128 + libc::SIGTERM, "{o:?}");
 }
 
+/// A supervisor without a terminal that starts sharelink in a process group
+/// of its own looks like a shell to a naive check, but no shell will ever
+/// continue a stopped sharelink: a SIGTSTP to the command stops only the
+/// command, and sharelink forwards the SIGCONT and goes on.
+#[test]
+fn own_process_group_without_a_terminal_is_not_a_shell_job() {
+    let sb = RunSandbox::new();
+    let pidfile = sb.path("pid-own-group");
+    let script = format!(
+        "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
+        pidfile.display()
+    );
+    let mut c = sb.command(Mode::Subreaper, &[], &sh(&script));
+    prepare(&mut c);
+    c.process_group(0);
+    let r = Running::start(c, Mode::Subreaper);
+    wait_file(&pidfile);
+    let cmd: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state = |pid| {
+        stat(pid)
+            .map(|s| stat_fields(&s)[0].clone())
+            .unwrap_or_default()
+    };
+    poll("exec sleep", PATIENCE, || {
+        std::fs::read_to_string(format!("/proc/{cmd}/comm"))
+            .ok()
+            .filter(|c| c.trim() == "sleep")
+    });
+    let me = r.sharelink_pid();
+    kill(cmd, libc::SIGTSTP);
+    poll("command stopped", PATIENCE, || {
+        (state(cmd) == "T").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(
+        state(me),
+        "T",
+        "sharelink stopped with no shell to continue it"
+    );
+    kill(cmd, libc::SIGCONT);
+    poll("command resumed", PATIENCE, || {
+        (state(cmd) != "T").then_some(())
+    });
+    kill(me, libc::SIGTERM);
+    let o = r.finish();
+    assert_eq!(o.code, 128 + libc::SIGTERM, "{o:?}");
+}
+
 /// With `--kill-process-group` the command's whole group gets the signal
 /// (here a grandchild traps it); without, only the command does and the
 /// grandchild is a leftover that gets SIGTERM at shutdown.
@@ -923,6 +975,42 @@ fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
         let (code, out) = pty.finish();
         assert_eq!(code, 0, "{line}: {out}");
         assert!(!out.contains("no job control"), "{line}: {out}");
+    }
+}
+
+/// A command that stops itself with SIGSTOP (bash's `suspend` does) gives
+/// the interactive shell its prompt back, and `fg` resumes it: with
+/// sharelink as without.
+#[test]
+fn a_command_stopping_itself_gives_the_shell_its_prompt_back() {
+    let sb = RunSandbox::new();
+    let job = sb.script("suspend.sh", "echo started\nkill -STOP $$\necho resumed\n");
+    let with = format!(
+        "{} --config {} run -- sh {job}",
+        bin(),
+        sb.path("sharelink.toml").display()
+    );
+    let without = format!("sh {job}");
+    for line in [without, with] {
+        let mut c = Command::new("bash");
+        c.args(["--norc", "--noprofile", "--noediting", "-i"])
+            .env("PS1", "PROMPT> ")
+            .env("HISTFILE", "")
+            .env("TERM", "dumb")
+            .env("SHARELINK_LOG", "warn")
+            .current_dir("/");
+        let mut pty = Pty::spawn(c);
+        pty.expect("PROMPT> ");
+        pty.send(&format!("{line}\n"));
+        pty.expect("started");
+        pty.expect("Stopped");
+        pty.expect("PROMPT> ");
+        pty.send("fg\n");
+        pty.expect("resumed");
+        pty.expect("PROMPT> ");
+        pty.send("exit\n");
+        let (code, out) = pty.finish();
+        assert_eq!(code, 0, "{line}: {out}");
     }
 }
 
