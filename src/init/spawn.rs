@@ -146,6 +146,11 @@ pub(super) fn spawn(opts: &RunOptions) -> Result<Pid, ExitCode> {
         std::env::set_var("HOME", &c.home);
         crate::debug!("the command will run as {c}, HOME={}", c.home.display());
     }
+    if opts.command.first().is_some_and(|p| p.is_empty()) {
+        // A shell says "not found"; searching PATH would exec a directory.
+        crate::error!("cannot run \"\": the command name is empty");
+        return Err(ExitCode::NotFound);
+    }
     let prep = match Prepared::new(opts) {
         Ok(p) => p,
         Err(why) => {

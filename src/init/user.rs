@@ -167,9 +167,12 @@ fn passwd_entry<'a>(
     passwd: &'a Database,
 ) -> Result<Result<PasswdEntry<'a>, u32>> {
     if is_numeric(user) {
+        // u32::MAX is (uid_t)-1, "leave unchanged" to setresuid.
         let uid: u32 = user
             .parse()
-            .map_err(|_| Error::Config(format!("user {spec:?}: the uid is out of range")))?;
+            .ok()
+            .filter(|&u| u != u32::MAX)
+            .ok_or_else(|| Error::Config(format!("user {spec:?}: the uid is out of range")))?;
         return Ok(passwd
             .lines()
             .filter_map(parse_passwd_line)
@@ -201,7 +204,9 @@ fn group_id(spec: &str, g: &str, group: &Database) -> Result<u32> {
     if is_numeric(g) {
         return g
             .parse()
-            .map_err(|_| Error::Config(format!("user {spec:?}: the gid is out of range")));
+            .ok()
+            .filter(|&g| g != u32::MAX)
+            .ok_or_else(|| Error::Config(format!("user {spec:?}: the gid is out of range")));
     }
     group
         .lines()
@@ -350,6 +355,14 @@ dup:x:1001:app
             (1000, 1001, vec![1001, 2001, 44])
         );
         assert_eq!(c.name.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn ids_that_mean_leave_unchanged_are_out_of_range() {
+        for spec in ["4294967295", "app:4294967295", "4294967296", "0:99999999999"] {
+            let e = look(spec).unwrap_err().to_string();
+            assert!(e.contains("out of range"), "{spec}: {e}");
+        }
     }
 
     #[test]

@@ -445,7 +445,7 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Migrate(Migration::IntoEmpty) => f.write_str(
-                "move the baked directory's tree into the share target (resuming an interrupted copy)",
+                "move the baked directory's tree into the share target",
             ),
             Action::Migrate(Migration::Compare(MigrateMode::IfEmpty)) => f.write_str(
                 "compare with the share's data by content: drop identical files from the app side; \

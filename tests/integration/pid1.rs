@@ -1743,3 +1743,13 @@ fn unknown_user_is_a_config_error() {
     );
     assert!(!marker.exists(), "the command must not run");
 }
+
+/// An empty command name is "not found" (127), as in a shell; searching
+/// PATH for it would try to run a directory.
+#[test]
+fn an_empty_command_name_is_not_found() {
+    let sb = RunSandbox::new();
+    let o = sb.run(Mode::Subreaper, &[], &[""]);
+    assert_eq!(o.code, 127, "{o:?}");
+    assert!(o.stderr.contains("empty"), "{o:?}");
+}
