@@ -359,7 +359,12 @@ dup:x:1001:app
 
     #[test]
     fn ids_that_mean_leave_unchanged_are_out_of_range() {
-        for spec in ["4294967295", "app:4294967295", "4294967296", "0:99999999999"] {
+        for spec in [
+            "4294967295",
+            "app:4294967295",
+            "4294967296",
+            "0:99999999999",
+        ] {
             let e = look(spec).unwrap_err().to_string();
             assert!(e.contains("out of range"), "{spec}: {e}");
         }
