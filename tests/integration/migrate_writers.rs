@@ -295,3 +295,81 @@ fn stopped_while_waiting_for_that_writer_it_puts_back_what_is_there() {
     done_tx.send(()).unwrap();
     w.join().unwrap();
 }
+
+/// A file moved into the share and deleted from the app, then made anew
+/// under the same name by a writer (`echo line >> log` after sharelink
+/// took `log`): the new file is another file, not a newer version of the
+/// one copied, so both are kept. Before, the next pass (or run) took the
+/// share's copy for its own outdated copy and replaced it: the original
+/// lines were gone. On ext4 (as here) the new file may even get the old
+/// one's inode number. `kill`: the run is killed after deleting, and the
+/// next run must not trust the journal either.
+#[cfg(feature = "failpoints")]
+fn recreated_after_its_copy_was_deleted(kill: bool) {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("log"), "ORIGINAL line 1\n").unwrap();
+    fs::write(app.join("busy"), "held open\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // Held open for writing: the first pass keeps it, so there is a second.
+    let busy = fs::OpenOptions::new()
+        .append(true)
+        .open(app.join("busy"))
+        .unwrap();
+    let point = if kill {
+        "prune.done"
+    } else {
+        "prune.done:1:stop"
+    };
+    let mut child = Some(
+        sb.cmd()
+            .arg("link")
+            .env("SHARELINK_FAILPOINT", point)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.as_ref().unwrap().id();
+    if kill {
+        let o = child.take().unwrap().wait_with_output().unwrap();
+        assert_eq!(code(&o), 137, "{}", stderr(&o));
+    } else {
+        wait_stopped(pid, Duration::from_secs(30));
+    }
+    assert!(!app.join("log").exists(), "the first pass deleted log");
+    fs::write(app.join("log"), "appended line 2\n").unwrap();
+    drop(busy);
+    if kill {
+        std::thread::sleep(Duration::from_millis(150));
+        expect_code(&sb.run(["link"]), 0);
+    } else {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
+        let o = child.take().unwrap().wait_with_output().unwrap();
+        // Either the run finished, or the writer's file was still too
+        // fresh and the next run finishes.
+        if o.status.code() != Some(0) {
+            std::thread::sleep(Duration::from_millis(150));
+            expect_code(&sb.run(["link"]), 0);
+        }
+    }
+    let mut got = versions(&sb.share, &target, "log");
+    got.sort();
+    assert_eq!(got, ["ORIGINAL line 1\n", "appended line 2\n"]);
+}
+
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_file_made_anew_after_its_copy_was_deleted_keeps_both() {
+    recreated_after_its_copy_was_deleted(false);
+}
+
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_file_made_anew_after_a_kill_past_its_deletion_keeps_both() {
+    recreated_after_its_copy_was_deleted(true);
+}

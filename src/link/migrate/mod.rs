@@ -88,6 +88,10 @@ pub const FAILPOINTS: &[&str] = &[
 /// Suffixes of sharelink's own names beside the entries they belong to.
 pub const STAGING_SUFFIX: &str = "sharelink-staging";
 const MARKER_SUFFIX: &str = "sharelink-committed";
+/// Beside the app directory: this container has started deleting app
+/// entries, so the staging journal may name copies of entries that are gone
+/// (and a writer may have made new files under their names).
+const PRUNING_SUFFIX: &str = "sharelink-pruning";
 
 /// What an interrupted migration of one link left behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -131,6 +135,7 @@ impl Leftovers {
 pub struct Places {
     pub staging: PathBuf,
     pub marker: PathBuf,
+    pub pruning: PathBuf,
     /// `<share_root>/.sharelink/displaced/<share path>`, relative to the
     /// share root: keyed like the lock, so that only the lock's holder
     /// writes or clears it (two services with the same app path and other
@@ -143,6 +148,7 @@ impl Places {
         Places {
             staging: names::sibling(&cfg.share_path(link), STAGING_SUFFIX, 0),
             marker: names::sibling(&cfg.app_path(link), MARKER_SUFFIX, 0),
+            pruning: names::sibling(&cfg.app_path(link), PRUNING_SUFFIX, 0),
             displaced: Path::new(RESERVED_DIR).join("displaced").join(&link.share),
         }
     }
@@ -170,13 +176,16 @@ impl Places {
     }
 }
 
-/// Remove the marker of a committed migration once the link is made.
+/// Remove the marker of a committed migration (and the pruning flag) once
+/// the link is made.
 pub fn forget(cfg: &Config, link: &Link) {
-    let m = Places::new(cfg, link).marker;
-    match std::fs::remove_file(&m) {
-        Ok(()) => crate::debug!("migration finished: removed {}", m.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => crate::warn!("could not remove {}: {e}", m.display()),
+    let places = Places::new(cfg, link);
+    for m in [places.marker, places.pruning] {
+        match std::fs::remove_file(&m) {
+            Ok(()) => crate::debug!("migration finished: removed {}", m.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => crate::warn!("could not remove {}: {e}", m.display()),
+        }
     }
 }
 
@@ -349,6 +358,7 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
         staging_name: names::hidden(share_name, STAGING_SUFFIX, 0),
         staging_path: places.staging.clone(),
         marker: places.marker.clone(),
+        pruning: places.pruning.clone(),
         displaced_rel: places.displaced.clone(),
     };
     let mut ctx = Ctx {
@@ -396,7 +406,22 @@ struct Migration<'a> {
     staging_name: OsString,
     staging_path: PathBuf,
     marker: PathBuf,
+    pruning: PathBuf,
     displaced_rel: PathBuf,
+}
+
+/// Which copies on the share count as this migration's own, so that a newer
+/// version of the same app file replaces them instead of being set aside.
+struct Own<'a> {
+    /// Recorded while their app entries stayed (marker, earlier passes).
+    placed: &'a Placed,
+    /// Deleted from the app directory by this run: a file there now under
+    /// the same name is a new one (a writer made it), never a newer version.
+    pruned: &'a std::collections::HashSet<PathBuf>,
+    /// Whether the staging journal may vouch too: not once this container
+    /// has started deleting, as it cannot tell which entries a killed run
+    /// deleted.
+    journal: bool,
 }
 
 /// Per app entry, after a pass copied or compared it: the identity it must
@@ -454,6 +479,8 @@ impl Migration<'_> {
             Some(placed) => (true, placed),
             None => (false, HashMap::new()),
         };
+        let mut pruned_here = std::collections::HashSet::new();
+        let mut journal_vouches = std::fs::symlink_metadata(&self.pruning).is_err();
         let mut last_kept = Vec::new();
         for pass in 1..=PASSES {
             out.passes = pass;
@@ -481,13 +508,32 @@ impl Migration<'_> {
                     }
                 }
                 Target::Full(target) => {
-                    self.reconcile(&inv, app, &target, own, &placed, ctx, &mut out)?
+                    let mine = Own {
+                        placed: &placed,
+                        pruned: &pruned_here,
+                        journal: journal_vouches,
+                    };
+                    self.reconcile(&inv, app, &target, own, &mine, ctx, &mut out)?
                 }
             };
+            if ledger.deletable.iter().any(Option::is_some) && journal_vouches {
+                std::fs::write(&self.pruning, b"")
+                    .map_err(|e| Error::io("write", &self.pruning, e))?;
+                journal_vouches = false;
+            }
             let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
                 ctx.beat()
             })?;
             failpoint::hit("prune.done");
+            let kept: std::collections::HashSet<Ix> =
+                pruned.kept.iter().map(|&(ix, _)| ix).collect();
+            for (ix, d) in ledger.deletable.iter().enumerate() {
+                if d.is_some() && !kept.contains(&(ix as Ix)) {
+                    let rel = inv.rel(ix as Ix);
+                    placed.remove(&rel);
+                    pruned_here.insert(rel);
+                }
+            }
             if pruned.kept.is_empty() {
                 self.clean_up()?;
                 return Ok(out);
@@ -699,7 +745,7 @@ impl Migration<'_> {
         app: &Dir,
         target: &Dir,
         own: bool,
-        placed: &Placed,
+        mine: &Own<'_>,
         ctx: &mut Ctx<'_>,
         out: &mut Outcome,
     ) -> Result<Ledger> {
@@ -714,15 +760,20 @@ impl Migration<'_> {
             };
             let kind = inv.get(ix).meta.kind;
             // The share's differing file is a copy this migration made and
-            // nobody changed since (same inode, size, times): recorded in
-            // the marker by an earlier pass, or in the journal by the copy.
+            // nobody changed since (same inode, size, times), of this very
+            // app file (same inode: changed, not deleted and made anew):
+            // recorded in the marker by an earlier pass, or in the journal
+            // by the copy.
             let ours = match v {
                 Verdict::Differs { share: Some(s) } => {
                     let rel = inv.rel(ix);
-                    [placed.get(&rel), copied.get(&rel)]
-                        .into_iter()
-                        .flatten()
-                        .any(|r| r.copy == s)
+                    let app_ino = inv.get(ix).meta.id.ino;
+                    let journal = copied.get(&rel).filter(|_| mine.journal);
+                    !mine.pruned.contains(&rel)
+                        && [mine.placed.get(&rel), journal]
+                            .into_iter()
+                            .flatten()
+                            .any(|r| r.copy == s && r.app.ino == app_ino)
                 }
                 _ => false,
             };
