@@ -385,6 +385,22 @@ fn names_differing_only_in_case_are_refused_on_a_case_insensitive_share() {
         drop(rig);
         umount(&backing);
     }
+    // The share target on a case-insensitive mount below a share_root
+    // that tells case apart: the share target's side is asked too.
+    let sb = Sandbox::new("\"data\" = \"ci/data\"");
+    let backing = sb.path("backing");
+    mount_tmpfs(&backing, "16m");
+    let rig = LatencyFs::mount(&backing, &sb.share.join("ci"), &["--case-insensitive"]);
+    bake(&sb.app.join("data"));
+    let before = snapshot(&sb.app.join("data"));
+    std::thread::sleep(Duration::from_millis(150));
+    let o = sb.run(["link"]);
+    expect_code(&o, 65);
+    assert!(stderr(&o).contains("differ only in case"), "{}", stderr(&o));
+    assert_eq!(snapshot(&sb.app.join("data")), before);
+    assert!(snapshot(&backing).is_empty(), "something was copied");
+    drop(rig);
+    umount(&backing);
     // The same tree on a share that tells case apart.
     let sb = Sandbox::new("\"data\" = \"data\"");
     bake(&sb.app.join("data"));

@@ -1252,26 +1252,33 @@ impl Migration<'_> {
         )))
     }
 
-    /// Whether the share takes a name for the same name in another case:
-    /// make a file in sharelink's own directory and look it up lower-cased.
+    /// Whether the share takes a name for the same name in another case,
+    /// where copies go: beside the share target (its staging) and under
+    /// `.sharelink/` (set-aside copies), which may be different mounts.
     fn share_ignores_case(&self) -> Result<bool> {
         let own = Path::new(RESERVED_DIR);
-        let dir = tree::open_beneath(&self.share_root, own)
+        let reserved = tree::open_beneath(&self.share_root, own)
             .map_err(|e| Error::io("open", &self.cfg.share_root.join(own), e))?;
-        // Unique among replicas, which are all PID 1.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let name = format!("Case-Probe.{}.{nanos}", std::process::id());
-        let probe = OsStr::new(&name);
-        let path = self.cfg.share_root.join(own).join(probe);
-        dir.create(probe, 0o600)
-            .map_err(|e| Error::io("create", &path, e))?;
-        let lower = OsString::from(name.to_lowercase());
-        let found = dir.stat_at(&lower);
-        let _ = dir.unlink(probe);
-        Ok(found.map_err(|e| Error::io("inspect", &path, e))?.is_some())
+        let parent_path = self.share_path.parent().unwrap_or(Path::new("/"));
+        Ok(ignores_case(&self.share_parent, parent_path)?
+            || ignores_case(&reserved, &self.cfg.share_root.join(own))?)
     }
+}
+
+/// Make a hidden probe file in `dir` and look it up lower-cased.
+fn ignores_case(dir: &Dir, dir_path: &Path) -> Result<bool> {
+    // Unique among replicas, which are all PID 1.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!(".Sharelink-Case-Probe.{}.{nanos}", std::process::id());
+    let probe = OsStr::new(&name);
+    let path = dir_path.join(probe);
+    dir.create(probe, 0o600)
+        .map_err(|e| Error::io("create", &path, e))?;
+    let found = dir.stat_at(OsStr::new(&name.to_lowercase()));
+    let _ = dir.unlink(probe);
+    Ok(found.map_err(|e| Error::io("inspect", &path, e))?.is_some())
 }
 
 /// Before anything is copied: would the end of the migration fail? The app
