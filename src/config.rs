@@ -427,6 +427,22 @@ fn parallelism(ov: &Overrides, raw: &RawMigration, src: &Source<'_>) -> Result<O
     Ok(Some(v as usize))
 }
 
+/// A component named like the hidden siblings sharelink makes
+/// (`.<name>.sharelink-staging` and the like).
+fn own_name(p: &Path) -> Option<&std::ffi::OsStr> {
+    p.components().find_map(|c| match c {
+        Component::Normal(n)
+            if n.as_encoded_bytes().starts_with(b".")
+                && n.as_encoded_bytes()
+                    .windows(b".sharelink-".len())
+                    .any(|w| w == b".sharelink-") =>
+        {
+            Some(n)
+        }
+        _ => None,
+    })
+}
+
 fn links(raw: &BTreeMap<Spanned<String>, Spanned<RawLink>>, src: &Source<'_>) -> Result<Vec<Link>> {
     let mut links = Vec::with_capacity(raw.len());
     for (key, value) in raw {
@@ -444,6 +460,19 @@ fn links(raw: &BTreeMap<Spanned<String>, Spanned<RawLink>>, src: &Source<'_>) ->
         let mut dirs = Vec::with_capacity(table.dirs.len());
         for d in &table.dirs {
             dirs.push(rel_path(d).map_err(|m| w.err(&format!("{name}.dirs"), &m))?);
+        }
+        for (what, p) in [(name.clone(), &app), (format!("{name}.share"), &share)]
+            .into_iter()
+            .chain(dirs.iter().map(|d| (format!("{name}.dirs"), d)))
+        {
+            if let Some(c) = own_name(p) {
+                return Err(w.err(
+                    &what,
+                    &format!(
+                        "{c:?} is named like sharelink's own entries beside a data directory (staging copies, markers), which it may remove"
+                    ),
+                ));
+            }
         }
         links.push(Link {
             app,
@@ -771,6 +800,9 @@ kill_process_group = false
             ("a", "/abs", "relative"),
             ("a", "x/..", ".."),
             ("a", ".sharelink/x", "reserved"),
+            ("a", ".data.sharelink-staging", "sharelink's own"),
+            ("a", "x/.data.sharelink-staging/y", "sharelink's own"),
+            ("m/.data.sharelink-committed", "x", "sharelink's own"),
         ] {
             let e = err(&format!("{ROOTS}[links]\n{k:?} = {v:?}\n"));
             assert!(e.contains(what) && e.contains("line 4"), "{k} {v}: {e}");
