@@ -70,6 +70,39 @@ pub fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
     }))
 }
 
+/// Where `path` lives: the filesystem (mountinfo's `major:minor`) and its
+/// path inside that filesystem (the mount's root joined with the rest), so
+/// that two paths reached through different bind mounts can be compared.
+/// `real` must be free of symlinks and of `.` and `..`.
+pub fn fs_path(real: &Path) -> Result<Option<(Vec<u8>, PathBuf)>> {
+    let text = std::fs::read(MOUNTINFO).map_err(|e| Error::io("read", Path::new(MOUNTINFO), e))?;
+    Ok(fs_path_in(&text, real))
+}
+
+/// [`fs_path`] for a canonical path, against the text of a mountinfo.
+fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<(Vec<u8>, PathBuf)> {
+    // The deepest mount point above `real`; of several at one point, the
+    // last mounted (it hides the others).
+    let mut best: Option<(usize, Vec<u8>, PathBuf, PathBuf)> = None;
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').take(5).collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let at = PathBuf::from(unescape(f[4]));
+        if !real.starts_with(&at) {
+            continue;
+        }
+        let depth = at.components().count();
+        if best.as_ref().is_none_or(|b| depth >= b.0) {
+            best = Some((depth, f[2].to_vec(), PathBuf::from(unescape(f[3])), at));
+        }
+    }
+    let (_, dev, root, at) = best?;
+    let rest = real.strip_prefix(&at).ok()?;
+    Some((dev, root.join(rest)))
+}
+
 /// Why the share is not usable, or `None` when it is.
 fn problem(share_root: &Path, require_mount: bool, mountinfo: &mut File) -> Option<String> {
     let real = match std::fs::canonicalize(share_root) {
@@ -152,6 +185,28 @@ pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_path_follows_bind_mounts_to_the_filesystem() {
+        let mi = b"22 1 8:1 / / rw - ext4 /dev/vda rw\n\
+40 22 8:1 /srv/app/data/store /mnt/share rw - ext4 /dev/vda rw\n\
+41 22 0:50 / /mnt/other rw - tmpfs tmpfs rw\n\
+42 41 0:51 / /mnt/other rw - tmpfs tmpfs rw\n";
+        let p = |s: &str| Some((b"8:1".to_vec(), PathBuf::from(s)));
+        assert_eq!(
+            fs_path_in(mi, Path::new("/srv/app/data")),
+            p("/srv/app/data")
+        );
+        assert_eq!(
+            fs_path_in(mi, Path::new("/mnt/share/data")),
+            p("/srv/app/data/store/data")
+        );
+        // Stacked at one point: the last one counts.
+        assert_eq!(
+            fs_path_in(mi, Path::new("/mnt/other/x")),
+            Some((b"0:51".to_vec(), PathBuf::from("/x")))
+        );
+    }
 
     #[test]
     fn parses_mountinfo() {

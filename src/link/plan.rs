@@ -217,7 +217,38 @@ fn joined(app: &Path, share: &Path) -> Result<Option<PathBuf>> {
             }
         }
     }
-    Ok(None)
+    // A bind mount hides ancestry from paths (`share_root` a bind of a
+    // directory inside the data directory, or the other way round): compare
+    // where both live inside their filesystem.
+    let (Some(app_real), Some(share_real)) = (
+        app.parent()
+            .and_then(real_path)
+            .zip(app.file_name())
+            .map(|(p, n)| p.join(n)),
+        real_path(share),
+    ) else {
+        return Ok(None);
+    };
+    match (mounts::fs_path(&app_real)?, mounts::fs_path(&share_real)?) {
+        (Some((d1, a)), Some((d2, s))) if d1 == d2 && (s.starts_with(&a) || a.starts_with(&s)) => {
+            Ok(Some(share.to_path_buf()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `p` with every symlink resolved, for the part of it that exists; the
+/// rest is appended as it is.
+fn real_path(p: &Path) -> Option<PathBuf> {
+    let mut tail = Vec::new();
+    let mut cur = p;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            return Some(tail.iter().rev().fold(real, |acc: PathBuf, n| acc.join(n)));
+        }
+        tail.push(cur.file_name()?.to_os_string());
+        cur = cur.parent()?;
+    }
 }
 
 /// Look at one link on disk. Cheap when linked: a few `lstat`s and one

@@ -409,3 +409,65 @@ fn names_differing_only_in_case_are_refused_on_a_case_insensitive_share() {
     expect_code(&sb.run(["link"]), 0);
     assert_eq!(snapshot(&sb.share.join("data")), before);
 }
+
+/// The same, joined through a bind mount that no path shows: `share_root`
+/// a bind of a directory inside the data directory, or `app_root` a bind
+/// of a directory inside the share target. Compared by where both live in
+/// their filesystem; refused (65), nothing touched.
+#[test]
+fn app_dir_nested_with_the_share_dir_through_a_bind_mount_is_refused() {
+    if !in_private_mount_ns!("app_dir_nested_with_the_share_dir_through_a_bind_mount_is_refused") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    for variant in ["share inside the app dir", "app dir inside the share"] {
+        let base = root.path().join(variant.replace(' ', "-"));
+        let host = base.join("host");
+        mount_tmpfs(&host, "16m");
+        let (share, app_root) = (base.join("share"), base.join("app"));
+        fs::create_dir_all(&share).unwrap();
+        fs::create_dir_all(&app_root).unwrap();
+        let app_root = if variant == "share inside the app dir" {
+            let app_root = host.join("app");
+            make_tree(&app_root.join("data/store"), 6, 300, 8);
+            make_tree(&app_root.join("data/mine"), 6, 300, 9);
+            sh(&format!(
+                "mount --bind '{}' '{}'",
+                app_root.join("data/store").display(),
+                share.display()
+            ));
+            app_root
+        } else {
+            make_tree(&host.join("data/sub/data"), 6, 300, 10);
+            sh(&format!(
+                "mount --bind '{}' '{}'",
+                host.display(),
+                share.display()
+            ));
+            sh(&format!(
+                "mount --bind '{}' '{}'",
+                host.join("data/sub").display(),
+                app_root.display()
+            ));
+            app_root
+        };
+        let before = snapshot(&host);
+        let cfg = base.join("sharelink.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "app_root = {app_root:?}\nshare_root = {share:?}\n[links]\n\"data\" = \"data\"\n"
+            ),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let o = sharelink(&cfg).arg("link").output().unwrap();
+        expect_code(&o, 65);
+        assert!(
+            stderr(&o).contains("are one directory"),
+            "{variant}: {}",
+            stderr(&o)
+        );
+        assert_eq!(snapshot(&host), before, "{variant}: the data was touched");
+    }
+}
