@@ -438,18 +438,22 @@ fn every_catchable_signal_reaches_the_command_and_sharelink_survives() {
     }
 }
 
-/// SIGTSTP stops the command, not sharelink, when no job-control shell waits
-/// for sharelink (here it shares the test's process group): sharelink stays
-/// able to forward the SIGCONT that resumes the command.
-#[test]
-fn stop_signals_stop_the_command_not_sharelink() {
+/// Start `exec sleep` under sharelink (in a process group of its own when
+/// `own_group`), then send SIGTSTP and SIGCONT to sharelink or straight to
+/// the command: the command stops and resumes, sharelink never stops.
+fn tstp_then_cont(name: &str, own_group: bool, to_sharelink: bool) {
     let sb = RunSandbox::new();
-    let pidfile = sb.path("pid");
+    let pidfile = sb.path(name);
     let script = format!(
         "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
         pidfile.display()
     );
-    let r = sb.start(Mode::Subreaper, &[], &sh(&script));
+    let mut c = sb.command(Mode::Subreaper, &[], &sh(&script));
+    prepare(&mut c);
+    if own_group {
+        c.process_group(0);
+    }
+    let r = Running::start(c, Mode::Subreaper);
     wait_file(&pidfile);
     let cmd: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -468,12 +472,14 @@ fn stop_signals_stop_the_command_not_sharelink() {
             .filter(|c| c.trim() == "sleep")
     });
     let me = r.sharelink_pid();
-    kill(me, libc::SIGTSTP);
+    let to = if to_sharelink { me } else { cmd };
+    kill(to, libc::SIGTSTP);
     poll("command stopped", PATIENCE, || {
         (state(cmd) == "T").then_some(())
     });
-    assert_ne!(state(me), "T", "sharelink must not stop");
-    kill(me, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(state(me), "T", "sharelink stopped");
+    kill(to, libc::SIGCONT);
     poll("command resumed", PATIENCE, || {
         (state(cmd) != "T").then_some(())
     });
@@ -482,56 +488,21 @@ fn stop_signals_stop_the_command_not_sharelink() {
     assert_eq!(o.code, 128 + libc::SIGTERM, "{o:?}");
 }
 
+/// SIGTSTP stops the command, not sharelink, when no job-control shell waits
+/// for sharelink (here it shares the test's process group): sharelink stays
+/// able to forward the SIGCONT that resumes the command.
+#[test]
+fn stop_signals_stop_the_command_not_sharelink() {
+    tstp_then_cont("pid", false, true);
+}
+
 /// A supervisor without a terminal that starts sharelink in a process group
 /// of its own looks like a shell to a naive check, but no shell will ever
 /// continue a stopped sharelink: a SIGTSTP to the command stops only the
-/// command, and sharelink forwards the SIGCONT and goes on.
+/// command, and sharelink goes on.
 #[test]
 fn own_process_group_without_a_terminal_is_not_a_shell_job() {
-    let sb = RunSandbox::new();
-    let pidfile = sb.path("pid-own-group");
-    let script = format!(
-        "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
-        pidfile.display()
-    );
-    let mut c = sb.command(Mode::Subreaper, &[], &sh(&script));
-    prepare(&mut c);
-    c.process_group(0);
-    let r = Running::start(c, Mode::Subreaper);
-    wait_file(&pidfile);
-    let cmd: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let state = |pid| {
-        stat(pid)
-            .map(|s| stat_fields(&s)[0].clone())
-            .unwrap_or_default()
-    };
-    poll("exec sleep", PATIENCE, || {
-        std::fs::read_to_string(format!("/proc/{cmd}/comm"))
-            .ok()
-            .filter(|c| c.trim() == "sleep")
-    });
-    let me = r.sharelink_pid();
-    kill(cmd, libc::SIGTSTP);
-    poll("command stopped", PATIENCE, || {
-        (state(cmd) == "T").then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    assert_ne!(
-        state(me),
-        "T",
-        "sharelink stopped with no shell to continue it"
-    );
-    kill(cmd, libc::SIGCONT);
-    poll("command resumed", PATIENCE, || {
-        (state(cmd) != "T").then_some(())
-    });
-    kill(me, libc::SIGTERM);
-    let o = r.finish();
-    assert_eq!(o.code, 128 + libc::SIGTERM, "{o:?}");
+    tstp_then_cont("pid-own-group", true, false);
 }
 
 /// With `--kill-process-group` the command's whole group gets the signal
