@@ -337,3 +337,58 @@ fn wait_for_sharelink(pid: u32) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The staging journal lives on the share, where any container's
+/// migration may have written it: it vouches for "our own copy" only in
+/// the container that committed it. Here container A (killed after its
+/// commit) copied `model.bin` v1; container B, of another image version
+/// whose file has the same inode number (image layers unpacked alike) and
+/// other bytes, must set its version aside, not replace A's copy: the
+/// share's v1 is the only one left.
+#[test]
+fn another_containers_journal_does_not_make_its_copy_ours() {
+    if !in_private_mount_ns!("another_containers_journal_does_not_make_its_copy_ours") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path();
+    mount_tmpfs(base, "64m");
+    let lower = base.join("lower");
+    fs::create_dir_all(lower.join("data")).unwrap();
+    fs::write(lower.join("data/model.bin"), "v1 from image 1\n").unwrap();
+    let share = base.join("share");
+    fs::create_dir_all(&share).unwrap();
+    let a = mount_overlay(&base.join("a"), &lower);
+    let b = mount_overlay(&base.join("b"), &lower);
+    let cfg = |app: &std::path::Path, name: &str| {
+        let c = base.join(name);
+        fs::write(
+            &c,
+            config_text(app, &share, false, "", "\"data\" = \"data\""),
+        )
+        .unwrap();
+        c
+    };
+    let (ca, cb) = (cfg(&a, "a.toml"), cfg(&b, "b.toml"));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let o = sharelink(&ca)
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "commit.synced")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 137, "{}", stderr(&o));
+    // The next image version: same inode, other bytes.
+    fs::write(lower.join("data/model.bin"), "v2 from image 2\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let o = sharelink(&cb).arg("link").output().unwrap();
+    expect_code(&o, 0);
+    assert_eq!(
+        fs::read_to_string(share.join("data/model.bin")).unwrap(),
+        "v1 from image 1\n"
+    );
+    let kept: Vec<String> = displaced(&share, "data")
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("model.bin")).ok())
+        .collect();
+    assert_eq!(kept, ["v2 from image 2\n"], "{}", stderr(&o));
+}
