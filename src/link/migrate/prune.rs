@@ -20,7 +20,7 @@ use super::inventory::{Inventory, Ix};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Identity, Kind};
+use crate::fs::meta::{Identity, Kind, Time};
 
 /// Why an entry stayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,10 @@ pub struct Pruned {
     /// Signals pending at the last look (read once per file deleted).
     pending: crate::signals::SigMask,
     since_beat: u32,
+    /// Inodes with several names one of which this prune deleted: the
+    /// ctime that deleting gave the others (else each deletion would make
+    /// the remaining names look changed, one name going per pass).
+    relinked: std::collections::HashMap<u64, Time>,
 }
 
 /// Delete every entry of `doomed` (indexed like `inv`: the identity it must
@@ -107,7 +111,14 @@ fn walk(
             out.kept.push((c, Kept::NoCopy));
             continue;
         };
-        match delete(dir, &e.name, e.meta.kind, &id, &mut out.pending) {
+        match delete(
+            dir,
+            &e.name,
+            e.meta.kind,
+            &id,
+            &mut out.pending,
+            &mut out.relinked,
+        ) {
             Ok(Gone::Deleted) => {
                 out.deleted += 1;
                 failpoint::hit("prune.entry");
@@ -163,11 +174,24 @@ fn delete(
     kind: Kind,
     id: &Identity,
     pending: &mut crate::signals::SigMask,
+    relinked: &mut std::collections::HashMap<u64, Time>,
 ) -> std::io::Result<Gone> {
     *pending = 0;
+    // Still `id`, or `id` but for the ctime our deleting another of its
+    // names gave it.
+    let unchanged = |now: &Identity| {
+        now == id
+            || relinked.get(&id.ino) == Some(&now.ctime)
+                && Identity {
+                    ctime: id.ctime,
+                    ..*now
+                } == *id
+    };
     if kind != Kind::File {
         return match dir.stat_at(name)? {
-            Some(m) if m.kind == kind && m.id == *id => dir.unlink(name).map(|_| Gone::Deleted),
+            Some(m) if m.kind == kind && unchanged(&m.id) => {
+                dir.unlink(name).map(|_| Gone::Deleted)
+            }
             Some(_) => Ok(Gone::Kept(Kept::Changed)),
             None => Ok(Gone::Deleted),
         };
@@ -195,11 +219,16 @@ fn delete(
     let now = crate::fs::meta::fstat(&f)?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
-    let r = if now.kind == Kind::File && now.id == *id && named == Some(id.ino) {
+    let r = if now.kind == Kind::File && unchanged(&now.id) && named == Some(id.ino) {
         dir.unlink(name).map(|_| Gone::Deleted)
     } else {
         Ok(Gone::Kept(Kept::Changed))
     };
+    if matches!(r, Ok(Gone::Deleted)) && now.nlink > 1 {
+        if let Ok(m) = crate::fs::meta::fstat(&f) {
+            relinked.insert(id.ino, m.id.ctime);
+        }
+    }
     if !leased {
         return r;
     }
