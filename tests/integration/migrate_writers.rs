@@ -373,3 +373,64 @@ fn a_file_made_anew_after_its_copy_was_deleted_keeps_both() {
 fn a_file_made_anew_after_a_kill_past_its_deletion_keeps_both() {
     recreated_after_its_copy_was_deleted(true);
 }
+
+/// The marker beside the app directory names this container's copies of
+/// entries still in it. A run that then deletes one of them and is killed
+/// must not leave the marker vouching for that name: on ext4 the file an
+/// application makes anew there gets the same inode number, and passed for
+/// a newer version of our copy, which it replaced (the only copy of the
+/// original). Now it is set aside.
+#[test]
+#[cfg(feature = "failpoints")]
+fn the_marker_never_vouches_for_an_entry_deleted_before_a_kill() {
+    if !in_private_mount_ns!("the_marker_never_vouches_for_an_entry_deleted_before_a_kill") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let img = root.path().join("app.img");
+    let (app_root, share) = (root.path().join("app"), root.path().join("share"));
+    fs::create_dir_all(&app_root).unwrap();
+    sh(&format!(
+        "truncate -s 64M '{0}' && mkfs.ext4 -q -F '{0}' && mount -o loop '{0}' '{1}'",
+        img.display(),
+        app_root.display()
+    ));
+    mount_tmpfs(&share, "64m");
+    let app = app_root.join("data");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("X"), "ORIGINAL precious v1\n").unwrap();
+    fs::write(app.join("Y"), "other\n").unwrap();
+    let cfg = root.path().join("sharelink.toml");
+    fs::write(
+        &cfg,
+        config_text(&app_root, &share, false, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // Run 1: X held open for writing through every pass: 74, and the
+    // marker records our copy of X.
+    let held = fs::OpenOptions::new()
+        .append(true)
+        .open(app.join("X"))
+        .unwrap();
+    expect_code(&sharelink(&cfg).arg("link").output().unwrap(), 74);
+    drop(held);
+    // Run 2 deletes X (identical on the share) and is killed.
+    let o = sharelink(&cfg)
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "prune.done")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 137, "{}", stderr(&o));
+    assert!(!app.join("X").exists());
+    fs::write(app.join("X"), "NEW file made after the delete\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sharelink(&cfg).arg("link").output().unwrap(), 0);
+    let mut got = versions(&share, &share.join("data"), "X");
+    got.sort();
+    assert_eq!(
+        got,
+        ["NEW file made after the delete\n", "ORIGINAL precious v1\n"]
+    );
+    umount(&app_root);
+}

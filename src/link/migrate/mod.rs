@@ -516,6 +516,20 @@ impl Migration<'_> {
                     self.reconcile(&inv, app, &target, own, &mine, ctx, &mut out)?
                 }
             };
+            // The marker must never name an entry that may be gone: after
+            // a kill, a new file under its name would pass for a newer
+            // version of our copy.
+            if own && !placed.is_empty() {
+                let before = placed.len();
+                for (ix, d) in ledger.deletable.iter().enumerate() {
+                    if d.is_some() {
+                        placed.remove(&inv.rel(ix as Ix));
+                    }
+                }
+                if placed.len() != before {
+                    self.mark_committed(&placed)?;
+                }
+            }
             if ledger.deletable.iter().any(Option::is_some) && journal_vouches {
                 std::fs::write(&self.pruning, b"")
                     .map_err(|e| Error::io("write", &self.pruning, e))?;
