@@ -74,9 +74,26 @@ pub fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
 /// path inside that filesystem (the mount's root joined with the rest), so
 /// that two paths reached through different bind mounts can be compared.
 /// `real` must be free of symlinks and of `.` and `..`.
+/// `None` when the mount table cannot say: the mount it names is not the
+/// one the path is on (hidden by a later mount over a parent).
 pub fn fs_path(real: &Path) -> Result<Option<(Vec<u8>, PathBuf)>> {
+    use std::os::unix::fs::MetadataExt;
     let text = std::fs::read(MOUNTINFO).map_err(|e| Error::io("read", Path::new(MOUNTINFO), e))?;
-    Ok(fs_path_in(&text, real))
+    let Some((dev, at)) = fs_path_in(&text, real) else {
+        return Ok(None);
+    };
+    let Some(st_dev) = real
+        .ancestors()
+        .find_map(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| m.dev())
+    else {
+        return Ok(None);
+    };
+    let named = std::str::from_utf8(&dev)
+        .ok()
+        .and_then(|d| d.split_once(':'))
+        .and_then(|(a, b)| Some(libc::makedev(a.parse().ok()?, b.parse().ok()?)));
+    Ok((named == Some(st_dev)).then_some((dev, at)))
 }
 
 /// [`fs_path`] for a canonical path, against the text of a mountinfo.

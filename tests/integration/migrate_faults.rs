@@ -471,3 +471,37 @@ fn app_dir_nested_with_the_share_dir_through_a_bind_mount_is_refused() {
         assert_eq!(snapshot(&host), before, "{variant}: the data was touched");
     }
 }
+
+/// A bind of the app directory once mounted at the share target and then
+/// hidden by the share mounted over `share_root`: the mount table still
+/// lists the hidden bind, but the share target is on the share. Not
+/// refused.
+#[test]
+fn a_hidden_bind_below_share_root_is_not_taken_for_a_join() {
+    if !in_private_mount_ns!("a_hidden_bind_below_share_root_is_not_taken_for_a_join") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let host = root.path().join("host");
+    mount_tmpfs(&host, "16m");
+    let (app_root, share) = (host.join("app"), root.path().join("share"));
+    make_tree(&app_root.join("data"), 5, 200, 12);
+    let before = snapshot(&app_root.join("data"));
+    fs::create_dir_all(share.join("data")).unwrap();
+    sh(&format!(
+        "mount --bind '{}' '{}'",
+        app_root.display(),
+        share.join("data").display()
+    ));
+    mount_tmpfs(&share, "16m");
+    let cfg = root.path().join("sharelink.toml");
+    fs::write(
+        &cfg,
+        config_text(&app_root, &share, true, "", "\"data\" = \"data\""),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let o = sharelink(&cfg).arg("link").output().unwrap();
+    expect_code(&o, 0);
+    assert_eq!(snapshot(&share.join("data")), before);
+}
