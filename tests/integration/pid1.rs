@@ -864,6 +864,32 @@ fn pid1_without_a_session_gives_the_command_the_terminal() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// An interactive bash on a pseudo-terminal, at its first prompt.
+fn interactive_bash() -> Pty {
+    let mut c = Command::new("bash");
+    c.args(["--norc", "--noprofile", "--noediting", "-i"])
+        .env("PS1", "PROMPT> ")
+        .env("HISTFILE", "")
+        .env("TERM", "dumb")
+        .env("SHARELINK_LOG", "warn")
+        .current_dir("/");
+    let mut pty = Pty::spawn(c);
+    pty.expect("PROMPT> ");
+    pty
+}
+
+/// The command line that runs `job` without sharelink, then with it.
+fn job_lines(sb: &RunSandbox, job: &str) -> [String; 2] {
+    [
+        format!("sh {job}"),
+        format!(
+            "{} --config {} run -- sh {job}",
+            bin(),
+            sb.path("sharelink.toml").display()
+        ),
+    ]
+}
+
 /// From an interactive bash on a terminal, job control does with sharelink
 /// what it does without it: Ctrl-Z gives the prompt back, `fg` gives the
 /// terminal back to the command, Ctrl-C ends it with 130; after `bg` its
@@ -876,22 +902,8 @@ fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
         "job.sh",
         "echo started\nwhile read l; do echo \"got:$l\"; done\n",
     );
-    let with = format!(
-        "{} --config {} run -- sh {job}",
-        bin(),
-        sb.path("sharelink.toml").display()
-    );
-    let without = format!("sh {job}");
-    for line in [without, with] {
-        let mut c = Command::new("bash");
-        c.args(["--norc", "--noprofile", "--noediting", "-i"])
-            .env("PS1", "PROMPT> ")
-            .env("HISTFILE", "")
-            .env("TERM", "dumb")
-            .env("SHARELINK_LOG", "warn")
-            .current_dir("/");
-        let mut pty = Pty::spawn(c);
-        pty.expect("PROMPT> ");
+    for line in job_lines(&sb, &job) {
+        let mut pty = interactive_bash();
         pty.send(&format!("{line}\n"));
         pty.expect("started");
         pty.send("\x1a");
@@ -956,22 +968,8 @@ fn ctrl_z_fg_and_ctrl_c_from_an_interactive_shell() {
 fn a_command_stopping_itself_gives_the_shell_its_prompt_back() {
     let sb = RunSandbox::new();
     let job = sb.script("suspend.sh", "echo started\nkill -STOP $$\necho resumed\n");
-    let with = format!(
-        "{} --config {} run -- sh {job}",
-        bin(),
-        sb.path("sharelink.toml").display()
-    );
-    let without = format!("sh {job}");
-    for line in [without, with] {
-        let mut c = Command::new("bash");
-        c.args(["--norc", "--noprofile", "--noediting", "-i"])
-            .env("PS1", "PROMPT> ")
-            .env("HISTFILE", "")
-            .env("TERM", "dumb")
-            .env("SHARELINK_LOG", "warn")
-            .current_dir("/");
-        let mut pty = Pty::spawn(c);
-        pty.expect("PROMPT> ");
+    for line in job_lines(&sb, &job) {
+        let mut pty = interactive_bash();
         pty.send(&format!("{line}\n"));
         pty.expect("started");
         pty.expect("Stopped");
