@@ -75,29 +75,37 @@ pub fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
 /// that two paths reached through different bind mounts can be compared.
 /// `real` must be free of symlinks and of `.` and `..`.
 /// `None` when the mount table cannot say: the mount it names is not the
-/// one the path is on (hidden by a later mount over a parent).
-pub fn fs_path(real: &Path) -> Result<Option<(Vec<u8>, PathBuf)>> {
-    use std::os::unix::fs::MetadataExt;
+/// one the path is on (hidden by a later mount over a parent). One read of
+/// the mount table for all of `reals`.
+pub fn fs_paths<const N: usize>(reals: [&Path; N]) -> Result<[Option<FsPath>; N]> {
     let text = std::fs::read(MOUNTINFO).map_err(|e| Error::io("read", Path::new(MOUNTINFO), e))?;
-    let Some((dev, at)) = fs_path_in(&text, real) else {
-        return Ok(None);
-    };
-    let Some(st_dev) = real
+    Ok(reals.map(|real| checked_fs_path(&text, real)))
+}
+
+fn checked_fs_path(text: &[u8], real: &Path) -> Option<FsPath> {
+    use std::os::unix::fs::MetadataExt;
+    let found = fs_path_in(text, real)?;
+    let st_dev = real
         .ancestors()
-        .find_map(|p| std::fs::symlink_metadata(p).ok())
-        .map(|m| m.dev())
-    else {
-        return Ok(None);
-    };
-    let named = std::str::from_utf8(&dev)
+        .find_map(|p| std::fs::symlink_metadata(p).ok())?
+        .dev();
+    let named = std::str::from_utf8(&found.dev)
         .ok()
         .and_then(|d| d.split_once(':'))
         .and_then(|(a, b)| Some(libc::makedev(a.parse().ok()?, b.parse().ok()?)));
-    Ok((named == Some(st_dev)).then_some((dev, at)))
+    (named == Some(st_dev)).then_some(found)
+}
+
+/// Where a path lives: its filesystem (mountinfo's `major:minor`) and its
+/// path inside that filesystem.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FsPath {
+    pub dev: Vec<u8>,
+    pub path: PathBuf,
 }
 
 /// [`fs_path`] for a canonical path, against the text of a mountinfo.
-fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<(Vec<u8>, PathBuf)> {
+fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<FsPath> {
     // The deepest mount point above `real`; of several at one point, the
     // last mounted (it hides the others).
     let mut best: Option<(usize, Vec<u8>, PathBuf, PathBuf)> = None;
@@ -117,7 +125,10 @@ fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<(Vec<u8>, PathBuf)> {
     }
     let (_, dev, root, at) = best?;
     let rest = real.strip_prefix(&at).ok()?;
-    Some((dev, root.join(rest)))
+    Some(FsPath {
+        dev,
+        path: root.join(rest),
+    })
 }
 
 /// Why the share is not usable, or `None` when it is.
@@ -209,7 +220,12 @@ mod tests {
 40 22 8:1 /srv/app/data/store /mnt/share rw - ext4 /dev/vda rw\n\
 41 22 0:50 / /mnt/other rw - tmpfs tmpfs rw\n\
 42 41 0:51 / /mnt/other rw - tmpfs tmpfs rw\n";
-        let p = |s: &str| Some((b"8:1".to_vec(), PathBuf::from(s)));
+        let p = |s: &str| {
+            Some(FsPath {
+                dev: b"8:1".to_vec(),
+                path: PathBuf::from(s),
+            })
+        };
         assert_eq!(
             fs_path_in(mi, Path::new("/srv/app/data")),
             p("/srv/app/data")
@@ -221,7 +237,10 @@ mod tests {
         // Stacked at one point: the last one counts.
         assert_eq!(
             fs_path_in(mi, Path::new("/mnt/other/x")),
-            Some((b"0:51".to_vec(), PathBuf::from("/x")))
+            Some(FsPath {
+                dev: b"0:51".to_vec(),
+                path: PathBuf::from("/x")
+            })
         );
     }
 

@@ -185,10 +185,11 @@ fn app_node(app: &Path) -> Result<AppNode> {
 }
 
 /// The share directory the app directory is one with, if any: the share
-/// target or one of its parents is the app directory, or the app directory
-/// lies inside the share target. Decided by device and inode, as a path
-/// cannot tell: a bind mount or a symlinked `app_root` joins trees whose
-/// paths differ. Only asked when there is a directory to migrate.
+/// target or one of its parents is the app directory, or one lies inside
+/// the other. Decided by device and inode, then by where both live inside
+/// their filesystem, as a path cannot tell: a bind mount or a symlinked
+/// `app_root` joins trees whose paths differ. Only asked when there is a
+/// directory to migrate.
 fn joined(app: &Path, share: &Path) -> Result<Option<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| match std::fs::metadata(p) {
@@ -229,8 +230,10 @@ fn joined(app: &Path, share: &Path) -> Result<Option<PathBuf>> {
     ) else {
         return Ok(None);
     };
-    match (mounts::fs_path(&app_real)?, mounts::fs_path(&share_real)?) {
-        (Some((d1, a)), Some((d2, s))) if d1 == d2 && (s.starts_with(&a) || a.starts_with(&s)) => {
+    match mounts::fs_paths([&app_real, &share_real])? {
+        [Some(a), Some(s)]
+            if a.dev == s.dev && (s.path.starts_with(&a.path) || a.path.starts_with(&s.path)) =>
+        {
             Ok(Some(share.to_path_buf()))
         }
         _ => Ok(None),
