@@ -412,16 +412,84 @@ struct Migration<'a> {
 
 /// Which copies on the share count as this migration's own, so that a newer
 /// version of the same app file replaces them instead of being set aside.
-struct Own<'a> {
+struct Own {
     /// Recorded while their app entries stayed (marker, earlier passes).
-    placed: &'a Placed,
+    placed: Placed,
     /// Deleted from the app directory by this run: a file there now under
     /// the same name is a new one (a writer made it), never a newer version.
-    pruned: &'a std::collections::HashSet<PathBuf>,
+    pruned: std::collections::HashSet<PathBuf>,
     /// Whether the staging journal may vouch too: not once this container
     /// has started deleting, as it cannot tell which entries a killed run
     /// deleted.
     journal: bool,
+    /// Taken out of `placed` (and the marker) while their entries were
+    /// being deleted; put back for those that stayed.
+    held_back: Placed,
+}
+
+impl Own {
+    /// Before deleting: the marker must never name an entry that may be
+    /// gone (after a kill, a new file under its name would pass for a
+    /// newer version of our copy), and the journal stops vouching.
+    fn before_prune(
+        &mut self,
+        m: &Migration<'_>,
+        inv: &Inventory,
+        ledger: &Ledger,
+        own: bool,
+    ) -> Result<()> {
+        if !ledger.deletable.iter().any(Option::is_some) {
+            return Ok(());
+        }
+        if own && !self.placed.is_empty() {
+            let before = self.placed.len();
+            for (ix, d) in ledger.deletable.iter().enumerate() {
+                if d.is_some() {
+                    let rel = inv.rel(ix as Ix);
+                    if let Some(r) = self.placed.remove(&rel) {
+                        self.held_back.insert(rel, r);
+                    }
+                }
+            }
+            if self.placed.len() != before {
+                m.mark_committed(&self.placed)?;
+            }
+        }
+        if self.journal {
+            std::fs::write(&m.pruning, b"").map_err(|e| Error::io("write", &m.pruning, e))?;
+            self.journal = false;
+        }
+        Ok(())
+    }
+
+    /// After deleting: what went is never ours again; what stayed, with a
+    /// copy of ours on the share, is.
+    fn after_prune(&mut self, inv: &Inventory, ledger: &Ledger, pruned: &prune::Pruned) {
+        let kept: std::collections::HashSet<Ix> = pruned.kept.iter().map(|&(ix, _)| ix).collect();
+        for (ix, d) in ledger.deletable.iter().enumerate() {
+            if d.is_some() && !kept.contains(&(ix as Ix)) {
+                let rel = inv.rel(ix as Ix);
+                self.placed.remove(&rel);
+                self.pruned.insert(rel);
+            }
+        }
+        // Only what stayed: a deleted name must never be vouched for again.
+        let mut held_back = std::mem::take(&mut self.held_back);
+        for &ix in &kept {
+            if let Some(r) = held_back.remove(&inv.rel(ix)) {
+                self.placed.insert(inv.rel(ix), r);
+            }
+            if let Some(id) = ledger.copies[ix as usize] {
+                self.placed.insert(
+                    inv.rel(ix),
+                    journal::Record {
+                        app: inv.get(ix).meta.id,
+                        copy: id,
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// Per app entry, after a pass copied or compared it: the identity it must
@@ -475,12 +543,16 @@ impl Migration<'_> {
         let mut out = Outcome::default();
         // Our own copies on the share of entries still in the app
         // directory, to recognise them in a later pass (or run).
-        let (mut own, mut placed) = match self.committed_here() {
+        let (mut own, placed) = match self.committed_here() {
             Some(placed) => (true, placed),
             None => (false, HashMap::new()),
         };
-        let mut pruned_here = std::collections::HashSet::new();
-        let mut journal_vouches = std::fs::symlink_metadata(&self.pruning).is_err();
+        let mut mine = Own {
+            placed,
+            pruned: Default::default(),
+            journal: std::fs::symlink_metadata(&self.pruning).is_err(),
+            held_back: HashMap::new(),
+        };
         let mut last_kept = Vec::new();
         for pass in 1..=PASSES {
             out.passes = pass;
@@ -508,61 +580,19 @@ impl Migration<'_> {
                     }
                 }
                 Target::Full(target) => {
-                    let mine = Own {
-                        placed: &placed,
-                        pruned: &pruned_here,
-                        journal: journal_vouches,
-                    };
                     self.reconcile(&inv, app, &target, own, &mine, ctx, &mut out)?
                 }
             };
-            // The marker must never name an entry that may be gone: after
-            // a kill, a new file under its name would pass for a newer
-            // version of our copy.
-            if own && !placed.is_empty() {
-                let before = placed.len();
-                for (ix, d) in ledger.deletable.iter().enumerate() {
-                    if d.is_some() {
-                        placed.remove(&inv.rel(ix as Ix));
-                    }
-                }
-                if placed.len() != before {
-                    self.mark_committed(&placed)?;
-                }
-            }
-            if ledger.deletable.iter().any(Option::is_some) && journal_vouches {
-                std::fs::write(&self.pruning, b"")
-                    .map_err(|e| Error::io("write", &self.pruning, e))?;
-                journal_vouches = false;
-            }
+            mine.before_prune(self, &inv, &ledger, own)?;
             let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
                 ctx.beat()
             })?;
             failpoint::hit("prune.done");
-            let kept: std::collections::HashSet<Ix> =
-                pruned.kept.iter().map(|&(ix, _)| ix).collect();
-            for (ix, d) in ledger.deletable.iter().enumerate() {
-                if d.is_some() && !kept.contains(&(ix as Ix)) {
-                    let rel = inv.rel(ix as Ix);
-                    placed.remove(&rel);
-                    pruned_here.insert(rel);
-                }
-            }
             if pruned.kept.is_empty() {
                 self.clean_up()?;
                 return Ok(out);
             }
-            for &(ix, _) in &pruned.kept {
-                if let Some(id) = ledger.copies[ix as usize] {
-                    placed.insert(
-                        inv.rel(ix),
-                        journal::Record {
-                            app: inv.get(ix).meta.id,
-                            copy: id,
-                        },
-                    );
-                }
-            }
+            mine.after_prune(&inv, &ledger, &pruned);
             crate::debug!(
                 "pass {pass}: {} entries changed or appeared during the migration; another pass",
                 pruned.kept.len()
@@ -577,7 +607,7 @@ impl Migration<'_> {
             signals::sleep_interruptible(Duration::from_nanos(SETTLE_NS as u64 * (pass as u64)))?;
         }
         if own {
-            self.mark_committed(&placed)?;
+            self.mark_committed(&mine.placed)?;
         }
         Err(Error::AppBusy(describe_busy(&self.app_path, &last_kept)))
     }
@@ -759,7 +789,7 @@ impl Migration<'_> {
         app: &Dir,
         target: &Dir,
         own: bool,
-        mine: &Own<'_>,
+        mine: &Own,
         ctx: &mut Ctx<'_>,
         out: &mut Outcome,
     ) -> Result<Ledger> {
