@@ -45,6 +45,9 @@ pub struct Link {
     /// Relative to the share target.
     pub dirs: Vec<PathBuf>,
     pub migrate: MigrateMode,
+    /// How long set-aside copies under `displaced/` are kept: the link's
+    /// own `keep`, else `[displaced] keep`; `None` keeps them all.
+    pub keep: Option<Keep>,
     /// 1-based line of the entry in the config, when known.
     pub line: Option<usize>,
 }
@@ -57,6 +60,31 @@ pub enum MigrateMode {
     IfEmpty,
     /// App-only files are copied into a non-empty share, never overwriting.
     Merge,
+    /// The image owns the data: app-only files are copied in, and an app
+    /// file that differs from the share's replaces it, the share's version
+    /// set aside first.
+    ImageWins,
+}
+
+/// How many set-aside copies (`displaced/<share path>/<stamp>/`) a link
+/// keeps after a successful migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The most recent N stamps (at least 1).
+    Count(u32),
+    /// Stamps younger than this.
+    Age(Duration),
+}
+
+impl fmt::Display for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Keep::Count(n) => write!(f, "the {n} most recent"),
+            Keep::Age(d) if d.as_secs() % 86400 == 0 => write!(f, "{}d", d.as_secs() / 86400),
+            Keep::Age(d) if d.as_secs() % 3600 == 0 => write!(f, "{}h", d.as_secs() / 3600),
+            Keep::Age(d) => write!(f, "{}s", d.as_secs()),
+        }
+    }
 }
 
 impl fmt::Display for MigrateMode {
@@ -64,6 +92,7 @@ impl fmt::Display for MigrateMode {
         f.write_str(match self {
             MigrateMode::IfEmpty => "if-empty",
             MigrateMode::Merge => "merge",
+            MigrateMode::ImageWins => "image-wins",
         })
     }
 }
@@ -181,6 +210,55 @@ struct RawConfig {
     run: RawRun,
     #[serde(default)]
     migration: RawMigration,
+    #[serde(default)]
+    displaced: RawDisplaced,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDisplaced {
+    keep: Option<Spanned<RawKeep>>,
+}
+
+/// `keep`: a count (`5`) or an age (`"30d"`).
+enum RawKeep {
+    Age(String),
+    Count(i64),
+}
+
+impl<'de> Deserialize<'de> for RawKeep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawKeep;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a count of set-aside copies like 5, or an age like \"30d\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawKeep, E> {
+                Ok(RawKeep::Age(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawKeep, E> {
+                Ok(RawKeep::Count(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A validated `keep`: zero would delete the copy just set aside.
+fn keep(raw: &RawKeep) -> Result<Keep, String> {
+    match raw {
+        RawKeep::Count(n) if (1..=i64::from(u32::MAX)).contains(n) => Ok(Keep::Count(*n as u32)),
+        RawKeep::Count(n) => Err(format!(
+            "must keep at least 1 set-aside copy, got {n} (to keep by age, write an age like \"30d\")"
+        )),
+        RawKeep::Age(s) => match parse_duration(s)? {
+            d if d.is_zero() => Err(format!(
+                "an age of {s:?} would delete every set-aside copy; use an age like \"30d\" or a count like 5"
+            )),
+            d => Ok(Keep::Age(d)),
+        },
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -231,6 +309,9 @@ struct RawLinkTable {
     dirs: Vec<String>,
     #[serde(default = "default_migrate")]
     migrate: MigrateMode,
+    // Not `Spanned`: inside a link table the span would not survive the
+    // map visitor; errors name the link's line instead.
+    keep: Option<RawKeep>,
 }
 
 fn default_migrate() -> MigrateMode {
@@ -249,13 +330,14 @@ impl<'de> Deserialize<'de> for RawLink {
         impl<'de> Visitor<'de> for V {
             type Value = RawLink;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a share path string or a table { share = \"…\", dirs = […], migrate = \"if-empty\"|\"merge\" }")
+                f.write_str("a share path string or a table { share = \"…\", dirs = […], migrate = \"if-empty\"|\"merge\"|\"image-wins\", keep = 5|\"30d\" }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawLink, E> {
                 Ok(RawLink(RawLinkTable {
                     share: v.to_string(),
                     dirs: Vec::new(),
                     migrate: MigrateMode::IfEmpty,
+                    keep: None,
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawLink, A::Error> {
@@ -326,7 +408,7 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         share_root,
         require_mount: ov.require_mount.or(raw.require_mount).unwrap_or(true),
         mount_timeout,
-        links: links(&raw.links, &src)?,
+        links: links(&raw.links, &src, displaced_keep(&raw.displaced, &src)?)?,
         run: run_defaults(&raw.run, &src)?,
         migration: MigrationSettings {
             parallelism: parallelism(ov, &raw.migration, &src)?,
@@ -443,7 +525,20 @@ fn own_name(p: &Path) -> Option<&std::ffi::OsStr> {
     })
 }
 
-fn links(raw: &BTreeMap<Spanned<String>, Spanned<RawLink>>, src: &Source<'_>) -> Result<Vec<Link>> {
+fn displaced_keep(raw: &RawDisplaced, src: &Source<'_>) -> Result<Option<Keep>> {
+    match &raw.keep {
+        Some(k) => keep(k.get_ref())
+            .map(Some)
+            .map_err(|m| src.at(k.span()).err("displaced.keep", &m)),
+        None => Ok(None),
+    }
+}
+
+fn links(
+    raw: &BTreeMap<Spanned<String>, Spanned<RawLink>>,
+    src: &Source<'_>,
+    default_keep: Option<Keep>,
+) -> Result<Vec<Link>> {
     let mut links = Vec::with_capacity(raw.len());
     for (key, value) in raw {
         let w = src.at(key.span());
@@ -479,6 +574,10 @@ fn links(raw: &BTreeMap<Spanned<String>, Spanned<RawLink>>, src: &Source<'_>) ->
             share,
             dirs,
             migrate: table.migrate,
+            keep: match &table.keep {
+                Some(k) => Some(keep(k).map_err(|m| w.err(&format!("{name}.keep"), &m))?),
+                None => default_keep,
+            },
             line: w.line,
         });
     }
@@ -563,13 +662,13 @@ pub fn rel_path(s: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Parse `"500ms"`, `"3s"`, `"2m"`, `"1h"` (and `"0"`).
+/// Parse `"500ms"`, `"3s"`, `"2m"`, `"1h"`, `"30d"` (and `"0"`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || {
-        format!("bad duration {s:?}: use a whole number with ms, s, m or h, like \"500ms\", \"3s\", \"2m\"")
+        format!("bad duration {s:?}: use a whole number with ms, s, m, h or d, like \"500ms\", \"3s\", \"2m\"")
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
@@ -577,6 +676,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        "d" => Duration::from_secs(n.checked_mul(86400).ok_or_else(bad)?),
         "" if n == 0 => Duration::ZERO,
         _ => return Err(bad()),
     };
@@ -857,7 +957,57 @@ kill_process_group = false
     }
 
     #[test]
+    fn image_wins_and_keep() {
+        let c = p(&format!(
+            "{ROOTS}[displaced]\nkeep = \"30d\"\n[links]\n\"a\" = {{ share = \"a\", migrate = \"image-wins\", keep = 5 }}\n\"b\" = \"b\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.links[0].migrate, MigrateMode::ImageWins);
+        assert_eq!(c.links[0].migrate.to_string(), "image-wins");
+        // The link's own setting wins over `[displaced] keep`.
+        assert_eq!(c.links[0].keep, Some(Keep::Count(5)));
+        assert_eq!(
+            c.links[1].keep,
+            Some(Keep::Age(Duration::from_secs(30 * 86400)))
+        );
+        assert_eq!(p(ROOTS).unwrap().links.len(), 0);
+        let c = p(&format!("{ROOTS}[links]\n\"a\" = \"a\"\n")).unwrap();
+        assert_eq!(c.links[0].keep, None, "keeps everything by default");
+        for (table, culprit) in [
+            ("keep = 0", "at least 1"),
+            ("keep = -3", "at least 1"),
+            ("keep = \"0d\"", "every set-aside copy"),
+            ("keep = \"soon\"", "bad duration"),
+            ("keep = \"400d\"", "too long"),
+            ("keep = true", "a count of set-aside copies"),
+        ] {
+            let e = err(&format!(
+                "{ROOTS}[links]\n\"a\" = {{ share = \"a\", {table} }}\n"
+            ));
+            assert!(
+                e.contains("line 4")
+                    && e.contains(culprit)
+                    && (e.contains("keep") || table.contains("true")),
+                "{table}: {e}"
+            );
+            if !table.contains("true") {
+                assert!(e.contains("links.\"a\".keep"), "{table}: {e}");
+            }
+            let e = err(&format!("{ROOTS}\n[displaced]\n{table}\n"));
+            assert!(e.contains("line 5") && e.contains(culprit), "{table}: {e}");
+            if !table.contains("true") {
+                assert!(e.contains("displaced.keep"), "{table}: {e}");
+            }
+        }
+        let e = err(&format!("{ROOTS}[displaced]\nkeeep = 3\n"));
+        assert!(e.contains("keeep") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
     fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("366d").unwrap_err().contains("too long"));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

@@ -489,6 +489,12 @@ impl fmt::Display for Action {
                 "compare with the share's data by content: drop identical files from the app side; \
                  copy in app files the share lacks (never overwriting); set aside ones it holds differently",
             ),
+            Action::Migrate(Migration::Compare(MigrateMode::ImageWins)) => f.write_str(
+                "compare with the share's data by content (migrate = \"image-wins\"): drop identical files from the app side; \
+                 copy in app files the share lacks; replace the share's files that differ from the image's, \
+                 setting the share's version aside in .sharelink/displaced/ first \
+                 (a share directory where the image has a file stays: that app file is set aside)",
+            ),
             Action::CreateShareTarget => f.write_str("create the share target"),
             Action::CreateDirs(d) => {
                 let names: Vec<_> = d.iter().map(|p| p.display().to_string()).collect();
@@ -499,6 +505,14 @@ impl fmt::Display for Action {
                 write!(f, "replace the symlink (now -> {})", was.display())
             }
         }
+    }
+}
+
+/// `keep` as the plan says it: "the 5 most recent", "those younger than 30d".
+fn keep_words(k: crate::config::Keep) -> String {
+    match k {
+        crate::config::Keep::Count(_) => k.to_string(),
+        crate::config::Keep::Age(_) => format!("those younger than {k}"),
     }
 }
 
@@ -517,6 +531,16 @@ impl fmt::Display for Plan<'_> {
                     writeln!(f, "{}", state.name())?;
                     for a in actions {
                         writeln!(f, "  - {a}")?;
+                    }
+                    if let (Some(k), true) = (
+                        l.link.keep,
+                        actions.iter().any(|a| matches!(a, Action::Migrate(_))),
+                    ) {
+                        writeln!(
+                            f,
+                            "  - then remove set-aside copies of this link other than {}",
+                            keep_words(k)
+                        )?;
                     }
                 }
             }
@@ -542,6 +566,7 @@ mod tests {
             share: "data".into(),
             dirs: vec!["in".into()],
             migrate,
+            keep: None,
             line: None,
         }
     }
