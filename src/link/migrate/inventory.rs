@@ -208,6 +208,95 @@ impl Inventory {
         Ok(walk.inv)
     }
 
+    /// The entries at `rels` under `root` and the directories on their way,
+    /// without walking anything else: the share's side of the entries an
+    /// `image-wins` migration replaces (a share target may hold far more
+    /// than the image). Each result is `None` where nothing is there, or a
+    /// directory on the way is not one. Entries found are not walked into.
+    pub fn of_paths(
+        root: &Dir,
+        root_path: &Path,
+        rels: &[PathBuf],
+    ) -> Result<(Inventory, Vec<Option<Ix>>)> {
+        use std::collections::BTreeMap;
+        #[derive(Default)]
+        struct Node {
+            want: Vec<usize>,
+            kids: BTreeMap<OsString, Node>,
+        }
+        let mut top = Node::default();
+        for (i, rel) in rels.iter().enumerate() {
+            let mut n = &mut top;
+            for c in rel.components() {
+                n = n.kids.entry(c.as_os_str().to_os_string()).or_default();
+            }
+            n.want.push(i);
+        }
+        let seen = Time::now();
+        let root_meta = root
+            .stat()
+            .map_err(|e| Error::io("inspect", root_path, e))?;
+        let mut inv = Inventory {
+            entries: vec![Entry {
+                parent: 0,
+                name: OsString::new(),
+                meta: root_meta,
+                seen,
+                children: 0..0,
+                leader: None,
+                changed: false,
+            }],
+            blockers: Vec::new(),
+        };
+        let mut found = vec![None; rels.len()];
+        let mut todo: Vec<(Ix, &Node, Dir)> = vec![(
+            0,
+            &top,
+            root.try_clone()
+                .map_err(|e| Error::io("open", root_path, e))?,
+        )];
+        while let Some((ix, node, dir)) = todo.pop() {
+            let start = inv.entries.len() as Ix;
+            let mut next = Vec::new();
+            for (name, kid) in &node.kids {
+                let seen = Time::now();
+                let Some(meta) = dir
+                    .stat_at(name)
+                    .map_err(|e| Error::io("inspect", &inv.path(root_path, ix).join(name), e))?
+                else {
+                    continue;
+                };
+                let me = inv.entries.len() as Ix;
+                inv.entries.push(Entry {
+                    parent: ix,
+                    name: name.clone(),
+                    meta,
+                    seen,
+                    children: 0..0,
+                    leader: None,
+                    changed: false,
+                });
+                if !kid.want.is_empty() {
+                    for &w in &kid.want {
+                        found[w] = Some(me);
+                    }
+                } else if meta.kind == Kind::Dir {
+                    next.push((me, kid, name));
+                }
+            }
+            inv.entries[ix as usize].children = start..inv.entries.len() as Ix;
+            for (me, kid, name) in next {
+                match dir.open_dir(name) {
+                    Ok(d) => todo.push((me, kid, d)),
+                    // Gone or replaced since: its entries count as missing.
+                    Err(e) if crate::fs::gone(&e) => inv.entries[me as usize].changed = true,
+                    Err(e) => return Err(Error::io("open directory", &inv.path(root_path, me), e)),
+                }
+            }
+        }
+        Ok((inv, found))
+    }
+
     pub fn get(&self, ix: Ix) -> &Entry {
         &self.entries[ix as usize]
     }
@@ -382,6 +471,36 @@ mod tests {
                 p("x/ΣΊΣΥΦΟΣ", "x/Σίσυφος"),
             ]
         );
+    }
+
+    #[test]
+    fn of_paths_holds_only_what_was_asked() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        fs::create_dir_all(a.join("d/e")).unwrap();
+        for f in ["z", "d/f", "d/g", "d/e/h", "y"] {
+            fs::write(a.join(f), f).unwrap();
+        }
+        let rels: Vec<PathBuf> = ["d/f", "z", "d/e/h", "d/nope", "z/under"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let (inv, found) = Inventory::of_paths(&Dir::open(&a).unwrap(), &a, &rels).unwrap();
+        let got: Vec<Option<PathBuf>> = found.iter().map(|f| f.map(|i| inv.rel(i))).collect();
+        assert_eq!(
+            got,
+            [
+                Some("d/f".into()),
+                Some("z".into()),
+                Some("d/e/h".into()),
+                None,
+                None
+            ]
+        );
+        // Root, d, z, d/e, d/f, d/e/h: nothing that was not asked for.
+        assert_eq!(inv.entries.len(), 6);
+        assert_eq!(inv.find(Path::new("d/e/h")), found[2]);
+        assert_eq!(inv.subtree(0).len(), 6);
     }
 
     #[test]

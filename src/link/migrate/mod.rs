@@ -79,9 +79,12 @@ pub const FAILPOINTS: &[&str] = &[
     "commit.synced",
     "merge.moved",
     "displace.renamed",
+    "supersede.kept",
+    "supersede.replaced",
     "prune.leased",
     "prune.entry",
     "prune.done",
+    "keep.removed",
     "swap.temp",
 ];
 
@@ -288,6 +291,11 @@ pub struct Outcome {
     pub already_displaced: u64,
     /// Our own earlier copies replaced by a newer version of the app file.
     pub replaced: u64,
+    /// Share entries replaced by the image's version (`image-wins`), each
+    /// kept under `displaced/` first.
+    pub superseded: u64,
+    /// Set-aside copies removed by `keep`.
+    pub expired: u64,
     /// What the share could not hold, per kind.
     pub losses: Vec<(Loss, u64)>,
     pub passes: usize,
@@ -304,6 +312,9 @@ pub enum Step {
     SetAside,
     /// Replace the share's entry, which is this run's own older copy of it.
     Replace,
+    /// `image-wins`: keep the share's entry under `displaced/`, then put
+    /// the app's version in its place.
+    Supersede,
     /// Leave it for a later pass.
     Wait,
     /// A directory on both sides: its entries decide.
@@ -319,10 +330,40 @@ pub fn step(v: Verdict, kind: Kind, mode: MigrateMode, own: bool, ours: bool) ->
         Verdict::Same { .. } => Step::Drop,
         Verdict::BothDirs => Step::Descend,
         Verdict::Unsettled | Verdict::Changed => Step::Wait,
-        Verdict::AppOnly if mode == MigrateMode::Merge || own => Step::CopyIn,
+        Verdict::AppOnly if mode != MigrateMode::IfEmpty || own => Step::CopyIn,
         Verdict::AppOnly => Step::SetAside,
+        // Our own copy of an older version of this very app file: nobody
+        // else's version, so nothing to keep (in `image-wins` too: keeping
+        // it would set the image's own data aside as "the share's").
         Verdict::Differs { .. } if own && ours && kind == Kind::File => Step::Replace,
+        Verdict::Differs { .. } if mode == MigrateMode::ImageWins => Step::Supersede,
         Verdict::Differs { .. } => Step::SetAside,
+    }
+}
+
+/// How an `image-wins` replacement is carried out, by the kinds on both
+/// sides (both directories never get here: their entries decide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// Non-directories on both sides: one rename over the share's entry,
+    /// so a reader sees the old version or the new one, never neither.
+    RenameOver,
+    /// A directory in the image where the share has a non-directory: the
+    /// share's entry is removed (it is kept already), then the staged
+    /// directory is renamed in without replacing.
+    RemoveThenRename,
+    /// A directory on the share where the image has a non-directory: the
+    /// share's tree stays and the app entry is set aside, as in `merge`.
+    /// Deleting a tree on the share that the pipeline may be writing into
+    /// is not worth a type change.
+    KeepShare,
+}
+
+pub fn swap(app: Kind, share: Kind) -> Swap {
+    match (app == Kind::Dir, share == Kind::Dir) {
+        (_, true) => Swap::KeepShare,
+        (true, false) => Swap::RemoveThenRename,
+        (false, false) => Swap::RenameOver,
     }
 }
 
@@ -360,6 +401,7 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
         marker: places.marker.clone(),
         pruning: places.pruning.clone(),
         displaced_rel: places.displaced.clone(),
+        used: Mutex::default(),
     };
     let mut ctx = Ctx {
         threads,
@@ -378,7 +420,33 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
     signals::discard(libc::SIGIO);
     let mut out = r?;
     out.losses = ctx.fidelity.losses();
+    if let Some(keep) = link.keep {
+        out.expired = m.retain(keep, &mut ctx)?;
+    }
     Ok(out)
+}
+
+/// Which complete set-aside copies `keep` removes, of `stamps` (name and
+/// its time in seconds since the epoch) at `now`: never one in `used`
+/// (this migration wrote it or relies on it).
+pub fn expired(
+    keep: crate::config::Keep,
+    stamps: &[(String, u64)],
+    now: u64,
+    used: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    use crate::config::Keep;
+    let mut v: Vec<&(String, u64)> = stamps.iter().collect();
+    v.sort_unstable_by_key(|(n, _)| std::cmp::Reverse(stamp_key(n)));
+    v.into_iter()
+        .enumerate()
+        .filter(|&(i, (_, t))| match keep {
+            Keep::Count(n) => i >= n as usize,
+            Keep::Age(d) => t.saturating_add(d.as_secs()) < now,
+        })
+        .map(|(_, (n, _))| n.clone())
+        .filter(|n| !used.contains(n))
+        .collect()
 }
 
 fn split(p: &Path) -> (&Path, &OsStr) {
@@ -408,6 +476,8 @@ struct Migration<'a> {
     marker: PathBuf,
     pruning: PathBuf,
     displaced_rel: PathBuf,
+    /// Set-aside stamps this migration wrote or found entries in.
+    used: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Which copies on the share count as this migration's own, so that a newer
@@ -798,6 +868,7 @@ impl Migration<'_> {
         let n = inv.entries.len();
         let mut ledger = Ledger::new(n);
         let (mut copy_in, mut set_aside, mut replace) = (Vec::new(), Vec::new(), Vec::new());
+        let mut supersede = Vec::new();
         for ix in 1..n as Ix {
             let Some(v) = verdicts[ix as usize] else {
                 continue;
@@ -835,11 +906,16 @@ impl Migration<'_> {
                         replace.push((ix, s));
                     }
                 }
+                Step::Supersede => supersede.push(ix),
                 Step::Wait | Step::Descend => {}
             }
         }
         if !copy_in.is_empty() || !replace.is_empty() {
             self.copy_in(inv, app, target, &copy_in, &replace, ctx, out, &mut ledger)?;
+        }
+        if !supersede.is_empty() {
+            let keep_share = self.supersede(inv, app, target, &supersede, ctx, out, &mut ledger)?;
+            set_aside.extend(keep_share);
         }
         if !set_aside.is_empty() {
             self.set_aside(inv, app, &set_aside, ctx, out, &mut ledger.deletable)?;
@@ -976,6 +1052,285 @@ impl Migration<'_> {
         }
     }
 
+    /// `image-wins`: put the app's version of each root in place of the
+    /// share's differing entry. Order, so that every version exists whole
+    /// somewhere the next run finishes from at every instant:
+    ///
+    /// 1. the app's versions are staged beside the target (resumable; the
+    ///    long part, done first so that little happens between 2 and 3);
+    /// 2. the share's versions are copied to `displaced/<stamp>/`, synced;
+    /// 3. each share entry that is still the version kept is replaced by
+    ///    a rename of the staged one.
+    ///
+    /// A crash before 3 leaves the share's version in place (and a copy of
+    /// it kept: the next run keeps another, it never drops one); after 3
+    /// the share holds the app's version, which the next run finds
+    /// identical. Only a faithful copy of the app entry goes in: a torn one
+    /// would differ from the app next run and be set aside as if it were
+    /// the share's own data. Returns the roots whose share entry is a
+    /// directory: those are set aside instead ([`Swap::KeepShare`]).
+    #[allow(clippy::too_many_arguments)]
+    fn supersede(
+        &self,
+        inv: &Inventory,
+        app: &Dir,
+        target: &Dir,
+        roots: &[Ix],
+        ctx: &mut Ctx<'_>,
+        out: &mut Outcome,
+        ledger: &mut Ledger,
+    ) -> Result<Vec<Ix>> {
+        let rels: Vec<PathBuf> = roots.iter().map(|&r| inv.rel(r)).collect();
+        let (share_inv, found) = Inventory::of_paths(target, &self.share_path, &rels)?;
+        let mut keep_share = Vec::new();
+        let mut todo = Vec::new();
+        for (&r, s) in roots.iter().zip(found) {
+            // Gone from the share meanwhile: compared again next pass.
+            let Some(s) = s else { continue };
+            match swap(inv.get(r).meta.kind, share_inv.get(s).meta.kind) {
+                Swap::KeepShare => keep_share.push(r),
+                how => todo.push((r, s, how)),
+            }
+        }
+        // A share entry being written now is looked at again next pass,
+        // rather than kept in a copy that could not vouch for it.
+        todo.retain(|&(_, s, _)| {
+            let e = share_inv.get(s);
+            e.meta.settled(e.seen, SETTLE_NS)
+        });
+        if todo.is_empty() {
+            return Ok(keep_share);
+        }
+        // 1. The app's versions, staged.
+        let app_roots: Vec<Ix> = todo.iter().map(|t| t.0).collect();
+        let staging = Staging::open(
+            self.share_parent.clone(),
+            &self.staging_name,
+            self.staging_path.clone(),
+        )?;
+        let totals = Totals::of(inv, &app_roots);
+        let mut staging = self.room_for(staging, &totals, &self.share_parent, &self.share_path)?;
+        ctx.progress.start(totals.files, totals.bytes);
+        let (staged, stats) = staging.copy(inv, app, &copy::select(inv, &app_roots), ctx)?;
+        let whole = |r: Ix| {
+            inv.subtree(r).into_iter().all(|i| {
+                let e = inv.get(i);
+                !e.changed
+                    && (e.meta.kind == Kind::Dir || staged[i as usize].is_some_and(|s| s.faithful))
+            })
+        };
+        todo.retain(|&(r, _, _)| whole(r));
+        // 2. The share's versions, kept.
+        let share_roots: Vec<Ix> = todo.iter().map(|t| t.1).collect();
+        let kept = self.keep_share_versions(&share_inv, target, &share_roots, ctx, out)?;
+        ctx.lock.verify()?;
+        // 3. The swaps.
+        let staged_l = Ledger::from_staged(inv, &staged);
+        let mut n = 0;
+        for (r, s, how) in todo {
+            let Some(was) = kept[s as usize] else {
+                continue;
+            };
+            if let Some(id) = self.swap_in(inv, r, &staging, target, &was, how)? {
+                for i in inv.subtree(r) {
+                    ledger.deletable[i as usize] = staged_l.deletable[i as usize];
+                    ledger.copies[i as usize] = staged_l.copies[i as usize];
+                }
+                ledger.copies[r as usize] = id;
+                n += 1;
+                failpoint::hit("supersede.replaced");
+            }
+        }
+        target
+            .sync_fs()
+            .map_err(|e| Error::io("sync", &self.share_path, e))?;
+        staging.close()?;
+        add(&mut out.copied, &stats);
+        out.superseded += n;
+        if n > 0 {
+            tracing::warn!(
+                link = %self.link.app.display(),
+                entries = n,
+                kept = %out.displaced_to.as_deref().unwrap_or(Path::new("")).display(),
+                "migrate = \"image-wins\": share entries that differed from the image's were replaced by the image's version; the share's versions are kept"
+            );
+        }
+        Ok(keep_share)
+    }
+
+    /// Keep the share's entries `roots` (non-directories, in `share_inv`)
+    /// under `displaced/<share path>/<stamp>/`, complete and synced. Per
+    /// share entry: the identity the kept copy is of (the entry may be
+    /// replaced only while it still has it); `None` when it was changing.
+    ///
+    /// Never matched against older set-aside copies: one found there could
+    /// be removed by `keep` long before this version's own stamp would be.
+    fn keep_share_versions(
+        &self,
+        share_inv: &Inventory,
+        target: &Dir,
+        roots: &[Ix],
+        ctx: &mut Ctx<'_>,
+        out: &mut Outcome,
+    ) -> Result<Vec<Option<Identity>>> {
+        let mut kept = vec![None; share_inv.entries.len()];
+        if roots.is_empty() {
+            return Ok(kept);
+        }
+        let base_path = self.cfg.share_root.join(&self.displaced_rel);
+        let base = Arc::new(tree::make_beneath(
+            &self.share_root,
+            &self.displaced_rel,
+            &self.cfg.share_root,
+        )?);
+        let SetAside { partial, .. } =
+            SetAside::find(&base).map_err(|e| Error::io("read directory", &base_path, e))?;
+        let (_, under) = leaves_under(share_inv, roots);
+        let sel = select_leaves(share_inv, roots, &under);
+        let stamp =
+            partial.unwrap_or_else(|| crate::clock::Utc::at(std::time::SystemTime::now()).stamp());
+        let staging = Staging::open(
+            base.clone(),
+            &OsString::from(format!("{stamp}.partial")),
+            base_path.join(format!("{stamp}.partial")),
+        )?;
+        let totals = Totals::of(share_inv, roots);
+        let mut staging = self.room_for(staging, &totals, &base, &base_path)?;
+        ctx.progress.start(totals.files, totals.bytes);
+        // The copy's messages name the share's entries.
+        let app_path = std::mem::replace(&mut ctx.app_path, self.share_path.clone());
+        let copied = staging.copy(share_inv, target, &sel, ctx);
+        ctx.app_path = app_path;
+        let (staged, stats) = copied?;
+        ctx.lock.verify()?;
+        let name = commit_stamped(&staging, &base, &base_path, &stamp)?;
+        failpoint::hit("displace.renamed");
+        base.sync_fs()
+            .map_err(|e| Error::io("sync", &base_path, e))?;
+        failpoint::hit("supersede.kept");
+        staging.remove()?;
+        self.used(&name);
+        for &s in roots {
+            kept[s as usize] = staged[s as usize].filter(|st| st.faithful).map(|st| st.app);
+        }
+        add(&mut out.displaced, &stats);
+        out.displaced_to = Some(base_path.join(&name));
+        Ok(kept)
+    }
+
+    /// Replace the share's entry at root `r` with the staged one, if the
+    /// share's entry is still `was` (the version kept). Returns the new
+    /// entry's identity on the share (regular files), or `None` when
+    /// nothing moved.
+    fn swap_in(
+        &self,
+        inv: &Inventory,
+        r: Ix,
+        staging: &Staging,
+        target: &Dir,
+        was: &Identity,
+        how: Swap,
+    ) -> Result<Option<Option<Identity>>> {
+        match how {
+            Swap::RenameOver => self.move_in(inv, r, staging, target, Some(was)),
+            Swap::RemoveThenRename => {
+                let rel = inv.rel(r);
+                let to = tree::open_beneath(target, rel.parent().unwrap_or(Path::new("")))
+                    .map_err(|e| Error::io("open", &self.share_path.join(&rel), e))?;
+                let name = &inv.get(r).name;
+                match to.stat_at(name) {
+                    Ok(Some(m)) if m.id == *was && m.kind != Kind::Dir => {}
+                    _ => return Ok(None),
+                }
+                match to.unlink(name) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(Error::io("remove", &self.share_path.join(&rel), e)),
+                }
+                // A crash here leaves the share without the entry: the
+                // next run copies it in ("only the app has it").
+                self.move_in(inv, r, staging, target, None)
+            }
+            Swap::KeepShare => Ok(None),
+        }
+    }
+
+    /// After a successful migration, under the lock: remove the set-aside
+    /// copies `keep` lets go. A copy is first renamed to `<stamp>.expired`,
+    /// so that a half-removed one (a crash) never serves as a kept copy;
+    /// leftovers of that kind go too. `.partial` copies are never touched.
+    /// Everything is done through directory descriptors without following
+    /// symlinks (the share may hold anything). Returns how many went.
+    fn retain(&self, keep: crate::config::Keep, ctx: &mut Ctx<'_>) -> Result<u64> {
+        let base_path = self.cfg.share_root.join(&self.displaced_rel);
+        let base = match tree::open_beneath(&self.share_root, &self.displaced_rel) {
+            Ok(d) => d,
+            Err(e) if crate::fs::gone(&e) => return Ok(0),
+            Err(e) => return Err(Error::io("open", &base_path, e)),
+        };
+        let listing = base
+            .list()
+            .map_err(|e| Error::io("read directory", &base_path, e))?;
+        let mut stamps = Vec::new();
+        let mut leftovers = Vec::new();
+        for (name, _) in listing {
+            let Some(n) = name.to_str() else { continue };
+            let is_dir = matches!(base.stat_at(&name), Ok(Some(m)) if m.kind == Kind::Dir);
+            if !is_dir {
+                continue;
+            }
+            if let Some(stamp) = n.strip_suffix(EXPIRED) {
+                if crate::clock::Utc::parse_stamp(stamp).is_some() {
+                    leftovers.push(n.to_string());
+                }
+            } else if let Some(t) = crate::clock::Utc::parse_stamp(n) {
+                stamps.push((n.to_string(), t));
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let doomed = expired(keep, &stamps, now, &used);
+        if doomed.is_empty() && leftovers.is_empty() {
+            return Ok(0);
+        }
+        ctx.lock.verify()?;
+        for name in &doomed {
+            let to = format!("{name}{EXPIRED}");
+            base.rename_noreplace(OsStr::new(name), &base, OsStr::new(&to))
+                .map_err(|e| {
+                    Error::io("rename expired set-aside copy", &base_path.join(name), e)
+                })?;
+            leftovers.push(to);
+        }
+        for name in &leftovers {
+            tree::remove(&base, OsStr::new(name))
+                .map_err(|e| Error::io("remove", &base_path.join(name), e))?;
+            failpoint::hit("keep.removed");
+            ctx.beat()?;
+        }
+        if !doomed.is_empty() {
+            tracing::info!(
+                link = %self.link.app.display(),
+                removed = doomed.len(),
+                keep = %keep,
+                "removed set-aside copies in {} that keep lets go",
+                base_path.display()
+            );
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Remember that `stamp` holds something this migration relies on:
+    /// `keep` never removes it in the same run.
+    fn used(&self, stamp: &str) {
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stamp.to_string());
+    }
+
     /// Keep app entries the share must not take under
     /// `.sharelink/displaced/<share path>/<UTC stamp>/`, unless a byte-identical
     /// copy is there already from an earlier run.
@@ -1041,6 +1396,7 @@ impl Migration<'_> {
         base.sync_fs()
             .map_err(|e| Error::io("sync", &base_path, e))?;
         staging.remove()?;
+        self.used(&name);
         let staged = Ledger::from_staged(inv, &staged);
         let mut count = 0;
         for &l in &todo {
@@ -1085,6 +1441,7 @@ impl Migration<'_> {
                 for st in stamps {
                     match compare::already_kept(inv, ix, app, &st.dir, &q.stop) {
                         Ok(Some(id)) => {
+                            self.used(&st.name);
                             *found[ix as usize].lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(id);
                             return Ok(());
@@ -1174,6 +1531,9 @@ fn commit_stamped(staging: &Staging, base: &Dir, base_path: &Path, stamp: &str) 
     Ok(name)
 }
 
+/// The suffix of a set-aside copy `keep` let go, while it is removed.
+const EXPIRED: &str = ".expired";
+
 /// One complete set-aside copy under `displaced/<share path>/`.
 struct Stamp {
     name: String,
@@ -1197,6 +1557,8 @@ impl SetAside {
             let Some(n) = name.to_str() else { continue };
             if let Some(stamp) = n.strip_suffix(".partial") {
                 partials.push(stamp.to_string());
+            } else if n.ends_with(EXPIRED) {
+                // Being removed: never a kept copy again.
             } else if kind.is_none_or(|k| k == Kind::Dir) {
                 if let Ok(dir) = base.open_dir(&name) {
                     stamps.push(Stamp {
@@ -1460,6 +1822,109 @@ mod tests {
         assert_eq!(
             step(Verdict::BothDirs, Kind::Dir, IfEmpty, false, false),
             Step::Descend
+        );
+    }
+
+    #[test]
+    fn image_wins_rules() {
+        use MigrateMode::ImageWins;
+        let same = Verdict::Same {
+            app: Identity {
+                ino: 1,
+                size: 1,
+                mtime: crate::fs::meta::Time { sec: 0, nsec: 0 },
+                ctime: crate::fs::meta::Time { sec: 0, nsec: 0 },
+            },
+        };
+        let differs = Verdict::Differs { share: None };
+        let (f, d) = (Kind::File, Kind::Dir);
+        // (verdict, app kind, own, ours) -> step
+        for (v, kind, own, ours, want) in [
+            (same, f, false, false, Step::Drop),
+            (Verdict::AppOnly, f, false, false, Step::CopyIn),
+            (Verdict::AppOnly, d, false, false, Step::CopyIn),
+            // The share's version differs: kept, then replaced.
+            (differs, f, false, false, Step::Supersede),
+            (differs, d, false, false, Step::Supersede),
+            (differs, Kind::Symlink, true, false, Step::Supersede),
+            // Our own copy of an older version of this app file is not
+            // the share's data: replaced without keeping it.
+            (differs, f, true, true, Step::Replace),
+            // A journal that vouches without our commit is not enough.
+            (differs, f, false, true, Step::Supersede),
+            (Verdict::Unsettled, f, false, false, Step::Wait),
+            (Verdict::Changed, f, true, true, Step::Wait),
+            (Verdict::BothDirs, d, false, false, Step::Descend),
+        ] {
+            assert_eq!(
+                step(v, kind, ImageWins, own, ours),
+                want,
+                "{v:?} {kind} {own} {ours}"
+            );
+        }
+        // The other modes never replace the share's data.
+        for mode in [MigrateMode::IfEmpty, MigrateMode::Merge] {
+            for own in [false, true] {
+                assert_ne!(step(differs, f, mode, own, false), Step::Supersede);
+            }
+        }
+        assert_eq!(swap(f, f), Swap::RenameOver);
+        assert_eq!(swap(Kind::Symlink, f), Swap::RenameOver);
+        assert_eq!(swap(f, Kind::Symlink), Swap::RenameOver);
+        assert_eq!(swap(d, f), Swap::RemoveThenRename);
+        assert_eq!(swap(d, Kind::Symlink), Swap::RemoveThenRename);
+        assert_eq!(swap(f, d), Swap::KeepShare);
+    }
+
+    #[test]
+    fn keep_removes_only_old_stamps_never_used_ones() {
+        use crate::config::Keep;
+        use std::collections::BTreeSet;
+        let day = 86400;
+        let now = 100 * day;
+        let stamps: Vec<(String, u64)> = [99, 60, 90, 10, 70]
+            .iter()
+            .map(|&d| {
+                let t = d * day;
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(t);
+                (crate::clock::Utc::at(at).stamp(), t)
+            })
+            .collect();
+        let name = |t: u64| stamps.iter().find(|s| s.1 == t).unwrap().0.clone();
+        let none = BTreeSet::new();
+        let mut got = expired(Keep::Count(2), &stamps, now, &none);
+        got.sort();
+        let mut want = vec![name(10 * day), name(60 * day), name(70 * day)];
+        want.sort();
+        assert_eq!(got, want);
+        let mut got = expired(
+            Keep::Age(Duration::from_secs(30 * day)),
+            &stamps,
+            now,
+            &none,
+        );
+        got.sort();
+        assert_eq!(got, vec![name(10 * day), name(60 * day)]);
+        // A stamp this run wrote or relies on stays, whatever keep says.
+        let used: BTreeSet<String> = [name(10 * day)].into_iter().collect();
+        assert_eq!(
+            expired(
+                Keep::Age(Duration::from_secs(30 * day)),
+                &stamps,
+                now,
+                &used
+            ),
+            vec![name(60 * day)]
+        );
+        assert!(expired(Keep::Count(5), &stamps, now, &none).is_empty());
+        // `-2` clashes sort after their base stamp.
+        let clash = vec![
+            ("20261126T224501Z".to_string(), 5),
+            ("20261126T224501Z-2".to_string(), 5),
+        ];
+        assert_eq!(
+            expired(Keep::Count(1), &clash, 5, &none),
+            vec!["20261126T224501Z".to_string()]
         );
     }
 }
