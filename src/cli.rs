@@ -10,7 +10,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use crate::config::{self, Config, Overrides};
+use crate::config::{self, Config, Keep, MigrateMode, Overrides};
 use crate::error::{Error, ExitCode, Result};
 use crate::init::{self, user};
 use crate::link::{self, mounts, plan, status, Owner};
@@ -191,6 +191,22 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 cfg.links.len(),
                 if cfg.links.len() == 1 { "" } else { "s" }
             ))?;
+            // What a rollout will do to data already on the share.
+            for l in &cfg.links {
+                if l.migrate == MigrateMode::IfEmpty && l.keep.is_none() {
+                    continue;
+                }
+                let keep = match l.keep {
+                    None => "set-aside copies kept forever".to_string(),
+                    Some(k @ Keep::Count(_)) => format!("keep {k} set-aside copies"),
+                    Some(k @ Keep::Age(_)) => format!("keep set-aside copies for {k}"),
+                };
+                out(format_args!(
+                    "  {}: migrate = \"{}\", {keep}\n",
+                    l.app.display(),
+                    l.migrate
+                ))?;
+            }
             Ok(ExitCode::Ok)
         }
         Command::Status { json } => {

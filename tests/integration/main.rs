@@ -14,6 +14,7 @@ mod deploy_manifests;
 mod docker_multinode;
 mod docker_smoke;
 mod hostile_input;
+mod image_wins;
 mod interrupted_link;
 mod latency_rig;
 mod link;
