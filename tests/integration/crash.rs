@@ -37,6 +37,10 @@ enum Scenario {
     /// `merge` with a non-empty share: app-only entries copied in,
     /// conflicts set aside.
     Merge,
+    /// `image-wins` with a non-empty share and `keep = "30d"`: app-only
+    /// entries copied in, conflicts replace the share's entries (kept under
+    /// `displaced/` first), an old set-aside copy pruned.
+    ImageWins,
 }
 
 /// The failpoints each scenario must reach.
@@ -56,6 +60,13 @@ fn reachable(s: Scenario) -> BTreeSet<&'static str> {
         Scenario::IntoEmpty => v.extend(["commit.renamed", "commit.marked", "commit.synced"]),
         Scenario::KeepShare => v.push("displace.renamed"),
         Scenario::Merge => v.extend(["merge.moved", "displace.renamed"]),
+        Scenario::ImageWins => v.extend([
+            "merge.moved",
+            "displace.renamed",
+            "supersede.kept",
+            "supersede.replaced",
+            "keep.removed",
+        ]),
     }
     v.into_iter().collect()
 }
@@ -136,19 +147,49 @@ fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize) -> Cas
         fs::create_dir(target.join("clash")).unwrap();
         fs::write(target.join("clash/inside"), "share's").unwrap();
     }
+    if s == Scenario::ImageWins {
+        // The share's own versions of app files (the previous image's, or
+        // the pipeline's), and a file where the image has a directory.
+        for (p, _) in snapshot(&data)
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::File { .. }))
+            .skip(4)
+            .take(6)
+        {
+            if fs::symlink_metadata(target.join(p)).is_err() {
+                fs::create_dir_all(target.join(p).parent().unwrap()).unwrap();
+                fs::write(target.join(p), format!("the share's {}", p.display())).unwrap();
+            }
+        }
+        fs::write(
+            target.join("other"),
+            "a share file where the image has a dir",
+        )
+        .unwrap();
+        // A set-aside copy older than `keep`.
+        let old = share_root.join(".sharelink/displaced/data").join(OLD_STAMP);
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join("old.txt"), "set aside long ago").unwrap();
+    }
     let merged = mount_overlay(&base.join("ovl"), &lower);
     let config = base.join("sharelink.toml");
-    let migrate = if s == Scenario::Merge {
-        "merge"
-    } else {
-        "if-empty"
+    let migrate = match s {
+        Scenario::Merge => "merge",
+        Scenario::ImageWins => "image-wins",
+        _ => "if-empty",
     };
     let dirs = if s == Scenario::IntoEmpty {
         "[\"input\"]"
     } else {
         "[]"
     };
-    let link = format!("\"data\" = {{ share = \"data\", dirs = {dirs}, migrate = {migrate:?} }}");
+    let keep = if s == Scenario::ImageWins {
+        ", keep = \"30d\""
+    } else {
+        ""
+    };
+    let link =
+        format!("\"data\" = {{ share = \"data\", dirs = {dirs}, migrate = {migrate:?}{keep} }}");
     fs::write(&config, config_text(&merged, &share_root, false, "", &link)).unwrap();
     let orig = snapshot(&merged.join("data"));
     let share_before = if target.exists() {
@@ -166,6 +207,28 @@ fn setup(work: &Path, shares: &Path, n: usize, s: Scenario, files: usize) -> Cas
         orig,
         share_before,
     }
+}
+
+/// A set-aside stamp from 2020: older than any `keep` age.
+const OLD_STAMP: &str = "20200101T000000Z";
+
+/// What an `image-wins` migration leaves in the share target: the share's
+/// entries with the app's over them, except where the share has a
+/// directory and the app a non-directory (that app entry is set aside).
+fn image_wins_result(orig: &Tree, share: &Tree) -> Tree {
+    let mut want = share.clone();
+    let mut kept_out: Vec<&PathBuf> = Vec::new();
+    for (p, n) in orig {
+        if kept_out.iter().any(|k| p.starts_with(k)) {
+            continue;
+        }
+        if share.get(p) == Some(&Node::Dir) && *n != Node::Dir {
+            kept_out.push(p);
+            continue;
+        }
+        want.insert(p.clone(), n.clone());
+    }
+    want
 }
 
 /// Top-most app entries the share lacks.
@@ -245,6 +308,28 @@ fn check_after_crash(s: Scenario, case: &Case, what: &str) {
             }
         }
         Scenario::KeepShare => assert_eq!(target_now, case.share_before, "{what}: share changed"),
+        Scenario::ImageWins => {
+            // Each entry of the target is the share's version or the app's,
+            // never a half-made one; each of the share's versions is whole
+            // in the target or in a complete set-aside copy.
+            for (p, n) in &target_now {
+                let known = *n == Node::Dir
+                    || case.share_before.get(p).is_some_and(|s| s.same_content(n))
+                    || case.orig.get(p).is_some_and(|o| o.same_content(n));
+                assert!(known, "{what}: {} is neither version", p.display());
+            }
+            for (p, n) in case.share_before.iter().filter(|(_, n)| **n != Node::Dir) {
+                let whole = target_now.get(p).is_some_and(|t| t.same_content(n))
+                    || kept
+                        .iter()
+                        .any(|k| k.get(p).is_some_and(|t| t.same_content(n)));
+                assert!(
+                    whole,
+                    "{what}: the share's {} is nowhere whole",
+                    p.display()
+                );
+            }
+        }
         Scenario::Merge => {
             for (p, n) in &case.share_before {
                 assert_eq!(
@@ -316,6 +401,36 @@ fn check_finished(s: Scenario, case: &Case, what: &str) {
             );
         }
         Scenario::KeepShare => assert_eq!(target, case.share_before, "{what}: share changed"),
+        Scenario::ImageWins => {
+            let want = image_wins_result(&case.orig, &case.share_before);
+            assert_eq!(target, want, "{what}: the image's data did not win");
+            // The share's versions it replaced are kept.
+            let mut replaced = 0;
+            for (p, n) in case.share_before.iter().filter(|(_, n)| **n != Node::Dir) {
+                if target.get(p).is_some_and(|t| t.same_content(n)) {
+                    continue;
+                }
+                replaced += 1;
+                assert!(
+                    kept.iter()
+                        .any(|k| k.get(p).is_some_and(|t| t.same_content(n))),
+                    "{what}: the share's {} was lost",
+                    p.display()
+                );
+            }
+            assert!(
+                replaced >= 7,
+                "{what}: only {replaced} share entries replaced"
+            );
+            let base = case.share_root.join(".sharelink/displaced/data");
+            let left = names(&base);
+            assert!(
+                !left
+                    .iter()
+                    .any(|n| n == OLD_STAMP || n.ends_with(".expired")),
+                "{what}: keep did not remove the old copy: {left:?}"
+            );
+        }
         Scenario::Merge => {
             let mut want = case.share_before.clone();
             for top in app_only(&case.orig, &case.share_before) {
@@ -434,6 +549,14 @@ fn crash_anywhere_while_setting_aside_then_rerun_completes() {
     sweep(
         test_path!("crash_anywhere_while_setting_aside_then_rerun_completes"),
         Scenario::KeepShare,
+    );
+}
+
+#[test]
+fn crash_anywhere_while_the_image_wins_then_rerun_completes() {
+    sweep(
+        test_path!("crash_anywhere_while_the_image_wins_then_rerun_completes"),
+        Scenario::ImageWins,
     );
 }
 
