@@ -198,7 +198,9 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
                 let keep = match l.keep {
                     None => "set-aside copies kept forever".to_string(),
-                    Some(k @ Keep::Count(_)) => format!("keep {k} set-aside copies"),
+                    Some(k @ Keep::Count(_)) => {
+                        format!("keep the {k} most recent set-aside copies")
+                    }
                     Some(k @ Keep::Age(_)) => format!("keep set-aside copies for {k}"),
                 };
                 out(format_args!(
@@ -229,6 +231,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 mounts::check_share(&cfg, false)?;
                 let plan = plan::plan(&cfg);
                 out(format_args!("{plan}"))?;
+                for l in &plan.links {
+                    if let Some(text) = image_wins_preview(l) {
+                        out(format_args!("{text}"))?;
+                    }
+                }
                 // Exit as `link` would, so a dry run can gate a deploy.
                 return Ok(plan.exit_code());
             }
@@ -266,6 +273,70 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(init::run(opts))
         }
     }
+}
+
+/// For a dry run: which entries an `image-wins` migration of this link
+/// would replace, copy in and set aside (read-only).
+fn image_wins_preview(l: &plan::LinkPlan<'_>) -> Option<String> {
+    use plan::{Action, Decision, Migration};
+    let Ok(Decision::Proceed { actions, .. }) = &l.decision else {
+        return None;
+    };
+    if !actions.contains(&Action::Migrate(Migration::Compare(MigrateMode::ImageWins))) {
+        return None;
+    }
+    let head = format!("{} -> {}", l.paths.app.display(), l.paths.share.display());
+    let p = match link::migrate::preview::preview(&l.paths.app, &l.paths.share) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("{head}: cannot preview the migration: {e}\n")),
+    };
+    let list = |v: &[PathBuf]| {
+        let shown: Vec<String> = v.iter().take(10).map(|p| p.display().to_string()).collect();
+        let more = v.len().saturating_sub(shown.len());
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(", and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut s = format!(
+        "{head}: image-wins would replace {} share entr{}",
+        p.replace.len(),
+        if p.replace.len() == 1 { "y" } else { "ies" }
+    );
+    if !p.replace.is_empty() {
+        s.push_str(&format!(
+            " (their current versions set aside first): {}",
+            list(&p.replace)
+        ));
+    }
+    s.push('\n');
+    if !p.copy_in.is_empty() {
+        s.push_str(&format!(
+            "  copy in {}: {}\n",
+            p.copy_in.len(),
+            list(&p.copy_in)
+        ));
+    }
+    if !p.set_aside.is_empty() {
+        s.push_str(&format!(
+            "  set aside {} app entr{} where the share has a directory: {}\n",
+            p.set_aside.len(),
+            if p.set_aside.len() == 1 { "y" } else { "ies" },
+            list(&p.set_aside)
+        ));
+    }
+    if p.identical > 0 {
+        s.push_str(&format!(
+            "  {} already identical on the share\n",
+            p.identical
+        ));
+    }
+    Some(s)
 }
 
 /// Share directories that linking creates go to the pipeline's user.

@@ -79,7 +79,8 @@ pub enum Keep {
 impl fmt::Display for Keep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Keep::Count(n) => write!(f, "the {n} most recent"),
+            // As written in the config: `5`, `30d`.
+            Keep::Count(n) => write!(f, "{n}"),
             Keep::Age(d) if d.as_secs() % 86400 == 0 => write!(f, "{}d", d.as_secs() / 86400),
             Keep::Age(d) if d.as_secs() % 3600 == 0 => write!(f, "{}h", d.as_secs() / 3600),
             Keep::Age(d) => write!(f, "{}s", d.as_secs()),

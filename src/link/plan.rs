@@ -511,7 +511,7 @@ impl fmt::Display for Action {
 /// `keep` as the plan says it: "the 5 most recent", "those younger than 30d".
 fn keep_words(k: crate::config::Keep) -> String {
     match k {
-        crate::config::Keep::Count(_) => k.to_string(),
+        crate::config::Keep::Count(_) => format!("the {k} most recent"),
         crate::config::Keep::Age(_) => format!("those younger than {k}"),
     }
 }

@@ -2,7 +2,7 @@
 //! progress (another process's) or an interrupted one has done. Never
 //! writes, never waits for the mount.
 
-use crate::config::{Config, Link};
+use crate::config::{Config, Link, MigrateMode};
 use crate::link::migrate::progress;
 use crate::link::plan::{decide, observe_all, Decision, Observed, Paths, State};
 use crate::link::{lock, mounts};
@@ -61,6 +61,28 @@ pub fn status(cfg: &Config) -> Report {
     }
 }
 
+/// What a pending migration will do to the share's data, when that is
+/// more than the default (`if-empty` never replaces anything).
+fn policy(l: &Link, d: &Decision) -> Option<String> {
+    use crate::link::plan::{Action, Migration};
+    let Decision::Proceed { actions, .. } = d else {
+        return None;
+    };
+    let compares = actions
+        .iter()
+        .any(|a| matches!(a, Action::Migrate(Migration::Compare(_))));
+    if !compares || l.migrate != MigrateMode::ImageWins {
+        return None;
+    }
+    Some(format!(
+        "migrate = \"image-wins\": the image's files replace the share's where they differ, the share's versions set aside{}",
+        match l.keep {
+            Some(k) => format!(" (keep = {k})"),
+            None => String::new(),
+        }
+    ))
+}
+
 /// A link's state and what to say about it. A migration still to do may be
 /// under way in another process (its lock is held): then it is
 /// `migrating`, with that process's progress.
@@ -72,7 +94,7 @@ fn link_state(cfg: &Config, l: &Link, d: &Decision, o: &Observed) -> (State, Opt
                 match lock::holder(&cfg.share_root, &l.share) {
                     Some(h) => (State::Migrating, Some(describe_holder(&h))),
                     None if o.leftovers.any() => (*state, Some(o.leftovers.describe())),
-                    None => (*state, None),
+                    None => (*state, policy(l, d)),
                 }
             }
             _ => (*state, None),

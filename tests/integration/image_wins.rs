@@ -252,7 +252,7 @@ fn keep_by_age_removes_only_older_stamps_and_never_follows_symlinks() {
 }
 
 #[test]
-fn dry_run_and_check_show_the_policy() {
+fn dry_run_status_and_check_show_the_policy() {
     let sb = Sandbox::new(LINK);
     sb.write_config(
         false,
@@ -264,6 +264,23 @@ fn dry_run_and_check_show_the_policy() {
     let out = stdout(&o);
     assert!(
         out.contains("image-wins") && out.contains("replace") && out.contains("the 5 most recent"),
+        "{out}"
+    );
+    // What it would replace and set aside, by name.
+    assert!(
+        out.contains("would replace 2 share entries")
+            && out.contains("model.json")
+            && out.contains("ref/rates.csv")
+            && out.contains("copy in 1: ref/new.csv")
+            && out.contains("set aside 1 app entry where the share has a directory: clash")
+            && out.contains("1 already identical"),
+        "{out}"
+    );
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    let out = stdout(&o);
+    assert!(
+        out.contains("needs-migration") && out.contains("image-wins") && out.contains("keep = 5"),
         "{out}"
     );
     let o = sb.run(["check"]);

@@ -31,6 +31,7 @@ pub mod compare;
 pub mod copy;
 pub mod inventory;
 pub mod journal;
+pub mod preview;
 pub mod progress;
 pub mod prune;
 
