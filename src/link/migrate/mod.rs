@@ -422,7 +422,17 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
     let mut out = r?;
     out.losses = ctx.fidelity.losses();
     if let Some(keep) = link.keep {
-        out.expired = m.retain(keep, &mut ctx)?;
+        match m.retain(keep, &mut ctx) {
+            Ok(n) => out.expired = n,
+            // A signal or a lost lock stops the run as anywhere else.
+            Err(e @ (Error::Interrupted(_) | Error::LockLost(_))) => return Err(e),
+            // The data is where it belongs: old copies staying a while
+            // longer must not keep the pipeline from starting.
+            Err(e) => crate::warn!(
+                "could not remove old set-aside copies of {} (keep = {keep}): {e}",
+                link.app.display()
+            ),
+        }
     }
     Ok(out)
 }
