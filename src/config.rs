@@ -83,7 +83,9 @@ impl fmt::Display for Keep {
             Keep::Count(n) => write!(f, "{n}"),
             Keep::Age(d) if d.as_secs() % 86400 == 0 => write!(f, "{}d", d.as_secs() / 86400),
             Keep::Age(d) if d.as_secs() % 3600 == 0 => write!(f, "{}h", d.as_secs() / 3600),
-            Keep::Age(d) => write!(f, "{}s", d.as_secs()),
+            Keep::Age(d) if d.as_secs() % 60 == 0 => write!(f, "{}m", d.as_secs() / 60),
+            Keep::Age(d) if d.subsec_nanos() == 0 => write!(f, "{}s", d.as_secs()),
+            Keep::Age(d) => write!(f, "{}ms", d.as_millis()),
         }
     }
 }
@@ -974,6 +976,17 @@ kill_process_group = false
         assert_eq!(p(ROOTS).unwrap().links.len(), 0);
         let c = p(&format!("{ROOTS}[links]\n\"a\" = \"a\"\n")).unwrap();
         assert_eq!(c.links[0].keep, None, "keeps everything by default");
+        // Shown as it would be written.
+        for (k, shown) in [
+            (Keep::Count(5), "5"),
+            (Keep::Age(Duration::from_secs(30 * 86400)), "30d"),
+            (Keep::Age(Duration::from_secs(36 * 3600)), "36h"),
+            (Keep::Age(Duration::from_secs(90 * 60)), "90m"),
+            (Keep::Age(Duration::from_secs(61)), "61s"),
+            (Keep::Age(Duration::from_millis(1500)), "1500ms"),
+        ] {
+            assert_eq!(k.to_string(), shown);
+        }
         for (table, culprit) in [
             ("keep = 0", "at least 1"),
             ("keep = -3", "at least 1"),
