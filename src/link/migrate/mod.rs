@@ -1195,7 +1195,7 @@ impl Migration<'_> {
             &self.cfg.share_root,
         )?);
         let SetAside { partial, .. } =
-            SetAside::find(&base).map_err(|e| Error::io("read directory", &base_path, e))?;
+            SetAside::find(&base, true).map_err(|e| Error::io("read directory", &base_path, e))?;
         let (_, under) = leaves_under(share_inv, roots);
         let sel = select_leaves(share_inv, roots, &under);
         let stamp =
@@ -1205,6 +1205,13 @@ impl Migration<'_> {
             &OsString::from(format!("{stamp}.partial")),
             base_path.join(format!("{stamp}.partial")),
         )?;
+        base.open_dir(OsStr::new(&format!("{stamp}.partial")))
+            .and_then(|d| d.create(OsStr::new(SHARE_SIDE), 0o600).map(drop))
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EEXIST) => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| Error::io("mark", &base_path.join(format!("{stamp}.partial")), e))?;
         let totals = Totals::of(share_inv, roots);
         let mut staging = self.room_for(staging, &totals, &base, &base_path)?;
         ctx.progress.start(totals.files, totals.bytes);
@@ -1361,7 +1368,7 @@ impl Migration<'_> {
             &self.cfg.share_root,
         )?);
         let SetAside { stamps, partial } =
-            SetAside::find(&base).map_err(|e| Error::io("read directory", &base_path, e))?;
+            SetAside::find(&base, false).map_err(|e| Error::io("read directory", &base_path, e))?;
         let (leaves, under) = leaves_under(inv, roots);
         let kept = self.already_kept(inv, app, &stamps, &leaves, ctx)?;
         let mut todo = Vec::new();
@@ -1542,6 +1549,10 @@ fn commit_stamped(staging: &Staging, base: &Dir, base_path: &Path, stamp: &str) 
     Ok(name)
 }
 
+/// In an interrupted set-aside copy (`<stamp>.partial/`): it is of the
+/// share's versions, not of app entries.
+const SHARE_SIDE: &str = "share-side";
+
 /// The suffix of a set-aside copy `keep` let go, while it is removed.
 const EXPIRED: &str = ".expired";
 
@@ -1561,13 +1572,26 @@ struct SetAside {
 }
 
 impl SetAside {
-    fn find(base: &Dir) -> std::io::Result<SetAside> {
+    /// `share_side`: the copy to resume is one of the share's versions
+    /// (`image-wins`), else one of app entries. An interrupted copy of the
+    /// other side is removed rather than resumed (every interrupted copy is
+    /// of entries still in place): resuming it with another selection would
+    /// commit what it left (a file cut short by the crash) with this one.
+    fn find(base: &Dir, share_side: bool) -> std::io::Result<SetAside> {
         let mut stamps = Vec::new();
         let mut partials = Vec::new();
         for (name, kind) in base.list()? {
             let Some(n) = name.to_str() else { continue };
             if let Some(stamp) = n.strip_suffix(".partial") {
-                partials.push(stamp.to_string());
+                let of_share = base
+                    .open_dir(&name)
+                    .and_then(|d| d.stat_at(OsStr::new(SHARE_SIDE)))
+                    .is_ok_and(|m| m.is_some());
+                if of_share == share_side {
+                    partials.push(stamp.to_string());
+                } else {
+                    tree::remove(base, &name)?;
+                }
             } else if n.ends_with(EXPIRED) {
                 // Being removed: never a kept copy again.
             } else if kind.is_none_or(|k| k == Kind::Dir) {
