@@ -354,3 +354,62 @@ fn race(racer: Racer) {
         "the racers barely ran: {swaps} swaps"
     );
 }
+
+/// A holder stopped while it moves merged entries into the target, whose
+/// lock is taken over meanwhile (its lease ran out, another replica took
+/// it), must not go on renaming into the target once it resumes.
+#[test]
+fn a_holder_that_lost_its_lock_moves_nothing_more_into_the_target() {
+    if !FAILPOINTS {
+        panic!("build with --features failpoints (the documented test command)");
+    }
+    let sb = Sandbox::new("\"data\" = { share = \"data\", migrate = \"merge\" }");
+    let data = sb.app.join("data");
+    for i in 0..20 {
+        fs::create_dir_all(data.join(format!("d{i}"))).unwrap();
+        fs::write(data.join(format!("d{i}/f")), format!("entry {i}")).unwrap();
+    }
+    fs::create_dir_all(sb.share.join("data")).unwrap();
+    fs::write(sb.share.join("data/already"), "the share's own").unwrap();
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "merge.moved:1:stop")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id(), Duration::from_secs(30));
+    // Another replica takes the lock over: the holder's lock directory is
+    // gone, a live one of another host stands in its place.
+    let lock = sb.share.join(".sharelink/locks/data");
+    fs::rename(&lock, sb.share.join(".sharelink/locks/taken-over")).unwrap();
+    fs::create_dir(&lock).unwrap();
+    fs::write(
+        lock.join("owner"),
+        "host=other-replica\nboot=b\npidns=p\npid=1\nstart=1\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sh(&format!("kill -CONT {}", child.id()));
+    let o = child.wait_with_output().unwrap();
+    let log = stderr(&o);
+    assert_eq!(code(&o.status), 74, "{log}");
+    assert!(log.contains("taken over"), "{log}");
+    let moved = names(&sb.share.join("data"))
+        .into_iter()
+        .filter(|n| n.starts_with('d'))
+        .count();
+    assert_eq!(
+        moved, 1,
+        "renamed into the target after losing the lock:\n{log}"
+    );
+    // Nothing lost: every entry is in the app directory or the share.
+    for i in 0..20 {
+        let rel = format!("d{i}/f");
+        assert!(
+            fs::read_to_string(data.join(&rel)).is_ok()
+                || fs::read_to_string(sb.share.join("data").join(&rel)).is_ok(),
+            "{rel} is nowhere"
+        );
+    }
+}
