@@ -721,6 +721,18 @@ mod tests {
         make_locks(root).unwrap()
     }
 
+    /// A lock `x` held on a share, and a file outside the share that must
+    /// stay "precious".
+    fn held_beside_a_victim() -> (tempfile::TempDir, PathBuf, PathBuf, Lock) {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let share = t.path().join("share");
+        fs::create_dir(&share).unwrap();
+        let lock = Lock::acquire(&share, Path::new("x")).unwrap();
+        (t, victim, share, lock)
+    }
+
     #[test]
     fn ids_are_single_components() {
         assert_eq!(lock_id(Path::new("forecasting/data")), "forecasting%2Fdata");
@@ -771,12 +783,7 @@ mod tests {
     /// written through what the look-alike holds.
     #[test]
     fn a_look_alike_lock_directory_is_not_ours() {
-        let t = tempfile::tempdir().unwrap();
-        let victim = t.path().join("victim");
-        fs::write(&victim, "precious").unwrap();
-        let share = t.path().join("share");
-        fs::create_dir(&share).unwrap();
-        let lock = Lock::acquire(&share, Path::new("x")).unwrap();
+        let (_t, victim, share, lock) = held_beside_a_victim();
         let dir = share.join(".sharelink/locks/x");
         let fake = share.join(".sharelink/locks/fake");
         fs::create_dir(&fake).unwrap();
@@ -796,12 +803,7 @@ mod tests {
     /// replaced, never written through.
     #[test]
     fn progress_is_never_written_through_a_planted_symlink() {
-        let t = tempfile::tempdir().unwrap();
-        let victim = t.path().join("victim");
-        fs::write(&victim, "precious").unwrap();
-        let share = t.path().join("share");
-        fs::create_dir(&share).unwrap();
-        let lock = Lock::acquire(&share, Path::new("x")).unwrap();
+        let (_t, victim, share, lock) = held_beside_a_victim();
         let dir = share.join(".sharelink/locks/x");
         std::os::unix::fs::symlink(&victim, dir.join(".progress")).unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("progress")).unwrap();

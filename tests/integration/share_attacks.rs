@@ -17,7 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const FAILPOINTS: bool = crate::support::api::FAILPOINTS_ENABLED;
+fn need_failpoints() {
+    if !crate::support::api::FAILPOINTS_ENABLED {
+        panic!("build with --features failpoints (the documented test command)");
+    }
+}
+
 const SECRET: &str = "root:$6$SECRET-HASH-NEVER-LOGGED:19000:0:99999:7:::";
 
 /// Files outside the share that must stay as they are: a root-only file
@@ -115,9 +120,7 @@ fn link_frozen_in_the_lock(sb: &Sandbox, attack: impl FnOnce(&Path)) -> std::pro
 
 #[test]
 fn a_progress_symlink_planted_in_the_held_lock_is_never_written_through() {
-    if !FAILPOINTS {
-        panic!("build with --features failpoints (the documented test command)");
-    }
+    need_failpoints();
     if !require_root("share_attacks::progress") {
         return;
     }
@@ -142,9 +145,7 @@ fn a_progress_symlink_planted_in_the_held_lock_is_never_written_through() {
 
 #[test]
 fn a_lock_directory_swapped_for_a_look_alike_is_not_taken_for_ours() {
-    if !FAILPOINTS {
-        panic!("build with --features failpoints (the documented test command)");
-    }
+    need_failpoints();
     if !require_root("share_attacks::look_alike") {
         return;
     }
@@ -360,9 +361,7 @@ fn race(racer: Racer) {
 /// it), must not go on renaming into the target once it resumes.
 #[test]
 fn a_holder_that_lost_its_lock_moves_nothing_more_into_the_target() {
-    if !FAILPOINTS {
-        panic!("build with --features failpoints (the documented test command)");
-    }
+    need_failpoints();
     let sb = Sandbox::new("\"data\" = { share = \"data\", migrate = \"merge\" }");
     let data = sb.app.join("data");
     for i in 0..20 {
