@@ -70,6 +70,83 @@ impl Dir {
         Ok(Dir { fd })
     }
 
+    /// Open the directory `rel` (several components) below this one with
+    /// `openat2`, refusing symlinks, magic links and escapes anywhere on the
+    /// way (ELOOP, EXDEV). ENOSYS on kernels before 5.6 (or EPERM under a
+    /// seccomp filter that does not know it): callers walk instead.
+    pub fn open_dir_beneath(&self, rel: &Path) -> io::Result<Dir> {
+        use nix::fcntl::{OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(Self::FLAGS | OFlag::O_NOFOLLOW)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let fd = nix::fcntl::openat2(&self.fd, rel, how).map_err(errno)?;
+        Ok(Dir { fd })
+    }
+
+    /// Read a small regular file `name` that others may have planted: never
+    /// through a symlink, never blocking on a FIFO, never more than `max`
+    /// bytes (a longer file is EFBIG). `None` when there is nothing there.
+    pub fn read_small(&self, name: &OsStr, max: usize) -> io::Result<Option<(Vec<u8>, Meta)>> {
+        use std::io::Read;
+        let f = match self.open_read(name) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = super::meta::fstat(&f)?;
+        if meta.kind != Kind::File {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut buf = Vec::new();
+        f.take(max as u64 + 1).read_to_end(&mut buf)?;
+        if buf.len() > max {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        Ok(Some((buf, meta)))
+    }
+
+    /// Write `name` anew with `bytes`, replacing a file of that name and
+    /// never following or writing through whatever else was put there:
+    /// the new file is made `O_EXCL` under `tmp` (cleared first with
+    /// `unlinkat`, which removes a planted symlink itself), then renamed
+    /// over `name`.
+    pub fn write_replace(&self, tmp: &OsStr, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        match self.unlink(tmp) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let mut f = self.create(tmp, 0o644)?;
+        f.write_all(bytes)?;
+        drop(f);
+        self.rename(tmp, self, name)
+    }
+
+    /// Set the times of `name` (never a symlink's target) to now.
+    pub fn touch_at(&self, name: &OsStr) -> io::Result<()> {
+        use nix::sys::stat::{utimensat, UtimensatFlags};
+        use nix::sys::time::TimeSpec;
+        utimensat(
+            &self.fd,
+            name,
+            &TimeSpec::UTIME_NOW,
+            &TimeSpec::UTIME_NOW,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(errno)
+    }
+
+    /// `fchown` of this directory itself: it is the directory this handle
+    /// opened, whatever was renamed over its name since.
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        nix::unistd::fchown(&self.fd, Some(uid.into()), Some(gid.into())).map_err(errno)
+    }
+
     pub fn try_clone(&self) -> io::Result<Dir> {
         Ok(Dir {
             fd: self.fd.try_clone()?,

@@ -13,7 +13,6 @@ pub mod share;
 pub mod tree;
 
 use std::io;
-use std::path::Path;
 
 /// The entry went away or became something else while we looked: nothing
 /// there, a component no longer a directory, or a symlink where a directory
@@ -22,18 +21,5 @@ pub fn gone(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-    )
-}
-
-/// `renameat2(RENAME_NOREPLACE)` by path (sharelink's own small entries,
-/// such as lock directories), with [`dir::Dir::rename_noreplace`]'s
-/// fallbacks.
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let open_parent = |p: &Path| dir::Dir::open(p.parent().unwrap_or(Path::new("/")));
-    let (fd, td) = (open_parent(from)?, open_parent(to)?);
-    fd.rename_noreplace(
-        from.file_name().unwrap_or_default(),
-        &td,
-        to.file_name().unwrap_or_default(),
     )
 }

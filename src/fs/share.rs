@@ -1,13 +1,18 @@
-//! Paths below the share root, walked one component at a time with
-//! `lstat`: a symlink anywhere between `share_root` and a target is
-//! reported, never followed, so a hostile or confused share cannot make
-//! sharelink read or write outside it.
+//! Paths below the share root. Anyone who can write into the share may
+//! plant symlinks or swap directories while sharelink works, so paths
+//! there are never handed to the kernel whole: they are walked one
+//! component at a time relative to open directories, without following
+//! symlinks; a symlink anywhere between `share_root` and a target is
+//! reported, never followed.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::fs::dir::Dir;
+use crate::fs::meta::Kind;
+use crate::fs::tree;
 
 /// A short name for a file type, for messages.
 pub fn kind_name(ft: fs::FileType) -> &'static str {
@@ -39,7 +44,7 @@ pub fn lstat(path: &Path) -> io::Result<Option<fs::Metadata>> {
 }
 
 /// What a path below the share root is, found without following symlinks.
-/// `empty` means "holds no files" ([`holds_no_files`]).
+/// `empty` means "holds no files" ([`tree::holds_no_files`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShareNode {
     Missing,
@@ -57,80 +62,63 @@ pub enum ShareNode {
     },
 }
 
-/// Walk `root/rel` component by component with `lstat`. A hostile or
-/// confused share must not make us follow a symlink out of it. Emptiness
-/// is only read when `want_empty` (it costs a directory read, a network
-/// round trip on SMB); otherwise a directory reports `empty: false`.
-pub fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode> {
-    let mut cur = root.to_path_buf();
-    let mut parts = rel.components().peekable();
-    while let Some(c) = parts.next() {
-        cur.push(c);
-        let Some(m) = lstat(&cur).ctx("inspect", &cur)? else {
-            return Ok(ShareNode::Missing);
-        };
-        let ft = m.file_type();
-        if ft.is_symlink() {
-            return Ok(ShareNode::Symlink { at: cur });
-        }
-        if !ft.is_dir() {
-            return Ok(ShareNode::NotDir {
-                at: cur,
-                kind: kind_name(ft),
-            });
-        }
-        if parts.peek().is_none() {
-            break;
-        }
-    }
-    let empty = want_empty && holds_no_files(&cur).ctx("read", &cur)?;
-    Ok(ShareNode::Dir { empty })
-}
-
-/// Whether a directory holds nothing but (empty) directories: a share
-/// target with only the `dirs` sharelink made earlier is as good as empty,
-/// and baked data shipped later should move in, not be set aside. Stops at
-/// the first non-directory.
-pub fn holds_no_files(dir: &Path) -> io::Result<bool> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        if !e.file_type()?.is_dir() || !holds_no_files(&e.path())? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// `mkdir -p root/rel` without following symlinks: each component is made
-/// (EEXIST is fine: replicas race here) and then checked to be a real
-/// directory. Returns whether the last component was created by us.
-pub fn ensure_dir_beneath(root: &Path, rel: &Path) -> Result<bool> {
-    let mut cur = root.to_path_buf();
-    let mut created = false;
+/// Walk `root/rel` one component at a time, each looked at (`fstatat`
+/// without following) and opened (`O_NOFOLLOW | O_DIRECTORY`) relative to
+/// the directory opened before it, so that a component swapped for a
+/// symlink meanwhile is reported, never followed. Returns the directory
+/// when there is one. `root_path` names `root` in messages. Emptiness is
+/// only read when `want_empty` (a directory read, a network round trip on
+/// SMB); otherwise a directory reports `empty: false`.
+pub fn node_beneath(
+    root: &Dir,
+    root_path: &Path,
+    rel: &Path,
+    want_empty: bool,
+) -> Result<(ShareNode, Option<Dir>)> {
+    let mut cur = root.try_clone().ctx("open", root_path)?;
+    let mut at = root_path.to_path_buf();
     for c in rel.components() {
-        cur.push(c);
-        created = false;
-        match fs::create_dir(&cur) {
-            Ok(()) => {
-                created = true;
-                continue;
+        let name = c.as_os_str();
+        at.push(name);
+        let kind = match cur.stat_at(name).ctx("inspect", &at)? {
+            None => return Ok((ShareNode::Missing, None)),
+            Some(m) => m.kind,
+        };
+        match kind {
+            Kind::Dir => {}
+            Kind::Symlink => return Ok((ShareNode::Symlink { at }, None)),
+            k => return Ok((ShareNode::NotDir { at, kind: k.name() }, None)),
+        }
+        cur = match cur.open_dir(name) {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok((
+                    match e.raw_os_error() {
+                        Some(libc::ENOENT) => ShareNode::Missing,
+                        Some(libc::ELOOP) => ShareNode::Symlink { at },
+                        Some(libc::ENOTDIR) => ShareNode::NotDir {
+                            at,
+                            kind: "non-directory",
+                        },
+                        _ => return Err(Error::io("open directory", &at, e)),
+                    },
+                    None,
+                ))
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create directory", &cur, e)),
-        }
-        let m = fs::symlink_metadata(&cur).ctx("inspect", &cur)?;
-        if m.file_type().is_symlink() {
-            return Err(unsafe_symlink(&cur));
-        }
-        if !m.is_dir() {
-            return Err(Error::Unsafe(format!(
-                "{} is a {} where a directory belongs; move it away and re-run",
-                cur.display(),
-                kind_name(m.file_type())
-            )));
-        }
+        };
     }
-    Ok(created)
+    let empty = want_empty && tree::holds_no_files(&cur).ctx("read", &at)?;
+    Ok((ShareNode::Dir { empty }, Some(cur)))
+}
+
+/// [`node_beneath`] from the share root's path (the config's, trusted).
+pub fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode> {
+    let dir = match Dir::open(root) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(ShareNode::Missing),
+        Err(e) => return Err(Error::io("open", root, e)),
+    };
+    Ok(node_beneath(&dir, root, rel, want_empty)?.0)
 }
 
 pub fn unsafe_symlink(at: &Path) -> Error {
@@ -182,19 +170,17 @@ mod tests {
             share_node(root, Path::new("file/x"), true).unwrap(),
             ShareNode::NotDir { .. }
         ));
+        let d = Dir::open(root).unwrap();
+        let made = |rel: &str| tree::make_beneath(&d, Path::new(rel), root);
         assert_eq!(
-            ensure_dir_beneath(root, Path::new("evil/tmp"))
-                .unwrap_err()
-                .exit_code(),
+            made("evil/tmp").err().unwrap().exit_code(),
             crate::exit_code::ExitCode::Unsafe
         );
         assert_eq!(
-            ensure_dir_beneath(root, Path::new("file/x"))
-                .unwrap_err()
-                .exit_code(),
+            made("file/x").err().unwrap().exit_code(),
             crate::exit_code::ExitCode::Unsafe
         );
-        assert!(ensure_dir_beneath(root, Path::new("a/b/c/d")).unwrap());
-        assert!(!ensure_dir_beneath(root, Path::new("a/b/c/d")).unwrap());
+        assert!(made("a/b/c/d").unwrap().created);
+        assert!(!made("a/b/c/d").unwrap().created);
     }
 }

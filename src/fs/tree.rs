@@ -90,8 +90,28 @@ pub fn remove_empty_dirs(parent: &Dir, name: &OsStr) -> io::Result<()> {
     parent.rmdir(name)
 }
 
-/// Open `root/rel` one component at a time, never following a symlink.
+/// Open `root/rel` without following a symlink anywhere in `rel` and
+/// without leaving `root`: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)` where the kernel has it, else one `O_NOFOLLOW`
+/// component at a time. Either way each step is relative to the directory
+/// the previous one opened, so renaming a component meanwhile cannot move
+/// the walk outside `root`. A symlink on the way is ELOOP or ENOTDIR.
 pub fn open_beneath(root: &Dir, rel: &std::path::Path) -> io::Result<Dir> {
+    if rel.as_os_str().is_empty() {
+        return root.try_clone();
+    }
+    match root.open_dir_beneath(rel) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EPERM | libc::EINVAL)
+            ) => {}
+        // EXDEV: a mount point on the way, which `RESOLVE_BENEATH` may
+        // refuse on some kernels; the walk below crosses it, still without
+        // following symlinks.
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+        r => return r,
+    }
     let mut cur = root.try_clone()?;
     for c in rel.components() {
         cur = cur.open_dir(c.as_os_str())?;
@@ -99,28 +119,37 @@ pub fn open_beneath(root: &Dir, rel: &std::path::Path) -> io::Result<Dir> {
     Ok(cur)
 }
 
+/// A directory [`make_beneath`] opened, and whether it made the last
+/// component itself (only then does it hand it to the run user).
+pub struct Made {
+    pub dir: Dir,
+    pub created: bool,
+}
+
 /// `mkdir -p root/rel` without following symlinks, returning the last
-/// directory open. Each component is made if missing (EEXIST is fine:
-/// replicas race here) and must be a real directory. `root_path` names
+/// directory open. Each component is made with `mkdirat` in the directory
+/// the previous step opened (EEXIST is fine: replicas race here) and then
+/// opened `O_NOFOLLOW`: it must be a real directory. `root_path` names
 /// `root` in messages.
 pub fn make_beneath(
     root: &Dir,
     rel: &std::path::Path,
     root_path: &std::path::Path,
-) -> crate::error::Result<Dir> {
+) -> crate::error::Result<Made> {
     use crate::error::Error;
     let mut cur = root
         .try_clone()
         .map_err(|e| Error::io("open", root_path, e))?;
     let mut path = root_path.to_path_buf();
+    let mut created = false;
     for c in rel.components() {
         let name = c.as_os_str();
         path.push(name);
-        match cur.mkdir(name, 0o755) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        created = match cur.mkdir(name, 0o755) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
             Err(e) => return Err(Error::io("create directory", &path, e)),
-        }
+        };
         cur = match cur.open_dir(name) {
             Ok(d) => d,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
@@ -137,7 +166,7 @@ pub fn make_beneath(
             Err(e) => return Err(Error::io("open directory", &path, e)),
         };
     }
-    Ok(cur)
+    Ok(Made { dir: cur, created })
 }
 
 #[cfg(test)]

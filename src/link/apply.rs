@@ -9,7 +9,7 @@ use crate::config::{Config, Link};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::fs::dir::Dir;
-use crate::fs::{names, share};
+use crate::fs::{names, tree};
 use crate::link::lock::{self, Lock};
 use crate::link::migrate::{self, Outcome};
 use crate::link::plan::{self, Action, Decision, Paths, State};
@@ -136,8 +136,10 @@ fn execute(
         signals::check_interrupt()?;
         match action {
             Action::CreateShareTarget => {
-                if share::ensure_dir_beneath(&cfg.share_root, &link.share)? {
-                    give(&paths.share, owner);
+                let root = Dir::open(&cfg.share_root).ctx("open", &cfg.share_root)?;
+                let made = tree::make_beneath(&root, &link.share, &cfg.share_root)?;
+                if made.created {
+                    give(&made.dir, &paths.share, owner);
                 }
                 done.push("created the share target".into());
             }
@@ -148,9 +150,13 @@ fn execute(
                 done.push(describe(&out, link, paths));
             }
             Action::CreateDirs(dirs) => {
+                let root = Dir::open(&cfg.share_root).ctx("open", &cfg.share_root)?;
+                let target = tree::open_beneath(&root, &link.share)
+                    .map_err(|e| beneath_error(e, &paths.share))?;
                 for dir in dirs {
-                    if share::ensure_dir_beneath(&paths.share, dir)? {
-                        give(&paths.share.join(dir), owner);
+                    let made = tree::make_beneath(&target, dir, &paths.share)?;
+                    if made.created {
+                        give(&made.dir, &paths.share.join(dir), owner);
                     }
                 }
             }
@@ -174,13 +180,26 @@ fn execute(
     Ok(Some(done.join(", ")))
 }
 
-/// Hand a directory we just created to the pipeline's user. A share that
-/// refuses chown (SMB: owners come from the mount options) is fine.
-fn give(dir: &Path, owner: Option<Owner>) {
+/// Hand a directory we just created to the pipeline's user, through the
+/// handle we made it with (its name may point elsewhere by now). A share
+/// that refuses chown (SMB: owners come from the mount options) is fine.
+fn give(dir: &Dir, path: &Path, owner: Option<Owner>) {
     if let Some(Owner { uid, gid }) = owner {
-        if let Err(e) = std::os::unix::fs::lchown(dir, Some(uid), Some(gid)) {
-            crate::debug!("chown of {} to the run user refused: {e}", dir.display());
+        if let Err(e) = dir.chown(uid, gid) {
+            crate::debug!("chown of {} to the run user refused: {e}", path.display());
         }
+    }
+}
+
+/// The share target could not be opened without following symlinks: a
+/// symlink or a file put there since it was looked at.
+fn beneath_error(e: std::io::Error, path: &Path) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV) => Error::Unsafe(format!(
+            "{} (or a directory above it in the share) changed into a symlink or file while sharelink linked it; sharelink never follows those. Replace it with a directory and re-run",
+            path.display()
+        )),
+        _ => Error::io("open directory", path, e),
     }
 }
 

@@ -16,24 +16,54 @@
 //! Breaking a stale lock is itself serialised by a `<id>.break` directory,
 //! so two waiters cannot both decide "stale" and one of them remove the
 //! fresh lock the other just took.
+//!
+//! Whoever can write into the share can write here too, so nothing in the
+//! lock directory is trusted: it is reached through directory handles
+//! opened without following symlinks, files in it are read without
+//! following, bounded, and only if regular; the holder works through the
+//! handle of the directory it made, and the lock is its by that
+//! directory's identity (device, inode) as well as by the owner file's
+//! content, so a copy of the owner file in another directory is not it.
 
-use std::fs;
-use std::io;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::RESERVED_DIR;
 use crate::error::{Error, IoContext, Result};
+use crate::fs::dir::Dir;
+use crate::fs::meta::{Kind, Time};
 use crate::fs::names::fnv1a;
+use crate::fs::tree;
 use crate::signals;
 
 /// Lease length; `SHARELINK_LOCK_LEASE` (a duration) overrides it for tests
 /// and for shares with large clock skew.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
+/// The most sharelink reads of an owner or progress file: both are a few
+/// lines, and anything longer was not written by sharelink.
+const MAX_READ: usize = 4096;
+
+const OWNER: &str = "owner";
+/// The progress file in a lock directory, and the name it is written under.
+pub const PROGRESS: &str = "progress";
+const PROGRESS_TMP: &str = ".progress";
+
+/// How often a holder re-reads its owner file while it works.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Lock {
-    dir: PathBuf,
-    owner: PathBuf,
+    /// `.sharelink/locks`, opened beneath the share root.
+    locks: Dir,
+    id: String,
+    /// The lock directory this process made, open: every write goes through
+    /// it, wherever its name points meanwhile.
+    dir: Dir,
+    /// (device, inode) of `dir`: the lock is ours only while `locks/<id>`
+    /// is this very directory.
+    ident: (u64, u64),
+    path: PathBuf,
     content: String,
     lease: Duration,
     refreshed: Instant,
@@ -41,22 +71,22 @@ pub struct Lock {
 }
 
 /// Who we are, as written into the owner file.
-fn identity() -> (String, String) {
+fn identity() -> String {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let pidns = fs::read_link("/proc/self/ns/pid")
+    let pidns = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    (format!("host={host}\nboot={boot}\npidns={pidns}\n"), host)
+    format!("host={host}\nboot={boot}\npidns={pidns}\n")
 }
 
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
 fn start_time(pid: u32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(19).map(str::to_string)
@@ -66,6 +96,23 @@ fn field<'a>(content: &'a str, key: &str) -> Option<&'a str> {
     content
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `host=… pid=…` of an owner file, for messages: only those two fields,
+/// printable and short, since anyone may have written the file.
+fn who(owner: &str) -> String {
+    let clean = |v: Option<&str>| -> String {
+        v.unwrap_or("?")
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect()
+    };
+    format!(
+        "host={} pid={}",
+        clean(field(owner, "host")),
+        clean(field(owner, "pid"))
+    )
 }
 
 /// The lock's name for a share path: readable, one path component.
@@ -94,6 +141,49 @@ pub fn lease() -> Duration {
         .unwrap_or(DEFAULT_LEASE)
 }
 
+fn locks_rel() -> PathBuf {
+    Path::new(RESERVED_DIR).join("locks")
+}
+
+/// `.sharelink/locks` below the share root, made if missing.
+fn make_locks(share_root: &Path) -> Result<Dir> {
+    let root = Dir::open(share_root).ctx("open", share_root)?;
+    Ok(tree::make_beneath(&root, &locks_rel(), share_root)?.dir)
+}
+
+/// `.sharelink/locks` below the share root if it is there (never made).
+fn open_locks(share_root: &Path) -> Option<Dir> {
+    let root = Dir::open(share_root).ok()?;
+    tree::open_beneath(&root, &locks_rel()).ok()
+}
+
+/// What a lock directory holds, read without trusting it.
+enum Seen {
+    /// Nothing (or no directory) under that name.
+    Gone,
+    /// A directory without a readable owner file: left by a release that
+    /// crashed half-way (locks appear with their owner), or planted.
+    NoOwner,
+    Owner {
+        content: String,
+        mtime: Time,
+    },
+}
+
+fn look(locks: &Dir, name: &OsStr) -> Seen {
+    let dir = match locks.open_dir(name) {
+        Ok(d) => d,
+        Err(_) => return Seen::Gone,
+    };
+    match dir.read_small(OsStr::new(OWNER), MAX_READ) {
+        Ok(Some((bytes, meta))) if !bytes.is_empty() => Seen::Owner {
+            content: String::from_utf8_lossy(&bytes).into_owned(),
+            mtime: meta.id.mtime,
+        },
+        _ => Seen::NoOwner,
+    }
+}
+
 impl Lock {
     /// Take the lock for `share_rel`, waiting while a live holder has it.
     /// Returns early with `Interrupted` on a termination signal.
@@ -102,41 +192,50 @@ impl Lock {
     }
 
     fn acquire_with_lease(share_root: &Path, share_rel: &Path, lease: Duration) -> Result<Lock> {
-        let locks_rel = Path::new(RESERVED_DIR).join("locks");
-        crate::fs::share::ensure_dir_beneath(share_root, &locks_rel)?;
-        let locks = share_root.join(&locks_rel);
+        let locks = make_locks(share_root)?;
+        let locks_path = share_root.join(locks_rel());
         let id = lock_id(share_rel);
-        let dir = locks.join(&id);
-        let (me, _) = identity();
+        let me = identity();
         let pid = std::process::id();
-        let content = format!(
-            "{me}pid={pid}\nstart={}\n",
-            start_time(pid).unwrap_or_default()
-        );
+        let start = start_time(pid).unwrap_or_default();
+        let content = format!("{me}pid={pid}\nstart={start}\n");
         // The lock appears whole: made under a private name with its owner
         // file, then renamed into place. A lock directory without an owner
         // is therefore never live (only a crashed release leaves one).
         // The private name must be unique across machines, not just across
         // this host's processes: every container's sharelink is PID 1.
         let mut pending = Pending::make(
-            locks.join(fresh_name(
-                &id,
-                &me,
-                pid,
-                &start_time(pid).unwrap_or_default(),
-            )),
+            &locks,
+            fresh_name(&id, &me, pid, &start),
             content,
+            &locks_path,
         )?;
         let mut waited_for: Option<String> = None;
         loop {
-            pending.keep_alive(lease)?;
-            match crate::fs::rename_noreplace(&pending.dir, &dir) {
+            pending.keep_alive(&locks, lease, &locks_path)?;
+            match locks.rename_noreplace(OsStr::new(&pending.name), &locks, OsStr::new(&id)) {
                 Ok(()) => {
+                    // Ours only if what now stands at `<id>` is the
+                    // directory we made (its name could have been swapped).
+                    let ident = pending.ident;
+                    if locks
+                        .stat_at(OsStr::new(&id))
+                        .ok()
+                        .flatten()
+                        .map(|m| (m.dev, m.id.ino))
+                        != Some(ident)
+                    {
+                        pending.remake(&locks, &locks_path)?;
+                        continue;
+                    }
                     crate::failpoint::hit("lock.acquired");
-                    sweep_abandoned(&locks, &id, &me, &pending.dir, lease);
+                    sweep_abandoned(&locks, &id, &me, &pending.name, lease);
                     return Ok(Lock {
-                        owner: dir.join("owner"),
-                        dir,
+                        path: locks_path.join(&id),
+                        locks,
+                        id,
+                        dir: pending.dir,
+                        ident,
                         content: pending.content,
                         lease,
                         refreshed: pending.touched,
@@ -144,17 +243,17 @@ impl Lock {
                     });
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !pending.dir.exists() => {
-                    pending.remake()?;
+                Err(e) if crate::fs::gone(&e) => {
+                    pending.remake(&locks, &locks_path)?;
                     continue;
                 }
                 Err(e) => {
-                    pending.abandon();
-                    return Err(Error::io("take lock", &dir, e));
+                    pending.abandon(&locks);
+                    return Err(Error::io("take lock", &locks_path.join(&id), e));
                 }
             }
-            if let Err(e) = wait_turn(&locks, &id, &dir, &me, lease, &mut waited_for) {
-                pending.abandon();
+            if let Err(e) = wait_turn(&locks, &id, &me, lease, &mut waited_for, &locks_path) {
+                pending.abandon(&locks);
                 return Err(e);
             }
         }
@@ -172,18 +271,32 @@ impl Lock {
             return Ok(());
         }
         self.verify()?;
-        touch(&self.owner).ctx("refresh lock", &self.owner)?;
+        self.dir
+            .touch_at(OsStr::new(OWNER))
+            .ctx("refresh lock", &self.path.join(OWNER))?;
         self.refreshed = Instant::now();
         Ok(())
     }
 
-    /// `Err` unless the owner file is still ours.
+    /// `Err` unless `locks/<id>` is still the directory we made and its
+    /// owner file still ours.
     pub fn verify(&self) -> Result<()> {
-        match fs::read_to_string(&self.owner) {
-            Ok(c) if c == self.content => Ok(()),
+        let here = self
+            .locks
+            .stat_at(OsStr::new(&self.id))
+            .ok()
+            .flatten()
+            .map(|m| (m.dev, m.id.ino));
+        let owner = self.dir.read_small(OsStr::new(OWNER), MAX_READ);
+        match (here, owner) {
+            (Some(ident), Ok(Some((c, _))))
+                if ident == self.ident && c == self.content.as_bytes() =>
+            {
+                Ok(())
+            }
             _ => Err(Error::LockLost(format!(
                 "lock {} was taken over (this run stalled past its lease); stopping",
-                self.dir.display()
+                self.path.display()
             ))),
         }
     }
@@ -191,12 +304,16 @@ impl Lock {
     /// Leave a progress report in the lock for `status` in other
     /// processes (what it says is the migration's business).
     pub fn publish(&self, text: &str) {
-        let tmp = self.dir.join(".progress");
-        if fs::write(&tmp, text)
-            .and_then(|_| fs::rename(&tmp, self.dir.join(PROGRESS)))
+        if self
+            .dir
+            .write_replace(
+                OsStr::new(PROGRESS_TMP),
+                OsStr::new(PROGRESS),
+                text.as_bytes(),
+            )
             .is_err()
         {
-            crate::debug!("could not record progress in lock {}", self.dir.display());
+            crate::debug!("could not record progress in lock {}", self.path.display());
         }
     }
 }
@@ -204,93 +321,123 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.verify().is_ok() {
-            let _ = fs::remove_file(self.dir.join(PROGRESS));
-            let _ = fs::remove_file(self.dir.join(".progress"));
-            let _ = fs::remove_file(&self.owner);
-            let _ = fs::remove_dir(&self.dir);
+            for name in [PROGRESS, PROGRESS_TMP, OWNER] {
+                let _ = self.dir.unlink(OsStr::new(name));
+            }
+            let _ = self.locks.rmdir(OsStr::new(&self.id));
         }
     }
 }
 
-/// The progress file in a lock directory.
-pub const PROGRESS: &str = "progress";
-
-/// How often a holder re-reads its owner file while it works.
-const VERIFY_EVERY: Duration = Duration::from_secs(1);
-
-/// A private lock directory with its owner file, made anew.
 /// The lock under its private name, waiting to be renamed into place.
 /// Its owner file's mtime is its lease too: other hosts sweep private
 /// directories whose lease ran out.
 struct Pending {
-    dir: PathBuf,
-    owner: PathBuf,
+    name: String,
+    dir: Dir,
+    ident: (u64, u64),
     content: String,
     /// When the owner file was last touched.
     touched: Instant,
 }
 
 impl Pending {
-    fn make(dir: PathBuf, content: String) -> Result<Pending> {
-        let owner = dir.join("owner");
-        make_private(&dir, &owner, &content)?;
+    fn make(locks: &Dir, name: String, content: String, locks_path: &Path) -> Result<Pending> {
+        let (dir, ident) = make_private(locks, &name, &content, locks_path)?;
         Ok(Pending {
+            name,
             dir,
-            owner,
+            ident,
             content,
             touched: Instant::now(),
         })
     }
 
-    fn remake(&mut self) -> Result<()> {
-        make_private(&self.dir, &self.owner, &self.content)?;
+    fn remake(&mut self, locks: &Dir, locks_path: &Path) -> Result<()> {
+        (self.dir, self.ident) = make_private(locks, &self.name, &self.content, locks_path)?;
         self.touched = Instant::now();
         Ok(())
     }
 
     /// Renew the lease while waiting, so that a lock taken after a long
     /// wait does not look stale already.
-    fn keep_alive(&mut self, lease: Duration) -> Result<()> {
+    fn keep_alive(&mut self, locks: &Dir, lease: Duration, locks_path: &Path) -> Result<()> {
         if self.touched.elapsed() >= lease / 4 {
-            if touch(&self.owner).is_err() {
+            let still = locks
+                .stat_at(OsStr::new(&self.name))
+                .ok()
+                .flatten()
+                .is_some_and(|m| (m.dev, m.id.ino) == self.ident);
+            if !still || self.dir.touch_at(OsStr::new(OWNER)).is_err() {
                 // Swept while this process was frozen past the lease.
-                make_private(&self.dir, &self.owner, &self.content)?;
+                return self.remake(locks, locks_path);
             }
             self.touched = Instant::now();
         }
         Ok(())
     }
 
-    fn abandon(&self) {
-        let _ = fs::remove_file(&self.owner);
-        let _ = fs::remove_dir(&self.dir);
+    fn abandon(&self, locks: &Dir) {
+        let _ = self.dir.unlink(OsStr::new(OWNER));
+        let _ = locks.rmdir(OsStr::new(&self.name));
     }
 }
 
-/// The lock `dir` is taken: clear it if its holder is gone, else say who
+/// Make the private directory `locks/name` anew with our owner file, and
+/// keep it open.
+fn make_private(
+    locks: &Dir,
+    name: &str,
+    content: &str,
+    locks_path: &Path,
+) -> Result<(Dir, (u64, u64))> {
+    let n = OsStr::new(name);
+    let path = locks_path.join(name);
+    if let Ok(old) = locks.open_dir(n) {
+        let _ = old.unlink(OsStr::new(OWNER));
+    }
+    let _ = locks.rmdir(n);
+    locks.mkdir(n, 0o755).ctx("create lock", &path)?;
+    let dir = locks.open_dir(n).ctx("open lock", &path)?;
+    let meta = dir.stat().ctx("inspect lock", &path)?;
+    let written = dir.create(OsStr::new(OWNER), 0o644).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(content.as_bytes())
+    });
+    if let Err(e) = written {
+        let _ = locks.rmdir(n);
+        return Err(Error::io("write lock owner", &path.join(OWNER), e));
+    }
+    Ok((dir, (meta.dev, meta.id.ino)))
+}
+
+/// The lock `id` is taken: clear it if its holder is gone, else say who
 /// holds it (once per holder) and wait a moment.
 fn wait_turn(
-    locks: &Path,
+    locks: &Dir,
     id: &str,
-    dir: &Path,
     me: &str,
     lease: Duration,
     waited_for: &mut Option<String>,
+    locks_path: &Path,
 ) -> Result<()> {
-    let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
-    if holder.is_empty() {
-        // Left by a release that crashed half-way; rmdir refuses anything
-        // that is not empty.
-        let _ = fs::remove_dir(dir);
-        return Ok(());
-    }
-    if is_stale(dir, &holder, me, lease) {
-        return break_stale(locks, id, &holder, me, lease);
-    }
+    let holder = match look(locks, OsStr::new(id)) {
+        Seen::Gone => return Ok(()),
+        Seen::NoOwner => {
+            clear_ownerless(locks, OsStr::new(id));
+            return Ok(());
+        }
+        Seen::Owner { content, mtime } => {
+            if is_stale(&content, Some(mtime), me, lease) {
+                return break_stale(locks, id, &content, me, lease, locks_path);
+            }
+            content
+        }
+    };
     if waited_for.as_deref() != Some(holder.as_str()) {
         tracing::info!(
-            lock = %dir.display(),
-            holder = %holder.replace('\n', " ").trim(),
+            lock = %locks_path.join(id).display(),
+            holder = %who(&holder),
             "another sharelink is working on this share directory; waiting"
         );
         *waited_for = Some(holder);
@@ -298,26 +445,27 @@ fn wait_turn(
     signals::sleep_interruptible(Duration::from_millis(50 + (fastish_rand() % 150)))
 }
 
-fn make_private(fresh: &Path, owner: &Path, content: &str) -> Result<()> {
-    let _ = fs::remove_file(owner);
-    let _ = fs::remove_dir(fresh);
-    fs::create_dir(fresh).ctx("create lock", fresh)?;
-    if let Err(e) = fs::write(owner, content) {
-        let _ = fs::remove_dir(fresh);
-        return Err(Error::io("write lock owner", owner, e));
+/// Remove a lock directory that has no owner file: only the names a lock
+/// can hold are unlinked (a planted symlink is removed, never followed),
+/// and `rmdir` refuses anything else.
+fn clear_ownerless(locks: &Dir, name: &OsStr) {
+    if let Ok(d) = locks.open_dir(name) {
+        for name in [PROGRESS, PROGRESS_TMP, OWNER] {
+            if d.stat_at(OsStr::new(name))
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.kind != Kind::Dir)
+            {
+                let _ = d.unlink(OsStr::new(name));
+            }
+        }
     }
-    Ok(())
+    let _ = locks.rmdir(name);
 }
 
-/// Set a file's mtime to now: renews the lease it stands for.
-fn touch(path: &Path) -> io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .set_modified(SystemTime::now())
-}
-
-fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
+/// Whether a holder is gone: by process on this host, by lease elsewhere.
+/// `mtime` is the owner file's (its lease); `None` when it is unknown.
+fn is_stale(holder: &str, mtime: Option<Time>, me: &str, lease: Duration) -> bool {
     let same_host = !holder.is_empty() && holder.starts_with(me);
     if same_host {
         let pid: Option<u32> = field(holder, "pid").and_then(|p| p.parse().ok());
@@ -327,17 +475,10 @@ fn is_stale(dir: &Path, holder: &str, me: &str, lease: Duration) -> bool {
             None => true,
         };
     }
-    // Another host (or an owner file not written yet): the lease decides.
-    // The owner file's mtime, else the lock directory's.
-    let mtime = fs::metadata(dir.join("owner"))
-        .or_else(|_| fs::metadata(dir))
-        .and_then(|m| m.modified());
+    // Another host: the lease decides.
     match mtime {
-        Ok(t) => SystemTime::now()
-            .duration_since(t)
-            .is_ok_and(|age| age > lease),
-        // The lock vanished meanwhile: not stale, just retry.
-        Err(_) => false,
+        Some(t) => Time::now().as_nanos() - t.as_nanos() > lease.as_nanos() as i128,
+        None => false,
     }
 }
 
@@ -353,22 +494,22 @@ pub struct Holder {
 /// Who holds the lock of `share_rel` right now, if a live holder does (for
 /// `status`; never writes).
 pub fn holder(share_root: &Path, share_rel: &Path) -> Option<Holder> {
-    let dir = share_root
-        .join(RESERVED_DIR)
-        .join("locks")
-        .join(lock_id(share_rel));
-    let owner = fs::read_to_string(dir.join("owner")).ok()?;
-    let (me, _) = identity();
-    if owner.is_empty() || is_stale(&dir, &owner, &me, lease()) {
+    let locks = open_locks(share_root)?;
+    let id = lock_id(share_rel);
+    let Seen::Owner { content, mtime } = look(&locks, OsStr::new(&id)) else {
+        return None;
+    };
+    if is_stale(&content, Some(mtime), &identity(), lease()) {
         return None;
     }
+    let progress = locks
+        .open_dir(OsStr::new(&id))
+        .ok()
+        .and_then(|d| d.read_small(OsStr::new(PROGRESS), MAX_READ).ok().flatten())
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned());
     Some(Holder {
-        who: format!(
-            "{} pid {}",
-            field(&owner, "host").unwrap_or("?"),
-            field(&owner, "pid").unwrap_or("?")
-        ),
-        progress: fs::read_to_string(dir.join(PROGRESS)).ok(),
+        who: who(&content).replace("host=", "").replace(" pid=", " pid "),
+        progress,
     })
 }
 
@@ -379,11 +520,11 @@ pub type LockNames = Vec<String>;
 /// List the lock directory (empty when there is none). A read-only listing;
 /// [`clear_stale`] re-checks without following symlinks before removing.
 pub fn lock_names(share_root: &Path) -> LockNames {
-    let locks = share_root.join(RESERVED_DIR).join("locks");
-    fs::read_dir(locks)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
+    open_locks(share_root)
+        .and_then(|d| d.list().ok())
+        .map(|l| {
+            l.into_iter()
+                .filter_map(|(n, _)| n.into_string().ok())
                 .collect()
         })
         .unwrap_or_default()
@@ -395,81 +536,109 @@ pub fn lock_names(share_root: &Path) -> LockNames {
 /// left to make) call it, so that a run killed after its migration but
 /// before releasing leaves no lock behind for other machines to wait out.
 pub fn clear_stale(share_root: &Path, share_rel: &Path, present: &LockNames) {
-    let locks_rel = Path::new(RESERVED_DIR).join("locks");
-    let locks = share_root.join(&locks_rel);
     let id = lock_id(share_rel);
     // The common case, no lock, costs nothing: this runs for every linked
     // entry on every start, so the lock directory is listed once per run.
     if !present.contains(&id) {
         return;
     }
-    let dir = locks.join(&id);
-    if !crate::fs::share::lstat(&dir).is_ok_and(|m| m.is_some_and(|m| m.is_dir())) {
+    let Some(locks) = open_locks(share_root) else {
         return;
-    }
-    // Removing must never go through a symlink: that could delete
-    // something outside the share.
-    if !matches!(
-        crate::fs::share::share_node(share_root, &locks_rel.join(&id), false),
-        Ok(crate::fs::share::ShareNode::Dir { .. })
-    ) {
-        return;
-    }
-    let (me, _) = identity();
-    let holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
-    if holder.is_empty() {
-        // Left by a release that crashed half-way (locks appear with their
-        // owner file); rmdir refuses anything that is not empty.
-        let _ = fs::remove_dir(&dir);
-    } else if is_stale(&dir, &holder, &me, lease()) {
-        let _ = break_stale(&locks, &id, &holder, &me, lease());
+    };
+    let me = identity();
+    match look(&locks, OsStr::new(&id)) {
+        Seen::Gone => {}
+        Seen::NoOwner => clear_ownerless(&locks, OsStr::new(&id)),
+        Seen::Owner { content, mtime } => {
+            if is_stale(&content, Some(mtime), &me, lease()) {
+                let _ = break_stale(
+                    &locks,
+                    &id,
+                    &content,
+                    &me,
+                    lease(),
+                    &share_root.join(locks_rel()),
+                );
+            }
+        }
     }
 }
 
 /// Remove a stale lock while holding `<id>.break`, after checking that the
 /// lock still has the owner we judged stale.
-fn break_stale(locks: &Path, id: &str, holder: &str, me: &str, lease: Duration) -> Result<()> {
-    let breaker = locks.join(format!("{id}.break"));
-    match fs::create_dir(&breaker) {
+fn break_stale(
+    locks: &Dir,
+    id: &str,
+    holder: &str,
+    me: &str,
+    lease: Duration,
+    locks_path: &Path,
+) -> Result<()> {
+    let breaker_name = format!("{id}.break");
+    let breaker = OsStr::new(&breaker_name);
+    match locks.mkdir(breaker, 0o755) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             // Someone else is breaking it; if they died doing so, their
             // breaker is stale after a lease.
-            if let Ok(t) = fs::metadata(&breaker).and_then(|m| m.modified()) {
-                if SystemTime::now().duration_since(t).is_ok_and(|a| a > lease) {
-                    let _ = fs::remove_dir(&breaker);
+            if let Ok(Some(m)) = locks.stat_at(breaker) {
+                if m.kind == Kind::Dir
+                    && Time::now().as_nanos() - m.id.mtime.as_nanos() > lease.as_nanos() as i128
+                {
+                    let _ = locks.rmdir(breaker);
                 }
             }
             return signals::sleep_interruptible(Duration::from_millis(50));
         }
-        Err(e) => return Err(Error::io("create lock breaker", &breaker, e)),
+        Err(e) => {
+            return Err(Error::io(
+                "create lock breaker",
+                &locks_path.join(breaker),
+                e,
+            ))
+        }
     }
-    let dir = locks.join(id);
-    let now_holder = fs::read_to_string(dir.join("owner")).unwrap_or_default();
-    if now_holder == holder && is_stale(&dir, &now_holder, me, lease) {
-        crate::warn!(
-            "removing a stale lock {} (holder: {})",
-            dir.display(),
-            holder.replace('\n', " ").trim()
-        );
-        // Owner last: a lock directory without one is never live.
-        let _ = fs::remove_file(dir.join(PROGRESS));
-        let _ = fs::remove_file(dir.join(".progress"));
-        let _ = fs::remove_file(dir.join("owner"));
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            // Gone, or already someone else's: a waiter that found it
-            // without an owner removed it and another took the lock.
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
-            Err(e) => {
-                let _ = fs::remove_dir(&breaker);
-                return Err(Error::io("remove stale lock", &dir, e));
+    let name = OsStr::new(id);
+    if let Ok(dir) = locks.open_dir(name) {
+        let now = dir.read_small(OsStr::new(OWNER), MAX_READ).ok().flatten();
+        if let Some((bytes, meta)) = now {
+            if bytes == holder.as_bytes() && is_stale(holder, Some(meta.id.mtime), me, lease) {
+                crate::warn!(
+                    "removing a stale lock {} (holder: {})",
+                    locks_path.join(id).display(),
+                    who(holder)
+                );
+                // Owner last: a lock directory without one is never live.
+                for n in [PROGRESS, PROGRESS_TMP, OWNER] {
+                    let _ = dir.unlink(OsStr::new(n));
+                }
+                let ident = dir.stat().ok().map(|m| (m.dev, m.id.ino));
+                let at = locks
+                    .stat_at(name)
+                    .ok()
+                    .flatten()
+                    .map(|m| (m.dev, m.id.ino));
+                if ident.is_some() && ident == at {
+                    match locks.rmdir(name) {
+                        Ok(()) => {}
+                        // Gone, or already someone else's: a waiter that found
+                        // it without an owner removed it and another took it.
+                        Err(e)
+                            if crate::fs::gone(&e)
+                                || matches!(
+                                    e.raw_os_error(),
+                                    Some(libc::ENOTEMPTY | libc::EEXIST)
+                                ) => {}
+                        Err(e) => {
+                            let _ = locks.rmdir(breaker);
+                            return Err(Error::io("remove stale lock", &locks_path.join(id), e));
+                        }
+                    }
+                }
             }
         }
     }
-    let _ = fs::remove_dir(&breaker);
+    let _ = locks.rmdir(breaker);
     Ok(())
 }
 
@@ -485,18 +654,20 @@ fn fresh_name(id: &str, me: &str, pid: u32, start: &str) -> String {
 /// Remove `<id>.new.*` directories of processes that died between making
 /// their lock and renaming it into place: this host's when their maker is
 /// gone, other hosts' once their lease has expired.
-fn sweep_abandoned(locks: &Path, id: &str, me: &str, mine: &Path, lease: Duration) {
+fn sweep_abandoned(locks: &Dir, id: &str, me: &str, mine: &str, lease: Duration) {
     let prefix = format!("{id}.new.");
     let my_tag = format!("{:016x}", fnv1a(me.as_bytes()));
-    let Ok(entries) = fs::read_dir(locks) else {
+    let Ok(entries) = locks.list() else {
         return;
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+    for (name, _) in entries {
+        let Some(full) = name.to_str() else {
             continue;
         };
-        if e.path() == mine {
+        let Some(rest) = full.strip_prefix(&prefix) else {
+            continue;
+        };
+        if full == mine {
             continue;
         }
         let mut parts = rest.splitn(3, '.');
@@ -507,12 +678,20 @@ fn sweep_abandoned(locks: &Path, id: &str, me: &str, mine: &Path, lease: Duratio
                 None => true,
             }
         } else {
-            let owner = fs::read_to_string(e.path().join("owner")).unwrap_or_default();
-            is_stale(&e.path(), &owner, me, lease)
+            match look(locks, &name) {
+                Seen::Gone => false,
+                // Mid-make on another host, or planted: its directory's age
+                // is all there is to judge by.
+                Seen::NoOwner => locks
+                    .stat_at(&name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| is_stale("", Some(m.id.mtime), me, lease)),
+                Seen::Owner { content, mtime } => is_stale(&content, Some(mtime), me, lease),
+            }
         };
         if stale {
-            let _ = fs::remove_file(e.path().join("owner"));
-            let _ = fs::remove_dir(e.path());
+            clear_ownerless(locks, &name);
         }
     }
 }
@@ -529,6 +708,30 @@ fn fastish_rand() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn mtime(p: &Path) -> Option<Time> {
+        let d = Dir::open(p.parent().unwrap()).unwrap();
+        d.stat_at(p.file_name().unwrap())
+            .unwrap()
+            .map(|m| m.id.mtime)
+    }
+
+    fn locks_dir(root: &Path) -> Dir {
+        make_locks(root).unwrap()
+    }
+
+    /// A lock `x` held on a share, and a file outside the share that must
+    /// stay "precious".
+    fn held_beside_a_victim() -> (tempfile::TempDir, PathBuf, PathBuf, Lock) {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let share = t.path().join("share");
+        fs::create_dir(&share).unwrap();
+        let lock = Lock::acquire(&share, Path::new("x")).unwrap();
+        (t, victim, share, lock)
+    }
 
     #[test]
     fn ids_are_single_components() {
@@ -546,6 +749,16 @@ mod tests {
     }
 
     #[test]
+    fn who_keeps_only_host_and_pid() {
+        assert_eq!(
+            who("host=a\nboot=b\nsecret=root:$6$x\npid=7\n"),
+            "host=a pid=7"
+        );
+        assert_eq!(who("root:$6$hash:19000:0:99999:7:::\n"), "host=? pid=?");
+        assert_eq!(who("host=a b\u{7}c\n").len(), "host=abc pid=?".len());
+    }
+
+    #[test]
     fn lock_excludes_and_releases() {
         let t = tempfile::tempdir().unwrap();
         let a = Lock::acquire(t.path(), Path::new("x")).unwrap();
@@ -553,42 +766,107 @@ mod tests {
         assert!(dir.join("owner").exists());
         // Same host, live owner: not stale.
         let holder = fs::read_to_string(dir.join("owner")).unwrap();
-        let (me, _) = identity();
-        assert!(!is_stale(&dir, &holder, &me, DEFAULT_LEASE));
+        let me = identity();
+        let m = mtime(&dir.join("owner"));
+        assert!(!is_stale(&holder, m, &me, DEFAULT_LEASE));
         // A dead pid on this host: stale.
         let dead = holder.replace(&format!("pid={}", std::process::id()), "pid=999999999");
-        assert!(is_stale(&dir, &dead, &me, DEFAULT_LEASE));
+        assert!(is_stale(&dead, m, &me, DEFAULT_LEASE));
         // Another host with a fresh lease: live.
-        assert!(!is_stale(&dir, "host=elsewhere\n", &me, DEFAULT_LEASE));
+        assert!(!is_stale("host=elsewhere\n", m, &me, DEFAULT_LEASE));
         drop(a);
         assert!(!dir.exists());
     }
 
+    /// The lock is the directory sharelink made, not a name with a copy of
+    /// its owner file: swapped for a look-alike, it is lost, and nothing is
+    /// written through what the look-alike holds.
+    #[test]
+    fn a_look_alike_lock_directory_is_not_ours() {
+        let (_t, victim, share, lock) = held_beside_a_victim();
+        let dir = share.join(".sharelink/locks/x");
+        let fake = share.join(".sharelink/locks/fake");
+        fs::create_dir(&fake).unwrap();
+        fs::copy(dir.join("owner"), fake.join("owner")).unwrap();
+        std::os::unix::fs::symlink(&victim, fake.join(".progress")).unwrap();
+        std::os::unix::fs::symlink(&victim, fake.join("progress")).unwrap();
+        fs::rename(&dir, share.join("moved")).unwrap();
+        fs::rename(&fake, &dir).unwrap();
+        assert!(lock.verify().is_err(), "a copy of the owner file passed");
+        lock.publish("files=600");
+        drop(lock);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(dir.join("owner").exists(), "released someone else's lock");
+    }
+
+    /// A `.progress` or `progress` symlink planted in the live lock is
+    /// replaced, never written through.
+    #[test]
+    fn progress_is_never_written_through_a_planted_symlink() {
+        let (_t, victim, share, lock) = held_beside_a_victim();
+        let dir = share.join(".sharelink/locks/x");
+        std::os::unix::fs::symlink(&victim, dir.join(".progress")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("progress")).unwrap();
+        lock.publish("files=600 files_total=600");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            fs::read_to_string(dir.join("progress")).unwrap(),
+            "files=600 files_total=600"
+        );
+        assert!(!dir.join("progress").is_symlink());
+        drop(lock);
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    /// An owner file that is a symlink (to a root-only file) is never read:
+    /// the lock counts as ownerless and is cleared, the symlink itself
+    /// removed, its target untouched and never logged.
+    #[test]
+    fn a_planted_owner_symlink_is_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        fs::write(&secret, "host=root:$6$secret-hash\npid=1\n").unwrap();
+        let share = t.path().join("share");
+        let dir = share.join(".sharelink/locks/x");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("owner")).unwrap();
+        assert!(holder(&share, Path::new("x")).is_none());
+        let l = Lock::acquire(&share, Path::new("x")).unwrap();
+        l.verify().unwrap();
+        assert!(
+            fs::read_link(dir.join("owner")).is_err(),
+            "owner is still the symlink"
+        );
+        drop(l);
+        assert!(secret.exists());
+    }
+
     #[test]
     fn private_names_differ_across_hosts_and_abandoned_ones_are_swept() {
-        let (me, _) = identity();
+        let me = identity();
         // Two containers, each sharelink PID 1 with the same start time.
         let a = fresh_name("x", "host=a\nboot=b\npidns=1\n", 1, "5");
         let b = fresh_name("x", "host=c\nboot=b\npidns=1\n", 1, "5");
         assert_ne!(a, b);
         let t = tempfile::tempdir().unwrap();
-        let locks = t.path();
+        let locks_path = t.path().join(".sharelink/locks");
+        let locks = locks_dir(t.path());
         // This host, maker dead before it wrote the owner file: swept.
-        let dead = locks.join(fresh_name("x", &me, 999_999_999, "1"));
+        let dead = locks_path.join(fresh_name("x", &me, 999_999_999, "1"));
         fs::create_dir(&dead).unwrap();
         // Another host, fresh: may be mid-acquire, kept.
-        let other = locks.join(b);
+        let other = locks_path.join(b);
         fs::create_dir(&other).unwrap();
         // This host, alive: kept.
         let pid = std::process::id();
-        let live = locks.join(fresh_name("x", &me, pid, &start_time(pid).unwrap()));
+        let live = locks_path.join(fresh_name("x", &me, pid, &start_time(pid).unwrap()));
         fs::create_dir(&live).unwrap();
-        sweep_abandoned(locks, "x", &me, &locks.join("none"), DEFAULT_LEASE);
+        sweep_abandoned(&locks, "x", &me, "none", DEFAULT_LEASE);
         assert!(!dead.exists());
         assert!(other.exists() && live.exists());
         // The other host's, once its lease has run out: swept.
         std::thread::sleep(Duration::from_millis(20));
-        sweep_abandoned(locks, "x", &me, &locks.join("none"), Duration::ZERO);
+        sweep_abandoned(&locks, "x", &me, "none", Duration::from_nanos(1));
         assert!(!other.exists());
     }
 
@@ -601,8 +879,8 @@ mod tests {
         let lease = Duration::from_millis(1000);
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
-        let locks = root.join(".sharelink/locks");
-        let dir = locks.join("x");
+        let locks_path = root.join(".sharelink/locks");
+        let dir = locks_path.join("x");
         fs::create_dir_all(&dir).unwrap();
         fs::write(
             dir.join("owner"),
@@ -613,8 +891,9 @@ mod tests {
         let holder_dir = dir.clone();
         let holder = std::thread::spawn(move || {
             let until = Instant::now() + lease * 2;
+            let d = Dir::open(&holder_dir).unwrap();
             while Instant::now() < until {
-                touch(&holder_dir.join("owner")).unwrap();
+                d.touch_at(OsStr::new("owner")).unwrap();
                 std::thread::sleep(Duration::from_millis(100));
             }
             fs::remove_file(holder_dir.join("owner")).unwrap();
@@ -626,8 +905,8 @@ mod tests {
         });
         let third = "host=third\nboot=b\npidns=p\n";
         std::thread::sleep(lease * 3 / 2);
-        sweep_abandoned(&locks, "x", third, &locks.join("none"), lease);
-        let private: Vec<_> = fs::read_dir(&locks)
+        sweep_abandoned(&locks_dir(&root), "x", third, "none", lease);
+        let private: Vec<_> = fs::read_dir(&locks_path)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("x.new."))
@@ -637,7 +916,7 @@ mod tests {
         let lock = waiter.join().unwrap().expect("the waiter takes the lock");
         let owner = fs::read_to_string(dir.join("owner")).unwrap();
         assert!(
-            !is_stale(&dir, &owner, third, lease),
+            !is_stale(&owner, mtime(&dir.join("owner")), third, lease),
             "a lock just taken looks stale to another host"
         );
         drop(lock);
@@ -649,7 +928,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join(".sharelink/locks/x");
         fs::create_dir_all(&dir).unwrap();
-        let (me, _) = identity();
+        let me = identity();
         fs::write(dir.join("owner"), format!("{me}pid=999999999\nstart=1\n")).unwrap();
         let l = Lock::acquire(t.path(), Path::new("x")).unwrap();
         l.verify().unwrap();

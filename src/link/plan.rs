@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Link, MigrateMode};
 use crate::error::{Error, ExitCode, IoContext, Result};
+use crate::fs::dir::Dir;
 use crate::fs::share::{self, ShareNode};
 use crate::link::migrate::{Leftovers, Places};
 use crate::link::mounts;
@@ -190,13 +191,23 @@ fn app_node(app: &Path) -> Result<AppNode> {
 /// their filesystem, as a path cannot tell: a bind mount or a symlinked
 /// `app_root` joins trees whose paths differ. Only asked when there is a
 /// directory to migrate.
-fn joined(app: &Path, share: &Path) -> Result<Option<PathBuf>> {
+fn joined(app: &Path, share_root: &Path, share: &Path) -> Result<Option<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| match std::fs::metadata(p) {
-        Ok(m) => Ok(Some((m.dev(), m.ino()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
-        Err(e) => Err(Error::io("inspect", p, e)),
+    // Below the share root nothing is followed: a directory there is
+    // opened one component at a time, and a symlink is no directory.
+    let root = Dir::open(share_root).ok();
+    let id = |p: &Path| match p.strip_prefix(share_root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => Ok(root
+            .as_ref()
+            .and_then(|r| crate::fs::tree::open_beneath(r, rel).ok())
+            .and_then(|d| d.stat().ok())
+            .map(|m| (m.dev, m.id.ino))),
+        _ => match std::fs::metadata(p) {
+            Ok(m) => Ok(Some((m.dev(), m.ino()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(Error::io("inspect", p, e)),
+        },
     };
     // The app path itself is not followed: another sharelink may have
     // made it the symlink into the share since it was looked at.
@@ -270,7 +281,7 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
         None => app_node(&paths.app)?,
     };
     let app = match app {
-        AppNode::Dir => match joined(&paths.app, &paths.share)? {
+        AppNode::Dir => match joined(&paths.app, &cfg.share_root, &paths.share)? {
             Some(at) => AppNode::JoinedWithShare(at),
             None => AppNode::Dir,
         },
@@ -278,12 +289,16 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     };
     // Whether the share target is empty only matters for a migration.
     let want_empty = matches!(app, AppNode::Dir);
-    let share = share::share_node(&cfg.share_root, &link.share, want_empty)?;
+    let (share, target) = match Dir::open(&cfg.share_root) {
+        Ok(root) => share::node_beneath(&root, &cfg.share_root, &link.share, want_empty)?,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => (ShareNode::Missing, None),
+        Err(e) => return Err(Error::io("open", &cfg.share_root, e)),
+    };
     let mut missing_dirs = Vec::new();
     let mut bad_dir = None;
-    if matches!(share, ShareNode::Dir { .. }) {
+    if let Some(target) = &target {
         for d in &link.dirs {
-            match share::share_node(&paths.share, d, false)? {
+            match share::node_beneath(target, &paths.share, d, false)?.0 {
                 ShareNode::Dir { .. } => {}
                 ShareNode::Missing => missing_dirs.push(d.clone()),
                 other => {
@@ -301,7 +316,7 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     let leftovers = if matches!(app, AppNode::Dir | AppNode::Missing)
         && matches!(share, ShareNode::Missing | ShareNode::Dir { .. })
     {
-        Places::new(cfg, link).leftovers(cfg)
+        Places::new(cfg, link).leftovers(cfg, link)
     } else {
         Leftovers::default()
     };

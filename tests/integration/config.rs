@@ -35,6 +35,7 @@ fn check_accepts_good_config_and_names_key_and_line_of_bad_one() {
         expect_code(&sb.run(["link"]), 78);
     }
     let o = std::process::Command::new(bin())
+        .default_signals()
         .arg("--config")
         .arg(sb.root.path().join("nope.toml"))
         .arg("check")

@@ -289,6 +289,7 @@ fn signals_ignored_at_start_do_not_stop_linking() {
             }
             None => std::process::Command::new("env"),
         };
+        c.default_signals();
         c.arg(bin())
             .arg("--config")
             .arg(&sb.config)

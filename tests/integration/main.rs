@@ -25,5 +25,6 @@ mod migrate_writers;
 mod pid1;
 mod release_artifacts;
 mod replicas;
+mod share_attacks;
 mod share_faults;
 mod status;

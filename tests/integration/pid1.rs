@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::support::{self, bin, poll, require_root, Sandbox};
+use crate::support::{self, bin, poll, require_root, DefaultSignals, Sandbox};
 
 /// Upper bound for anything to happen on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -102,6 +102,7 @@ impl RunSandbox {
 /// descriptor inherited from the test harness beyond 0-2 (so the fd-leak
 /// test sees only what sharelink itself lets through).
 fn prepare(c: &mut Command) {
+    c.default_signals();
     c.env("SHARELINK_LOG", "debug")
         .current_dir("/")
         .stdin(Stdio::null())
@@ -569,6 +570,7 @@ fn signal_storm_to_pid1() {
     let cfg = &sb.sb.config;
     let log = dir.join("sharelink.log");
     let mut unshare = Command::new("unshare")
+        .default_signals()
         .args(["--pid", "--fork", "--mount-proc"])
         .arg(support::bin())
         .arg("--config")
@@ -849,6 +851,7 @@ fn pid1_without_a_session_gives_the_command_the_terminal() {
     }
     let sb = RunSandbox::new();
     let mut c = Command::new("unshare");
+    c.default_signals();
     c.args(["--pid", "--fork", "--mount-proc"])
         .arg(bin())
         .arg("--config")
@@ -867,6 +870,7 @@ fn pid1_without_a_session_gives_the_command_the_terminal() {
 /// An interactive bash on a pseudo-terminal, at its first prompt.
 fn interactive_bash() -> Pty {
     let mut c = Command::new("bash");
+    c.default_signals();
     c.args(["--norc", "--noprofile", "--noediting", "-i"])
         .env("PS1", "PROMPT> ")
         .env("HISTFILE", "")
@@ -1015,6 +1019,7 @@ fn python_gets_sigterm(
     std::fs::write(&cfg, format!("{base}[run]\n{config_run}\n")).unwrap();
     let script = sb.script(&format!("{name}.py"), PY_CLEANUP);
     let mut c = Command::new(bin());
+    c.default_signals();
     c.arg("--config").arg(&cfg).arg("run").args(run_args).args([
         "--",
         "python3",
@@ -1532,6 +1537,7 @@ fn command_signal_state(
     let probe = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
     let mut c = if direct {
         let mut c = Command::new(probe[0]);
+        c.default_signals();
         c.args(&probe[1..]);
         prepare(&mut c);
         c
@@ -1612,6 +1618,7 @@ fn nohup_keeps_the_command_alive() {
         let script = format!("touch {}; exec sleep 1000", ready.display());
         let inner = sb.command(mode, &[], &sh(&script));
         let mut c = Command::new("nohup");
+        c.default_signals();
         c.arg(inner.get_program()).args(inner.get_args());
         prepare(&mut c);
         let r = Running::start(c, mode);
@@ -1660,6 +1667,7 @@ fn user_switch_is_seen_by_id() {
     ];
     for (spec, expect) in cases {
         let mut c = Command::new("unshare");
+        c.default_signals();
         c.args(["--mount", "--pid", "--fork", "--mount-proc", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && shift 2 && exec \"$@\"")
             .args(["sh", &passwd, &group, bin(), "--config"])

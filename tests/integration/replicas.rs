@@ -13,7 +13,7 @@
 //! lock whose holder is alive is not; a foreign host's lock is broken once
 //! its lease expires.
 
-use crate::support;
+use crate::support::{self, DefaultSignals};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -205,6 +205,7 @@ fn replicas_on_separate_machines() {
             // PID 1 of its own PID namespace with its own host name: a
             // container on another machine, as far as sharelink can tell.
             std::process::Command::new("unshare")
+                .default_signals()
                 .args(["--pid", "--fork", "--mount-proc", "--uts", "sh", "-c"])
                 .arg(format!(
                     "hostname replica-{i} && exec \"$0\" --config \"$1\" link"

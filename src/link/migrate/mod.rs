@@ -158,24 +158,30 @@ impl Places {
     }
 
     /// Look for leftovers (a few `lstat`s; only asked when the app path is
-    /// still a directory or missing).
-    pub fn leftovers(&self, cfg: &Config) -> Leftovers {
-        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
-        let displacing = matches!(
-            crate::fs::share::share_node(&cfg.share_root, &self.displaced, false),
-            Ok(crate::fs::share::ShareNode::Dir { .. })
-        ) && std::fs::read_dir(cfg.share_root.join(&self.displaced))
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().as_encoded_bytes().ends_with(b".partial"))
-            })
-            .unwrap_or(false);
+    /// still a directory or missing). The share side is looked at through
+    /// directories opened from the share root without following symlinks.
+    pub fn leftovers(&self, cfg: &Config, link: &Link) -> Leftovers {
+        let root = Dir::open(&cfg.share_root).ok();
+        let beneath = |rel: &Path| root.as_ref().and_then(|r| tree::open_beneath(r, rel).ok());
+        let in_share = |dir: &Option<Dir>, name: &OsStr| {
+            dir.as_ref()
+                .is_some_and(|d| d.stat_at(name).ok().flatten().is_some())
+        };
+        let displacing = beneath(&self.displaced)
+            .and_then(|d| d.list().ok())
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|(n, _)| n.as_encoded_bytes().ends_with(b".partial"))
+            });
+        let (parent_rel, name) = split_rel(&link.share);
+        let staging = beneath(parent_rel)
+            .and_then(|p| p.open_dir(&names::hidden(name, STAGING_SUFFIX, 0)).ok());
         Leftovers {
             // After the commit only the journal stays, until the end.
-            staging: exists(&self.staging.join(copy::TREE)),
+            staging: in_share(&staging, OsStr::new(copy::TREE)),
             displacing,
-            committed: exists(&self.marker),
-            journal: exists(&self.staging.join(journal::NAME)),
+            committed: std::fs::symlink_metadata(&self.marker).is_ok(),
+            journal: in_share(&staging, OsStr::new(journal::NAME)),
         }
     }
 }
@@ -384,11 +390,8 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
     let share_root =
         Dir::open(&cfg.share_root).map_err(|e| Error::io("open", &cfg.share_root, e))?;
     let (share_parent_rel, share_name) = split_rel(&link.share);
-    let share_parent = Arc::new(tree::make_beneath(
-        &share_root,
-        share_parent_rel,
-        &cfg.share_root,
-    )?);
+    let share_parent =
+        Arc::new(tree::make_beneath(&share_root, share_parent_rel, &cfg.share_root)?.dir);
     let m = Migration {
         cfg,
         link,
@@ -991,6 +994,9 @@ impl Migration<'_> {
         ctx.lock.verify()?;
         let staged = Ledger::from_staged(inv, &staged);
         for &r in copy_in {
+            // A run frozen past its lease here must not go on renaming
+            // into a target another holder now works on.
+            ctx.lock.keepalive()?;
             if let Some(id) = self.move_in(inv, r, &staging, target, None)? {
                 for i in inv.subtree(r) {
                     ledger.deletable[i as usize] = staged.deletable[i as usize];
@@ -1000,6 +1006,7 @@ impl Migration<'_> {
             }
         }
         for &(r, ref was) in replace {
+            ctx.lock.keepalive()?;
             if let Some(id) = self.move_in(inv, r, &staging, target, Some(was))? {
                 ledger.deletable[r as usize] = staged.deletable[r as usize];
                 ledger.copies[r as usize] = id;
@@ -1189,11 +1196,9 @@ impl Migration<'_> {
             return Ok(kept);
         }
         let base_path = self.cfg.share_root.join(&self.displaced_rel);
-        let base = Arc::new(tree::make_beneath(
-            &self.share_root,
-            &self.displaced_rel,
-            &self.cfg.share_root,
-        )?);
+        let base = Arc::new(
+            tree::make_beneath(&self.share_root, &self.displaced_rel, &self.cfg.share_root)?.dir,
+        );
         let SetAside { partial, .. } =
             SetAside::find(&base, true).map_err(|e| Error::io("read directory", &base_path, e))?;
         let (_, under) = leaves_under(share_inv, roots);
@@ -1362,11 +1367,9 @@ impl Migration<'_> {
         doomed: &mut [Option<Identity>],
     ) -> Result<()> {
         let base_path = self.cfg.share_root.join(&self.displaced_rel);
-        let base = Arc::new(tree::make_beneath(
-            &self.share_root,
-            &self.displaced_rel,
-            &self.cfg.share_root,
-        )?);
+        let base = Arc::new(
+            tree::make_beneath(&self.share_root, &self.displaced_rel, &self.cfg.share_root)?.dir,
+        );
         let SetAside { stamps, partial } =
             SetAside::find(&base, false).map_err(|e| Error::io("read directory", &base_path, e))?;
         let (leaves, under) = leaves_under(inv, roots);

@@ -50,10 +50,39 @@ pub fn bin() -> &'static str {
     })
 }
 
+/// Children start with every signal at its default disposition and none
+/// blocked, whatever the test run itself was started with (`nohup` ignores
+/// SIGHUP, some CI agents SIGINT, and ignored dispositions survive
+/// `exec`): what a test proves about signals must not depend on that.
+pub trait DefaultSignals {
+    fn default_signals(&mut self) -> &mut Self;
+}
+
+impl DefaultSignals for Command {
+    fn default_signals(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: signal and sigprocmask are async-signal-safe.
+        unsafe {
+            self.pre_exec(|| {
+                for sig in 1..libc::SIGRTMIN() {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        libc::signal(sig, libc::SIG_DFL);
+                    }
+                }
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            })
+        }
+    }
+}
+
 /// `sharelink --config CONFIG`, with none of its knobs inherited from the
-/// environment the tests run in.
+/// environment the tests run in, and default signal dispositions.
 pub fn sharelink(config: &Path) -> Command {
     let mut c = Command::new(bin());
+    c.default_signals();
     c.arg("--config").arg(config);
     for v in [
         "SHARELINK_LOG",
