@@ -232,7 +232,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 let plan = plan::plan(&cfg);
                 out(format_args!("{plan}"))?;
                 for l in &plan.links {
-                    if let Some(text) = image_wins_preview(l) {
+                    if let Some(text) = image_wins_preview(l, &cfg.share_root) {
                         out(format_args!("{text}"))?;
                     }
                 }
@@ -277,7 +277,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 /// For a dry run: which entries an `image-wins` migration of this link
 /// would replace, copy in and set aside (read-only).
-fn image_wins_preview(l: &plan::LinkPlan<'_>) -> Option<String> {
+fn image_wins_preview(l: &plan::LinkPlan<'_>, share_root: &std::path::Path) -> Option<String> {
     use plan::{Action, Decision, Migration};
     let Ok(Decision::Proceed { actions, .. }) = &l.decision else {
         return None;
@@ -286,7 +286,7 @@ fn image_wins_preview(l: &plan::LinkPlan<'_>) -> Option<String> {
         return None;
     }
     let head = format!("{} -> {}", l.paths.app.display(), l.paths.share.display());
-    let p = match link::migrate::preview::preview(&l.paths.app, &l.paths.share) {
+    let p = match link::migrate::preview::preview(&l.paths.app, share_root, &l.link.share) {
         Ok(p) => p,
         Err(e) => return Some(format!("{head}: cannot preview the migration: {e}\n")),
     };

@@ -27,11 +27,14 @@ pub struct Preview {
     pub identical: u64,
 }
 
-/// Compare the app directory `app_path` with the share target
-/// `share_path`, as an `image-wins` migration would.
-pub fn preview(app_path: &Path, share_path: &Path) -> Result<Preview> {
+/// Compare the app directory `app_path` with the share target `share`
+/// below `share_root`, as an `image-wins` migration would. The share side
+/// is opened one component at a time, never through a symlink.
+pub fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Preview> {
+    let share_path = &share_root.join(share);
     let app = Dir::open_nofollow(app_path).map_err(|e| Error::io("open", app_path, e))?;
-    let share = match Dir::open_nofollow(share_path) {
+    let root = Dir::open(share_root).map_err(|e| Error::io("open", share_root, e))?;
+    let share = match tree::open_beneath(&root, share) {
         Ok(d) => Some(d),
         Err(e) if crate::fs::gone(&e) => None,
         Err(e) => return Err(Error::io("open", share_path, e)),
@@ -129,7 +132,7 @@ mod tests {
             fs::create_dir_all(root.join(rel).parent().unwrap()).unwrap();
             fs::write(root.join(rel), text).unwrap();
         }
-        let mut p = preview(&a, &s).unwrap();
+        let mut p = preview(&a, t.path(), Path::new("s")).unwrap();
         p.replace.sort();
         let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
         assert_eq!(p.replace, paths(&["ref/rates", "tables"]));
