@@ -20,11 +20,27 @@ use std::time::Duration;
 /// The content each path must still have somewhere.
 type Model = BTreeMap<PathBuf, Vec<u8>>;
 
+/// What the writer did, for the report of a failure: (op number, what,
+/// path, accepted, microseconds since the step's writer started).
+type Ops = Arc<Mutex<Vec<(u64, &'static str, PathBuf, bool, u128)>>>;
+
 /// Random changes through the app path, as a pipeline makes them. Each
 /// one the kernel accepted updates the model.
-fn mutate(app: PathBuf, model: Arc<Mutex<Model>>, seed: u64, stop: Arc<AtomicBool>) {
+fn mutate(
+    app: PathBuf,
+    model: Arc<Mutex<Model>>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    ops: Ops,
+    t0: std::time::Instant,
+) {
     let mut rng = Rng(seed | 1);
     let mut n = 0;
+    let log = |n: u64, what: &'static str, p: &Path, ok: bool| {
+        ops.lock()
+            .unwrap()
+            .push((n, what, p.to_path_buf(), ok, t0.elapsed().as_micros()));
+    };
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let keys: Vec<PathBuf> = model.lock().unwrap().keys().cloned().collect();
@@ -38,6 +54,7 @@ fn mutate(app: PathBuf, model: Arc<Mutex<Model>>, seed: u64, stop: Arc<AtomicBoo
                     .open(app.join(&pick))
                     .and_then(|mut f| f.write_all(&line))
                     .is_ok();
+                log(n, "append", &pick, ok);
                 if ok {
                     model
                         .lock()
@@ -50,7 +67,9 @@ fn mutate(app: PathBuf, model: Arc<Mutex<Model>>, seed: u64, stop: Arc<AtomicBoo
             // Rewrite in place.
             1 => {
                 let text = format!("rewritten {n}").into_bytes();
-                if fs::write(app.join(&pick), &text).is_ok() {
+                let ok = fs::write(app.join(&pick), &text).is_ok();
+                log(n, "rewrite", &pick, ok);
+                if ok {
                     model.lock().unwrap().insert(pick, text);
                 }
             }
@@ -68,6 +87,7 @@ fn mutate(app: PathBuf, model: Arc<Mutex<Model>>, seed: u64, stop: Arc<AtomicBoo
                     .map_or(Ok(()), |p| fs::create_dir(app.join(p)))
                     .and_then(|_| fs::write(app.join(&rel), &text))
                     .is_ok();
+                log(n, "create", &rel, ok);
                 if ok {
                     model.lock().unwrap().insert(rel, text);
                 }
@@ -90,18 +110,85 @@ fn places(app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn check(model: &Model, app: &Path, target: &Path, share: &Path, what: &str) {
-    let places = places(app, target, share);
-    for (rel, want) in model {
-        let found = places
-            .iter()
-            .any(|p| fs::read(p.join(rel)).is_ok_and(|got| got == *want));
-        assert!(
-            found,
-            "{what}: the last version of {} is nowhere",
-            rel.display()
-        );
+/// Where `rel` may be under `place`: its own name and, in the app
+/// directory, its holding name (`.<name>.sharelink-holding`, where a run
+/// killed while deleting it leaves it for the next run to put back).
+fn names_in(place: &Path, app: &Path, rel: &Path) -> Vec<PathBuf> {
+    let mut v = vec![place.join(rel)];
+    if place == app {
+        let mut held = std::ffi::OsString::from(".");
+        held.push(rel.file_name().unwrap());
+        held.push(".sharelink-holding");
+        v.push(place.join(rel).with_file_name(held));
     }
+    v
+}
+
+/// The paths whose last version is nowhere.
+fn lost(model: &Model, app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
+    let places = places(app, target, share);
+    model
+        .iter()
+        .filter(|(rel, want)| {
+            !places.iter().any(|p| {
+                names_in(p, app, rel)
+                    .iter()
+                    .any(|f| fs::read(f).is_ok_and(|got| got == **want))
+            })
+        })
+        .map(|(rel, _)| rel.clone())
+        .collect()
+}
+
+fn check(model: &Model, app: &Path, target: &Path, share: &Path, what: &str) {
+    let lost = lost(model, app, target, share);
+    assert!(
+        lost.is_empty(),
+        "{what}: the last version of {} is nowhere",
+        lost[0].display()
+    );
+}
+
+/// A short view of some bytes.
+fn brief(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() <= 60 {
+        format!("{} bytes {s:?}", b.len())
+    } else {
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("{} bytes ...{tail:?}", b.len())
+    }
+}
+
+/// Everything known about a lost path, to find the mechanism.
+fn explain(lost: &Path, want: &[u8], app: &Path, target: &Path, share: &Path, ops: &Ops) -> String {
+    let mut s = format!("lost {}: wanted {}\n", lost.display(), brief(want));
+    for p in places(app, target, share) {
+        for f in names_in(&p, app, lost) {
+            match fs::read(&f) {
+                Ok(b) => s += &format!("  {}: {}\n", f.display(), brief(&b)),
+                Err(e) => s += &format!("  {}: {e}\n", f.display()),
+            }
+        }
+    }
+    for (n, what, p, ok, us) in ops.lock().unwrap().iter() {
+        if p == lost {
+            s += &format!("  writer op {n} at {us} us: {what} ok={ok}\n");
+        }
+    }
+    if fs::symlink_metadata(app).is_ok_and(|m| m.is_dir()) {
+        for e in entries_containing(app, "sharelink") {
+            s += &format!("  sharelink name in app: {e}\n");
+        }
+    }
+    s
 }
 
 #[test]
@@ -148,21 +235,30 @@ fn random_trees_writers_and_kills_lose_nothing() {
             steps += 1;
             let what = format!("seed {seed} trial {trial} step {step} ({mode})");
             let stop = Arc::new(AtomicBool::new(false));
+            let ops: Ops = Default::default();
+            let t0 = std::time::Instant::now();
             let writer = (rng.below(3) != 0).then(|| {
                 let (app, model, stop, s) = (app.clone(), model.clone(), stop.clone(), rng.next());
-                std::thread::spawn(move || mutate(app, model, s, stop))
+                let ops = ops.clone();
+                std::thread::spawn(move || mutate(app, model, s, stop, ops, t0))
             });
+            let fplog = sb.path(&format!("failpoints-{step}"));
             let mut child = sb
                 .cmd()
                 .arg("link")
                 .env("SHARELINK_PARALLELISM", (1 + rng.below(4)).to_string())
+                .env("SHARELINK_LOG", "debug")
+                .env("SHARELINK_FAILPOINT_LOG", &fplog)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
+            let spawned_us = t0.elapsed().as_micros();
             let kill_after = Duration::from_millis(rng.below(250));
             std::thread::sleep(kill_after);
             let killed = rng.below(3) != 0 && child.try_wait().unwrap().is_none();
+            let mut killed_us = 0;
             if killed {
+                killed_us = t0.elapsed().as_micros();
                 child.kill().unwrap();
                 kills += 1;
             }
@@ -174,7 +270,32 @@ fn random_trees_writers_and_kills_lose_nothing() {
             if !killed {
                 assert!(matches!(code(&o), 0 | 74), "{what}: {}", stderr(&o));
             }
-            check(&model.lock().unwrap(), &app, &target, &sb.share, &what);
+            {
+                let model = model.lock().unwrap();
+                let lost = lost(&model, &app, &target, &sb.share);
+                if !lost.is_empty() {
+                    let fps = fs::read_to_string(&fplog).unwrap_or_default();
+                    let tail: Vec<&str> = fps.lines().rev().take(12).collect();
+                    let mut counts = BTreeMap::new();
+                    for l in fps.lines() {
+                        *counts.entry(l).or_insert(0) += 1;
+                    }
+                    let mut diag = String::new();
+                    for rel in &lost {
+                        diag += &explain(rel, &model[rel], &app, &target, &sb.share, &ops);
+                    }
+                    panic!(
+                        "{what}: the last version of {} is nowhere ({} lost)\n\
+                         sharelink spawned at {spawned_us} us, killed={killed} at {killed_us} us, code {}\n\
+                         {diag}failpoints reached: {counts:?}; last (newest first): {tail:?}\n\
+                         sharelink's stderr:\n{}",
+                        lost[0].display(),
+                        lost.len(),
+                        code(&o),
+                        stderr(&o)
+                    );
+                }
+            }
             if !killed && code(&o) == 0 {
                 break;
             }
