@@ -175,6 +175,58 @@ fn a_file_held_open_for_writing_is_kept() {
     );
 }
 
+/// Replacing our own older copy on the share with a newer version of the
+/// app file replaces exactly the copy that was checked: a file another
+/// writer puts at that share path between the check and the rename stays,
+/// and the app's newer version is set aside. Before, the rename replaced
+/// whatever was there by then.
+#[test]
+#[cfg(feature = "failpoints")]
+fn replacing_our_older_copy_never_overwrites_what_another_writer_put_there() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    make_tree(&app, 20, 1000, 7);
+    let mut held = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(app.join("held.log"))
+        .unwrap();
+    held.write_all(b"before\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // Our copy of `held.log` is on the share; the app file stays (open).
+    expect_code(&sb.run(["link"]), 74);
+    held.write_all(b"after\n").unwrap();
+    drop(held);
+    std::thread::sleep(Duration::from_millis(150));
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "replace.checked:1:stop")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_stopped(pid, Duration::from_secs(30));
+    // Another replica's pipeline writes that file on the share.
+    fs::write(target.join(".other.tmp"), "another writer's\n").unwrap();
+    fs::rename(target.join(".other.tmp"), target.join("held.log")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    expect_code(&o, 0);
+    assert_eq!(
+        fs::read_to_string(target.join("held.log")).unwrap(),
+        "another writer's\n",
+        "{}",
+        stderr(&o)
+    );
+    let all = versions(&sb.share, &target, "held.log");
+    assert!(all.contains(&"before\nafter\n".to_string()), "{all:?}");
+}
+
 /// The narrowest race: a writer opens a file in the instant sharelink
 /// deletes it (sharelink is stopped right there, holding the file's lease;
 /// the writer's open waits for it). `write` then runs with the file open.
