@@ -54,13 +54,21 @@ fn mutate(
         let keys: Vec<PathBuf> = model.lock().unwrap().keys().cloned().collect();
         let pick = keys[rng.below(keys.len() as u64) as usize].clone();
         match rng.below(4) {
-            // Append a line (open, write, close).
+            // Append a line (open, write, close); half the time the file
+            // stays open a moment between two halves of the line, as a
+            // pipeline's log does.
             0 => {
                 let line = format!("appended {n}\n").into_bytes();
+                let hold = Duration::from_micros(rng.below(2) * (1000 + rng.below(20_000)));
                 let ok = fs::OpenOptions::new()
                     .append(true)
                     .open(app.join(&pick))
-                    .and_then(|mut f| f.write_all(&line))
+                    .and_then(|mut f| {
+                        let (a, b) = line.split_at(line.len() / 2);
+                        f.write_all(a)?;
+                        std::thread::sleep(hold);
+                        f.write_all(b)
+                    })
                     .is_ok();
                 log(n, "append", &pick, ok);
                 if ok {
@@ -270,7 +278,21 @@ fn random_trees_writers_and_kills_lose_nothing() {
                 .unwrap();
             let spawned_us = t0.elapsed().as_micros();
             let kill_after = Duration::from_millis(rng.below(250));
-            std::thread::sleep(kill_after);
+            // Half the time the kill comes in the deletes, where writers
+            // race them: a moment (up to 31 ms) after the first lease.
+            let in_prune = rng.below(2) == 0;
+            if in_prune {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while std::time::Instant::now() < deadline
+                    && child.try_wait().unwrap().is_none()
+                    && !fs::read_to_string(&fplog).is_ok_and(|l| l.contains("prune.leased"))
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(kill_after / 8);
+            } else {
+                std::thread::sleep(kill_after);
+            }
             let killed = rng.below(3) != 0 && child.try_wait().unwrap().is_none();
             let mut killed_us = 0;
             if killed {
@@ -302,7 +324,7 @@ fn random_trees_writers_and_kills_lose_nothing() {
                     }
                     panic!(
                         "{what}: the last version of {} is nowhere ({} lost)\n\
-                         sharelink spawned at {spawned_us} us, killed={killed} at {killed_us} us, code {}\n\
+                         sharelink spawned at {spawned_us} us, killed={killed} (in the deletes: {in_prune}) at {killed_us} us, code {}\n\
                          {diag}failpoints reached: {counts:?}; last (newest first): {tail:?}\n\
                          sharelink's stderr:\n{}",
                         lost[0].display(),
