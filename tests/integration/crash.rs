@@ -48,7 +48,6 @@ fn reachable(s: Scenario) -> BTreeSet<&'static str> {
         "staging.journal",
         "staging.synced",
         "prune.leased",
-        "prune.held",
         "prune.entry",
         "prune.done",
         "swap.temp",
@@ -225,27 +224,9 @@ fn hit_counts(
 /// The invariant right after the kill: every original entry is whole in
 /// the app dir, in the share target (same content), or in a complete
 /// displaced copy; the share target never shows a half-made copy.
-/// `t` with a file under its holding name (`.<name>.sharelink-holding`,
-/// where a run killed while deleting it leaves it for the next run to put
-/// back) counted under its name.
-fn unhold(t: Tree) -> Tree {
-    t.into_iter()
-        .map(|(p, n)| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            match name
-                .strip_prefix('.')
-                .and_then(|r| r.strip_suffix(".sharelink-holding"))
-            {
-                Some(orig) => (p.with_file_name(orig), n),
-                None => (p, n),
-            }
-        })
-        .collect()
-}
-
 fn check_after_crash(s: Scenario, case: &Case, what: &str) {
     let app_now = if fs::symlink_metadata(case.app()).is_ok_and(|m| m.is_dir()) {
-        unhold(snapshot(&case.app()))
+        snapshot(&case.app())
     } else {
         Tree::new()
     };
@@ -547,11 +528,6 @@ fn status_names_each_interrupted_state_and_the_next_run_finishes_it() {
             Scenario::IntoEmpty,
             "commit.renamed",
             "committed by a run that did not finish",
-        ),
-        (
-            Scenario::KeepShare,
-            "prune.held",
-            "a file was under its holding name while it was deleted",
         ),
     ];
     for (n, (s, point, says)) in cases.into_iter().enumerate() {

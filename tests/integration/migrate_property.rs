@@ -126,31 +126,15 @@ fn places(app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Where `rel` may be under `place`: its own name and, in the app
-/// directory, its holding name (`.<name>.sharelink-holding`, where a run
-/// killed while deleting it leaves it for the next run to put back).
-fn names_in(place: &Path, app: &Path, rel: &Path) -> Vec<PathBuf> {
-    let mut v = vec![place.join(rel)];
-    if place == app {
-        let mut held = std::ffi::OsString::from(".");
-        held.push(rel.file_name().unwrap());
-        held.push(".sharelink-holding");
-        v.push(place.join(rel).with_file_name(held));
-    }
-    v
-}
-
 /// The paths whose last version is nowhere.
 fn lost(model: &Model, app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
     let places = places(app, target, share);
     model
         .iter()
         .filter(|(rel, want)| {
-            !places.iter().any(|p| {
-                names_in(p, app, rel)
-                    .iter()
-                    .any(|f| fs::read(f).is_ok_and(|got| got == **want))
-            })
+            !places
+                .iter()
+                .any(|p| fs::read(p.join(rel)).is_ok_and(|got| got == **want))
         })
         .map(|(rel, _)| rel.clone())
         .collect()
@@ -187,11 +171,9 @@ fn brief(b: &[u8]) -> String {
 fn explain(lost: &Path, want: &[u8], app: &Path, target: &Path, share: &Path, ops: &Ops) -> String {
     let mut s = format!("lost {}: wanted {}\n", lost.display(), brief(want));
     for p in places(app, target, share) {
-        for f in names_in(&p, app, lost) {
-            match fs::read(&f) {
-                Ok(b) => s += &format!("  {}: {}\n", f.display(), brief(&b)),
-                Err(e) => s += &format!("  {}: {e}\n", f.display()),
-            }
+        match fs::read(p.join(lost)) {
+            Ok(b) => s += &format!("  {}: {}\n", p.display(), brief(&b)),
+            Err(e) => s += &format!("  {}: {e}\n", p.display()),
         }
     }
     for (n, what, p, ok, us) in ops.lock().unwrap().iter() {

@@ -236,7 +236,7 @@ fn race_a_writer(
     sb: &Sandbox,
     write: impl FnOnce(fs::File) + Send + 'static,
 ) -> (std::process::Child, std::thread::JoinHandle<()>) {
-    let (child, w) = writer_waits_for_the_lease(sb, "prune.leased:1:stop", "journal.txt", write);
+    let (child, w) = writer_waits_for_the_lease(sb, "prune.leased:1:stop", write);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGCONT,
@@ -246,13 +246,12 @@ fn race_a_writer(
 }
 
 /// `link`, stopped at `failpoint` while it holds the lease of
-/// `journal.txt`, and a writer whose open of that file (through `name`)
-/// waits for the lease; `write` runs once the open returns.
+/// `journal.txt`, and a writer whose open of that file waits for the
+/// lease; `write` runs once the open returns.
 #[cfg(feature = "failpoints")]
 fn writer_waits_for_the_lease(
     sb: &Sandbox,
     failpoint: &str,
-    name: &str,
     write: impl FnOnce(fs::File) + Send + 'static,
 ) -> (std::process::Child, std::thread::JoinHandle<()>) {
     let app = sb.app.join("data");
@@ -269,7 +268,7 @@ fn writer_waits_for_the_lease(
     let pid = child.id();
     wait_stopped(pid, Duration::from_secs(30));
     // The writer's open blocks on the lease.
-    let path = app.join(name);
+    let path = app.join("journal.txt");
     let w = std::thread::spawn(move || {
         write(fs::OpenOptions::new().append(true).open(&path).unwrap());
     });
@@ -304,9 +303,9 @@ fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
 }
 
 /// However long that writer keeps the file open, it writes into the file
-/// under its name: sharelink gave the name back before the writer's open
-/// returned, keeps the file (open for writing) and exits 74 after its
-/// passes; the next run moves everything written.
+/// under its name: sharelink saw the writer waiting for the lease before
+/// it unlinked the file, so the file stays; later passes keep it (open for
+/// writing) and the run exits 74; the next run moves everything written.
 #[test]
 #[cfg(feature = "failpoints")]
 fn a_writer_holding_that_file_for_long_writes_into_it_under_its_name() {
@@ -373,13 +372,13 @@ fn stopped_while_that_writer_holds_the_file_it_is_under_its_name() {
     w.join().unwrap();
 }
 
-/// SIGKILLed while a writer holds the file it was deleting (the writer
-/// opened it in the instant of the delete, and keeps writing), sharelink
-/// loses nothing: the file has its name throughout, and the next run
-/// moves it with everything written. Before the holding name, the writer
-/// had the inode whose name was gone, sharelink waited to copy it back,
-/// and the kill lost every line written to it (the property test's
-/// `the last version of … is nowhere`).
+/// SIGKILLed while a writer holds the file it was deleting (the writer's
+/// open came while sharelink held the lease to delete it, and the writer
+/// keeps writing), sharelink loses nothing: the file has its name
+/// throughout, and the next run moves it with everything written. Before,
+/// sharelink unlinked the file first and looked for the writer after: the
+/// writer had the inode whose name was gone, sharelink waited to copy it
+/// back, and the kill lost every line written to it.
 #[test]
 #[cfg(feature = "failpoints")]
 fn killed_while_a_writer_holds_the_file_it_was_deleting_loses_nothing() {
@@ -408,65 +407,6 @@ fn killed_while_a_writer_holds_the_file_it_was_deleting_loses_nothing() {
         stderr(&o),
         stderr(&again)
     );
-}
-
-/// Killed while a file is under its holding name, with a writer's open
-/// waiting for the lease: the writer gets the file under that name, and
-/// writes into it. `status` and `link --dry-run` call the link
-/// `interrupted` and change nothing; the next run puts the file back under
-/// its name before anything else, and moves it with what was written.
-#[test]
-#[cfg(feature = "failpoints")]
-fn killed_holding_a_file_aside_the_next_run_puts_it_back_first() {
-    let sb = Sandbox::new("\"data\" = \"data\"");
-    // The writer opens the file through its holding name, as a writer whose
-    // open looked the name up just before the rename does.
-    let held = ".journal.txt.sharelink-holding";
-    let (mut child, w) = writer_waits_for_the_lease(&sb, "prune.held:1:stop", held, |mut f| {
-        f.write_all(b"written while it was held\n").unwrap();
-    });
-    child.kill().unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        stderr(&o).contains("failpoint prune.held hit"),
-        "{}",
-        stderr(&o)
-    );
-    w.join().unwrap();
-    let app = sb.app.join("data");
-    assert_eq!(
-        fs::read_to_string(app.join(".journal.txt.sharelink-holding")).unwrap(),
-        "baked\nwritten while it was held\n"
-    );
-    let o = sb.run(["status"]);
-    assert_eq!(code(&o), 1, "{}", stdout(&o));
-    assert!(
-        stdout(&o).contains("interrupted") && stdout(&o).contains("holding name"),
-        "{}",
-        stdout(&o)
-    );
-    let (before_app, before_share) = (snapshot(&sb.app), snapshot(&sb.share));
-    let o = sb.run(["link", "--dry-run"]);
-    expect_code(&o, 0);
-    assert!(stdout(&o).contains("interrupted"), "{}", stdout(&o));
-    assert_eq!(snapshot(&sb.app), before_app, "the dry run changed the app");
-    assert_eq!(
-        snapshot(&sb.share),
-        before_share,
-        "the dry run changed the share"
-    );
-    let o = sb.run(["link"]);
-    expect_code(&o, 0);
-    assert!(stderr(&o).contains("it is back"), "{}", stderr(&o));
-    let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
-    assert!(
-        all.contains("baked\nwritten while it was held\n"),
-        "{all:?}: {}",
-        stderr(&o)
-    );
-    assert!(entries_containing(sb.root.path(), "sharelink-hold").is_empty());
-    assert!(entries_containing(sb.root.path(), "sharelink-held").is_empty());
-    expect_code(&sb.run(["status"]), 0);
 }
 
 /// A file moved into the share and deleted from the app, then made anew

@@ -81,7 +81,6 @@ pub const FAILPOINTS: &[&str] = &[
     "merge.moved",
     "displace.renamed",
     "prune.leased",
-    "prune.held",
     "prune.entry",
     "prune.done",
     "swap.temp",
@@ -94,9 +93,6 @@ const MARKER_SUFFIX: &str = "sharelink-committed";
 /// entries, so the staging journal may name copies of entries that are gone
 /// (and a writer may have made new files under their names).
 const PRUNING_SUFFIX: &str = "sharelink-pruning";
-/// Beside the app directory: which app file may be under its holding name
-/// ([`prune::HOLDING_SUFFIX`]) while it is deleted.
-const HELD_SUFFIX: &str = "sharelink-held";
 
 /// What an interrupted migration of one link left behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,21 +107,16 @@ pub struct Leftovers {
     /// A run (here or in another container) committed its copy and did not
     /// finish: its journal is still beside the share target.
     pub journal: bool,
-    /// A run was stopped while an app file was under its holding name.
-    pub holding: bool,
 }
 
 impl Leftovers {
     pub fn any(&self) -> bool {
-        self.staging || self.displacing || self.committed || self.journal || self.holding
+        self.staging || self.displacing || self.committed || self.journal
     }
 
     /// For `status`: what the next run will finish.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if self.holding {
-            parts.push("a file was under its holding name while it was deleted; the next run puts it back first");
-        }
         if self.staging {
             parts.push("a copy into the share was interrupted; the next run resumes it");
         }
@@ -146,9 +137,6 @@ pub struct Places {
     pub staging: PathBuf,
     pub marker: PathBuf,
     pub pruning: PathBuf,
-    /// The record of which app file may be under its holding name.
-    pub held: PathBuf,
-    pub app: PathBuf,
     /// `<share_root>/.sharelink/displaced/<share path>`, relative to the
     /// share root: keyed like the lock, so that only the lock's holder
     /// writes or clears it (two services with the same app path and other
@@ -162,8 +150,6 @@ impl Places {
             staging: names::sibling(&cfg.share_path(link), STAGING_SUFFIX, 0),
             marker: names::sibling(&cfg.app_path(link), MARKER_SUFFIX, 0),
             pruning: names::sibling(&cfg.app_path(link), PRUNING_SUFFIX, 0),
-            held: names::sibling(&cfg.app_path(link), HELD_SUFFIX, 0),
-            app: cfg.app_path(link),
             displaced: Path::new(RESERVED_DIR).join("displaced").join(&link.share),
         }
     }
@@ -187,7 +173,6 @@ impl Places {
             displacing,
             committed: exists(&self.marker),
             journal: exists(&self.staging.join(journal::NAME)),
-            holding: exists(&self.held) && prune::held_aside(&self.held, &self.app),
         }
     }
 }
@@ -196,7 +181,7 @@ impl Places {
 /// the link is made.
 pub fn forget(cfg: &Config, link: &Link) {
     let places = Places::new(cfg, link);
-    for m in [places.marker, places.pruning, places.held] {
+    for m in [places.marker, places.pruning] {
         match std::fs::remove_file(&m) {
             Ok(()) => crate::debug!("migration finished: removed {}", m.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -375,7 +360,6 @@ pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Re
         staging_path: places.staging.clone(),
         marker: places.marker.clone(),
         pruning: places.pruning.clone(),
-        held: places.held.clone(),
         displaced_rel: places.displaced.clone(),
     };
     let mut ctx = Ctx {
@@ -489,7 +473,6 @@ struct Migration<'a> {
     staging_path: PathBuf,
     marker: PathBuf,
     pruning: PathBuf,
-    held: PathBuf,
     displaced_rel: PathBuf,
 }
 
@@ -624,9 +607,6 @@ enum Target {
 impl Migration<'_> {
     fn run(&self, app_parent: &Dir, app: &Dir, ctx: &mut Ctx<'_>) -> Result<Outcome> {
         let mut out = Outcome::default();
-        // Before anything looks at the app directory: a file a killed run
-        // left under its holding name takes its name back.
-        prune::restore(app, &self.app_path, &self.held)?;
         // Our own copies on the share of entries still in the app
         // directory, to recognise them in a later pass (or run).
         let (mut own, placed) = match self.committed_here() {
@@ -670,14 +650,9 @@ impl Migration<'_> {
                 }
             };
             mine.before_prune(self, &inv, &ledger, own)?;
-            let pruned = prune::prune(
-                &inv,
-                app,
-                &self.app_path,
-                &self.held,
-                &ledger.deletable,
-                &mut || ctx.beat(),
-            )?;
+            let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
+                ctx.beat()
+            })?;
             failpoint::hit("prune.done");
             if pruned.kept.is_empty() {
                 self.clean_up()?;
