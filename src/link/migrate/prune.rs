@@ -130,7 +130,7 @@ fn walk(
             }
             Ok(Gone::Kept(Kept::Rescued)) => {
                 crate::warn!(
-                    "a process opened {} for writing while sharelink deleted it; it is back in place (sharelink had not unlinked it), and is migrated once it is closed",
+                    "a process opened {} for writing while sharelink was deleting it; the file stays in place, and is migrated once that process has closed it",
                     inv.path(app_path, c).display()
                 );
                 out.kept.push((c, Kept::Rescued));
