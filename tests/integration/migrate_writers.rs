@@ -175,14 +175,83 @@ fn a_file_held_open_for_writing_is_kept() {
     );
 }
 
+/// Replacing our own older copy on the share with a newer version of the
+/// app file replaces exactly the copy that was checked: a file another
+/// writer puts at that share path between the check and the rename stays,
+/// and the app's newer version is set aside. Before, the rename replaced
+/// whatever was there by then.
+#[test]
+#[cfg(feature = "failpoints")]
+fn replacing_our_older_copy_never_overwrites_what_another_writer_put_there() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    make_tree(&app, 20, 1000, 7);
+    let mut held = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(app.join("held.log"))
+        .unwrap();
+    held.write_all(b"before\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // Our copy of `held.log` is on the share; the app file stays (open).
+    expect_code(&sb.run(["link"]), 74);
+    held.write_all(b"after\n").unwrap();
+    drop(held);
+    std::thread::sleep(Duration::from_millis(150));
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "replace.checked:1:stop")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_stopped(pid, Duration::from_secs(30));
+    // Another replica's pipeline writes that file on the share.
+    fs::write(target.join(".other.tmp"), "another writer's\n").unwrap();
+    fs::rename(target.join(".other.tmp"), target.join("held.log")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    expect_code(&o, 0);
+    assert_eq!(
+        fs::read_to_string(target.join("held.log")).unwrap(),
+        "another writer's\n",
+        "{}",
+        stderr(&o)
+    );
+    let all = versions(&sb.share, &target, "held.log");
+    assert!(all.contains(&"before\nafter\n".to_string()), "{all:?}");
+}
+
 /// The narrowest race: a writer opens a file in the instant sharelink
 /// deletes it (sharelink is stopped right there, holding the file's lease;
-/// the writer's open waits for it). `write` then runs with the file open,
-/// writing to an inode whose name is gone. Returns the `link` process,
-/// running again, and the writer thread.
+/// the writer's open waits for it). `write` then runs with the file open.
+/// Returns the `link` process, running again, and the writer thread.
 #[cfg(feature = "failpoints")]
 fn race_a_writer(
     sb: &Sandbox,
+    write: impl FnOnce(fs::File) + Send + 'static,
+) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    let (child, w) = writer_waits_for_the_lease(sb, "prune.leased:1:stop", write);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    (child, w)
+}
+
+/// `link`, stopped at `failpoint` while it holds the lease of
+/// `journal.txt`, and a writer whose open of that file waits for the
+/// lease; `write` runs once the open returns.
+#[cfg(feature = "failpoints")]
+fn writer_waits_for_the_lease(
+    sb: &Sandbox,
+    failpoint: &str,
     write: impl FnOnce(fs::File) + Send + 'static,
 ) -> (std::process::Child, std::thread::JoinHandle<()>) {
     let app = sb.app.join("data");
@@ -192,7 +261,7 @@ fn race_a_writer(
     let child = sb
         .cmd()
         .arg("link")
-        .env("SHARELINK_FAILPOINT", "prune.leased:1:stop")
+        .env("SHARELINK_FAILPOINT", failpoint)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -200,23 +269,18 @@ fn race_a_writer(
     wait_stopped(pid, Duration::from_secs(30));
     // The writer's open blocks on the lease.
     let path = app.join("journal.txt");
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let w = std::thread::spawn(move || {
+        tid_tx.send(nix::unistd::gettid()).unwrap();
         write(fs::OpenOptions::new().append(true).open(&path).unwrap());
     });
+    // This writer's thread (other tests race writers of their own).
+    let wchan = format!("/proc/self/task/{}/wchan", tid_rx.recv().unwrap());
     wait_for(
         "the writer to wait for the lease",
         Duration::from_secs(10),
-        || {
-            fs::read_dir("/proc/self/task").unwrap().flatten().any(|t| {
-                fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("lease"))
-            })
-        },
+        || fs::read_to_string(&wchan).is_ok_and(|w| w.contains("lease")),
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
     (child, w)
 }
 
@@ -230,7 +294,7 @@ fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
     w.join().unwrap();
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
-    assert!(err.contains("it is back in place"), "{err}");
+    assert!(err.contains("while sharelink was deleting it"), "{err}");
     assert!(matches!(code(&o), 0 | 74), "{err}");
     std::thread::sleep(Duration::from_millis(150));
     expect_code(&sb.run(["link"]), 0);
@@ -238,34 +302,46 @@ fn a_writer_opening_a_file_while_it_is_deleted_gets_its_data_kept() {
     assert!(all.contains("written while it was deleted"), "{all:?}");
 }
 
-/// However long that writer keeps the file open, sharelink waits for it
-/// (keeping its lock), so that what it writes last is kept too.
+/// However long that writer keeps the file open, it writes into the file
+/// under its name: sharelink saw the writer waiting for the lease before
+/// it unlinked the file, so the file stays; later passes keep it (open for
+/// writing) and the run exits 74; the next run moves everything written.
 #[test]
 #[cfg(feature = "failpoints")]
-fn a_writer_holding_the_deleted_file_for_long_is_waited_for() {
+fn a_writer_holding_that_file_for_long_writes_into_it_under_its_name() {
     let sb = Sandbox::new("\"data\" = \"data\"");
-    let (child, w) = race_a_writer(&sb, |mut f| {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (child, w) = race_a_writer(&sb, move |mut f| {
         f.write_all(b"first line, at once\n").unwrap();
-        std::thread::sleep(Duration::from_secs(35));
-        f.write_all(b"second line, 35 s later\n").unwrap();
+        let _ = done_rx.recv();
+        f.write_all(b"second line, after sharelink exited\n")
+            .unwrap();
     });
-    w.join().unwrap();
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
-    assert!(err.contains("still waiting for the process"), "{err}");
-    assert!(matches!(code(&o), 0 | 74), "{err}");
+    assert!(err.contains("the file stays in place"), "{err}");
+    assert_eq!(code(&o), 74, "{err}");
+    assert!(err.contains("open for writing"), "{err}");
+    assert_eq!(
+        fs::read_to_string(sb.app.join("data/journal.txt")).unwrap(),
+        "baked\nfirst line, at once\n"
+    );
+    done_tx.send(()).unwrap();
+    w.join().unwrap();
     std::thread::sleep(Duration::from_millis(150));
     expect_code(&sb.run(["link"]), 0);
     let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
-    assert!(all.contains("first line, at once"), "{all:?}");
-    assert!(all.contains("second line, 35 s later"), "{all:?}");
+    assert!(
+        all.contains("baked\nfirst line, at once\nsecond line, after sharelink exited\n"),
+        "{all:?}"
+    );
 }
 
-/// Stopped while it waits for that writer, sharelink first puts back what
-/// was written so far.
+/// Stopped (SIGTERM) while that writer still holds the file, sharelink
+/// exits 143 with the file under its name, holding what was written.
 #[test]
 #[cfg(feature = "failpoints")]
-fn stopped_while_waiting_for_that_writer_it_puts_back_what_is_there() {
+fn stopped_while_that_writer_holds_the_file_it_is_under_its_name() {
     let sb = Sandbox::new("\"data\" = \"data\"");
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let (wrote_tx, wrote_rx) = std::sync::mpsc::channel::<()>();
@@ -294,6 +370,43 @@ fn stopped_while_waiting_for_that_writer_it_puts_back_what_is_there() {
     );
     done_tx.send(()).unwrap();
     w.join().unwrap();
+}
+
+/// SIGKILLed while a writer holds the file it was deleting (the writer's
+/// open came while sharelink held the lease to delete it, and the writer
+/// keeps writing), sharelink loses nothing: the file has its name
+/// throughout, and the next run moves it with everything written. Before,
+/// sharelink unlinked the file first and looked for the writer after: the
+/// writer had the inode whose name was gone, sharelink waited to copy it
+/// back, and the kill lost every line written to it.
+#[test]
+#[cfg(feature = "failpoints")]
+fn killed_while_a_writer_holds_the_file_it_was_deleting_loses_nothing() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (wrote_tx, wrote_rx) = std::sync::mpsc::channel::<()>();
+    let (mut child, w) = race_a_writer(&sb, move |mut f| {
+        f.write_all(b"first line, as it was deleted\n").unwrap();
+        wrote_tx.send(()).unwrap();
+        let _ = go_rx.recv();
+        f.write_all(b"second line, after the kill\n").unwrap();
+    });
+    wrote_rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    let o = child.wait_with_output().unwrap();
+    go_tx.send(()).unwrap();
+    w.join().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let again = sb.run(["link"]);
+    expect_code(&again, 0);
+    let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
+    assert!(
+        all.contains("baked\nfirst line, as it was deleted\nsecond line, after the kill\n"),
+        "{all:?}\nkilled run: {}\nnext run: {}",
+        stderr(&o),
+        stderr(&again)
+    );
 }
 
 /// A file moved into the share and deleted from the app, then made anew

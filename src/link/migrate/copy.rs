@@ -28,6 +28,10 @@ use crate::fs::meta::{fstat, Identity, Kind, Meta, Time};
 use crate::fs::pool::{self, Queue};
 
 pub const TREE: &str = "tree";
+/// In the staging directory: a share entry moved aside to be replaced
+/// (our own older copy of an app file), checked there before the new copy
+/// takes its name.
+pub const ASIDE: &str = "replaced";
 
 /// What to do with one inventory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +197,11 @@ impl Staging {
         } = self;
         drop((journal, tree, dir));
         discard(&parent, &name).map_err(|e| Error::io("remove", &path, e))
+    }
+
+    /// The staging directory itself (beside the tree and the journal).
+    pub fn dir(&self) -> &Dir {
+        &self.dir
     }
 
     /// After the staged entries moved into the share: remove what is left

@@ -78,6 +78,7 @@ pub const FAILPOINTS: &[&str] = &[
     "commit.renamed",
     "commit.marked",
     "commit.synced",
+    "replace.checked",
     "merge.moved",
     "displace.renamed",
     "supersede.kept",
@@ -461,6 +462,71 @@ pub fn expired(
         .map(|(_, (n, _))| n.clone())
         .filter(|n| !used.contains(n))
         .collect()
+}
+
+/// Replace `name` in `to` with the staged `name` in `from`, only if what is
+/// replaced is exactly `expect` (our own older copy): that entry is opened
+/// and checked, moved aside into the staging directory, and checked again
+/// as what was moved (the inode that was checked, its size and mtime
+/// unchanged); only then does the new copy take the name, never over
+/// anything. `false`: it was not ours, and what was moved aside is back.
+/// A run killed in between leaves our old copy aside in the staging
+/// directory (the app file, not yet deleted, is moved in by the next run).
+fn replace_checked(
+    from: &Dir,
+    to: &Dir,
+    name: &OsStr,
+    staging: &Staging,
+    expect: &Identity,
+) -> std::io::Result<bool> {
+    let f = match to.open_read(name) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ELOOP | libc::ENXIO)
+            ) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(e),
+    };
+    let checked = crate::fs::meta::fstat(&f)?;
+    if checked.kind != Kind::File || checked.id != *expect {
+        return Ok(false);
+    }
+    failpoint::hit("replace.checked");
+    let aside = OsStr::new(copy::ASIDE);
+    // Our own leftover of a killed run may be there: it goes.
+    to.rename(name, staging.dir(), aside)?;
+    let moved = staging.dir().stat_at(aside)?;
+    let now = crate::fs::meta::fstat(&f)?;
+    let same = moved.is_some_and(|m| m.id.ino == checked.id.ino && m.dev == checked.dev)
+        && now.id.size == checked.id.size
+        && now.id.mtime == checked.id.mtime;
+    if !same {
+        // Not what was checked (another writer's entry took the name, or
+        // wrote into it): it goes back.
+        staging.dir().rename_noreplace(aside, to, name)?;
+        return Ok(false);
+    }
+    match from.rename_noreplace(name, to, name) {
+        Ok(()) => {}
+        // Something took the name meanwhile: it stays; our old copy
+        // (replaced either way) goes, and the app entry is compared again.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+            staging.dir().unlink(aside)?;
+            return Ok(false);
+        }
+        Err(e) => {
+            let _ = staging.dir().rename_noreplace(aside, to, name);
+            return Err(e);
+        }
+    }
+    match staging.dir().unlink(aside) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(true),
+    }
 }
 
 fn split(p: &Path) -> (&Path, &OsStr) {
@@ -1041,9 +1107,10 @@ impl Migration<'_> {
         let to = tree::open_beneath(target, parent_rel)
             .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
         let moved = match expect {
-            Some(id) => match to.stat_at(name) {
-                Ok(Some(m)) if m.id == *id => from.rename(name, &to, name),
-                _ => return Ok(None),
+            Some(id) => match replace_checked(&from, &to, name, staging, id) {
+                Ok(true) => Ok(()),
+                Ok(false) => return Ok(None),
+                Err(e) => Err(e),
             },
             None => from.rename_noreplace(name, &to, name),
         };

@@ -6,13 +6,18 @@
 //! identity when it is deleted. A regular file is deleted under a read
 //! lease: the kernel refuses the lease while any other process has the file
 //! open for writing, so a file a writer holds open is kept. A writer that
-//! opens it during the few microseconds the lease is held waits for it and
-//! then gets the inode whose name is gone: the kernel tells us (the lease
-//! is broken), and once that writer closes the file its content is put
-//! back under its name, to be migrated by the next pass.
+//! opens it while the lease is held waits for the lease, and the kernel
+//! tells us at once (the lease is broken). The last look for that comes
+//! right before the unlink: a writer that came while the file was checked
+//! finds it still under its name, and it is kept. Only a writer whose open
+//! reaches the lease between that look and the unlink (the instant between
+//! two system calls) gets the inode whose name is gone; a look after the
+//! lease is released sees it, and once that writer closes the file its
+//! content is put back beside its name and renamed into place, to be
+//! migrated by the next pass.
 //! Directories are only ever removed empty (`rmdir`).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
@@ -33,8 +38,8 @@ pub enum Kept {
     Busy,
     /// A directory that still holds something.
     NotEmpty,
-    /// A writer opened it while it was deleted: put back with what it
-    /// wrote.
+    /// A writer opened it while it was being deleted: kept under its
+    /// name (or put back, with what the writer wrote).
     Rescued,
 }
 
@@ -123,11 +128,30 @@ fn walk(
                 out.deleted += 1;
                 failpoint::hit("prune.entry");
             }
+            Ok(Gone::Kept(Kept::Rescued)) => {
+                crate::warn!(
+                    "a process opened {} for writing while sharelink was deleting it; the file stays in place, and is migrated once that process has closed it",
+                    inv.path(app_path, c).display()
+                );
+                out.kept.push((c, Kept::Rescued));
+            }
             Ok(Gone::Orphaned(f)) => {
                 let path = inv.path(app_path, c);
-                rescue(dir, &e.name, &f, &path, check)?;
+                crate::debug!(
+                    "a process opened {} for writing in the instant it was unlinked; waiting for it to close the file",
+                    path.display()
+                );
+                let to = rescue(dir, &e.name, &f, &path, check)?;
+                let beside = if to == e.name {
+                    String::new()
+                } else {
+                    format!(
+                        " as {} (a new file took its name meanwhile)",
+                        std::path::Path::new(&to).display()
+                    )
+                };
                 crate::warn!(
-                    "a process opened {} for writing while sharelink deleted it; it is back in place, with what was written, and is migrated again",
+                    "a process opened {} for writing while sharelink deleted it; it is back in place{beside}, with what was written, and is migrated again",
                     path.display()
                 );
                 out.kept.push((c, Kept::Rescued));
@@ -161,8 +185,9 @@ fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
 enum Gone {
     Deleted,
     Kept(Kept),
-    /// Deleted, but a writer opened it meanwhile: the inode lives on, held
-    /// by that writer (and by this open file), without a name.
+    /// Deleted, but a writer's open reached the lease between the last look
+    /// and the unlink: the inode lives on, held by that writer (and by this
+    /// open file), without a name.
     Orphaned(File),
 }
 
@@ -219,10 +244,14 @@ fn delete(
     let now = crate::fs::meta::fstat(&f)?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
-    let r = if now.kind == Kind::File && unchanged(&now.id) && named == Some(id.ino) {
-        dir.unlink(name).map(|_| Gone::Deleted)
-    } else {
+    let r = if !(now.kind == Kind::File && unchanged(&now.id) && named == Some(id.ino)) {
         Ok(Gone::Kept(Kept::Changed))
+    } else if leased && took_broken(&f, pending) {
+        // A writer waits for the lease: the file stays, and the writer
+        // gets it under its name.
+        Ok(Gone::Kept(Kept::Rescued))
+    } else {
+        dir.unlink(name).map(|_| Gone::Deleted)
     };
     if matches!(r, Ok(Gone::Deleted)) && now.nlink > 1 {
         if let Ok(m) = crate::fs::meta::fstat(&f) {
@@ -232,13 +261,23 @@ fn delete(
     if !leased {
         return r;
     }
-    *pending = crate::signals::pending();
-    let broken = *pending & crate::signals::bit(libc::SIGIO) != 0 && lease_broken(&f);
     let _ = lease(&f, libc::F_UNLCK);
+    // Every break of the lease was reported by now (a writer's open
+    // reports it before it waits): one after the look above means that
+    // writer got the unlinked inode.
+    let broken = took_broken(&f, pending);
     match r {
         Ok(Gone::Deleted) if broken => Ok(Gone::Orphaned(f)),
         r => r,
     }
+}
+
+/// Whether a broken lease on `f` was reported (taking the report);
+/// `pending` gains the other pending signals.
+fn took_broken(f: &File, pending: &mut crate::signals::SigMask) -> bool {
+    let now = crate::signals::pending();
+    *pending |= now & !crate::signals::bit(libc::SIGIO);
+    now & crate::signals::bit(libc::SIGIO) != 0 && lease_broken(f)
 }
 
 /// Whether the kernel reported that someone opened `f` for writing while
@@ -267,14 +306,15 @@ fn lease_broken(f: &File) -> bool {
 /// writing, however long that takes, put its content back under its name
 /// (or, if a new file took the name meanwhile, beside it). Waiting keeps
 /// the lock alive; if the run must stop first (a signal, the lock lost),
-/// what was written so far is put back before it does.
+/// what was written so far is put back before it does. Returns the name it
+/// is back under.
 fn rescue(
     dir: &Dir,
     name: &OsStr,
     f: &File,
     path: &std::path::Path,
     check: &mut dyn FnMut() -> Result<()>,
-) -> Result<()> {
+) -> Result<OsString> {
     use std::time::{Duration, Instant};
     let started = Instant::now();
     let mut said = started;
@@ -296,22 +336,29 @@ fn rescue(
         }
     }
     let _ = lease(f, libc::F_UNLCK);
-    put_back(dir, name, f).map_err(|e| Error::io("put back", path, e))?;
-    stopped
+    let to = put_back(dir, name, f).map_err(|e| Error::io("put back", path, e))?;
+    stopped.map(|()| to)
 }
 
-fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
+/// The suffix of the hidden name a rescued file is copied under before it
+/// is renamed into place.
+pub const RESCUING_SUFFIX: &str = "sharelink-rescuing";
+
+/// Copy `f` under a hidden name beside `name`, then rename it to `name`
+/// without replacing anything (a file someone made there meanwhile, and
+/// may be writing, stays): else beside it, `<name>.sharelink-rescued-<n>`.
+fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<OsString> {
     let meta = crate::fs::meta::fstat(f)?;
-    let mut target = name.to_os_string();
-    let mut n = 1;
-    let to = loop {
-        match dir.create(&target, 0o600) {
-            Ok(t) => break t,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 100 => {
-                n += 1;
-                target = name.to_os_string();
-                target.push(format!(".sharelink-rescued-{n}"));
-            }
+    // Never over anything (a leftover of a killed rescue is data too).
+    let mut k = 1;
+    let (temp, to) = loop {
+        let temp = match k {
+            1 => crate::fs::names::hidden(name, RESCUING_SUFFIX, 0),
+            k => crate::fs::names::hidden(name, &format!("{RESCUING_SUFFIX}-{k}"), 0),
+        };
+        match dir.create(&temp, 0o600) {
+            Ok(to) => break (temp, to),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && k < 100 => k += 1,
             Err(e) => return Err(e),
         }
     };
@@ -328,5 +375,31 @@ fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<()> {
     crate::fs::content::copy(f, &to, meta.id.size, meta.looks_sparse(), devs, watch)?;
     let x = crate::fs::attrs::read_file(f)?;
     let made = crate::fs::attrs::Made::by_us(0o600);
-    crate::fs::attrs::apply_fd(&to, &meta, made, &x, &crate::fs::attrs::Fidelity::default())
+    crate::fs::attrs::apply_fd(&to, &meta, made, &x, &crate::fs::attrs::Fidelity::default())?;
+    let mut target = name.to_os_string();
+    let mut n = 1;
+    loop {
+        match dir.rename_noreplace(&temp, dir, &target) {
+            Ok(()) => return Ok(target),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 100 => {
+                n += 1;
+                target = rescued_name(name, n);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `<name>.sharelink-rescued-<n>`, or a hidden shortened name when that
+/// would not fit in NAME_MAX.
+fn rescued_name(name: &OsStr, n: u32) -> OsString {
+    let suffix = format!("sharelink-rescued-{n}");
+    if name.len() + suffix.len() < 255 {
+        let mut t = name.to_os_string();
+        t.push(".");
+        t.push(&suffix);
+        t
+    } else {
+        crate::fs::names::hidden(name, &suffix, 0)
+    }
 }
