@@ -564,11 +564,15 @@ impl Shared<'_> {
         for c in kids {
             let e = self.entry(c);
             if e.meta.kind == Kind::Dir {
-                q.push(Job::MakeDir {
-                    ix: c,
-                    src: src.clone(),
-                    dst: dst.clone(),
-                });
+                q.push_to(
+                    ix,
+                    Job::MakeDir {
+                        ix: c,
+                        src: src.clone(),
+                        dst: dst.clone(),
+                    },
+                    true,
+                );
             } else if let Some(leader) = e.leader {
                 self.follow(leader, c, &src, &dst, q);
             } else {
@@ -579,11 +583,15 @@ impl Shared<'_> {
         // them out costs little next to the work.
         let per_job = (leaves.len() / (q.threads() * 4)).clamp(1, 64);
         for chunk in leaves.chunks(per_job) {
-            q.push(Job::Leaf {
-                ixs: chunk.to_vec(),
-                src: src.clone(),
-                dst: dst.clone(),
-            });
+            q.push_to(
+                ix,
+                Job::Leaf {
+                    ixs: chunk.to_vec(),
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+                false,
+            );
         }
         // This job's own unit.
         self.release(ix)
@@ -629,20 +637,29 @@ impl Shared<'_> {
     /// A hard link whose first name is `leader`: link now if the leader is
     /// copied, else wait for it.
     fn follow(&self, leader: Ix, ix: Ix, src: &Arc<Dir>, dst: &Arc<Dir>, q: &Queue<Job>) {
+        let lane = self.entry(ix).parent;
         let mut l = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         match l.get_mut(&leader) {
-            Some(LeaderState::Done(Some((to, to_name)))) => q.push(Job::Link {
-                ix,
-                src: src.clone(),
-                dst: dst.clone(),
-                to: to.clone(),
-                to_name: to_name.clone(),
-            }),
-            Some(LeaderState::Done(None)) => q.push(Job::Leaf {
-                ixs: vec![ix],
-                src: src.clone(),
-                dst: dst.clone(),
-            }),
+            Some(LeaderState::Done(Some((to, to_name)))) => q.push_to(
+                lane,
+                Job::Link {
+                    ix,
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    to: to.clone(),
+                    to_name: to_name.clone(),
+                },
+                false,
+            ),
+            Some(LeaderState::Done(None)) => q.push_to(
+                lane,
+                Job::Leaf {
+                    ixs: vec![ix],
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+                false,
+            ),
             Some(LeaderState::Waiting(v)) => v.push((ix, src.clone(), dst.clone())),
             None if self.sel[leader as usize] == Sel::Copy && !self.entry(leader).changed => {
                 l.insert(
@@ -651,11 +668,15 @@ impl Shared<'_> {
                 );
             }
             // The leader is not being copied: copy this name on its own.
-            None => q.push(Job::Leaf {
-                ixs: vec![ix],
-                src: src.clone(),
-                dst: dst.clone(),
-            }),
+            None => q.push_to(
+                lane,
+                Job::Leaf {
+                    ixs: vec![ix],
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+                false,
+            ),
         }
     }
 
@@ -668,20 +689,22 @@ impl Shared<'_> {
         };
         drop(l);
         for (f, src, dst) in waiting {
-            match &at {
-                Some((to, to_name)) => q.push(Job::Link {
+            let lane = self.entry(f).parent;
+            let job = match &at {
+                Some((to, to_name)) => Job::Link {
                     ix: f,
                     src,
                     dst,
                     to: to.clone(),
                     to_name: to_name.clone(),
-                }),
-                None => q.push(Job::Leaf {
+                },
+                None => Job::Leaf {
                     ixs: vec![f],
                     src,
                     dst,
-                }),
-            }
+                },
+            };
+            q.push_to(lane, job, false);
         }
     }
 
