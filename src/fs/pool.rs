@@ -192,10 +192,21 @@ pub fn run<J: Send>(
     work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
     heartbeat: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
+    let initial = initial.into_iter().map(|j| (0, j)).collect();
+    run_lanes(threads, initial, work, heartbeat)
+}
+
+/// [`run`] with the initial jobs each in its lane.
+pub fn run_lanes<J: Send>(
+    threads: usize,
+    initial: Vec<(Lane, J)>,
+    work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
+    heartbeat: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let threads = threads.max(1);
     let mut state = State::new((threads * LANES_PER_WORKER).max(16));
-    for j in initial {
-        state.push(0, j, false);
+    for (lane, j) in initial {
+        state.push(lane, j, false);
     }
     let q = Queue {
         state: Mutex::new(state),

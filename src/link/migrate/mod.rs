@@ -903,22 +903,27 @@ impl Migration<'_> {
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
         ctx.lock.verify()?;
         let staged = Ledger::from_staged(inv, &staged);
-        for &r in copy_in {
-            if let Some(id) = self.move_in(inv, r, &staging, target, None)? {
+        let moves: Vec<(Ix, Option<Identity>)> = copy_in
+            .iter()
+            .map(|&r| (r, None))
+            .chain(replace.iter().map(|&(r, was)| (r, Some(was))))
+            .collect();
+        // What moved is recorded even when a later move failed.
+        let (moved, failed) = self.move_all(inv, &moves, &staging, target, ctx);
+        for (&(r, was), id) in moves.iter().zip(moved) {
+            let Some(id) = id else { continue };
+            if was.is_none() {
                 for i in inv.subtree(r) {
                     ledger.deletable[i as usize] = staged.deletable[i as usize];
                     ledger.copies[i as usize] = staged.copies[i as usize];
                 }
-                ledger.copies[r as usize] = id;
-            }
-        }
-        for &(r, ref was) in replace {
-            if let Some(id) = self.move_in(inv, r, &staging, target, Some(was))? {
+            } else {
                 ledger.deletable[r as usize] = staged.deletable[r as usize];
-                ledger.copies[r as usize] = id;
                 out.replaced += 1;
             }
+            ledger.copies[r as usize] = id;
         }
+        failed?;
         target
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
@@ -927,7 +932,70 @@ impl Migration<'_> {
         Ok(())
     }
 
-    /// Move root `r` from the staging tree into the target. `expect`:
+    /// [`Self::move_in`] for each of `moves` (a root and what it replaces),
+    /// in parallel over their directories: renames into one directory are
+    /// serialised by the kernel, renames into different ones are not. Each
+    /// job opens its directory on both sides once for a run of its
+    /// entries. Returns each move's result, in order, and the first error.
+    fn move_all(
+        &self,
+        inv: &Inventory,
+        moves: &[(Ix, Option<Identity>)],
+        staging: &Staging,
+        target: &Dir,
+        ctx: &mut Ctx<'_>,
+    ) -> (Vec<Option<Option<Identity>>>, Result<()>) {
+        let done: Vec<Mutex<Option<Option<Identity>>>> =
+            moves.iter().map(|_| Mutex::new(None)).collect();
+        let mut by_dir: HashMap<Ix, Vec<usize>> = HashMap::new();
+        for (k, &(r, _)) in moves.iter().enumerate() {
+            by_dir.entry(inv.get(r).parent).or_default().push(k);
+        }
+        let threads = ctx.threads;
+        // A few runs per directory, so that one run's stat of what it moved
+        // overlaps the next run's rename.
+        let jobs: Vec<(pool::Lane, Vec<usize>)> = by_dir
+            .into_iter()
+            .flat_map(|(dir, ks)| {
+                let per = ks.len().div_ceil(4).max(16);
+                ks.chunks(per)
+                    .map(|c| (dir, c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut beat = || ctx.beat();
+        let r = pool::run_lanes(
+            threads,
+            jobs,
+            &|ks: Vec<usize>, _: &pool::Queue<Vec<usize>>| {
+                let Some(&first) = ks.first() else {
+                    return Ok(());
+                };
+                let rel = inv.rel(moves[first].0);
+                let parent_rel = rel.parent().unwrap_or(Path::new(""));
+                let from = tree::open_beneath(&staging.tree, parent_rel).map_err(|e| {
+                    Error::io("open", &staging.path.join(copy::TREE).join(parent_rel), e)
+                })?;
+                let to = tree::open_beneath(target, parent_rel)
+                    .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
+                for k in ks {
+                    let (r, was) = &moves[k];
+                    let id = self.move_in(inv, *r, &from, &to, was.as_ref())?;
+                    *done[k].lock().unwrap_or_else(|p| p.into_inner()) = id;
+                }
+                Ok(())
+            },
+            &mut beat,
+        );
+        let moved = done
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        (moved, r)
+    }
+
+    /// Move root `r` from the staging tree into the target (`from` and
+    /// `to`: its parent directory on each side). `expect`:
     /// replace what is there, if it still is that (our own older copy).
     /// Returns the moved entry's identity on the share (a rename may move
     /// its ctime), or `None` when it did not move.
@@ -935,23 +1003,17 @@ impl Migration<'_> {
         &self,
         inv: &Inventory,
         r: Ix,
-        staging: &Staging,
-        target: &Dir,
+        from: &Dir,
+        to: &Dir,
         expect: Option<&Identity>,
     ) -> Result<Option<Option<Identity>>> {
-        let rel = inv.rel(r);
-        let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let name = &inv.get(r).name;
-        let from = tree::open_beneath(&staging.tree, parent_rel)
-            .map_err(|e| Error::io("open", &staging.path.join(copy::TREE).join(parent_rel), e))?;
-        let to = tree::open_beneath(target, parent_rel)
-            .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
         let moved = match expect {
             Some(id) => match to.stat_at(name) {
-                Ok(Some(m)) if m.id == *id => from.rename(name, &to, name),
+                Ok(Some(m)) if m.id == *id => from.rename(name, to, name),
                 _ => return Ok(None),
             },
-            None => from.rename_noreplace(name, &to, name),
+            None => from.rename_noreplace(name, to, name),
         };
         match moved {
             Ok(()) => {
@@ -970,7 +1032,7 @@ impl Migration<'_> {
             }
             Err(e) => Err(Error::io(
                 "move into the share",
-                &self.share_path.join(&rel),
+                &self.share_path.join(inv.rel(r)),
                 e,
             )),
         }
