@@ -284,6 +284,7 @@ impl Staging {
             app_path,
             staging_path: &self.path,
             dst_dev: self.tree.stat().map(|m| m.dev).unwrap_or(0),
+            spread: crate::config::is_network_fs(&self.path),
         };
         let root_src = Arc::new(
             app.try_clone()
@@ -485,11 +486,26 @@ struct Shared<'a> {
     staging_path: &'a Path,
     /// The staging tree's device.
     dst_dev: u64,
+    /// Spread the work over directories (a lane each): on a network share,
+    /// where a create waits for a round trip under its directory's lock.
+    /// On a local disk one lane, most recent job first: the copy stays
+    /// depth-first, which writes back faster there.
+    spread: bool,
 }
 
 impl Shared<'_> {
     fn entry(&self, ix: Ix) -> &Entry {
         self.inv.get(ix)
+    }
+
+    /// Queue `job`, which creates entries in directory `dir`; `opens`: it
+    /// opens a directory of its own.
+    fn push(&self, q: &Queue<Job>, dir: Ix, job: Job, opens: bool) {
+        if self.spread {
+            q.push_to(dir, job, opens)
+        } else {
+            q.push(job)
+        }
     }
 
     fn src_path(&self, ix: Ix) -> PathBuf {
@@ -564,7 +580,8 @@ impl Shared<'_> {
         for c in kids {
             let e = self.entry(c);
             if e.meta.kind == Kind::Dir {
-                q.push_to(
+                self.push(
+                    q,
                     ix,
                     Job::MakeDir {
                         ix: c,
@@ -583,7 +600,8 @@ impl Shared<'_> {
         // them out costs little next to the work.
         let per_job = (leaves.len() / (q.threads() * 4)).clamp(1, 64);
         for chunk in leaves.chunks(per_job) {
-            q.push_to(
+            self.push(
+                q,
                 ix,
                 Job::Leaf {
                     ixs: chunk.to_vec(),
@@ -640,7 +658,8 @@ impl Shared<'_> {
         let lane = self.entry(ix).parent;
         let mut l = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         match l.get_mut(&leader) {
-            Some(LeaderState::Done(Some((to, to_name)))) => q.push_to(
+            Some(LeaderState::Done(Some((to, to_name)))) => self.push(
+                q,
                 lane,
                 Job::Link {
                     ix,
@@ -651,7 +670,8 @@ impl Shared<'_> {
                 },
                 false,
             ),
-            Some(LeaderState::Done(None)) => q.push_to(
+            Some(LeaderState::Done(None)) => self.push(
+                q,
                 lane,
                 Job::Leaf {
                     ixs: vec![ix],
@@ -668,7 +688,8 @@ impl Shared<'_> {
                 );
             }
             // The leader is not being copied: copy this name on its own.
-            None => q.push_to(
+            None => self.push(
+                q,
                 lane,
                 Job::Leaf {
                     ixs: vec![ix],
@@ -704,7 +725,7 @@ impl Shared<'_> {
                     dst,
                 },
             };
-            q.push_to(lane, job, false);
+            self.push(q, lane, job, false);
         }
     }
 
