@@ -2,22 +2,32 @@
 # Migration speed on a share with per-operation latency, side by side in one
 # run: sharelink vs `cp -a && sync` vs `rsync -a && sync`, with the share on
 # the latency rig (tests/tools/latencyfs) at several delays, on tmpfs and on
-# ext4. Then the cost of re-checking 1,000 already-linked entries on the rig,
-# and the kernel's FUSE tunables. Methodology: benches/README.md.
+# ext4; for tree shapes also the floor (benches/floor.py: the names made
+# empty by many threads). Then the cost of re-checking 1,000 already-linked
+# entries on the rig, and the kernel's FUSE tunables. Methodology:
+# benches/README.md.
 #
-#   benches/latency.sh                      # everything, ~16 min on 2 cores
-#   benches/latency.sh small scaling        # sections: small large scaling recheck tunables
+#   benches/latency.sh                      # everything, ~40 min on 2 cores
+#   benches/latency.sh shapes small         # sections: shapes small large scaling recheck tunables
 #   DELAYS="2" TOOLS="cp sharelink" REPS=5 benches/latency.sh small
 #
 # Needs root (mounts), /dev/fuse, rsync (.ci/install-deps installs all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECTIONS=${*:-small large scaling recheck tunables}
+SECTIONS=${*:-shapes small large scaling recheck tunables}
 DELAYS=${DELAYS:-0 2 10}             # rig delays (ms per operation)
 LOCAL=${LOCAL:-tmpfs ext4}           # plain filesystems for the share
 TOOLS=${TOOLS:-cp rsync sharelink}
 REPS=${REPS:-3}                      # runs per configuration (median)
+SLOW_REPS=${SLOW_REPS:-$REPS}        # ... of cp and rsync in section shapes (minutes a run on the rig)
+# Tree shapes (section shapes), 8 KiB files: DxF is D directories of F files
+# (1xF: the files in the tree's top directory), nestedN the small tree of N
+# files. On the rig per delay (DELAY:SHAPE), smaller at 10 ms.
+SHAPES_AT=${SHAPES_AT:-2:1x500 2:10x200 2:400x5 2:nested2000 10:1x100 10:10x30 10:100x2 10:nested200}
+SHAPES_LOCAL=${SHAPES_LOCAL:-1x2000 10x200 400x5 nested2000}
+SHAPE_TOOLS=${SHAPE_TOOLS:-floor cp rsync sharelink}
+FLOOR_THREADS=${FLOOR_THREADS:-32}   # sharelink's default parallelism on a network share
 SMALL_N=${SMALL_N:-2000}             # small-files tree on tmpfs/ext4: files of SMALL_KB KiB
 SMALL_KB=${SMALL_KB:-8}
 # Files in the small tree per rig delay (DELAY:FILES; a delay not listed
@@ -103,11 +113,11 @@ share_up() {   # KIND (tmpfs|ext4|rigD)
     esac
 }
 
-share_down() {   # KIND: prints "ops peak" for the rig
+share_down() {   # KIND: prints "ops peak busy-ms" for the rig
     case $1 in
-        rig*) "$RIG" stats "$SHARE" | awk '$1=="total"{t=$2} $1=="peak_in_flight"{p=$2} END{print t, p}'
+        rig*) "$RIG" stats "$SHARE" | awk '$1=="total"{t=$2} $1=="peak_in_flight"{p=$2} $1=="busy_ms"{b=$2} END{print t, p, b}'
               "$RIG" umount "$SHARE" ;;
-        *) echo "- -" ;;
+        *) echo "- - -" ;;
     esac
 }
 
@@ -130,11 +140,18 @@ settle() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 now() { date +%s.%N; }
 
-# measure CASE KIND SRCPARENT: every tool REPS times; a line per run in $RAW.
+names() { (cd "$1" && find . | LC_ALL=C sort); }
+
+# measure CASE KIND SRCPARENT: every tool REPS times (cp and rsync
+# SLOW_REPS), the tools taking turns (A B A B), so that a machine slowing
+# down meanwhile hits all of them; a line per run in $RAW.
 measure() {
-    local case=$1 kind=$2 src=$3 tool rep t0 t1 ops
-    for tool in $TOOLS; do
-        for rep in $(seq 1 "$REPS"); do
+    local case=$1 kind=$2 src=$3 tool rep t0 t1 fl ops reps=$REPS
+    case " $TOOLS " in *" cp "*|*" rsync "*) [ "$SLOW_REPS" -gt "$reps" ] && reps=$SLOW_REPS ;; esac
+    for rep in $(seq 1 "$reps"); do
+        for tool in $TOOLS; do
+            case $tool in cp|rsync) [ "$rep" -le "$SLOW_REPS" ] || continue ;;
+                          *) [ "$rep" -le "$REPS" ] || continue ;; esac
             share_up "$kind"
             [ "$tool" = sharelink ] && app_up "$src"
             settle
@@ -143,17 +160,25 @@ measure() {
                 cp) cp -a "$src/data" "$SHARE/data" && sync ;;
                 rsync) rsync -a "$src/data/" "$SHARE/data/" && sync ;;
                 sharelink) "$BIN" -q --config "$WORK/migrate.toml" link ;;
+                # Timed by itself, without Python's start and the walk of SRC.
+                floor) fl=$(python3 benches/floor.py "$src/data" "$SHARE/data" "$FLOOR_THREADS") ;;
             esac
             t1=$(now)
+            [ "$tool" = floor ] && t1=$(echo "$t0 + $fl" | bc -l)
             ops=$(share_down "$kind")
-            diff -rq --no-dereference "$src/data" "$STORE/data" >&2 \
-                || { echo "!! $case $tool: copy differs from the source" >&2; exit 1; }
+            if [ "$tool" = floor ]; then   # the names only: its files are empty
+                [ "$(names "$src/data")" = "$(names "$STORE/data")" ] \
+                    || { echo "!! $case floor: names differ from the source" >&2; exit 1; }
+            else
+                diff -rq --no-dereference "$src/data" "$STORE/data" >&2 \
+                    || { echo "!! $case $tool: copy differs from the source" >&2; exit 1; }
+            fi
             if [ "$tool" = sharelink ]; then
                 [ -L "$WORK/merged/data" ] || { echo "!! $case: app side not linked" >&2; exit 1; }
                 umount "$WORK/merged"
             fi
             printf '%s\t%s\t%s\t%s\n' "$case" "$tool" "$(echo "$t1 - $t0" | bc -l)" "$ops" >>"$RAW"
-            printf '  %-28s %-10s run %d: %6.2f s  (rig ops, peak in flight: %s)\n' \
+            printf '  %-28s %-10s run %d: %6.2f s  (rig ops, peak in flight, busy ms: %s)\n' \
                 "$case" "$tool" "$rep" "$(echo "$t1 - $t0" | bc -l)" "$ops" >&2
         done
     done
@@ -169,6 +194,45 @@ src_small() {   # N: the tree's parent dir (made once)
     local d=$T/src/small-$1
     [ -d "$d/data" ] || make_tree "$d/data" "$1" "$SMALL_KB"
     echo "$d"
+}
+
+src_shape() {   # SHAPE: the tree's parent dir (made once)
+    local d=$T/src/shape-$1
+    if [ ! -d "$d/data" ]; then
+        case $1 in
+            nested*) make_tree "$d/data" "${1#nested}" "$SMALL_KB" ;;
+            *x*) python3 - "$d/data" "${1%x*}" "${1#*x}" "$SMALL_KB" <<'PY'
+import os, sys
+root, dirs, files, kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for i in range(dirs):
+    d = root if dirs == 1 else os.path.join(root, f"dir{i:04}")
+    os.makedirs(d, exist_ok=True)
+    for j in range(files):
+        with open(os.path.join(d, f"rec{j:05}.bin"), "wb") as f:
+            f.write(os.urandom(kb << 10))
+PY
+            ;;
+        esac
+    fi
+    echo "$d"
+}
+
+section_shapes() {
+    local k p d shape
+    for k in $LOCAL; do
+        for shape in $SHAPES_LOCAL; do
+            echo "==> shape $shape, $SMALL_KB KiB files, on $k" >&2
+            TOOLS=$SHAPE_TOOLS measure "shape $shape, $k" "$k" "$(src_shape "$shape")"
+        done
+    done
+    for d in $DELAYS; do
+        for p in $SHAPES_AT; do
+            [ "${p%%:*}" = "$d" ] || continue
+            shape=${p#*:}
+            echo "==> shape $shape, $SMALL_KB KiB files, on the rig at $d ms" >&2
+            TOOLS=$SHAPE_TOOLS measure "shape $shape, rig $d ms" "rig$d" "$(src_shape "$shape")"
+        done
+    done
 }
 
 section_small() {
@@ -276,20 +340,32 @@ from collections import OrderedDict
 rows = OrderedDict()
 for line in open(sys.argv[1]):
     case, tool, secs, ops = line.rstrip("\n").split("\t")
-    r = rows.setdefault(case, OrderedDict()).setdefault(tool, {"t": [], "ops": ops})
+    r = rows.setdefault(case, OrderedDict()).setdefault(tool, {"t": [], "runs": []})
     r["t"].append(float(secs))
+    r["runs"].append((float(secs), ops))
 import re
-print("\n| case | tool | median s | runs | ratio to cp -a | ms per file | rig ops (last run) | peak in flight |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+def files(case):
+    n = re.match(r"(?:small|recheck) (\d+)|shape (?:nested(\d+)|(\d+)x(\d+))", case)
+    if not n:
+        return None
+    if n.group(1) or n.group(2):
+        return int(n.group(1) or n.group(2))
+    return int(n.group(3)) * int(n.group(4))
+print("\n| case | tool | median s | runs | vs cp -a | vs floor | ms per file | rig ops | peak in flight | mean in flight |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for case, tools in rows.items():
-    cp = statistics.median(tools["cp"]["t"]) if "cp" in tools else None
+    med = {t: statistics.median(r["t"]) for t, r in tools.items()}
     for tool, r in tools.items():
-        m = statistics.median(r["t"])
+        m = med[tool]
         name = {"cp": "cp -a && sync", "rsync": "rsync -a && sync", "sharelink": "sharelink link"}.get(tool, tool)
-        ratio = f"{m / cp:.2f}" if cp else ""
-        n = re.match(r"(?:small|recheck) (\d+)", case)
-        per = f"{m / int(n.group(1)) * 1000:.2f}" if n else ""
-        ops, peak = (r["ops"].split(" ") + ["-"])[:2]
-        print(f"| {case} | {name} | {m:.3f} | {len(r['t'])} | {ratio} | {per} | {ops} | {peak} |")
+        ratio = f"{m / med['cp']:.3f}" if "cp" in med else ""
+        floor = f"{m / med['floor']:.2f}" if "floor" in med else ""
+        n = files(case)
+        per = f"{m / n * 1000:.2f}" if n else ""
+        # The rig's counters of the median run (the middle one by time).
+        secs, ops = sorted(r["runs"])[(len(r["runs"]) - 1) // 2]
+        ops, peak, busy = (ops.split(" ") + ["-", "-"])[:3]
+        mean = f"{int(busy) / 1000 / secs:.1f}" if busy.isdigit() else "-"
+        print(f"| {case} | {name} | {m:.3f} | {len(r['t'])} | {ratio} | {floor} | {per} | {ops} | {peak} | {mean} |")
 PY
 echo "raw runs: $RAW" >&2

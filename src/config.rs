@@ -163,7 +163,7 @@ fn cpus() -> usize {
 
 /// Whether `path` is on a filesystem reached over a network (or through
 /// FUSE, which may be one).
-fn is_network_fs(path: &Path) -> bool {
+pub(crate) fn is_network_fs(path: &Path) -> bool {
     const NETWORK: [u64; 9] = [
         0xFF534D42, // CIFS
         0xFE534D42, // SMB2

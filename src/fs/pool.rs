@@ -1,9 +1,21 @@
 //! A small pool for filesystem work: jobs may add jobs (a directory job
-//! adds its children), the most recent first, so the walk stays depth-first
-//! and the directories held open stay few. The calling thread does not run
-//! jobs: it keeps the heartbeat (lock lease, progress, signals) going at a
-//! fixed pace however long one job takes.
+//! adds its children). The calling thread does not run jobs: it keeps the
+//! heartbeat (lock lease, progress, signals) going at a fixed pace however
+//! long one job takes.
+//!
+//! Jobs are queued in lanes, one per directory they create entries in, and
+//! handed out round-robin over the lanes: the kernel serialises creates in
+//! one directory (the parent's lock is held across the round trip to the
+//! share), so workers spread over directories keep a create in flight in
+//! each of them instead of queueing on one directory's lock. Within a lane
+//! the most recent job comes first. A job that opens a directory (and so
+//! starts a lane of its own) is preferred in its lane, so subdirectories
+//! start early, but it waits while a budget of lanes already have
+//! jobs queued: the directories held open stay bounded however wide the
+//! tree. It never waits when nothing else is queued, so the work cannot
+//! stall.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,8 +34,25 @@ pub struct Queue<J> {
     pub stop: AtomicBool,
 }
 
+/// A directory's lane: the jobs that create entries in it.
+pub type Lane = u32;
+
+struct Jobs<J> {
+    /// Jobs that open a directory of their own.
+    opens: Vec<J>,
+    other: Vec<J>,
+}
+
 struct State<J> {
-    jobs: Vec<J>,
+    lanes: HashMap<Lane, Jobs<J>>,
+    /// The lanes with jobs queued, each once, in the order they get a turn.
+    ring: VecDeque<Lane>,
+    queued: usize,
+    /// Lanes whose `other` jobs are not all handed out: each holds its
+    /// directory open.
+    busy_lanes: usize,
+    /// Opening jobs wait while this many lanes are busy.
+    budget: usize,
     running: usize,
     /// Workers waiting for a job: a wake-up is a system call, made only
     /// when someone waits.
@@ -32,8 +61,72 @@ struct State<J> {
 }
 
 impl<J> State<J> {
+    fn new(budget: usize) -> State<J> {
+        State {
+            lanes: HashMap::new(),
+            ring: VecDeque::new(),
+            queued: 0,
+            busy_lanes: 0,
+            budget: budget.max(1),
+            running: 0,
+            idle: 0,
+            error: None,
+        }
+    }
+
     fn finished(&self) -> bool {
-        self.running == 0 && self.jobs.is_empty()
+        self.running == 0 && self.queued == 0
+    }
+
+    fn push(&mut self, lane: Lane, job: J, opens: bool) {
+        let l = self.lanes.entry(lane).or_insert_with(|| Jobs {
+            opens: Vec::new(),
+            other: Vec::new(),
+        });
+        if l.opens.is_empty() && l.other.is_empty() {
+            self.ring.push_back(lane);
+        }
+        if opens {
+            l.opens.push(job);
+        } else {
+            if l.other.is_empty() {
+                self.busy_lanes += 1;
+            }
+            l.other.push(job);
+        }
+        self.queued += 1;
+    }
+
+    /// The next job: from the lane whose turn it is, skipping lanes that
+    /// hold only opening jobs while the budget is spent. Some lane always
+    /// qualifies while jobs are queued: with the budget spent, some lane
+    /// has other jobs.
+    fn pop(&mut self) -> Option<J> {
+        for _ in 0..self.ring.len() {
+            let lane = *self.ring.front()?;
+            let l = self.lanes.get_mut(&lane).expect("a lane in the ring");
+            let job = if !l.opens.is_empty() && self.busy_lanes < self.budget {
+                l.opens.pop()
+            } else {
+                let j = l.other.pop();
+                if j.is_some() && l.other.is_empty() {
+                    self.busy_lanes -= 1;
+                }
+                j
+            };
+            let empty = l.opens.is_empty() && l.other.is_empty();
+            // Its turn is over either way.
+            self.ring.rotate_left(1);
+            if empty {
+                self.ring.pop_back();
+                self.lanes.remove(&lane);
+            }
+            if let Some(j) = job {
+                self.queued -= 1;
+                return Some(j);
+            }
+        }
+        None
     }
 }
 
@@ -42,9 +135,17 @@ impl<J> Queue<J> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queue a job in lane 0 (for work that is not spread over
+    /// directories).
     pub fn push(&self, job: J) {
+        self.push_to(0, job, false)
+    }
+
+    /// Queue a job in `lane`; `opens`: it opens a directory (and starts
+    /// its lane).
+    pub fn push_to(&self, lane: Lane, job: J, opens: bool) {
         let mut s = self.lock();
-        s.jobs.push(job);
+        s.push(lane, job, opens);
         let wake = s.idle > 0;
         drop(s);
         if wake {
@@ -76,25 +177,42 @@ impl<J> Queue<J> {
 /// How often the heartbeat runs while jobs are in flight.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
 
-/// Run `initial` and every job they push on `threads` worker threads.
-/// `heartbeat` runs on the calling thread every [`HEARTBEAT`] and once at
-/// the end; an error from it stops the work. Returns the first error.
+/// Lanes with jobs queued before opening jobs wait, per worker: enough
+/// directories to keep every worker busy, few enough that a wide tree
+/// holds few open.
+const LANES_PER_WORKER: usize = 4;
+
+/// Run `initial` (in lane 0) and every job they push on `threads` worker
+/// threads. `heartbeat` runs on the calling thread every [`HEARTBEAT`] and
+/// once at the end; an error from it stops the work. Returns the first
+/// error.
 pub fn run<J: Send>(
     threads: usize,
     initial: Vec<J>,
     work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
     heartbeat: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
+    let initial = initial.into_iter().map(|j| (0, j)).collect();
+    run_lanes(threads, initial, work, heartbeat)
+}
+
+/// [`run`] with the initial jobs each in its lane.
+pub fn run_lanes<J: Send>(
+    threads: usize,
+    initial: Vec<(Lane, J)>,
+    work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
+    heartbeat: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    let threads = threads.max(1);
+    let mut state = State::new((threads * LANES_PER_WORKER).max(16));
+    for (lane, j) in initial {
+        state.push(lane, j, false);
+    }
     let q = Queue {
-        state: Mutex::new(State {
-            jobs: initial,
-            running: 0,
-            idle: 0,
-            error: None,
-        }),
+        state: Mutex::new(state),
         work: Condvar::new(),
         done: Condvar::new(),
-        threads: threads.max(1),
+        threads,
         stop: AtomicBool::new(false),
     };
     std::thread::scope(|scope| {
@@ -165,7 +283,7 @@ fn worker<J>(q: &Queue<J>, work: &dyn Fn(J, &Queue<J>) -> Result<()>) {
             if q.stopped() {
                 return;
             }
-            if let Some(j) = s.jobs.pop() {
+            if let Some(j) = s.pop() {
                 break j;
             }
             if s.running == 0 {
@@ -227,6 +345,68 @@ mod tests {
         .unwrap();
         assert_eq!(n.load(Ordering::Relaxed), (1 << 11) - 1);
         assert!(beats >= 1);
+    }
+
+    /// With N lanes ready, the first N jobs handed out come from N
+    /// different lanes, whatever order they were queued in.
+    #[test]
+    fn jobs_are_handed_out_round_robin_over_lanes() {
+        let mut s = State::new(64);
+        for lane in 0..10u32 {
+            for i in 0..200u32 {
+                s.push(lane, (lane, i), false);
+            }
+        }
+        let mut order = Vec::new();
+        while let Some((lane, _)) = s.pop() {
+            order.push(lane);
+        }
+        assert_eq!(order.len(), 2000);
+        for round in order.chunks(10) {
+            let mut lanes = round.to_vec();
+            lanes.sort_unstable();
+            lanes.dedup();
+            assert_eq!(
+                lanes.len(),
+                10,
+                "one job from each lane per round: {round:?}"
+            );
+        }
+        // A lane that starts late gets its turn within one round.
+        let mut s = State::new(64);
+        for i in 0..100u32 {
+            s.push(0, i, false);
+        }
+        s.pop();
+        s.push(7, 1000, false);
+        assert!((0..2).any(|_| s.pop() == Some(1000)));
+    }
+
+    /// Opening jobs come first in their lane, and wait while the budget of
+    /// busy lanes is spent, except when nothing else is queued.
+    #[test]
+    fn opening_jobs_come_first_within_the_budget() {
+        let mut s = State::new(2);
+        s.push(0, "leaf", false);
+        s.push(0, "open a", true);
+        assert_eq!(s.pop(), Some("open a"));
+        s.push(1, "leaf in a", false);
+        s.push(0, "open b", true);
+        // Lanes 0 and 1 hold leaves: the budget of 2 is spent, so lane 0's
+        // turn hands out its leaf, not the opening job.
+        assert_eq!(s.pop(), Some("leaf"));
+        assert_eq!(s.pop(), Some("leaf in a"));
+        assert_eq!(s.pop(), Some("open b"));
+        assert_eq!(s.pop(), None);
+        // Only opening jobs queued: they go, whatever the budget.
+        let mut s = State::new(1);
+        s.push(3, "leaf", false);
+        s.push(4, "x", false);
+        s.push(5, "open", true);
+        assert_eq!(s.pop(), Some("leaf"));
+        assert_eq!(s.pop(), Some("x"));
+        assert_eq!(s.pop(), Some("open"));
+        assert!(s.finished());
     }
 
     #[test]

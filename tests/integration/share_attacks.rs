@@ -388,19 +388,26 @@ fn a_holder_that_lost_its_lock_moves_nothing_more_into_the_target() {
         "host=other-replica\nboot=b\npidns=p\npid=1\nstart=1\n",
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Frozen past the three seconds within which the lock must have been
+    // confirmed for anything new to be made on the share.
+    std::thread::sleep(Duration::from_millis(3500));
     sh(&format!("kill -CONT {}", child.id()));
     let o = child.wait_with_output().unwrap();
     let log = stderr(&o);
     assert_eq!(code(&o.status), 74, "{log}");
-    assert!(log.contains("taken over"), "{log}");
+    assert!(
+        log.contains("taken over") || log.contains("could not be confirmed"),
+        "{log}"
+    );
+    // The moves are spread over workers: those in flight when it stopped
+    // may have landed, no more.
     let moved = names(&sb.share.join("data"))
         .into_iter()
         .filter(|n| n.starts_with('d'))
         .count();
-    assert_eq!(
-        moved, 1,
-        "renamed into the target after losing the lock:\n{log}"
+    assert!(
+        moved <= 4,
+        "{moved} entries renamed into the target after losing the lock:\n{log}"
     );
     // Nothing lost: every entry is in the app directory or the share.
     for i in 0..20 {

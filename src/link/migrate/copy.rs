@@ -293,6 +293,7 @@ impl Staging {
             app_path,
             staging_path: &self.path,
             dst_dev: self.tree.stat().map(|m| m.dev).unwrap_or(0),
+            spread: crate::config::is_network_fs(&self.path),
         };
         let root_src = Arc::new(
             app.try_clone()
@@ -494,11 +495,26 @@ struct Shared<'a> {
     staging_path: &'a Path,
     /// The staging tree's device.
     dst_dev: u64,
+    /// Spread the work over directories (a lane each): on a network share,
+    /// where a create waits for a round trip under its directory's lock.
+    /// On a local disk one lane, most recent job first: the copy stays
+    /// depth-first, which writes back faster there.
+    spread: bool,
 }
 
 impl Shared<'_> {
     fn entry(&self, ix: Ix) -> &Entry {
         self.inv.get(ix)
+    }
+
+    /// Queue `job`, which creates entries in directory `dir`; `opens`: it
+    /// opens a directory of its own.
+    fn push(&self, q: &Queue<Job>, dir: Ix, job: Job, opens: bool) {
+        if self.spread {
+            q.push_to(dir, job, opens)
+        } else {
+            q.push(job)
+        }
     }
 
     fn src_path(&self, ix: Ix) -> PathBuf {
@@ -573,11 +589,16 @@ impl Shared<'_> {
         for c in kids {
             let e = self.entry(c);
             if e.meta.kind == Kind::Dir {
-                q.push(Job::MakeDir {
-                    ix: c,
-                    src: src.clone(),
-                    dst: dst.clone(),
-                });
+                self.push(
+                    q,
+                    ix,
+                    Job::MakeDir {
+                        ix: c,
+                        src: src.clone(),
+                        dst: dst.clone(),
+                    },
+                    true,
+                );
             } else if let Some(leader) = e.leader {
                 self.follow(leader, c, &src, &dst, q);
             } else {
@@ -588,11 +609,16 @@ impl Shared<'_> {
         // them out costs little next to the work.
         let per_job = (leaves.len() / (q.threads() * 4)).clamp(1, 64);
         for chunk in leaves.chunks(per_job) {
-            q.push(Job::Leaf {
-                ixs: chunk.to_vec(),
-                src: src.clone(),
-                dst: dst.clone(),
-            });
+            self.push(
+                q,
+                ix,
+                Job::Leaf {
+                    ixs: chunk.to_vec(),
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+                false,
+            );
         }
         // This job's own unit.
         self.release(ix)
@@ -638,20 +664,31 @@ impl Shared<'_> {
     /// A hard link whose first name is `leader`: link now if the leader is
     /// copied, else wait for it.
     fn follow(&self, leader: Ix, ix: Ix, src: &Arc<Dir>, dst: &Arc<Dir>, q: &Queue<Job>) {
+        let lane = self.entry(ix).parent;
         let mut l = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         match l.get_mut(&leader) {
-            Some(LeaderState::Done(Some((to, to_name)))) => q.push(Job::Link {
-                ix,
-                src: src.clone(),
-                dst: dst.clone(),
-                to: to.clone(),
-                to_name: to_name.clone(),
-            }),
-            Some(LeaderState::Done(None)) => q.push(Job::Leaf {
-                ixs: vec![ix],
-                src: src.clone(),
-                dst: dst.clone(),
-            }),
+            Some(LeaderState::Done(Some((to, to_name)))) => self.push(
+                q,
+                lane,
+                Job::Link {
+                    ix,
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    to: to.clone(),
+                    to_name: to_name.clone(),
+                },
+                false,
+            ),
+            Some(LeaderState::Done(None)) => self.push(
+                q,
+                lane,
+                Job::Leaf {
+                    ixs: vec![ix],
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+                false,
+            ),
             Some(LeaderState::Waiting(v)) => v.push((ix, src.clone(), dst.clone())),
             None if self.sel[leader as usize] == Sel::Copy && !self.entry(leader).changed => {
                 l.insert(
@@ -660,11 +697,16 @@ impl Shared<'_> {
                 );
             }
             // The leader is not being copied: copy this name on its own.
-            None => q.push(Job::Leaf {
-                ixs: vec![ix],
-                src: src.clone(),
-                dst: dst.clone(),
-            }),
+            None => self.push(
+                q,
+                lane,
+                Job::Leaf {
+                    ixs: vec![ix],
+                    src: src.clone(),
+                    dst: dst.clone(),
+                },
+                false,
+            ),
         }
     }
 
@@ -677,20 +719,22 @@ impl Shared<'_> {
         };
         drop(l);
         for (f, src, dst) in waiting {
-            match &at {
-                Some((to, to_name)) => q.push(Job::Link {
+            let lane = self.entry(f).parent;
+            let job = match &at {
+                Some((to, to_name)) => Job::Link {
                     ix: f,
                     src,
                     dst,
                     to: to.clone(),
                     to_name: to_name.clone(),
-                }),
-                None => q.push(Job::Leaf {
+                },
+                None => Job::Leaf {
                     ixs: vec![f],
                     src,
                     dst,
-                }),
-            }
+                },
+            };
+            self.push(q, lane, job, false);
         }
     }
 

@@ -477,6 +477,7 @@ fn replace_checked(
     to: &Dir,
     name: &OsStr,
     staging: &Staging,
+    aside: &OsStr,
     expect: &Identity,
 ) -> std::io::Result<bool> {
     let f = match to.open_read(name) {
@@ -496,7 +497,6 @@ fn replace_checked(
         return Ok(false);
     }
     failpoint::hit("replace.checked");
-    let aside = OsStr::new(copy::ASIDE);
     // Our own leftover of a killed run may be there: it goes.
     to.rename(name, staging.dir(), aside)?;
     let moved = staging.dir().stat_at(aside)?;
@@ -527,6 +527,12 @@ fn replace_checked(
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
         _ => Ok(true),
     }
+}
+
+/// Where [`replace_checked`] moves the old copy of root `r` aside, in the
+/// staging directory: one name per root, as replaces run in parallel.
+fn aside_name(r: Ix) -> OsString {
+    OsString::from(format!("{}.{r}", copy::ASIDE))
 }
 
 fn split(p: &Path) -> (&Path, &OsStr) {
@@ -1059,26 +1065,27 @@ impl Migration<'_> {
         let (staged, stats) = staging.copy(inv, app, &sel, ctx)?;
         ctx.lock.verify()?;
         let staged = Ledger::from_staged(inv, &staged);
-        for &r in copy_in {
-            // A run frozen past its lease here must not go on renaming
-            // into a target another holder now works on.
-            ctx.lock.keepalive()?;
-            if let Some(id) = self.move_in(inv, r, &staging, target, None)? {
+        let moves: Vec<(Ix, Option<Identity>)> = copy_in
+            .iter()
+            .map(|&r| (r, None))
+            .chain(replace.iter().map(|&(r, was)| (r, Some(was))))
+            .collect();
+        // What moved is recorded even when a later move failed.
+        let (moved, failed) = self.move_all(inv, &moves, &staging, target, ctx);
+        for (&(r, was), id) in moves.iter().zip(moved) {
+            let Some(id) = id else { continue };
+            if was.is_none() {
                 for i in inv.subtree(r) {
                     ledger.deletable[i as usize] = staged.deletable[i as usize];
                     ledger.copies[i as usize] = staged.copies[i as usize];
                 }
-                ledger.copies[r as usize] = id;
-            }
-        }
-        for &(r, ref was) in replace {
-            ctx.lock.keepalive()?;
-            if let Some(id) = self.move_in(inv, r, &staging, target, Some(was))? {
+            } else {
                 ledger.deletable[r as usize] = staged.deletable[r as usize];
-                ledger.copies[r as usize] = id;
                 out.replaced += 1;
             }
+            ledger.copies[r as usize] = id;
         }
+        failed?;
         target
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
@@ -1087,11 +1094,42 @@ impl Migration<'_> {
         Ok(())
     }
 
-    /// Move root `r` from the staging tree into the target. `expect`:
-    /// replace what is there, if it still is that (our own older copy).
-    /// Returns the moved entry's identity on the share (a rename may move
-    /// its ctime), or `None` when it did not move.
-    fn move_in(
+    /// [`Self::move_in`] for each of `moves` (a root and what it replaces),
+    /// grouped by directory so that each parent is opened once per
+    /// directory. One after another on this thread, with the lock checked
+    /// before each: a run frozen past its lease here must not go on
+    /// renaming into a target another holder now works on. Returns what
+    /// moved (recorded even when a later move failed) and how it ended.
+    fn move_all(
+        &self,
+        inv: &Inventory,
+        moves: &[(Ix, Option<Identity>)],
+        staging: &Staging,
+        target: &Dir,
+        ctx: &mut Ctx<'_>,
+    ) -> (Vec<Option<Option<Identity>>>, Result<()>) {
+        let mut done: Vec<Option<Option<Identity>>> = vec![None; moves.len()];
+        let mut by_dir: std::collections::BTreeMap<Ix, Vec<usize>> = Default::default();
+        for (k, &(r, _)) in moves.iter().enumerate() {
+            by_dir.entry(inv.get(r).parent).or_default().push(k);
+        }
+        let mut run = || -> Result<()> {
+            for ks in by_dir.values() {
+                let (from, to) = self.parents(inv, moves[ks[0]].0, staging, target)?;
+                for &k in ks {
+                    ctx.lock.keepalive()?;
+                    let (r, was) = &moves[k];
+                    done[k] = self.move_in(inv, *r, (&from, &to), staging, was.as_ref())?;
+                }
+            }
+            Ok(())
+        };
+        let r = run();
+        (done, r)
+    }
+
+    /// [`Self::move_in`] for one root, opening its parent on each side.
+    fn move_root(
         &self,
         inv: &Inventory,
         r: Ix,
@@ -1099,20 +1137,49 @@ impl Migration<'_> {
         target: &Dir,
         expect: Option<&Identity>,
     ) -> Result<Option<Option<Identity>>> {
+        let (from, to) = self.parents(inv, r, staging, target)?;
+        self.move_in(inv, r, (&from, &to), staging, expect)
+    }
+
+    /// The parent directory of root `r` in the staging tree and in the
+    /// target.
+    fn parents(
+        &self,
+        inv: &Inventory,
+        r: Ix,
+        staging: &Staging,
+        target: &Dir,
+    ) -> Result<(Dir, Dir)> {
         let rel = inv.rel(r);
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
-        let name = &inv.get(r).name;
         let from = tree::open_beneath(&staging.tree, parent_rel)
             .map_err(|e| Error::io("open", &staging.path.join(copy::TREE).join(parent_rel), e))?;
         let to = tree::open_beneath(target, parent_rel)
             .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
+        Ok((from, to))
+    }
+
+    /// Move root `r` from the staging tree into the target (`from` and
+    /// `to`: its parent directory on each side). `expect`:
+    /// replace what is there, if it still is that (our own older copy).
+    /// Returns the moved entry's identity on the share (a rename may move
+    /// its ctime), or `None` when it did not move.
+    fn move_in(
+        &self,
+        inv: &Inventory,
+        r: Ix,
+        (from, to): (&Dir, &Dir),
+        staging: &Staging,
+        expect: Option<&Identity>,
+    ) -> Result<Option<Option<Identity>>> {
+        let name = &inv.get(r).name;
         let moved = match expect {
-            Some(id) => match replace_checked(&from, &to, name, staging, id) {
+            Some(id) => match replace_checked(from, to, name, staging, &aside_name(r), id) {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(None),
                 Err(e) => Err(e),
             },
-            None => from.rename_noreplace(name, &to, name),
+            None => from.rename_noreplace(name, to, name),
         };
         match moved {
             Ok(()) => {
@@ -1131,7 +1198,7 @@ impl Migration<'_> {
             }
             Err(e) => Err(Error::io(
                 "move into the share",
-                &self.share_path.join(&rel),
+                &self.share_path.join(inv.rel(r)),
                 e,
             )),
         }
@@ -1322,7 +1389,7 @@ impl Migration<'_> {
         how: Swap,
     ) -> Result<Option<Option<Identity>>> {
         match how {
-            Swap::RenameOver => self.move_in(inv, r, staging, target, Some(was)),
+            Swap::RenameOver => self.move_root(inv, r, staging, target, Some(was)),
             Swap::RemoveThenRename => {
                 let rel = inv.rel(r);
                 let to = tree::open_beneath(target, rel.parent().unwrap_or(Path::new("")))
@@ -1339,7 +1406,7 @@ impl Migration<'_> {
                 }
                 // A crash here leaves the share without the entry: the
                 // next run copies it in ("only the app has it").
-                self.move_in(inv, r, staging, target, None)
+                self.move_root(inv, r, staging, target, None)
             }
             Swap::KeepShare => Ok(None),
         }

@@ -75,7 +75,8 @@ impl LatencyFs {
     }
 
     /// Requests served so far, by operation (`lookup`, `write`, …), plus
-    /// `total` and `peak_in_flight`; `reset` zeroes them afterwards.
+    /// `total`, `peak_in_flight` and `busy_ms`; `reset` zeroes them
+    /// afterwards.
     pub fn stats(&self, reset: bool) -> BTreeMap<String, u64> {
         let mut c = Command::new(bin());
         c.arg("stats").arg(&self.mnt);

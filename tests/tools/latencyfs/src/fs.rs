@@ -261,11 +261,12 @@ impl LatencyFs {
         f: impl FnOnce(&Core, R) + Send + 'static,
     ) {
         let job: Job = Box::new(move |core: &Core| {
+            let start = std::time::Instant::now();
             match core.policy.begin(op) {
                 Ok(()) => f(core, reply),
                 Err(e) => reply.err(e),
             }
-            core.policy.end();
+            core.policy.end(start.elapsed());
         });
         if let Err(e) = self.jobs.send(job) {
             // The pool is gone only while shutting down; answer inline.

@@ -27,7 +27,7 @@ usage:
   latencyfs mount BACKING MNT [OPTIONS]   start in the background; returns once MNT is live
   latencyfs serve BACKING MNT [OPTIONS]   the same in the foreground
   latencyfs umount MNT [--lazy]           unmount and wait for the daemon to exit
-  latencyfs stats MNT [--reset]           per-operation counts, peak requests in flight
+  latencyfs stats MNT [--reset]           per-operation counts, peak requests in flight, busy time
   latencyfs tunables MNT [--max-background N] [--congestion-threshold N]
 
 options:

@@ -246,6 +246,9 @@ pub struct Policy {
     counts: [AtomicU64; ALL_OPS.len()],
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    /// Time requests spent in flight, summed (µs): over a run's wall time,
+    /// the mean number in flight.
+    busy_us: AtomicU64,
 }
 
 impl Policy {
@@ -326,8 +329,11 @@ impl Policy {
         }
     }
 
-    pub fn end(&self) {
+    /// Called when a request that took `took` is answered.
+    pub fn end(&self, took: Duration) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.busy_us
+            .fetch_add(took.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Reserve `len` bytes of the `--enospc-after` budget.
@@ -365,7 +371,15 @@ impl Policy {
         } else {
             self.peak_in_flight.load(Ordering::SeqCst)
         };
-        out.push_str(&format!("total {total}\npeak_in_flight {peak}\n"));
+        let busy = if reset {
+            self.busy_us.swap(0, Ordering::SeqCst)
+        } else {
+            self.busy_us.load(Ordering::SeqCst)
+        };
+        out.push_str(&format!(
+            "total {total}\npeak_in_flight {peak}\nbusy_ms {}\n",
+            busy / 1000
+        ));
         out
     }
 }
