@@ -91,9 +91,9 @@ pub struct RunArgs {
     /// Forward signals to the command's whole process group
     #[arg(long)]
     pub kill_process_group: bool,
-    /// Forward signal FROM to the command as TO; TO = 0 drops it (repeatable; names or numbers: TERM:INT, 15:2)
+    /// Forward signal FROM to the command as TO; TO = 0 drops it; TO-if-uncaught only when the command leaves FROM at its default action (repeatable; names or numbers: TERM:INT, 15:2, TERM:INT-if-uncaught)
     #[arg(long, value_name = "FROM:TO", value_parser = parse_rewrite)]
-    pub rewrite: Vec<(i32, i32)>,
+    pub rewrite: Vec<(i32, crate::signals::Target)>,
     /// The command and its arguments
     #[arg(
         required = true,
@@ -112,7 +112,7 @@ fn parse_bool(s: &str) -> std::result::Result<bool, String> {
     }
 }
 
-fn parse_rewrite(s: &str) -> std::result::Result<(i32, i32), String> {
+fn parse_rewrite(s: &str) -> std::result::Result<(i32, crate::signals::Target), String> {
     crate::signals::Rewrites::parse_rule(s)
 }
 
@@ -263,6 +263,7 @@ fn owner_of(c: &user::Credentials) -> Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::Target;
     use clap::CommandFactory;
 
     #[test]
@@ -313,7 +314,10 @@ mod tests {
         match c.command {
             Command::Run(r) => assert_eq!(
                 r.rewrite,
-                [(libc::SIGTERM, libc::SIGINT), (libc::SIGHUP, 0)]
+                [
+                    (libc::SIGTERM, Target::always(libc::SIGINT)),
+                    (libc::SIGHUP, Target::always(0))
+                ]
             ),
             _ => panic!(),
         }

@@ -74,7 +74,8 @@ pub struct RunDefaults {
     pub user: Option<String>,
     pub grace_period: Duration,
     pub kill_process_group: bool,
-    /// `rewrite = { TERM = "INT" }`: signals forwarded as another one.
+    /// `rewrite = { TERM = "INT-if-uncaught" }`: signals forwarded as
+    /// another one.
     pub rewrite: Rewrites,
 }
 
@@ -896,9 +897,21 @@ kill_process_group = false
             "{ROOTS}[run]\nrewrite = {{ TERM = \"INT\", sighup = 0, 10 = \"SIGUSR2\" }}\n"
         ))
         .unwrap();
-        assert_eq!(c.run.rewrite.apply(libc::SIGTERM), Some(libc::SIGINT));
-        assert_eq!(c.run.rewrite.apply(libc::SIGHUP), None);
-        assert_eq!(c.run.rewrite.apply(libc::SIGUSR1), Some(libc::SIGUSR2));
+        let never = || None;
+        assert_eq!(
+            c.run.rewrite.apply(libc::SIGTERM, never),
+            Some(libc::SIGINT)
+        );
+        assert_eq!(c.run.rewrite.apply(libc::SIGHUP, never), None);
+        assert_eq!(
+            c.run.rewrite.apply(libc::SIGUSR1, never),
+            Some(libc::SIGUSR2)
+        );
+        let c = p(&format!(
+            "{ROOTS}[run]\nrewrite = {{ TERM = \"INT-if-uncaught\" }}\n"
+        ))
+        .unwrap();
+        assert!(c.run.rewrite.is_conditional());
         for (table, culprit) in [
             ("{ TERM = \"BOGUS\" }", "run.rewrite.TERM"),
             ("{ BOGUS = \"INT\" }", "run.rewrite.BOGUS"),

@@ -999,6 +999,20 @@ finally:
     open(d + '/finally', 'w').close()
 ";
 
+/// A Python program with its own SIGTERM handler, which ends it with 0 (a
+/// CronJob's success); a SIGINT would be a KeyboardInterrupt and 130.
+const PY_HANDLER: &str = "\
+import signal, sys, time
+d = sys.argv[1]
+def on_term(signum, frame):
+    open(d + '/finally', 'w').close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+open(d + '/ready', 'w').close()
+while True:
+    time.sleep(0.05)
+";
+
 /// Start PY_CLEANUP under sharelink with `run_args` (and `config_run`
 /// appended to the config's `[run]` table), send SIGTERM to sharelink, and
 /// return the exit code and whether the `finally` block ran.
@@ -1008,12 +1022,24 @@ fn python_gets_sigterm(
     run_args: &[&str],
     config_run: &str,
 ) -> (i32, bool) {
+    python_program_gets_sigterm(sb, PY_CLEANUP, name, run_args, config_run)
+}
+
+/// The same with any program taking the directory for `ready` and
+/// `finally` as its argument.
+fn python_program_gets_sigterm(
+    sb: &RunSandbox,
+    program: &str,
+    name: &str,
+    run_args: &[&str],
+    config_run: &str,
+) -> (i32, bool) {
     let d = sb.path(name);
     std::fs::create_dir(&d).unwrap();
     let cfg = sb.path(&format!("{name}.toml"));
     let base = std::fs::read_to_string(sb.path("sharelink.toml")).unwrap();
     std::fs::write(&cfg, format!("{base}[run]\n{config_run}\n")).unwrap();
-    let script = sb.script(&format!("{name}.py"), PY_CLEANUP);
+    let script = sb.script(&format!("{name}.py"), program);
     let mut c = Command::new(bin());
     c.arg("--config").arg(&cfg).arg("run").args(run_args).args([
         "--",
@@ -1075,6 +1101,56 @@ fn rewrite_from_config_and_cli_wins() {
         ),
         (sigint, true)
     );
+}
+
+/// The default forwards SIGTERM unchanged, so a program's own SIGTERM
+/// handler runs and its exit 0 is the container's; `TERM:INT-if-uncaught`
+/// leaves that program alone and still gives a program without a handler
+/// SIGINT (KeyboardInterrupt, `finally`). A plain `TERM:INT` is what breaks
+/// the handler: 130 instead of 0.
+#[test]
+fn conditional_rewrite_spares_programs_with_their_own_handler() {
+    let sb = RunSandbox::new();
+    let sigint = 128 + libc::SIGINT;
+    let handler = |name: &str, args: &[&str], cfg: &str| {
+        python_program_gets_sigterm(&sb, PY_HANDLER, name, args, cfg)
+    };
+    assert_eq!(handler("h-default", &[], ""), (0, true));
+    assert_eq!(
+        handler("h-cond", &["--rewrite", "TERM:INT-if-uncaught"], ""),
+        (0, true)
+    );
+    assert_eq!(
+        handler(
+            "h-cond-cfg",
+            &[],
+            "rewrite = { TERM = \"INT-if-uncaught\" }"
+        ),
+        (0, true)
+    );
+    assert_eq!(
+        handler("h-always", &["--rewrite", "TERM:INT"], ""),
+        (sigint, false)
+    );
+    for (name, args, cfg) in [
+        ("c-cond", &["--rewrite", "TERM:INT-if-uncaught"][..], ""),
+        (
+            "c-cond-cfg",
+            &[][..],
+            "rewrite = { TERM = \"INT-if-uncaught\" }",
+        ),
+        (
+            "c-cond-group",
+            &["--kill-process-group", "--rewrite", "15:2-if-uncaught"][..],
+            "",
+        ),
+    ] {
+        assert_eq!(
+            python_gets_sigterm(&sb, name, args, cfg),
+            (sigint, true),
+            "{name}"
+        );
+    }
 }
 
 /// A dropped signal never reaches the command; others still do.
