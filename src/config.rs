@@ -28,6 +28,8 @@ pub struct Config {
     pub app_root: PathBuf,
     pub share_root: PathBuf,
     pub require_mount: bool,
+    /// Accept a Docker volume on the local disk as the share.
+    pub allow_local_volume: bool,
     pub mount_timeout: Duration,
     /// In file order.
     pub links: Vec<Link>,
@@ -175,6 +177,7 @@ struct RawConfig {
     app_root: Option<Spanned<String>>,
     share_root: Option<Spanned<String>>,
     require_mount: Option<bool>,
+    allow_local_volume: Option<bool>,
     mount_timeout: Option<Spanned<String>>,
     #[serde(default)]
     links: BTreeMap<Spanned<String>, Spanned<RawLink>>,
@@ -326,6 +329,7 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         app_root,
         share_root,
         require_mount: ov.require_mount.or(raw.require_mount).unwrap_or(true),
+        allow_local_volume: raw.allow_local_volume.unwrap_or(false),
         mount_timeout,
         links: links(&raw.links, &src)?,
         run: run_defaults(&raw.run, &src)?,

@@ -77,6 +77,91 @@ fn dev(p: &Path) -> u64 {
     lmeta(p).dev()
 }
 
+/// One share mounted for several apps: `share_root` a directory below the
+/// mount point is accepted (with a note naming the mount); a Docker volume
+/// on the local disk where the share belongs is refused (69) unless
+/// `allow_local_volume = true`.
+#[test]
+fn share_root_below_the_mount_and_local_docker_volumes() {
+    if !in_private_mount_ns!("share_root_below_the_mount_and_local_docker_volumes") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 5, 100, 3);
+    // A bind mount stands for the share (its own line in mountinfo, not
+    // the root filesystem); share_root is one app's directory on it.
+    let backing = sb.path("backing");
+    fs::create_dir_all(backing.join("etl-prod")).unwrap();
+    let mnt = sb.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    sh(&format!(
+        "mount --bind '{}' '{}'",
+        backing.display(),
+        mnt.display()
+    ));
+    let cfg = |share: &Path, extra: &str| {
+        fs::write(
+            &sb.config,
+            config_text(&sb.app, share, true, extra, "\"data\" = \"data\""),
+        )
+        .unwrap();
+    };
+    let below = mnt.join("etl-prod");
+    cfg(&below, "");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("not a mount point itself")
+            && err.contains(&format!("mounted at {}", mnt.display())),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        below.join("data")
+    );
+    // A directory next to the mount, on the root filesystem: refused, and
+    // the message says how to mount, not only how to turn the check off.
+    let plain = sb.path("plain");
+    fs::create_dir_all(plain.join("etl-prod")).unwrap();
+    cfg(&plain.join("etl-prod"), "");
+    let o = sb.run(["link"]);
+    expect_code(&o, 69);
+    assert!(stderr(&o).contains("volumeMount"), "{}", stderr(&o));
+
+    // What an image's VOLUME with no -v gives: a bind of
+    // .../volumes/<64 hex>/_data from the engine's disk.
+    let hex = "65fa3bf473d581f6c4fd5366b0b18b6a200deee157e7d092ad949020b9426dae";
+    let data = sb.path(&format!("docker/volumes/{hex}/_data"));
+    fs::create_dir_all(&data).unwrap();
+    let vol = sb.path("fileshare");
+    fs::create_dir_all(&vol).unwrap();
+    sh(&format!(
+        "mount --bind '{}' '{}'",
+        data.display(),
+        vol.display()
+    ));
+    let before = snapshot(&sb.app);
+    cfg(&vol, "");
+    for args in [&["link"][..], &["link", "--dry-run"][..]] {
+        let o = sb.run(args);
+        expect_code(&o, 69);
+        let err = stderr(&o);
+        assert!(
+            err.contains("anonymous Docker volume") && err.contains("VOLUME"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot(&sb.app), before);
+    assert!(snapshot(&vol).is_empty());
+    cfg(&vol, "allow_local_volume = true");
+    expect_code(&sb.run(["link"]), 0);
+    assert!(vol.join("data").is_dir());
+    umount_lazy(&vol);
+    umount_lazy(&mnt);
+    report("share_root below the mount point: accepted with a note naming the mount; an anonymous Docker volume (an image's VOLUME without -v) at share_root: link and dry-run exit 69, nothing touched, allow_local_volume = true accepts it");
+}
+
 #[test]
 fn mount_timeout_waits_for_the_share_and_uses_it() {
     if !in_private_mount_ns!("mount_timeout_waits_for_the_share_and_uses_it") {
