@@ -38,6 +38,9 @@ struct Todo {
 /// when nothing was).
 pub fn apply(cfg: &Config, owner: Option<Owner>) -> Result<()> {
     let mut first_err = None;
+    // A cause shared by every link (the share refusing writes) is told in
+    // full once.
+    let mut told: Vec<String> = Vec::new();
     let locks = lock::lock_names(&cfg.share_root);
     // Looked at all at once (on a network share, many at a time); a link
     // reached after earlier ones took a while is looked at again.
@@ -53,7 +56,14 @@ pub fn apply(cfg: &Config, owner: Option<Owner>) -> Result<()> {
             Ok(()) => {}
             Err(e) if e.is_interrupted() => return Err(e),
             Err(e) => {
-                tracing::error!(link = %link.app.display(), "{e}");
+                let e = super::advice::explain(cfg, e);
+                let text = e.to_string();
+                if told.contains(&text) {
+                    tracing::error!(link = %link.app.display(), "failed: the same error as above");
+                } else {
+                    tracing::error!(link = %link.app.display(), "{text}");
+                    told.push(text);
+                }
                 first_err.get_or_insert(e);
             }
         }

@@ -6,6 +6,7 @@
 //! [`lock`], [`mounts`] guards against a share that is not mounted and
 //! against volumes inside data directories.
 
+pub mod advice;
 pub mod apply;
 pub mod lock;
 pub mod migrate;

@@ -177,6 +177,20 @@ fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
     best.map(|b| b.1)
 }
 
+/// "the cifs filesystem mounted at /mnt/fileshare (//acct/share)": where
+/// `path` is, for messages; `None` when the mount table cannot say.
+pub fn mount_description(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let text = std::fs::read(MOUNTINFO).ok()?;
+    let m = mount_of(&text, &real)?;
+    Some(format!(
+        "the {} filesystem mounted at {} ({})",
+        m.fs_type,
+        m.at.display(),
+        m.source
+    ))
+}
+
 /// Filesystems that live and die with the container or the machine: a
 /// `share_root` below one of them is not on a share.
 const LOCAL_ONLY: [&str; 11] = [

@@ -568,3 +568,38 @@ fn share_without_room_to_set_aside_or_merge_fails_before_copying() {
         umount(&share);
     }
 }
+
+/// The share refusing sharelink's writes (a share owned by root, sharelink
+/// started as another user): one explained error naming the uid, the share's
+/// owner and mode and the fix, told once however many links fail for it.
+#[test]
+fn share_that_refuses_writes_is_explained_once() {
+    if !require_root("share_that_refuses_writes_is_explained_once") {
+        return;
+    }
+    let links = "\"a\" = \"a\"\n\"b\" = \"b\"\n\"c\" = \"c\"";
+    let sb = Sandbox::new(links);
+    sh(&format!("chmod -R a+rX '{}'", sb.root.path().display()));
+    sh(&format!("chown -R 65534:65534 '{}'", sb.app.display()));
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+        .arg("--config")
+        .arg(&sb.config)
+        .arg("link")
+        .env_remove("SHARELINK_LOG")
+        .output()
+        .unwrap();
+    expect_code(&o, 73);
+    let err = stderr(&o);
+    assert!(
+        err.contains("sharelink (uid 65534, gid 65534) cannot write to the share"),
+        "{err}"
+    );
+    assert!(err.contains("owned by uid 0, gid 0, mode 0755"), "{err}");
+    assert!(
+        err.contains("uid=65534,gid=65534") && err.contains("run --user"),
+        "{err}"
+    );
+    assert_eq!(err.matches("cannot write to the share").count(), 1, "{err}");
+    assert_eq!(err.matches("the same error as above").count(), 2, "{err}");
+}
