@@ -1519,6 +1519,68 @@ fn exec_failures_are_126_and_127() {
     }
 }
 
+/// A misspelt command is found missing before linking: 127, the baked data
+/// still in the image, nothing on the share. A command that only exists
+/// once a data directory is linked (a tool kept on the share) still runs.
+#[test]
+fn a_missing_command_exits_127_before_linking() {
+    use crate::support::{expect_code, make_tree, snapshot, stderr, stdout};
+    let sb = Sandbox::new("\"data\" = \"data\"\n\"tools\" = \"tools\"");
+    make_tree(&sb.app.join("data"), 5, 100, 7);
+    let before = snapshot(&sb.app);
+    for cmd in ["pythn3", "/nonexistent/bin/tool"] {
+        let o = sb.run(["run", "--", cmd]);
+        expect_code(&o, 127);
+        let err = stderr(&o);
+        assert!(
+            err.contains("not found") && err.contains("nothing was linked or moved"),
+            "{err}"
+        );
+        assert_eq!(snapshot(&sb.app), before, "{cmd}");
+        assert!(snapshot(&sb.share).is_empty(), "{cmd}");
+    }
+    // On the share only: reachable through the link made first.
+    std::fs::create_dir_all(sb.share.join("tools")).unwrap();
+    let tool = sb.share.join("tools/hello.sh");
+    std::fs::write(&tool, "#!/bin/sh\necho hello\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = sb.run(["run", "--", sb.app.join("tools/hello.sh").to_str().unwrap()]);
+    expect_code(&o, 0);
+    assert_eq!(stdout(&o), "hello\n");
+}
+
+/// `run --user` with a baked directory root owns: after migrating, the
+/// user could not write it; sharelink says so, naming the directory, the
+/// user and the fix, before the command starts. Owned by the user: quiet.
+#[test]
+fn a_data_directory_the_user_cannot_write_is_reported() {
+    use crate::support::{expect_code, make_tree, sh, stderr};
+    if !require_root("a_data_directory_the_user_cannot_write_is_reported") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 3, 10, 8);
+    sh(&format!("chmod a+rx '{}'", sb.root.path().display()));
+    let o = sb.run(["run", "--user", "nobody", "--", "true"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    let target = sb.share.join("data");
+    assert!(
+        err.contains("user nobody (uid 65534")
+            && err.contains(&format!("cannot write {}", target.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("chown") && err.contains("uid=65534,gid=65534"),
+        "{err}"
+    );
+    sh(&format!("chown -R 65534:65534 '{}'", target.display()));
+    let o = sb.run(["run", "--user", "nobody", "--", "true"]);
+    expect_code(&o, 0);
+    assert!(!stderr(&o).contains("cannot write"), "{}", stderr(&o));
+}
+
 #[test]
 fn path_search_skips_directories_it_cannot_use() {
     let sb = RunSandbox::new();
