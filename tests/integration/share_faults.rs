@@ -603,3 +603,50 @@ fn share_that_refuses_writes_is_explained_once() {
     assert_eq!(err.matches("cannot write to the share").count(), 1, "{err}");
     assert_eq!(err.matches("the same error as above").count(), 2, "{err}");
 }
+
+/// The demo pipeline on an SMB-like share (bindfs refusing chmod and
+/// chown, as Azure Files without unix extensions does): it runs to the end.
+/// Before, its atomic writes died of `os.fchmod` → EPERM.
+#[test]
+fn demo_pipeline_runs_on_an_smb_like_share() {
+    if !in_private_mount_ns!("demo_pipeline_runs_on_an_smb_like_share") {
+        return;
+    }
+    let links = "\"forecasting/data\" = { share = \"forecasting/data\", dirs = [\"input\", \"output\"] }\n\
+                 \"modelling/cache\" = { share = \"modelling/cache\", dirs = [\"sarima_params\", \"time_moe_cache\"] }\n\
+                 \"modelling/predictions\" = \"modelling/predictions\"\n\
+                 \"scraping/scraped_data\" = \"scraping/scraped_data\"";
+    let sb = Sandbox::new(links);
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline");
+    sh(&format!(
+        "cp -a '{}/.' '{}'",
+        demo.display(),
+        sb.app.display()
+    ));
+    for d in [
+        "forecasting/data/output",
+        "modelling/cache/time_moe_cache",
+        "modelling/predictions",
+        "scraping/scraped_data",
+    ] {
+        fs::create_dir_all(sb.app.join(d)).unwrap();
+    }
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "256m");
+    mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");
+    let _fuse = Fuse(sb.share.clone());
+    let o = sb
+        .cmd()
+        .current_dir(&sb.app)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["run", "--", "python3"])
+        .arg(sb.app.join("run_pipeline.py"))
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+    let out = stdout(&o) + &stderr(&o);
+    assert!(out.contains("all stages done"), "{out}");
+    assert!(!out.contains("Operation not permitted"), "{out}");
+    assert!(!snapshot(&backing.join("modelling/predictions")).is_empty());
+    report("demo pipeline (examples/pipeline) on an SMB-like share (bindfs --chmod-deny --chown-deny): all stages done, exit 0");
+}
