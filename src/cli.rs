@@ -323,15 +323,27 @@ fn command_missing(
 /// would die with EACCES at its first write.
 fn warn_unwritable(cfg: &Config, user: Option<&user::Credentials>) {
     let Some(user) = user else { return };
-    let mut paths: Vec<PathBuf> = Vec::new();
+    // First the share itself: a share_root the user cannot enter (a 0700
+    // mount owned by root) is one cause for every link, said once.
+    let mut paths: Vec<PathBuf> = vec![cfg.share_root.clone()];
     for l in &cfg.links {
         let target = cfg.share_root.join(&l.share);
+        paths.push(target.clone());
         paths.extend(l.dirs.iter().map(|d| target.join(d)));
-        paths.push(target);
     }
     let checks: Vec<(&std::path::Path, i32)> = paths
         .iter()
-        .map(|p| (p.as_path(), libc::W_OK | libc::X_OK))
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                p.as_path(),
+                if i == 0 {
+                    libc::X_OK
+                } else {
+                    libc::W_OK | libc::X_OK
+                },
+            )
+        })
         .collect();
     let errs = match init::probe::access_as(Some(user), &checks) {
         Ok(e) => e,
@@ -341,11 +353,8 @@ fn warn_unwritable(cfg: &Config, user: Option<&user::Credentials>) {
         }
     };
     use std::os::unix::fs::MetadataExt;
-    for (p, errno) in paths.iter().zip(errs) {
-        if errno == 0 || errno == libc::ENOENT {
-            continue;
-        }
-        let owner = std::fs::metadata(p)
+    let owner = |p: &std::path::Path| {
+        std::fs::metadata(p)
             .map(|m| {
                 format!(
                     ", owned by uid {}, gid {}, mode {:04o}",
@@ -354,18 +363,33 @@ fn warn_unwritable(cfg: &Config, user: Option<&user::Credentials>) {
                     m.mode() & 0o7777
                 )
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
+    let (uid, gid) = (user.uid, user.gid);
+    if errs[0] != 0 {
         crate::warn!(
-            "the command's user {user} cannot write {}{owner}: {}. Its writes there will fail. \
+            "the command's user {user} cannot enter the share at {}{}: {}. Every read and write of \
+             its data will fail. Fix: make the share's root searchable by that user (chmod 0755 \
+             or chown {uid}:{gid} it on its host; for an SMB share, mount it with \
+             uid={uid},gid={gid} or dir_mode=0755)",
+            cfg.share_root.display(),
+            owner(&cfg.share_root),
+            nix::errno::Errno::from_raw(errs[0]).desc(),
+        );
+        return;
+    }
+    for (p, &errno) in paths.iter().zip(&errs).skip(1) {
+        if errno == 0 || errno == libc::ENOENT {
+            continue;
+        }
+        crate::warn!(
+            "the command's user {user} cannot write {}{}: {}. Its writes there will fail. \
              Fix: chown the baked data directory to that user in the Dockerfile (`COPY --chown=` or \
-             `RUN chown -R {}:{} /app/...`; migrated data keeps the image's owners), or chown it on \
-             the share; for an SMB share, mount it with uid={},gid={}",
+             `RUN chown -R {uid}:{gid} /app/...`; migrated data keeps the image's owners), or chown it \
+             on the share; for an SMB share, mount it with uid={uid},gid={gid}",
             p.display(),
+            owner(p),
             nix::errno::Errno::from_raw(errno).desc(),
-            user.uid,
-            user.gid,
-            user.uid,
-            user.gid,
         );
     }
 }

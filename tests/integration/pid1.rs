@@ -1579,6 +1579,15 @@ fn a_data_directory_the_user_cannot_write_is_reported() {
     let o = sb.run(["run", "--user", "nobody", "--", "true"]);
     expect_code(&o, 0);
     assert!(!stderr(&o).contains("cannot write"), "{}", stderr(&o));
+    // A share root the user cannot enter: said once, about the share.
+    sh(&format!("chmod 0700 '{}'", sb.share.display()));
+    let o = sb.run(["run", "--user", "nobody", "--", "true"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot enter the share") && err.contains("mode 0700"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot write"), "{err}");
 }
 
 #[test]
