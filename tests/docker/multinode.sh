@@ -4,7 +4,7 @@
 # with its own host name (separate "nodes"), one shared bind-mounted
 # directory as the share, all started together from an image with enough
 # baked data that the first migration takes a while. Each container runs
-# what deploy/kubernetes/deployment.yaml gives the pod: its command, args
+# what deploy/kubernetes/service/deployment.yaml gives the pod: its command, args
 # (the demo Python pipeline, examples/pipeline/run_pipeline.py, on the Python
 # base image of tests/docker/make-python-base.sh), env (PIPELINE_HOLD keeps
 # it running like a service) and securityContext (user, capabilities, no
@@ -102,7 +102,7 @@ fi
 # --- the pod spec, from the Deployment ----------------------------------------
 # Docker equivalents of the container's command, args, env, securityContext
 # and startup probe, one "KEY<TAB>value" per line.
-"$PY" - "$ROOT/deploy/kubernetes/deployment.yaml" >"$WORK/podspec" <<'PY'
+"$PY" - "$ROOT/deploy/kubernetes/service/deployment.yaml" >"$WORK/podspec" <<'PY'
 import sys, yaml
 dep = yaml.safe_load(open(sys.argv[1]))
 c = dep["spec"]["template"]["spec"]["containers"][0]
