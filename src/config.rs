@@ -577,7 +577,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         format!("bad duration {s:?}: use a whole number with ms, s, m or h, like \"500ms\", \"3s\", \"2m\"")
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit.trim() {
+    // No space between number and unit: "3 s" is not a duration here.
+    let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
@@ -882,10 +883,16 @@ kill_process_group = false
             "-1s",
             "1.5s",
             "3 sec",
+            "3 s",
+            "500 ms",
             "99999999999999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Surrounding spaces are trimmed; a space inside is refused (78).
+        assert_eq!(parse_duration(" 3s "), Ok(Duration::from_secs(3)));
+        let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3 s\"\n"));
+        assert!(e.contains("run.grace_period") && e.contains("\"3 s\""), "{e}");
         let e = err(&format!("{ROOTS}mount_timeout = \"soon\"\n"));
         assert!(e.contains("mount_timeout") && e.contains("line 3"), "{e}");
         let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3\"\n"));
