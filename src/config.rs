@@ -892,7 +892,10 @@ kill_process_group = false
         // Surrounding spaces are trimmed; a space inside is refused (78).
         assert_eq!(parse_duration(" 3s "), Ok(Duration::from_secs(3)));
         let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3 s\"\n"));
-        assert!(e.contains("run.grace_period") && e.contains("\"3 s\""), "{e}");
+        assert!(
+            e.contains("run.grace_period") && e.contains("\"3 s\""),
+            "{e}"
+        );
         let e = err(&format!("{ROOTS}mount_timeout = \"soon\"\n"));
         assert!(e.contains("mount_timeout") && e.contains("line 3"), "{e}");
         let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3\"\n"));

@@ -19,6 +19,12 @@ use crate::error::Result;
 
 pub use apply::Owner;
 
+/// "1 file", "2 files": a count and its noun, for log lines.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The mount guard, then plan and apply every link.
 pub fn link_all(cfg: &Config, owner: Option<Owner>) -> Result<()> {
     mounts::check_share(cfg, true)?;

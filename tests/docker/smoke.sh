@@ -624,7 +624,7 @@ for c in "${CS[@]}"; do all_linked "$c" && linked=$((linked + 1)); done
 migrated=0
 for c in "${CS[@]}"; do
     logs "$c" | grep -E 'migrated [0-9]+ files' | sed "s/^/    ${c:0:12}: /" || true
-    n="$(logs "$c" | sed -nE 's/.*migrated ([0-9]+) files, [0-9]+ bytes, ([0-9]+) symlinks.*/\1 \2/p' |
+    n="$(logs "$c" | sed -nE 's/.*migrated ([0-9]+) files?, [0-9]+ bytes?, ([0-9]+) symlinks?.*/\1 \2/p' |
         awk '{ s += $1 + $2 } END { print s + 0 }')"
     migrated=$((migrated + n))
 done

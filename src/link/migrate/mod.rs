@@ -1055,7 +1055,8 @@ impl Migration<'_> {
             link = %self.link.app.display(),
             entries = count,
             to = %base_path.join(&name).display(),
-            "app entries that differ from the share's (or that the share lacks, with migrate = \"if-empty\") were set aside, not merged"
+            "app entries that differ from the share's (or that the share lacks, with migrate = \"if-empty\") were set aside, not merged; \
+             if the pipeline replaced this link's symlink with a directory and wrote there, its writes are among them: copy back what you need from there"
         );
         Ok(())
     }
