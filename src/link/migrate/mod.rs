@@ -584,7 +584,11 @@ impl Migration<'_> {
                 }
             };
             mine.before_prune(self, &inv, &ledger, own)?;
+            let doomed = ledger.deletable.iter().flatten().count() as u64;
+            ctx.progress.start_deleting(doomed);
+            // prune checks in every 64 entries removed.
             let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
+                ctx.progress.deleted(64);
                 ctx.beat()
             })?;
             failpoint::hit("prune.done");
@@ -594,8 +598,8 @@ impl Migration<'_> {
             }
             mine.after_prune(&inv, &ledger, &pruned);
             crate::debug!(
-                "pass {pass}: {} entries changed or appeared during the migration; another pass",
-                pruned.kept.len()
+                "pass {pass}: {} changed or appeared during the migration; another pass",
+                crate::link::count(pruned.kept.len() as u64, "entry", "entries")
             );
             last_kept = pruned
                 .kept
