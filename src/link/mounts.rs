@@ -296,21 +296,58 @@ fn mounted(
     )))
 }
 
-/// Why the share is not usable (`Err`), or a note about where it is.
+/// What the guard found usable.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// `share_root` is on the share; maybe a note on where.
+    Ready(Option<String>),
+    /// `share_root` does not exist yet, but the directory it would be in
+    /// is on the share (one share for several apps: `etl-prod` is new).
+    Missing(String),
+}
+
+/// Why the share is not usable (`Err`), or what was found.
 fn problem(
     share_root: &Path,
     require_mount: bool,
     allow_local_volume: bool,
     mountinfo: &mut File,
-) -> Result<Option<String>, String> {
+) -> Result<Found, String> {
+    let mut text = Vec::new();
+    let mut read_table = || {
+        use std::io::Seek;
+        text.clear();
+        mountinfo
+            .rewind()
+            .and_then(|_| mountinfo.read_to_end(&mut text))
+            .map(|_| text.clone())
+            .map_err(|_| format!("cannot read {MOUNTINFO} to check that share_root is mounted"))
+    };
     let real = match std::fs::canonicalize(share_root) {
         Ok(p) => p,
         Err(e) => {
-            return Err(format!(
+            let missing = format!(
                 "share_root {} is not there: {e}. {}",
                 share_root.display(),
                 how_to_mount(share_root)
-            ))
+            );
+            // Below a mounted share, it can be made there.
+            let parent = share_root
+                .ancestors()
+                .skip(1)
+                .find_map(|a| Some((a, std::fs::canonicalize(a).ok()?)));
+            return match parent {
+                Some((a, real_a)) if require_mount && e.kind() == std::io::ErrorKind::NotFound => {
+                    let text = read_table()?;
+                    match mounted(&real_a, a, allow_local_volume, &text) {
+                        Ok(_) => Ok(Found::Missing(
+                            mount_description(a).unwrap_or_else(|| a.display().to_string()),
+                        )),
+                        Err(_) => Err(missing),
+                    }
+                }
+                _ => Err(missing),
+            };
         }
     };
     if !real.is_dir() {
@@ -320,20 +357,10 @@ fn problem(
         ));
     }
     if !require_mount {
-        return Ok(None);
+        return Ok(Found::Ready(None));
     }
-    let mut text = Vec::new();
-    use std::io::Seek;
-    if mountinfo
-        .rewind()
-        .and_then(|_| mountinfo.read_to_end(&mut text))
-        .is_err()
-    {
-        return Err(format!(
-            "cannot read {MOUNTINFO} to check that share_root is mounted"
-        ));
-    }
-    mounted(&real, share_root, allow_local_volume, &text)
+    let text = read_table()?;
+    mounted(&real, share_root, allow_local_volume, &text).map(Found::Ready)
 }
 
 /// Check that the share is there (and mounted, if required). With `wait`,
@@ -356,11 +383,33 @@ pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
             cfg.allow_local_volume,
             &mut mountinfo,
         ) {
-            Ok(note) => {
+            Ok(Found::Ready(note)) => {
                 if let Some(note) = note.filter(|_| wait) {
                     crate::info!("{note}");
                 }
                 return Ok(());
+            }
+            // Linking makes it (then looks again); `status` and dry runs
+            // never write.
+            Ok(Found::Missing(on)) if wait => {
+                std::fs::create_dir_all(&cfg.share_root).map_err(|e| {
+                    crate::link::advice::explain(
+                        cfg,
+                        Error::io("create share_root", &cfg.share_root, e),
+                    )
+                })?;
+                crate::info!(
+                    "created share_root {}, which was missing, on {on}",
+                    cfg.share_root.display()
+                );
+                continue;
+            }
+            Ok(Found::Missing(on)) => {
+                return Err(Error::ShareUnavailable(format!(
+                    "share_root {} does not exist yet; it is below {on}, and `sharelink link` or `run` \
+                     creates it",
+                    cfg.share_root.display()
+                )))
             }
             Err(why) => why,
         };

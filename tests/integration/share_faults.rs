@@ -120,6 +120,23 @@ fn share_root_below_the_mount_and_local_docker_volumes() {
         fs::read_link(sb.app.join("data")).unwrap(),
         below.join("data")
     );
+    // A new app's directory on the share: `status` says `link` makes it;
+    // `link` does, and links into it.
+    let fresh = mnt.join("etl-new");
+    cfg(&fresh, "");
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-unavailable"), "{}", stdout(&o));
+    assert!(!fresh.exists());
+    fs::remove_file(sb.app.join("data")).unwrap();
+    fs::create_dir(sb.app.join("data")).unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("created share_root"), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        fresh.join("data")
+    );
     // A directory next to the mount, on the root filesystem: refused, and
     // the message says how to mount, not only how to turn the check off.
     let plain = sb.path("plain");
@@ -128,6 +145,10 @@ fn share_root_below_the_mount_and_local_docker_volumes() {
     let o = sb.run(["link"]);
     expect_code(&o, 69);
     assert!(stderr(&o).contains("volumeMount"), "{}", stderr(&o));
+    // ... and one missing there is not made.
+    cfg(&plain.join("etl-other"), "");
+    expect_code(&sb.run(["link"]), 69);
+    assert!(!plain.join("etl-other").exists());
 
     // What an image's VOLUME with no -v gives: a bind of
     // .../volumes/<64 hex>/_data from the engine's disk.
