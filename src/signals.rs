@@ -301,6 +301,11 @@ pub enum Disposition {
 /// `None` when /proc cannot tell (the process is gone, or /proc is not this
 /// pid namespace's).
 pub fn disposition(pid: i32, sig: i32) -> Option<Disposition> {
+    // A /proc of another pid namespace would name another process.
+    let me = std::fs::read_link("/proc/self").ok()?;
+    if me.to_str()?.parse::<u32>().ok()? != std::process::id() {
+        return None;
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     disposition_in(&status, sig)
 }
