@@ -6,11 +6,12 @@
 #   bash benches/compose_stop.sh [RUNS]        (default 3 runs per variant)
 #
 # Variants (same image, same pipeline: examples/pipeline/run_pipeline.py with
-# PIPELINE_HOLD; like most Python programs it has no SIGTERM handler, and
-# Ctrl-C/SIGINT makes it write its checkpoint in a `finally`):
-#   sharelink       ENTRYPOINT ["sharelink","run","--"] (the image's), whose
-#                   config rewrites TERM to INT
-#   no-rewrite      sharelink run --rewrite TERM:TERM (SIGTERM forwarded as is)
+# PIPELINE_HOLD and PIPELINE_SIGTERM=default, so that like most Python
+# programs it has no SIGTERM handler, and Ctrl-C/SIGINT makes it write its
+# checkpoint in a `finally`):
+#   sharelink       sharelink run --rewrite TERM:INT-if-uncaught
+#   no-rewrite      ENTRYPOINT ["sharelink","run","--"] (the image's: SIGTERM
+#                   forwarded as is)
 #   sh-wrapper      sh -c 'sharelink link && python3 /app/run_pipeline.py'
 #                   (the guide's entrypoint-script pattern: sh is PID 1)
 #   sh-exec         sh -c 'sharelink link && exec python3 /app/run_pipeline.py'
@@ -51,15 +52,15 @@ cp -a Dockerfile .dockerignore config examples "$WORK/context/"
 cp "$SHARELINK_BIN" "$WORK/context/dist/sharelink"
 t 600 docker build -q --target prebuilt --build-arg "BASE_IMAGE=$BASE" -t "$IMAGE" "$WORK/context" >/dev/null
 
-export SHARELINK_IMAGE="$IMAGE" SHARELINK_SHARE_DIR="$WORK/share" PIPELINE_HOLD=300
+export SHARELINK_IMAGE="$IMAGE" SHARELINK_SHARE_DIR="$WORK/share" PIPELINE_HOLD=300 PIPELINE_SIGTERM=default
 mkdir -p "$SHARELINK_SHARE_DIR"
 : >"$WORK/empty.env"
 
 variant_file() { # NAME -> compose override file
     local f="$WORK/$1.yml"
     case "$1" in
-    sharelink) printf 'services:\n  app: {}\n' >"$f" ;;
-    no-rewrite) printf 'services:\n  app:\n    entrypoint: ["/usr/local/bin/sharelink", "run", "--rewrite", "TERM:TERM", "--"]\n    command: ["python3", "/app/run_pipeline.py"]\n' >"$f" ;;
+    sharelink) printf 'services:\n  app:\n    entrypoint: ["/usr/local/bin/sharelink", "run", "--rewrite", "TERM:INT-if-uncaught", "--"]\n    command: ["python3", "/app/run_pipeline.py"]\n' >"$f" ;;
+    no-rewrite) printf 'services:\n  app: {}\n' >"$f" ;;
     sh-wrapper) printf 'services:\n  app:\n    entrypoint: ["/bin/sh", "-c", "/usr/local/bin/sharelink link && python3 /app/run_pipeline.py"]\n    command: []\n' >"$f" ;;
     sh-exec) printf 'services:\n  app:\n    entrypoint: ["/bin/sh", "-c", "/usr/local/bin/sharelink link && exec python3 /app/run_pipeline.py"]\n    command: []\n' >"$f" ;;
     esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a release publishes, built here: static musl binaries for x86_64 and
-# aarch64, a binary-only wheel for each (`pip install sharelink` puts the
-# binary on PATH), and SHA256SUMS over all of them.
+# aarch64, a binary-only wheel for each (`pip install dist/sharelink-*.whl`
+# puts the binary on PATH; nothing is published on PyPI), and SHA256SUMS
+# over all of them.
 #
 #   scripts/release.sh                 # into dist/
 #   DIST_DIR=/tmp/out scripts/release.sh

@@ -91,9 +91,9 @@ pub struct RunArgs {
     /// Forward signals to the command's whole process group
     #[arg(long)]
     pub kill_process_group: bool,
-    /// Forward signal FROM to the command as TO; TO = 0 drops it (repeatable; names or numbers: TERM:INT, 15:2)
+    /// Forward signal FROM to the command as TO; TO = 0 drops it; TO-if-uncaught only when the command leaves FROM at its default action (repeatable; names or numbers: TERM:INT, 15:2, TERM:INT-if-uncaught)
     #[arg(long, value_name = "FROM:TO", value_parser = parse_rewrite)]
-    pub rewrite: Vec<(i32, i32)>,
+    pub rewrite: Vec<(i32, crate::signals::Target)>,
     /// The command and its arguments
     #[arg(
         required = true,
@@ -112,7 +112,7 @@ fn parse_bool(s: &str) -> std::result::Result<bool, String> {
     }
 }
 
-fn parse_rewrite(s: &str) -> std::result::Result<(i32, i32), String> {
+fn parse_rewrite(s: &str) -> std::result::Result<(i32, crate::signals::Target), String> {
     crate::signals::Rewrites::parse_rule(s)
 }
 
@@ -254,7 +254,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
                 .map(|u| user::resolve(u))
                 .transpose()
                 .context("the user to run the command as")?;
+            if let Some(code) = command_missing(&cfg, &args.command, credentials.as_ref()) {
+                return Ok(code);
+            }
             link::link_all(&cfg, credentials.as_ref().map(owner_of))?;
+            warn_unwritable(&cfg, credentials.as_ref());
             // A signal that came after the last safe point of linking still
             // means "do not start".
             crate::signals::check_interrupt()?;
@@ -339,6 +343,144 @@ fn image_wins_preview(l: &plan::LinkPlan<'_>, share_root: &std::path::Path) -> O
     Some(s)
 }
 
+/// 127 when the command is nowhere its user could find it, checked before
+/// linking so that a misspelt command migrates nothing. Looked up as that
+/// user (its PATH search, its permissions). A candidate inside a data
+/// directory may only appear once linked, so it counts as present.
+fn command_missing(
+    cfg: &Config,
+    command: &[OsString],
+    user: Option<&user::Credentials>,
+) -> Option<ExitCode> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let program = command.first()?;
+    if program.is_empty() {
+        return None; // spawn says why
+    }
+    let candidates = init::command_candidates(program);
+    let data_dirs: Vec<PathBuf> = cfg
+        .links
+        .iter()
+        .map(|l| cfg.app_root.join(&l.app))
+        .collect();
+    let abs = |p: &PathBuf| {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or(p.clone())
+    };
+    if candidates
+        .iter()
+        .any(|c| data_dirs.iter().any(|d| abs(c).starts_with(d)))
+    {
+        return None;
+    }
+    let checks: Vec<(&std::path::Path, i32)> = candidates
+        .iter()
+        .map(|c| (c.as_path(), libc::F_OK))
+        .collect();
+    let errs = init::probe::access_as(user, &checks).ok()?;
+    // Only "nothing there at all" is decided here; anything else (a file
+    // that is not executable, a directory the user cannot search) is left
+    // to exec, which reports it as before.
+    // A PATH entry the user cannot search (/root/.cargo/bin) hides
+    // nothing when the file is not there for sharelink either.
+    let missing = |(c, &e): (&PathBuf, &i32)| {
+        e == libc::ENOENT
+            || e == libc::ENOTDIR
+            || (e == libc::EACCES && std::fs::symlink_metadata(c).is_err())
+    };
+    if candidates.iter().zip(&errs).all(missing) {
+        let name = program.to_string_lossy();
+        if candidates.len() == 1 && program.as_bytes().contains(&b'/') {
+            crate::error!("cannot run {name:?}: not found; nothing was linked or moved");
+        } else {
+            crate::error!(
+                "cannot run {name:?}: command not found in PATH ({}); nothing was linked or moved",
+                std::env::var("PATH").unwrap_or_default()
+            );
+        }
+        return Some(ExitCode::NotFound);
+    }
+    None
+}
+
+/// Warn, before the command starts, about each data directory its user
+/// cannot write: migrated data keeps the image's owners, so a baked
+/// directory owned by root is root's on the share too, and the pipeline
+/// would die with EACCES at its first write.
+fn warn_unwritable(cfg: &Config, user: Option<&user::Credentials>) {
+    let Some(user) = user else { return };
+    // First the share itself: a share_root the user cannot enter (a 0700
+    // mount owned by root) is one cause for every link, said once.
+    let mut paths: Vec<PathBuf> = vec![cfg.share_root.clone()];
+    for l in &cfg.links {
+        let target = cfg.share_root.join(&l.share);
+        paths.push(target.clone());
+        paths.extend(l.dirs.iter().map(|d| target.join(d)));
+    }
+    let checks: Vec<(&std::path::Path, i32)> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                p.as_path(),
+                if i == 0 {
+                    libc::X_OK
+                } else {
+                    libc::W_OK | libc::X_OK
+                },
+            )
+        })
+        .collect();
+    let errs = match init::probe::access_as(Some(user), &checks) {
+        Ok(e) => e,
+        Err(why) => {
+            crate::debug!("could not check what {user} can write: {why}");
+            return;
+        }
+    };
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| {
+                format!(
+                    ", owned by uid {}, gid {}, mode {:04o}",
+                    m.uid(),
+                    m.gid(),
+                    m.mode() & 0o7777
+                )
+            })
+            .unwrap_or_default()
+    };
+    let (uid, gid) = (user.uid, user.gid);
+    if errs[0] != 0 {
+        crate::warn!(
+            "the command's user {user} cannot enter the share at {}{}: {}. Every read and write of \
+             its data will fail. Fix: make the share's root searchable by that user (chmod 0755 \
+             or chown {uid}:{gid} it on its host; for an SMB share, mount it with \
+             uid={uid},gid={gid} or dir_mode=0755)",
+            cfg.share_root.display(),
+            owner(&cfg.share_root),
+            nix::errno::Errno::from_raw(errs[0]).desc(),
+        );
+        return;
+    }
+    for (p, &errno) in paths.iter().zip(&errs).skip(1) {
+        if errno == 0 || errno == libc::ENOENT {
+            continue;
+        }
+        crate::warn!(
+            "the command's user {user} cannot write {}{}: {}. Its writes there will fail. \
+             Fix: chown the baked data directory to that user in the Dockerfile (`COPY --chown=` or \
+             `RUN chown -R {uid}:{gid} /app/...`; migrated data keeps the image's owners), or chown it \
+             on the share; for an SMB share, mount it with uid={uid},gid={gid}",
+            p.display(),
+            owner(p),
+            nix::errno::Errno::from_raw(errno).desc(),
+        );
+    }
+}
+
 /// Share directories that linking creates go to the pipeline's user.
 fn owner_of(c: &user::Credentials) -> Owner {
     Owner {
@@ -350,6 +492,7 @@ fn owner_of(c: &user::Credentials) -> Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signals::Target;
     use clap::CommandFactory;
 
     #[test]
@@ -400,7 +543,10 @@ mod tests {
         match c.command {
             Command::Run(r) => assert_eq!(
                 r.rewrite,
-                [(libc::SIGTERM, libc::SIGINT), (libc::SIGHUP, 0)]
+                [
+                    (libc::SIGTERM, Target::always(libc::SIGINT)),
+                    (libc::SIGHUP, Target::always(0))
+                ]
             ),
             _ => panic!(),
         }

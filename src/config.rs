@@ -28,6 +28,8 @@ pub struct Config {
     pub app_root: PathBuf,
     pub share_root: PathBuf,
     pub require_mount: bool,
+    /// Accept a Docker volume on the local disk as the share.
+    pub allow_local_volume: bool,
     pub mount_timeout: Duration,
     /// In file order.
     pub links: Vec<Link>,
@@ -106,7 +108,8 @@ pub struct RunDefaults {
     pub user: Option<String>,
     pub grace_period: Duration,
     pub kill_process_group: bool,
-    /// `rewrite = { TERM = "INT" }`: signals forwarded as another one.
+    /// `rewrite = { TERM = "INT-if-uncaught" }`: signals forwarded as
+    /// another one.
     pub rewrite: Rewrites,
 }
 
@@ -206,6 +209,7 @@ struct RawConfig {
     app_root: Option<Spanned<String>>,
     share_root: Option<Spanned<String>>,
     require_mount: Option<bool>,
+    allow_local_volume: Option<bool>,
     mount_timeout: Option<Spanned<String>>,
     #[serde(default)]
     links: BTreeMap<Spanned<String>, Spanned<RawLink>>,
@@ -410,6 +414,7 @@ pub fn parse(text: &str, origin: &Path, ov: &Overrides) -> Result<Config> {
         app_root,
         share_root,
         require_mount: ov.require_mount.or(raw.require_mount).unwrap_or(true),
+        allow_local_volume: raw.allow_local_volume.unwrap_or(false),
         mount_timeout,
         links: links(&raw.links, &src, displaced_keep(&raw.displaced, &src)?)?,
         run: run_defaults(&raw.run, &src)?,
@@ -674,7 +679,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         format!("bad duration {s:?}: use a whole number with ms, s, m, h or d, like \"500ms\", \"3s\", \"2m\"")
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit.trim() {
+    // No space between number and unit: "3 s" is not a duration here.
+    let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
@@ -1041,10 +1047,19 @@ kill_process_group = false
             "-1s",
             "1.5s",
             "3 sec",
+            "3 s",
+            "500 ms",
             "99999999999999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Surrounding spaces are trimmed; a space inside is refused (78).
+        assert_eq!(parse_duration(" 3s "), Ok(Duration::from_secs(3)));
+        let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3 s\"\n"));
+        assert!(
+            e.contains("run.grace_period") && e.contains("\"3 s\""),
+            "{e}"
+        );
         let e = err(&format!("{ROOTS}mount_timeout = \"soon\"\n"));
         assert!(e.contains("mount_timeout") && e.contains("line 3"), "{e}");
         let e = err(&format!("{ROOTS}[run]\ngrace_period = \"3\"\n"));
@@ -1060,9 +1075,21 @@ kill_process_group = false
             "{ROOTS}[run]\nrewrite = {{ TERM = \"INT\", sighup = 0, 10 = \"SIGUSR2\" }}\n"
         ))
         .unwrap();
-        assert_eq!(c.run.rewrite.apply(libc::SIGTERM), Some(libc::SIGINT));
-        assert_eq!(c.run.rewrite.apply(libc::SIGHUP), None);
-        assert_eq!(c.run.rewrite.apply(libc::SIGUSR1), Some(libc::SIGUSR2));
+        let never = || None;
+        assert_eq!(
+            c.run.rewrite.apply(libc::SIGTERM, never),
+            Some(libc::SIGINT)
+        );
+        assert_eq!(c.run.rewrite.apply(libc::SIGHUP, never), None);
+        assert_eq!(
+            c.run.rewrite.apply(libc::SIGUSR1, never),
+            Some(libc::SIGUSR2)
+        );
+        let c = p(&format!(
+            "{ROOTS}[run]\nrewrite = {{ TERM = \"INT-if-uncaught\" }}\n"
+        ))
+        .unwrap();
+        assert!(c.run.rewrite.is_conditional());
         for (table, culprit) in [
             ("{ TERM = \"BOGUS\" }", "run.rewrite.TERM"),
             ("{ BOGUS = \"INT\" }", "run.rewrite.BOGUS"),

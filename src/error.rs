@@ -39,6 +39,8 @@ pub enum Error {
     Reported(ExitCode),
     /// The share has no room for the copy (73).
     NoSpace(String),
+    /// The share refuses sharelink's writes: permissions or read-only (73).
+    ShareNotWritable(String),
     /// Bad command line (2).
     Usage(String),
 }
@@ -55,9 +57,10 @@ impl Error {
             Error::Interrupted(sig) => ExitCode::Signal(*sig),
             Error::Usage(_) => ExitCode::Usage,
             Error::LockLost(_) | Error::ShareKeepsChanging(_) | Error::AppBusy(_) => ExitCode::Io,
-            Error::ReadOnlyApp(_) | Error::CannotEmpty(_) | Error::NoSpace(_) => {
-                ExitCode::CannotWrite
-            }
+            Error::ReadOnlyApp(_)
+            | Error::CannotEmpty(_)
+            | Error::NoSpace(_)
+            | Error::ShareNotWritable(_) => ExitCode::CannotWrite,
             Error::Reported(code) => *code,
         }
     }
@@ -97,7 +100,8 @@ impl fmt::Display for Error {
             | Error::AppBusy(m)
             | Error::ReadOnlyApp(m)
             | Error::CannotEmpty(m)
-            | Error::NoSpace(m) => f.write_str(m),
+            | Error::NoSpace(m)
+            | Error::ShareNotWritable(m) => f.write_str(m),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Interrupted(sig) => write!(f, "interrupted by signal {}", signal_name(*sig)),
             Error::Reported(code) => write!(f, "failed (exit {code}), as logged above"),

@@ -250,23 +250,87 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 
 /// Which forwarded signals the command receives as another signal, or not
 /// at all (`TERM:INT` lets a Python program without a SIGTERM handler clean
-/// up through KeyboardInterrupt).
+/// up through KeyboardInterrupt; `TERM:INT-if-uncaught` does that only when
+/// the command has left SIGTERM at its default action, so a program with
+/// its own SIGTERM handler still gets SIGTERM).
 ///
 /// Only forwarding consults it: a signal that stops linking, and the
 /// SIGTERM/SIGKILL sharelink sends to leftovers after the command exits,
 /// are sharelink's own and never rewritten.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rewrites {
-    /// Source signal -> what the command gets; `0` means nothing.
-    map: std::collections::BTreeMap<i32, i32>,
+    /// Source signal -> what the command gets.
+    map: std::collections::BTreeMap<i32, Target>,
 }
 
 /// `0` as a target: drop the signal instead of forwarding it.
 pub const DROP: i32 = 0;
 
+/// What a rewritten signal becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The signal sent instead; [`DROP`] sends nothing.
+    pub to: i32,
+    /// Rewrite only while the command leaves the source signal at its
+    /// default action (neither caught nor ignored); otherwise forward the
+    /// source signal unchanged.
+    pub if_uncaught: bool,
+}
+
+impl Target {
+    pub const fn always(to: i32) -> Self {
+        Target {
+            to,
+            if_uncaught: false,
+        }
+    }
+}
+
+/// The suffix that makes a rule conditional: `TERM:INT-if-uncaught`.
+pub const IF_UNCAUGHT: &str = "-if-uncaught";
+
+/// How a process handles a signal, from `/proc/PID/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Default,
+    Caught,
+    Ignored,
+}
+
+/// `sig`'s disposition in process `pid` (its `SigCgt` and `SigIgn` lines);
+/// `None` when /proc cannot tell (the process is gone, or /proc is not this
+/// pid namespace's).
+pub fn disposition(pid: i32, sig: i32) -> Option<Disposition> {
+    // A /proc of another pid namespace would name another process.
+    let me = std::fs::read_link("/proc/self").ok()?;
+    if me.to_str()?.parse::<u32>().ok()? != std::process::id() {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    disposition_in(&status, sig)
+}
+
+fn disposition_in(status: &str, sig: i32) -> Option<Disposition> {
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let (caught, ignored) = (mask("SigCgt:")?, mask("SigIgn:")?);
+    Some(if caught & bit(sig) != 0 {
+        Disposition::Caught
+    } else if ignored & bit(sig) != 0 {
+        Disposition::Ignored
+    } else {
+        Disposition::Default
+    })
+}
+
 impl Rewrites {
-    /// Parse `FROM:TO` (`TERM:INT`, `15:2`, `SIGHUP:0`).
-    pub fn parse_rule(rule: &str) -> Result<(i32, i32), String> {
+    /// Parse `FROM:TO` (`TERM:INT`, `15:2`, `SIGHUP:0`,
+    /// `TERM:INT-if-uncaught`).
+    pub fn parse_rule(rule: &str) -> Result<(i32, Target), String> {
         let (from, to) = rule
             .split_once(':')
             .ok_or_else(|| format!("expected FROM:TO (like TERM:INT), got {rule:?}"))?;
@@ -274,16 +338,33 @@ impl Rewrites {
     }
 
     /// Add or replace the rule for `from`.
-    pub fn insert(&mut self, from: i32, to: i32) {
+    pub fn insert(&mut self, from: i32, to: Target) {
         self.map.insert(from, to);
     }
 
     /// What the command gets for `sig`: `None` when it is dropped.
-    pub fn apply(&self, sig: i32) -> Option<i32> {
-        match self.map.get(&sig).copied().unwrap_or(sig) {
-            DROP => None,
-            to => Some(to),
-        }
+    /// `disposition` is asked, only for a conditional rule, how the
+    /// command handles `sig` right now; when it cannot tell, the signal
+    /// goes unchanged (what the command would get without sharelink).
+    pub fn apply(
+        &self,
+        sig: i32,
+        disposition: impl FnOnce() -> Option<Disposition>,
+    ) -> Option<i32> {
+        let to = match self.map.get(&sig) {
+            None => sig,
+            Some(t) if !t.if_uncaught => t.to,
+            Some(t) => match disposition() {
+                Some(Disposition::Default) => t.to,
+                _ => sig,
+            },
+        };
+        (to != DROP).then_some(to)
+    }
+
+    /// Whether any rule depends on the command's disposition.
+    pub fn is_conditional(&self) -> bool {
+        self.map.values().any(|t| t.if_uncaught)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -308,12 +389,27 @@ pub fn parse_source(text: &str) -> Result<i32, String> {
     }
 }
 
-/// What a rewritten signal becomes: any signal, or `0` to drop it.
-pub fn parse_target(text: &str) -> Result<i32, String> {
-    if text.trim() == "0" {
-        return Ok(DROP);
+/// What a rewritten signal becomes: any signal, or `0` to drop it; a
+/// signal followed by `-if-uncaught` only while the command leaves the
+/// source signal at its default action.
+pub fn parse_target(text: &str) -> Result<Target, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Target::always(DROP));
     }
-    parse_signal(text)
+    let lower = t.to_ascii_lowercase();
+    if let Some(sig) = lower.strip_suffix(IF_UNCAUGHT) {
+        if sig.trim() == "0" {
+            return Err(format!(
+                "{text:?}: a signal that is dropped cannot be conditional; use 0"
+            ));
+        }
+        return Ok(Target {
+            to: parse_signal(&t[..sig.len()])?,
+            if_uncaught: true,
+        });
+    }
+    parse_signal(t).map(Target::always)
 }
 
 #[cfg(test)]
@@ -342,20 +438,41 @@ mod tests {
 
     #[test]
     fn rules() {
+        let always = |to| Target::always(to);
         assert_eq!(
             Rewrites::parse_rule("TERM:INT"),
-            Ok((libc::SIGTERM, libc::SIGINT))
+            Ok((libc::SIGTERM, always(libc::SIGINT)))
         );
         assert_eq!(
             Rewrites::parse_rule("15:2"),
-            Ok((libc::SIGTERM, libc::SIGINT))
+            Ok((libc::SIGTERM, always(libc::SIGINT)))
         );
-        assert_eq!(Rewrites::parse_rule("sighup:0"), Ok((libc::SIGHUP, DROP)));
+        assert_eq!(
+            Rewrites::parse_rule("sighup:0"),
+            Ok((libc::SIGHUP, always(DROP)))
+        );
         // Any signal may be the target, SIGKILL and SIGSTOP included.
         assert_eq!(
             Rewrites::parse_rule("TSTP:STOP"),
-            Ok((libc::SIGTSTP, libc::SIGSTOP))
+            Ok((libc::SIGTSTP, always(libc::SIGSTOP)))
         );
+        for rule in [
+            "TERM:INT-if-uncaught",
+            "15:2-IF-UNCAUGHT",
+            "term:sigint-if-uncaught",
+        ] {
+            assert_eq!(
+                Rewrites::parse_rule(rule),
+                Ok((
+                    libc::SIGTERM,
+                    Target {
+                        to: libc::SIGINT,
+                        if_uncaught: true
+                    }
+                )),
+                "{rule}"
+            );
+        }
         for bad in [
             "TERM",
             "TERM:",
@@ -365,6 +482,9 @@ mod tests {
             "STOP:TERM",
             "CHLD:TERM",
             "0:TERM",
+            "TERM:0-if-uncaught",
+            "TERM:-if-uncaught",
+            "TERM:INT-if-caught",
         ] {
             assert!(Rewrites::parse_rule(bad).is_err(), "{bad}");
         }
@@ -374,16 +494,65 @@ mod tests {
 
     #[test]
     fn apply() {
+        let never = || -> Option<Disposition> { panic!("an unconditional rule must not ask") };
         let mut r = Rewrites::default();
-        assert_eq!(r.apply(libc::SIGTERM), Some(libc::SIGTERM));
-        r.insert(libc::SIGTERM, libc::SIGINT);
-        r.insert(libc::SIGHUP, DROP);
-        assert_eq!(r.apply(libc::SIGTERM), Some(libc::SIGINT));
-        assert_eq!(r.apply(libc::SIGHUP), None);
-        assert_eq!(r.apply(libc::SIGUSR1), Some(libc::SIGUSR1));
+        assert_eq!(r.apply(libc::SIGTERM, never), Some(libc::SIGTERM));
+        r.insert(libc::SIGTERM, Target::always(libc::SIGINT));
+        r.insert(libc::SIGHUP, Target::always(DROP));
+        assert_eq!(r.apply(libc::SIGTERM, never), Some(libc::SIGINT));
+        assert_eq!(r.apply(libc::SIGHUP, never), None);
+        assert_eq!(r.apply(libc::SIGUSR1, never), Some(libc::SIGUSR1));
         // Later rules for the same source win (the command line over the
         // config).
-        r.insert(libc::SIGTERM, libc::SIGQUIT);
-        assert_eq!(r.apply(libc::SIGTERM), Some(libc::SIGQUIT));
+        r.insert(libc::SIGTERM, Target::always(libc::SIGQUIT));
+        assert_eq!(r.apply(libc::SIGTERM, never), Some(libc::SIGQUIT));
+        assert!(!r.is_conditional());
+    }
+
+    #[test]
+    fn conditional_rules_follow_the_disposition() {
+        let mut r = Rewrites::default();
+        r.insert(libc::SIGTERM, parse_target("INT-if-uncaught").unwrap());
+        assert!(r.is_conditional());
+        let with = |d| move || d;
+        let term = libc::SIGTERM;
+        assert_eq!(
+            r.apply(term, with(Some(Disposition::Default))),
+            Some(libc::SIGINT)
+        );
+        assert_eq!(r.apply(term, with(Some(Disposition::Caught))), Some(term));
+        assert_eq!(r.apply(term, with(Some(Disposition::Ignored))), Some(term));
+        // Unknown: unchanged, as without sharelink.
+        assert_eq!(r.apply(term, with(None)), Some(term));
+    }
+
+    #[test]
+    fn dispositions_from_proc_status() {
+        // Python 3.11 at rest: SIGINT caught, SIGPIPE and SIGXFSZ ignored.
+        let status = "Name:\tpython3\nSigQ:\t0/63457\nSigPnd:\t0000000000000000\n\
+                      ShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\n\
+                      SigIgn:\t0000000001001000\nSigCgt:\t0000000100000002\n";
+        assert_eq!(
+            disposition_in(status, libc::SIGINT),
+            Some(Disposition::Caught)
+        );
+        assert_eq!(
+            disposition_in(status, libc::SIGPIPE),
+            Some(Disposition::Ignored)
+        );
+        assert_eq!(
+            disposition_in(status, libc::SIGTERM),
+            Some(Disposition::Default)
+        );
+        // With `signal.signal(SIGTERM, handler)`: bit 15 set.
+        let handled = status.replace("0000000100000002", "0000000100004002");
+        assert_eq!(
+            disposition_in(&handled, libc::SIGTERM),
+            Some(Disposition::Caught)
+        );
+        assert_eq!(disposition_in("Name:\tx\n", libc::SIGTERM), None);
+        // Our own process: SIGTERM is blocked, not caught.
+        let me = std::process::id() as i32;
+        assert!(disposition(me, libc::SIGTERM).is_some());
     }
 }

@@ -8,6 +8,7 @@ mid-write leaves no truncated output behind.
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ def atomic_open(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        _fchmod_if_supported(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             yield f
             f.flush()
@@ -36,6 +37,20 @@ def atomic_open(path: Path):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+# What a share refuses chmod with: SMB/Azure Files without unix extensions
+# (modes come from the mount's file_mode), bindfs --chmod-deny.
+_CHMOD_REFUSED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def _fchmod_if_supported(fd: int, mode: int) -> None:
+    """Give the file its usual mode; a share that has no modes keeps its own."""
+    try:
+        os.fchmod(fd, mode)
+    except OSError as e:
+        if e.errno not in _CHMOD_REFUSED:
+            raise
 
 
 def _fsync_dir(directory: Path) -> None:

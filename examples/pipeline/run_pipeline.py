@@ -10,11 +10,10 @@ because of it.
 Stopping: Ctrl-C (SIGINT) stops it cleanly. The stage in progress leaves no
 partial file, modelling/cache/checkpoint.json records which stages finished,
 and the process then dies of SIGINT (exit status 130) as an interrupted
-program should. The next run resumes after the finished stages. Like most
-Python programs it installs no SIGTERM handler: SIGTERM kills it on the spot.
-In the container, sharelink turns `docker stop`'s SIGTERM into SIGINT
-(`rewrite = { TERM = "INT" }` in its config), so a stop runs the same
-cleanup as Ctrl-C.
+program should. The next run resumes after the finished stages. SIGTERM
+(`docker stop`, a pod's deletion; sharelink forwards it unchanged) runs the
+same cleanup: the program handles it as Ctrl-C, the one line a Python
+program needs for a clean stop in a container.
 
 Knobs (environment), for demos and tests:
   PIPELINE_EXIT=N          exit with status N after the work (default 0)
@@ -22,6 +21,8 @@ Knobs (environment), for demos and tests:
   PIPELINE_ORPHANS=N       leave N background processes behind whose parent
                            exits at once (orphans, re-parented to PID 1)
   PIPELINE_ORPHAN_LIFE=S   how long each orphan lives (default 1)
+  PIPELINE_SIGTERM=default leave SIGTERM at Python's default (dies at once,
+                           no cleanup), like most Python programs
 """
 
 import datetime as dt
@@ -95,6 +96,9 @@ def spawn_orphans(n: int, life: int) -> None:
 
 def main() -> int:
     setup_logging()
+    if os.environ.get("PIPELINE_SIGTERM") != "default":
+        # SIGTERM unwinds like Ctrl-C: `finally` blocks and the checkpoint run.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     exit_code = env_int("PIPELINE_EXIT", 0)
     hold = env_int("PIPELINE_HOLD", 0)
     orphans = env_int("PIPELINE_ORPHANS", 0)

@@ -19,8 +19,11 @@
 //!
 //! `spawn` starts the command (dropping privileges to the [`user`] first).
 
+pub mod probe;
 pub mod shutdown;
 mod spawn;
+
+pub use spawn::command_candidates;
 mod supervise;
 pub mod user;
 

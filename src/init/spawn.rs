@@ -73,23 +73,10 @@ impl Prepared {
             .map(|a| cstr(a))
             .collect::<Result<_, _>>()?;
         let program = opts.command.first().ok_or("no command given")?;
-        let candidates = if program.as_bytes().contains(&b'/') {
-            vec![argv[0].clone()]
-        } else {
-            let path = std::env::var_os("PATH");
-            let path = path.as_deref().unwrap_or(OsStr::new(DEFAULT_PATH));
-            std::env::split_paths(path)
-                .map(|dir| {
-                    // An empty entry means the current directory.
-                    let full = if dir.as_os_str().is_empty() {
-                        Path::new(program).to_path_buf()
-                    } else {
-                        dir.join(program)
-                    };
-                    cstr(full.as_os_str())
-                })
-                .collect::<Result<_, _>>()?
-        };
+        let candidates = command_candidates(program)
+            .iter()
+            .map(|p| cstr(p.as_os_str()))
+            .collect::<Result<_, _>>()?;
         let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let ids = opts
@@ -106,6 +93,12 @@ impl Prepared {
             foreground: we_own_the_terminal(),
         })
     }
+}
+
+/// Where the command is looked for, as `execvp` would (this process's
+/// `PATH`, which the command inherits).
+pub fn command_candidates(program: &OsStr) -> Vec<std::path::PathBuf> {
+    super::probe::candidates(program, std::env::var_os("PATH").as_deref(), DEFAULT_PATH)
 }
 
 /// The child becomes the terminal's foreground group only when sharelink's

@@ -232,7 +232,12 @@ impl Supervisor {
             crate::debug!("{} ignored: the command has exited", signal_name(sig));
             return;
         }
-        let Some(to) = self.rewrite.apply(sig) else {
+        // A conditional rule looks at the command itself (not its group):
+        // whether it catches `sig` now, at the moment it is forwarded.
+        let Some(to) = self
+            .rewrite
+            .apply(sig, || signals::disposition(self.child.as_raw(), sig))
+        else {
             crate::debug!("{} not forwarded (rewritten to 0)", signal_name(sig));
             return;
         };

@@ -38,6 +38,9 @@ struct Todo {
 /// when nothing was).
 pub fn apply(cfg: &Config, owner: Option<Owner>) -> Result<()> {
     let mut first_err = None;
+    // A cause shared by every link (the share refusing writes) is told in
+    // full once.
+    let mut told: Vec<String> = Vec::new();
     let locks = lock::lock_names(&cfg.share_root);
     // Looked at all at once (on a network share, many at a time); a link
     // reached after earlier ones took a while is looked at again.
@@ -53,7 +56,14 @@ pub fn apply(cfg: &Config, owner: Option<Owner>) -> Result<()> {
             Ok(()) => {}
             Err(e) if e.is_interrupted() => return Err(e),
             Err(e) => {
-                tracing::error!(link = %link.app.display(), "{e}");
+                let e = super::advice::explain(cfg, e);
+                let text = e.to_string();
+                if told.contains(&text) {
+                    tracing::error!(link = %link.app.display(), "failed: the same error as above");
+                } else {
+                    tracing::error!(link = %link.app.display(), "{text}");
+                    told.push(text);
+                }
                 first_err.get_or_insert(e);
             }
         }
@@ -110,7 +120,8 @@ fn apply_link(
                 if lock.is_none() {
                     lock::clear_stale(&cfg.share_root, &link.share, locks);
                 }
-                tracing::info!(link = %link.app.display(), state = d.state.name(), "{summary}");
+                // The state now, and the one it was found in.
+                tracing::info!(link = %link.app.display(), state = "linked", was = d.state.name(), "{summary}");
                 return Ok(());
             }
             None => d = decide(cfg, link, &paths)?,
@@ -205,47 +216,59 @@ fn beneath_error(e: std::io::Error, path: &Path) -> Error {
 
 fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
     let c = &out.copied;
+    use super::count;
     let mut s = format!(
-        "migrated {} files, {} bytes, {} symlinks, {} dirs into {}",
-        c.files + c.resumed,
-        c.bytes + c.resumed_bytes,
-        c.symlinks,
-        c.dirs,
+        "migrated {}, {}, {}, {} into {}",
+        count(c.files + c.resumed, "file", "files"),
+        count(c.bytes + c.resumed_bytes, "byte", "bytes"),
+        count(c.symlinks, "symlink", "symlinks"),
+        count(c.dirs, "dir", "dirs"),
         paths.share.display()
     );
     if c.resumed > 0 {
         s.push_str(&format!(
-            " ({} files, {} bytes of them copied by an interrupted earlier run)",
-            c.resumed, c.resumed_bytes
+            " ({}, {} of them copied by an interrupted earlier run)",
+            count(c.resumed, "file", "files"),
+            count(c.resumed_bytes, "byte", "bytes")
         ));
     }
     if c.hard_links > 0 {
-        s.push_str(&format!(", {} hard links kept", c.hard_links));
+        s.push_str(&format!(
+            ", {} kept",
+            count(c.hard_links, "hard link", "hard links")
+        ));
     }
     if c.special > 0 {
-        s.push_str(&format!(", {} special files", c.special));
+        s.push_str(&format!(
+            ", {}",
+            count(c.special, "special file", "special files")
+        ));
     }
     if out.identical > 0 {
         s.push_str(&format!(
-            "; {} app files were already on the share with the same content",
-            out.identical
+            "; {} already on the share with the same content",
+            count(out.identical, "app file was", "app files were")
         ));
     }
     if out.replaced > 0 {
         s.push_str(&format!(
-            "; {} files changed during the migration were copied again",
-            out.replaced
+            "; {} changed during the migration and copied again",
+            count(out.replaced, "file", "files")
         ));
     }
     if let Some(to) = &out.displaced_to {
         let n = out.displaced.files + out.displaced.symlinks + out.displaced.special;
         if n > 0 {
-            s.push_str(&format!("; set aside {n} entries in {}", to.display()));
+            s.push_str(&format!(
+                "; set aside {} in {}",
+                count(n, "entry", "entries"),
+                to.display()
+            ));
         }
         if out.already_displaced > 0 {
             s.push_str(&format!(
-                "; {} entries were already set aside by an earlier run",
-                out.already_displaced
+                "; {} already set aside by an earlier run",
+                count(out.already_displaced, "entry was", "entries were")
             ));
         }
     }
@@ -256,10 +279,15 @@ fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
             share = %paths.share.display(),
             entries = n,
             kind = loss.key(),
-            "the share refused this for {n} entries: {}; the data itself is copied",
+            "the share refused this for {}: {}; the data itself is copied",
+            count(n, "entry", "entries"),
             loss.fallback()
         );
-        s.push_str(&format!("; {n} entries lost {}", loss.key()));
+        s.push_str(&format!(
+            "; {} lost {}",
+            count(n, "entry", "entries"),
+            loss.key()
+        ));
     }
     if out.passes > 1 {
         s.push_str(&format!(

@@ -6,6 +6,7 @@
 //! [`lock`], [`mounts`] guards against a share that is not mounted and
 //! against volumes inside data directories.
 
+pub mod advice;
 pub mod apply;
 pub mod lock;
 pub mod migrate;
@@ -17,6 +18,12 @@ use crate::config::Config;
 use crate::error::Result;
 
 pub use apply::Owner;
+
+/// "1 file", "2 files": a count and its noun, for log lines.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
 
 /// The mount guard, then plan and apply every link.
 pub fn link_all(cfg: &Config, owner: Option<Owner>) -> Result<()> {

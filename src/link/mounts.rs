@@ -1,7 +1,9 @@
 //! The mount guard: with `require_mount = true`, `share_root` must be a mount
-//! point (from `/proc/self/mountinfo`) before anything is touched, because
+//! point, or a directory on a mounted filesystem other than the container's
+//! own (from `/proc/self/mountinfo`), before anything is touched, because
 //! writing into an unmounted path puts data in the container layer, where it
-//! vanishes with the container.
+//! vanishes with the container. A Docker volume on the local disk (an
+//! image's `VOLUME` with no `-v`) is refused too unless allowed.
 
 use std::fs::File;
 use std::io::Read;
@@ -131,46 +133,234 @@ fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<FsPath> {
     })
 }
 
-/// Why the share is not usable, or `None` when it is.
-fn problem(share_root: &Path, require_mount: bool, mountinfo: &mut File) -> Option<String> {
+/// One line of mountinfo: the fields the mount guard reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    /// Where it is mounted.
+    at: PathBuf,
+    /// The directory of its filesystem that appears there (a bind mount's
+    /// source path on the host's filesystem).
+    root: PathBuf,
+    fs_type: String,
+    source: String,
+}
+
+/// The mount `real` is on: the deepest mount point at or above it; of
+/// several at one point, the last mounted (it hides the others).
+fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
+    let mut best: Option<(usize, MountEntry)> = None;
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        // The optional fields end at "-"; then type and source.
+        let Some(dash) = f.iter().position(|x| *x == b"-") else {
+            continue;
+        };
+        if f.len() < 5 || dash < 5 || f.len() < dash + 3 {
+            continue;
+        }
+        let at = PathBuf::from(unescape(f[4]));
+        if !real.starts_with(&at) {
+            continue;
+        }
+        let depth = at.components().count();
+        if best.as_ref().is_none_or(|b| depth >= b.0) {
+            let text = |b: &[u8]| unescape(b).to_string_lossy().into_owned();
+            let entry = MountEntry {
+                at,
+                root: PathBuf::from(unescape(f[3])),
+                fs_type: text(f[dash + 1]),
+                source: text(f[dash + 2]),
+            };
+            best = Some((depth, entry));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// "the cifs filesystem mounted at /mnt/fileshare (//acct/share)": where
+/// `path` is, for messages; `None` when the mount table cannot say.
+pub fn mount_description(path: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    let text = std::fs::read(MOUNTINFO).ok()?;
+    let m = mount_of(&text, &real)?;
+    Some(format!(
+        "the {} filesystem mounted at {} ({})",
+        m.fs_type,
+        m.at.display(),
+        m.source
+    ))
+}
+
+/// Filesystems that live and die with the container or the machine: a
+/// `share_root` below one of them is not on a share.
+const LOCAL_ONLY: [&str; 11] = [
+    "overlay",
+    "fuse-overlayfs",
+    "fuse.fuse-overlayfs",
+    "aufs",
+    "tmpfs",
+    "ramfs",
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "mqueue",
+];
+
+/// A volume Docker (or Podman) keeps on the local disk: the mount's root is
+/// `…/volumes/<name>/_data`. `Some(name)`, 64 hex digits for an anonymous
+/// volume (an image's `VOLUME` with no `-v`).
+fn docker_volume(m: &MountEntry) -> Option<String> {
+    let parts: Vec<_> = m.root.iter().map(|c| c.to_string_lossy()).collect();
+    parts
+        .windows(3)
+        .find(|w| w[0] == "volumes" && w[2] == "_data")
+        .map(|w| w[1].to_string())
+}
+
+fn is_anonymous_volume(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// How to give the container its share, for every message that says it
+/// has none.
+fn how_to_mount(at: &Path) -> String {
+    let at = at.display();
+    format!(
+        "Mount the file share at {at} (or at a directory above it): `docker run -v SHARE:{at}`, \
+         a `volumes:` entry `- SHARE:{at}` in docker-compose, or a volumeMount with \
+         mountPath {at} in Kubernetes (`kubectl describe pod` shows why a configured one \
+         failed). require_mount = false is only for a plain directory on purpose"
+    )
+}
+
+/// The share's mount is fine: `None`, or a note to log (`share_root` below
+/// the mount point). `Err` says why it is not usable.
+fn mounted(
+    real: &Path,
+    share_root: &Path,
+    allow_local_volume: bool,
+    text: &[u8],
+) -> Result<Option<String>, String> {
+    let Some(m) = mount_of(text, real) else {
+        return Err(format!(
+            "{MOUNTINFO} lists no mount for share_root {}",
+            share_root.display()
+        ));
+    };
+    if let Some(name) = docker_volume(&m).filter(|_| !allow_local_volume) {
+        let what = if is_anonymous_volume(&name) {
+            "an anonymous Docker volume on this machine's disk, which Docker creates for an \
+             image's `VOLUME` when no volume or bind mount is given there"
+                .to_string()
+        } else {
+            format!("the Docker volume {name:?} on this machine's disk")
+        };
+        return Err(format!(
+            "share_root {} is on {what} ({} mounted at {}), not on the file share: \
+             data written there stays on this host. {}. If a local volume is what you \
+             want, set allow_local_volume = true",
+            share_root.display(),
+            m.root.display(),
+            m.at.display(),
+            how_to_mount(&m.at)
+        ));
+    }
+    if m.at == real {
+        return Ok(None);
+    }
+    if m.at == Path::new("/") || LOCAL_ONLY.contains(&m.fs_type.as_str()) {
+        let on = if m.at == Path::new("/") {
+            "the container's own root filesystem".to_string()
+        } else {
+            format!(
+                "{} ({}), which is local to the container",
+                m.at.display(),
+                m.fs_type
+            )
+        };
+        return Err(format!(
+            "share_root {} is not mounted: it is not a mount point, and it lies on {on}, \
+             so data written there would vanish with the container (require_mount = true). {}",
+            share_root.display(),
+            how_to_mount(share_root)
+        ));
+    }
+    Ok(Some(format!(
+        "share_root {} is not a mount point itself; it is on the {} filesystem mounted at {} \
+         ({}), not the container's root filesystem: using it",
+        share_root.display(),
+        m.fs_type,
+        m.at.display(),
+        m.source
+    )))
+}
+
+/// What the guard found usable.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// `share_root` is on the share; maybe a note on where.
+    Ready(Option<String>),
+    /// `share_root` does not exist yet, but the directory it would be in
+    /// is on the share (one share for several apps: `etl-prod` is new).
+    Missing(String),
+}
+
+/// Why the share is not usable (`Err`), or what was found.
+fn problem(
+    share_root: &Path,
+    require_mount: bool,
+    allow_local_volume: bool,
+    mountinfo: &mut File,
+) -> Result<Found, String> {
+    let mut text = Vec::new();
+    let mut read_table = || {
+        use std::io::Seek;
+        text.clear();
+        mountinfo
+            .rewind()
+            .and_then(|_| mountinfo.read_to_end(&mut text))
+            .map(|_| text.clone())
+            .map_err(|_| format!("cannot read {MOUNTINFO} to check that share_root is mounted"))
+    };
     let real = match std::fs::canonicalize(share_root) {
         Ok(p) => p,
         Err(e) => {
-            return Some(format!(
-                "share_root {} is not there: {e}",
-                share_root.display()
-            ))
+            let missing = format!(
+                "share_root {} is not there: {e}. {}",
+                share_root.display(),
+                how_to_mount(share_root)
+            );
+            // Below a mounted share, it can be made there.
+            let parent = share_root
+                .ancestors()
+                .skip(1)
+                .find_map(|a| Some((a, std::fs::canonicalize(a).ok()?)));
+            return match parent {
+                Some((a, real_a)) if require_mount && e.kind() == std::io::ErrorKind::NotFound => {
+                    let text = read_table()?;
+                    match mounted(&real_a, a, allow_local_volume, &text) {
+                        Ok(_) => Ok(Found::Missing(
+                            mount_description(a).unwrap_or_else(|| a.display().to_string()),
+                        )),
+                        Err(_) => Err(missing),
+                    }
+                }
+                _ => Err(missing),
+            };
         }
     };
     if !real.is_dir() {
-        return Some(format!(
+        return Err(format!(
             "share_root {} is not a directory",
             share_root.display()
         ));
     }
     if !require_mount {
-        return None;
+        return Ok(Found::Ready(None));
     }
-    let mut text = Vec::new();
-    use std::io::Seek;
-    if mountinfo
-        .rewind()
-        .and_then(|_| mountinfo.read_to_end(&mut text))
-        .is_err()
-    {
-        return Some(format!(
-            "cannot read {MOUNTINFO} to check that share_root is mounted"
-        ));
-    }
-    if mount_points(&text).any(|m| m == real) {
-        None
-    } else {
-        Some(format!(
-            "share_root {} is not a mount point (require_mount = true): the file share is not mounted. \
-             Mount it, or set require_mount = false / --require-mount false for a plain directory",
-            share_root.display()
-        ))
-    }
+    let text = read_table()?;
+    mounted(&real, share_root, allow_local_volume, &text).map(Found::Ready)
 }
 
 /// Check that the share is there (and mounted, if required). With `wait`,
@@ -187,8 +377,41 @@ pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
         };
     let mut logged = false;
     loop {
-        let Some(why) = problem(&cfg.share_root, cfg.require_mount, &mut mountinfo) else {
-            return Ok(());
+        let why = match problem(
+            &cfg.share_root,
+            cfg.require_mount,
+            cfg.allow_local_volume,
+            &mut mountinfo,
+        ) {
+            Ok(Found::Ready(note)) => {
+                if let Some(note) = note.filter(|_| wait) {
+                    crate::info!("{note}");
+                }
+                return Ok(());
+            }
+            // Linking makes it (then looks again); `status` and dry runs
+            // never write.
+            Ok(Found::Missing(on)) if wait => {
+                std::fs::create_dir_all(&cfg.share_root).map_err(|e| {
+                    crate::link::advice::explain(
+                        cfg,
+                        Error::io("create share_root", &cfg.share_root, e),
+                    )
+                })?;
+                crate::info!(
+                    "created share_root {}, which was missing, on {on}",
+                    cfg.share_root.display()
+                );
+                continue;
+            }
+            Ok(Found::Missing(on)) => {
+                return Err(Error::ShareUnavailable(format!(
+                    "share_root {} does not exist yet; it is below {on}, and `sharelink link` or `run` \
+                     creates it",
+                    cfg.share_root.display()
+                )))
+            }
+            Err(why) => why,
         };
         let now = Instant::now();
         if now >= deadline {
@@ -259,6 +482,76 @@ mod tests {
                 PathBuf::from(std::ffi::OsStr::from_bytes(b"/mnt/caf\xe9"))
             ]
         );
+    }
+
+    /// Lines as a container shows them (Docker 20, fuse-overlayfs root).
+    const DOCKER: &[u8] = b"72 48 0:40 / / rw,nodev,noatime master:2 - fuse.fuse-overlayfs fuse-overlayfs rw,user_id=0\n\
+74 72 0:43 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n\
+88 74 0:50 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k\n\
+90 72 254:0 /var/lib/docker/containers/58243f8330034f3c0dff597c85274d144e4da283c5b0cc9cedfcc21ca1c022f6/hosts /etc/hosts rw,relatime - ext4 /dev/vda rw\n";
+    const ANONYMOUS: &[u8] = b"89 72 254:0 /var/lib/docker/volumes/65fa3bf473d581f6c4fd5366b0b18b6a200deee157e7d092ad949020b9426dae/_data /mnt/fileshare rw,relatime master:1 - ext4 /dev/vda rw,discard\n";
+    const NAMED: &[u8] = b"89 72 254:0 /var/lib/docker/volumes/nu_named_vol/_data /mnt/fileshare rw,relatime master:1 - ext4 /dev/vda rw,discard\n";
+    const BIND: &[u8] =
+        b"89 72 254:0 /srv/local_fileshare /mnt/fileshare rw,relatime - ext4 /dev/vda rw,discard\n";
+    const CIFS: &[u8] = b"89 72 0:61 / /mnt/fileshare rw,relatime - cifs //acct.file.core.windows.net/share rw,vers=3.1.1\n";
+
+    fn check(extra: &[u8], share: &str, allow: bool) -> Result<Option<String>, String> {
+        let text = [DOCKER, extra].concat();
+        mounted(Path::new(share), Path::new(share), allow, &text)
+    }
+
+    #[test]
+    fn share_root_at_or_below_a_mount() {
+        for m in [BIND, CIFS] {
+            assert_eq!(check(m, "/mnt/fileshare", false), Ok(None));
+            let note = check(m, "/mnt/fileshare/etl-prod", false).unwrap().unwrap();
+            assert!(note.contains("mounted at /mnt/fileshare"), "{note}");
+        }
+        let note = check(CIFS, "/mnt/fileshare/etl-prod/x", false)
+            .unwrap()
+            .unwrap();
+        assert!(
+            note.contains("cifs") && note.contains("//acct.file"),
+            "{note}"
+        );
+        // Nothing mounted: on the container's root.
+        for share in ["/mnt/fileshare", "/mnt/fileshare/etl-prod"] {
+            let e = check(b"", share, false).unwrap_err();
+            assert!(
+                e.contains("not a mount point") && e.contains("root filesystem"),
+                "{e}"
+            );
+            assert!(
+                e.contains("docker run -v") && e.contains("volumeMount"),
+                "{e}"
+            );
+        }
+        // Below a tmpfs: local, not a share.
+        let e = check(b"", "/dev/shm/share", false).unwrap_err();
+        assert!(e.contains("tmpfs"), "{e}");
+    }
+
+    #[test]
+    fn docker_volumes_on_the_local_disk_are_refused_unless_allowed() {
+        for share in ["/mnt/fileshare", "/mnt/fileshare/etl-prod"] {
+            let e = check(ANONYMOUS, share, false).unwrap_err();
+            assert!(
+                e.contains("anonymous Docker volume") && e.contains("VOLUME"),
+                "{e}"
+            );
+            assert!(e.contains("allow_local_volume = true"), "{e}");
+            let e = check(NAMED, share, false).unwrap_err();
+            assert!(e.contains("\"nu_named_vol\""), "{e}");
+            assert!(check(ANONYMOUS, share, true).is_ok());
+            assert!(check(NAMED, share, true).is_ok());
+        }
+        // A Docker volume backed by the share itself (driver_opts type
+        // cifs) shows the share's root, "/", not the volumes directory.
+        assert_eq!(check(CIFS, "/mnt/fileshare", false), Ok(None));
+        assert!(is_anonymous_volume(
+            "65fa3bf473d581f6c4fd5366b0b18b6a200deee157e7d092ad949020b9426dae"
+        ));
+        assert!(!is_anonymous_volume("nu_named_vol"));
     }
 
     #[test]

@@ -83,6 +83,30 @@ fn policy(l: &Link, d: &Decision) -> Option<String> {
     ))
 }
 
+/// A directory where the link belongs, and a share target that already
+/// holds data: `link` compares them and sets aside what differs. Said
+/// before it happens, because the directory may be the pipeline's own
+/// (it replaced the symlink and wrote there), not baked data.
+fn set_aside_note(cfg: &Config, d: &Decision) -> Option<String> {
+    use crate::link::plan::{Action, Migration};
+    let Decision::Proceed { actions, .. } = d else {
+        return None;
+    };
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Migrate(Migration::Compare(_))))
+        .then(|| {
+            format!(
+                "a directory, and the share target already holds data: `sharelink link` keeps the share's \
+                 version and sets aside app entries that differ (with migrate = \"if-empty\", also those \
+                 it lacks) under {}/{}/displaced/. If the pipeline replaced the symlink with this \
+                 directory, its new files are among them",
+                cfg.share_root.display(),
+                crate::config::RESERVED_DIR
+            )
+        })
+}
+
 /// A link's state and what to say about it. A migration still to do may be
 /// under way in another process (its lock is held): then it is
 /// `migrating`, with that process's progress.
@@ -94,7 +118,13 @@ fn link_state(cfg: &Config, l: &Link, d: &Decision, o: &Observed) -> (State, Opt
                 match lock::holder(&cfg.share_root, &l.share) {
                     Some(h) => (State::Migrating, Some(describe_holder(&h))),
                     None if o.leftovers.any() => (*state, Some(o.leftovers.describe())),
-                    None => (*state, policy(l, d)),
+                    None => {
+                        let notes: Vec<String> = [policy(l, d), set_aside_note(cfg, d)]
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                        (*state, (!notes.is_empty()).then(|| notes.join("; ")))
+                    }
                 }
             }
             _ => (*state, None),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The deploy manifests, validated offline (issue 11):
-#   - deploy/kubernetes: rendered by `kubectl kustomize` (where kubectl
-#     exists; else the kustomization's resources are concatenated), then
+#   - deploy/kubernetes/{service,batch,migrate}: each overlay rendered by
+#     `kubectl kustomize` (where kubectl exists; else the resources of the
+#     overlay and its base are concatenated); deploy/kubernetes itself must
+#     not render (no kustomization: `apply -k` there deploys nothing); then
 #     `kubernetes-validate --strict` against the schemas it ships, for the
 #     oldest Kubernetes the manifests need (1.31: podFailurePolicy GA) and the
 #     newest it knows
@@ -12,7 +14,9 @@
 #     accepts anything cannot pass this
 #   - tests/deploy/check_manifests.py: what the manifests must say beyond
 #     their schemas (mount options, probes, exit codes, entrypoint, user,
-#     the pipeline command against the Dockerfile's CMD)
+#     the pipeline command against the Dockerfile's CMD, every command,
+#     script and probe they name present in the image, fixed image tags,
+#     Pod Security labels, one workload per overlay)
 #
 #   bash tests/deploy/validate.sh
 #
@@ -53,17 +57,32 @@ KVERSIONS=(1.31.0 1.37.0)
 
 # --- Kubernetes ---------------------------------------------------------------
 RENDERED="$WORK/rendered.yaml"
+OVERLAYS=(service batch migrate)
+OVERLAY_ARGS=()
 KUBECTL="${KUBECTL-$(command -v kubectl || true)}"
-if [ -n "$KUBECTL" ]; then
-    expect_ok "kubectl kustomize deploy/kubernetes renders" timeout 120 "$KUBECTL" kustomize "$K8S" -o "$RENDERED"
-else
-    echo "NOTE: kubectl not found: concatenating the kustomization's resources instead of kubectl kustomize"
-    "$PY" - "$K8S" >"$RENDERED" <<'PY'
+: >"$RENDERED"
+for o in "${OVERLAYS[@]}"; do
+    out="$WORK/rendered-$o.yaml"
+    if [ -n "$KUBECTL" ]; then
+        expect_ok "kubectl kustomize deploy/kubernetes/$o renders" timeout 120 "$KUBECTL" kustomize "$K8S/$o" -o "$out"
+    else
+        echo "NOTE: kubectl not found: concatenating deploy/kubernetes/$o's resources instead of kubectl kustomize"
+        "$PY" - "$K8S/$o" >"$out" <<'PY'
 import sys, yaml, pathlib
-d = pathlib.Path(sys.argv[1])
-k = yaml.safe_load((d / "kustomization.yaml").read_text())
-print("\n---\n".join((d / r).read_text() for r in k["resources"]))
+def docs(d):
+    k = yaml.safe_load((d / "kustomization.yaml").read_text())
+    for r in k["resources"]:
+        p = (d / r).resolve()
+        yield from (docs(p) if p.is_dir() else [p.read_text()])
+print("\n---\n".join(docs(pathlib.Path(sys.argv[1]))))
 PY
+    fi
+    { cat "$out"; echo "---"; } >>"$RENDERED"
+    OVERLAY_ARGS+=("$o=$out")
+done
+if [ -n "$KUBECTL" ]; then
+    expect_fail "kubectl kustomize deploy/kubernetes (the parent) renders nothing: pick an overlay" \
+        timeout 120 "$KUBECTL" kustomize "$K8S"
 fi
 kinds="$(grep -E '^kind: ' "$RENDERED" | sort | tr '\n' ' ')"
 echo "    rendered: $kinds"
@@ -110,7 +129,13 @@ for f in app job; do
     expect_ok "check-jsonschema: deploy/azure-container-apps/$f.yaml" timeout 120 "$CJ" --schemafile "$SCHEMA" "$ACA/$f.yaml"
 done
 sed 's/mountOptions:/mountOption:/' "$ACA/app.yaml" >"$WORK/neg-aca-typo.yaml"
-sed 's/failureThreshold: 10$/failureThreshold: 11/' "$ACA/app.yaml" >"$WORK/neg-aca-threshold.yaml"
+"$PY" - "$ACA/app.yaml" >"$WORK/neg-aca-threshold.yaml" <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+doc["properties"]["template"]["containers"][0]["probes"] = [
+    {"type": "Startup", "tcpSocket": {"port": 8080}, "periodSeconds": 240, "failureThreshold": 11}]
+print(yaml.safe_dump(doc))
+PY
 sed '/storageName:/d' "$ACA/job.yaml" >"$WORK/neg-aca-nostorage.yaml"
 sed 's/^    triggerType: Schedule/    triggerType: Cron/' "$ACA/job.yaml" >"$WORK/neg-aca-trigger.yaml"
 for neg in typo threshold nostorage trigger; do
@@ -120,7 +145,7 @@ done
 
 # --- what the manifests must say ---------------------------------------------------
 echo "--- tests/deploy/check_manifests.py"
-if "$PY" tests/deploy/check_manifests.py "$RENDERED" "$ACA/app.yaml" "$ACA/job.yaml" >"$WORK/sem.log" 2>&1; then
+if "$PY" tests/deploy/check_manifests.py "$RENDERED" "$ACA/app.yaml" "$ACA/job.yaml" "${OVERLAY_ARGS[@]}" >"$WORK/sem.log" 2>&1; then
     PASSED=$((PASSED + $(grep -c '^PASS' "$WORK/sem.log")))
     echo "PASS: check_manifests.py: $(grep -c '^PASS' "$WORK/sem.log") checks"
 else

@@ -1,7 +1,7 @@
 //! The Kubernetes Deployment's scale-out, simulated on this machine's Docker
 //! engine (`tests/docker/multinode.sh`): nodes on separate networks with
 //! their own host names, one shared share, the pod spec taken from
-//! `deploy/kubernetes/deployment.yaml`, lock holders killed mid-migration,
+//! `deploy/kubernetes/service/deployment.yaml`, lock holders killed mid-migration,
 //! restarts, rescheduling and a rolling update; then the share must hold
 //! exactly the baked data and every node must be linked.
 //!

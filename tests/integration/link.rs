@@ -574,3 +574,49 @@ fn run_links_first_then_starts_the_command_with_its_status() {
     expect_code(&o, 65);
     assert!(!marker.exists(), "the command ran despite a linking error");
 }
+
+/// The pipeline replaced its symlink with a directory and wrote there; a
+/// `sharelink link` by hand then sets those writes aside. `status` says so
+/// before, the log when it happens; the log line gives the state reached
+/// (`state=linked`) and the one found (`was=needs-migration`).
+#[test]
+fn link_by_hand_after_the_pipeline_replaced_its_symlink_says_where_its_writes_went() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    fs::create_dir_all(sb.app.join("data")).unwrap();
+    fs::write(sb.app.join("data/baked.csv"), "baked\n").unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("state=linked") && err.contains("was=needs-migration"),
+        "{err}"
+    );
+    assert!(
+        err.contains("migrated 1 file, 6 bytes, 0 symlinks, 0 dirs"),
+        "{err}"
+    );
+    // The pipeline: rm the symlink, mkdir, write.
+    fs::remove_file(sb.app.join("data")).unwrap();
+    fs::create_dir(sb.app.join("data")).unwrap();
+    fs::write(sb.app.join("data/fresh.csv"), "fresh\n").unwrap();
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    let out = stdout(&o);
+    assert!(
+        out.contains("needs-migration") && out.contains("pipeline replaced the symlink"),
+        "{out}"
+    );
+    assert!(out.contains(".sharelink/displaced/"), "{out}");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("set aside 1 entry in") && err.contains("its writes are among them"),
+        "{err}"
+    );
+    let kept: Vec<_> = snapshot(&sb.share.join(".sharelink/displaced"))
+        .into_keys()
+        .filter(|p| p.ends_with("fresh.csv"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{err}");
+}

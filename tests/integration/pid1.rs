@@ -1003,6 +1003,20 @@ finally:
     open(d + '/finally', 'w').close()
 ";
 
+/// A Python program with its own SIGTERM handler, which ends it with 0 (a
+/// CronJob's success); a SIGINT would be a KeyboardInterrupt and 130.
+const PY_HANDLER: &str = "\
+import signal, sys, time
+d = sys.argv[1]
+def on_term(signum, frame):
+    open(d + '/finally', 'w').close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+open(d + '/ready', 'w').close()
+while True:
+    time.sleep(0.05)
+";
+
 /// Start PY_CLEANUP under sharelink with `run_args` (and `config_run`
 /// appended to the config's `[run]` table), send SIGTERM to sharelink, and
 /// return the exit code and whether the `finally` block ran.
@@ -1012,12 +1026,24 @@ fn python_gets_sigterm(
     run_args: &[&str],
     config_run: &str,
 ) -> (i32, bool) {
+    python_program_gets_sigterm(sb, PY_CLEANUP, name, run_args, config_run)
+}
+
+/// The same with any program taking the directory for `ready` and
+/// `finally` as its argument.
+fn python_program_gets_sigterm(
+    sb: &RunSandbox,
+    program: &str,
+    name: &str,
+    run_args: &[&str],
+    config_run: &str,
+) -> (i32, bool) {
     let d = sb.path(name);
     std::fs::create_dir(&d).unwrap();
     let cfg = sb.path(&format!("{name}.toml"));
     let base = std::fs::read_to_string(sb.path("sharelink.toml")).unwrap();
     std::fs::write(&cfg, format!("{base}[run]\n{config_run}\n")).unwrap();
-    let script = sb.script(&format!("{name}.py"), PY_CLEANUP);
+    let script = sb.script(&format!("{name}.py"), program);
     let mut c = Command::new(bin());
     c.default_signals();
     c.arg("--config").arg(&cfg).arg("run").args(run_args).args([
@@ -1080,6 +1106,56 @@ fn rewrite_from_config_and_cli_wins() {
         ),
         (sigint, true)
     );
+}
+
+/// The default forwards SIGTERM unchanged, so a program's own SIGTERM
+/// handler runs and its exit 0 is the container's; `TERM:INT-if-uncaught`
+/// leaves that program alone and still gives a program without a handler
+/// SIGINT (KeyboardInterrupt, `finally`). A plain `TERM:INT` is what breaks
+/// the handler: 130 instead of 0.
+#[test]
+fn conditional_rewrite_spares_programs_with_their_own_handler() {
+    let sb = RunSandbox::new();
+    let sigint = 128 + libc::SIGINT;
+    let handler = |name: &str, args: &[&str], cfg: &str| {
+        python_program_gets_sigterm(&sb, PY_HANDLER, name, args, cfg)
+    };
+    assert_eq!(handler("h-default", &[], ""), (0, true));
+    assert_eq!(
+        handler("h-cond", &["--rewrite", "TERM:INT-if-uncaught"], ""),
+        (0, true)
+    );
+    assert_eq!(
+        handler(
+            "h-cond-cfg",
+            &[],
+            "rewrite = { TERM = \"INT-if-uncaught\" }"
+        ),
+        (0, true)
+    );
+    assert_eq!(
+        handler("h-always", &["--rewrite", "TERM:INT"], ""),
+        (sigint, false)
+    );
+    for (name, args, cfg) in [
+        ("c-cond", &["--rewrite", "TERM:INT-if-uncaught"][..], ""),
+        (
+            "c-cond-cfg",
+            &[][..],
+            "rewrite = { TERM = \"INT-if-uncaught\" }",
+        ),
+        (
+            "c-cond-group",
+            &["--kill-process-group", "--rewrite", "15:2-if-uncaught"][..],
+            "",
+        ),
+    ] {
+        assert_eq!(
+            python_gets_sigterm(&sb, name, args, cfg),
+            (sigint, true),
+            "{name}"
+        );
+    }
 }
 
 /// A dropped signal never reaches the command; others still do.
@@ -1446,6 +1522,77 @@ fn exec_failures_are_126_and_127() {
         );
         assert!(o.stderr.contains(says), "{cmd}: {o:?}");
     }
+}
+
+/// A misspelt command is found missing before linking: 127, the baked data
+/// still in the image, nothing on the share. A command that only exists
+/// once a data directory is linked (a tool kept on the share) still runs.
+#[test]
+fn a_missing_command_exits_127_before_linking() {
+    use crate::support::{expect_code, make_tree, snapshot, stderr, stdout};
+    let sb = Sandbox::new("\"data\" = \"data\"\n\"tools\" = \"tools\"");
+    make_tree(&sb.app.join("data"), 5, 100, 7);
+    let before = snapshot(&sb.app);
+    for cmd in ["pythn3", "/nonexistent/bin/tool"] {
+        let o = sb.run(["run", "--", cmd]);
+        expect_code(&o, 127);
+        let err = stderr(&o);
+        assert!(
+            err.contains("not found") && err.contains("nothing was linked or moved"),
+            "{err}"
+        );
+        assert_eq!(snapshot(&sb.app), before, "{cmd}");
+        assert!(snapshot(&sb.share).is_empty(), "{cmd}");
+    }
+    // On the share only: reachable through the link made first.
+    std::fs::create_dir_all(sb.share.join("tools")).unwrap();
+    let tool = sb.share.join("tools/hello.sh");
+    std::fs::write(&tool, "#!/bin/sh\necho hello\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = sb.run(["run", "--", sb.app.join("tools/hello.sh").to_str().unwrap()]);
+    expect_code(&o, 0);
+    assert_eq!(stdout(&o), "hello\n");
+}
+
+/// `run --user` with a baked directory root owns: after migrating, the
+/// user could not write it; sharelink says so, naming the directory, the
+/// user and the fix, before the command starts. Owned by the user: quiet.
+#[test]
+fn a_data_directory_the_user_cannot_write_is_reported() {
+    use crate::support::{expect_code, make_tree, sh, stderr};
+    if !require_root("a_data_directory_the_user_cannot_write_is_reported") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 3, 10, 8);
+    sh(&format!("chmod a+rx '{}'", sb.root.path().display()));
+    let o = sb.run(["run", "--user", "nobody", "--", "true"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    let target = sb.share.join("data");
+    assert!(
+        err.contains("user nobody (uid 65534")
+            && err.contains(&format!("cannot write {}", target.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("chown") && err.contains("uid=65534,gid=65534"),
+        "{err}"
+    );
+    sh(&format!("chown -R 65534:65534 '{}'", target.display()));
+    let o = sb.run(["run", "--user", "nobody", "--", "true"]);
+    expect_code(&o, 0);
+    assert!(!stderr(&o).contains("cannot write"), "{}", stderr(&o));
+    // A share root the user cannot enter: said once, about the share.
+    sh(&format!("chmod 0700 '{}'", sb.share.display()));
+    let o = sb.run(["run", "--user", "nobody", "--", "true"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot enter the share") && err.contains("mode 0700"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot write"), "{err}");
 }
 
 #[test]

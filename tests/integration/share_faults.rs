@@ -77,6 +77,112 @@ fn dev(p: &Path) -> u64 {
     lmeta(p).dev()
 }
 
+/// One share mounted for several apps: `share_root` a directory below the
+/// mount point is accepted (with a note naming the mount); a Docker volume
+/// on the local disk where the share belongs is refused (69) unless
+/// `allow_local_volume = true`.
+#[test]
+fn share_root_below_the_mount_and_local_docker_volumes() {
+    if !in_private_mount_ns!("share_root_below_the_mount_and_local_docker_volumes") {
+        return;
+    }
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    make_tree(&sb.app.join("data"), 5, 100, 3);
+    // A bind mount stands for the share (its own line in mountinfo, not
+    // the root filesystem); share_root is one app's directory on it.
+    let backing = sb.path("backing");
+    fs::create_dir_all(backing.join("etl-prod")).unwrap();
+    let mnt = sb.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    sh(&format!(
+        "mount --bind '{}' '{}'",
+        backing.display(),
+        mnt.display()
+    ));
+    let cfg = |share: &Path, extra: &str| {
+        fs::write(
+            &sb.config,
+            config_text(&sb.app, share, true, extra, "\"data\" = \"data\""),
+        )
+        .unwrap();
+    };
+    let below = mnt.join("etl-prod");
+    cfg(&below, "");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("not a mount point itself")
+            && err.contains(&format!("mounted at {}", mnt.display())),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        below.join("data")
+    );
+    // A new app's directory on the share: `status` says `link` makes it;
+    // `link` does, and links into it.
+    let fresh = mnt.join("etl-new");
+    cfg(&fresh, "");
+    let o = sb.run(["status"]);
+    expect_code(&o, 1);
+    assert!(stdout(&o).contains("share-unavailable"), "{}", stdout(&o));
+    assert!(!fresh.exists());
+    fs::remove_file(sb.app.join("data")).unwrap();
+    fs::create_dir(sb.app.join("data")).unwrap();
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("created share_root"), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_link(sb.app.join("data")).unwrap(),
+        fresh.join("data")
+    );
+    // A directory next to the mount, on the root filesystem: refused, and
+    // the message says how to mount, not only how to turn the check off.
+    let plain = sb.path("plain");
+    fs::create_dir_all(plain.join("etl-prod")).unwrap();
+    cfg(&plain.join("etl-prod"), "");
+    let o = sb.run(["link"]);
+    expect_code(&o, 69);
+    assert!(stderr(&o).contains("volumeMount"), "{}", stderr(&o));
+    // ... and one missing there is not made.
+    cfg(&plain.join("etl-other"), "");
+    expect_code(&sb.run(["link"]), 69);
+    assert!(!plain.join("etl-other").exists());
+
+    // What an image's VOLUME with no -v gives: a bind of
+    // .../volumes/<64 hex>/_data from the engine's disk.
+    let hex = "65fa3bf473d581f6c4fd5366b0b18b6a200deee157e7d092ad949020b9426dae";
+    let data = sb.path(&format!("docker/volumes/{hex}/_data"));
+    fs::create_dir_all(&data).unwrap();
+    let vol = sb.path("fileshare");
+    fs::create_dir_all(&vol).unwrap();
+    sh(&format!(
+        "mount --bind '{}' '{}'",
+        data.display(),
+        vol.display()
+    ));
+    let before = snapshot(&sb.app);
+    cfg(&vol, "");
+    for args in [&["link"][..], &["link", "--dry-run"][..]] {
+        let o = sb.run(args);
+        expect_code(&o, 69);
+        let err = stderr(&o);
+        assert!(
+            err.contains("anonymous Docker volume") && err.contains("VOLUME"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot(&sb.app), before);
+    assert!(snapshot(&vol).is_empty());
+    cfg(&vol, "allow_local_volume = true");
+    expect_code(&sb.run(["link"]), 0);
+    assert!(vol.join("data").is_dir());
+    umount_lazy(&vol);
+    umount_lazy(&mnt);
+    report("share_root below the mount point: accepted with a note naming the mount; an anonymous Docker volume (an image's VOLUME without -v) at share_root: link and dry-run exit 69, nothing touched, allow_local_volume = true accepts it");
+}
+
 #[test]
 fn mount_timeout_waits_for_the_share_and_uses_it() {
     if !in_private_mount_ns!("mount_timeout_waits_for_the_share_and_uses_it") {
@@ -482,4 +588,86 @@ fn share_without_room_to_set_aside_or_merge_fails_before_copying() {
         umount(&app_root);
         umount(&share);
     }
+}
+
+/// The share refusing sharelink's writes (a share owned by root, sharelink
+/// started as another user): one explained error naming the uid, the share's
+/// owner and mode and the fix, told once however many links fail for it.
+#[test]
+fn share_that_refuses_writes_is_explained_once() {
+    if !require_root("share_that_refuses_writes_is_explained_once") {
+        return;
+    }
+    let links = "\"a\" = \"a\"\n\"b\" = \"b\"\n\"c\" = \"c\"";
+    let sb = Sandbox::new(links);
+    sh(&format!("chmod -R a+rX '{}'", sb.root.path().display()));
+    sh(&format!("chown -R 65534:65534 '{}'", sb.app.display()));
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+        .arg("--config")
+        .arg(&sb.config)
+        .arg("link")
+        .env_remove("SHARELINK_LOG")
+        .output()
+        .unwrap();
+    expect_code(&o, 73);
+    let err = stderr(&o);
+    assert!(
+        err.contains("sharelink (uid 65534, gid 65534) cannot write to the share"),
+        "{err}"
+    );
+    assert!(err.contains("owned by uid 0, gid 0, mode 0755"), "{err}");
+    assert!(
+        err.contains("uid=65534,gid=65534") && err.contains("run --user"),
+        "{err}"
+    );
+    assert_eq!(err.matches("cannot write to the share").count(), 1, "{err}");
+    assert_eq!(err.matches("the same error as above").count(), 2, "{err}");
+}
+
+/// The demo pipeline on an SMB-like share (bindfs refusing chmod and
+/// chown, as Azure Files without unix extensions does): it runs to the end.
+/// Before, its atomic writes died of `os.fchmod` → EPERM.
+#[test]
+fn demo_pipeline_runs_on_an_smb_like_share() {
+    if !in_private_mount_ns!("demo_pipeline_runs_on_an_smb_like_share") {
+        return;
+    }
+    let links = "\"forecasting/data\" = { share = \"forecasting/data\", dirs = [\"input\", \"output\"] }\n\
+                 \"modelling/cache\" = { share = \"modelling/cache\", dirs = [\"sarima_params\", \"time_moe_cache\"] }\n\
+                 \"modelling/predictions\" = \"modelling/predictions\"\n\
+                 \"scraping/scraped_data\" = \"scraping/scraped_data\"";
+    let sb = Sandbox::new(links);
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline");
+    sh(&format!(
+        "cp -a '{}/.' '{}'",
+        demo.display(),
+        sb.app.display()
+    ));
+    for d in [
+        "forecasting/data/output",
+        "modelling/cache/time_moe_cache",
+        "modelling/predictions",
+        "scraping/scraped_data",
+    ] {
+        fs::create_dir_all(sb.app.join(d)).unwrap();
+    }
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "256m");
+    mount_bindfs(&backing, &sb.share, "--chmod-deny --chown-deny");
+    let _fuse = Fuse(sb.share.clone());
+    let o = sb
+        .cmd()
+        .current_dir(&sb.app)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["run", "--", "python3"])
+        .arg(sb.app.join("run_pipeline.py"))
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+    let out = stdout(&o) + &stderr(&o);
+    assert!(out.contains("all stages done"), "{out}");
+    assert!(!out.contains("Operation not permitted"), "{out}");
+    assert!(!snapshot(&backing.join("modelling/predictions")).is_empty());
+    report("demo pipeline (examples/pipeline) on an SMB-like share (bindfs --chmod-deny --chown-deny): all stages done, exit 0");
 }

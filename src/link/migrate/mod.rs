@@ -740,7 +740,11 @@ impl Migration<'_> {
                 }
             };
             mine.before_prune(self, &inv, &ledger, own)?;
+            let doomed = ledger.deletable.iter().flatten().count() as u64;
+            ctx.progress.start_deleting(doomed);
+            // prune checks in every 64 entries removed.
             let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
+                ctx.progress.deleted(64);
                 ctx.beat()
             })?;
             failpoint::hit("prune.done");
@@ -750,8 +754,8 @@ impl Migration<'_> {
             }
             mine.after_prune(&inv, &ledger, &pruned);
             crate::debug!(
-                "pass {pass}: {} entries changed or appeared during the migration; another pass",
-                pruned.kept.len()
+                "pass {pass}: {} changed or appeared during the migration; another pass",
+                crate::link::count(pruned.kept.len() as u64, "entry", "entries")
             );
             last_kept = pruned
                 .kept
@@ -1566,7 +1570,8 @@ impl Migration<'_> {
             link = %self.link.app.display(),
             entries = count,
             to = %base_path.join(&name).display(),
-            "app entries that differ from the share's (or that the share lacks, with migrate = \"if-empty\") were set aside, not merged"
+            "app entries that differ from the share's (or that the share lacks, with migrate = \"if-empty\") were set aside, not merged; \
+             if the pipeline replaced this link's symlink with a directory and wrote there, its writes are among them: copy back what you need from there"
         );
         Ok(())
     }

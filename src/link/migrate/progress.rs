@@ -18,6 +18,11 @@ pub struct Progress {
     bytes: AtomicU64,
     started: Mutex<Instant>,
     last: Mutex<Option<Instant>>,
+    /// After the copy: app entries to remove, and about how many are gone
+    /// (0 total: not deleting).
+    delete_total: AtomicU64,
+    deleted: AtomicU64,
+    delete_started: Mutex<Option<Instant>>,
 }
 
 /// A point-in-time view, for the log and for `status`.
@@ -41,20 +46,25 @@ impl Snapshot {
         }
     }
 
-    /// Time left at the rate so far, from bytes (or files when there are
-    /// no bytes to speak of).
+    /// Time left at the rate so far: the longer of the estimates from
+    /// bytes and from files. On a network share each file costs round
+    /// trips whatever its size, so for many small files bytes alone
+    /// promise far too soon an end; for one big file, files alone say
+    /// nothing until it is done (an estimate needs some of its kind done).
     pub fn eta(&self) -> Option<Duration> {
         let ms = self.elapsed.as_millis();
-        let (done, total) = if self.bytes_total > 0 {
-            (self.bytes, self.bytes_total)
-        } else {
-            (self.files, self.files_total)
-        };
-        if done == 0 || ms == 0 || done >= total {
+        if ms == 0 {
             return None;
         }
-        let left_ms = ms * (total - done) as u128 / done as u128;
-        Some(Duration::from_millis(left_ms as u64))
+        [
+            (self.bytes, self.bytes_total),
+            (self.files, self.files_total),
+        ]
+        .into_iter()
+        .filter(|&(done, total)| done > 0 && done < total)
+        .map(|(done, total)| ms * (total - done) as u128 / done as u128)
+        .max()
+        .map(|left| Duration::from_millis(left as u64))
     }
 
     /// `1234/5000 files, 1.2 GiB/4.0 GiB, 85.0 MiB/s, about 34s left`
@@ -163,11 +173,57 @@ impl Progress {
             bytes: AtomicU64::new(0),
             started: Mutex::new(Instant::now()),
             last: Mutex::new(None),
+            delete_total: AtomicU64::new(0),
+            deleted: AtomicU64::new(0),
+            delete_started: Mutex::new(None),
         }
+    }
+
+    /// The copy is done and `total` app entries are about to be removed:
+    /// progress lines from now on are about that.
+    pub fn start_deleting(&self, total: u64) {
+        self.delete_total.store(total, Relaxed);
+        self.deleted.store(0, Relaxed);
+        *self
+            .delete_started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// About `n` more entries removed.
+    pub fn deleted(&self, n: u64) {
+        self.deleted.fetch_add(n, Relaxed);
+    }
+
+    /// `removing the app's copies: 6400/20000 entries, about 12s left`,
+    /// when deleting has gone on for a while.
+    fn deleting_line(&self) -> Option<String> {
+        let total = self.delete_total.load(Relaxed);
+        let since = (*self
+            .delete_started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))?;
+        if total == 0 || since.elapsed() < FIRST_AFTER {
+            return None;
+        }
+        let done = self.deleted.load(Relaxed).min(total);
+        let snap = Snapshot {
+            files: done,
+            files_total: total,
+            bytes: 0,
+            bytes_total: 0,
+            elapsed: since.elapsed(),
+        };
+        let mut s = format!("copied; removing the app's copies: about {done}/{total} entries");
+        if let Some(eta) = snap.eta() {
+            s.push_str(&format!(", about {}s left", eta.as_secs()));
+        }
+        Some(s)
     }
 
     /// A new copy begins: its totals, counters back to zero.
     pub fn start(&self, files_total: u64, bytes_total: u64) {
+        self.delete_total.store(0, Relaxed);
         self.files_total.store(files_total, Relaxed);
         self.bytes_total.store(bytes_total, Relaxed);
         self.files.store(0, Relaxed);
@@ -215,6 +271,14 @@ impl Progress {
 
     /// Log a line if one is due; returns the snapshot logged.
     pub fn maybe_log(&self) -> Option<Snapshot> {
+        if let Some(line) = self.deleting_line() {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if !last.is_some_and(|t| t.elapsed() < EVERY) {
+                *last = Some(Instant::now());
+                tracing::info!(link = %self.link, "migrating: {line}");
+            }
+            return None;
+        }
         let snap = self.due()?;
         tracing::info!(
             link = %self.link,
@@ -257,6 +321,44 @@ mod tests {
             ..s
         };
         assert_eq!(done.eta(), None);
+        // Many small files: the bytes are nearly all there (the big files
+        // went first), the files not; the files' pace decides.
+        let small = Snapshot {
+            files: 1_000,
+            files_total: 100_000,
+            bytes: 900 << 20,
+            bytes_total: 1000 << 20,
+            elapsed: Duration::from_secs(10),
+        };
+        assert_eq!(small.eta().unwrap().as_secs(), 990);
+        // One big file under way: no file done yet, the bytes decide.
+        let big = Snapshot {
+            files: 0,
+            files_total: 1,
+            bytes: 1 << 30,
+            bytes_total: 4 << 30,
+            elapsed: Duration::from_secs(10),
+        };
+        assert_eq!(big.eta().unwrap().as_secs(), 30);
+    }
+
+    #[test]
+    fn deletion_has_its_own_line() {
+        let p = Progress::new("data".into());
+        p.start(10, 100);
+        assert_eq!(p.deleting_line(), None);
+        p.start_deleting(20_000);
+        // Quiet at first, like the copy.
+        assert_eq!(p.deleting_line(), None);
+        *p.delete_started.lock().unwrap() = Some(Instant::now() - Duration::from_secs(10));
+        p.deleted(5_000);
+        assert_eq!(
+            p.deleting_line().unwrap(),
+            "copied; removing the app's copies: about 5000/20000 entries, about 30s left"
+        );
+        // A new copy (another pass) is about copying again.
+        p.start(1, 1);
+        assert_eq!(p.deleting_line(), None);
     }
 
     #[test]

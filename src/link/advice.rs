@@ -1,0 +1,64 @@
+//! Share-side failures worded like the app-side ones: who (uid, gid), what
+//! (the share directory, its owner and mode, the mount), and the fix (the
+//! mount's options, a chown, `run --user`).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// `e` with the share's side explained when it is "cannot write" (EACCES,
+/// EPERM, EROFS) on a path in the share; otherwise `e` as it is.
+pub fn explain(cfg: &Config, e: Error) -> Error {
+    let Error::Io { context, source } = &e else {
+        return e;
+    };
+    let share = cfg.share_root.to_string_lossy();
+    let errno = source.raw_os_error();
+    if !context.contains(share.as_ref())
+        || !matches!(errno, Some(libc::EACCES | libc::EPERM | libc::EROFS))
+    {
+        return e;
+    }
+    Error::ShareNotWritable(share_not_writable(
+        &cfg.share_root,
+        &format!("{context}: {source}"),
+        errno == Some(libc::EROFS),
+    ))
+}
+
+/// The message for a write the share refused.
+pub fn share_not_writable(share_root: &Path, what: &str, read_only: bool) -> String {
+    // SAFETY: plain getters.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let owner = match std::fs::metadata(share_root) {
+        Ok(m) => format!(
+            "{} is owned by uid {}, gid {}, mode {:04o}",
+            share_root.display(),
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(e) => format!("{}: {e}", share_root.display()),
+    };
+    let mount = super::mounts::mount_description(share_root)
+        .map(|m| format!(", on {m}"))
+        .unwrap_or_default();
+    let fix = if read_only {
+        "The share is mounted read-only: mount it read-write (drop `ro` from the mount's \
+         options, `:ro` from `-v`, or `readOnly: true` from the volumeMount)"
+            .to_string()
+    } else {
+        format!(
+            "Give uid {uid} write access to the share: for SMB/Azure Files mount it with \
+             uid={uid},gid={gid} (or dir_mode=0777,file_mode=0777) in the volume's or \
+             StorageClass's mount options; for a bind mount or NFS, chown {uid}:{gid} the \
+             directory on its host; or start sharelink as root and let it drop to the \
+             pipeline's user with `run --user`"
+        )
+    };
+    format!(
+        "sharelink (uid {uid}, gid {gid}) cannot write to the share: {what}. {owner}{mount}. {fix}"
+    )
+}
