@@ -1,0 +1,338 @@
+//! `sharelink doctor`: what this share can and cannot do, measured, with
+//! the fix for each problem.
+//!
+//! Safe in a running container: it writes only its own probe directory
+//! under `<share_root>/.sharelink/` and removes it ([`probe`]), never
+//! touches the app directories or the links' data, and gives up on a share
+//! that does not answer within [`DEADLINE`] ([`share`] runs on a worker
+//! thread). [`mount`] reads the mount table, [`capabilities`] probes what
+//! the share keeps, [`runuser`] checks the run user as that user,
+//! [`estimate`] prices a first start, [`advice`] names causes and fixes,
+//! [`report`] prints.
+
+pub mod advice;
+pub mod capabilities;
+pub mod estimate;
+pub mod mount;
+pub mod probe;
+pub mod report;
+pub mod runuser;
+pub mod share;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::{io_exit_code, ExitCode, Result};
+use crate::init::user::{self, Credentials};
+use crate::link::lock;
+use crate::link::plan::State;
+use advice::{Advice, Level};
+use mount::MountEntry;
+use report::{LinkReport, Report, RunUserReport};
+use share::{ShareFacts, UserOutcome};
+
+/// How long doctor waits for the share before reporting "no answer".
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The report and the exit code (0, 69, 73; a bad config or user is an
+/// `Err` with 78).
+pub fn doctor(cfg: &Config, user_spec: Option<&str>) -> Result<(Report, ExitCode)> {
+    let creds = user_spec.map(user::resolve).transpose()?;
+    // Reading the mount table never touches the share.
+    let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let (tx, rx) = mpsc::channel();
+    {
+        let (cfg, creds) = (cfg.clone(), creds.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(share::look(&cfg, creds.as_ref()));
+        });
+    }
+    let facts = rx.recv_timeout(DEADLINE).ok();
+    if facts.is_none() {
+        // The child checking as the run user may hang on the share too.
+        let pid = runuser::CHILD.swap(0, Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: our own child, still unreaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    Ok(assemble(cfg, creds.as_ref(), &mountinfo, facts))
+}
+
+/// Advice and the exit code, as they accumulate.
+struct Findings {
+    advice: Vec<Advice>,
+    code: ExitCode,
+}
+
+impl Findings {
+    fn add(&mut self, level: Level, message: impl Into<String>) {
+        let a = Advice::new(level, message);
+        // Two links on one other mount give the same advice once.
+        if !self.advice.contains(&a) {
+            self.advice.push(a);
+        }
+    }
+
+    /// Keep the exit code that says more: 69 over 73 over 74 over 0.
+    fn fail(&mut self, code: ExitCode) {
+        let rank = |c: ExitCode| match c {
+            ExitCode::ShareUnavailable => 3,
+            ExitCode::CannotWrite => 2,
+            ExitCode::Ok => 0,
+            _ => 1,
+        };
+        if rank(code) > rank(self.code) {
+            self.code = code;
+        }
+    }
+}
+
+/// Everything the report says, and the exit code, from what was read.
+fn assemble(
+    cfg: &Config,
+    creds: Option<&Credentials>,
+    mountinfo: &[u8],
+    facts: Option<ShareFacts>,
+) -> (Report, ExitCode) {
+    let root_path = facts
+        .as_ref()
+        .and_then(|f| f.real_root.clone())
+        .unwrap_or_else(|| cfg.share_root.clone());
+    let mount = mount::mount_of(mountinfo, &root_path);
+    let mounted = facts.as_ref().is_some_and(|f| f.real_root.is_some())
+        && mount.as_ref().is_some_and(|m| m.mount_point == root_path);
+    let mut f = Findings {
+        advice: Vec::new(),
+        code: ExitCode::Ok,
+    };
+    let mut report = Report {
+        share_root: cfg.share_root.display().to_string(),
+        mounted,
+        mount,
+        round_trip_ms: None,
+        case_insensitive: false,
+        supports: Default::default(),
+        free_bytes: None,
+        clock_skew_ms: None,
+        run_user: None,
+        links: Vec::new(),
+        advice: Vec::new(),
+    };
+    let Some(facts) = facts else {
+        f.add(
+            Level::Error,
+            format!(
+                "{}: the share did not answer within {} s (a hung network mount?): nothing was \
+             measured. Check the network to the file server and the mount (`mount`, `dmesg`)",
+                cfg.share_root.display(),
+                DEADLINE.as_secs()
+            ),
+        );
+        f.fail(ExitCode::ShareUnavailable);
+        report.advice = f.advice;
+        return (report, f.code);
+    };
+    let run_user = creds.map(advice_user);
+    share_findings(cfg, &facts, run_user.as_ref(), &mut report, &mut f);
+    if let Some(c) = creds {
+        let r = run_user_report(cfg, c, &facts, &mut f);
+        report.run_user = Some(r);
+    }
+    report.links = links(
+        cfg,
+        &facts,
+        mountinfo,
+        report.mount.as_ref(),
+        report.round_trip_ms,
+    );
+    for m in report.links.iter().filter_map(|l| l.other_mount.as_ref()) {
+        for a in advice::from_mount(m, run_user.as_ref()) {
+            f.add(a.level, a.message);
+        }
+    }
+    let needed: u64 = report.links.iter().filter_map(|l| l.bytes).sum();
+    if let Some(free) = facts.free_bytes.filter(|&free| free < needed) {
+        f.add(
+            Level::Error,
+            format!(
+                "the share has {free} bytes free, the baked data still to move needs {needed}: \
+             `link` would stop with exit 73 (no space). Grow the share (its quota)"
+            ),
+        );
+        f.fail(ExitCode::CannotWrite);
+    }
+    for l in &facts.left_behind {
+        f.add(
+            Level::Warn,
+            format!("a probe entry could not be removed: {l}"),
+        );
+    }
+    report.advice = f.advice;
+    (report, f.code)
+}
+
+/// The mount guard, the mount's options and what the probes measured.
+fn share_findings(
+    cfg: &Config,
+    facts: &ShareFacts,
+    run_user: Option<&advice::RunUser>,
+    report: &mut Report,
+    f: &mut Findings,
+) {
+    let root = cfg.share_root.display();
+    if let Some(why) = &facts.unavailable {
+        f.add(Level::Error, why.clone());
+        f.fail(ExitCode::ShareUnavailable);
+    } else if !report.mounted {
+        f.add(
+            Level::Warn,
+            format!(
+                "{root} is not a mount point (require_mount = false): data goes to the filesystem \
+             below it, {}; keep require_mount = true wherever a file share is expected",
+                report
+                    .mount
+                    .as_ref()
+                    .map_or("unknown", |m| m.fs_type.as_str())
+            ),
+        );
+    }
+    if let Some(m) = report.mount.as_ref().filter(|_| report.mounted) {
+        for a in advice::from_mount(m, run_user) {
+            f.add(a.level, a.message);
+        }
+    }
+    match &facts.measured {
+        Some(Ok(m)) => {
+            report.round_trip_ms = Some(m.round_trip_ms);
+            report.case_insensitive = m.case_insensitive;
+            report.supports = m.supports;
+            report.clock_skew_ms = m.clock_skew_ms;
+            for a in advice::from_measured(m, report.mount.as_ref(), lock::lease()) {
+                f.add(a.level, a.message);
+            }
+        }
+        Some(Err(e)) => {
+            f.add(
+                Level::Error,
+                format!(
+                    "sharelink cannot write in {root}: {}: {} (it needs {root}/.sharelink for its \
+                 locks)",
+                    e.what, e.source
+                ),
+            );
+            f.fail(io_exit_code(&e.source));
+        }
+        None => {}
+    }
+    report.free_bytes = facts.free_bytes;
+    if facts.unavailable.is_none() && facts.free_bytes.is_none() {
+        f.add(Level::Info, "the share reports no size: free space unknown");
+    }
+}
+
+fn advice_user(c: &Credentials) -> advice::RunUser {
+    advice::RunUser {
+        name: user_name(c),
+        uid: c.uid,
+        gid: c.gid,
+        groups: c.groups.clone(),
+    }
+}
+
+fn user_name(c: &Credentials) -> String {
+    c.name.clone().unwrap_or_else(|| c.uid.to_string())
+}
+
+/// The run user's line and the advice for each target it cannot write.
+fn run_user_report(
+    cfg: &Config,
+    c: &Credentials,
+    facts: &ShareFacts,
+    f: &mut Findings,
+) -> RunUserReport {
+    let name = user_name(c);
+    for (link, outcome) in cfg.links.iter().zip(&facts.user) {
+        let dir = cfg.share_path(link);
+        match outcome {
+            Some(UserOutcome::Checked(Some((step, e)))) => {
+                f.add(
+                    Level::Error,
+                    format!(
+                        "the run user {name} (uid {}, gid {}) cannot {} {}: {e}. Give it the \
+                     directory (chown/chmod, or on SMB the mount's `uid=`/`gid=`/`dir_mode=`)",
+                        c.uid,
+                        c.gid,
+                        step.verb(),
+                        dir.display()
+                    ),
+                );
+                f.fail(ExitCode::CannotWrite);
+            }
+            Some(UserOutcome::NotChecked(e)) => f.add(
+                Level::Warn,
+                format!(
+                    "could not check the run user {name} in {}: {e}",
+                    dir.display()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    let writable = facts.unavailable.is_none()
+        && facts
+            .user
+            .iter()
+            .all(|o| !matches!(o, Some(UserOutcome::Checked(Some(_)))));
+    RunUserReport {
+        user: name,
+        uid: c.uid,
+        writable,
+    }
+}
+
+/// Per link: its state (from `status`), its mount when another, and for a
+/// link still to migrate its baked tree and the first start's estimate.
+fn links(
+    cfg: &Config,
+    facts: &ShareFacts,
+    mountinfo: &[u8],
+    root_mount: Option<&MountEntry>,
+    rtt: Option<f64>,
+) -> Vec<LinkReport> {
+    let threads = cfg.migration.threads(&cfg.share_root);
+    cfg.links
+        .iter()
+        .zip(&facts.status.links)
+        .map(|(link, st)| {
+            let target: PathBuf = facts
+                .real_root
+                .as_deref()
+                .unwrap_or(Path::new(&cfg.share_root))
+                .join(&link.share);
+            let other_mount = mount::mount_of(mountinfo, &target)
+                .filter(|m| root_mount.is_none_or(|r| r.mount_point != m.mount_point));
+            let to_move = matches!(
+                st.state,
+                State::NeedsMigration | State::Interrupted | State::Migrating
+            );
+            let tree = to_move
+                .then(|| estimate::count(&cfg.app_path(link)).ok())
+                .flatten();
+            LinkReport {
+                link: st.app.clone(),
+                share: st.share.clone(),
+                state: st.state.name(),
+                files: tree.map(|t| t.files),
+                bytes: tree.map(|t| t.bytes),
+                estimated_seconds: tree
+                    .zip(rtt)
+                    .map(|(t, r)| estimate::seconds(&t, r, threads)),
+                other_mount,
+            }
+        })
+        .collect()
+}

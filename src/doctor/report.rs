@@ -1,0 +1,298 @@
+//! The report, as text for people (problems first, then a short table)
+//! and as one JSON object whose keys scripts can rely on.
+
+use super::advice::{Advice, Level};
+use super::capabilities::Supports;
+use super::mount::MountEntry;
+use crate::logging::json_str;
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub share_root: String,
+    pub mounted: bool,
+    /// The mount `share_root` is on (its parent's when not mounted).
+    pub mount: Option<MountEntry>,
+    /// `None`: not measured (share unavailable or not answering).
+    pub round_trip_ms: Option<f64>,
+    pub case_insensitive: bool,
+    pub supports: Supports,
+    pub free_bytes: Option<u64>,
+    pub clock_skew_ms: Option<f64>,
+    pub run_user: Option<RunUserReport>,
+    pub links: Vec<LinkReport>,
+    pub advice: Vec<Advice>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunUserReport {
+    pub user: String,
+    pub uid: u32,
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkReport {
+    /// The app path.
+    pub link: String,
+    pub share: String,
+    pub state: &'static str,
+    /// For a link still to migrate: the baked tree and the estimate.
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+    pub estimated_seconds: Option<f64>,
+    /// The share target's mount, when not the one `share_root` is on.
+    pub other_mount: Option<MountEntry>,
+}
+
+fn num(s: &mut String, v: Option<f64>) {
+    match v {
+        // JSON has no NaN or infinity.
+        Some(x) if x.is_finite() => s.push_str(&format!("{}", (x * 1000.0).round() / 1000.0)),
+        _ => s.push_str("null"),
+    }
+}
+
+fn int(s: &mut String, v: Option<u64>) {
+    match v {
+        Some(x) => s.push_str(&x.to_string()),
+        None => s.push_str("null"),
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        // By hand, as `status --json`: a flat object does not justify
+        // serde_json in PID 1.
+        let mut s = String::with_capacity(1024);
+        s.push_str("{\"share_root\":");
+        json_str(&mut s, &self.share_root);
+        s.push_str(&format!(",\"mounted\":{},\"fs_type\":", self.mounted));
+        match &self.mount {
+            Some(m) => json_str(&mut s, &m.fs_type),
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"mount_options\":[");
+        for (i, o) in self.mount.iter().flat_map(|m| &m.options).enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            json_str(&mut s, o);
+        }
+        s.push_str("],\"round_trip_ms\":");
+        num(&mut s, self.round_trip_ms);
+        s.push_str(&format!(
+            ",\"case_insensitive\":{},\"supports\":{{",
+            self.case_insensitive
+        ));
+        for (i, (k, v)) in self.supports.named().iter().enumerate() {
+            s.push_str(&format!("{}\"{k}\":{v}", if i > 0 { "," } else { "" }));
+        }
+        s.push_str("},\"free_bytes\":");
+        int(&mut s, self.free_bytes);
+        s.push_str(",\"clock_skew_ms\":");
+        num(&mut s, self.clock_skew_ms);
+        s.push_str(",\"run_user\":");
+        match &self.run_user {
+            Some(u) => {
+                s.push_str("{\"user\":");
+                json_str(&mut s, &u.user);
+                s.push_str(&format!(",\"uid\":{},\"writable\":{}}}", u.uid, u.writable));
+            }
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"links\":[");
+        for (i, l) in self.links.iter().enumerate() {
+            s.push_str(if i > 0 { ",{\"link\":" } else { "{\"link\":" });
+            json_str(&mut s, &l.link);
+            s.push_str(",\"state\":");
+            json_str(&mut s, l.state);
+            s.push_str(",\"files\":");
+            int(&mut s, l.files);
+            s.push_str(",\"bytes\":");
+            int(&mut s, l.bytes);
+            s.push_str(",\"estimated_seconds\":");
+            num(&mut s, l.estimated_seconds);
+            s.push('}');
+        }
+        s.push_str("],\"advice\":[");
+        for (i, a) in self.advice.iter().enumerate() {
+            s.push_str(if i > 0 { ",{\"level\":" } else { "{\"level\":" });
+            json_str(&mut s, a.level.name());
+            s.push_str(",\"message\":");
+            json_str(&mut s, &a.message);
+            s.push('}');
+        }
+        s.push_str("]}");
+        s
+    }
+
+    /// Problems (errors, then warnings) first, then the table, then notes.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let mut sorted: Vec<&Advice> = self.advice.iter().collect();
+        sorted.sort_by_key(|a| std::cmp::Reverse(a.level));
+        for a in sorted.iter().filter(|a| a.level > Level::Info) {
+            s.push_str(&format!("{a}\n"));
+        }
+        if sorted.iter().any(|a| a.level > Level::Info) {
+            s.push('\n');
+        }
+        self.table(&mut s);
+        let notes: Vec<_> = sorted.iter().filter(|a| a.level == Level::Info).collect();
+        if !notes.is_empty() {
+            s.push('\n');
+            for a in notes {
+                s.push_str(&format!("{a}\n"));
+            }
+        }
+        s
+    }
+
+    fn table(&self, s: &mut String) {
+        let row = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<12}  {v}\n"));
+        let mount = match (&self.mount, self.mounted) {
+            (Some(m), true) => format!(
+                "mounted: {} from {} ({})",
+                m.fs_type,
+                m.source,
+                m.options.join(",")
+            ),
+            (Some(m), false) => format!(
+                "NOT mounted (on {}'s {})",
+                m.mount_point.display(),
+                m.fs_type
+            ),
+            (None, _) => "NOT mounted".into(),
+        };
+        row(s, "share_root", &format!("{}  {mount}", self.share_root));
+        let ms = |v: Option<f64>| v.map_or("no answer".to_string(), |x| format!("{x:.1} ms"));
+        row(s, "round trip", &ms(self.round_trip_ms));
+        row(
+            s,
+            "free",
+            &self.free_bytes.map_or("unknown".into(), human_bytes),
+        );
+        row(
+            s,
+            "clock skew",
+            &self
+                .clock_skew_ms
+                .map_or("unknown".into(), |x| format!("{x:+.0} ms")),
+        );
+        if self.round_trip_ms.is_some() {
+            let keeps: Vec<String> = self
+                .supports
+                .named()
+                .iter()
+                .map(|(k, v)| format!("{} {}", k.replace('_', " "), if *v { "yes" } else { "NO" }))
+                .collect();
+            row(s, "keeps", &keeps.join(", "));
+            row(
+                s,
+                "names",
+                if self.case_insensitive {
+                    "case-INSENSITIVE"
+                } else {
+                    "case-sensitive"
+                },
+            );
+        }
+        if let Some(u) = &self.run_user {
+            let w = if u.writable {
+                "can write every share target"
+            } else {
+                "CANNOT write (see above)"
+            };
+            row(s, "run user", &format!("{} (uid {}): {w}", u.user, u.uid));
+        }
+        for l in &self.links {
+            let mut v = format!("{} -> {}  {}", l.link, l.share, l.state);
+            if let (Some(f), Some(b)) = (l.files, l.bytes) {
+                v.push_str(&format!(", {f} files, {}", human_bytes(b)));
+            }
+            if let Some(e) = l.estimated_seconds {
+                v.push_str(&format!(", first start about {e:.1} s"));
+            }
+            if let Some(m) = &l.other_mount {
+                v.push_str(&format!(" [own mount: {} from {}]", m.fs_type, m.source));
+            }
+            row(s, "link", &v);
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_exactly_the_documented_keys() {
+        let r = Report {
+            share_root: "/mnt/\"share\"".into(),
+            mounted: false,
+            mount: None,
+            round_trip_ms: None,
+            case_insensitive: false,
+            supports: Supports::default(),
+            free_bytes: None,
+            clock_skew_ms: Some(f64::NAN),
+            run_user: Some(RunUserReport {
+                user: "app".into(),
+                uid: 10,
+                writable: false,
+            }),
+            links: vec![LinkReport {
+                link: "/app/x".into(),
+                share: "/mnt/x".into(),
+                state: "needs-migration",
+                files: Some(3),
+                bytes: Some(7),
+                estimated_seconds: Some(1.23456),
+                other_mount: None,
+            }],
+            advice: vec![Advice::new(Level::Error, "a \"b\"\n")],
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = [
+            "share_root",
+            "mounted",
+            "fs_type",
+            "mount_options",
+            "round_trip_ms",
+            "case_insensitive",
+            "supports",
+            "free_bytes",
+            "clock_skew_ms",
+            "run_user",
+            "links",
+            "advice",
+        ];
+        let mut got = keys.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(v["supports"].as_object().unwrap().len(), 7);
+        assert!(v["clock_skew_ms"].is_null() && v["fs_type"].is_null());
+        assert_eq!(v["links"][0]["estimated_seconds"], 1.235);
+        assert_eq!(v["run_user"]["writable"], false);
+        assert_eq!(v["advice"][0]["message"], "a \"b\"\n");
+        assert_eq!(v["share_root"], "/mnt/\"share\"");
+        assert!(r.to_text().starts_with("error"));
+    }
+}
