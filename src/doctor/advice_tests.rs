@@ -120,6 +120,8 @@ fn measured(supports: Supports) -> Measured {
         owners_probed: true,
         case_insensitive: false,
         round_trip_ms: 1.0,
+        parallel_op_ms: 0.1,
+        in_flight: 32,
         clock_skew_ms: Some(3.0),
     }
 }

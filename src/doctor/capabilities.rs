@@ -61,14 +61,20 @@ pub struct Measured {
     pub owners_probed: bool,
     pub case_insensitive: bool,
     pub round_trip_ms: f64,
+    /// The time per operation with `in_flight` of them at once: what
+    /// latency hiding and the CPU leave of the round trip when many
+    /// requests are in flight, as in a migration.
+    pub parallel_op_ms: f64,
+    pub in_flight: usize,
     /// The fresh probe file's mtime minus the local clock, ms.
     pub clock_skew_ms: Option<f64>,
 }
 
 /// Run every probe in `dir` (doctor's own, empty probe directory). Only a
 /// failure to create the probe file is an error: that is "cannot write".
-pub fn probe(dir: &Dir) -> io::Result<Measured> {
+pub fn probe(dir: &Dir, in_flight: usize) -> io::Result<Measured> {
     let round_trip_ms = round_trip(dir)?;
+    let parallel_op_ms = parallel_op(dir, in_flight)?;
     let before = Time::now();
     let file = dir.create(OsStr::new(FILE), 0o600)?;
     nix::unistd::write(&file, b"sharelink doctor probe\n").map_err(io::Error::from)?;
@@ -93,6 +99,8 @@ pub fn probe(dir: &Dir) -> io::Result<Measured> {
         owners_probed,
         case_insensitive: case_insensitive(dir),
         round_trip_ms,
+        parallel_op_ms,
+        in_flight,
         clock_skew_ms,
     })
 }
@@ -109,6 +117,33 @@ fn round_trip(dir: &Dir) -> io::Result<f64> {
     }
     ms.sort_by(f64::total_cmp);
     Ok(ms[ms.len() / 2])
+}
+
+/// Per thread, in [`parallel_op`].
+const PARALLEL_OPS: usize = 4;
+
+/// The wall time of `threads` × [`PARALLEL_OPS`] `stat`s of fresh names,
+/// `threads` at once, per operation.
+fn parallel_op(dir: &Dir, threads: usize) -> io::Result<f64> {
+    let threads = threads.max(1);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|w| {
+                s.spawn(move || {
+                    for i in 0..PARALLEL_OPS {
+                        dir.stat_at(OsStr::new(&format!("par-{w}-{i}-absent")))?;
+                    }
+                    Ok::<(), io::Error>(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("probe thread panicked")))
+        })
+    })?;
+    Ok(t.elapsed().as_secs_f64() * 1e3 / (threads * PARALLEL_OPS) as f64)
 }
 
 fn symlinks(dir: &Dir) -> bool {
@@ -247,7 +282,7 @@ mod tests {
     fn a_local_directory_keeps_everything_but_case() {
         let t = tempfile::tempdir().unwrap();
         let d = Dir::open(t.path()).unwrap();
-        let m = probe(&d).unwrap();
+        let m = probe(&d, 4).unwrap();
         let s = m.supports;
         assert!(
             s.symlinks && s.hard_links && s.modes && s.special_files,

@@ -142,13 +142,14 @@ fn assemble(
         let r = run_user_report(cfg, c, &facts, &mut f);
         report.run_user = Some(r);
     }
-    report.links = links(
-        cfg,
-        &facts,
-        mountinfo,
-        report.mount.as_ref(),
-        report.round_trip_ms,
-    );
+    let pace = match &facts.measured {
+        Some(Ok(m)) => Some(estimate::Pace {
+            round_trip_ms: m.round_trip_ms,
+            parallel_op_ms: m.parallel_op_ms,
+        }),
+        _ => None,
+    };
+    report.links = links(cfg, &facts, mountinfo, report.mount.as_ref(), pace);
     for m in report.links.iter().filter_map(|l| l.other_mount.as_ref()) {
         for a in advice::from_mount(m, run_user.as_ref()) {
             f.add(a.level, a.message);
@@ -301,9 +302,8 @@ fn links(
     facts: &ShareFacts,
     mountinfo: &[u8],
     root_mount: Option<&MountEntry>,
-    rtt: Option<f64>,
+    pace: Option<estimate::Pace>,
 ) -> Vec<LinkReport> {
-    let threads = cfg.migration.threads(&cfg.share_root);
     cfg.links
         .iter()
         .zip(&facts.status.links)
@@ -328,9 +328,7 @@ fn links(
                 state: st.state.name(),
                 files: tree.map(|t| t.files),
                 bytes: tree.map(|t| t.bytes),
-                estimated_seconds: tree
-                    .zip(rtt)
-                    .map(|(t, r)| estimate::seconds(&t, r, threads)),
+                estimated_seconds: tree.zip(pace).map(|(t, p)| estimate::seconds(&t, p)),
                 other_mount,
             }
         })

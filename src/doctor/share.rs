@@ -83,10 +83,14 @@ pub fn look(cfg: &Config, user: Option<&Credentials>) -> ShareFacts {
             return facts;
         }
     };
-    facts.measured = Some(capabilities::probe(&area.dir).map_err(|e| ProbeFailure {
-        what: format!("create a probe file in {}", area.rel_name()),
-        source: e,
-    }));
+    facts.measured = Some(
+        capabilities::probe(&area.dir, cfg.migration.threads(&cfg.share_root)).map_err(|e| {
+            ProbeFailure {
+                what: format!("create a probe file in {}", area.rel_name()),
+                source: e,
+            }
+        }),
+    );
     let mut mirrors = Vec::new();
     if let Some(u) = user {
         facts.user = check_user(cfg, &root, &area, u, &mut mirrors);
