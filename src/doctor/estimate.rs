@@ -28,6 +28,8 @@ pub struct Tree {
     pub dirs: u64,
     /// Bytes the files occupy (holes excluded).
     pub bytes: u64,
+    /// Symlinks among the files: a share without symlinks cannot take them.
+    pub symlinks: u64,
     /// The most entries directly in one directory: entries are created in
     /// a directory one at a time (the kernel locks the directory for each).
     pub widest: u64,
@@ -56,6 +58,7 @@ pub fn count(path: &Path) -> io::Result<Tree> {
             } else {
                 t.files += 1;
                 t.bytes += m.footprint();
+                t.symlinks += u64::from(m.kind == Kind::Symlink);
             }
         }
     }
@@ -121,6 +124,7 @@ mod tests {
         std::os::unix::fs::symlink("/", t.path().join("l")).unwrap();
         let c = count(t.path()).unwrap();
         assert_eq!((c.files, c.dirs, c.widest, c.depth), (3, 2, 3, 2));
+        assert_eq!(c.symlinks, 1);
         assert!(c.bytes >= 10_001, "{c:?}");
         let pace = |rtt: f64, par: f64| Pace {
             round_trip_ms: rtt,

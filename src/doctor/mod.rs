@@ -150,12 +150,47 @@ fn assemble(
         _ => None,
     };
     report.links = links(cfg, &facts, mountinfo, report.mount.as_ref(), pace);
-    for m in report.links.iter().filter_map(|l| l.other_mount.as_ref()) {
-        for a in advice::from_mount(m, run_user.as_ref()) {
+    link_findings(&report.links, &facts, run_user.as_ref(), &mut f);
+    for l in &facts.left_behind {
+        f.add(
+            Level::Warn,
+            format!("a probe entry could not be removed: {l}"),
+        );
+    }
+    report.advice = f.advice;
+    (report, f.code)
+}
+
+/// What the links need of the share: their own mounts' options, room
+/// for the baked data, symlinks where the share has none.
+fn link_findings(
+    links: &[LinkReport],
+    facts: &ShareFacts,
+    run_user: Option<&advice::RunUser>,
+    f: &mut Findings,
+) {
+    for m in links.iter().filter_map(|l| l.other_mount.as_ref()) {
+        for a in advice::from_mount(m, run_user) {
             f.add(a.level, a.message);
         }
     }
-    let needed: u64 = report.links.iter().filter_map(|l| l.bytes).sum();
+    if let Some(Ok(m)) = &facts.measured {
+        for l in links.iter().filter(|_| !m.supports.symlinks) {
+            if let Some(n) = l.symlinks.filter(|&n| n > 0) {
+                f.add(
+                    Level::Error,
+                    format!(
+                        "{} holds {n} symlink(s) and the share cannot hold symlinks: `link` would \
+                     stop at the first (exit 74). On SMB mount with `mfsymlinks`; else replace \
+                     the symlinks in the image",
+                        l.link
+                    ),
+                );
+                f.fail(ExitCode::CannotWrite);
+            }
+        }
+    }
+    let needed: u64 = links.iter().filter_map(|l| l.bytes).sum();
     if let Some(free) = facts.free_bytes.filter(|&free| free < needed) {
         f.add(
             Level::Error,
@@ -166,14 +201,6 @@ fn assemble(
         );
         f.fail(ExitCode::CannotWrite);
     }
-    for l in &facts.left_behind {
-        f.add(
-            Level::Warn,
-            format!("a probe entry could not be removed: {l}"),
-        );
-    }
-    report.advice = f.advice;
-    (report, f.code)
 }
 
 /// The mount guard, the mount's options and what the probes measured.
@@ -328,6 +355,7 @@ fn links(
                 state: st.state.name(),
                 files: tree.map(|t| t.files),
                 bytes: tree.map(|t| t.bytes),
+                symlinks: tree.map(|t| t.symlinks),
                 estimated_seconds: tree.zip(pace).map(|(t, p)| estimate::seconds(&t, p)),
                 other_mount,
             }

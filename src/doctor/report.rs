@@ -39,6 +39,9 @@ pub struct LinkReport {
     /// For a link still to migrate: the baked tree and the estimate.
     pub files: Option<u64>,
     pub bytes: Option<u64>,
+    /// Symlinks in the baked tree (not in `--json`: they only matter
+    /// where the share cannot hold them, which the advice then says).
+    pub symlinks: Option<u64>,
     pub estimated_seconds: Option<f64>,
     /// The share target's mount, when not the one `share_root` is on.
     pub other_mount: Option<MountEntry>,
@@ -262,6 +265,7 @@ mod tests {
                 state: "needs-migration",
                 files: Some(3),
                 bytes: Some(7),
+                symlinks: Some(0),
                 estimated_seconds: Some(1.23456),
                 other_mount: None,
             }],
