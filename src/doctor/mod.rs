@@ -114,6 +114,7 @@ fn assemble(
         mounted,
         mount,
         round_trip_ms: None,
+        parallel_op: None,
         case_insensitive: false,
         supports: Default::default(),
         free_bytes: None,
@@ -236,6 +237,7 @@ fn share_findings(
     match &facts.measured {
         Some(Ok(m)) => {
             report.round_trip_ms = Some(m.round_trip_ms);
+            report.parallel_op = Some((m.parallel_op_ms, m.in_flight));
             report.case_insensitive = m.case_insensitive;
             report.supports = m.supports;
             report.clock_skew_ms = m.clock_skew_ms;

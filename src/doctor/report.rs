@@ -14,6 +14,8 @@ pub struct Report {
     pub mount: Option<MountEntry>,
     /// `None`: not measured (share unavailable or not answering).
     pub round_trip_ms: Option<f64>,
+    /// Per request with this many in flight (text only).
+    pub parallel_op: Option<(f64, usize)>,
     pub case_insensitive: bool,
     pub supports: Supports,
     pub free_bytes: Option<u64>,
@@ -169,7 +171,11 @@ impl Report {
         };
         row(s, "share_root", &format!("{}  {mount}", self.share_root));
         let ms = |v: Option<f64>| v.map_or("no answer".to_string(), |x| format!("{x:.1} ms"));
-        row(s, "round trip", &ms(self.round_trip_ms));
+        let mut rt = ms(self.round_trip_ms);
+        if let Some((par, n)) = self.parallel_op {
+            rt.push_str(&format!(" ({par:.2} ms each with {n} in flight)"));
+        }
+        row(s, "round trip", &rt);
         row(
             s,
             "free",
@@ -250,6 +256,7 @@ mod tests {
             mounted: false,
             mount: None,
             round_trip_ms: None,
+            parallel_op: None,
             case_insensitive: false,
             supports: Supports::default(),
             free_bytes: None,

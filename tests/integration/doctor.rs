@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// SMB's refusals, as tests/tools/latencyfs documents them.
 const SMB_DENY: &str = "link,xattr,mknod,chmod,chown,utimes,symlink,rename2";
@@ -248,4 +248,43 @@ fn doctor_names_a_run_user_who_cannot_write_a_share_target_and_exits_73() {
     let o = sb.run(["doctor", "--json", "--user", "65534:65534"]);
     expect_code(&o, 0);
     assert_eq!(json(&o)["run_user"]["writable"], true);
+}
+
+#[test]
+fn doctor_gives_up_on_a_share_that_does_not_answer() {
+    if !in_private_mount_ns!("doctor_gives_up_on_a_share_that_does_not_answer") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Every request takes 8 s: longer than doctor waits.
+    let rig = LatencyFs::mount(
+        &tmp.path().join("backing"),
+        &tmp.path().join("mnt"),
+        &["--delay-ms", "8000"],
+    );
+    let sb = sandbox_on(&rig.mnt, "\"data\" = \"data\"");
+    let t = Instant::now();
+    let mut child = sb
+        .cmd()
+        .args(["doctor", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The report is out when doctor gives up; the process itself may then
+    // wait for the rig to answer the request its worker thread is in (a
+    // FUSE request already sent holds the exit; SMB and NFS waits are
+    // killable).
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let took = t.elapsed();
+    let status = wait_with_limit(&mut child, Duration::from_secs(30), "doctor");
+    assert_eq!(code(&status), 69, "{line}");
+    assert!(took.as_secs_f64() < 7.5, "doctor answered after {took:?}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(v["round_trip_ms"].is_null(), "{v:#}");
+    assert!(v["advice"].to_string().contains("did not answer"), "{v:#}");
 }
