@@ -254,7 +254,12 @@ fn share_findings(
                     e.what, e.source
                 ),
             );
-            f.fail(io_exit_code(&e.source));
+            // A symlink or file planted where `.sharelink` belongs is
+            // something sharelink must not touch, as `link` says too.
+            f.fail(match e.source.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) => ExitCode::Unsafe,
+                _ => io_exit_code(&e.source),
+            });
         }
         None => {}
     }

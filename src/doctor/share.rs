@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::capabilities::{self, Measured};
 use super::probe::{self, ProbeArea};
-use super::runuser::{self, Denied, Target};
+use super::runuser::{self, Denied, Step, Target};
 use crate::config::Config;
 use crate::fs::dir::Dir;
 use crate::init::user::Credentials;
@@ -139,7 +139,15 @@ fn check_user(
     match runuser::check(user, &targets) {
         Ok(results) => {
             for (i, r) in index.into_iter().zip(results) {
-                out[i] = Some(UserOutcome::Checked(r));
+                out[i] = Some(match r {
+                    // Not becoming the user (doctor not run as root) says
+                    // nothing about the share.
+                    Some((Step::Switch, e)) => UserOutcome::NotChecked(io::Error::new(
+                        e.kind(),
+                        format!("cannot become the user to check (run doctor as root): {e}"),
+                    )),
+                    r => UserOutcome::Checked(r),
+                });
             }
         }
         Err(e) => {

@@ -288,3 +288,22 @@ fn doctor_gives_up_on_a_share_that_does_not_answer() {
     assert!(v["round_trip_ms"].is_null(), "{v:#}");
     assert!(v["advice"].to_string().contains("did not answer"), "{v:#}");
 }
+
+#[test]
+fn doctor_never_follows_a_symlink_planted_at_sharelink_and_keeps_what_is_there() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let elsewhere = sb.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sb.share.join(".sharelink")).unwrap();
+    let o = sb.run(["doctor", "--json"]);
+    expect_code(&o, 65);
+    assert!(names(&elsewhere).is_empty(), "{:?}", names(&elsewhere));
+    assert!(json(&o)["advice"].to_string().contains(".sharelink"));
+    // A real `.sharelink` with other sharelinks' entries: left as it was.
+    fs::remove_file(sb.share.join(".sharelink")).unwrap();
+    fs::create_dir_all(sb.share.join(".sharelink/locks")).unwrap();
+    fs::create_dir_all(sb.share.join(".sharelink/displaced/data")).unwrap();
+    let before = snapshot(&sb.share);
+    expect_code(&sb.run(["doctor"]), 0);
+    assert_eq!(snapshot(&sb.share), before);
+}
