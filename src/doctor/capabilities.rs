@@ -107,7 +107,7 @@ pub fn probe(dir: &Dir, in_flight: usize) -> io::Result<Measured> {
 
 /// The median time of a `stat` of a name never used before: nothing can
 /// have it cached, so each is one round trip to the server.
-fn round_trip(dir: &Dir) -> io::Result<f64> {
+pub fn round_trip(dir: &Dir) -> io::Result<f64> {
     let mut ms = Vec::with_capacity(ROUND_TRIPS);
     for i in 0..ROUND_TRIPS {
         let name = format!("rt-{i}-absent");

@@ -31,7 +31,7 @@ use crate::link::lock;
 use crate::link::plan::State;
 use advice::{Advice, Level};
 use mount::MountEntry;
-use report::{LinkReport, Report, RunUserReport};
+use report::{LinkReport, OtherMount, Report, RunUserReport};
 use share::{ShareFacts, UserOutcome};
 
 /// How long doctor waits for the share before reporting "no answer".
@@ -45,9 +45,9 @@ pub fn doctor(cfg: &Config, user_spec: Option<&str>) -> Result<(Report, ExitCode
     let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
     let (tx, rx) = mpsc::channel();
     {
-        let (cfg, creds) = (cfg.clone(), creds.clone());
+        let (cfg, creds, mi) = (cfg.clone(), creds.clone(), mountinfo.clone());
         std::thread::spawn(move || {
-            let _ = tx.send(share::look(&cfg, creds.as_ref()));
+            let _ = tx.send(share::look(&cfg, creds.as_ref(), &mi));
         });
     }
     let facts = rx.recv_timeout(DEADLINE).ok();
@@ -170,7 +170,10 @@ fn link_findings(
     run_user: Option<&advice::RunUser>,
     f: &mut Findings,
 ) {
-    for m in links.iter().filter_map(|l| l.other_mount.as_ref()) {
+    for m in links
+        .iter()
+        .filter_map(|l| l.other_mount.as_ref().map(|o| &o.entry))
+    {
         for a in advice::from_mount(m, run_user) {
             f.add(a.level, a.message);
         }
@@ -341,14 +344,20 @@ fn links(
     cfg.links
         .iter()
         .zip(&facts.status.links)
-        .map(|(link, st)| {
+        .zip(&facts.other)
+        .map(|((link, st), measured)| {
             let target: PathBuf = facts
                 .real_root
                 .as_deref()
                 .unwrap_or(Path::new(&cfg.share_root))
                 .join(&link.share);
             let other_mount = mount::mount_of(mountinfo, &target)
-                .filter(|m| root_mount.is_none_or(|r| r.mount_point != m.mount_point));
+                .filter(|m| root_mount.is_none_or(|r| r.mount_point != m.mount_point))
+                .map(|entry| OtherMount {
+                    entry,
+                    round_trip_ms: measured.and_then(|m| m.0),
+                    free_bytes: measured.and_then(|m| m.1),
+                });
             let to_move = matches!(
                 st.state,
                 State::NeedsMigration | State::Interrupted | State::Migrating

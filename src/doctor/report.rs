@@ -46,7 +46,16 @@ pub struct LinkReport {
     pub symlinks: Option<u64>,
     pub estimated_seconds: Option<f64>,
     /// The share target's mount, when not the one `share_root` is on.
-    pub other_mount: Option<MountEntry>,
+    pub other_mount: Option<OtherMount>,
+}
+
+/// A share target on a mount of its own: what can be measured there
+/// without writing (doctor writes only under `share_root`'s `.sharelink`).
+#[derive(Debug, Clone)]
+pub struct OtherMount {
+    pub entry: MountEntry,
+    pub round_trip_ms: Option<f64>,
+    pub free_bytes: Option<u64>,
 }
 
 fn num(s: &mut String, v: Option<f64>) {
@@ -222,8 +231,16 @@ impl Report {
             if let Some(e) = l.estimated_seconds {
                 v.push_str(&format!(", first start about {e:.1} s"));
             }
-            if let Some(m) = &l.other_mount {
-                v.push_str(&format!(" [own mount: {} from {}]", m.fs_type, m.source));
+            if let Some(o) = &l.other_mount {
+                let m = &o.entry;
+                v.push_str(&format!(
+                    " [own mount: {} from {} ({}), round trip {}, free {}]",
+                    m.fs_type,
+                    m.source,
+                    m.options.join(","),
+                    ms(o.round_trip_ms),
+                    o.free_bytes.map_or("unknown".into(), human_bytes)
+                ));
             }
             row(s, "link", &v);
         }

@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::capabilities::{self, Measured};
+use super::mount::mount_of;
 use super::probe::{self, ProbeArea};
 use super::runuser::{self, Denied, Step, Target};
 use crate::config::Config;
@@ -28,6 +29,9 @@ pub struct ShareFacts {
     /// `None` when not checked (no run user, or the target is not there
     /// yet: `link` creates it and gives it to the run user).
     pub user: Vec<Option<UserOutcome>>,
+    /// Per link: the round trip and free space of its share target, when
+    /// that is on a mount of its own (read-only: a `stat` of fresh names).
+    pub other: Vec<Option<(Option<f64>, Option<u64>)>>,
     /// Probe entries that could not be removed.
     pub left_behind: Vec<String>,
     pub status: status::Report,
@@ -47,7 +51,7 @@ pub enum UserOutcome {
 }
 
 /// Look at the share: the mount guard, the probes, the run user, status.
-pub fn look(cfg: &Config, user: Option<&Credentials>) -> ShareFacts {
+pub fn look(cfg: &Config, user: Option<&Credentials>, mountinfo: &[u8]) -> ShareFacts {
     let unavailable = mounts::check_share(cfg, false).err().map(|e| e.to_string());
     let real_root = std::fs::canonicalize(&cfg.share_root).ok();
     let mut facts = ShareFacts {
@@ -56,6 +60,7 @@ pub fn look(cfg: &Config, user: Option<&Credentials>) -> ShareFacts {
         measured: None,
         free_bytes: None,
         user: cfg.links.iter().map(|_| None).collect(),
+        other: cfg.links.iter().map(|_| None).collect(),
         left_behind: Vec::new(),
         status: status::status(cfg),
     };
@@ -73,6 +78,9 @@ pub fn look(cfg: &Config, user: Option<&Credentials>) -> ShareFacts {
         }
     };
     facts.free_bytes = probe::free_bytes(&root);
+    if let Some(real) = &facts.real_root {
+        facts.other = other_mounts(cfg, &root, real, mountinfo);
+    }
     let area = match ProbeArea::create(&root) {
         Ok(a) => a,
         Err(e) => {
@@ -160,6 +168,31 @@ fn check_user(
         }
     }
     out
+}
+
+/// For each link whose share target is on another mount than
+/// `share_root`: its round trip and free space.
+fn other_mounts(
+    cfg: &Config,
+    root: &Dir,
+    real_root: &Path,
+    mountinfo: &[u8],
+) -> Vec<Option<(Option<f64>, Option<u64>)>> {
+    let root_mount = mount_of(mountinfo, real_root).map(|m| m.mount_point);
+    cfg.links
+        .iter()
+        .map(|l| {
+            let m = mount_of(mountinfo, &real_root.join(&l.share))?;
+            if Some(&m.mount_point) == root_mount.as_ref() {
+                return None;
+            }
+            let dir = open_below(root, &l.share).ok();
+            Some((
+                dir.as_ref().and_then(|d| capabilities::round_trip(d).ok()),
+                dir.as_ref().and_then(probe::free_bytes),
+            ))
+        })
+        .collect()
 }
 
 /// Open `rel` below `root` one component at a time, never following a

@@ -136,6 +136,13 @@ fn doctor_on_tmpfs_reports_every_capability_kept() {
     );
     assert_eq!(snapshot(&share), before, "doctor left something behind");
     assert!(names(&share).is_empty(), "{:?}", names(&share));
+    // A share target on a mount of its own is reported with its mount.
+    mount_tmpfs(&share.join("data"), "4m");
+    let o = sb.run(["doctor"]);
+    expect_code(&o, 0);
+    let text = stdout(&o);
+    assert!(text.contains("[own mount: tmpfs from tmpfs (rw,"), "{text}");
+    assert_eq!(names(&share), ["data"]);
 }
 
 #[test]
