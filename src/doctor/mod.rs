@@ -300,12 +300,11 @@ fn run_user_report(
                 f.add(
                     Level::Error,
                     format!(
-                        "the run user {name} (uid {}, gid {}) cannot {} {}: {e}. Give it the \
+                        "the run user {name} (uid {}, gid {}) cannot {}: {e}. Give it the \
                      directory (chown/chmod, or on SMB the mount's `uid=`/`gid=`/`dir_mode=`)",
                         c.uid,
                         c.gid,
-                        step.verb(),
-                        dir.display()
+                        step.describe(&dir)
                     ),
                 );
                 f.fail(ExitCode::CannotWrite);

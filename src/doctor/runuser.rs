@@ -59,13 +59,16 @@ impl Step {
         }
     }
 
-    pub fn verb(self) -> &'static str {
+    /// What the user cannot do, and where it was found out.
+    pub fn describe(self, dir: &std::path::Path) -> String {
+        let d = dir.display();
+        let mirror = "(the share refused it in doctor's directory with the same owner and mode)";
         match self {
-            Step::Switch => "become the user to check",
-            Step::Access => "create entries in",
-            Step::Create => "create a file in (the share refused it under)",
-            Step::Write => "write a file in (the share refused it under)",
-            Step::Remove => "remove a file in (the share refused it under)",
+            Step::Switch => format!("be switched to, to check {d}"),
+            Step::Access => format!("create entries in {d}"),
+            Step::Create => format!("create files in {d} {mirror}"),
+            Step::Write => format!("write files in {d} {mirror}"),
+            Step::Remove => format!("remove files in {d} {mirror}"),
         }
     }
 }
@@ -195,4 +198,32 @@ pub fn mirror(probe_dir: &Dir, name: &str, target: &Dir) -> io::Result<Dir> {
         nix::sys::stat::Mode::from_bits_truncate(t.perm & 0o7777),
     );
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(words: &[[i32; 3]]) -> Vec<u8> {
+        words
+            .iter()
+            .flatten()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn decodes_each_target_and_a_failed_switch() {
+        let d = decode(&rec(&[[0, 1, 0], [1, 1, libc::EACCES]]), 2).unwrap();
+        assert!(d[0].is_none());
+        let (step, e) = d[1].as_ref().unwrap();
+        assert_eq!(
+            (*step, e.raw_os_error()),
+            (Step::Access, Some(libc::EACCES))
+        );
+        let d = decode(&rec(&[[-1, 0, libc::EPERM]]), 2).unwrap();
+        assert!(d.iter().all(|o| matches!(o, Some((Step::Switch, _)))));
+        // A child that died before reporting every target.
+        assert!(decode(&rec(&[[0, 1, 0]]), 2).is_err());
+    }
 }
