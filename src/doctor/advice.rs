@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::capabilities::Measured;
 use super::mount::{FsFamily, MountEntry};
+use super::report::decimal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -130,6 +131,7 @@ pub fn from_mount(m: &MountEntry, user: Option<&RunUser>) -> Vec<Advice> {
 
 /// SMB shows every entry with the mount's `uid`, `gid`, `file_mode` and
 /// `dir_mode` (defaults: root, 0755): can the run user write under them?
+#[inline(never)]
 fn smb_owner(m: &MountEntry, u: &RunUser) -> Option<Advice> {
     if u.uid == 0 || m.has("noperm") {
         return None;
@@ -191,6 +193,7 @@ pub fn attr_cache(m: Option<&MountEntry>) -> Duration {
 
 /// Advice from what the probes measured. Problems an SMB mount's options
 /// already explained are not repeated.
+#[inline(never)]
 pub fn from_measured(m: &Measured, mount: Option<&MountEntry>, lease: Duration) -> Vec<Advice> {
     let smb = mount.filter(|e| e.family() == FsFamily::Smb);
     let explained = |opt: &str| smb.is_some_and(|e| !e.has(opt));
@@ -238,9 +241,9 @@ fn round_trip(ms: f64) -> Option<Advice> {
         Advice::new(
             Level::Warn,
             format!(
-        "round trip {ms:.1} ms: each file moved costs several, so a first start with much baked \
+        "round trip {} ms: each file moved costs several, so a first start with much baked \
          data is slow; keep the share in the cluster's region and raise `[migration] \
-         parallelism` (more in flight hides latency)"),
+         parallelism` (more in flight hides latency)", decimal(ms, 1)),
         )
     })
 }
@@ -257,10 +260,15 @@ fn skew(skew_ms: f64, lease: Duration, attr_cache: Duration) -> Option<Advice> {
     Some(Advice::new(
         Level::Warn,
         format!(
-        "the share's clock and this host's differ by {abs:.1} s, which {how} what the migration \
-         lock tolerates ({margin:.0} s: lease {} s − lease/4 − attribute cache {} s): another \
+            "the share's clock and this host's differ by {} s, which {how} what the migration \
+         lock tolerates ({} s: lease {} s − lease/4 − attribute cache {} s): another \
          replica may take a live lock over. Sync the clocks (NTP/chrony) or raise \
-         SHARELINK_LOCK_LEASE on every replica", lease.as_secs(), attr_cache.as_secs()),
+         SHARELINK_LOCK_LEASE on every replica",
+            decimal(abs, 1),
+            decimal(margin, 0),
+            lease.as_secs(),
+            attr_cache.as_secs()
+        ),
     ))
 }
 

@@ -107,7 +107,6 @@ pub fn seconds(t: &Tree, pace: Pace) -> f64 {
     let requests = FILE_REQUESTS * t.files as f64
         + DIR_REQUESTS * t.dirs as f64
         + 2.0 * t.bytes as f64 / WRITE_BYTES;
-    crate::debug!("estimate: {t:?} at {pace:?}");
     ordered + widest + requests * par + t.bytes as f64 / LOCAL_BYTES_PER_S
 }
 

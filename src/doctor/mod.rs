@@ -9,6 +9,11 @@
 //! the share keeps, [`runuser`] checks the run user as that user,
 //! [`estimate`] prices a first start, [`advice`] names causes and fixes,
 //! [`report`] prints.
+//!
+//! The binary has a size budget (1.1 MiB, tests/release/check.sh): doctor
+//! formats numbers by integer arithmetic, builds JSON with pushes, and
+//! marks its larger functions `#[inline(never)]`, which measured smaller
+//! than letting LTO inline them into `cli::main`.
 
 pub mod advice;
 pub mod capabilities;
@@ -21,7 +26,7 @@ pub mod share;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -37,20 +42,33 @@ use share::{ShareFacts, UserOutcome};
 /// How long doctor waits for the share before reporting "no answer".
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
-/// The report and the exit code (0, 69, 73; a bad config or user is an
+/// The report and the exit code (0, 65, 69, 73; a bad config or user is an
 /// `Err` with 78).
 pub fn doctor(cfg: &Config, user_spec: Option<&str>) -> Result<(Report, ExitCode)> {
     let creds = user_spec.map(user::resolve).transpose()?;
     // Reading the mount table never touches the share.
     let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let (tx, rx) = mpsc::channel();
+    // A Mutex and Condvar rather than a channel: the pool already links
+    // them in, and the binary has a size budget.
+    let slot = Arc::new((Mutex::new(None), Condvar::new()));
     {
         let (cfg, creds, mi) = (cfg.clone(), creds.clone(), mountinfo.clone());
+        let slot = Arc::clone(&slot);
         std::thread::spawn(move || {
-            let _ = tx.send(share::look(&cfg, creds.as_ref(), &mi));
+            let facts = share::look(&cfg, creds.as_ref(), &mi);
+            let (m, cv) = &*slot;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = Some(facts);
+            cv.notify_all();
         });
     }
-    let facts = rx.recv_timeout(DEADLINE).ok();
+    let facts = {
+        let (m, cv) = &*slot;
+        let guard = m.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) = cv
+            .wait_timeout_while(guard, DEADLINE, |f| f.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.take()
+    };
     if facts.is_none() {
         // The child checking as the run user may hang on the share too.
         let pid = runuser::CHILD.swap(0, Ordering::SeqCst);
@@ -92,6 +110,7 @@ impl Findings {
 }
 
 /// Everything the report says, and the exit code, from what was read.
+#[inline(never)]
 fn assemble(
     cfg: &Config,
     creds: Option<&Credentials>,
@@ -164,6 +183,7 @@ fn assemble(
 
 /// What the links need of the share: their own mounts' options, room
 /// for the baked data, symlinks where the share has none.
+#[inline(never)]
 fn link_findings(
     links: &[LinkReport],
     facts: &ShareFacts,
@@ -208,6 +228,7 @@ fn link_findings(
 }
 
 /// The mount guard, the mount's options and what the probes measured.
+#[inline(never)]
 fn share_findings(
     cfg: &Config,
     facts: &ShareFacts,
@@ -286,6 +307,7 @@ fn user_name(c: &Credentials) -> String {
 }
 
 /// The run user's line and the advice for each target it cannot write.
+#[inline(never)]
 fn run_user_report(
     cfg: &Config,
     c: &Credentials,
@@ -333,6 +355,7 @@ fn run_user_report(
 
 /// Per link: its state (from `status`), its mount when another, and for a
 /// link still to migrate its baked tree and the first start's estimate.
+#[inline(never)]
 fn links(
     cfg: &Config,
     facts: &ShareFacts,

@@ -92,16 +92,18 @@ pub fn parse_line(line: &[u8]) -> Option<MountEntry> {
 
 /// The mount `real` (canonical) is on: the deepest mount point above it;
 /// of several at one point the last mounted, which hides the others.
+/// Compared as bytes (a mount point is canonical too), for size.
 pub fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
+    use std::os::unix::ffi::OsStrExt;
+    let r = real.as_os_str().as_bytes();
     let mut best: Option<MountEntry> = None;
     for e in mountinfo.split(|&b| b == b'\n').filter_map(parse_line) {
-        if !real.starts_with(&e.mount_point) {
-            continue;
-        }
-        let deeper = best.as_ref().is_none_or(|b| {
-            e.mount_point.components().count() >= b.mount_point.components().count()
-        });
-        if deeper {
+        let m = e.mount_point.as_os_str().as_bytes();
+        let above = m == b"/" || (r.starts_with(m) && matches!(r.get(m.len()), None | Some(b'/')));
+        let deeper = best
+            .as_ref()
+            .is_none_or(|b| m.len() >= b.mount_point.as_os_str().len());
+        if above && deeper {
             best = Some(e);
         }
     }

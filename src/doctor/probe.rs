@@ -29,57 +29,50 @@ pub struct AreaError {
 impl ProbeArea {
     /// Open (or make) `.sharelink` under `root` without following a
     /// symlink there, then make our own probe directory in it.
+    #[inline(never)]
     pub fn create(root: &Dir) -> Result<ProbeArea, AreaError> {
-        let fail = |what: &str| {
-            let what = what.to_string();
-            move |source| AreaError { what, source }
-        };
+        let fail = |what: String| move |source| AreaError { what, source };
         let reserved_name = OsStr::new(RESERVED_DIR);
         let made_reserved = match root.mkdir(reserved_name, 0o755) {
             Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
-            Err(e) => return Err(fail(&format!("create {RESERVED_DIR}"))(e)),
+            Err(e) => return Err(fail("create .sharelink".into())(e)),
         };
-        let reserved = root.open_dir(reserved_name).map_err(fail(&format!(
-            "open {RESERVED_DIR} (never through a symlink)"
-        )))?;
+        let reserved = root
+            .open_dir(reserved_name)
+            .map_err(fail("open .sharelink (never through a symlink)".into()))?;
         let host = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().replace(['/', '\0'], "_"))
+            .map(|h| h.to_string_lossy().replace('/', "_"))
             .unwrap_or_default();
         let base = format!("doctor.{host}.{}", std::process::id());
         // A stale directory of an earlier doctor with our pid is not ours
-        // to reuse or remove: take the next free name.
-        let mut last = None;
-        for n in 0..4 {
-            let name = OsString::from(if n == 0 {
-                base.clone()
-            } else {
-                format!("{base}.{n}")
-            });
+        // to reuse or remove: take the next free name (`.1`, `.2`, `.3`).
+        let mut n = 0;
+        let name = loop {
+            let name = match n {
+                0 => OsString::from(&base),
+                _ => OsString::from(format!("{base}.{n}")),
+            };
             match reserved.mkdir(&name, 0o755) {
-                Ok(()) => {
-                    let dir = reserved
-                        .open_dir(&name)
-                        .map_err(fail(&format!("open {RESERVED_DIR}/{base}")))?;
-                    return Ok(ProbeArea {
-                        reserved,
-                        made_reserved,
-                        name,
-                        dir,
-                    });
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = Some(e),
+                Ok(()) => break name,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 3 => n += 1,
                 Err(e) => {
                     if made_reserved {
                         let _ = root.rmdir(reserved_name);
                     }
-                    return Err(fail(&format!("create {RESERVED_DIR}/{base}"))(e));
+                    return Err(fail(format!(".sharelink/{base}"))(e));
                 }
             }
-        }
-        Err(fail(&format!("create {RESERVED_DIR}/{base}"))(
-            last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EEXIST)),
-        ))
+        };
+        let dir = reserved
+            .open_dir(&name)
+            .map_err(fail(format!(".sharelink/{base}")))?;
+        Ok(ProbeArea {
+            reserved,
+            made_reserved,
+            name,
+            dir,
+        })
     }
 
     /// The path of the probe directory below `share_root`, for messages.
@@ -91,6 +84,7 @@ impl ProbeArea {
     /// `subdirs` (each holding at most `names`), then the directory itself,
     /// then `.sharelink` if doctor made it and it is empty. Returns what
     /// could not be removed.
+    #[inline(never)]
     pub fn remove(self, root: &Dir, names: &[&str], subdirs: &[String]) -> Vec<String> {
         let mut left = Vec::new();
         let unlink = |d: &Dir, n: &str, left: &mut Vec<String>| match d.unlink(OsStr::new(n)) {

@@ -58,10 +58,27 @@ pub struct OtherMount {
     pub free_bytes: Option<u64>,
 }
 
+/// `x` with `places` decimals, by integer arithmetic: the binary has a
+/// size budget and no float formatting elsewhere.
+pub fn decimal(x: f64, places: u32) -> String {
+    let scale = 10u64.pow(places);
+    let n = (x * scale as f64).round() as i64;
+    let sign = if n < 0 { "-" } else { "" };
+    let a = n.unsigned_abs();
+    if places == 0 {
+        return format!("{sign}{a}");
+    }
+    let w = places as usize;
+    format!("{sign}{}.{:0w$}", a / scale, a % scale)
+}
+
 fn num(s: &mut String, v: Option<f64>) {
     match v {
-        // JSON has no NaN or infinity.
-        Some(x) if x.is_finite() => s.push_str(&format!("{}", (x * 1000.0).round() / 1000.0)),
+        // JSON has no NaN or infinity; three decimals, trailing zeros cut.
+        Some(x) if x.is_finite() => {
+            let d = decimal(x, 3);
+            s.push_str(d.trim_end_matches('0').trim_end_matches('.'));
+        }
         _ => s.push_str("null"),
     }
 }
@@ -74,13 +91,17 @@ fn int(s: &mut String, v: Option<u64>) {
 }
 
 impl Report {
+    #[inline(never)]
     pub fn to_json(&self) -> String {
         // By hand, as `status --json`: a flat object does not justify
-        // serde_json in PID 1.
+        // serde_json in PID 1; pushes rather than format! calls, for size.
         let mut s = String::with_capacity(1024);
+        let b = |v: bool| if v { "true" } else { "false" };
         s.push_str("{\"share_root\":");
         json_str(&mut s, &self.share_root);
-        s.push_str(&format!(",\"mounted\":{},\"fs_type\":", self.mounted));
+        s.push_str(",\"mounted\":");
+        s.push_str(b(self.mounted));
+        s.push_str(",\"fs_type\":");
         match &self.mount {
             Some(m) => json_str(&mut s, &m.fs_type),
             None => s.push_str("null"),
@@ -94,12 +115,14 @@ impl Report {
         }
         s.push_str("],\"round_trip_ms\":");
         num(&mut s, self.round_trip_ms);
-        s.push_str(&format!(
-            ",\"case_insensitive\":{},\"supports\":{{",
-            self.case_insensitive
-        ));
+        s.push_str(",\"case_insensitive\":");
+        s.push_str(b(self.case_insensitive));
+        s.push_str(",\"supports\":{");
         for (i, (k, v)) in self.supports.named().iter().enumerate() {
-            s.push_str(&format!("{}\"{k}\":{v}", if i > 0 { "," } else { "" }));
+            s.push_str(if i > 0 { ",\"" } else { "\"" });
+            s.push_str(k);
+            s.push_str("\":");
+            s.push_str(b(*v));
         }
         s.push_str("},\"free_bytes\":");
         int(&mut s, self.free_bytes);
@@ -110,7 +133,11 @@ impl Report {
             Some(u) => {
                 s.push_str("{\"user\":");
                 json_str(&mut s, &u.user);
-                s.push_str(&format!(",\"uid\":{},\"writable\":{}}}", u.uid, u.writable));
+                s.push_str(",\"uid\":");
+                int(&mut s, Some(u.uid.into()));
+                s.push_str(",\"writable\":");
+                s.push_str(b(u.writable));
+                s.push('}');
             }
             None => s.push_str("null"),
         }
@@ -141,6 +168,7 @@ impl Report {
     }
 
     /// Problems (errors, then warnings) first, then the table, then notes.
+    #[inline(never)]
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let mut sorted: Vec<&Advice> = self.advice.iter().collect();
@@ -162,6 +190,7 @@ impl Report {
         s
     }
 
+    #[inline(never)]
     fn table(&self, s: &mut String) {
         let row = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<12}  {v}\n"));
         let mount = match (&self.mount, self.mounted) {
@@ -179,10 +208,14 @@ impl Report {
             (None, _) => "NOT mounted".into(),
         };
         row(s, "share_root", &format!("{}  {mount}", self.share_root));
-        let ms = |v: Option<f64>| v.map_or("no answer".to_string(), |x| format!("{x:.1} ms"));
+        let ms =
+            |v: Option<f64>| v.map_or("no answer".to_string(), |x| format!("{} ms", decimal(x, 1)));
         let mut rt = ms(self.round_trip_ms);
         if let Some((par, n)) = self.parallel_op {
-            rt.push_str(&format!(" ({par:.2} ms each with {n} in flight)"));
+            rt.push_str(&format!(
+                " ({} ms each with {n} in flight)",
+                decimal(par, 2)
+            ));
         }
         row(s, "round trip", &rt);
         row(
@@ -193,18 +226,18 @@ impl Report {
         row(
             s,
             "clock skew",
-            &self
-                .clock_skew_ms
-                .map_or("unknown".into(), |x| format!("{x:+.0} ms")),
+            &self.clock_skew_ms.map_or("unknown".into(), |x| {
+                format!("{}{} ms", if x >= 0.0 { "+" } else { "" }, decimal(x, 0))
+            }),
         );
         if self.round_trip_ms.is_some() {
-            let keeps: Vec<String> = self
-                .supports
-                .named()
-                .iter()
-                .map(|(k, v)| format!("{} {}", k.replace('_', " "), if *v { "yes" } else { "NO" }))
-                .collect();
-            row(s, "keeps", &keeps.join(", "));
+            let mut keeps = String::new();
+            for (k, v) in self.supports.named() {
+                keeps.push_str(if keeps.is_empty() { "" } else { ", " });
+                keeps.push_str(k);
+                keeps.push_str(if v { " yes" } else { " NO" });
+            }
+            row(s, "keeps", &keeps);
             row(
                 s,
                 "names",
@@ -229,18 +262,20 @@ impl Report {
                 v.push_str(&format!(", {f} files, {}", human_bytes(b)));
             }
             if let Some(e) = l.estimated_seconds {
-                v.push_str(&format!(", first start about {e:.1} s"));
+                v.push_str(&format!(", first start about {} s", decimal(e, 1)));
             }
             if let Some(o) = &l.other_mount {
-                let m = &o.entry;
-                v.push_str(&format!(
-                    " [own mount: {} from {} ({}), round trip {}, free {}]",
-                    m.fs_type,
-                    m.source,
-                    m.options.join(","),
-                    ms(o.round_trip_ms),
-                    o.free_bytes.map_or("unknown".into(), human_bytes)
-                ));
+                v.push_str(" [own mount: ");
+                v.push_str(&o.entry.fs_type);
+                v.push_str(" from ");
+                v.push_str(&o.entry.source);
+                v.push_str(" (");
+                v.push_str(&o.entry.options.join(","));
+                v.push_str("), round trip ");
+                v.push_str(&ms(o.round_trip_ms));
+                v.push_str(", free ");
+                v.push_str(&o.free_bytes.map_or("unknown".into(), human_bytes));
+                v.push(']');
             }
             row(s, "link", &v);
         }
@@ -248,18 +283,7 @@ impl Report {
 }
 
 fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    crate::link::migrate::progress::human(b)
 }
 
 #[cfg(test)]
@@ -322,5 +346,9 @@ mod tests {
         assert_eq!(v["advice"][0]["message"], "a \"b\"\n");
         assert_eq!(v["share_root"], "/mnt/\"share\"");
         assert!(r.to_text().starts_with("error"));
+        assert_eq!(
+            [decimal(-3.1125, 3), decimal(0.05, 1), decimal(2.0, 0)],
+            ["-3.113", "0.1", "2"]
+        );
     }
 }

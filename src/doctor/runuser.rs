@@ -61,15 +61,19 @@ impl Step {
 
     /// What the user cannot do, and where it was found out.
     pub fn describe(self, dir: &std::path::Path) -> String {
-        let d = dir.display();
-        let mirror = "(the share refused it in doctor's directory with the same owner and mode)";
-        match self {
-            Step::Switch => format!("be switched to, to check {d}"),
-            Step::Access => format!("create entries in {d}"),
-            Step::Create => format!("create files in {d} {mirror}"),
-            Step::Write => format!("write files in {d} {mirror}"),
-            Step::Remove => format!("remove files in {d} {mirror}"),
-        }
+        let (verb, mirror) = match self {
+            Step::Switch => ("be switched to, to check", false),
+            Step::Access => ("create entries in", false),
+            Step::Create => ("create files in", true),
+            Step::Write => ("write files in", true),
+            Step::Remove => ("remove files in", true),
+        };
+        let why = if mirror {
+            " (the share refused it in doctor's directory with the same owner and mode)"
+        } else {
+            ""
+        };
+        format!("{verb} {}{why}", dir.display())
     }
 }
 
@@ -78,6 +82,7 @@ pub type Denied = Option<(Step, io::Error)>;
 
 /// Check every target as `user`. `Err` only when the child could not be
 /// started or said nothing.
+#[inline(never)]
 pub fn check(user: &Credentials, targets: &[Target]) -> io::Result<Vec<Denied>> {
     let (rd, wr) = nix::unistd::pipe().map_err(io::Error::from)?;
     // Everything the child needs, made before fork: after it, in a

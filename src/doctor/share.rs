@@ -111,6 +111,7 @@ pub fn look(cfg: &Config, user: Option<&Credentials>, mountinfo: &[u8]) -> Share
 
 /// The run user's outcome per share target; the mirror directories made
 /// go to `mirrors` for the cleanup.
+#[inline(never)]
 fn check_user(
     cfg: &Config,
     root: &Dir,
@@ -172,6 +173,7 @@ fn check_user(
 
 /// For each link whose share target is on another mount than
 /// `share_root`: its round trip and free space.
+#[inline(never)]
 fn other_mounts(
     cfg: &Config,
     root: &Dir,
