@@ -190,10 +190,9 @@ impl Report {
         s
     }
 
-    #[inline(never)]
-    fn table(&self, s: &mut String) {
-        let row = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<12}  {v}\n"));
-        let mount = match (&self.mount, self.mounted) {
+    /// `mounted: cifs from //acct/share (rw,…)` or `NOT mounted (…)`.
+    fn mount_line(&self) -> String {
+        match (&self.mount, self.mounted) {
             (Some(m), true) => format!(
                 "mounted: {} from {} ({})",
                 m.fs_type,
@@ -206,10 +205,14 @@ impl Report {
                 m.fs_type
             ),
             (None, _) => "NOT mounted".into(),
-        };
+        }
+    }
+
+    #[inline(never)]
+    fn table(&self, s: &mut String) {
+        let row = |s: &mut String, k: &str, v: &str| s.push_str(&format!("{k:<12}  {v}\n"));
+        let mount = self.mount_line();
         row(s, "share_root", &format!("{}  {mount}", self.share_root));
-        let ms =
-            |v: Option<f64>| v.map_or("no answer".to_string(), |x| format!("{} ms", decimal(x, 1)));
         let mut rt = ms(self.round_trip_ms);
         if let Some((par, n)) = self.parallel_op {
             rt.push_str(&format!(
@@ -280,6 +283,11 @@ impl Report {
             row(s, "link", &v);
         }
     }
+}
+
+/// `2.2 ms`, or `no answer`.
+fn ms(v: Option<f64>) -> String {
+    v.map_or("no answer".to_string(), |x| format!("{} ms", decimal(x, 1)))
 }
 
 fn human_bytes(b: u64) -> String {
