@@ -78,6 +78,16 @@ pub enum Command {
     },
     /// Validate the config and exit 0 or 78
     Check,
+    /// What the share can and cannot do, measured, with the fix for each
+    /// problem; writes only its own probe entries under .sharelink/
+    Doctor {
+        /// One JSON document for machines
+        #[arg(long)]
+        json: bool,
+        /// Check this user's access [default: run.user]: NAME, UID, NAME:GROUP or UID:GID
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +234,17 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::Unhealthy
             })
+        }
+        Command::Doctor { json, user } => {
+            let cfg = load(cli)?;
+            let spec = user.as_deref().or(cfg.run.user.as_deref());
+            let (report, code) = crate::doctor::doctor(&cfg, spec)?;
+            if *json {
+                out(format_args!("{}\n", report.to_json()))?;
+            } else {
+                out(format_args!("{}", report.to_text()))?;
+            }
+            Ok(code)
         }
         Command::Link { dry_run } => {
             let cfg = load(cli)?;

@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod exit_code;
 pub mod failpoint;

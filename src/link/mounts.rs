@@ -29,7 +29,7 @@ pub fn mount_points(mountinfo: &[u8]) -> impl Iterator<Item = PathBuf> + '_ {
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(b: &[u8]) -> std::ffi::OsString {
+pub(crate) fn unescape(b: &[u8]) -> std::ffi::OsString {
     use std::os::unix::ffi::OsStringExt;
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -13,6 +13,7 @@ mod crash_random_kill;
 mod deploy_manifests;
 mod docker_multinode;
 mod docker_smoke;
+mod doctor;
 mod hostile_input;
 mod image_wins;
 mod interrupted_link;
