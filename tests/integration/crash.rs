@@ -63,6 +63,7 @@ fn reachable(s: Scenario) -> BTreeSet<&'static str> {
         Scenario::ImageWins => v.extend([
             "merge.moved",
             "displace.renamed",
+            "replace.checked",
             "supersede.kept",
             "supersede.replaced",
             "keep.removed",

@@ -480,30 +480,48 @@ fn replace_checked(
     aside: &OsStr,
     expect: &Identity,
 ) -> std::io::Result<bool> {
-    let f = match to.open_read(name) {
-        Ok(f) => f,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT | libc::ELOOP | libc::ENXIO)
-            ) =>
-        {
-            return Ok(false)
-        }
-        Err(e) => return Err(e),
+    // A regular file is held open, so that a write into it after the
+    // check shows; anything else (image-wins replaces symlinks and
+    // special files too) is checked by `lstat`.
+    let checked = match to.stat_at(name)? {
+        Some(m) if m.id == *expect => m,
+        _ => return Ok(false),
     };
-    let checked = crate::fs::meta::fstat(&f)?;
-    if checked.kind != Kind::File || checked.id != *expect {
-        return Ok(false);
+    let f = if checked.kind == Kind::File {
+        match to.open_read(name) {
+            Ok(f) => Some(f),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::ENXIO)
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    if let Some(f) = &f {
+        let held = crate::fs::meta::fstat(f)?;
+        if held.kind != Kind::File || held.id != *expect {
+            return Ok(false);
+        }
     }
     failpoint::hit("replace.checked");
     // Our own leftover of a killed run may be there: it goes.
     to.rename(name, staging.dir(), aside)?;
     let moved = staging.dir().stat_at(aside)?;
-    let now = crate::fs::meta::fstat(&f)?;
-    let same = moved.is_some_and(|m| m.id.ino == checked.id.ino && m.dev == checked.dev)
-        && now.id.size == checked.id.size
-        && now.id.mtime == checked.id.mtime;
+    let unwritten = match &f {
+        Some(f) => {
+            let now = crate::fs::meta::fstat(f)?;
+            now.id.size == checked.id.size && now.id.mtime == checked.id.mtime
+        }
+        None => true,
+    };
+    let same =
+        moved.is_some_and(|m| m.id.ino == checked.id.ino && m.dev == checked.dev) && unwritten;
     if !same {
         // Not what was checked (another writer's entry took the name, or
         // wrote into it): it goes back.
