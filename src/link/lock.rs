@@ -142,7 +142,7 @@ pub fn lease() -> Duration {
 }
 
 fn locks_rel() -> PathBuf {
-    Path::new(RESERVED_DIR).join("locks")
+    Path::new(RESERVED_DIR).join(crate::link::migrate::layout::LOCKS)
 }
 
 /// `.sharelink/locks` below the share root, made if missing.

@@ -27,11 +27,7 @@ use crate::fs::gone;
 use crate::fs::meta::{fstat, Identity, Kind, Meta, Time};
 use crate::fs::pool::{self, Queue};
 
-pub const TREE: &str = "tree";
-/// In the staging directory: a share entry moved aside to be replaced
-/// (our own older copy of an app file), checked there before the new copy
-/// takes its name.
-pub const ASIDE: &str = "replaced";
+use super::layout::TREE;
 
 /// What to do with one inventory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind, Meta, Time};
 use crate::fs::names::fnv1a;
 
-pub const NAME: &str = "journal";
+pub use super::layout::JOURNAL as NAME;
 const HEADER: &[u8] = b"sharelink staging journal v2\n";
 
 /// One completed file.

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 
 use super::inventory::{Inventory, Ix};
+use super::layout::{RESCUED_SUFFIX, RESCUING_SUFFIX};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fs::dir::Dir;
@@ -340,10 +341,6 @@ fn rescue(
     stopped.map(|()| to)
 }
 
-/// The suffix of the hidden name a rescued file is copied under before it
-/// is renamed into place.
-pub const RESCUING_SUFFIX: &str = "sharelink-rescuing";
-
 /// Copy `f` under a hidden name beside `name`, then rename it to `name`
 /// without replacing anything (a file someone made there meanwhile, and
 /// may be writing, stays): else beside it, `<name>.sharelink-rescued-<n>`.
@@ -393,7 +390,7 @@ fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<OsString> {
 /// `<name>.sharelink-rescued-<n>`, or a hidden shortened name when that
 /// would not fit in NAME_MAX.
 fn rescued_name(name: &OsStr, n: u32) -> OsString {
-    let suffix = format!("sharelink-rescued-{n}");
+    let suffix = format!("{RESCUED_SUFFIX}-{n}");
     if name.len() + suffix.len() < 255 {
         let mut t = name.to_os_string();
         t.push(".");
