@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::config::{Config, Link};
 use crate::error::{Error, IoContext, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::{names, tree};
 use crate::link::lock::{self, Lock};
@@ -318,7 +318,7 @@ pub fn make_symlink(app: &Path, target: &Path) -> Result<()> {
     parent
         .symlink(target.as_os_str(), &tmp)
         .ctx("create symlink", &tmp_path)?;
-    failpoint::hit("swap.temp");
+    failpoint::hit(Failpoint::SwapTemp);
     let result = swap(&parent, &tmp, name, app);
     if result.is_err() {
         let _ = parent.unlink(&tmp);

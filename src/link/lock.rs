@@ -25,6 +25,7 @@
 //! directory's identity (device, inode) as well as by the owner file's
 //! content, so a copy of the owner file in another directory is not it.
 
+use crate::failpoint::Failpoint;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -228,7 +229,7 @@ impl Lock {
                         pending.remake(&locks, &locks_path)?;
                         continue;
                     }
-                    crate::failpoint::hit("lock.acquired");
+                    crate::failpoint::hit(Failpoint::LockAcquired);
                     sweep_abandoned(&locks, &id, &me, &pending.name, lease);
                     return Ok(Lock {
                         path: locks_path.join(&id),

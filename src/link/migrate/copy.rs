@@ -19,7 +19,7 @@ use super::inventory::{Entry, Inventory, Ix};
 use super::journal::{self, Journal, Record};
 use super::Ctx;
 use crate::error::{Error, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::attrs::{self, Loss, Target, Xattrs};
 use crate::fs::content;
 use crate::fs::dir::Dir;
@@ -131,7 +131,7 @@ impl Staging {
             }
             Err(e) => return Err(Error::io("create staging directory", &path, e)),
         };
-        failpoint::hit("staging.created");
+        failpoint::hit(Failpoint::StagingCreated);
         let dir = parent
             .open_dir(name)
             .map_err(|e| Error::io("open staging directory", &path, e))?;
@@ -313,7 +313,7 @@ impl Staging {
         }
         shared.batches.flush(true)?;
         self.sync()?;
-        failpoint::hit("staging.synced");
+        failpoint::hit(Failpoint::StagingSynced);
         let out = shared
             .out
             .into_iter()
@@ -391,7 +391,7 @@ impl Batches<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .append(batch)
             .map_err(|e| Error::io("write journal in", self.path, e))?;
-        failpoint::hit("staging.journal");
+        failpoint::hit(Failpoint::StagingJournal);
         Ok(())
     }
 }
@@ -838,7 +838,7 @@ impl Shared<'_> {
         self.stats.bytes.fetch_add(before.id.size, Relaxed);
         // The bytes were counted as they were copied.
         self.progress.add(1, 0);
-        failpoint::hit("staging.file");
+        failpoint::hit(Failpoint::StagingFile);
         Ok(Some(Staged {
             app: before.id,
             copy: Some(copy.id),

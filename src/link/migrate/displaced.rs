@@ -17,7 +17,7 @@ use super::stage::{At, Stage};
 use super::{add, Ctx, Ledger, Migration, Outcome};
 use crate::config::Keep;
 use crate::error::{Error, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::{pool, tree};
@@ -101,13 +101,13 @@ impl Migration<'_> {
         let stage = self.stage(at, inv, from, roots, sel, ctx, mark)?;
         ctx.lock.verify()?;
         let name = commit_stamped(&stage.staging, &store.base, &store.path, &stamp)?;
-        failpoint::hit("displace.renamed");
+        failpoint::hit(Failpoint::DisplaceRenamed);
         store
             .base
             .sync_fs()
             .map_err(|e| Error::io("sync", &store.path, e))?;
         if share_side {
-            failpoint::hit("supersede.kept");
+            failpoint::hit(Failpoint::SupersedeKept);
         }
         Ok((stage, name))
     }
@@ -205,7 +205,7 @@ impl Migration<'_> {
         for name in &leftovers {
             tree::remove(&base, OsStr::new(name))
                 .map_err(|e| Error::io("remove", &base_path.join(name), e))?;
-            failpoint::hit("keep.removed");
+            failpoint::hit(Failpoint::KeepRemoved);
             ctx.beat()?;
         }
         if !doomed.is_empty() {

@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Link};
 use crate::error::{Error, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::attrs::{Fidelity, Loss};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
@@ -88,29 +88,6 @@ pub const SETTLE_NS: i128 = 100_000_000;
 /// Passes over the app directory before giving up on entries that keep
 /// changing.
 const PASSES: usize = 6;
-
-/// Every failpoint name, in the order a migration reaches them; the
-/// fault-injection tests sweep these.
-pub const FAILPOINTS: &[&str] = &[
-    "lock.acquired",
-    "staging.created",
-    "staging.file",
-    "staging.journal",
-    "staging.synced",
-    "commit.renamed",
-    "commit.marked",
-    "commit.synced",
-    "replace.checked",
-    "merge.moved",
-    "displace.renamed",
-    "supersede.kept",
-    "supersede.replaced",
-    "prune.leased",
-    "prune.entry",
-    "prune.done",
-    "keep.removed",
-    "swap.temp",
-];
 
 /// What a migration did, for the per-link log line.
 #[derive(Debug, Default)]
@@ -339,7 +316,7 @@ impl Migration<'_> {
                 ctx.progress.deleted(64);
                 ctx.beat()
             })?;
-            failpoint::hit("prune.done");
+            failpoint::hit(Failpoint::PruneDone);
             if pruned.kept.is_empty() {
                 self.clean_up()?;
                 return Ok(out);
@@ -459,13 +436,13 @@ impl Migration<'_> {
             }
             Err(e) => return Err(Error::io("commit the copy to", &self.share_path, e)),
         }
-        failpoint::hit("commit.renamed");
+        failpoint::hit(Failpoint::CommitRenamed);
         self.marker.write(&HashMap::new())?;
-        failpoint::hit("commit.marked");
+        failpoint::hit(Failpoint::CommitMarked);
         self.share_parent
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
-        failpoint::hit("commit.synced");
+        failpoint::hit(Failpoint::CommitSynced);
         staging.close()?;
         crate::debug!("committed: {} holds the copy", self.share_path.display());
         add(&mut out.copied, &stats);

@@ -11,7 +11,7 @@ use super::layout::{ASIDE, TREE};
 use super::stage::Stage;
 use super::{add, Ctx, Ledger, Migration, Outcome};
 use crate::error::{Error, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::tree;
@@ -61,7 +61,7 @@ fn replace_checked(
             return Ok(false);
         }
     }
-    failpoint::hit("replace.checked");
+    failpoint::hit(Failpoint::ReplaceChecked);
     // Our own leftover of a killed run may be there: it goes.
     to.rename(name, staging.dir(), aside)?;
     let moved = staging.dir().stat_at(aside)?;
@@ -249,7 +249,7 @@ impl Migration<'_> {
         };
         match moved {
             Ok(()) => {
-                failpoint::hit("merge.moved");
+                failpoint::hit(Failpoint::MergeMoved);
                 let now = to.stat_at(name).ok().flatten();
                 Ok(Some(now.filter(|m| m.kind == Kind::File).map(|m| m.id)))
             }

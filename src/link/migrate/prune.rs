@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 use super::inventory::{Inventory, Ix};
 use super::layout::{RESCUED_SUFFIX, RESCUING_SUFFIX};
 use crate::error::{Error, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind, Time};
 
@@ -103,7 +103,7 @@ fn walk(
             match dir.rmdir(&e.name) {
                 Ok(()) => {
                     out.deleted += 1;
-                    failpoint::hit("prune.entry");
+                    failpoint::hit(Failpoint::PruneEntry);
                 }
                 Err(err) if matches!(err.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
                     out.kept.push((c, Kept::NotEmpty))
@@ -127,7 +127,7 @@ fn walk(
         ) {
             Ok(Gone::Deleted) => {
                 out.deleted += 1;
-                failpoint::hit("prune.entry");
+                failpoint::hit(Failpoint::PruneEntry);
             }
             Ok(Gone::Kept(Kept::Rescued)) => {
                 crate::warn!(
@@ -241,7 +241,7 @@ fn delete(
         // identity check alone decides.
         Err(_) => false,
     };
-    failpoint::hit("prune.leased");
+    failpoint::hit(Failpoint::PruneLeased);
     let now = crate::fs::meta::fstat(&f)?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);

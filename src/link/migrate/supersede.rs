@@ -11,7 +11,7 @@ use super::rules::{swap, Swap};
 use super::stage::Stage;
 use super::{add, Ctx, Ledger, Migration, Outcome, SETTLE_NS};
 use crate::error::{Error, Result};
-use crate::failpoint;
+use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::tree;
@@ -81,7 +81,7 @@ impl Migration<'_> {
                 ledger.take_subtree(inv, r, &staged);
                 ledger.copies[r as usize] = id;
                 n += 1;
-                failpoint::hit("supersede.replaced");
+                failpoint::hit(Failpoint::SupersedeReplaced);
             }
         }
         target

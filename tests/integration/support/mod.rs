@@ -21,7 +21,7 @@ pub mod scripts;
 pub mod api {
     pub use sharelink::config::{self, Overrides};
     pub use sharelink::failpoint::ENABLED as FAILPOINTS_ENABLED;
-    pub use sharelink::link::migrate::FAILPOINTS;
+    pub use sharelink::failpoint::NAMES as FAILPOINTS;
 }
 
 use std::collections::BTreeMap;
