@@ -365,24 +365,81 @@ pub fn already_kept(
         Some(m) if m.id.ino == e.meta.id.ino && m.kind == e.meta.kind => m,
         _ => return Ok(None),
     };
-    let same = match e.meta.kind {
-        Kind::File => {
-            if kept.id.size != before.id.size {
-                return Ok(None);
-            }
-            let a = app.open_read(&e.name)?;
-            let k = parent.open_read(&e.name)?;
-            content::equal(&a, &k, before.id.size, stop)?
-        }
-        Kind::Symlink => app.read_link(&e.name)? == parent.read_link(&e.name)?,
-        Kind::Dir => true,
-        _ => kept.rdev == before.rdev,
-    };
-    if !same {
+    if !same_content(&app, &parent, &e.name, &before, &kept, stop)? {
         return Ok(None);
     }
     Ok(match app.stat_at(&e.name)? {
         Some(after) => Some(settled(before, after, seen)),
         None => Some(Verdict::Changed),
     })
+}
+
+/// Whether the entries `name` in `a_dir` and `b_dir` (`a` and `b`: their
+/// `lstat`) hold the same content: the same kind, and regular files the
+/// same bytes, symlinks the same target, special files the same device;
+/// two directories are alike (their entries decide).
+pub fn same_content(
+    a_dir: &Dir,
+    b_dir: &Dir,
+    name: &std::ffi::OsStr,
+    a: &Meta,
+    b: &Meta,
+    stop: &AtomicBool,
+) -> std::io::Result<bool> {
+    if a.kind != b.kind {
+        return Ok(false);
+    }
+    match a.kind {
+        Kind::File if a.id.size != b.id.size => Ok(false),
+        Kind::File => content::equal(
+            &a_dir.open_read(name)?,
+            &b_dir.open_read(name)?,
+            a.id.size,
+            stop,
+        ),
+        Kind::Symlink => Ok(a_dir.read_link(name)? == b_dir.read_link(name)?),
+        Kind::Dir => Ok(true),
+        _ => Ok(a.rdev == b.rdev),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::fs;
+
+    #[test]
+    fn same_content_is_by_kind_and_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for d in [&a, &b] {
+            fs::create_dir(d).unwrap();
+            fs::create_dir(d.join("dir")).unwrap();
+            fs::write(d.join("same"), "content").unwrap();
+            std::os::unix::fs::symlink("target", d.join("link")).unwrap();
+        }
+        fs::write(a.join("differs"), "one").unwrap();
+        fs::write(b.join("differs"), "two").unwrap();
+        fs::write(a.join("longer"), "one").unwrap();
+        fs::write(b.join("longer"), "one more").unwrap();
+        std::os::unix::fs::symlink("target", a.join("kind")).unwrap();
+        fs::write(b.join("kind"), "target").unwrap();
+        std::os::unix::fs::symlink("other", a.join("retargeted")).unwrap();
+        std::os::unix::fs::symlink("target", b.join("retargeted")).unwrap();
+        let (da, db) = (Dir::open(&a).unwrap(), Dir::open(&b).unwrap());
+        let stop = AtomicBool::new(false);
+        let same = |name: &str| {
+            let n = OsStr::new(name);
+            let ma = da.stat_at(n).unwrap().unwrap();
+            let mb = db.stat_at(n).unwrap().unwrap();
+            same_content(&da, &db, n, &ma, &mb, &stop).unwrap()
+        };
+        for name in ["same", "link", "dir"] {
+            assert!(same(name), "{name}");
+        }
+        for name in ["differs", "longer", "kind", "retargeted"] {
+            assert!(!same(name), "{name}");
+        }
+    }
 }

@@ -83,6 +83,19 @@ pub struct Stats {
     pub hard_links: u64,
 }
 
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, b: &Stats) {
+        self.files += b.files;
+        self.bytes += b.bytes;
+        self.resumed += b.resumed;
+        self.resumed_bytes += b.resumed_bytes;
+        self.symlinks += b.symlinks;
+        self.dirs += b.dirs;
+        self.special += b.special;
+        self.hard_links += b.hard_links;
+    }
+}
+
 /// A staging directory: `<name>/{tree,journal}` under `parent`.
 pub struct Staging {
     parent: Arc<Dir>,

@@ -14,7 +14,7 @@ use super::copy::{Sel, Staging};
 use super::inventory::{Inventory, Ix};
 use super::layout::{EXPIRED, PARTIAL, SHARE_SIDE};
 use super::stage::{At, Stage};
-use super::{add, Ctx, Ledger, Migration, Outcome};
+use super::{Ctx, Ledger, Migration, Outcome};
 use crate::config::Keep;
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
@@ -148,7 +148,7 @@ impl Migration<'_> {
                 .filter(|st| st.faithful)
                 .map(|st| st.app);
         }
-        add(&mut out.displaced, &stage.stats);
+        out.displaced += &stage.stats;
         out.displaced_to = Some(store.path.join(&name));
         Ok(kept)
     }
@@ -245,7 +245,7 @@ impl Migration<'_> {
         let SetAside { stamps, partial } = SetAside::find(&store.base, false)
             .map_err(|e| Error::io("read directory", &store.path, e))?;
         let (leaves, under) = leaves_under(inv, roots);
-        let kept = self.already_kept(inv, app, &stamps, &leaves, ctx)?;
+        let kept = self.kept_before(inv, app, &stamps, &leaves, ctx)?;
         let mut todo = Vec::new();
         for &l in &leaves {
             match kept[l as usize] {
@@ -279,7 +279,7 @@ impl Migration<'_> {
                 count += 1;
             }
         }
-        add(&mut out.displaced, &stage.stats);
+        out.displaced += &stage.stats;
         out.displaced_to = Some(store.path.join(&name));
         tracing::warn!(
             link = %self.link.app.display(),
@@ -293,7 +293,7 @@ impl Migration<'_> {
 
     /// For each leaf, the app identity if a complete earlier set-aside copy
     /// holds it byte for byte.
-    fn already_kept(
+    fn kept_before(
         &self,
         inv: &Inventory,
         app: &Dir,

@@ -445,7 +445,7 @@ impl Migration<'_> {
         failpoint::hit(Failpoint::CommitSynced);
         staging.close()?;
         crate::debug!("committed: {} holds the copy", self.share_path.display());
-        add(&mut out.copied, &stats);
+        out.copied += &stats;
         Ok(Some(Ledger::from_staged(inv, &staged)))
     }
 
@@ -544,17 +544,6 @@ impl Migration<'_> {
         }
         Ok(())
     }
-}
-
-fn add(a: &mut copy::Stats, b: &copy::Stats) {
-    a.files += b.files;
-    a.bytes += b.bytes;
-    a.resumed += b.resumed;
-    a.resumed_bytes += b.resumed_bytes;
-    a.symlinks += b.symlinks;
-    a.dirs += b.dirs;
-    a.special += b.special;
-    a.hard_links += b.hard_links;
 }
 
 fn describe_busy(app: &Path, kept: &[(PathBuf, prune::Kept)]) -> String {

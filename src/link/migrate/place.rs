@@ -9,7 +9,7 @@ use super::copy::{self, Staging};
 use super::inventory::{Inventory, Ix};
 use super::layout::{ASIDE, TREE};
 use super::stage::Stage;
-use super::{add, Ctx, Ledger, Migration, Outcome};
+use super::{Ctx, Ledger, Migration, Outcome};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
@@ -156,7 +156,7 @@ impl Migration<'_> {
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
         staging.close()?;
-        add(&mut out.copied, &stats);
+        out.copied += &stats;
         Ok(())
     }
 

@@ -2,15 +2,14 @@
 //! directory against the share target, read-only and without the lock
 //! (so a migration running elsewhere may change the answer).
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use super::compare::same_content;
 use super::inventory::{Inventory, Ix};
 use crate::error::{Error, Result};
-use crate::fs::content;
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Kind, Meta};
+use crate::fs::meta::Kind;
 use crate::fs::tree;
 
 /// Entries named per kind of step, by path relative to the link.
@@ -70,7 +69,7 @@ pub fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Previ
             (false, false) => {
                 let parent_app = tree::open_beneath(&app, parent)
                     .map_err(|err| Error::io("open", &app_path.join(parent), err))?;
-                if same(&parent_app, &dir, &e.name, &e.meta, &theirs, &stop)
+                if same_content(&parent_app, &dir, &e.name, &e.meta, &theirs, &stop)
                     .map_err(|err| Error::io("compare", &app_path.join(&rel), err))?
                 {
                     out.identical += 1;
@@ -81,31 +80,6 @@ pub fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Previ
         }
     }
     Ok(out)
-}
-
-/// Whether two non-directories hold the same content.
-fn same(
-    app: &Dir,
-    share: &Dir,
-    name: &OsStr,
-    a: &Meta,
-    s: &Meta,
-    stop: &AtomicBool,
-) -> std::io::Result<bool> {
-    if a.kind != s.kind {
-        return Ok(false);
-    }
-    match a.kind {
-        Kind::File if a.id.size != s.id.size => Ok(false),
-        Kind::File => content::equal(
-            &app.open_read(name)?,
-            &share.open_read(name)?,
-            a.id.size,
-            stop,
-        ),
-        Kind::Symlink => Ok(app.read_link(name)? == share.read_link(name)?),
-        _ => Ok(a.rdev == s.rdev),
-    }
 }
 
 #[cfg(test)]

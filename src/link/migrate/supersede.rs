@@ -9,7 +9,7 @@ use super::copy::Staging;
 use super::inventory::{Inventory, Ix};
 use super::rules::{swap, Swap};
 use super::stage::Stage;
-use super::{add, Ctx, Ledger, Migration, Outcome, SETTLE_NS};
+use super::{Ctx, Ledger, Migration, Outcome, SETTLE_NS};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
@@ -88,7 +88,7 @@ impl Migration<'_> {
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
         staging.close()?;
-        add(&mut out.copied, &stats);
+        out.copied += &stats;
         out.superseded += n;
         if n > 0 {
             tracing::warn!(
