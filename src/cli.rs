@@ -188,39 +188,7 @@ fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
 
 fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Check => {
-            let cfg = load(cli)?;
-            // `run` and `link` refuse a user the image does not have (78):
-            // so does the check that gates a deploy.
-            if let Some(u) = &cfg.run.user {
-                user::resolve(u)?;
-            }
-            out(format_args!(
-                "{}: ok, {} link{}\n",
-                cfg.origin.display(),
-                cfg.links.len(),
-                if cfg.links.len() == 1 { "" } else { "s" }
-            ))?;
-            // What a rollout will do to data already on the share.
-            for l in &cfg.links {
-                if l.migrate == MigrateMode::IfEmpty && l.keep.is_none() {
-                    continue;
-                }
-                let keep = match l.keep {
-                    None => "set-aside copies kept forever".to_string(),
-                    Some(k @ Keep::Count(_)) => {
-                        format!("keep the {k} most recent set-aside copies")
-                    }
-                    Some(k @ Keep::Age(_)) => format!("keep set-aside copies for {k}"),
-                };
-                out(format_args!(
-                    "  {}: migrate = \"{}\", {keep}\n",
-                    l.app.display(),
-                    l.migrate
-                ))?;
-            }
-            Ok(ExitCode::Ok)
-        }
+        Command::Check => check(cli),
         Command::Status { json } => {
             let cfg = load(cli)?;
             let report = status::status(&cfg);
@@ -246,58 +214,100 @@ fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(code)
         }
-        Command::Link { dry_run } => {
-            let cfg = load(cli)?;
-            if *dry_run {
-                mounts::check_share(&cfg, false)?;
-                let plan = plan::plan(&cfg);
-                out(format_args!("{plan}"))?;
-                for l in &plan.links {
-                    if let Some(text) = image_wins_preview(l, &cfg.share_root) {
-                        out(format_args!("{text}"))?;
-                    }
-                }
-                // Exit as `link` would, so a dry run can gate a deploy.
-                return Ok(plan.exit_code());
-            }
-            // Directories made by hand must still be writable by the
-            // pipeline's user.
-            let owner = cfg.run.user.as_deref().map(user::resolve).transpose()?;
-            link::link_all(&cfg, owner.as_ref().map(owner_of))?;
-            Ok(ExitCode::Ok)
-        }
-        Command::Run(args) => {
-            let cfg = load(cli)?;
-            let user_spec = args.user.as_ref().or(cfg.run.user.as_ref());
-            // Resolve the user before touching anything: a typo must not
-            // leave a half-set-up container behind.
-            let credentials = user_spec
-                .map(|u| user::resolve(u))
-                .transpose()
-                .context("the user to run the command as")?;
-            if let Some(code) = command_missing(&cfg, &args.command, credentials.as_ref()) {
-                return Ok(code);
-            }
-            link::link_all(&cfg, credentials.as_ref().map(owner_of))?;
-            warn_unwritable(&cfg, credentials.as_ref());
-            // A signal that came after the last safe point of linking still
-            // means "do not start".
-            crate::signals::check_interrupt()?;
-            // Command-line rules replace the config's for the same signal.
-            let mut rewrite = cfg.run.rewrite.clone();
-            for &(from, to) in &args.rewrite {
-                rewrite.insert(from, to);
-            }
-            let opts = init::RunOptions {
-                command: args.command.clone(),
-                credentials,
-                grace_period: args.grace_period.unwrap_or(cfg.run.grace_period),
-                kill_process_group: args.kill_process_group || cfg.run.kill_process_group,
-                rewrite,
-            };
-            Ok(init::run(opts))
-        }
+        Command::Link { dry_run } => link_command(cli, *dry_run),
+        Command::Run(args) => run_command(cli, args),
     }
+}
+
+/// `check`: the config is valid, and what a rollout will do to data
+/// already on the share.
+fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let cfg = load(cli)?;
+    // `run` and `link` refuse a user the image does not have (78):
+    // so does the check that gates a deploy.
+    if let Some(u) = &cfg.run.user {
+        user::resolve(u)?;
+    }
+    out(format_args!(
+        "{}: ok, {} link{}\n",
+        cfg.origin.display(),
+        cfg.links.len(),
+        if cfg.links.len() == 1 { "" } else { "s" }
+    ))?;
+    // What a rollout will do to data already on the share.
+    for l in &cfg.links {
+        if l.migrate == MigrateMode::IfEmpty && l.keep.is_none() {
+            continue;
+        }
+        let keep = match l.keep {
+            None => "set-aside copies kept forever".to_string(),
+            Some(k @ Keep::Count(_)) => {
+                format!("keep the {k} most recent set-aside copies")
+            }
+            Some(k @ Keep::Age(_)) => format!("keep set-aside copies for {k}"),
+        };
+        out(format_args!(
+            "  {}: migrate = \"{}\", {keep}\n",
+            l.app.display(),
+            l.migrate
+        ))?;
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// `link` (or `link --dry-run`: the plan printed, exiting as `link` would).
+fn link_command(cli: &Cli, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load(cli)?;
+    if dry_run {
+        mounts::check_share(&cfg, false)?;
+        let plan = plan::plan(&cfg);
+        out(format_args!("{plan}"))?;
+        for l in &plan.links {
+            if let Some(text) = image_wins_preview(l, &cfg.share_root) {
+                out(format_args!("{text}"))?;
+            }
+        }
+        // Exit as `link` would, so a dry run can gate a deploy.
+        return Ok(plan.exit_code());
+    }
+    // Directories made by hand must still be writable by the
+    // pipeline's user.
+    let owner = cfg.run.user.as_deref().map(user::resolve).transpose()?;
+    link::link_all(&cfg, owner.as_ref().map(owner_of))?;
+    Ok(ExitCode::Ok)
+}
+
+/// `run`: link, then hand the command to the init.
+fn run_command(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load(cli)?;
+    let user_spec = args.user.as_ref().or(cfg.run.user.as_ref());
+    // Resolve the user before touching anything: a typo must not
+    // leave a half-set-up container behind.
+    let credentials = user_spec
+        .map(|u| user::resolve(u))
+        .transpose()
+        .context("the user to run the command as")?;
+    if let Some(code) = command_missing(&cfg, &args.command, credentials.as_ref()) {
+        return Ok(code);
+    }
+    link::link_all(&cfg, credentials.as_ref().map(owner_of))?;
+    warn_unwritable(&cfg, credentials.as_ref());
+    // A signal that came after the last safe point of linking still
+    // means "do not start".
+    crate::signals::check_interrupt()?;
+    // Command-line rules replace the config's for the same signal.
+    let mut rewrite = cfg.run.rewrite.clone();
+    for &(from, to) in &args.rewrite {
+        rewrite.insert(from, to);
+    }
+    let opts = init::RunOptions {
+        command: args.command.clone(),
+        credentials,
+        grace_period: args.grace_period.unwrap_or(cfg.run.grace_period),
+        kill_process_group: args.kill_process_group || cfg.run.kill_process_group,
+        rewrite,
+    };
+    Ok(init::run(opts))
 }
 
 /// For a dry run: which entries an `image-wins` migration of this link

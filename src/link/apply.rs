@@ -225,6 +225,21 @@ fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
         count(c.dirs, "dir", "dirs"),
         paths.share.display()
     );
+    copy_details(c, &mut s);
+    outcome_details(out, &mut s);
+    losses(out, link, paths, &mut s);
+    if out.passes > 1 {
+        s.push_str(&format!(
+            "; {} passes (entries changed or appeared while copying)",
+            out.passes
+        ));
+    }
+    s
+}
+
+/// What the copy's counts add to [`describe`]'s line.
+fn copy_details(c: &crate::link::migrate::copy::Stats, s: &mut String) {
+    use super::count;
     if c.resumed > 0 {
         s.push_str(&format!(
             " ({}, {} of them copied by an interrupted earlier run)",
@@ -244,6 +259,11 @@ fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
             count(c.special, "special file", "special files")
         ));
     }
+}
+
+/// What was found on the share, replaced and set aside, for [`describe`].
+fn outcome_details(out: &Outcome, s: &mut String) {
+    use super::count;
     if out.identical > 0 {
         s.push_str(&format!(
             "; {} already on the share with the same content",
@@ -272,6 +292,12 @@ fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
             ));
         }
     }
+}
+
+/// What the share could not hold: warned once per link and kind, and
+/// added to [`describe`]'s line.
+fn losses(out: &Outcome, link: &Link, paths: &Paths, s: &mut String) {
+    use super::count;
     for &(loss, n) in &out.losses {
         // Once per link and kind: the share could not hold this.
         tracing::warn!(
@@ -289,13 +315,6 @@ fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
             loss.key()
         ));
     }
-    if out.passes > 1 {
-        s.push_str(&format!(
-            "; {} passes (entries changed or appeared while copying)",
-            out.passes
-        ));
-    }
-    s
 }
 
 /// Make `app` an absolute symlink to `target` atomically: create it under

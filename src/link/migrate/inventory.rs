@@ -152,7 +152,46 @@ impl Walk<'_> {
     }
 }
 
+/// Paths as a tree of names: which of them (by index) end at each node.
+#[derive(Default)]
+struct PathTree {
+    want: Vec<usize>,
+    kids: std::collections::BTreeMap<OsString, PathTree>,
+}
+
+impl PathTree {
+    fn of(rels: &[PathBuf]) -> PathTree {
+        let mut top = PathTree::default();
+        for (i, rel) in rels.iter().enumerate() {
+            let mut n = &mut top;
+            for c in rel.components() {
+                n = n.kids.entry(c.as_os_str().to_os_string()).or_default();
+            }
+            n.want.push(i);
+        }
+        top
+    }
+}
+
 impl Inventory {
+    /// An inventory holding only its root, `dir` (at `path`, for messages).
+    fn rooted(dir: &Dir, path: &Path) -> Result<Inventory> {
+        let seen = Time::now();
+        let meta = dir.stat().map_err(|e| Error::io("inspect", path, e))?;
+        Ok(Inventory {
+            entries: vec![Entry {
+                parent: 0,
+                name: OsString::new(),
+                meta,
+                seen,
+                children: 0..0,
+                leader: None,
+                changed: false,
+            }],
+            blockers: Vec::new(),
+        })
+    }
+
     /// Walk `app` (opened by the caller, `app_path` only names it in
     /// messages). `check` runs every few hundred entries (signals).
     pub fn scan(
@@ -160,23 +199,12 @@ impl Inventory {
         app_path: &Path,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Inventory> {
-        let seen = Time::now();
-        let root_meta = app.stat().map_err(|e| Error::io("inspect", app_path, e))?;
+        let inv = Inventory::rooted(app, app_path)?;
+        let root_dev = inv.entries[0].meta.dev;
         let mut walk = Walk {
-            inv: Inventory {
-                entries: vec![Entry {
-                    parent: 0,
-                    name: OsString::new(),
-                    meta: root_meta,
-                    seen,
-                    children: 0..0,
-                    leader: None,
-                    changed: false,
-                }],
-                blockers: Vec::new(),
-            },
+            inv,
             app_path,
-            root_dev: root_meta.dev,
+            root_dev,
             root_user: nix::unistd::geteuid().is_root(),
             links: HashMap::new(),
             since_check: 0,
@@ -218,38 +246,10 @@ impl Inventory {
         root_path: &Path,
         rels: &[PathBuf],
     ) -> Result<(Inventory, Vec<Option<Ix>>)> {
-        use std::collections::BTreeMap;
-        #[derive(Default)]
-        struct Node {
-            want: Vec<usize>,
-            kids: BTreeMap<OsString, Node>,
-        }
-        let mut top = Node::default();
-        for (i, rel) in rels.iter().enumerate() {
-            let mut n = &mut top;
-            for c in rel.components() {
-                n = n.kids.entry(c.as_os_str().to_os_string()).or_default();
-            }
-            n.want.push(i);
-        }
-        let seen = Time::now();
-        let root_meta = root
-            .stat()
-            .map_err(|e| Error::io("inspect", root_path, e))?;
-        let mut inv = Inventory {
-            entries: vec![Entry {
-                parent: 0,
-                name: OsString::new(),
-                meta: root_meta,
-                seen,
-                children: 0..0,
-                leader: None,
-                changed: false,
-            }],
-            blockers: Vec::new(),
-        };
+        let top = PathTree::of(rels);
+        let mut inv = Inventory::rooted(root, root_path)?;
         let mut found = vec![None; rels.len()];
-        let mut todo: Vec<(Ix, &Node, Dir)> = vec![(
+        let mut todo: Vec<(Ix, &PathTree, Dir)> = vec![(
             0,
             &top,
             root.try_clone()
