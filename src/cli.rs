@@ -470,18 +470,25 @@ fn warn_unwritable(cfg: &Config, user: Option<&user::Credentials>) {
             return;
         }
     };
-    use std::os::unix::fs::MetadataExt;
+    // Owners are read through handles opened beneath the share root,
+    // never by following a path a co-tenant of the share may have swapped.
+    let root = crate::fs::dir::Dir::open(&cfg.share_root).ok();
     let owner = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .map(|m| {
-                format!(
-                    ", owned by uid {}, gid {}, mode {:04o}",
-                    m.uid(),
-                    m.gid(),
-                    m.mode() & 0o7777
-                )
-            })
-            .unwrap_or_default()
+        let Some(root) = root.as_ref() else {
+            return String::new();
+        };
+        let meta = match p.strip_prefix(&cfg.share_root) {
+            Ok(rel) if rel.as_os_str().is_empty() => root.stat(),
+            Ok(rel) => crate::fs::tree::open_beneath(root, rel).and_then(|d| d.stat()),
+            Err(_) => return String::new(),
+        };
+        meta.map(|m| {
+            format!(
+                ", owned by uid {}, gid {}, mode {:04o}",
+                m.uid, m.gid, m.perm
+            )
+        })
+        .unwrap_or_default()
     };
     let (uid, gid) = (user.uid, user.gid);
     if errs[0] != 0 {

@@ -242,13 +242,17 @@ fn alive(pid: i32) -> bool {
     if unsafe { libc::kill(pid, 0) } != 0 {
         return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
     }
-    // A zombie is gone for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
+    // A zombie is gone for our purposes, but a leader that exited while
+    // other threads of the daemon still run shows as a zombie too, and
+    // those threads still hold the backing directory open.
+    let zombie = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+        Err(_) => return false,
+    };
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    !zombie || threads > 1
 }
 
 /// The latencyfs mount at `mnt` in this mount namespace: (daemon pid, major:minor).
