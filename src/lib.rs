@@ -24,3 +24,90 @@ pub mod init;
 pub mod link;
 pub mod logging;
 pub mod signals;
+
+/// docs/design.md's source map (the tree under "Architecture") against the
+/// files under `src/`.
+#[cfg(test)]
+mod source_map {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// The `.rs` paths the map names, `src/`-relative.
+    fn mapped() -> BTreeSet<String> {
+        let doc = include_str!("../docs/design.md");
+        let arch = &doc[doc
+            .find("## Architecture")
+            .expect("an Architecture section")..];
+        let block = arch.split("```").nth(1).expect("the source map block");
+        let mut dirs: Vec<(usize, String)> = Vec::new();
+        let mut out = BTreeSet::new();
+        for line in block.lines() {
+            let indent = line.len() - line.trim_start().len();
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            while dirs.last().is_some_and(|(i, _)| *i >= indent) {
+                dirs.pop();
+            }
+            let base = dirs.last().map(|(_, d)| d.clone()).unwrap_or_default();
+            let full = if indent == 0 {
+                name.to_string()
+            } else {
+                format!("{base}{name}")
+            };
+            let Some(rel) = full.strip_prefix("src/") else {
+                continue;
+            };
+            if name.ends_with('/') {
+                dirs.push((indent, full.clone()));
+            } else if rel.ends_with(".rs") {
+                out.insert(rel.to_string());
+            }
+        }
+        out
+    }
+
+    fn on_disk(dir: &Path, rel: &str, out: &mut BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if e.file_type().unwrap().is_dir() {
+                on_disk(&e.path(), &format!("{rel}{name}/"), out);
+            } else if name.ends_with(".rs") {
+                out.insert(format!("{rel}{name}"));
+            }
+        }
+    }
+
+    /// Every source file is in the map, except a directory's `mod.rs` (the
+    /// directory's line speaks for it), `lib.rs` and unit-test files
+    /// (`tests.rs`, `*_tests.rs`); every file the map names exists.
+    #[test]
+    fn design_maps_the_tree() {
+        let mut files = BTreeSet::new();
+        on_disk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            "",
+            &mut files,
+        );
+        let map = mapped();
+        let missing: Vec<&String> = files
+            .iter()
+            .filter(|f| {
+                !map.contains(*f)
+                    && !f.ends_with("mod.rs")
+                    && *f != "lib.rs"
+                    && !f.ends_with("tests.rs")
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in design.md's source map: {missing:?}"
+        );
+        let stale: Vec<&String> = map.iter().filter(|f| !files.contains(*f)).collect();
+        assert!(
+            stale.is_empty(),
+            "in design.md's source map, not in src/: {stale:?}"
+        );
+    }
+}
