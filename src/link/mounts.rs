@@ -106,26 +106,40 @@ pub struct FsPath {
     pub path: PathBuf,
 }
 
-/// [`fs_path`] for a canonical path, against the text of a mountinfo.
-fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<FsPath> {
-    // The deepest mount point above `real`; of several at one point, the
-    // last mounted (it hides the others).
-    let mut best: Option<(usize, Vec<u8>, PathBuf, PathBuf)> = None;
+/// Of the mountinfo lines `parse` takes (given their fields), the one of
+/// the deepest mount point at or above `real`, with that mount point; of
+/// several at one point, the last mounted (it hides the others).
+fn deepest<T>(
+    mountinfo: &[u8],
+    real: &Path,
+    parse: impl Fn(&[&[u8]]) -> Option<T>,
+) -> Option<(PathBuf, T)> {
+    let mut best: Option<(usize, PathBuf, T)> = None;
     for line in mountinfo.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').take(5).collect();
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
         if f.len() < 5 {
             continue;
         }
+        let Some(t) = parse(&f) else {
+            continue;
+        };
         let at = PathBuf::from(unescape(f[4]));
         if !real.starts_with(&at) {
             continue;
         }
         let depth = at.components().count();
         if best.as_ref().is_none_or(|b| depth >= b.0) {
-            best = Some((depth, f[2].to_vec(), PathBuf::from(unescape(f[3])), at));
+            best = Some((depth, at, t));
         }
     }
-    let (_, dev, root, at) = best?;
+    best.map(|(_, at, t)| (at, t))
+}
+
+/// [`fs_path`] for a canonical path, against the text of a mountinfo.
+fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<FsPath> {
+    let (at, (dev, root)) = deepest(mountinfo, real, |f| {
+        Some((f[2].to_vec(), PathBuf::from(unescape(f[3]))))
+    })?;
     let rest = real.strip_prefix(&at).ok()?;
     Some(FsPath {
         dev,
@@ -148,33 +162,25 @@ struct MountEntry {
 /// The mount `real` is on: the deepest mount point at or above it; of
 /// several at one point, the last mounted (it hides the others).
 fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
-    let mut best: Option<(usize, MountEntry)> = None;
-    for line in mountinfo.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let (at, (root, fs_type, source)) = deepest(mountinfo, real, |f| {
         // The optional fields end at "-"; then type and source.
-        let Some(dash) = f.iter().position(|x| *x == b"-") else {
-            continue;
-        };
-        if f.len() < 5 || dash < 5 || f.len() < dash + 3 {
-            continue;
+        let dash = f.iter().position(|x| *x == b"-")?;
+        if dash < 5 || f.len() < dash + 3 {
+            return None;
         }
-        let at = PathBuf::from(unescape(f[4]));
-        if !real.starts_with(&at) {
-            continue;
-        }
-        let depth = at.components().count();
-        if best.as_ref().is_none_or(|b| depth >= b.0) {
-            let text = |b: &[u8]| unescape(b).to_string_lossy().into_owned();
-            let entry = MountEntry {
-                at,
-                root: PathBuf::from(unescape(f[3])),
-                fs_type: text(f[dash + 1]),
-                source: text(f[dash + 2]),
-            };
-            best = Some((depth, entry));
-        }
-    }
-    best.map(|b| b.1)
+        let text = |b: &[u8]| unescape(b).to_string_lossy().into_owned();
+        Some((
+            PathBuf::from(unescape(f[3])),
+            text(f[dash + 1]),
+            text(f[dash + 2]),
+        ))
+    })?;
+    Some(MountEntry {
+        at,
+        root,
+        fs_type,
+        source,
+    })
 }
 
 /// "the cifs filesystem mounted at /mnt/fileshare (//acct/share)": where
