@@ -527,6 +527,48 @@ mod tests {
     }
 
     #[test]
+    fn set_aside_copies_select_leaves_and_the_directories_on_their_way() {
+        let t = tempfile::tempdir().unwrap();
+        let app = t.path().join("app");
+        for d in ["keep/deep/empty", "other"] {
+            std::fs::create_dir_all(app.join(d)).unwrap();
+        }
+        for f in ["keep/x", "keep/deep/y", "other/z", "top"] {
+            std::fs::write(app.join(f), f).unwrap();
+        }
+        let dir = Dir::open(&app).unwrap();
+        let inv = Inventory::scan(&dir, &app, &mut || Ok(())).unwrap();
+        let ix = |rel: &str| {
+            (0..inv.entries.len() as Ix)
+                .find(|&i| inv.rel(i) == Path::new(rel))
+                .unwrap()
+        };
+        let (leaves, under) = leaves_under(&inv, &[ix("keep")]);
+        let mut names: Vec<PathBuf> = leaves.iter().map(|&l| inv.rel(l)).collect();
+        names.sort();
+        // Non-directories and empty directories.
+        assert_eq!(
+            names,
+            ["keep/deep/empty", "keep/deep/y", "keep/x"].map(PathBuf::from)
+        );
+        assert!(under[ix("keep/deep") as usize] && !under[ix("other") as usize]);
+        // One leaf of the subtree: the directories above it inside the
+        // subtree are copied (with their attributes), those outside only
+        // made on the way.
+        let sel = select_leaves(&inv, &[ix("keep/deep/y")], &under);
+        assert_eq!(sel[ix("keep/deep/y") as usize], Sel::Copy);
+        assert_eq!(sel[ix("keep/deep") as usize], Sel::Copy);
+        assert_eq!(sel[ix("keep") as usize], Sel::Copy);
+        assert_eq!(sel[0], Sel::Path);
+        for skipped in ["keep/x", "keep/deep/empty", "other", "other/z", "top"] {
+            assert_eq!(sel[ix(skipped) as usize], Sel::Skip, "{skipped}");
+        }
+        // A leaf outside any kept subtree: its parents are only paths.
+        let sel = select_leaves(&inv, &[ix("other/z")], &under);
+        assert_eq!(sel[ix("other") as usize], Sel::Path);
+    }
+
+    #[test]
     fn clashing_stamps_sort_after_their_base() {
         assert!(stamp_key("20261126T224501Z-3") > stamp_key("20261126T224501Z-2"));
         assert!(stamp_key("20261126T224501Z-2") > stamp_key("20261126T224501Z"));

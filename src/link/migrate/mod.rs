@@ -117,34 +117,8 @@ pub struct Outcome {
 /// directory is empty (the caller makes the symlink) and everything it held
 /// is in the share target or under `displaced/`.
 pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Result<Outcome> {
-    let app_path = cfg.app_path(link);
-    let share_path = cfg.share_path(link);
-    let places = Places::new(cfg, link);
-    let (app_parent_path, app_name) = split(&app_path);
-    let app_parent =
-        Dir::open(app_parent_path).map_err(|e| Error::io("open", app_parent_path, e))?;
-    let app = app_parent
-        .open_dir(app_name)
-        .map_err(|e| Error::io("open directory", &app_path, e))?;
-    let share_root =
-        Dir::open(&cfg.share_root).map_err(|e| Error::io("open", &cfg.share_root, e))?;
-    let (share_parent_rel, share_name) = split_rel(&link.share);
-    let share_parent =
-        Arc::new(tree::make_beneath(&share_root, share_parent_rel, &cfg.share_root)?.dir);
-    let m = Migration {
-        cfg,
-        link,
-        app_path: app_path.clone(),
-        share_path: share_path.clone(),
-        share_root,
-        share_parent,
-        share_name: share_name.to_os_string(),
-        staging_name: names::hidden(share_name, STAGING_SUFFIX, 0),
-        staging_path: places.staging.clone(),
-        marker: Marker::new(&places, &share_path),
-        displaced_rel: places.displaced.clone(),
-        used: Mutex::default(),
-    };
+    let (m, app_parent, app) = Migration::open(cfg, link)?;
+    let app_path = m.app_path.clone();
     let mut ctx = Ctx {
         threads,
         lock,
@@ -207,6 +181,43 @@ struct Migration<'a> {
     displaced_rel: PathBuf,
     /// Set-aside stamps this migration wrote or found entries in.
     used: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl<'a> Migration<'a> {
+    /// Open what `link`'s migration works on: the app directory and its
+    /// parent, the share root, and the share target's parent (made if
+    /// missing, beneath the share root).
+    fn open(cfg: &'a Config, link: &'a Link) -> Result<(Migration<'a>, Dir, Dir)> {
+        let app_path = cfg.app_path(link);
+        let share_path = cfg.share_path(link);
+        let places = Places::new(cfg, link);
+        let (app_parent_path, app_name) = split(&app_path);
+        let app_parent =
+            Dir::open(app_parent_path).map_err(|e| Error::io("open", app_parent_path, e))?;
+        let app = app_parent
+            .open_dir(app_name)
+            .map_err(|e| Error::io("open directory", &app_path, e))?;
+        let share_root =
+            Dir::open(&cfg.share_root).map_err(|e| Error::io("open", &cfg.share_root, e))?;
+        let (share_parent_rel, share_name) = split_rel(&link.share);
+        let share_parent =
+            Arc::new(tree::make_beneath(&share_root, share_parent_rel, &cfg.share_root)?.dir);
+        let m = Migration {
+            cfg,
+            link,
+            app_path,
+            share_path: share_path.clone(),
+            share_root,
+            share_parent,
+            share_name: share_name.to_os_string(),
+            staging_name: names::hidden(share_name, STAGING_SUFFIX, 0),
+            staging_path: places.staging.clone(),
+            marker: Marker::new(&places, &share_path),
+            displaced_rel: places.displaced.clone(),
+            used: Mutex::default(),
+        };
+        Ok((m, app_parent, app))
+    }
 }
 
 /// Per app entry, after a pass copied or compared it: the identity it must

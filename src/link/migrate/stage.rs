@@ -92,11 +92,7 @@ impl Migration<'_> {
         dir: &Dir,
         path: &Path,
     ) -> Result<Staging> {
-        let need = Totals {
-            footprint: totals.footprint.saturating_sub(staging.prior_bytes()),
-            entries: totals.entries.saturating_sub(staging.prior_files() as u64),
-            ..*totals
-        };
+        let need = still_to_copy(totals, staging.prior_bytes(), staging.prior_files() as u64);
         match check_space(dir, path, &self.app_path, &need) {
             Ok(()) => Ok(staging),
             Err(e) => {
@@ -106,5 +102,130 @@ impl Migration<'_> {
                 Err(e)
             }
         }
+    }
+}
+
+/// What is left to copy of `totals` when an interrupted run staged
+/// `prior_bytes` in `prior_files` already.
+fn still_to_copy(totals: &Totals, prior_bytes: u64, prior_files: u64) -> Totals {
+    Totals {
+        footprint: totals.footprint.saturating_sub(prior_bytes),
+        entries: totals.entries.saturating_sub(prior_files),
+        ..*totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::heartbeat::Fresh;
+    use super::super::progress::Progress;
+    use super::*;
+    use crate::config::{self, Config, Overrides};
+    use crate::error::Error;
+    use crate::fs::attrs::Fidelity;
+    use crate::link::lock::Lock;
+    use std::fs;
+
+    #[test]
+    fn what_a_resumed_copy_still_needs() {
+        let t = Totals {
+            entries: 10,
+            files: 8,
+            bytes: 800,
+            footprint: 4096,
+        };
+        let n = still_to_copy(&t, 1024, 3);
+        assert_eq!(
+            (n.entries, n.files, n.bytes, n.footprint),
+            (7, 8, 800, 3072)
+        );
+        let n = still_to_copy(&t, 1 << 20, 99);
+        assert_eq!((n.entries, n.footprint), (0, 0));
+    }
+
+    /// A link `data` with two files, app and share roots in `t`.
+    fn config(t: &Path) -> Config {
+        let (app, share) = (t.join("app"), t.join("share"));
+        fs::create_dir_all(app.join("data/sub")).unwrap();
+        fs::create_dir_all(&share).unwrap();
+        fs::write(app.join("data/a"), "alpha").unwrap();
+        fs::write(app.join("data/sub/b"), "beta").unwrap();
+        let text = format!(
+            "app_root = \"{}\"\nshare_root = \"{}\"\nrequire_mount = false\n[links]\n\"data\" = \"data\"\n",
+            app.display(),
+            share.display()
+        );
+        config::parse(&text, Path::new("t.toml"), &Overrides::default()).unwrap()
+    }
+
+    /// Stage the whole app tree beside the target, `prepare` first.
+    fn stage_all(cfg: &Config, prepare: impl FnOnce(&Staging) -> Result<()>) -> Result<Stage> {
+        let link = &cfg.links[0];
+        let (m, _, app) = Migration::open(cfg, link)?;
+        let mut lock = Lock::acquire(&cfg.share_root, &link.share)?;
+        let mut ctx = Ctx {
+            threads: 2,
+            lock: &mut lock,
+            fidelity: Fidelity::default(),
+            progress: Progress::new("data".into()),
+            fresh: Fresh::new(),
+            app_path: m.app_path.clone(),
+        };
+        ctx.fresh.touch();
+        let inv = Inventory::scan(&app, &m.app_path, &mut || Ok(()))?;
+        let sel = super::super::copy::select(&inv, &[0]);
+        m.stage(
+            m.beside_target(false),
+            &inv,
+            &app,
+            &[0],
+            &sel,
+            &mut ctx,
+            prepare,
+        )
+    }
+
+    #[test]
+    fn stages_a_selection_beside_the_target_and_resumes_it() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = config(t.path());
+        let staging_path = cfg.share_root.join(".data.sharelink-staging");
+        // Settled, so that the copies count as faithful.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let mut prepared = false;
+        let stage = stage_all(&cfg, |s| {
+            prepared = true;
+            assert!(!s.resumed);
+            Ok(())
+        })
+        .unwrap();
+        assert!(prepared);
+        assert_eq!((stage.stats.files, stage.stats.bytes), (2, 9));
+        assert_eq!(stage.stats.resumed, 0);
+        assert!(stage.staged.iter().flatten().all(|s| s.faithful));
+        let tree = staging_path.join("tree");
+        assert_eq!(fs::read(tree.join("a")).unwrap(), b"alpha");
+        assert_eq!(fs::read(tree.join("sub/b")).unwrap(), b"beta");
+        assert!(staging_path.join("journal").exists());
+        // Left as a killed run leaves it: the next stage resumes it and
+        // copies nothing again.
+        drop(stage);
+        let again = stage_all(&cfg, |s| {
+            assert!(s.resumed);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(again.stats.resumed, 2);
+        assert_eq!(again.stats.files, 0);
+    }
+
+    #[test]
+    fn a_failed_preparation_copies_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = config(t.path());
+        let r = stage_all(&cfg, |_| Err(Error::Unsafe("no".into())));
+        assert!(matches!(r, Err(Error::Unsafe(_))));
+        let tree = cfg.share_root.join(".data.sharelink-staging/tree");
+        assert_eq!(fs::read_dir(tree).unwrap().count(), 0);
     }
 }
