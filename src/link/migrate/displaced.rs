@@ -538,11 +538,7 @@ mod tests {
         }
         let dir = Dir::open(&app).unwrap();
         let inv = Inventory::scan(&dir, &app, &mut || Ok(())).unwrap();
-        let ix = |rel: &str| {
-            (0..inv.entries.len() as Ix)
-                .find(|&i| inv.rel(i) == Path::new(rel))
-                .unwrap()
-        };
+        let ix = |rel: &str| inv.find(Path::new(rel)).unwrap();
         let (leaves, under) = leaves_under(&inv, &[ix("keep")]);
         let mut names: Vec<PathBuf> = leaves.iter().map(|&l| inv.rel(l)).collect();
         names.sort();

@@ -357,7 +357,8 @@ impl Inventory {
         }
     }
 
-    /// The entry at `rel`, if the walk saw one.
+    /// The entry at `rel`, if the walk saw one (for tests).
+    #[cfg(test)]
     pub fn find(&self, rel: &Path) -> Option<Ix> {
         let mut ix = 0;
         for c in rel.components() {

@@ -340,11 +340,7 @@ mod tests {
         }
         let dir = Dir::open(&app).unwrap();
         let inv = Inventory::scan(&dir, &app, &mut || Ok(())).unwrap();
-        let ix = |name: &str| {
-            (1..inv.entries.len() as Ix)
-                .find(|&i| inv.rel(i) == Path::new(name))
-                .unwrap()
-        };
+        let ix = |rel: &str| inv.find(Path::new(rel)).unwrap();
         let (gone, stays) = (ix("gone"), ix("stays"));
         let m = marker_in(t.path());
         let placed: Placed = [

@@ -2,12 +2,12 @@
 //! ever lost. This file is the pass loop ([`migrate`]): inventory, the
 //! share target decides the path (copy the whole tree, or compare and carry
 //! out each entry's step), prune, again until the app directory is empty.
-//! Each other concern has a file of its own: [`rules`] (the per-entry
+//! Each other concern has a file of its own: `rules` (the per-entry
 //! decision), `marker` (which copies are ours), `stage` (staging a
 //! selection), `place` (moving staged roots in), `supersede`
 //! (`image-wins`), `displaced` (the set-aside store), `preflight`
 //! (refusals before copying), `heartbeat` (coordination with the
-//! workers), [`layout`] (names on disk).
+//! workers), `layout` (names on disk).
 //!
 //! The app directory usually sits in an overlayfs image layer (renaming it
 //! gives EXDEV) and the share is another filesystem, so a move is a copy
@@ -22,33 +22,33 @@
 //! - An app entry is deleted only if a durable copy with the same content
 //!   exists (copied and synced by this migration, or found identical by
 //!   bytes) and the entry still has the identity (inode, size, mtime,
-//!   ctime) it had when that copy was made or compared ([`prune`]).
+//!   ctime) it had when that copy was made or compared (`prune`).
 //!   Entries that change or appear meanwhile are copied again in a later
 //!   pass; after a few passes the run stops with them in place.
 //! - An app entry whose content differs from what the share holds at its
 //!   path is set aside under `displaced/`, never dropped; in `merge` mode,
 //!   or for late arrivals of a migration this container committed itself,
 //!   entries the share lacks are copied in (never overwriting).
-//! - Copies are staged resumably ([`copy`]): a run killed part-way is
+//! - Copies are staged resumably (`copy`): a run killed part-way is
 //!   continued, not restarted, by the next.
 //!
 //! The states a link's migration can be in are recognisable on disk
 //! ([`Leftovers`]) and `status` reports them.
 
-pub mod compare;
-pub mod copy;
+pub(crate) mod compare;
+pub(crate) mod copy;
 mod displaced;
 mod heartbeat;
-pub mod inventory;
-pub mod journal;
-pub mod layout;
+pub(crate) mod inventory;
+pub(crate) mod journal;
+pub(crate) mod layout;
 mod marker;
 mod place;
 mod preflight;
-pub mod preview;
+pub(crate) mod preview;
 pub mod progress;
-pub mod prune;
-pub mod rules;
+pub(crate) mod prune;
+pub(crate) mod rules;
 mod stage;
 mod supersede;
 

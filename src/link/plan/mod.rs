@@ -132,6 +132,7 @@ pub enum Decision {
 }
 
 impl Decision {
+    #[cfg(test)]
     pub fn state(&self) -> State {
         match self {
             Decision::Blocked(_) => State::Blocked,
@@ -139,6 +140,7 @@ impl Decision {
         }
     }
 
+    #[cfg(test)]
     pub fn actions(&self) -> &[Action] {
         match self {
             Decision::Blocked(_) => &[],
