@@ -121,43 +121,52 @@ mod tests {
 
     #[test]
     fn steps_follow_the_rules() {
-        let f = Kind::File;
-        // Identical content goes, in every mode.
+        let (f, d) = (Kind::File, Kind::Dir);
+        let mut cases = Vec::new();
         for mode in [IfEmpty, Merge] {
-            assert_eq!(step(same(), f, mode, Elsewhere, Foreign), Step::Drop);
-            // Different content is never dropped and never overwrites.
-            assert_eq!(step(DIFFERS, f, mode, Elsewhere, Foreign), Step::SetAside);
-            assert_eq!(step(DIFFERS, f, mode, Here, Foreign), Step::SetAside);
-            assert_eq!(step(Verdict::Unsettled, f, mode, Here, Ours), Step::Wait);
+            cases.extend([
+                // Identical content goes, in every mode.
+                (same(), f, mode, Elsewhere, Foreign, Step::Drop),
+                // Different content is never dropped and never overwrites.
+                (DIFFERS, f, mode, Elsewhere, Foreign, Step::SetAside),
+                (DIFFERS, f, mode, Here, Foreign, Step::SetAside),
+                (Verdict::Unsettled, f, mode, Here, Ours, Step::Wait),
+                (Verdict::Changed, f, mode, Elsewhere, Foreign, Step::Wait),
+            ]);
+        }
+        cases.extend([
+            // What the share lacks: merged in `merge`, set aside in
+            // `if-empty`, copied in when it arrived late in our own
+            // migration.
+            (Verdict::AppOnly, f, Merge, Elsewhere, Foreign, Step::CopyIn),
+            (
+                Verdict::AppOnly,
+                f,
+                IfEmpty,
+                Elsewhere,
+                Foreign,
+                Step::SetAside,
+            ),
+            (Verdict::AppOnly, f, IfEmpty, Here, Foreign, Step::CopyIn),
+            // Our own outdated copy is replaced; anyone else's is not.
+            (DIFFERS, f, IfEmpty, Here, Ours, Step::Replace),
+            (DIFFERS, d, IfEmpty, Here, Ours, Step::SetAside),
+            (
+                Verdict::BothDirs,
+                d,
+                IfEmpty,
+                Elsewhere,
+                Foreign,
+                Step::Descend,
+            ),
+        ]);
+        for (v, kind, mode, commit, copy, want) in cases {
             assert_eq!(
-                step(Verdict::Changed, f, mode, Elsewhere, Foreign),
-                Step::Wait
+                step(v, kind, mode, commit, copy),
+                want,
+                "{v:?} {kind} {mode} {commit:?} {copy:?}"
             );
         }
-        // What the share lacks: merged in `merge`, set aside in `if-empty`,
-        // copied in when it arrived late in our own migration.
-        assert_eq!(
-            step(Verdict::AppOnly, f, Merge, Elsewhere, Foreign),
-            Step::CopyIn
-        );
-        assert_eq!(
-            step(Verdict::AppOnly, f, IfEmpty, Elsewhere, Foreign),
-            Step::SetAside
-        );
-        assert_eq!(
-            step(Verdict::AppOnly, f, IfEmpty, Here, Foreign),
-            Step::CopyIn
-        );
-        // Our own outdated copy is replaced; anyone else's is not.
-        assert_eq!(step(DIFFERS, f, IfEmpty, Here, Ours), Step::Replace);
-        assert_eq!(
-            step(DIFFERS, Kind::Dir, IfEmpty, Here, Ours),
-            Step::SetAside
-        );
-        assert_eq!(
-            step(Verdict::BothDirs, Kind::Dir, IfEmpty, Elsewhere, Foreign),
-            Step::Descend
-        );
     }
 
     #[test]
