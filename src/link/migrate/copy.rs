@@ -652,11 +652,9 @@ impl Shared<'_> {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 // Left by an earlier run: keep a directory, clear anything else.
-                if !matches!(dst.stat_at(&e.name), Ok(Some(m)) if m.kind == Kind::Dir) {
-                    dst.unlink(&e.name)
-                        .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                    dst.mkdir(&e.name, 0o700)
-                        .map_err(|x| Error::io("create directory", &self.dst_path(ix), x))?;
+                let dir = matches!(dst.stat_at(&e.name), Ok(Some(m)) if m.kind == Kind::Dir);
+                if let Some(r) = self.make_again(ix, dst, dir, || dst.mkdir(&e.name, 0o700))? {
+                    r.map_err(|x| Error::io("create directory", &self.dst_path(ix), x))?;
                 }
             }
             Err(err) => return Err(Error::io("create directory", &self.dst_path(ix), err)),
@@ -875,20 +873,35 @@ impl Shared<'_> {
         }
     }
 
+    /// Where making entry `ix` in `dst` found a name an earlier run left
+    /// (EEXIST): `None` when what is there is kept (`keep`), else it is
+    /// unlinked and `make` runs again, with its result.
+    fn make_again<T>(
+        &self,
+        ix: Ix,
+        dst: &Dir,
+        keep: bool,
+        make: impl FnOnce() -> std::io::Result<T>,
+    ) -> Result<Option<std::io::Result<T>>> {
+        if keep {
+            return Ok(None);
+        }
+        dst.unlink(&self.entry(ix).name)
+            .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
+        Ok(Some(make()))
+    }
+
     /// Create the staged file, replacing an incomplete copy an earlier run
     /// left.
     fn create(&self, ix: Ix, dst: &Dir, perm: u32) -> Result<std::fs::File> {
         let name = &self.entry(ix).name;
-        match dst.create(name, perm) {
-            Ok(f) => Ok(f),
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                dst.unlink(name)
-                    .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                dst.create(name, perm)
-                    .map_err(|x| Error::io("create", &self.dst_path(ix), x))
-            }
-            Err(err) => Err(Error::io("create", &self.dst_path(ix), err)),
-        }
+        let created = match dst.create(name, perm) {
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => self
+                .make_again(ix, dst, false, || dst.create(name, perm))?
+                .expect("not kept"),
+            r => r,
+        };
+        created.map_err(|x| Error::io("create", &self.dst_path(ix), x))
     }
 
     fn symlink(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
@@ -906,11 +919,9 @@ impl Shared<'_> {
         match dst.symlink(&target, &e.name) {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
-                if dst.read_link(&e.name).ok().as_deref() != Some(target.as_os_str()) {
-                    dst.unlink(&e.name)
-                        .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                    dst.symlink(&target, &e.name)
-                        .map_err(|x| Error::io("create symlink", &self.dst_path(ix), x))?;
+                let same = dst.read_link(&e.name).ok().as_deref() == Some(target.as_os_str());
+                if let Some(r) = self.make_again(ix, dst, same, || dst.symlink(&target, &e.name))? {
+                    r.map_err(|x| Error::io("create symlink", &self.dst_path(ix), x))?;
                 }
             }
             Err(err) if attrs::is_refusal(&err) => {
@@ -948,10 +959,8 @@ impl Shared<'_> {
             Ok(()) => true,
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 let same = matches!(dst.stat_at(&e.name), Ok(Some(m)) if m.kind == before.kind && m.rdev == before.rdev);
-                if !same {
-                    dst.unlink(&e.name)
-                        .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                    mknod().map_err(|x| Error::io("create", &self.dst_path(ix), x))?;
+                if let Some(r) = self.make_again(ix, dst, same, mknod)? {
+                    r.map_err(|x| Error::io("create", &self.dst_path(ix), x))?;
                 }
                 true
             }
@@ -1026,13 +1035,9 @@ impl Shared<'_> {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 let leader = to.stat_at(to_name).ok().flatten().map(|m| m.id.ino);
                 let here = dst.stat_at(&e.name).ok().flatten().map(|m| m.id.ino);
-                if leader.is_some() && leader == here {
-                    true
-                } else {
-                    dst.unlink(&e.name)
-                        .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
-                    to.hard_link(to_name, dst, &e.name).is_ok()
-                }
+                let same = leader.is_some() && leader == here;
+                self.make_again(ix, dst, same, || to.hard_link(to_name, dst, &e.name))?
+                    .is_none_or(|r| r.is_ok())
             }
             Err(err)
                 if attrs::is_refusal(&err)
