@@ -120,6 +120,16 @@ impl Fidelity {
         self.refused[l as usize].load(Relaxed)
     }
 
+    /// Whether the target has refused `l` outright already; if it has, one
+    /// more entry loses it (counted).
+    pub fn skips(&self, l: Loss) -> bool {
+        let refused = self.refuses(l);
+        if refused {
+            self.lost(l);
+        }
+        refused
+    }
+
     /// Run `op` unless the target refuses `l` already. A refusal is counted
     /// and remembered (when it is the filesystem's, not one value's);
     /// other errors are returned.

@@ -442,6 +442,26 @@ enum Job {
     },
 }
 
+/// The job for follower `ix` (in `src`, `dst`) once its leader is done:
+/// a link to the leader's copy `at`, or, when the leader was not copied
+/// faithfully (`None`), a copy of its own.
+fn follower_job(ix: Ix, src: Arc<Dir>, dst: Arc<Dir>, at: Option<&(Arc<Dir>, OsString)>) -> Job {
+    match at {
+        Some((to, to_name)) => Job::Link {
+            ix,
+            src,
+            dst,
+            to: to.clone(),
+            to_name: to_name.clone(),
+        },
+        None => Job::Leaf {
+            ixs: vec![ix],
+            src,
+            dst,
+        },
+    }
+}
+
 /// A directory of the app tree and its staged copy, both open.
 struct Pair {
     src: Arc<Dir>,
@@ -674,28 +694,10 @@ impl Shared<'_> {
         let lane = self.entry(ix).parent;
         let mut l = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         match l.get_mut(&leader) {
-            Some(LeaderState::Done(Some((to, to_name)))) => self.push(
-                q,
-                lane,
-                Job::Link {
-                    ix,
-                    src: src.clone(),
-                    dst: dst.clone(),
-                    to: to.clone(),
-                    to_name: to_name.clone(),
-                },
-                false,
-            ),
-            Some(LeaderState::Done(None)) => self.push(
-                q,
-                lane,
-                Job::Leaf {
-                    ixs: vec![ix],
-                    src: src.clone(),
-                    dst: dst.clone(),
-                },
-                false,
-            ),
+            Some(LeaderState::Done(at)) => {
+                let job = follower_job(ix, src.clone(), dst.clone(), at.as_ref());
+                self.push(q, lane, job, false)
+            }
             Some(LeaderState::Waiting(v)) => v.push((ix, src.clone(), dst.clone())),
             None if self.sel[leader as usize] == Sel::Copy && !self.entry(leader).changed => {
                 l.insert(
@@ -707,11 +709,7 @@ impl Shared<'_> {
             None => self.push(
                 q,
                 lane,
-                Job::Leaf {
-                    ixs: vec![ix],
-                    src: src.clone(),
-                    dst: dst.clone(),
-                },
+                follower_job(ix, src.clone(), dst.clone(), None),
                 false,
             ),
         }
@@ -727,21 +725,7 @@ impl Shared<'_> {
         drop(l);
         for (f, src, dst) in waiting {
             let lane = self.entry(f).parent;
-            let job = match &at {
-                Some((to, to_name)) => Job::Link {
-                    ix: f,
-                    src,
-                    dst,
-                    to: to.clone(),
-                    to_name: to_name.clone(),
-                },
-                None => Job::Leaf {
-                    ixs: vec![f],
-                    src,
-                    dst,
-                },
-            };
-            self.push(q, lane, job, false);
+            self.push(q, lane, follower_job(f, src, dst, at.as_ref()), false);
         }
     }
 
@@ -752,11 +736,7 @@ impl Shared<'_> {
         for state in l.values_mut() {
             if let LeaderState::Waiting(v) = state {
                 for (ix, src, dst) in v.drain(..) {
-                    jobs.push(Job::Leaf {
-                        ixs: vec![ix],
-                        src,
-                        dst,
-                    });
+                    jobs.push(follower_job(ix, src, dst, None));
                 }
                 *state = LeaderState::Done(None);
             }
@@ -906,8 +886,7 @@ impl Shared<'_> {
 
     fn symlink(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
         let e = self.entry(ix);
-        let seen = Time::now();
-        let Some(before) = self.still(ix, src)? else {
+        let Some((before, seen)) = self.still(ix, src)? else {
             return Ok(None);
         };
         let target = match src.read_link(&e.name) {
@@ -945,12 +924,10 @@ impl Shared<'_> {
     /// reported, not an error.
     fn special(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
         let e = self.entry(ix);
-        let seen = Time::now();
-        let Some(before) = self.still(ix, src)? else {
+        let Some((before, seen)) = self.still(ix, src)? else {
             return Ok(None);
         };
-        if self.fid.refuses(Loss::SpecialFiles) {
-            self.fid.lost(Loss::SpecialFiles);
+        if self.fid.skips(Loss::SpecialFiles) {
             return Ok(Some(self.checked(ix, src, before, seen)));
         }
         self.fresh.wait()?;
@@ -977,11 +954,15 @@ impl Shared<'_> {
         Ok(Some(self.checked(ix, src, before, seen)))
     }
 
-    /// The entry's `lstat` now, if it is still the one the walk saw.
-    fn still(&self, ix: Ix, src: &Dir) -> Result<Option<Meta>> {
+    /// The entry's `lstat` now, if it is still the one the walk saw, and
+    /// the time just before it was taken.
+    fn still(&self, ix: Ix, src: &Dir) -> Result<Option<(Meta, Time)>> {
         let e = self.entry(ix);
+        let seen = Time::now();
         match src.stat_at(&e.name) {
-            Ok(Some(m)) if m.kind == e.meta.kind && m.id.ino == e.meta.id.ino => Ok(Some(m)),
+            Ok(Some(m)) if m.kind == e.meta.kind && m.id.ino == e.meta.id.ino => {
+                Ok(Some((m, seen)))
+            }
             Ok(_) => Ok(None),
             Err(err) => Err(Error::io("inspect", &self.src_path(ix), err)),
         }
@@ -1021,12 +1002,10 @@ impl Shared<'_> {
         stop: &AtomicBool,
     ) -> Result<Option<Staged>> {
         let e = self.entry(ix);
-        let seen = Time::now();
-        let Some(before) = self.still(ix, src)? else {
+        let Some((before, seen)) = self.still(ix, src)? else {
             return Ok(None);
         };
-        if self.fid.refuses(Loss::HardLinks) {
-            self.fid.lost(Loss::HardLinks);
+        if self.fid.skips(Loss::HardLinks) {
             return self.file(ix, src, dst, stop);
         }
         self.fresh.wait()?;
