@@ -240,56 +240,61 @@ fn describe(out: &Outcome, link: &Link, paths: &Paths) -> String {
 /// What the copy's counts add to [`describe`]'s line.
 fn copy_details(c: &crate::link::migrate::copy::Stats, s: &mut String) {
     use super::count;
+    use std::fmt::Write;
     if c.resumed > 0 {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             " ({}, {} of them copied by an interrupted earlier run)",
             count(c.resumed, "file", "files"),
             count(c.resumed_bytes, "byte", "bytes")
-        ));
+        );
     }
     if c.hard_links > 0 {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             ", {} kept",
             count(c.hard_links, "hard link", "hard links")
-        ));
+        );
     }
     if c.special > 0 {
-        s.push_str(&format!(
-            ", {}",
-            count(c.special, "special file", "special files")
-        ));
+        let _ = write!(s, ", {}", count(c.special, "special file", "special files"));
     }
 }
 
 /// What was found on the share, replaced and set aside, for [`describe`].
 fn outcome_details(out: &Outcome, s: &mut String) {
     use super::count;
+    use std::fmt::Write;
     if out.identical > 0 {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "; {} already on the share with the same content",
             count(out.identical, "app file was", "app files were")
-        ));
+        );
     }
     if out.replaced > 0 {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "; {} changed during the migration and copied again",
             count(out.replaced, "file", "files")
-        ));
+        );
     }
     if let Some(to) = &out.displaced_to {
         let n = out.displaced.files + out.displaced.symlinks + out.displaced.special;
         if n > 0 {
-            s.push_str(&format!(
+            let _ = write!(
+                s,
                 "; set aside {} in {}",
                 count(n, "entry", "entries"),
                 to.display()
-            ));
+            );
         }
         if out.already_displaced > 0 {
-            s.push_str(&format!(
+            let _ = write!(
+                s,
                 "; {} already set aside by an earlier run",
                 count(out.already_displaced, "entry was", "entries were")
-            ));
+            );
         }
     }
 }
