@@ -779,42 +779,7 @@ impl Shared<'_> {
             }));
         }
         self.fresh.wait()?;
-        // Made with its final mode (no chmod later) unless set-id bits would
-        // exist before the owner is right; nobody else can reach it yet
-        // (the staging directory is 0700).
-        let perm = if before.perm & 0o6000 == 0 {
-            before.perm
-        } else {
-            0o600
-        };
-        let to = self.create(ix, dst, perm)?;
-        content::copy(
-            &from,
-            &to,
-            before.id.size,
-            before.looks_sparse(),
-            content::Devices {
-                src: before.dev,
-                dst: self.dst_dev,
-            },
-            content::Watch {
-                stop,
-                copied: self.progress.copied(),
-            },
-        )
-        .map_err(|err| Error::io("copy to", &self.dst_path(ix), err))?;
-        let x = attrs::read_file(&from)
-            .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
-        attrs::apply_fd(&to, &before, attrs::Made::by_us(perm), &x, self.fid)
-            .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
-        let after = fstat(&from).map_err(|err| Error::io("inspect", &self.src_path(ix), err))?;
-        let mut copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
-        if (copy.uid, copy.gid, copy.perm) != (before.uid, before.gid, before.perm) {
-            attrs::recheck_fd(&to, &before, &copy, self.fid)
-                .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
-            copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
-        }
-        drop(to);
+        let (after, copy) = self.write_file(ix, &from, &before, dst, stop)?;
         let faithful = after.id == before.id && settled;
         if faithful {
             self.batches.record(
@@ -835,6 +800,56 @@ impl Shared<'_> {
             copy: Some(copy.id),
             faithful,
         }))
+    }
+
+    /// Write the staged copy of regular file `ix` from `from` (`before`:
+    /// its `fstat`): made with its final mode where it can be, its bytes
+    /// (holes stay holes), its attributes. Returns the `fstat` of the
+    /// source and of the copy afterwards.
+    fn write_file(
+        &self,
+        ix: Ix,
+        from: &std::fs::File,
+        before: &Meta,
+        dst: &Dir,
+        stop: &AtomicBool,
+    ) -> Result<(Meta, Meta)> {
+        // Made with its final mode (no chmod later) unless set-id bits would
+        // exist before the owner is right; nobody else can reach it yet
+        // (the staging directory is 0700).
+        let perm = if before.perm & 0o6000 == 0 {
+            before.perm
+        } else {
+            0o600
+        };
+        let to = self.create(ix, dst, perm)?;
+        content::copy(
+            from,
+            &to,
+            before.id.size,
+            before.looks_sparse(),
+            content::Devices {
+                src: before.dev,
+                dst: self.dst_dev,
+            },
+            content::Watch {
+                stop,
+                copied: self.progress.copied(),
+            },
+        )
+        .map_err(|err| Error::io("copy to", &self.dst_path(ix), err))?;
+        let x = attrs::read_file(from)
+            .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
+        attrs::apply_fd(&to, before, attrs::Made::by_us(perm), &x, self.fid)
+            .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
+        let after = fstat(from).map_err(|err| Error::io("inspect", &self.src_path(ix), err))?;
+        let mut copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+        if (copy.uid, copy.gid, copy.perm) != (before.uid, before.gid, before.perm) {
+            attrs::recheck_fd(&to, before, &copy, self.fid)
+                .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
+            copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+        }
+        Ok((after, copy))
     }
 
     /// The staged copy an earlier run completed of this version of the app
