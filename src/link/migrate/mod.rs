@@ -930,7 +930,9 @@ impl Migration<'_> {
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
         failpoint::hit("commit.synced");
-        staging.close()?;
+        // The tree was renamed away whole: nothing of it to remove
+        // (`Staging::close` would only find it gone).
+        drop(staging);
         crate::debug!("committed: {} holds the copy", self.share_path.display());
         add(&mut out.copied, &stats);
         Ok(Some(Ledger::from_staged(inv, &staged)))
