@@ -10,12 +10,13 @@
 #   benches/latency.sh                      # everything, ~40 min on 2 cores
 #   benches/latency.sh shapes small         # sections: shapes small large scaling recheck tunables
 #   DELAYS="2" TOOLS="cp sharelink" REPS=5 benches/latency.sh small
+#   SHARELINK_BIN=/path/to/older/sharelink benches/latency.sh merge   # another build
 #
 # Needs root (mounts), /dev/fuse, rsync (.ci/install-deps installs all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECTIONS=${*:-shapes small large scaling recheck tunables}
+SECTIONS=${*:-shapes small large scaling recheck tunables}   # also: merge (not in the default set)
 DELAYS=${DELAYS:-0 2 10}             # rig delays (ms per operation)
 LOCAL=${LOCAL:-tmpfs ext4}           # plain filesystems for the share
 TOOLS=${TOOLS:-cp rsync sharelink}
@@ -27,6 +28,11 @@ SLOW_REPS=${SLOW_REPS:-$REPS}        # ... of cp and rsync in section shapes (mi
 SHAPES_AT=${SHAPES_AT:-2:1x500 2:10x200 2:400x5 2:nested2000 10:1x100 10:10x30 10:100x2 10:nested200}
 SHAPES_LOCAL=${SHAPES_LOCAL:-1x2000 10x200 400x5 nested2000}
 SHAPE_TOOLS=${SHAPE_TOOLS:-floor cp rsync sharelink}
+# Merging into a share target that holds data (section merge): DELAY:DxF,
+# the app tree D directories of F files, the share the same D directories
+# each holding one file of its own, migrate = "merge": every app file is
+# staged and then renamed into its directory on the share.
+MERGE_AT=${MERGE_AT:-2:20x20 2:10x200}
 FLOOR_THREADS=${FLOOR_THREADS:-32}   # sharelink's default parallelism on a network share
 SMALL_N=${SMALL_N:-2000}             # small-files tree on tmpfs/ext4: files of SMALL_KB KiB
 SMALL_KB=${SMALL_KB:-8}
@@ -59,7 +65,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 echo "==> building (release, static musl) and the latency rig" >&2
 cargo build -q --release --locked --target x86_64-unknown-linux-musl
-BIN=$PWD/target/x86_64-unknown-linux-musl/release/sharelink
+BIN=${SHARELINK_BIN:-$PWD/target/x86_64-unknown-linux-musl/release/sharelink}
 RIG=$PWD/tests/tools/latencyfs/latencyfs
 "$RIG" --help >/dev/null
 
@@ -123,7 +129,8 @@ share_down() {   # KIND: prints "ops peak busy-ms" for the rig
 
 # The app side for sharelink: a fresh overlay whose lower layer is the
 # tree (a baked image layer), as in a container.
-app_up() {   # SRCPARENT
+app_up() {   # SRCPARENT (LINK_SPEC: the link's line, default "data" = "data")
+    local spec=${LINK_SPEC:-'"data" = "data"'}
     mountpoint -q "$WORK/merged" && umount "$WORK/merged"
     rm -rf "$T/ovl"; mkdir -p "$T/ovl/u" "$T/ovl/w"
     mount -t overlay overlay -o lowerdir="$1",upperdir="$T/ovl/u",workdir="$T/ovl/w" "$WORK/merged"
@@ -132,7 +139,7 @@ app_root = "$WORK/merged"
 share_root = "$SHARE"
 require_mount = false
 [links]
-"data" = "data"
+$spec
 EOF
 }
 
@@ -231,6 +238,40 @@ section_shapes() {
             shape=${p#*:}
             echo "==> shape $shape, $SMALL_KB KiB files, on the rig at $d ms" >&2
             TOOLS=$SHAPE_TOOLS measure "shape $shape, rig $d ms" "rig$d" "$(src_shape "$shape")"
+        done
+    done
+}
+
+# The share target holds the tree's directories, each with a file of its
+# own: sharelink compares, stages every app file and renames each into
+# its directory (the moves run in lanes by directory). Checked: every app
+# file is on the share, byte for byte, beside the share's own files.
+section_merge() {
+    local p d shape src rep t0 t1 ops dir bad
+    for p in $MERGE_AT; do
+        d=${p%%:*} shape=${p#*:}
+        src=$(src_shape "$shape")
+        echo "==> merge $shape, $SMALL_KB KiB files, into a share holding its directories, rig at $d ms" >&2
+        for rep in $(seq 1 "$REPS"); do
+            share_up "rig$d"
+            for dir in "$src"/data/*/; do
+                dir=$(basename "$dir")
+                mkdir -p "$STORE/data/$dir"
+                echo "the share's own" >"$STORE/data/$dir/other.bin"
+            done
+            LINK_SPEC='"data" = { share = "data", migrate = "merge" }' app_up "$src"
+            settle
+            t0=$(now)
+            "$BIN" -q --config "$WORK/migrate.toml" link
+            t1=$(now)
+            ops=$(share_down "rig$d")
+            bad=$(diff -rq --no-dereference "$src/data" "$STORE/data" | grep -v ": other.bin$" || true)
+            [ -z "$bad" ] || { echo "$bad" >&2; echo "!! merge $shape: copy differs from the source" >&2; exit 1; }
+            [ -L "$WORK/merged/data" ] || { echo "!! merge $shape: app side not linked" >&2; exit 1; }
+            umount "$WORK/merged"
+            printf '%s\t%s\t%s\t%s\n' "merge $shape, rig $d ms" sharelink "$(echo "$t1 - $t0" | bc -l)" "$ops" >>"$RAW"
+            printf '  %-28s %-10s run %d: %6.2f s  (rig ops, peak in flight, busy ms: %s)\n' \
+                "merge $shape, rig $d ms" sharelink "$rep" "$(echo "$t1 - $t0" | bc -l)" "$ops" >&2
         done
     done
 }
@@ -345,7 +386,7 @@ for line in open(sys.argv[1]):
     r["runs"].append((float(secs), ops))
 import re
 def files(case):
-    n = re.match(r"(?:small|recheck) (\d+)|shape (?:nested(\d+)|(\d+)x(\d+))", case)
+    n = re.match(r"(?:small|recheck) (\d+)|(?:shape|merge) (?:nested(\d+)|(\d+)x(\d+))", case)
     if not n:
         return None
     if n.group(1) or n.group(2):

@@ -147,8 +147,22 @@ pub fn hit(point: Failpoint) {
         if target == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
             if *stop {
                 eprintln!("sharelink: failpoint {name} hit, stopping self");
+                // To this very thread (tgkill, not kill): it takes the
+                // signal on its way out of the call and stops the whole
+                // process at once. A process-directed SIGSTOP goes to a
+                // thread the kernel picks (often the main one, asleep),
+                // and until that thread is scheduled (milliseconds on a
+                // loaded machine) the other threads run on: workers could
+                // do all their remaining work "after" the stop.
                 // SAFETY: plain syscalls.
-                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_tgkill,
+                        libc::getpid(),
+                        libc::syscall(libc::SYS_gettid),
+                        libc::SIGSTOP,
+                    )
+                };
                 return;
             }
             eprintln!("sharelink: failpoint {name} hit, killing self");

@@ -180,9 +180,27 @@ pub(crate) fn is_network_fs(path: &Path) -> bool {
         0x0BD00BD0, // Lustre
         0x47504653, // GPFS
     ];
-    nix::sys::statfs::statfs(path)
+    // Asked once per filesystem (by device number) and process: a statfs
+    // is a round trip on a network share, and the type of a mounted
+    // filesystem does not change.
+    use std::os::unix::fs::MetadataExt;
+    static SEEN: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+    let dev = std::fs::metadata(path).map(|m| m.dev()).ok();
+    if let Some(dev) = dev {
+        let seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&(_, net)) = seen.iter().find(|(d, _)| *d == dev) {
+            return net;
+        }
+    }
+    let net = nix::sys::statfs::statfs(path)
         .map(|s| NETWORK.contains(&(s.filesystem_type().0 as u64)))
-        .unwrap_or(false)
+        .unwrap_or(false);
+    if let Some(dev) = dev {
+        SEEN.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((dev, net));
+    }
+    net
 }
 
 /// Command-line / environment values that replace the file's.

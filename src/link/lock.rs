@@ -69,6 +69,8 @@ pub struct Lock {
     lease: Duration,
     refreshed: Instant,
     verified: Instant,
+    /// Whether [`Lock::publish`] ever wrote progress files into the lock.
+    published: std::sync::atomic::AtomicBool,
 }
 
 /// Who we are, as written into the owner file.
@@ -230,7 +232,7 @@ impl Lock {
                         continue;
                     }
                     crate::failpoint::hit(Failpoint::LockAcquired);
-                    sweep_abandoned(&locks, &id, &me, &pending.name, lease);
+                    sweep_in_background(&locks, &id, &me, &pending.name, lease);
                     return Ok(Lock {
                         path: locks_path.join(&id),
                         locks,
@@ -241,6 +243,7 @@ impl Lock {
                         lease,
                         refreshed: pending.touched,
                         verified: Instant::now(),
+                        published: Default::default(),
                     });
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
@@ -305,6 +308,8 @@ impl Lock {
     /// Leave a progress report in the lock for `status` in other
     /// processes (what it says is the migration's business).
     pub fn publish(&self, text: &str) {
+        self.published
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if self
             .dir
             .write_replace(
@@ -322,10 +327,28 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if self.verify().is_ok() {
-            for name in [PROGRESS, PROGRESS_TMP, OWNER] {
-                let _ = self.dir.unlink(OsStr::new(name));
+            // The progress files are there if this holder wrote them (the
+            // lock appeared with its owner file alone); anything else found
+            // in it (planted) is cleared when the rmdir says it is not
+            // empty. Two failing unlinks fewer in the usual case.
+            let published = self.published.load(std::sync::atomic::Ordering::Relaxed);
+            let progress = [PROGRESS, PROGRESS_TMP];
+            let unlink = |names: &[&str]| {
+                for name in names {
+                    let _ = self.dir.unlink(OsStr::new(name));
+                }
+            };
+            if published {
+                unlink(&progress);
             }
-            let _ = self.locks.rmdir(OsStr::new(&self.id));
+            unlink(&[OWNER]);
+            match self.locks.rmdir(OsStr::new(&self.id)) {
+                Err(e) if !published && e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    unlink(&progress);
+                    let _ = self.locks.rmdir(OsStr::new(&self.id));
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -394,11 +417,20 @@ fn make_private(
 ) -> Result<(Dir, (u64, u64))> {
     let n = OsStr::new(name);
     let path = locks_path.join(name);
-    if let Ok(old) = locks.open_dir(n) {
-        let _ = old.unlink(OsStr::new(OWNER));
+    // Made first; a leftover under this very name (a container restarted
+    // with the same pid and start time) is cleared only when it is there:
+    // two round trips fewer on a network share in the usual case.
+    match locks.mkdir(n, 0o755) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            if let Ok(old) = locks.open_dir(n) {
+                let _ = old.unlink(OsStr::new(OWNER));
+            }
+            let _ = locks.rmdir(n);
+            locks.mkdir(n, 0o755).ctx("create lock", &path)?;
+        }
+        Err(e) => return Err(Error::io("create lock", &path, e)),
     }
-    let _ = locks.rmdir(n);
-    locks.mkdir(n, 0o755).ctx("create lock", &path)?;
     let dir = locks.open_dir(n).ctx("open lock", &path)?;
     let meta = dir.stat().ctx("inspect lock", &path)?;
     let written = dir.create(OsStr::new(OWNER), 0o644).and_then(|mut f| {
@@ -650,6 +682,23 @@ fn break_stale(
 /// live one even before the owner file is written.
 fn fresh_name(id: &str, me: &str, pid: u32, start: &str) -> String {
     format!("{id}.new.{:016x}.{pid}.{start}", fnv1a(me.as_bytes()))
+}
+
+/// [`sweep_abandoned`] on a thread of its own: it is housekeeping (a
+/// listing of the locks directory, three round trips on a network share),
+/// and the lock's holder need not wait for it. On the calling thread if no
+/// thread can be started.
+fn sweep_in_background(locks: &Dir, id: &str, me: &str, mine: &str, lease: Duration) {
+    let Ok(dir) = locks.try_clone() else {
+        return;
+    };
+    let (id, me, mine) = (id.to_string(), me.to_string(), mine.to_string());
+    let spawned = std::thread::Builder::new()
+        .name("lock-sweep".into())
+        .spawn(move || sweep_abandoned(&dir, &id, &me, &mine, lease));
+    if spawned.is_err() {
+        crate::debug!("no thread for sweeping abandoned lock directories; skipped this time");
+    }
 }
 
 /// Remove `<id>.new.*` directories of processes that died between making

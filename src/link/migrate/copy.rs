@@ -148,7 +148,12 @@ impl Staging {
         let dir = parent
             .open_dir(name)
             .map_err(|e| Error::io("open staging directory", &path, e))?;
-        let prior = Journal::load(&dir).map_err(|e| Error::io("read journal in", &path, e))?;
+        // A staging directory this run just made holds no journal yet.
+        let prior = if resumed {
+            Journal::load(&dir).map_err(|e| Error::io("read journal in", &path, e))?
+        } else {
+            HashMap::new()
+        };
         let journal = Journal::open(&dir).map_err(|e| Error::io("write journal in", &path, e))?;
         match dir.mkdir(OsStr::new(TREE), 0o700) {
             Ok(()) => {}
@@ -349,7 +354,12 @@ pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
         _ => {}
     }
     drop(dir);
-    crate::fs::tree::remove(parent, name)
+    // Usually only the journal was left: one rmdir, not a walk.
+    match parent.rmdir(name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(_) => crate::fs::tree::remove(parent, name),
+    }
 }
 
 /// How long, or how many, completed files wait before a `syncfs` makes

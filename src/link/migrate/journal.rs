@@ -47,6 +47,9 @@ impl Record {
 
 pub struct Journal {
     file: std::fs::File,
+    /// The file is empty: the header goes out with the first records (one
+    /// write fewer; an empty journal reads as one without records).
+    header_due: bool,
 }
 
 impl Journal {
@@ -54,9 +57,7 @@ impl Journal {
     pub fn open(staging: &Dir) -> io::Result<Journal> {
         let mut file = staging.open_append(OsStr::new(NAME))?;
         let len = file.metadata()?.len();
-        if len == 0 {
-            file.write_all(HEADER)?;
-        } else {
+        if len > 0 {
             // After a torn last line, start a fresh one.
             let mut last = [0u8; 1];
             let r = staging.open_read(OsStr::new(NAME))?;
@@ -65,16 +66,24 @@ impl Journal {
                 file.write_all(b"\n")?;
             }
         }
-        Ok(Journal { file })
+        Ok(Journal {
+            file,
+            header_due: len == 0,
+        })
     }
 
     /// Append records for a batch of files whose bytes are durable.
     pub fn append(&mut self, recs: &[(PathBuf, Record)]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(recs.len() * 96);
+        let mut buf = Vec::with_capacity(recs.len() * 96 + HEADER.len());
+        if self.header_due {
+            buf.extend_from_slice(HEADER);
+        }
         for (rel, r) in recs {
             encode(&mut buf, rel, r);
         }
-        self.file.write_all(&buf)
+        self.file.write_all(&buf)?;
+        self.header_due = false;
+        Ok(())
     }
 
     /// What a journal says was completed (nothing when there is none).

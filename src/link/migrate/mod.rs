@@ -454,7 +454,9 @@ impl Migration<'_> {
             .sync_fs()
             .map_err(|e| Error::io("sync", &self.share_path, e))?;
         failpoint::hit(Failpoint::CommitSynced);
-        staging.close()?;
+        // The tree was renamed away whole: nothing of it to remove
+        // (`Staging::close` would only find it gone).
+        drop(staging);
         crate::debug!("committed: {} holds the copy", self.share_path.display());
         out.copied += &stats;
         Ok(Some(Ledger::from_staged(inv, &staged)))

@@ -4,17 +4,18 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
+use std::sync::Mutex;
 
 use super::copy::{self, Staging};
 use super::inventory::{Inventory, Ix};
 use super::layout::{ASIDE, TREE};
 use super::stage::Stage;
-use super::{Ctx, Ledger, Migration, Outcome};
+use super::{heartbeat, Ctx, Fresh, Ledger, Migration, Outcome};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
-use crate::fs::tree;
+use crate::fs::{pool, tree};
 
 /// Replace `name` in `to` with the staged `name` in `from`, only if what is
 /// replaced is exactly `expect` (our own older copy): that entry is opened
@@ -161,11 +162,13 @@ impl Migration<'_> {
     }
 
     /// [`Self::move_in`] for each of `moves` (a root and what it replaces),
-    /// grouped by directory so that each parent is opened once per
-    /// directory. One after another on this thread, with the lock checked
-    /// before each: a run frozen past its lease here must not go on
-    /// renaming into a target another holder now works on. Returns what
-    /// moved (recorded even when a later move failed) and how it ended.
+    /// on the pool in lanes by directory: a run of entries per job, its
+    /// parent opened once on each side. Every rename first waits until the
+    /// lock was confirmed within `FRESH_FOR` ([`Fresh::wait`]); a lost
+    /// lock stops every lane before its next rename, so a run frozen past
+    /// its lease does not go on renaming into a target another holder now
+    /// works on. Returns what moved (recorded even when a later move
+    /// failed) and how it ended.
     fn move_all(
         &self,
         inv: &Inventory,
@@ -174,24 +177,56 @@ impl Migration<'_> {
         target: &Dir,
         ctx: &mut Ctx<'_>,
     ) -> (Vec<Option<Option<Identity>>>, Result<()>) {
-        let mut done: Vec<Option<Option<Identity>>> = vec![None; moves.len()];
+        let done: Vec<Mutex<Option<Option<Identity>>>> =
+            moves.iter().map(|_| Mutex::new(None)).collect();
         let mut by_dir: std::collections::BTreeMap<Ix, Vec<usize>> = Default::default();
         for (k, &(r, _)) in moves.iter().enumerate() {
             by_dir.entry(inv.get(r).parent).or_default().push(k);
         }
-        let mut run = || -> Result<()> {
-            for ks in by_dir.values() {
-                let (from, to) = self.parents(inv, moves[ks[0]].0, staging, target)?;
-                for &k in ks {
-                    ctx.lock.keepalive()?;
+        // A few runs per directory, so that one run's stat of what it
+        // moved overlaps the next run's rename.
+        let jobs: Vec<(pool::Lane, Vec<usize>)> = by_dir
+            .into_iter()
+            .flat_map(|(dir, ks)| {
+                let per = ks.len().div_ceil(4).max(16);
+                ks.chunks(per)
+                    .map(|c| (dir, c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let Ctx {
+            threads,
+            lock,
+            progress,
+            fresh,
+            ..
+        } = ctx;
+        let fresh: &Fresh = fresh;
+        let mut beat = || heartbeat(lock, fresh, progress);
+        let r = pool::run_lanes(
+            *threads,
+            jobs,
+            &|ks: Vec<usize>, _: &pool::Queue<Vec<usize>>| {
+                let Some(&first) = ks.first() else {
+                    return Ok(());
+                };
+                fresh.wait()?;
+                let (from, to) = self.parents(inv, moves[first].0, staging, target)?;
+                for k in ks {
+                    fresh.wait()?;
                     let (r, was) = &moves[k];
-                    done[k] = self.move_in(inv, *r, (&from, &to), staging, was.as_ref())?;
+                    let id = self.move_in(inv, *r, (&from, &to), staging, was.as_ref())?;
+                    *done[k].lock().unwrap_or_else(|p| p.into_inner()) = id;
                 }
-            }
-            Ok(())
-        };
-        let r = run();
-        (done, r)
+                Ok(())
+            },
+            &mut beat,
+        );
+        let moved = done
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        (moved, r)
     }
 
     /// [`Self::move_in`] for one root, opening its parent on each side.

@@ -3,8 +3,6 @@
 //! two names), the share target and the leftovers of a migration. Cheap
 //! when linked: a few `lstat`s and one `readlink`, never a walk of the data.
 
-use std::path::{Path, PathBuf};
-
 use super::{AppNode, Observed, Paths};
 use crate::config::{Config, Link};
 use crate::error::{Error, IoContext, Result};
@@ -12,6 +10,7 @@ use crate::fs::dir::Dir;
 use crate::fs::share::{self, ShareNode};
 use crate::link::migrate::{Leftovers, Places};
 use crate::link::mounts;
+use std::path::{Path, PathBuf};
 
 /// What a non-symlink app path is.
 fn app_node(app: &Path) -> Result<AppNode> {
@@ -34,14 +33,17 @@ fn app_node(app: &Path) -> Result<AppNode> {
 /// their filesystem, as a path cannot tell: a bind mount or a symlinked
 /// `app_root` joins trees whose paths differ. Only asked when there is a
 /// directory to migrate.
-fn joined(app: &Path, share_root: &Path, share: &Path) -> Result<Option<PathBuf>> {
+fn joined(
+    app: &Path,
+    root: Option<&Dir>,
+    share_root: &Path,
+    share: &Path,
+) -> Result<Option<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
     // Below the share root nothing is followed: a directory there is
     // opened one component at a time, and a symlink is no directory.
-    let root = Dir::open(share_root).ok();
     let id = |p: &Path| match p.strip_prefix(share_root) {
         Ok(rel) if !rel.as_os_str().is_empty() => Ok(root
-            .as_ref()
             .and_then(|r| crate::fs::tree::open_beneath(r, rel).ok())
             .and_then(|d| d.stat().ok())
             .map(|m| (m.dev, m.id.ino))),
@@ -60,12 +62,15 @@ fn joined(app: &Path, share_root: &Path, share: &Path) -> Result<Option<PathBuf>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("inspect", app, e)),
     };
+    // Each looked at once (on a network share, a round trip each).
+    let share_id = id(share)?;
     for p in share.ancestors() {
-        if id(p)? == Some(app_id) {
+        let pid = if p == share { share_id } else { id(p)? };
+        if pid == Some(app_id) {
             return Ok(Some(p.to_path_buf()));
         }
     }
-    if let Some(share_id) = id(share)? {
+    if let Some(share_id) = share_id {
         for p in app.ancestors().skip(1) {
             if id(p)? == Some(share_id) {
                 return Ok(Some(share.to_path_buf()));
@@ -123,8 +128,15 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
         Some(node) => node,
         None => app_node(&paths.app)?,
     };
+    // The share root, opened once for everything below.
+    let root = Dir::open(&cfg.share_root);
     let app = match app {
-        AppNode::Dir => match joined(&paths.app, &cfg.share_root, &paths.share)? {
+        AppNode::Dir => match joined(
+            &paths.app,
+            root.as_ref().ok(),
+            &cfg.share_root,
+            &paths.share,
+        )? {
             Some(at) => AppNode::JoinedWithShare(at),
             None => AppNode::Dir,
         },
@@ -132,7 +144,7 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
     };
     // Whether the share target is empty only matters for a migration.
     let want_empty = matches!(app, AppNode::Dir);
-    let (share, target) = match Dir::open(&cfg.share_root) {
+    let (share, target) = match root {
         Ok(root) => share::node_beneath(&root, &cfg.share_root, &link.share, want_empty)?,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => (ShareNode::Missing, None),
         Err(e) => return Err(Error::io("open", &cfg.share_root, e)),
