@@ -64,6 +64,7 @@ fn reachable(s: Scenario) -> BTreeSet<&'static str> {
             "merge.moved",
             "displace.renamed",
             "replace.checked",
+            "replace.aside",
             "supersede.kept",
             "supersede.replaced",
             "keep.removed",

@@ -79,6 +79,7 @@ pub const FAILPOINTS: &[&str] = &[
     "commit.marked",
     "commit.synced",
     "replace.checked",
+    "replace.aside",
     "merge.moved",
     "displace.renamed",
     "supersede.kept",
@@ -512,6 +513,7 @@ fn replace_checked(
     failpoint::hit("replace.checked");
     // Our own leftover of a killed run may be there: it goes.
     to.rename(name, staging.dir(), aside)?;
+    failpoint::hit("replace.aside");
     let moved = staging.dir().stat_at(aside)?;
     let unwritten = match &f {
         Some(f) => {
