@@ -25,12 +25,12 @@ use std::time::Duration;
 
 /// With `CI=true` (and no `SHARELINK_PROPERTY_TRIALS`): this many trials,
 /// unless `CI_BUDGET` has passed first (no new trial starts then).
-const CI_TRIALS: u64 = 240;
-const CI_BUDGET: Duration = Duration::from_secs(270);
+const CI_TRIALS: u64 = 200;
+const CI_BUDGET: Duration = Duration::from_secs(285);
 /// Trials run at once: most of a trial is waiting (settling, timed kills,
 /// sharelink's pauses between passes), and a busy machine is where the
 /// races are.
-const THREADS: usize = 4;
+const THREADS: usize = 12;
 
 /// The content each path must still have somewhere.
 type Model = BTreeMap<PathBuf, Vec<u8>>;
@@ -50,6 +50,7 @@ fn mutate(
     stop: Arc<AtomicBool>,
     ops: Ops,
     t0: std::time::Instant,
+    turn: Arc<Mutex<()>>,
 ) {
     let mut rng = Rng(seed | 1);
     let mut n = 0;
@@ -69,6 +70,9 @@ fn mutate(
         n += 1;
         let keys: Vec<PathBuf> = model.lock().unwrap().keys().cloned().collect();
         let pick = keys[rng.below(keys.len() as u64) as usize].clone();
+        // One write at a time with the racer: the model's order is the
+        // file's.
+        let _turn = turn.lock().unwrap();
         match rng.below(4) {
             // Append a line (open, write, close); half the time the file
             // stays open a moment between two halves of the line, as a
@@ -142,7 +146,58 @@ fn mutate(
                 }
             }
         }
+        drop(_turn);
         std::thread::sleep(Duration::from_micros(300 + rng.below(3000)));
+    }
+}
+
+/// Opens of random files for writing, every 70 to 170 us, that write
+/// only when the open returned a file with no name any more (its delete
+/// and this open met): what is written then must be put back like any
+/// write. Other opens change nothing, so the file stays deletable and the
+/// deletes go on meeting opens.
+fn race(
+    app: PathBuf,
+    model: Arc<Mutex<Model>>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    ops: Ops,
+    t0: std::time::Instant,
+    turn: Arc<Mutex<()>>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let mut rng = Rng(seed | 1);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let keys: Vec<PathBuf> = model.lock().unwrap().keys().cloned().collect();
+        let pick = keys[rng.below(keys.len() as u64) as usize].clone();
+        {
+            let _turn = turn.lock().unwrap();
+            if let Ok(mut f) = fs::OpenOptions::new().append(true).open(app.join(&pick)) {
+                if f.metadata().is_ok_and(|m| m.nlink() == 0) {
+                    let line = format!("raced {n}\n").into_bytes();
+                    let ok = f.write_all(&line).is_ok();
+                    ops.lock().unwrap().push((
+                        1_000_000 + n,
+                        "raced",
+                        pick.clone(),
+                        ok,
+                        t0.elapsed().as_micros(),
+                        0,
+                    ));
+                    if ok {
+                        model
+                            .lock()
+                            .unwrap()
+                            .get_mut(&pick)
+                            .unwrap()
+                            .extend_from_slice(&line);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(20 + rng.below(100)));
     }
 }
 
@@ -240,6 +295,9 @@ struct Tally {
     steps: u64,
     kills: u64,
     paths: usize,
+    /// Writes that went into a file with no name any more (a delete and
+    /// an open met), each of which had to be put back.
+    nameless: u64,
 }
 
 #[test]
@@ -285,6 +343,7 @@ fn random_trees_writers_and_kills_lose_nothing() {
                         all.steps += t.steps;
                         all.kills += t.kills;
                         all.paths += t.paths;
+                        all.nameless += t.nameless;
                     }
                 })
             })
@@ -301,11 +360,12 @@ fn random_trees_writers_and_kills_lose_nothing() {
     });
     let t = *total.lock().unwrap();
     eprintln!(
-        "seed {seed}: {} trials ({threads} at once), {} steps, {} kills, {} paths tracked, nothing lost ({} s)",
+        "seed {seed}: {} trials ({threads} at once), {} steps, {} kills, {} paths tracked, {} writes into a file being deleted, nothing lost ({} s)",
         t.trials,
         t.steps,
         t.kills,
         t.paths,
+        t.nameless,
         started.elapsed().as_secs()
     );
 }
@@ -356,11 +416,19 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
         let stop = Arc::new(AtomicBool::new(false));
         let ops: Ops = Default::default();
         let t0 = std::time::Instant::now();
+        let turn = Arc::new(Mutex::new(()));
         let writer = (rng.below(3) != 0).then(|| {
             let (app, model, stop, s) = (app.clone(), model.clone(), stop.clone(), rng.next());
-            let ops = ops.clone();
-            std::thread::spawn(move || mutate(app, model, s, stop, ops, t0))
+            let (ops, turn) = (ops.clone(), turn.clone());
+            std::thread::spawn(move || mutate(app, model, s, stop, ops, t0, turn))
         });
+        let racer = {
+            let (app, model, stop, s) = (app.clone(), model.clone(), stop.clone(), rng.next());
+            let (ops, turn) = (ops.clone(), turn.clone());
+            Some(std::thread::spawn(move || {
+                race(app, model, s, stop, ops, t0, turn)
+            }))
+        };
         let fplog = sb.path(&format!("failpoints-{step}"));
         let mut child = sb
             .cmd()
@@ -397,9 +465,15 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
         }
         let o = child.wait_with_output().unwrap();
         stop.store(true, Ordering::Relaxed);
-        if let Some(w) = writer {
+        for w in [writer, racer].into_iter().flatten() {
             w.join().unwrap();
         }
+        tally.nameless += ops
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.3 && o.5 == 0)
+            .count() as u64;
         if !killed {
             assert!(matches!(code(&o), 0 | 74), "{what}: {}", stderr(&o));
         }
