@@ -52,6 +52,7 @@ fn reachable(s: Scenario) -> BTreeSet<&'static str> {
         "staging.journal",
         "staging.synced",
         "prune.leased",
+        "prune.unlinked",
         "prune.entry",
         "prune.done",
         "swap.temp",

@@ -332,6 +332,67 @@ fn a_replace_killed_between_its_renames_keeps_what_it_moved_aside_when_the_name_
     assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
 }
 
+/// A writer whose open found the name before the unlink and reaches the
+/// file only after it (its thread preempted in between; seen on a busy
+/// machine, an open of 51 us that got a file with no name and no lease to
+/// break). Here the writer reaches that same inode after the unlink through
+/// sharelink's own descriptor of it (`/proc/<pid>/fd/<n>`), while sharelink
+/// is stopped right after the unlink: before, the lease was already
+/// released there, the open went through unseen and what it wrote went with
+/// the nameless file; now the lease is still held, the open waits for it,
+/// and the content is put back.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_writer_reaching_a_file_just_after_its_unlink_gets_its_data_kept() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let app = sb.app.join("data");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("journal.txt"), "baked\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "prune.unlinked:1:stop")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_stopped(pid, Duration::from_secs(30));
+    assert!(!app.join("journal.txt").exists(), "unlinked");
+    // sharelink's descriptor of the unlinked file.
+    let fd = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            fs::read_link(p).is_ok_and(|t| {
+                let t = t.to_string_lossy().into_owned();
+                t.contains("journal.txt") && t.ends_with("(deleted)")
+            })
+        })
+        .expect("sharelink holds the unlinked file open");
+    let w = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new().append(true).open(&fd).unwrap();
+        f.write_all(b"written after the unlink\n").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    w.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(matches!(code(&o), 0 | 74), "{err}");
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sb.run(["link"]), 0);
+    let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
+    assert!(
+        all.contains("baked\nwritten after the unlink\n"),
+        "lost: {all:?}\n{err}"
+    );
+}
+
 /// The narrowest race: a writer opens a file in the instant sharelink
 /// deletes it (sharelink is stopped right there, holding the file's lease;
 /// the writer's open waits for it). `write` then runs with the file open.

@@ -86,6 +86,7 @@ pub const FAILPOINTS: &[&str] = &[
     "supersede.kept",
     "supersede.replaced",
     "prune.leased",
+    "prune.unlinked",
     "prune.entry",
     "prune.done",
     "keep.removed",

@@ -224,7 +224,9 @@ fn walk(
         }
         if e.meta.kind == Kind::Dir {
             let sub = match dir.open_dir(&e.name) {
-                Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => std::sync::Arc::new(d),
+                Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => {
+                    std::sync::Arc::new(d)
+                }
                 Ok(_) => {
                     out.kept.push((c, Kept::Changed));
                     continue;
@@ -279,6 +281,7 @@ fn walk(
                     ix: c,
                     since: std::time::Instant::now(),
                 });
+                failpoint::hit("prune.unlinked");
                 // Those held long enough are looked at; the oldest too
                 // when too many are held.
                 let keep = out.cap - 1;
