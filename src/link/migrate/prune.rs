@@ -127,10 +127,11 @@ fn held_cap() -> usize {
     HELD.min(cur / 4).max(1)
 }
 
-/// Look at held leases, oldest first: each one held [`HOLD`] by now, and
-/// more (waiting for their time) until at most `keep` are held. A broken
-/// one means a writer got the file whose name went: its content is put
-/// back once that writer is done.
+/// Look at held leases: all of them at once when a break was signalled
+/// (a writer waits for one: it waits no longer than it must), then, oldest
+/// first, each one held [`HOLD`] by now, and more (waiting for their time)
+/// until at most `keep` are held. A broken one means a writer got the file
+/// whose name went: its content is put back once that writer is done.
 fn settle(
     inv: &Inventory,
     app: &Dir,
@@ -140,6 +141,22 @@ fn settle(
     keep: usize,
 ) -> Result<()> {
     let mut first_err = Ok(());
+    let mut note = |r: Result<()>| {
+        if let (Err(e), true) = (r, first_err.is_ok()) {
+            first_err = Err(e);
+        }
+    };
+    if took_sigio(out) {
+        let mut i = 0;
+        while i < out.held.len() {
+            if lease_broken(&out.held[i].f) {
+                let h = out.held.remove(i).expect("in range");
+                note(settle_one(h, true, inv, app, app_path, check, out));
+            } else {
+                i += 1;
+            }
+        }
+    }
     while let Some(front) = out.held.front() {
         let due = front.since + HOLD;
         let now = std::time::Instant::now();
@@ -151,58 +168,66 @@ fn settle(
         }
         let h = out.held.pop_front().expect("not empty");
         let broken = lease_broken(&h.f);
-        let _ = lease(&h.f, libc::F_UNLCK);
-        if !broken {
-            continue;
-        }
-        out.deleted -= 1;
-        let e = inv.get(h.ix);
-        let path = inv.path(app_path, h.ix);
-        crate::debug!(
-            "a process opened {} for writing as it was unlinked; waiting for it to close the file",
-            path.display()
-        );
-        let remake = || -> Result<Dir> {
-            let rel = inv.rel(h.ix);
-            let parent = rel.parent().unwrap_or(std::path::Path::new(""));
-            Ok(crate::fs::tree::make_beneath(app, parent, app_path)?.dir)
-        };
-        match rescue(&h.dir, &e.name, &h.f, &path, check, &remake) {
-            Ok(to) => {
-                let beside = if to == e.name {
-                    String::new()
-                } else {
-                    format!(
-                        " as {} (a new file took its name meanwhile)",
-                        std::path::Path::new(&to).display()
-                    )
-                };
-                crate::warn!(
-                    "a process opened {} for writing while sharelink deleted it; it is back in place{beside}, with what was written, and is migrated again",
-                    path.display()
-                );
-                out.kept.push((h.ix, Kept::Rescued));
-            }
-            // The others are still put back before the error goes up.
-            Err(err) => {
-                if first_err.is_ok() {
-                    first_err = Err(err);
-                }
-            }
-        }
+        note(settle_one(h, broken, inv, app, app_path, check, out));
     }
-    signals_taken(out);
+    took_sigio(out);
     first_err
 }
 
-/// Take the SIGIO of broken leases (the lease itself says whether it was
-/// broken), keeping any other pending signal for the checks.
-fn signals_taken(out: &mut Pruned) {
+/// Release a held lease; `broken`: a writer got the nameless file, whose
+/// content is put back once it is done.
+fn settle_one(
+    h: Held,
+    broken: bool,
+    inv: &Inventory,
+    app: &Dir,
+    app_path: &std::path::Path,
+    check: &mut dyn FnMut() -> Result<()>,
+    out: &mut Pruned,
+) -> Result<()> {
+    let _ = lease(&h.f, libc::F_UNLCK);
+    if !broken {
+        return Ok(());
+    }
+    out.deleted -= 1;
+    let e = inv.get(h.ix);
+    let path = inv.path(app_path, h.ix);
+    crate::debug!(
+        "a process opened {} for writing as it was unlinked; waiting for it to close the file",
+        path.display()
+    );
+    let remake = || -> Result<Dir> {
+        let rel = inv.rel(h.ix);
+        let parent = rel.parent().unwrap_or(std::path::Path::new(""));
+        Ok(crate::fs::tree::make_beneath(app, parent, app_path)?.dir)
+    };
+    let to = rescue(&h.dir, &e.name, &h.f, &path, check, &remake)?;
+    let beside = if to == e.name {
+        String::new()
+    } else {
+        format!(
+            " as {} (a new file took its name meanwhile)",
+            std::path::Path::new(&to).display()
+        )
+    };
+    crate::warn!(
+        "a process opened {} for writing while sharelink deleted it; it is back in place{beside}, with what was written, and is migrated again",
+        path.display()
+    );
+    out.kept.push((h.ix, Kept::Rescued));
+    Ok(())
+}
+
+/// Whether a SIGIO (a lease broken) was pending, taking it; any other
+/// pending signal is kept for the checks.
+fn took_sigio(out: &mut Pruned) -> bool {
     let now = crate::signals::pending();
     out.pending |= now & !crate::signals::bit(libc::SIGIO);
-    if now & crate::signals::bit(libc::SIGIO) != 0 {
+    let io = now & crate::signals::bit(libc::SIGIO) != 0;
+    if io {
         crate::signals::discard(libc::SIGIO);
     }
+    io
 }
 
 #[allow(clippy::too_many_arguments)]
