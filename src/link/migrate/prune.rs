@@ -407,11 +407,13 @@ fn delete(
     // What the checks between files need (a broken lease's SIGIO is not
     // one of them: the lease says it).
     *pending = crate::signals::pending() & !crate::signals::bit(libc::SIGIO);
+    // Names left after the unlink, counted from before it: on overlayfs an
+    // open file of a lower layer still reports the lower file's count.
     let left = match r {
-        Ok(Gone::Deleted) => crate::fs::meta::fstat(&f).map_or(0, |m| m.nlink),
+        Ok(Gone::Deleted) => now.nlink.saturating_sub(1),
         _ => 0,
     };
-    if matches!(r, Ok(Gone::Deleted)) && now.nlink > 1 && left > 0 {
+    if matches!(r, Ok(Gone::Deleted)) && left > 0 {
         if let Ok(m) = crate::fs::meta::fstat(&f) {
             relinked.insert(id.ino, m.id.ctime);
         }
