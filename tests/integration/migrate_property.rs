@@ -36,6 +36,13 @@ const THREADS: usize = 12;
 /// The content each path must still have somewhere.
 type Model = BTreeMap<PathBuf, Vec<u8>>;
 
+/// Versions a writer's append did not extend, because the file it opened
+/// at that path was another version: after the symlink swap, an app path
+/// the share held with other bytes (`if-empty`, `merge`) leads to the
+/// share's version, the app's having been set aside. Each must still exist
+/// somewhere too.
+type Superseded = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
+
 /// What the writer did, for the report of a failure: (op number, what,
 /// path, accepted, microseconds since the step's writer started, the link
 /// count of the file it wrote into, taken before closing it: 0 means the
@@ -44,6 +51,7 @@ type Ops = Arc<Mutex<Vec<(u64, &'static str, PathBuf, bool, u128, u64)>>>;
 
 /// Random changes through the app path, as a pipeline makes them. Each
 /// one the kernel accepted updates the model.
+#[allow(clippy::too_many_arguments)]
 fn mutate(
     app: PathBuf,
     model: Arc<Mutex<Model>>,
@@ -52,6 +60,7 @@ fn mutate(
     ops: Ops,
     t0: std::time::Instant,
     turn: Arc<Mutex<()>>,
+    superseded: Superseded,
 ) {
     let mut rng = Rng(seed | 1);
     let mut n = 0;
@@ -82,10 +91,15 @@ fn mutate(
                 let line = format!("appended {n}\n").into_bytes();
                 let hold = Duration::from_micros(rng.below(2) * (1000 + rng.below(20_000)));
                 let mut nlink = u64::MAX;
+                // What the file held when opened: the version this
+                // append extends.
+                let mut base = Vec::new();
                 let ok = fs::OpenOptions::new()
+                    .read(true)
                     .append(true)
                     .open(app.join(&pick))
                     .and_then(|mut f| {
+                        std::io::Read::read_to_end(&mut f, &mut base)?;
                         let (a, b) = line.split_at(line.len() / 2);
                         f.write_all(a)?;
                         std::thread::sleep(hold);
@@ -96,12 +110,14 @@ fn mutate(
                     .is_ok();
                 log(n, "append", &pick, ok, nlink);
                 if ok {
-                    model
-                        .lock()
-                        .unwrap()
-                        .get_mut(&pick)
-                        .unwrap()
-                        .extend_from_slice(&line);
+                    let mut model = model.lock().unwrap();
+                    let was = model.get_mut(&pick).unwrap();
+                    if *was != base {
+                        log(n, "appended to another version", &pick, true, nlink);
+                        superseded.lock().unwrap().push((pick, was.clone()));
+                        *was = base;
+                    }
+                    was.extend_from_slice(&line);
                 }
             }
             // Rewrite in place.
@@ -223,26 +239,41 @@ fn places(app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// The paths whose last version is nowhere.
-fn lost(model: &Model, app: &Path, target: &Path, share: &Path) -> Vec<PathBuf> {
+/// The paths whose last version (or a superseded one) is nowhere, with
+/// the content wanted.
+fn lost(
+    model: &Model,
+    superseded: &[(PathBuf, Vec<u8>)],
+    app: &Path,
+    target: &Path,
+    share: &Path,
+) -> Vec<(PathBuf, Vec<u8>)> {
     let places = places(app, target, share);
     model
         .iter()
+        .chain(superseded.iter().map(|(p, v)| (p, v)))
         .filter(|(rel, want)| {
             !places
                 .iter()
                 .any(|p| fs::read(p.join(rel)).is_ok_and(|got| got == **want))
         })
-        .map(|(rel, _)| rel.clone())
+        .map(|(rel, want)| (rel.clone(), want.clone()))
         .collect()
 }
 
-fn check(model: &Model, app: &Path, target: &Path, share: &Path, what: &str) {
-    let lost = lost(model, app, target, share);
+fn check(
+    model: &Model,
+    superseded: &[(PathBuf, Vec<u8>)],
+    app: &Path,
+    target: &Path,
+    share: &Path,
+    what: &str,
+) {
+    let lost = lost(model, superseded, app, target, share);
     assert!(
         lost.is_empty(),
         "{what}: the last version of {} is nowhere",
-        lost[0].display()
+        lost[0].0.display()
     );
 }
 
@@ -418,6 +449,7 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
         }
     }
     let model = Arc::new(Mutex::new(model));
+    let superseded: Superseded = Default::default();
     std::thread::sleep(Duration::from_millis(120));
     for step in 0..6 {
         tally.steps += 1;
@@ -428,8 +460,8 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
         let turn = Arc::new(Mutex::new(()));
         let writer = (rng.below(3) != 0).then(|| {
             let (app, model, stop, s) = (app.clone(), model.clone(), stop.clone(), rng.next());
-            let (ops, turn) = (ops.clone(), turn.clone());
-            std::thread::spawn(move || mutate(app, model, s, stop, ops, t0, turn))
+            let (ops, turn, sup) = (ops.clone(), turn.clone(), superseded.clone());
+            std::thread::spawn(move || mutate(app, model, s, stop, ops, t0, turn, sup))
         });
         let racer = racer().then(|| {
             let (app, model, stop, s) = (app.clone(), model.clone(), stop.clone(), rng.next());
@@ -486,7 +518,8 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
         }
         {
             let model = model.lock().unwrap();
-            let lost = lost(&model, &app, &target, &sb.share);
+            let sup = superseded.lock().unwrap().clone();
+            let lost = lost(&model, &sup, &app, &target, &sb.share);
             if !lost.is_empty() {
                 let fps = fs::read_to_string(&fplog).unwrap_or_default();
                 let tail: Vec<&str> = fps.lines().rev().take(12).collect();
@@ -495,15 +528,15 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
                     *counts.entry(l).or_insert(0) += 1;
                 }
                 let mut diag = String::new();
-                for rel in &lost {
-                    diag += &explain(rel, &model[rel], &app, &target, &sb.share, &ops);
+                for (rel, want) in &lost {
+                    diag += &explain(rel, want, &app, &target, &sb.share, &ops);
                 }
                 panic!(
                     "{what}: the last version of {} is nowhere ({} lost)\n\
                      sharelink spawned at {spawned_us} us, killed={killed} (in the deletes: {in_prune}) at {killed_us} us, code {}\n\
                      {diag}failpoints reached: {counts:?}; last (newest first): {tail:?}\n\
                      sharelink's stderr:\n{}",
-                    lost[0].display(),
+                    lost[0].0.display(),
                     lost.len(),
                     code(&o),
                     stderr(&o)
@@ -521,7 +554,8 @@ fn run_trial(seed: u64, trial: u64) -> Tally {
     let what = format!("seed {seed} trial {trial} final");
     assert_eq!(fs::read_link(&app).unwrap(), target, "{what}");
     let model = model.lock().unwrap();
-    check(&model, &app, &target, &sb.share, &what);
+    let sup = superseded.lock().unwrap().clone();
+    check(&model, &sup, &app, &target, &sb.share, &what);
     tally.paths += model.len();
     // The share's own entries at paths the app never had are untouched.
     let now = snapshot(&target);
