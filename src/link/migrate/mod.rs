@@ -888,6 +888,22 @@ impl Migration<'_> {
                 _ => {}
             }
         }
+        // Records left without what they name (a run killed after writing
+        // one and before moving anything aside, or while writing it).
+        for (name, _) in listed.iter().filter(|(n, _)| !is_aside(n)) {
+            let stale = name
+                .as_encoded_bytes()
+                .strip_prefix(copy::ASIDE.as_bytes())
+                .is_some_and(|r| r.starts_with(b"."));
+            if stale {
+                match staging.unlink(name) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                        return Err(Error::io("remove", &self.staging_path.join(name), e))
+                    }
+                    _ => {}
+                }
+            }
+        }
         Ok(())
     }
 
