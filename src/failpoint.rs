@@ -5,6 +5,9 @@
 //! (`<name>:<n>` on the n-th time), leaving the disk exactly as a crash at
 //! that instant would. `<name>:<n>:stop` stops it (SIGSTOP) instead, so a
 //! test can change the world mid-run (fill the share) and let it go on.
+//! Several, separated by commas, each count on their own
+//! (`replace.checked:1:stop,replace.aside:1`: stopped at the first, killed
+//! at the second once continued).
 //! `SHARELINK_FAILPOINT_LOG=<file>` appends the name of every failpoint
 //! reached to that file, so a test can count them in a run that is not
 //! stopped.
@@ -14,14 +17,19 @@
 pub fn hit(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static PARSED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let spec = PARSED.get_or_init(|| {
-        let v = std::env::var("SHARELINK_FAILPOINT").ok()?;
-        let mut parts = v.splitn(3, ':');
-        let n = parts.next()?.to_string();
-        let k = parts.next().and_then(|k| k.parse().ok()).unwrap_or(1);
-        Some((n, k, parts.next() == Some("stop")))
+    type Spec = (String, u64, bool, AtomicU64);
+    static PARSED: OnceLock<Vec<Spec>> = OnceLock::new();
+    let specs = PARSED.get_or_init(|| {
+        let v = std::env::var("SHARELINK_FAILPOINT").unwrap_or_default();
+        v.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let mut parts = s.splitn(3, ':');
+                let n = parts.next().unwrap_or_default().to_string();
+                let k = parts.next().and_then(|k| k.parse().ok()).unwrap_or(1);
+                (n, k, parts.next() == Some("stop"), AtomicU64::new(0))
+            })
+            .collect()
     });
     static LOG: OnceLock<Option<std::fs::File>> = OnceLock::new();
     let log = LOG.get_or_init(|| {
@@ -36,8 +44,8 @@ pub fn hit(name: &str) {
         use std::io::Write;
         let _ = f.write_all(format!("{name}\n").as_bytes());
     }
-    if let Some((target, nth, stop)) = spec {
-        if target == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+    for (target, nth, stop, count) in specs {
+        if target == name && count.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
             if *stop {
                 eprintln!("sharelink: failpoint {name} hit, stopping self");
                 // To this very thread (tgkill, not kill): it takes the
