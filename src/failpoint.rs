@@ -5,6 +5,9 @@
 //! (`<name>:<n>` on the n-th time), leaving the disk exactly as a crash at
 //! that instant would. `<name>:<n>:stop` stops it (SIGSTOP) instead, so a
 //! test can change the world mid-run (fill the share) and let it go on.
+//! Several, separated by commas, each count on their own
+//! (`replace.checked:1:stop,replace.aside:1`: stopped at the first, killed
+//! at the second once continued).
 //! `SHARELINK_FAILPOINT_LOG=<file>` appends the name of every failpoint
 //! reached to that file, so a test can count them in a run that is not
 //! stopped.
@@ -36,6 +39,9 @@ pub enum Failpoint {
     CommitSynced,
     /// A replace checked the share's entry and has not moved it aside yet.
     ReplaceChecked,
+    /// A replace just moved the share's entry aside (its path recorded
+    /// beside it), before checking it there.
+    ReplaceAside,
     /// A staged root was just moved into the share target.
     MergeMoved,
     /// A set-aside copy was just renamed to its stamp.
@@ -46,6 +52,8 @@ pub enum Failpoint {
     SupersedeReplaced,
     /// A lease was just taken on an app file about to be deleted.
     PruneLeased,
+    /// An app file's last name was just unlinked, its lease still held.
+    PruneUnlinked,
     /// An app entry was just deleted.
     PruneEntry,
     /// A pass just finished deleting.
@@ -59,7 +67,7 @@ pub enum Failpoint {
 impl Failpoint {
     /// Every failpoint, in the order a migration reaches them; the
     /// fault-injection tests sweep these.
-    pub const ALL: [Failpoint; 18] = [
+    pub const ALL: [Failpoint; 20] = [
         Failpoint::LockAcquired,
         Failpoint::StagingCreated,
         Failpoint::StagingFile,
@@ -69,11 +77,13 @@ impl Failpoint {
         Failpoint::CommitMarked,
         Failpoint::CommitSynced,
         Failpoint::ReplaceChecked,
+        Failpoint::ReplaceAside,
         Failpoint::MergeMoved,
         Failpoint::DisplaceRenamed,
         Failpoint::SupersedeKept,
         Failpoint::SupersedeReplaced,
         Failpoint::PruneLeased,
+        Failpoint::PruneUnlinked,
         Failpoint::PruneEntry,
         Failpoint::PruneDone,
         Failpoint::KeepRemoved,
@@ -92,11 +102,13 @@ impl Failpoint {
             Failpoint::CommitMarked => "commit.marked",
             Failpoint::CommitSynced => "commit.synced",
             Failpoint::ReplaceChecked => "replace.checked",
+            Failpoint::ReplaceAside => "replace.aside",
             Failpoint::MergeMoved => "merge.moved",
             Failpoint::DisplaceRenamed => "displace.renamed",
             Failpoint::SupersedeKept => "supersede.kept",
             Failpoint::SupersedeReplaced => "supersede.replaced",
             Failpoint::PruneLeased => "prune.leased",
+            Failpoint::PruneUnlinked => "prune.unlinked",
             Failpoint::PruneEntry => "prune.entry",
             Failpoint::PruneDone => "prune.done",
             Failpoint::KeepRemoved => "keep.removed",
@@ -121,14 +133,19 @@ pub fn hit(point: Failpoint) {
     let name = point.name();
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static PARSED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let spec = PARSED.get_or_init(|| {
-        let v = std::env::var("SHARELINK_FAILPOINT").ok()?;
-        let mut parts = v.splitn(3, ':');
-        let n = parts.next()?.to_string();
-        let k = parts.next().and_then(|k| k.parse().ok()).unwrap_or(1);
-        Some((n, k, parts.next() == Some("stop")))
+    type Spec = (String, u64, bool, AtomicU64);
+    static PARSED: OnceLock<Vec<Spec>> = OnceLock::new();
+    let specs = PARSED.get_or_init(|| {
+        let v = std::env::var("SHARELINK_FAILPOINT").unwrap_or_default();
+        v.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let mut parts = s.splitn(3, ':');
+                let n = parts.next().unwrap_or_default().to_string();
+                let k = parts.next().and_then(|k| k.parse().ok()).unwrap_or(1);
+                (n, k, parts.next() == Some("stop"), AtomicU64::new(0))
+            })
+            .collect()
     });
     static LOG: OnceLock<Option<std::fs::File>> = OnceLock::new();
     let log = LOG.get_or_init(|| {
@@ -143,8 +160,8 @@ pub fn hit(point: Failpoint) {
         use std::io::Write;
         let _ = f.write_all(format!("{name}\n").as_bytes());
     }
-    if let Some((target, nth, stop)) = spec {
-        if target == name && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+    for (target, nth, stop, count) in specs {
+        if target == name && count.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
             if *stop {
                 eprintln!("sharelink: failpoint {name} hit, stopping self");
                 // To this very thread (tgkill, not kill): it takes the

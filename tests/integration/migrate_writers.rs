@@ -227,6 +227,172 @@ fn replacing_our_older_copy_never_overwrites_what_another_writer_put_there() {
     assert!(all.contains(&"before\nafter\n".to_string()), "{all:?}");
 }
 
+/// A replace killed between its two renames, right after another writer
+/// put its own file at that share path (between the check and the first
+/// rename): what was moved aside into the staging directory is that
+/// writer's file. `then` runs before the next `link`; returns the sandbox
+/// and that run's output.
+#[cfg(feature = "failpoints")]
+fn replace_killed_after_moving_another_writers_file_aside(
+    then: impl FnOnce(&Path),
+) -> (Sandbox, std::process::Output) {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let (app, target) = (sb.app.join("data"), sb.share.join("data"));
+    make_tree(&app, 20, 1000, 7);
+    let mut held = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(app.join("held.log"))
+        .unwrap();
+    held.write_all(b"before\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // Our copy of `held.log` is on the share; the app file stays (open).
+    expect_code(&sb.run(["link"]), 74);
+    held.write_all(b"after\n").unwrap();
+    drop(held);
+    std::thread::sleep(Duration::from_millis(150));
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env(
+            "SHARELINK_FAILPOINT",
+            "replace.checked:1:stop,replace.aside:1",
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_stopped(pid, Duration::from_secs(30));
+    // Another replica's pipeline writes that file on the share.
+    fs::write(target.join(".other.tmp"), "another writer's\n").unwrap();
+    fs::rename(target.join(".other.tmp"), target.join("held.log")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 137, "{}", stderr(&o));
+    assert!(
+        !target.join("held.log").exists(),
+        "the first rename moved it aside"
+    );
+    then(&target);
+    let o = sb.run(["link"]);
+    (sb, o)
+}
+
+/// What a killed replace moved aside is put back where the share's entry
+/// is still missing: the other writer's file is at its path again, and
+/// the app's newer version is set aside. Before, the next run's clean-up
+/// removed it with the staging directory.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_replace_killed_between_its_renames_puts_back_what_it_moved_aside() {
+    let (sb, o) = replace_killed_after_moving_another_writers_file_aside(|_| {});
+    expect_code(&o, 0);
+    let target = sb.share.join("data");
+    assert_eq!(fs::read_link(sb.app.join("data")).unwrap(), target);
+    assert_eq!(
+        fs::read_to_string(target.join("held.log")).ok().as_deref(),
+        Some("another writer's\n"),
+        "{}",
+        stderr(&o)
+    );
+    let all = versions(&sb.share, &target, "held.log");
+    assert!(all.contains(&"before\nafter\n".to_string()), "{all:?}");
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+}
+
+/// Where the share's entry was made again meanwhile, what the killed
+/// replace moved aside is kept under `displaced/`: all three versions
+/// exist.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_replace_killed_between_its_renames_keeps_what_it_moved_aside_when_the_name_is_taken() {
+    let (sb, o) = replace_killed_after_moving_another_writers_file_aside(|target| {
+        fs::write(target.join("held.log"), "a third writer's\n").unwrap();
+    });
+    expect_code(&o, 0);
+    let target = sb.share.join("data");
+    assert_eq!(
+        fs::read_to_string(target.join("held.log")).ok().as_deref(),
+        Some("a third writer's\n"),
+        "{}",
+        stderr(&o)
+    );
+    let all = versions(&sb.share, &target, "held.log");
+    for want in ["another writer's\n", "before\nafter\n"] {
+        assert!(
+            all.contains(&want.to_string()),
+            "{want:?} lost: {all:?}\n{}",
+            stderr(&o)
+        );
+    }
+    assert!(entries_containing(&sb.share, "sharelink-staging").is_empty());
+}
+
+/// A writer whose open found the name before the unlink and reaches the
+/// file only after it (its thread preempted in between; seen on a busy
+/// machine, an open of 51 us that got a file with no name and no lease to
+/// break). Here the writer reaches that same inode after the unlink through
+/// sharelink's own descriptor of it (`/proc/<pid>/fd/<n>`), while sharelink
+/// is stopped right after the unlink: before, the lease was already
+/// released there, the open went through unseen and what it wrote went with
+/// the nameless file; now the lease is still held, the open waits for it,
+/// and the content is put back.
+#[test]
+#[cfg(feature = "failpoints")]
+fn a_writer_reaching_a_file_just_after_its_unlink_gets_its_data_kept() {
+    let sb = Sandbox::new("\"data\" = \"data\"");
+    let app = sb.app.join("data");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("journal.txt"), "baked\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "prune.unlinked:1:stop")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_stopped(pid, Duration::from_secs(30));
+    assert!(!app.join("journal.txt").exists(), "unlinked");
+    // sharelink's descriptor of the unlinked file.
+    let fd = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            fs::read_link(p).is_ok_and(|t| {
+                let t = t.to_string_lossy().into_owned();
+                t.contains("journal.txt") && t.ends_with("(deleted)")
+            })
+        })
+        .expect("sharelink holds the unlinked file open");
+    let w = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new().append(true).open(&fd).unwrap();
+        f.write_all(b"written after the unlink\n").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    w.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(matches!(code(&o), 0 | 74), "{err}");
+    std::thread::sleep(Duration::from_millis(150));
+    expect_code(&sb.run(["link"]), 0);
+    let all = versions(&sb.share, &sb.share.join("data"), "journal.txt").join("");
+    assert!(
+        all.contains("baked\nwritten after the unlink\n"),
+        "lost: {all:?}\n{err}"
+    );
+}
+
 /// The narrowest race: a writer opens a file in the instant sharelink
 /// deletes it (sharelink is stopped right there, holding the file's lease;
 /// the writer's open waits for it). `write` then runs with the file open.

@@ -112,6 +112,42 @@ impl Migration<'_> {
         Ok((stage, name))
     }
 
+    /// Move `aside` to `displaced/<share path>/<stamp>/<rel>` (its own
+    /// name when `rel` is unknown). Returns where it is.
+    pub(super) fn keep_aside(
+        &self,
+        staging: &Dir,
+        aside: &OsStr,
+        rel: Option<&Path>,
+    ) -> Result<PathBuf> {
+        let base_path = self.cfg.share_root.join(&self.displaced_rel);
+        let base =
+            tree::make_beneath(&self.share_root, &self.displaced_rel, &self.cfg.share_root)?.dir;
+        let stamp = crate::clock::Utc::at(std::time::SystemTime::now()).stamp();
+        let mut name = stamp.clone();
+        for n in 2.. {
+            match base.mkdir(OsStr::new(&name), 0o755) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 100 => {
+                    name = format!("{stamp}-{n}");
+                }
+                Err(e) => return Err(Error::io("create", &base_path.join(&name), e)),
+            }
+        }
+        self.used(&name);
+        let rel = rel.map_or_else(|| PathBuf::from(aside), Path::to_path_buf);
+        let (parent, file) = super::split_rel(&rel);
+        let stamp_path = base_path.join(&name);
+        let stamp_dir = base
+            .open_dir(OsStr::new(&name))
+            .map_err(|e| Error::io("open", &stamp_path, e))?;
+        let to = tree::make_beneath(&stamp_dir, parent, &stamp_path)?.dir;
+        staging
+            .rename_noreplace(aside, &to, file)
+            .map_err(|e| Error::io("keep", &stamp_path.join(&rel), e))?;
+        Ok(stamp_path.join(rel))
+    }
+
     /// Keep the share's entries `roots` (non-directories, in `share_inv`)
     /// under `displaced/<share path>/<stamp>/`, complete and synced. Per
     /// share entry: the identity the kept copy is of (the entry may be

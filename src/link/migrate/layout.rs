@@ -22,6 +22,13 @@ pub const JOURNAL: &str = "journal";
 /// (our own older copy of an app file), checked there before the new copy
 /// takes its name.
 pub const ASIDE: &str = "replaced";
+/// Beside an entry moved aside (`replaced.<n>.where`): its path in the
+/// target, recorded before it is moved, so that the next run can put it
+/// back.
+pub const WHERE_SUFFIX: &str = ".where";
+/// The name a file of sharelink's is written under before it is renamed
+/// into place (`replaced.<n>.where.tmp`).
+pub const TMP_SUFFIX: &str = ".tmp";
 /// Beside the app directory: this container committed its copy to the
 /// share target.
 pub const MARKER_SUFFIX: &str = "sharelink-committed";
@@ -54,6 +61,8 @@ const ALL: &[&str] = &[
     TREE,
     JOURNAL,
     ASIDE,
+    WHERE_SUFFIX,
+    TMP_SUFFIX,
     MARKER_SUFFIX,
     PRUNING_SUFFIX,
     RESCUING_SUFFIX,
@@ -177,19 +186,25 @@ mod tests {
                 if part.starts_with('…') {
                     continue;
                 }
-                let mut lit = String::new();
+                // The literal pieces between placeholders.
+                let mut pieces = vec![String::new()];
                 let mut depth = 0;
                 for ch in part.chars() {
                     match ch {
-                        '<' => depth += 1,
+                        '<' => {
+                            depth += 1;
+                            pieces.push(String::new());
+                        }
                         '>' => depth -= 1,
-                        c if depth == 0 => lit.push(c),
+                        c if depth == 0 => pieces.last_mut().unwrap().push(c),
                         _ => {}
                     }
                 }
-                let lit = lit.trim_matches(|c| c == '.' || c == '-');
-                if !lit.is_empty() {
-                    names.insert(lit.to_string());
+                for lit in pieces.iter().flat_map(|p| p.split('.')) {
+                    let lit = lit.trim_matches('-');
+                    if !lit.is_empty() {
+                        names.insert(lit.to_string());
+                    }
                 }
             }
         }

@@ -285,6 +285,9 @@ impl Migration<'_> {
     /// The pass loop: when it returns `Ok`, the app directory is empty.
     fn run(&self, app_parent: &Dir, app: &Dir, ctx: &mut Ctx<'_>) -> Result<Outcome> {
         let mut out = Outcome::default();
+        // What a replace killed between its renames moved aside may be
+        // another writer's file: it goes back first.
+        self.recover_asides()?;
         // Our own copies on the share of entries still in the app
         // directory, to recognise them in a later pass (or run).
         let mut own = Own::start(
@@ -356,6 +359,7 @@ impl Migration<'_> {
     /// copies in progress is redundant (a run killed after committing, or
     /// whose copies a later run found already there).
     fn clean_up(&self) -> Result<()> {
+        self.recover_asides()?;
         copy::discard(&self.share_parent, &self.staging_name)
             .map_err(|e| Error::io("remove", &self.staging_path, e))?;
         let base_path = self.cfg.share_root.join(&self.displaced_rel);

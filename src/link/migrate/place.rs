@@ -2,13 +2,9 @@
 //! appears whole or not at all, never over anything) and replacements of
 //! our own outdated copies, which overwrite exactly the copy they checked.
 
-use std::ffi::{OsStr, OsString};
-use std::path::Path;
-use std::sync::Mutex;
-
 use super::copy::{self, Staging};
 use super::inventory::{Inventory, Ix};
-use super::layout::{ASIDE, TREE};
+use super::layout::{ASIDE, TMP_SUFFIX, TREE, WHERE_SUFFIX};
 use super::stage::Stage;
 use super::{heartbeat, Ctx, Fresh, Ledger, Migration, Outcome};
 use crate::error::{Error, Result};
@@ -16,6 +12,10 @@ use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::{pool, tree};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Replace `name` in `to` with the staged `name` in `from`, only if what is
 /// replaced is exactly `expect` (our own older copy): that entry is opened
@@ -23,12 +23,15 @@ use crate::fs::{pool, tree};
 /// as what was moved (the inode that was checked, its size and mtime
 /// unchanged); only then does the new copy take the name, never over
 /// anything. `false`: it was not ours, and what was moved aside is back.
-/// A run killed in between leaves our old copy aside in the staging
-/// directory (the app file, not yet deleted, is moved in by the next run).
+/// The entry's path `rel` (in the target) is recorded beside the aside
+/// name first ([`where_name`]): a run killed in between leaves what it
+/// moved aside (our old copy, or another writer's file that took the name
+/// after the check) in the staging directory, and the next run puts it
+/// back or keeps it ([`Migration::recover_asides`]) before anything else.
 fn replace_checked(
     from: &Dir,
     to: &Dir,
-    name: &OsStr,
+    (name, rel): (&OsStr, &Path),
     staging: &Staging,
     aside: &OsStr,
     expect: &Identity,
@@ -63,8 +66,19 @@ fn replace_checked(
         }
     }
     failpoint::hit(Failpoint::ReplaceChecked);
-    // Our own leftover of a killed run may be there: it goes.
-    to.rename(name, staging.dir(), aside)?;
+    let recorded = where_name(aside);
+    let mut tmp = recorded.clone();
+    tmp.push(TMP_SUFFIX);
+    staging
+        .dir()
+        .write_replace(&tmp, &recorded, rel.as_os_str().as_encoded_bytes())?;
+    // A leftover of a killed run was recovered before this run began:
+    // never over anything.
+    if let Err(e) = to.rename_noreplace(name, staging.dir(), aside) {
+        let _ = staging.dir().unlink(&recorded);
+        return Err(e);
+    }
+    failpoint::hit(Failpoint::ReplaceAside);
     let moved = staging.dir().stat_at(aside)?;
     let unwritten = match &f {
         Some(f) => {
@@ -77,8 +91,10 @@ fn replace_checked(
         moved.is_some_and(|m| m.id.ino == checked.id.ino && m.dev == checked.dev) && unwritten;
     if !same {
         // Not what was checked (another writer's entry took the name, or
-        // wrote into it): it goes back.
+        // wrote into it): it goes back (if that fails, the next run puts
+        // it back or keeps it).
         staging.dir().rename_noreplace(aside, to, name)?;
+        let _ = staging.dir().unlink(&recorded);
         return Ok(false);
     }
     match from.rename_noreplace(name, to, name) {
@@ -87,17 +103,39 @@ fn replace_checked(
         // (replaced either way) goes, and the app entry is compared again.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
             staging.dir().unlink(aside)?;
+            let _ = staging.dir().unlink(&recorded);
             return Ok(false);
         }
         Err(e) => {
-            let _ = staging.dir().rename_noreplace(aside, to, name);
+            if staging.dir().rename_noreplace(aside, to, name).is_ok() {
+                let _ = staging.dir().unlink(&recorded);
+            }
             return Err(e);
         }
     }
     match staging.dir().unlink(aside) {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-        _ => Ok(true),
+        _ => {
+            let _ = staging.dir().unlink(&recorded);
+            Ok(true)
+        }
     }
+}
+
+/// Beside an aside name, the file recording the path (in the target) of
+/// what it holds.
+fn where_name(aside: &OsStr) -> OsString {
+    let mut n = aside.to_os_string();
+    n.push(WHERE_SUFFIX);
+    n
+}
+
+/// Whether `name` in a staging directory is one [`aside_name`] makes.
+pub fn is_aside(name: &OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_prefix(ASIDE))
+        .and_then(|n| n.strip_prefix('.'))
+        .is_some_and(|ix| !ix.is_empty() && ix.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Where [`replace_checked`] moves the old copy of root `r` aside, in the
@@ -275,11 +313,13 @@ impl Migration<'_> {
     ) -> Result<Option<Option<Identity>>> {
         let name = &inv.get(r).name;
         let moved = match expect {
-            Some(id) => match replace_checked(from, to, name, staging, &aside_name(r), id) {
-                Ok(true) => Ok(()),
-                Ok(false) => return Ok(None),
-                Err(e) => Err(e),
-            },
+            Some(id) => {
+                match replace_checked(from, to, (name, &inv.rel(r)), staging, &aside_name(r), id) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
             None => from.rename_noreplace(name, to, name),
         };
         match moved {
@@ -302,6 +342,108 @@ impl Migration<'_> {
                 &self.share_path.join(inv.rel(r)),
                 e,
             )),
+        }
+    }
+}
+
+impl Migration<'_> {
+    /// Put back what a replace killed between its two renames left aside
+    /// in the staging directory (`replaced.<n>`, its path recorded in
+    /// `replaced.<n>.where`): at its path in the target if nothing is
+    /// there, else (or when its path is unknown) under
+    /// `displaced/<share path>/<stamp>/`, as any conflict. It may be
+    /// another writer's file, never something to delete.
+    pub(super) fn recover_asides(&self) -> Result<()> {
+        let staging = match self.share_parent.open_dir(&self.staging_name) {
+            Ok(d) => d,
+            Err(e) if crate::fs::gone(&e) => return Ok(()),
+            Err(e) => return Err(Error::io("open", &self.staging_path, e)),
+        };
+        let listed = staging
+            .list()
+            .map_err(|e| Error::io("read directory", &self.staging_path, e))?;
+        for (aside, _) in listed.iter().filter(|(n, _)| is_aside(n)) {
+            let recorded = where_name(aside);
+            let rel = staging
+                .read_small(&recorded, 64 * 1024)
+                .ok()
+                .flatten()
+                .map(|(b, _)| PathBuf::from(std::ffi::OsString::from_vec(b)))
+                .filter(|p| {
+                    !p.as_os_str().is_empty()
+                        && p.components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)))
+                });
+            let at = self.staging_path.join(aside);
+            let back = match &rel {
+                Some(rel) => self.put_aside_back(&staging, aside, rel)?,
+                None => false,
+            };
+            if back {
+                crate::warn!(
+                    "{} was moved aside by a run stopped while replacing it; it is back in place",
+                    self.share_path
+                        .join(rel.as_deref().unwrap_or(Path::new("")))
+                        .display()
+                );
+            } else {
+                let kept = self.keep_aside(&staging, aside, rel.as_deref())?;
+                crate::warn!(
+                    "{} was moved aside by a run stopped while replacing it, and its place is taken: kept as {}",
+                    rel.as_deref().map_or(at.clone(), |r| self.share_path.join(r)).display(),
+                    kept.display()
+                );
+            }
+            match staging.unlink(&recorded) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    return Err(Error::io("remove", &self.staging_path.join(&recorded), e))
+                }
+                _ => {}
+            }
+        }
+        // Records left without what they name (a run killed after writing
+        // one and before moving anything aside, or while writing it).
+        for (name, _) in listed.iter().filter(|(n, _)| !is_aside(n)) {
+            let stale = name
+                .as_encoded_bytes()
+                .strip_prefix(ASIDE.as_bytes())
+                .is_some_and(|r| r.starts_with(b"."));
+            if stale {
+                match staging.unlink(name) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                        return Err(Error::io("remove", &self.staging_path.join(name), e))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rename `aside` back to `rel` in the target, never over anything.
+    fn put_aside_back(&self, staging: &Dir, aside: &OsStr, rel: &Path) -> Result<bool> {
+        let target = match self.share_parent.open_dir(&self.share_name) {
+            Ok(d) => d,
+            Err(e) if crate::fs::gone(&e) => return Ok(false),
+            Err(e) => return Err(Error::io("open", &self.share_path, e)),
+        };
+        let (parent, name) = super::split_rel(rel);
+        let to = match tree::open_beneath(&target, parent) {
+            Ok(d) => d,
+            Err(e) if crate::fs::gone(&e) => return Ok(false),
+            Err(e) => return Err(Error::io("open", &self.share_path.join(parent), e)),
+        };
+        match staging.rename_noreplace(aside, &to, name) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EEXIST | libc::ENOTEMPTY | libc::ENOENT | libc::ENOTDIR)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::io("put back", &self.share_path.join(rel), e)),
         }
     }
 }

@@ -6,15 +6,23 @@
 //! identity when it is deleted. A regular file is deleted under a read
 //! lease: the kernel refuses the lease while any other process has the file
 //! open for writing, so a file a writer holds open is kept. A writer that
-//! opens it while the lease is held waits for the lease, and the kernel
-//! tells us at once (the lease is broken). The last look for that comes
-//! right before the unlink: a writer that came while the file was checked
-//! finds it still under its name, and it is kept. Only a writer whose open
-//! reaches the lease between that look and the unlink (the instant between
-//! two system calls) gets the inode whose name is gone; a look after the
-//! lease is released sees it, and once that writer closes the file its
-//! content is put back beside its name and renamed into place, to be
-//! migrated by the next pass.
+//! opens it while the lease is held waits for the lease, and the lease
+//! shows it (`F_GETLEASE` reports the break, per file: no signal to match
+//! to a descriptor). The last look for that comes right before the unlink:
+//! a writer that came while the file was checked finds it still under its
+//! name, and it is kept.
+//!
+//! The lease is not released at the unlink: a writer's open can find the
+//! name before the unlink and reach the file's lease only later (its
+//! thread preempted in between, which a busy machine does for
+//! milliseconds); once the lease is gone, nothing would tell. So the lease
+//! of a file whose last name went is held [`HOLD`] longer (up to [`HELD`]
+//! files at once), and a writer that came meanwhile (between the last
+//! look and the unlink, or after it) is seen then: once it closes the file,
+//! its content is put back beside its name and renamed into place (the
+//! directories that held it made again if they went), to be migrated by the
+//! next pass. A writer's open that waits longer than that between finding
+//! the name and reaching the lease still gets a file nobody will see.
 //! Directories are only ever removed empty (`rmdir`).
 
 use std::ffi::{OsStr, OsString};
@@ -56,6 +64,27 @@ pub struct Pruned {
     /// ctime that deleting gave the others (else each deletion would make
     /// the remaining names look changed, one name going per pass).
     relinked: std::collections::HashMap<u64, Time>,
+    /// Files whose last name went, their lease still held.
+    held: std::collections::VecDeque<Held>,
+    /// How many may be held at once.
+    cap: usize,
+}
+
+/// How long the lease of a file whose last name went is kept after the
+/// unlink: a writer whose open found the name before the unlink and reaches
+/// the lease within that is seen.
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// At most this many leases held at once (each an open file).
+pub const HELD: usize = 1024;
+
+/// A deleted file whose lease is still held.
+#[derive(Debug)]
+struct Held {
+    f: File,
+    dir: std::sync::Arc<Dir>,
+    ix: Ix,
+    since: std::time::Instant,
 }
 
 /// Delete every entry of `doomed` (indexed like `inv`: the identity it must
@@ -68,15 +97,146 @@ pub fn prune(
     doomed: &[Option<Identity>],
     check: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Pruned> {
-    let mut out = Pruned::default();
-    walk(inv, 0, app, app_path, doomed, check, &mut out)?;
+    let mut out = Pruned {
+        cap: held_cap(),
+        ..Pruned::default()
+    };
+    let root = std::sync::Arc::new(
+        app.try_clone()
+            .map_err(|e| Error::io("open", app_path, e))?,
+    );
+    let walked = walk(inv, 0, &root, app, app_path, doomed, check, &mut out);
+    // Whatever happened, every lease still held is looked at (dropping
+    // it unseen would let a waiting writer into a file nobody sees).
+    let settled = settle(inv, app, app_path, check, &mut out, 0);
+    walked.and(settled)?;
     Ok(out)
 }
 
+/// [`HELD`], or a quarter of the open-file limit if that is less.
+fn held_cap() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a local struct.
+    let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur as usize
+    } else {
+        1024
+    };
+    HELD.min(cur / 4).max(1)
+}
+
+/// Look at held leases: all of them at once when a break was signalled
+/// (a writer waits for one: it waits no longer than it must), then, oldest
+/// first, each one held [`HOLD`] by now, and more (waiting for their time)
+/// until at most `keep` are held. A broken one means a writer got the file
+/// whose name went: its content is put back once that writer is done.
+fn settle(
+    inv: &Inventory,
+    app: &Dir,
+    app_path: &std::path::Path,
+    check: &mut dyn FnMut() -> Result<()>,
+    out: &mut Pruned,
+    keep: usize,
+) -> Result<()> {
+    let mut first_err = Ok(());
+    let mut note = |r: Result<()>| {
+        if let (Err(e), true) = (r, first_err.is_ok()) {
+            first_err = Err(e);
+        }
+    };
+    if took_sigio(out) {
+        let mut i = 0;
+        while i < out.held.len() {
+            if lease_broken(&out.held[i].f) {
+                let h = out.held.remove(i).expect("in range");
+                note(settle_one(h, true, inv, app, app_path, check, out));
+            } else {
+                i += 1;
+            }
+        }
+    }
+    while let Some(front) = out.held.front() {
+        let due = front.since + HOLD;
+        let now = std::time::Instant::now();
+        if due > now {
+            if out.held.len() <= keep {
+                break;
+            }
+            std::thread::sleep(due - now);
+        }
+        let h = out.held.pop_front().expect("not empty");
+        let broken = lease_broken(&h.f);
+        note(settle_one(h, broken, inv, app, app_path, check, out));
+    }
+    took_sigio(out);
+    first_err
+}
+
+/// Release a held lease; `broken`: a writer got the nameless file, whose
+/// content is put back once it is done.
+fn settle_one(
+    h: Held,
+    broken: bool,
+    inv: &Inventory,
+    app: &Dir,
+    app_path: &std::path::Path,
+    check: &mut dyn FnMut() -> Result<()>,
+    out: &mut Pruned,
+) -> Result<()> {
+    let _ = lease(&h.f, libc::F_UNLCK);
+    if !broken {
+        return Ok(());
+    }
+    out.deleted -= 1;
+    let e = inv.get(h.ix);
+    let path = inv.path(app_path, h.ix);
+    crate::debug!(
+        "a process opened {} for writing as it was unlinked; waiting for it to close the file",
+        path.display()
+    );
+    let remake = || -> Result<Dir> {
+        let rel = inv.rel(h.ix);
+        let parent = rel.parent().unwrap_or(std::path::Path::new(""));
+        Ok(crate::fs::tree::make_beneath(app, parent, app_path)?.dir)
+    };
+    let to = rescue(&h.dir, &e.name, &h.f, &path, check, &remake)?;
+    let beside = if to == e.name {
+        String::new()
+    } else {
+        format!(
+            " as {} (a new file took its name meanwhile)",
+            std::path::Path::new(&to).display()
+        )
+    };
+    crate::warn!(
+        "a process opened {} for writing while sharelink deleted it; it is back in place{beside}, with what was written, and is migrated again",
+        path.display()
+    );
+    out.kept.push((h.ix, Kept::Rescued));
+    Ok(())
+}
+
+/// Whether a SIGIO (a lease broken) was pending, taking it; any other
+/// pending signal is kept for the checks.
+fn took_sigio(out: &mut Pruned) -> bool {
+    let now = crate::signals::pending();
+    out.pending |= now & !crate::signals::bit(libc::SIGIO);
+    let io = now & crate::signals::bit(libc::SIGIO) != 0;
+    if io {
+        crate::signals::discard(libc::SIGIO);
+    }
+    io
+}
+
+#[allow(clippy::too_many_arguments)]
 fn walk(
     inv: &Inventory,
     ix: Ix,
-    dir: &Dir,
+    dir: &std::sync::Arc<Dir>,
+    root: &Dir,
     app_path: &std::path::Path,
     doomed: &[Option<Identity>],
     check: &mut dyn FnMut() -> Result<()>,
@@ -90,7 +250,9 @@ fn walk(
         }
         if e.meta.kind == Kind::Dir {
             let sub = match dir.open_dir(&e.name) {
-                Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => d,
+                Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => {
+                    std::sync::Arc::new(d)
+                }
                 Ok(_) => {
                     out.kept.push((c, Kept::Changed));
                     continue;
@@ -98,7 +260,7 @@ fn walk(
                 Err(err) if crate::fs::gone(&err) => continue,
                 Err(err) => return Err(Error::io("open directory", &inv.path(app_path, c), err)),
             };
-            walk(inv, c, &sub, app_path, doomed, check, out)?;
+            walk(inv, c, &sub, root, app_path, doomed, check, out)?;
             drop(sub);
             match dir.rmdir(&e.name) {
                 Ok(()) => {
@@ -136,26 +298,20 @@ fn walk(
                 );
                 out.kept.push((c, Kept::Rescued));
             }
-            Ok(Gone::Orphaned(f)) => {
-                let path = inv.path(app_path, c);
-                crate::debug!(
-                    "a process opened {} for writing in the instant it was unlinked; waiting for it to close the file",
-                    path.display()
-                );
-                let to = rescue(dir, &e.name, &f, &path, check)?;
-                let beside = if to == e.name {
-                    String::new()
-                } else {
-                    format!(
-                        " as {} (a new file took its name meanwhile)",
-                        std::path::Path::new(&to).display()
-                    )
-                };
-                crate::warn!(
-                    "a process opened {} for writing while sharelink deleted it; it is back in place{beside}, with what was written, and is migrated again",
-                    path.display()
-                );
-                out.kept.push((c, Kept::Rescued));
+            Ok(Gone::Held(f)) => {
+                out.deleted += 1;
+                failpoint::hit(Failpoint::PruneEntry);
+                out.held.push_back(Held {
+                    f,
+                    dir: dir.clone(),
+                    ix: c,
+                    since: std::time::Instant::now(),
+                });
+                failpoint::hit(Failpoint::PruneUnlinked);
+                // Those held long enough are looked at; the oldest too
+                // when too many are held.
+                let keep = out.cap - 1;
+                settle(inv, root, app_path, check, out, keep)?;
             }
             Ok(Gone::Kept(why)) => out.kept.push((c, why)),
             Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
@@ -171,7 +327,7 @@ fn walk(
 }
 
 const F_SETLEASE: libc::c_int = 1024;
-const F_SETSIG: libc::c_int = 10;
+const F_GETLEASE: libc::c_int = 1025;
 
 fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
     // SAFETY: plain fcntl on our fd.
@@ -186,10 +342,9 @@ fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
 enum Gone {
     Deleted,
     Kept(Kept),
-    /// Deleted, but a writer's open reached the lease between the last look
-    /// and the unlink: the inode lives on, held by that writer (and by this
-    /// open file), without a name.
-    Orphaned(File),
+    /// Deleted, its last name gone, the lease still held (to be looked at
+    /// after [`HOLD`]).
+    Held(File),
 }
 
 /// Delete `name` if it still is `id`. `pending` gets the signals pending
@@ -230,10 +385,6 @@ fn delete(
         }
         Err(e) => return Err(e),
     };
-    // A broken lease is reported as SIGIO carrying this fd (the signal is
-    // blocked: it waits to be taken below).
-    // SAFETY: plain fcntl on our fd.
-    unsafe { libc::fcntl(f.as_raw_fd(), F_SETSIG, libc::SIGIO) };
     let leased = match lease(&f, libc::F_RDLCK) {
         Ok(()) => true,
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Gone::Kept(Kept::Busy)),
@@ -247,14 +398,23 @@ fn delete(
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
     let r = if !(now.kind == Kind::File && unchanged(&now.id) && named == Some(id.ino)) {
         Ok(Gone::Kept(Kept::Changed))
-    } else if leased && took_broken(&f, pending) {
+    } else if leased && lease_broken(&f) {
         // A writer waits for the lease: the file stays, and the writer
         // gets it under its name.
         Ok(Gone::Kept(Kept::Rescued))
     } else {
         dir.unlink(name).map(|_| Gone::Deleted)
     };
-    if matches!(r, Ok(Gone::Deleted)) && now.nlink > 1 {
+    // What the checks between files need (a broken lease's SIGIO is not
+    // one of them: the lease says it).
+    *pending = crate::signals::pending() & !crate::signals::bit(libc::SIGIO);
+    // Names left after the unlink, counted from before it: on overlayfs an
+    // open file of a lower layer still reports the lower file's count.
+    let left = match r {
+        Ok(Gone::Deleted) => now.nlink.saturating_sub(1),
+        _ => 0,
+    };
+    if matches!(r, Ok(Gone::Deleted)) && left > 0 {
         if let Ok(m) = crate::fs::meta::fstat(&f) {
             relinked.insert(id.ino, m.id.ctime);
         }
@@ -262,45 +422,23 @@ fn delete(
     if !leased {
         return r;
     }
-    let _ = lease(&f, libc::F_UNLCK);
-    // Every break of the lease was reported by now (a writer's open
-    // reports it before it waits): one after the look above means that
-    // writer got the unlinked inode.
-    let broken = took_broken(&f, pending);
     match r {
-        Ok(Gone::Deleted) if broken => Ok(Gone::Orphaned(f)),
-        r => r,
+        // Its last name went: the lease stays a while, for a writer whose
+        // open found the name before the unlink (see the module's doc).
+        Ok(Gone::Deleted) if left == 0 => Ok(Gone::Held(f)),
+        r => {
+            let _ = lease(&f, libc::F_UNLCK);
+            r
+        }
     }
 }
 
-/// Whether a broken lease on `f` was reported (taking the report);
-/// `pending` gains the other pending signals.
-fn took_broken(f: &File, pending: &mut crate::signals::SigMask) -> bool {
-    let now = crate::signals::pending();
-    *pending |= now & !crate::signals::bit(libc::SIGIO);
-    now & crate::signals::bit(libc::SIGIO) != 0 && lease_broken(f)
-}
-
-/// Whether the kernel reported that someone opened `f` for writing while
-/// we held its lease.
+/// Whether the lease on `f` was broken (someone opened the file for
+/// writing while it was held): the kernel then reports the lease as going
+/// (`F_UNLCK`), or gone once the break timed out.
 fn lease_broken(f: &File) -> bool {
-    let mut broken = false;
-    while let Some(info) = crate::signals::wait(
-        crate::signals::bit(libc::SIGIO),
-        Some(std::time::Duration::ZERO),
-    ) {
-        // SAFETY: for SIGIO the siginfo union holds `si_band` (a long)
-        // then `si_fd` (an int), after the three ints of the header and
-        // their padding.
-        let fd = unsafe {
-            let base = (&info as *const libc::siginfo_t).cast::<u8>();
-            *base
-                .add(16 + std::mem::size_of::<libc::c_long>())
-                .cast::<libc::c_int>()
-        };
-        broken |= fd == f.as_raw_fd();
-    }
-    broken
+    // SAFETY: plain fcntl on our fd.
+    unsafe { libc::fcntl(f.as_raw_fd(), F_GETLEASE) != libc::F_RDLCK }
 }
 
 /// Someone got the inode whose name we just removed: when they are done
@@ -315,6 +453,7 @@ fn rescue(
     f: &File,
     path: &std::path::Path,
     check: &mut dyn FnMut() -> Result<()>,
+    remake: &dyn Fn() -> Result<Dir>,
 ) -> Result<OsString> {
     use std::time::{Duration, Instant};
     let started = Instant::now();
@@ -337,7 +476,12 @@ fn rescue(
         }
     }
     let _ = lease(f, libc::F_UNLCK);
-    let to = put_back(dir, name, f).map_err(|e| Error::io("put back", path, e))?;
+    let to = match put_back(dir, name, f) {
+        // Its directory went too (emptied, it was removed): made again.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => put_back(&remake()?, name, f),
+        r => r,
+    }
+    .map_err(|e| Error::io("put back", path, e))?;
     stopped.map(|()| to)
 }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::inventory::{Inventory, Ix};
 use super::journal::{self, Journal, Record};
-use super::layout::TREE;
+use super::layout::{ASIDE, TREE};
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
@@ -342,7 +342,10 @@ impl Staging {
 }
 
 /// Remove the staging directory `name` in `parent`, if there is one: the
-/// journal first, so that no record outlives the copy it names.
+/// journal first, so that no record outlives the copy it names. What a
+/// replace moved aside (`replaced.<n>` and its record) is never removed:
+/// it may be another writer's file, and the staging directory then stays
+/// with it for the next run to put back.
 pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
     let dir = match parent.open_dir(name) {
         Ok(d) => d,
@@ -352,6 +355,18 @@ pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
     match dir.unlink(OsStr::new(journal::NAME)) {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
         _ => {}
+    }
+    let listed = dir.list()?;
+    let kept = |n: &OsStr| {
+        n.as_encoded_bytes()
+            .strip_prefix(ASIDE.as_bytes())
+            .is_some_and(|r| r.starts_with(b"."))
+    };
+    if listed.iter().any(|(n, _)| kept(n)) {
+        for (n, _) in listed.iter().filter(|(n, _)| !kept(n)) {
+            crate::fs::tree::remove(&dir, n)?;
+        }
+        return Ok(());
     }
     drop(dir);
     // Usually only the journal was left: one rmdir, not a walk.
