@@ -10,7 +10,7 @@ use super::{heartbeat, Ctx, Fresh, Ledger, Migration, Outcome};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
-use crate::fs::meta::{Identity, Kind};
+use crate::fs::meta::{Identity, Kind, Meta};
 use crate::fs::{pool, tree};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt;
@@ -36,35 +36,9 @@ fn replace_checked(
     aside: &OsStr,
     expect: &Identity,
 ) -> std::io::Result<bool> {
-    // A regular file is held open, so that a write into it after the
-    // check shows; anything else (image-wins replaces symlinks and
-    // special files too) is checked by `lstat`.
-    let checked = match to.stat_at(name)? {
-        Some(m) if m.id == *expect => m,
-        _ => return Ok(false),
+    let Some((checked, f)) = still_expected(to, name, expect)? else {
+        return Ok(false);
     };
-    let f = if checked.kind == Kind::File {
-        match to.open_read(name) {
-            Ok(f) => Some(f),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT | libc::ELOOP | libc::ENXIO)
-                ) =>
-            {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
-        }
-    } else {
-        None
-    };
-    if let Some(f) = &f {
-        let held = crate::fs::meta::fstat(f)?;
-        if held.kind != Kind::File || held.id != *expect {
-            return Ok(false);
-        }
-    }
     failpoint::hit(Failpoint::ReplaceChecked);
     let recorded = where_name(aside);
     let mut tmp = recorded.clone();
@@ -79,17 +53,7 @@ fn replace_checked(
         return Err(e);
     }
     failpoint::hit(Failpoint::ReplaceAside);
-    let moved = staging.dir().stat_at(aside)?;
-    let unwritten = match &f {
-        Some(f) => {
-            let now = crate::fs::meta::fstat(f)?;
-            now.id.size == checked.id.size && now.id.mtime == checked.id.mtime
-        }
-        None => true,
-    };
-    let same =
-        moved.is_some_and(|m| m.id.ino == checked.id.ino && m.dev == checked.dev) && unwritten;
-    if !same {
+    if !moved_as_checked(staging, aside, &checked, f.as_ref())? {
         // Not what was checked (another writer's entry took the name, or
         // wrote into it): it goes back (if that fails, the next run puts
         // it back or keeps it).
@@ -120,6 +84,65 @@ fn replace_checked(
             Ok(true)
         }
     }
+}
+
+/// The entry `name` in `to`, if it is still `expect`: its `lstat`, and a
+/// regular file held open (checked again on the open file).
+fn still_expected(
+    to: &Dir,
+    name: &OsStr,
+    expect: &Identity,
+) -> std::io::Result<Option<(Meta, Option<std::fs::File>)>> {
+    // A regular file is held open, so that a write into it after the
+    // check shows; anything else (image-wins replaces symlinks and
+    // special files too) is checked by `lstat`.
+    let checked = match to.stat_at(name)? {
+        Some(m) if m.id == *expect => m,
+        _ => return Ok(None),
+    };
+    let f = if checked.kind == Kind::File {
+        match to.open_read(name) {
+            Ok(f) => Some(f),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::ENXIO)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    if let Some(f) = &f {
+        let held = crate::fs::meta::fstat(f)?;
+        if held.kind != Kind::File || held.id != *expect {
+            return Ok(None);
+        }
+    }
+    Ok(Some((checked, f)))
+}
+
+/// Whether what [`replace_checked`] moved aside to `aside` is what it
+/// checked (`checked`; `f`, the regular file held open): the same inode,
+/// and not written meanwhile.
+fn moved_as_checked(
+    staging: &Staging,
+    aside: &OsStr,
+    checked: &Meta,
+    f: Option<&std::fs::File>,
+) -> std::io::Result<bool> {
+    let moved = staging.dir().stat_at(aside)?;
+    let unwritten = match f {
+        Some(f) => {
+            let now = crate::fs::meta::fstat(f)?;
+            now.id.size == checked.id.size && now.id.mtime == checked.id.mtime
+        }
+        None => true,
+    };
+    Ok(moved.is_some_and(|m| m.id.ino == checked.id.ino && m.dev == checked.dev) && unwritten)
 }
 
 /// Beside an aside name, the file recording the path (in the target) of
