@@ -249,30 +249,7 @@ fn walk(
             continue;
         }
         if e.meta.kind == Kind::Dir {
-            let sub = match dir.open_dir(&e.name) {
-                Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => {
-                    std::sync::Arc::new(d)
-                }
-                Ok(_) => {
-                    out.kept.push((c, Kept::Changed));
-                    continue;
-                }
-                Err(err) if crate::fs::gone(&err) => continue,
-                Err(err) => return Err(Error::io("open directory", &inv.path(app_path, c), err)),
-            };
-            walk(inv, c, &sub, root, app_path, doomed, check, out)?;
-            drop(sub);
-            match dir.rmdir(&e.name) {
-                Ok(()) => {
-                    out.deleted += 1;
-                    failpoint::hit(Failpoint::PruneEntry);
-                }
-                Err(err) if matches!(err.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
-                    out.kept.push((c, Kept::NotEmpty))
-                }
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
-            }
+            prune_dir(inv, c, dir, root, app_path, doomed, check, out)?;
             continue;
         }
         let Some(id) = doomed[c as usize] else {
@@ -326,6 +303,45 @@ fn walk(
     Ok(())
 }
 
+/// Directory `c` (a child of `dir`): its entries first, then itself if
+/// that left it empty.
+#[allow(clippy::too_many_arguments)]
+fn prune_dir(
+    inv: &Inventory,
+    c: Ix,
+    dir: &std::sync::Arc<Dir>,
+    root: &Dir,
+    app_path: &std::path::Path,
+    doomed: &[Option<Identity>],
+    check: &mut dyn FnMut() -> Result<()>,
+    out: &mut Pruned,
+) -> Result<()> {
+    let e = inv.get(c);
+    let sub = match dir.open_dir(&e.name) {
+        Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => std::sync::Arc::new(d),
+        Ok(_) => {
+            out.kept.push((c, Kept::Changed));
+            return Ok(());
+        }
+        Err(err) if crate::fs::gone(&err) => return Ok(()),
+        Err(err) => return Err(Error::io("open directory", &inv.path(app_path, c), err)),
+    };
+    walk(inv, c, &sub, root, app_path, doomed, check, out)?;
+    drop(sub);
+    match dir.rmdir(&e.name) {
+        Ok(()) => {
+            out.deleted += 1;
+            failpoint::hit(Failpoint::PruneEntry);
+        }
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+            out.kept.push((c, Kept::NotEmpty))
+        }
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
+    }
+    Ok(())
+}
+
 const F_SETLEASE: libc::c_int = 1024;
 const F_GETLEASE: libc::c_int = 1025;
 
@@ -345,6 +361,21 @@ enum Gone {
     /// Deleted, its last name gone, the lease still held (to be looked at
     /// after [`HOLD`]).
     Held(File),
+}
+
+/// Delete `name`, a non-file of kind `kind`, if it is `unchanged`: no
+/// lease to take, its `lstat` decides.
+fn delete_node(
+    dir: &Dir,
+    name: &OsStr,
+    kind: Kind,
+    unchanged: &dyn Fn(&Identity) -> bool,
+) -> std::io::Result<Gone> {
+    match dir.stat_at(name)? {
+        Some(m) if m.kind == kind && unchanged(&m.id) => dir.unlink(name).map(|_| Gone::Deleted),
+        Some(_) => Ok(Gone::Kept(Kept::Changed)),
+        None => Ok(Gone::Deleted),
+    }
 }
 
 /// Delete `name` if it still is `id`. `pending` gets the signals pending
@@ -369,13 +400,7 @@ fn delete(
                 } == *id
     };
     if kind != Kind::File {
-        return match dir.stat_at(name)? {
-            Some(m) if m.kind == kind && unchanged(&m.id) => {
-                dir.unlink(name).map(|_| Gone::Deleted)
-            }
-            Some(_) => Ok(Gone::Kept(Kept::Changed)),
-            None => Ok(Gone::Deleted),
-        };
+        return delete_node(dir, name, kind, &unchanged);
     }
     let f = match dir.open_read(name) {
         Ok(f) => f,
