@@ -105,7 +105,13 @@ pub fn prune(
         app.try_clone()
             .map_err(|e| Error::io("open", app_path, e))?,
     );
-    let walked = walk(inv, 0, &root, app, app_path, doomed, check, &mut out);
+    let scope = Scope {
+        inv,
+        root: app,
+        app_path,
+        doomed,
+    };
+    let walked = walk(&scope, 0, &root, check, &mut out);
     // Whatever happened, every lease still held is looked at (dropping
     // it unseen would let a waiting writer into a file nobody sees).
     let settled = settle(inv, app, app_path, check, &mut out, 0);
@@ -231,17 +237,29 @@ fn took_sigio(out: &mut Pruned) -> bool {
     io
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the walk reads: the inventory, the app directory (`root`, at
+/// `app_path`), and the identity each entry must still have to go.
+struct Scope<'a> {
+    inv: &'a Inventory,
+    root: &'a Dir,
+    app_path: &'a std::path::Path,
+    doomed: &'a [Option<Identity>],
+}
+
+/// Delete what may go below directory `ix` (open as `dir`).
 fn walk(
-    inv: &Inventory,
+    s: &Scope<'_>,
     ix: Ix,
     dir: &std::sync::Arc<Dir>,
-    root: &Dir,
-    app_path: &std::path::Path,
-    doomed: &[Option<Identity>],
     check: &mut dyn FnMut() -> Result<()>,
     out: &mut Pruned,
 ) -> Result<()> {
+    let Scope {
+        inv,
+        root,
+        app_path,
+        doomed,
+    } = *s;
     for c in inv.children(ix) {
         let e = inv.get(c);
         if e.changed {
@@ -249,7 +267,7 @@ fn walk(
             continue;
         }
         if e.meta.kind == Kind::Dir {
-            prune_dir(inv, c, dir, root, app_path, doomed, check, out)?;
+            prune_dir(s, c, dir, check, out)?;
             continue;
         }
         let Some(id) = doomed[c as usize] else {
@@ -305,17 +323,14 @@ fn walk(
 
 /// Directory `c` (a child of `dir`): its entries first, then itself if
 /// that left it empty.
-#[allow(clippy::too_many_arguments)]
 fn prune_dir(
-    inv: &Inventory,
+    s: &Scope<'_>,
     c: Ix,
     dir: &std::sync::Arc<Dir>,
-    root: &Dir,
-    app_path: &std::path::Path,
-    doomed: &[Option<Identity>],
     check: &mut dyn FnMut() -> Result<()>,
     out: &mut Pruned,
 ) -> Result<()> {
+    let (inv, app_path) = (s.inv, s.app_path);
     let e = inv.get(c);
     let sub = match dir.open_dir(&e.name) {
         Ok(d) if d.stat().is_ok_and(|m| m.id.ino == e.meta.id.ino) => std::sync::Arc::new(d),
@@ -326,7 +341,7 @@ fn prune_dir(
         Err(err) if crate::fs::gone(&err) => return Ok(()),
         Err(err) => return Err(Error::io("open directory", &inv.path(app_path, c), err)),
     };
-    walk(inv, c, &sub, root, app_path, doomed, check, out)?;
+    walk(s, c, &sub, check, out)?;
     drop(sub);
     match dir.rmdir(&e.name) {
         Ok(()) => {

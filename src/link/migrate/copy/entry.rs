@@ -36,13 +36,7 @@ impl Shared<'_> {
     }
 
     /// Copy a regular file, or reuse the complete copy an earlier run made.
-    pub(super) fn file(
-        &self,
-        ix: Ix,
-        src: &Dir,
-        dst: &Dir,
-        stop: &AtomicBool,
-    ) -> Result<Option<Staged>> {
+    fn file(&self, ix: Ix, src: &Dir, dst: &Dir, stop: &AtomicBool) -> Result<Option<Staged>> {
         let e = self.entry(ix);
         let seen = Time::now();
         let from = match src.open_read(&e.name) {
@@ -94,7 +88,7 @@ impl Shared<'_> {
     /// its `fstat`): made with its final mode where it can be, its bytes
     /// (holes stay holes), its attributes. Returns the `fstat` of the
     /// source and of the copy afterwards.
-    pub(super) fn write_file(
+    fn write_file(
         &self,
         ix: Ix,
         from: &std::fs::File,
@@ -142,7 +136,7 @@ impl Shared<'_> {
 
     /// The staged copy an earlier run completed of this version of the app
     /// file, if the journal says so and it is still there.
-    pub(super) fn completed_before(
+    fn completed_before(
         &self,
         rel: &Path,
         app: &Meta,
@@ -176,7 +170,7 @@ impl Shared<'_> {
 
     /// Create the staged file, replacing an incomplete copy an earlier run
     /// left.
-    pub(super) fn create(&self, ix: Ix, dst: &Dir, perm: u32) -> Result<std::fs::File> {
+    fn create(&self, ix: Ix, dst: &Dir, perm: u32) -> Result<std::fs::File> {
         let name = &self.entry(ix).name;
         let created = match dst.create(name, perm) {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => self
@@ -187,7 +181,7 @@ impl Shared<'_> {
         created.map_err(|x| Error::io("create", &self.dst_path(ix), x))
     }
 
-    pub(super) fn symlink(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
+    fn symlink(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
         let e = self.entry(ix);
         let Some((before, seen)) = self.still(ix, src)? else {
             return Ok(None);
@@ -225,7 +219,7 @@ impl Shared<'_> {
     /// FIFOs, sockets and device nodes are made anew. A share that cannot
     /// hold them loses the node only (they hold no data): counted and
     /// reported, not an error.
-    pub(super) fn special(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
+    fn special(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
         let e = self.entry(ix);
         let Some((before, seen)) = self.still(ix, src)? else {
             return Ok(None);
@@ -259,7 +253,7 @@ impl Shared<'_> {
 
     /// The entry's `lstat` now, if it is still the one the walk saw, and
     /// the time just before it was taken.
-    pub(super) fn still(&self, ix: Ix, src: &Dir) -> Result<Option<(Meta, Time)>> {
+    fn still(&self, ix: Ix, src: &Dir) -> Result<Option<(Meta, Time)>> {
         let e = self.entry(ix);
         let seen = Time::now();
         match src.stat_at(&e.name) {
@@ -272,7 +266,7 @@ impl Shared<'_> {
     }
 
     /// What was copied, faithful if the entry did not change meanwhile.
-    pub(super) fn checked(&self, ix: Ix, src: &Dir, before: Meta, seen: Time) -> Staged {
+    fn checked(&self, ix: Ix, src: &Dir, before: Meta, seen: Time) -> Staged {
         let after = src.stat_at(&self.entry(ix).name).ok().flatten();
         Staged {
             app: before.id,
@@ -282,7 +276,7 @@ impl Shared<'_> {
         }
     }
 
-    pub(super) fn node_attrs(&self, ix: Ix, src: &Dir, dst: &Dir, meta: &Meta) -> Result<()> {
+    fn node_attrs(&self, ix: Ix, src: &Dir, dst: &Dir, meta: &Meta) -> Result<()> {
         let name = &self.entry(ix).name;
         let p = src
             .proc_path(name)
