@@ -1,6 +1,8 @@
 //! Moving staged roots into the share target: copies in (each root
 //! appears whole or not at all, never over anything) and replacements of
-//! our own outdated copies, which overwrite exactly the copy they checked.
+//! our own outdated copies, which overwrite exactly the copy they checked
+//! (and, first thing in a run, putting back what a replace killed between
+//! its renames left aside).
 
 use super::copy::{self, Staging};
 use super::inventory::{Inventory, Ix};
