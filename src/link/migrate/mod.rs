@@ -29,6 +29,7 @@
 
 pub mod compare;
 pub mod copy;
+pub mod guardian;
 pub mod inventory;
 pub mod journal;
 pub mod preview;
