@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use super::prune;
 use crate::error::ExitCode;
 use crate::fs::dir::Dir;
+use crate::fs::meta::{Identity, Time};
 
 /// The hidden subcommand that runs the guardian.
 pub const SUBCOMMAND: &str = "__guardian";
@@ -50,7 +51,7 @@ const DROP: u8 = b'D';
 const END: u8 = b'E';
 
 /// The largest message (a relative path of up to PATH_MAX bytes).
-const MAX_MSG: usize = 9 + 4096;
+const MAX_MSG: usize = 9 + 24 + 4096;
 
 /// sharelink's side: the guardian of one prune, started at its first held
 /// lease.
@@ -69,13 +70,14 @@ struct Guardian {
 
 impl Guard {
     /// Give the guardian `f` (whose lease is held, about to lose its last
-    /// name `rel` in `dir`); its id, for [`Guard::release`]. `None`: no
-    /// guardian.
+    /// name `rel` in `dir`; `was`: its identity then); its id, for
+    /// [`Guard::release`]. `None`: no guardian.
     pub fn hold(
         &mut self,
         root: &Dir,
         app_path: &Path,
         f: &File,
+        was: &Identity,
         dir: &Dir,
         rel: &Path,
     ) -> Option<u64> {
@@ -92,8 +94,12 @@ impl Guard {
         self.next += 1;
         let id = self.next;
         let fds = [f.as_raw_fd(), dir.as_raw_fd()];
-        self.send(HOLD, id, rel.as_os_str().as_bytes(), &fds)
-            .then_some(id)
+        let mut payload = Vec::with_capacity(24 + rel.as_os_str().len());
+        payload.extend_from_slice(&was.size.to_le_bytes());
+        payload.extend_from_slice(&was.mtime.sec.to_le_bytes());
+        payload.extend_from_slice(&was.mtime.nsec.to_le_bytes());
+        payload.extend_from_slice(rel.as_os_str().as_bytes());
+        self.send(HOLD, id, &payload, &fds).then_some(id)
     }
 
     /// The guardian no longer needs `id` (sharelink settled it: sent before
@@ -289,6 +295,9 @@ struct Entry {
     f: File,
     dir: Dir,
     rel: PathBuf,
+    /// Its size and mtime at the unlink.
+    size: u64,
+    mtime: Time,
 }
 
 /// The guardian process (`sharelink __guardian`): serve the socket on
@@ -314,11 +323,26 @@ pub fn serve() -> ExitCode {
                 let path = PathBuf::from(OsStr::from_bytes(&payload));
                 root = Some((Dir::from_fd(fds.remove(0)), path));
             }
-            (HOLD, 2) => {
+            (HOLD, 2) if payload.len() > 24 => {
                 let dir = Dir::from_fd(fds.remove(1));
                 let f = File::from(fds.remove(0));
-                let rel = PathBuf::from(OsStr::from_bytes(&payload));
-                held.insert(id, Entry { f, dir, rel });
+                let word = |i: usize| payload[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+                let size = u64::from_le_bytes(word(0));
+                let mtime = Time {
+                    sec: i64::from_le_bytes(word(1)),
+                    nsec: i64::from_le_bytes(word(2)),
+                };
+                let rel = PathBuf::from(OsStr::from_bytes(&payload[24..]));
+                held.insert(
+                    id,
+                    Entry {
+                        f,
+                        dir,
+                        rel,
+                        size,
+                        mtime,
+                    },
+                );
             }
             (DROP, 0) => {
                 held.remove(&id);
@@ -355,9 +379,13 @@ fn finish(held: Vec<Entry>, root: &Dir, app_path: &Path) {
         // Broken: a writer got the nameless file (or sharelink was
         // putting it back when it died). Released, the writer's open
         // goes on; its content is put back once the writer is done.
+        // Changed: a writer wrote to it (sharelink, putting it back, held
+        // the lease again for a moment when it died).
         let broken = prune::lease_broken(&e.f);
+        let changed = crate::fs::meta::fstat(&e.f)
+            .map_or(true, |m| m.id.size != e.size || m.id.mtime != e.mtime);
         let _ = prune::lease(&e.f, libc::F_UNLCK);
-        if broken {
+        if broken || changed {
             crate::debug!(
                 "guardian: a process opened {} for writing as it was unlinked; waiting for it to close the file",
                 app_path.join(&e.rel).display()

@@ -23,6 +23,16 @@
 //! directories that held it made again if they went), to be migrated by the
 //! next pass. A writer's open that waits longer than that between finding
 //! the name and reaching the lease still gets a file nobody will see.
+//!
+//! A lease belongs to the open file, not to the process: before each such
+//! unlink the file (and its directory) is passed to the guardian (see
+//! `guardian`, started at the first), which keeps the lease if sharelink
+//! is killed, and then does what [`settle`] would have done (put back what
+//! a writer wrote once it closes the file, waiting at most
+//! `guardian::LIMIT`). sharelink tells it each file it has settled (before
+//! the lease is released, or once the content is back) and when the prune
+//! is done. Without a guardian (it could not be started), a SIGKILL while
+//! leases are held loses what a writer waiting for one writes.
 //! Directories are only ever removed empty (`rmdir`).
 
 use std::ffi::{OsStr, OsString};
@@ -449,7 +459,7 @@ fn delete(
         if leased {
             gid = hold
                 .guard
-                .hold(hold.root, hold.app_path, &f, dir, &hold.rel);
+                .hold(hold.root, hold.app_path, &f, &now.id, dir, &hold.rel);
         }
         dir.unlink(name).map(|_| Gone::Deleted)
     };
