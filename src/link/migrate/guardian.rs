@@ -352,19 +352,19 @@ pub fn serve() -> ExitCode {
         }
     };
     drop(sock);
-    if held.is_empty() {
+    // Done: sharelink settled every file (whatever is left, it released
+    // or put back: the guardian lets go, as sharelink did before it).
+    if done || held.is_empty() {
         return ExitCode::Ok;
     }
     let Some((root, app_path)) = root else {
         return ExitCode::Ok;
     };
-    if !done {
-        crate::warn!(
-            "sharelink exited while it held the lease of {} file(s) it deleted from {}; the guardian finishes the job",
-            held.len(),
-            app_path.display()
-        );
-    }
+    crate::warn!(
+        "sharelink exited while it held the lease of {} file(s) it deleted from {}; the guardian finishes the job",
+        held.len(),
+        app_path.display()
+    );
     finish(held.into_values().collect(), &root, &app_path);
     ExitCode::Ok
 }
