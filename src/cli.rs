@@ -88,6 +88,10 @@ pub enum Command {
         #[arg(long, value_name = "USER")]
         user: Option<String>,
     },
+    /// Internal: keeps the leases of files being deleted if sharelink dies
+    /// (started by sharelink itself, see link::migrate::guardian)
+    #[command(name = link::migrate::guardian::SUBCOMMAND, hide = true)]
+    Guardian,
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +192,7 @@ fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
 
 fn dispatch(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Guardian => Ok(link::migrate::guardian::serve()),
         Command::Check => check(cli),
         Command::Status { json } => {
             let cfg = load(cli)?;

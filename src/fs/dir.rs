@@ -42,6 +42,12 @@ impl Dir {
         .union(OFlag::O_CLOEXEC)
         .union(OFlag::O_NOCTTY);
 
+    /// A directory from its open descriptor (one passed by another
+    /// process).
+    pub fn from_fd(fd: OwnedFd) -> Dir {
+        Dir { fd }
+    }
+
     /// Open a directory by path, following symlinks in it (for the roots
     /// the config names; the trees below them are walked with
     /// [`Dir::open_dir`]).

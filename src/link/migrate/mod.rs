@@ -38,6 +38,7 @@
 pub(crate) mod compare;
 pub(crate) mod copy;
 mod displaced;
+pub(crate) mod guardian;
 mod heartbeat;
 pub(crate) mod inventory;
 pub(crate) mod journal;

@@ -23,6 +23,16 @@
 //! directories that held it made again if they went), to be migrated by the
 //! next pass. A writer's open that waits longer than that between finding
 //! the name and reaching the lease still gets a file nobody will see.
+//!
+//! A lease belongs to the open file, not to the process: before each such
+//! unlink the file (and its directory) is passed to the guardian (see
+//! `guardian`, started at the first), which keeps the lease if sharelink
+//! is killed, and then does what [`settle`] would have done (put back what
+//! a writer wrote once it closes the file, waiting at most
+//! `guardian::LIMIT`). sharelink tells it each file it has settled (before
+//! the lease is released, or once the content is back) and when the prune
+//! is done. Without a guardian (it could not be started), a SIGKILL while
+//! leases are held loses what a writer waiting for one writes.
 //! Directories are only ever removed empty (`rmdir`).
 
 use std::ffi::{OsStr, OsString};
@@ -68,6 +78,8 @@ pub struct Pruned {
     held: std::collections::VecDeque<Held>,
     /// How many may be held at once.
     cap: usize,
+    /// The guardian of the held leases (started at the first).
+    guard: super::guardian::Guard,
 }
 
 /// How long the lease of a file whose last name went is kept after the
@@ -82,6 +94,8 @@ pub const HELD: usize = 1024;
 #[derive(Debug)]
 struct Held {
     f: File,
+    /// Its id with the guardian, if there is one.
+    gid: Option<u64>,
     dir: std::sync::Arc<Dir>,
     ix: Ix,
     since: std::time::Instant,
@@ -115,6 +129,7 @@ pub fn prune(
     // Whatever happened, every lease still held is looked at (dropping
     // it unseen would let a waiting writer into a file nobody sees).
     let settled = settle(inv, app, app_path, check, &mut out, 0);
+    out.guard.finish();
     walked.and(settled)?;
     Ok(out)
 }
@@ -192,10 +207,27 @@ fn settle_one(
     check: &mut dyn FnMut() -> Result<()>,
     out: &mut Pruned,
 ) -> Result<()> {
-    let _ = lease(&h.f, libc::F_UNLCK);
     if !broken {
+        // Before the lease goes: the guardian must not take it for broken.
+        out.guard.release(h.gid);
+        let _ = lease(&h.f, libc::F_UNLCK);
         return Ok(());
     }
+    let _ = lease(&h.f, libc::F_UNLCK);
+    let r = rescued(&h, inv, app, app_path, check, out);
+    // Once it is back (or sharelink gave up on it).
+    out.guard.release(h.gid);
+    r
+}
+
+fn rescued(
+    h: &Held,
+    inv: &Inventory,
+    app: &Dir,
+    app_path: &std::path::Path,
+    check: &mut dyn FnMut() -> Result<()>,
+    out: &mut Pruned,
+) -> Result<()> {
     out.deleted -= 1;
     let e = inv.get(h.ix);
     let path = inv.path(app_path, h.ix);
@@ -274,6 +306,12 @@ fn walk(
             out.kept.push((c, Kept::NoCopy));
             continue;
         };
+        let mut hold = Hold {
+            guard: &mut out.guard,
+            root,
+            app_path,
+            rel: inv.rel(c),
+        };
         match delete(
             dir,
             &e.name,
@@ -281,6 +319,7 @@ fn walk(
             &id,
             &mut out.pending,
             &mut out.relinked,
+            &mut hold,
         ) {
             Ok(Gone::Deleted) => {
                 out.deleted += 1;
@@ -293,11 +332,12 @@ fn walk(
                 );
                 out.kept.push((c, Kept::Rescued));
             }
-            Ok(Gone::Held(f)) => {
+            Ok(Gone::Held(f, gid)) => {
                 out.deleted += 1;
                 failpoint::hit(Failpoint::PruneEntry);
                 out.held.push_back(Held {
                     f,
+                    gid,
                     dir: dir.clone(),
                     ix: c,
                     since: std::time::Instant::now(),
@@ -360,7 +400,7 @@ fn prune_dir(
 const F_SETLEASE: libc::c_int = 1024;
 const F_GETLEASE: libc::c_int = 1025;
 
-fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
+pub(super) fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
     // SAFETY: plain fcntl on our fd.
     if unsafe { libc::fcntl(f.as_raw_fd(), F_SETLEASE, how) } == 0 {
         Ok(())
@@ -369,13 +409,22 @@ fn lease(f: &File, how: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// What [`delete`] needs to give a file to the guardian.
+struct Hold<'a> {
+    guard: &'a mut super::guardian::Guard,
+    root: &'a Dir,
+    app_path: &'a std::path::Path,
+    /// The entry's path from the app directory.
+    rel: std::path::PathBuf,
+}
+
 /// What became of an entry to delete.
 enum Gone {
     Deleted,
     Kept(Kept),
     /// Deleted, its last name gone, the lease still held (to be looked at
-    /// after [`HOLD`]).
-    Held(File),
+    /// after [`HOLD`]), with its id with the guardian.
+    Held(File, Option<u64>),
 }
 
 /// Delete `name`, a non-file of kind `kind`, if it is `unchanged`: no
@@ -394,7 +443,8 @@ fn delete_node(
 }
 
 /// Delete `name` if it still is `id`. `pending` gets the signals pending
-/// afterwards.
+/// afterwards. `hold` gives the guardian a file about to be unlinked under
+/// its lease.
 fn delete(
     dir: &Dir,
     name: &OsStr,
@@ -402,6 +452,7 @@ fn delete(
     id: &Identity,
     pending: &mut crate::signals::SigMask,
     relinked: &mut std::collections::HashMap<u64, Time>,
+    hold: &mut Hold<'_>,
 ) -> std::io::Result<Gone> {
     *pending = 0;
     // Still `id`, or `id` but for the ctime our deleting another of its
@@ -436,6 +487,7 @@ fn delete(
     let now = crate::fs::meta::fstat(&f)?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
+    let mut gid = None;
     let r = if !(now.kind == Kind::File && unchanged(&now.id) && named == Some(id.ino)) {
         Ok(Gone::Kept(Kept::Changed))
     } else if leased && lease_broken(&f) {
@@ -443,6 +495,13 @@ fn delete(
         // gets it under its name.
         Ok(Gone::Kept(Kept::Rescued))
     } else {
+        // Before the unlink: from it on, the guardian keeps the lease if
+        // sharelink dies.
+        if leased {
+            gid = hold
+                .guard
+                .hold(hold.root, hold.app_path, &f, &now.id, dir, &hold.rel);
+        }
         dir.unlink(name).map(|_| Gone::Deleted)
     };
     // What the checks between files need (a broken lease's SIGIO is not
@@ -465,8 +524,11 @@ fn delete(
     match r {
         // Its last name went: the lease stays a while, for a writer whose
         // open found the name before the unlink (see the module's doc).
-        Ok(Gone::Deleted) if left == 0 => Ok(Gone::Held(f)),
+        Ok(Gone::Deleted) if left == 0 => Ok(Gone::Held(f, gid)),
         r => {
+            // Not held after all (names left, or the unlink failed): the
+            // guardian lets it go first.
+            hold.guard.release(gid);
             let _ = lease(&f, libc::F_UNLCK);
             r
         }
@@ -476,7 +538,7 @@ fn delete(
 /// Whether the lease on `f` was broken (someone opened the file for
 /// writing while it was held): the kernel then reports the lease as going
 /// (`F_UNLCK`), or gone once the break timed out.
-fn lease_broken(f: &File) -> bool {
+pub(super) fn lease_broken(f: &File) -> bool {
     // SAFETY: plain fcntl on our fd.
     unsafe { libc::fcntl(f.as_raw_fd(), F_GETLEASE) != libc::F_RDLCK }
 }
@@ -528,7 +590,7 @@ fn rescue(
 /// Copy `f` under a hidden name beside `name`, then rename it to `name`
 /// without replacing anything (a file someone made there meanwhile, and
 /// may be writing, stays): else beside it, `<name>.sharelink-rescued-<n>`.
-fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<OsString> {
+pub(super) fn put_back(dir: &Dir, name: &OsStr, f: &File) -> std::io::Result<OsString> {
     let meta = crate::fs::meta::fstat(f)?;
     // Never over anything (a leftover of a killed rescue is data too).
     let mut k = 1;
