@@ -172,6 +172,54 @@ fn image_directory_replaces_a_share_file_and_symlinks_are_replaced_not_followed(
     assert_eq!(fs::read_link(st.join("pointer")).unwrap(), outside);
 }
 
+/// A directory in the image over a file on the share: a co-tenant that
+/// puts its own file at that name after sharelink checked the share's
+/// version (stopped there) keeps it; sharelink replaces only the version
+/// it kept, and links once that one is gone.
+#[test]
+fn image_directory_never_removes_a_share_file_swapped_in_after_the_check() {
+    if !crate::support::api::FAILPOINTS_ENABLED {
+        panic!("build with --features failpoints (the documented test command)");
+    }
+    let sb = Sandbox::new(LINK);
+    let share = sb.share.join("data");
+    write(&share, "tables", "a file on the share");
+    bake(&sb, &[("tables/a.csv", "a")]);
+    let child = sb
+        .cmd()
+        .arg("link")
+        .env("SHARELINK_FAILPOINT", "replace.checked:1:stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(child.id(), Duration::from_secs(30));
+    // The co-tenant's file takes the name (a rename over it, as an
+    // atomic writer does).
+    write(&sb.share, "cotenant.tmp", "the co-tenant's file");
+    fs::rename(sb.share.join("cotenant.tmp"), share.join("tables")).unwrap();
+    sh(&format!("kill -CONT {}", child.id()));
+    let o = child.wait_with_output().unwrap();
+    assert!(matches!(code(&o), 0 | 74), "{}", stderr(&o));
+    let everywhere = |want: &[u8]| {
+        files(&share).iter().any(|(_, b)| b == want)
+            || displaced(&sb.share, "data")
+                .iter()
+                .any(|st| files(st).iter().any(|(_, b)| b == want))
+    };
+    assert!(everywhere(b"the co-tenant's file"), "{}", stderr(&o));
+    assert!(everywhere(b"a file on the share"), "{}", stderr(&o));
+    // Runs go on until linked, and nothing is lost on the way.
+    for _ in 0..3 {
+        if code(&sb.run(["link"])) == 0 {
+            break;
+        }
+    }
+    assert!(everywhere(b"the co-tenant's file"));
+    assert!(everywhere(b"a file on the share"));
+    assert!(everywhere(b"a"));
+}
+
 #[test]
 fn if_empty_still_keeps_the_share_version() {
     // The default is unchanged: the share wins, the image's version is

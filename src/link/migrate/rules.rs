@@ -79,8 +79,8 @@ pub enum Swap {
     /// so a reader sees the old version or the new one, never neither.
     RenameOver,
     /// A directory in the image where the share has a non-directory: the
-    /// share's entry is removed (it is kept already), then the staged
-    /// directory is renamed in without replacing.
+    /// share's entry (kept already) is moved aside and checked like any
+    /// replace, then the staged directory is renamed in without replacing.
     RemoveThenRename,
     /// A directory on the share where the image has a non-directory: the
     /// share's tree stays and the app entry is set aside, as in `merge`.

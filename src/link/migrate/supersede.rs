@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
-use crate::fs::tree;
 
 impl Migration<'_> {
     /// `image-wins`: put the app's version of each root in place of the
@@ -146,24 +145,11 @@ impl Migration<'_> {
         how: Swap,
     ) -> Result<Option<Option<Identity>>> {
         match how {
-            Swap::RenameOver => self.move_root(inv, r, staging, target, Some(was)),
-            Swap::RemoveThenRename => {
-                let rel = inv.rel(r);
-                let to = tree::open_beneath(target, rel.parent().unwrap_or(Path::new("")))
-                    .map_err(|e| Error::io("open", &self.share_path.join(&rel), e))?;
-                let name = &inv.get(r).name;
-                match to.stat_at(name) {
-                    Ok(Some(m)) if m.id == *was && m.kind != Kind::Dir => {}
-                    _ => return Ok(None),
-                }
-                match to.unlink(name) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => return Err(Error::io("remove", &self.share_path.join(&rel), e)),
-                }
-                // A crash here leaves the share without the entry: the
-                // next run copies it in ("only the app has it").
-                self.move_root(inv, r, staging, target, None)
+            // Both go through the checked replace: the share's entry is
+            // moved aside and checked as the version kept, never unlinked
+            // by name (a co-tenant may have put another there meanwhile).
+            Swap::RenameOver | Swap::RemoveThenRename => {
+                self.move_root(inv, r, staging, target, Some(was))
             }
             Swap::KeepShare => Ok(None),
         }
