@@ -122,23 +122,31 @@ pub fn round_trip(dir: &Dir) -> io::Result<f64> {
 
 /// Per thread, in [`parallel_op`].
 const PARALLEL_OPS: usize = 4;
+/// Bursts measured; the fastest counts.
+const PARALLEL_BURSTS: usize = 3;
 
 /// The wall time of `threads` × [`PARALLEL_OPS`] `stat`s of fresh names,
 /// `threads` at once, per operation. (A failing `stat` fails
 /// [`round_trip`] already; scoped threads join on leaving the scope.)
 fn parallel_op(dir: &Dir, threads: usize) -> f64 {
     let threads = threads.max(1);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for w in 0..threads {
-            s.spawn(move || {
-                for i in 0..PARALLEL_OPS {
-                    let _ = dir.stat_at(OsStr::new(&format!("par-{w}-{i}-absent")));
+    // The least of a few bursts: a busy CPU or a stall in one burst is not
+    // the share's pace.
+    (0..PARALLEL_BURSTS)
+        .map(|b| {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for w in 0..threads {
+                    s.spawn(move || {
+                        for i in 0..PARALLEL_OPS {
+                            let _ = dir.stat_at(OsStr::new(&format!("par-{b}-{w}-{i}-absent")));
+                        }
+                    });
                 }
             });
-        }
-    });
-    t.elapsed().as_secs_f64() * 1e3 / (threads * PARALLEL_OPS) as f64
+            t.elapsed().as_secs_f64() * 1e3 / (threads * PARALLEL_OPS) as f64
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn symlinks(dir: &Dir) -> bool {
