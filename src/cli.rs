@@ -25,22 +25,22 @@ use crate::logging::{self, LogFormat};
 69 share unavailable, 73 cannot write, 74 I/O error, 78 bad config, 126/127 command not \
 executable/found, N or 128+S the command's status."
 )]
-pub struct Cli {
+struct Cli {
     /// Config file [default: $SHARELINK_CONFIG or /etc/sharelink/sharelink.toml]
     #[arg(long, global = true, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Override app_root
     #[arg(long, global = true, env = "SHARELINK_APP_ROOT", value_name = "DIR")]
-    pub app_root: Option<PathBuf>,
+    pub(crate) app_root: Option<PathBuf>,
     /// Override share_root
     #[arg(long, global = true, env = "SHARELINK_SHARE_ROOT", value_name = "DIR")]
-    pub share_root: Option<PathBuf>,
+    pub(crate) share_root: Option<PathBuf>,
     /// Override require_mount
     #[arg(long, global = true, env = "SHARELINK_REQUIRE_MOUNT", value_name = "BOOL", value_parser = parse_bool)]
-    pub require_mount: Option<bool>,
+    pub(crate) require_mount: Option<bool>,
     /// Copies in flight during a migration [default: migration.parallelism, else chosen from the share's filesystem]
     #[arg(long, global = true, env = "SHARELINK_PARALLELISM", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=crate::config::MAX_PARALLELISM as i64))]
-    pub parallelism: Option<u16>,
+    pub(crate) parallelism: Option<u16>,
     /// Log format
     #[arg(
         long,
@@ -49,19 +49,19 @@ pub struct Cli {
         value_enum,
         default_value = "text"
     )]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// More log output (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// Less log output (repeat for less)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub quiet: u8,
+    pub(crate) quiet: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Link every entry, then run COMMAND as its init
     Run(RunArgs),
     /// Link every entry and exit (safe to re-run by hand)
@@ -95,19 +95,19 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Drop to this user after linking: NAME, UID, NAME:GROUP or UID:GID
     #[arg(long, value_name = "USER")]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// How long leftovers get between SIGTERM and SIGKILL [default: run.grace_period or 3s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub grace_period: Option<Duration>,
+    pub(crate) grace_period: Option<Duration>,
     /// Forward signals to the command's whole process group
     #[arg(long)]
-    pub kill_process_group: bool,
+    pub(crate) kill_process_group: bool,
     /// Forward signal FROM to the command as TO; TO = 0 drops it; TO-if-uncaught only when the command leaves FROM at its default action (repeatable; names or numbers: TERM:INT, 15:2, TERM:INT-if-uncaught)
     #[arg(long, value_name = "FROM:TO", value_parser = parse_rewrite)]
-    pub rewrite: Vec<(i32, crate::signals::Target)>,
+    pub(crate) rewrite: Vec<(i32, crate::signals::Target)>,
     /// The command and its arguments
     #[arg(
         required = true,
@@ -115,7 +115,7 @@ pub struct RunArgs {
         allow_hyphen_values = true,
         value_name = "COMMAND"
     )]
-    pub command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 fn parse_bool(s: &str) -> std::result::Result<bool, String> {
@@ -318,11 +318,13 @@ fn run_command(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// For a dry run: which entries an `image-wins` migration of this link
 /// would replace, copy in and set aside (read-only).
 fn image_wins_preview(l: &plan::LinkPlan<'_>, share_root: &std::path::Path) -> Option<String> {
-    use plan::{Action, Decision, Migration};
+    use plan::{Action, Decision, MigrationPlan};
     let Ok(Decision::Proceed { actions, .. }) = &l.decision else {
         return None;
     };
-    if !actions.contains(&Action::Migrate(Migration::Compare(MigrateMode::ImageWins))) {
+    if !actions.contains(&Action::Migrate(MigrationPlan::Compare(
+        MigrateMode::ImageWins,
+    ))) {
         return None;
     }
     let head = format!("{} -> {}", l.paths.app.display(), l.paths.share.display());

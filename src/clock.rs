@@ -5,17 +5,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A UTC date and time of day, to the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Utc {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
+pub(crate) struct Utc {
+    pub(crate) year: i64,
+    pub(crate) month: u32,
+    pub(crate) day: u32,
+    pub(crate) hour: u32,
+    pub(crate) minute: u32,
+    pub(crate) second: u32,
 }
 
 impl Utc {
-    pub fn at(t: SystemTime) -> Utc {
+    pub(crate) fn at(t: SystemTime) -> Utc {
         let secs = t
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -41,7 +41,7 @@ impl Utc {
     }
 
     /// `20261126T224501Z`: sorts as it reads; safe in a file name.
-    pub fn stamp(&self) -> String {
+    pub(crate) fn stamp(&self) -> String {
         format!(
             "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
             self.year, self.month, self.day, self.hour, self.minute, self.second
@@ -50,7 +50,7 @@ impl Utc {
 
     /// Seconds since the epoch of a [`Utc::stamp`] (with an optional
     /// `-N` clash suffix); `None` for any other name.
-    pub fn parse_stamp(name: &str) -> Option<u64> {
+    pub(crate) fn parse_stamp(name: &str) -> Option<u64> {
         let s = name.split_once('-').map_or(name, |(s, n)| {
             if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
                 ""
@@ -85,7 +85,7 @@ impl Utc {
     }
 
     /// `2026-11-26T22:45:01` (RFC 3339 without the zone).
-    pub fn iso(&self) -> String {
+    pub(crate) fn iso(&self) -> String {
         format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
             self.year, self.month, self.day, self.hour, self.minute, self.second

@@ -66,20 +66,20 @@ impl Error {
     }
 
     /// An I/O error with what was being done and to which path.
-    pub fn io(what: &str, path: &Path, source: io::Error) -> Error {
+    pub(crate) fn io(what: &str, path: &Path, source: io::Error) -> Error {
         Error::Io {
             context: format!("{what} {}", path.display()),
             source,
         }
     }
 
-    pub fn is_interrupted(&self) -> bool {
+    pub(crate) fn is_interrupted(&self) -> bool {
         matches!(self, Error::Interrupted(_))
     }
 }
 
 /// 73 for "cannot write here" errors, 74 for everything else.
-pub fn io_exit_code(e: &io::Error) -> ExitCode {
+pub(crate) fn io_exit_code(e: &io::Error) -> ExitCode {
     match e.raw_os_error() {
         Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOSPC | libc::EDQUOT) => {
             ExitCode::CannotWrite
@@ -119,18 +119,24 @@ impl std::error::Error for Error {
 }
 
 /// Attach a path and a verb to an `io::Result`.
-pub trait IoContext<T> {
-    fn ctx(self, what: &str, path: &Path) -> Result<T>;
+pub(crate) trait IoContext<T>: Sized {
+    fn ctx(self, what: &str, path: &Path) -> Result<T> {
+        self.with_ctx(what, || path)
+    }
+
+    /// As [`IoContext::ctx`], the path built only on failure (a hot path
+    /// that would otherwise allocate it for every success).
+    fn with_ctx<P: AsRef<Path>>(self, what: &str, path: impl FnOnce() -> P) -> Result<T>;
 }
 
 impl<T> IoContext<T> for io::Result<T> {
-    fn ctx(self, what: &str, path: &Path) -> Result<T> {
-        self.map_err(|e| Error::io(what, path, e))
+    fn with_ctx<P: AsRef<Path>>(self, what: &str, path: impl FnOnce() -> P) -> Result<T> {
+        self.map_err(|e| Error::io(what, path().as_ref(), e))
     }
 }
 
 impl<T> IoContext<T> for nix::Result<T> {
-    fn ctx(self, what: &str, path: &Path) -> Result<T> {
-        self.map_err(|e| Error::io(what, path, io::Error::from(e)))
+    fn with_ctx<P: AsRef<Path>>(self, what: &str, path: impl FnOnce() -> P) -> Result<T> {
+        self.map_err(|e| Error::io(what, path().as_ref(), io::Error::from(e)))
     }
 }

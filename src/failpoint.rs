@@ -20,7 +20,7 @@
 /// A named crash point. The name (`Failpoint::name`) is what
 /// `SHARELINK_FAILPOINT` and the log use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failpoint {
+pub(crate) enum Failpoint {
     /// The link's lock was just taken.
     LockAcquired,
     /// A staging directory was just made.
@@ -67,7 +67,7 @@ pub enum Failpoint {
 impl Failpoint {
     /// Every failpoint, in the order a migration reaches them; the
     /// fault-injection tests sweep these.
-    pub const ALL: [Failpoint; 20] = [
+    pub(crate) const ALL: [Failpoint; 20] = [
         Failpoint::LockAcquired,
         Failpoint::StagingCreated,
         Failpoint::StagingFile,
@@ -91,7 +91,7 @@ impl Failpoint {
     ];
 
     /// The name `SHARELINK_FAILPOINT` takes.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Failpoint::LockAcquired => "lock.acquired",
             Failpoint::StagingCreated => "staging.created",
@@ -129,7 +129,7 @@ pub const NAMES: [&str; Failpoint::ALL.len()] = {
 };
 
 #[cfg(feature = "failpoints")]
-pub fn hit(point: Failpoint) {
+pub(crate) fn hit(point: Failpoint) {
     let name = point.name();
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -194,7 +194,7 @@ pub fn hit(point: Failpoint) {
 
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn hit(_point: Failpoint) {}
+pub(crate) fn hit(_point: Failpoint) {}
 
 /// Whether this binary honours `SHARELINK_FAILPOINT`.
 pub const ENABLED: bool = cfg!(feature = "failpoints");

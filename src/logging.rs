@@ -60,7 +60,7 @@ macro_rules! trace {
 }
 
 #[doc(hidden)]
-pub fn line(level: Level, args: std::fmt::Arguments<'_>) {
+pub(crate) fn line(level: Level, args: std::fmt::Arguments<'_>) {
     match level {
         Level::ERROR => tracing::error!("{args}"),
         Level::WARN => tracing::warn!("{args}"),
@@ -71,13 +71,13 @@ pub fn line(level: Level, args: std::fmt::Arguments<'_>) {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 /// Install the global subscriber. `verbosity` is `-v` count minus `-q` count.
-pub fn init(format: LogFormat, verbosity: i8) {
+pub(crate) fn init(format: LogFormat, verbosity: i8) {
     let default = match verbosity {
         i8::MIN..=-2 => LevelFilter::ERROR,
         -1 => LevelFilter::WARN,
@@ -264,7 +264,7 @@ fn format_line(
 }
 
 /// Append `v` as a JSON string literal.
-pub fn json_str(out: &mut String, v: &str) {
+pub(crate) fn json_str(out: &mut String, v: &str) {
     out.push('"');
     for c in v.chars() {
         match c {

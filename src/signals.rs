@@ -22,17 +22,17 @@ use nix::sys::signal::Signal;
 use crate::error::{Error, Result};
 
 /// A set of signals 1 to 64 in the kernel's layout.
-pub type SigMask = u64;
+pub(crate) type SigMask = u64;
 
 /// Every signal. The kernel never blocks SIGKILL and SIGSTOP and silently
 /// drops them from any mask.
-pub const ALL: SigMask = !0;
+pub(crate) const ALL: SigMask = !0;
 
 /// The signals that stop linking at a safe point.
-pub const TERMINATING: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+const TERMINATING: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 
 /// `sig` as a one-signal mask.
-pub const fn bit(sig: i32) -> SigMask {
+pub(crate) const fn bit(sig: i32) -> SigMask {
     1 << (sig - 1)
 }
 
@@ -98,19 +98,19 @@ pub fn record_inherited_dispositions() {
 }
 
 /// The mask `main` started with, to restore in the child.
-pub fn original_mask() -> SigMask {
+pub(crate) fn original_mask() -> SigMask {
     ORIGINAL_MASK.load(Ordering::Relaxed)
 }
 
 /// The signals sharelink was started with ignored, to keep ignored in the
 /// child (empty unless [`record_inherited_dispositions`] ran).
-pub fn inherited_ignored() -> SigMask {
+pub(crate) fn inherited_ignored() -> SigMask {
     INHERITED_IGNORED.load(Ordering::Relaxed)
 }
 
 /// Take one pending signal of `set`, waiting up to `timeout` (forever with
 /// `None`). `None` on timeout or interruption.
-pub fn wait(set: SigMask, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
+pub(crate) fn wait(set: SigMask, timeout: Option<Duration>) -> Option<libc::siginfo_t> {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as _,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -134,12 +134,12 @@ pub fn wait(set: SigMask, timeout: Option<Duration>) -> Option<libc::siginfo_t> 
 /// `sigpending`), so it is called between files and between chunks of a
 /// large file. The signal is left pending: nothing after this point acts on
 /// it except the exit.
-pub fn check_interrupt() -> Result<()> {
+pub(crate) fn check_interrupt() -> Result<()> {
     interrupted(pending())
 }
 
 /// The signals pending for this process (one system call).
-pub fn pending() -> SigMask {
+pub(crate) fn pending() -> SigMask {
     let mut pending: SigMask = 0;
     // SAFETY: rt_sigpending fills the 8-byte mask it is given.
     unsafe {
@@ -161,7 +161,7 @@ fn stopping() -> SigMask {
 }
 
 /// `Err(Interrupted(sig))` if `pending` holds a termination signal.
-pub fn interrupted(pending: SigMask) -> Result<()> {
+pub(crate) fn interrupted(pending: SigMask) -> Result<()> {
     let stop = pending & stopping();
     match TERMINATING.iter().find(|&&s| stop & bit(s) != 0) {
         Some(&sig) => Err(Error::Interrupted(sig)),
@@ -170,7 +170,7 @@ pub fn interrupted(pending: SigMask) -> Result<()> {
 }
 
 /// Sleep for `dur`, waking early (with `Err`) if a termination signal comes.
-pub fn sleep_interruptible(dur: Duration) -> Result<()> {
+pub(crate) fn sleep_interruptible(dur: Duration) -> Result<()> {
     match wait(stopping(), Some(dur)) {
         Some(info) => Err(Error::Interrupted(info.si_signo)),
         None => Ok(()),
@@ -181,7 +181,7 @@ pub fn sleep_interruptible(dur: Duration) -> Result<()> {
 /// reports the same reason as for the command ("Stopped", "Stopped (tty
 /// input)"); with SIGSTOP when `sig` is ignored. Returns once sharelink is
 /// continued.
-pub fn stop_self(sig: i32) {
+pub(crate) fn stop_self(sig: i32) {
     // SAFETY: reading a disposition, sending a signal to ourselves and
     // changing our own mask for the one signal.
     unsafe {
@@ -210,7 +210,7 @@ pub fn stop_self(sig: i32) {
 
 /// Take a pending `sig` off the queue, if there is one (a signal raised on
 /// sharelink's own account, such as SIGIO from a lease it held).
-pub fn discard(sig: i32) {
+pub(crate) fn discard(sig: i32) {
     while wait(bit(sig), Some(Duration::ZERO)).is_some() {}
 }
 
@@ -218,7 +218,7 @@ pub fn discard(sig: i32) {
 // Naming signals and rewriting them
 
 /// "SIGTERM" for 15; the number for anything nix does not know.
-pub fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("signal {sig}"))
@@ -228,7 +228,7 @@ pub fn signal_name(sig: i32) -> String {
 /// or without `SIG` (`15`, `TERM`, `sigterm`). Real-time signals have no
 /// portable names (glibc and musl disagree on `SIGRTMIN`), so they are
 /// numbers.
-pub fn parse_signal(text: &str) -> Result<i32, String> {
+fn parse_signal(text: &str) -> Result<i32, String> {
     let t = text.trim();
     if let Ok(n) = t.parse::<i64>() {
         return if (1..=64).contains(&n) {
@@ -258,27 +258,27 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 /// SIGTERM/SIGKILL sharelink sends to leftovers after the command exits,
 /// are sharelink's own and never rewritten.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rewrites {
+pub(crate) struct Rewrites {
     /// Source signal -> what the command gets.
     map: std::collections::BTreeMap<i32, Target>,
 }
 
 /// `0` as a target: drop the signal instead of forwarding it.
-pub const DROP: i32 = 0;
+pub(crate) const DROP: i32 = 0;
 
 /// What a rewritten signal becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// The signal sent instead; [`DROP`] sends nothing.
-    pub to: i32,
+    pub(crate) to: i32,
     /// Rewrite only while the command leaves the source signal at its
     /// default action (neither caught nor ignored); otherwise forward the
     /// source signal unchanged.
-    pub if_uncaught: bool,
+    pub(crate) if_uncaught: bool,
 }
 
 impl Target {
-    pub const fn always(to: i32) -> Self {
+    pub(crate) const fn always(to: i32) -> Self {
         Target {
             to,
             if_uncaught: false,
@@ -287,11 +287,11 @@ impl Target {
 }
 
 /// The suffix that makes a rule conditional: `TERM:INT-if-uncaught`.
-pub const IF_UNCAUGHT: &str = "-if-uncaught";
+const IF_UNCAUGHT: &str = "-if-uncaught";
 
 /// How a process handles a signal, from `/proc/PID/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     Default,
     Caught,
     Ignored,
@@ -300,7 +300,7 @@ pub enum Disposition {
 /// `sig`'s disposition in process `pid` (its `SigCgt` and `SigIgn` lines);
 /// `None` when /proc cannot tell (the process is gone, or /proc is not this
 /// pid namespace's).
-pub fn disposition(pid: i32, sig: i32) -> Option<Disposition> {
+pub(crate) fn disposition(pid: i32, sig: i32) -> Option<Disposition> {
     // A /proc of another pid namespace would name another process.
     let me = std::fs::read_link("/proc/self").ok()?;
     if me.to_str()?.parse::<u32>().ok()? != std::process::id() {
@@ -330,7 +330,7 @@ fn disposition_in(status: &str, sig: i32) -> Option<Disposition> {
 impl Rewrites {
     /// Parse `FROM:TO` (`TERM:INT`, `15:2`, `SIGHUP:0`,
     /// `TERM:INT-if-uncaught`).
-    pub fn parse_rule(rule: &str) -> Result<(i32, Target), String> {
+    pub(crate) fn parse_rule(rule: &str) -> Result<(i32, Target), String> {
         let (from, to) = rule
             .split_once(':')
             .ok_or_else(|| format!("expected FROM:TO (like TERM:INT), got {rule:?}"))?;
@@ -338,7 +338,7 @@ impl Rewrites {
     }
 
     /// Add or replace the rule for `from`.
-    pub fn insert(&mut self, from: i32, to: Target) {
+    pub(crate) fn insert(&mut self, from: i32, to: Target) {
         self.map.insert(from, to);
     }
 
@@ -346,7 +346,7 @@ impl Rewrites {
     /// `disposition` is asked, only for a conditional rule, how the
     /// command handles `sig` right now; when it cannot tell, the signal
     /// goes unchanged (what the command would get without sharelink).
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         sig: i32,
         disposition: impl FnOnce() -> Option<Disposition>,
@@ -363,17 +363,14 @@ impl Rewrites {
     }
 
     /// Whether any rule depends on the command's disposition.
-    pub fn is_conditional(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_conditional(&self) -> bool {
         self.map.values().any(|t| t.if_uncaught)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
 /// A signal sharelink can receive and would forward.
-pub fn parse_source(text: &str) -> Result<i32, String> {
+pub(crate) fn parse_source(text: &str) -> Result<i32, String> {
     let sig = parse_signal(text)?;
     match sig {
         libc::SIGKILL | libc::SIGSTOP => Err(format!(
@@ -392,7 +389,7 @@ pub fn parse_source(text: &str) -> Result<i32, String> {
 /// What a rewritten signal becomes: any signal, or `0` to drop it; a
 /// signal followed by `-if-uncaught` only while the command leaves the
 /// source signal at its default action.
-pub fn parse_target(text: &str) -> Result<Target, String> {
+pub(crate) fn parse_target(text: &str) -> Result<Target, String> {
     let t = text.trim();
     if t == "0" {
         return Ok(Target::always(DROP));

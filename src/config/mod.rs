@@ -18,25 +18,25 @@ use crate::error::{Error, Result};
 use crate::signals::{self, Rewrites};
 use raw::{keep, RawConfig, RawDisplaced, RawLink, RawMigration, RawRun, RawSignal};
 
-pub const DEFAULT_PATH: &str = "/etc/sharelink/sharelink.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/sharelink/sharelink.toml";
 /// Reserved directory in the share for locks, displaced files and the like.
-pub const RESERVED_DIR: &str = ".sharelink";
+pub(crate) const RESERVED_DIR: &str = ".sharelink";
 
 /// A validated config with overrides applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where the config came from (for messages).
-    pub origin: PathBuf,
+    pub(crate) origin: PathBuf,
     pub app_root: PathBuf,
     pub share_root: PathBuf,
-    pub require_mount: bool,
+    pub(crate) require_mount: bool,
     /// Accept a Docker volume on the local disk as the share.
-    pub allow_local_volume: bool,
-    pub mount_timeout: Duration,
+    pub(crate) allow_local_volume: bool,
+    pub(crate) mount_timeout: Duration,
     /// In file order.
     pub links: Vec<Link>,
-    pub run: RunDefaults,
-    pub migration: MigrationSettings,
+    pub(crate) run: RunDefaults,
+    pub(crate) migration: MigrationSettings,
 }
 
 /// One `[links]` entry.
@@ -48,17 +48,17 @@ pub struct Link {
     pub share: PathBuf,
     /// Relative to the share target.
     pub dirs: Vec<PathBuf>,
-    pub migrate: MigrateMode,
+    pub(crate) migrate: MigrateMode,
     /// How long set-aside copies under `displaced/` are kept: the link's
     /// own `keep`, else `[displaced] keep`; `None` keeps them all.
-    pub keep: Option<Keep>,
+    pub(crate) keep: Option<Keep>,
     /// 1-based line of the entry in the config, when known.
-    pub line: Option<usize>,
+    pub(crate) line: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum MigrateMode {
+pub(crate) enum MigrateMode {
     /// The share wins when it already holds data; app-only files are
     /// displaced to `.sharelink/displaced/`.
     IfEmpty,
@@ -73,7 +73,7 @@ pub enum MigrateMode {
 /// How many set-aside copies (`displaced/<share path>/<stamp>/`) a link
 /// keeps after a successful migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
+pub(crate) enum Keep {
     /// The most recent N stamps (at least 1).
     Count(u32),
     /// Stamps younger than this.
@@ -106,13 +106,13 @@ impl fmt::Display for MigrateMode {
 
 /// `[run]`: defaults for `sharelink run`; command-line flags win.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunDefaults {
-    pub user: Option<String>,
-    pub grace_period: Duration,
-    pub kill_process_group: bool,
+pub(crate) struct RunDefaults {
+    pub(crate) user: Option<String>,
+    pub(crate) grace_period: Duration,
+    pub(crate) kill_process_group: bool,
     /// `rewrite = { TERM = "INT-if-uncaught" }`: signals forwarded as
     /// another one.
-    pub rewrite: Rewrites,
+    pub(crate) rewrite: Rewrites,
 }
 
 impl Default for RunDefaults {
@@ -128,20 +128,20 @@ impl Default for RunDefaults {
 
 /// `[migration]`: how baked data is moved into the share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MigrationSettings {
+pub(crate) struct MigrationSettings {
     /// Copies and comparisons in flight at once; `None`: chosen from the
     /// share's filesystem type ([`MigrationSettings::threads`]).
-    pub parallelism: Option<usize>,
+    pub(crate) parallelism: Option<usize>,
 }
 
 /// Bounds of `parallelism`.
-pub const MAX_PARALLELISM: usize = 256;
+pub(crate) const MAX_PARALLELISM: usize = 256;
 
 impl MigrationSettings {
     /// Workers for a migration into `share_root`. On a network share each
     /// operation waits for a round trip, so many are kept in flight; on a
     /// local disk the work is CPU- and syscall-bound, so one per CPU.
-    pub fn threads(&self, share_root: &Path) -> usize {
+    pub(crate) fn threads(&self, share_root: &Path) -> usize {
         if let Some(n) = self.parallelism {
             return n;
         }
@@ -213,10 +213,10 @@ pub struct Overrides {
 }
 
 impl Config {
-    pub fn app_path(&self, link: &Link) -> PathBuf {
+    pub(crate) fn app_path(&self, link: &Link) -> PathBuf {
         self.app_root.join(&link.app)
     }
-    pub fn share_path(&self, link: &Link) -> PathBuf {
+    pub(crate) fn share_path(&self, link: &Link) -> PathBuf {
         self.share_root.join(&link.share)
     }
 }
@@ -224,7 +224,7 @@ impl Config {
 // ---- loading ----------------------------------------------------------------
 
 /// Where the config is: `--config`, else `$SHARELINK_CONFIG`, else the default.
-pub fn locate(flag: Option<&Path>) -> PathBuf {
+pub(crate) fn locate(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
     }
@@ -235,7 +235,7 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
 }
 
 /// Read, parse and validate the config at `path`.
-pub fn load(path: &Path, ov: &Overrides) -> Result<Config> {
+pub(crate) fn load(path: &Path, ov: &Overrides) -> Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             " (set --config or SHARELINK_CONFIG)"
@@ -512,7 +512,7 @@ fn root(
 
 /// A path relative to a root: non-empty, not absolute, no `.` or `..`.
 /// Repeated and trailing slashes are tolerated and normalised away.
-pub fn rel_path(s: &str) -> Result<PathBuf, String> {
+fn rel_path(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }

@@ -10,14 +10,14 @@ use super::mount::{FsFamily, MountEntry};
 use super::report::decimal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
+pub(crate) enum Level {
     Info,
     Warn,
     Error,
 }
 
 impl Level {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Level::Info => "info",
             Level::Warn => "warn",
@@ -27,13 +27,13 @@ impl Level {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Advice {
-    pub level: Level,
-    pub message: String,
+pub(crate) struct Advice {
+    pub(crate) level: Level,
+    pub(crate) message: String,
 }
 
 impl Advice {
-    pub fn new(level: Level, message: impl Into<String>) -> Advice {
+    pub(crate) fn new(level: Level, message: impl Into<String>) -> Advice {
         Advice {
             level,
             message: message.into(),
@@ -54,15 +54,15 @@ storage's `mountOptions`";
 
 /// The run user, as the mount options are judged against it.
 #[derive(Debug, Clone)]
-pub struct RunUser {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
+pub(crate) struct RunUser {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) groups: Vec<u32>,
 }
 
 /// Advice from a mount's type and options alone.
-pub fn from_mount(m: &MountEntry, user: Option<&RunUser>) -> Vec<Advice> {
+pub(crate) fn from_mount(m: &MountEntry, user: Option<&RunUser>) -> Vec<Advice> {
     let at = m.mount_point.display();
     let mut out = Vec::new();
     match m.family() {
@@ -181,7 +181,7 @@ fn smb_owner(m: &MountEntry, u: &RunUser) -> Option<Advice> {
 
 /// How long a client may show stale attributes of another's file:
 /// `actimeo` (cifs default 1 s; nfs `acregmax`, default 60 s).
-pub fn attr_cache(m: Option<&MountEntry>) -> Duration {
+pub(crate) fn attr_cache(m: Option<&MountEntry>) -> Duration {
     let Some(m) = m else { return Duration::ZERO };
     let secs = |k: &str| m.option(k).and_then(|v| v.parse::<u64>().ok());
     Duration::from_secs(match m.family() {
@@ -194,7 +194,11 @@ pub fn attr_cache(m: Option<&MountEntry>) -> Duration {
 /// Advice from what the probes measured. Problems an SMB mount's options
 /// already explained are not repeated.
 #[inline(never)]
-pub fn from_measured(m: &Measured, mount: Option<&MountEntry>, lease: Duration) -> Vec<Advice> {
+pub(crate) fn from_measured(
+    m: &Measured,
+    mount: Option<&MountEntry>,
+    lease: Duration,
+) -> Vec<Advice> {
     let smb = mount.filter(|e| e.family() == FsFamily::Smb);
     let explained = |opt: &str| smb.is_some_and(|e| !e.has(opt));
     let s = &m.supports;

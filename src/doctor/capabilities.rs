@@ -14,9 +14,9 @@ use crate::fs::dir::Dir;
 use crate::fs::meta::{Kind, Time};
 
 /// The probe file every other probe builds on.
-pub const FILE: &str = "probe-file";
+const FILE: &str = "probe-file";
 /// Every name the probes may create in the probe directory, for cleanup.
-pub const NAMES: [&str; 5] = [FILE, SYMLINK, HARD_LINK, FIFO, CASE];
+pub(crate) const NAMES: [&str; 5] = [FILE, SYMLINK, HARD_LINK, FIFO, CASE];
 const SYMLINK: &str = "probe-symlink";
 const HARD_LINK: &str = "probe-hardlink";
 const FIFO: &str = "probe-fifo";
@@ -28,19 +28,19 @@ const ROUND_TRIPS: usize = 7;
 
 /// What the share keeps (the `supports` object of `--json`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Supports {
-    pub symlinks: bool,
-    pub hard_links: bool,
-    pub xattrs: bool,
-    pub modes: bool,
-    pub owners: bool,
-    pub special_files: bool,
-    pub byte_range_locks: bool,
+pub(crate) struct Supports {
+    pub(crate) symlinks: bool,
+    pub(crate) hard_links: bool,
+    pub(crate) xattrs: bool,
+    pub(crate) modes: bool,
+    pub(crate) owners: bool,
+    pub(crate) special_files: bool,
+    pub(crate) byte_range_locks: bool,
 }
 
 impl Supports {
     /// In `--json` order, with the names it uses.
-    pub fn named(&self) -> [(&'static str, bool); 7] {
+    pub(crate) fn named(&self) -> [(&'static str, bool); 7] {
         [
             ("symlinks", self.symlinks),
             ("hard_links", self.hard_links),
@@ -55,25 +55,25 @@ impl Supports {
 
 /// Everything measured in the probe directory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Measured {
-    pub supports: Supports,
+pub(crate) struct Measured {
+    pub(crate) supports: Supports,
     /// Owners are only probed as root (only root may give a file away).
-    pub owners_probed: bool,
-    pub case_insensitive: bool,
-    pub round_trip_ms: f64,
+    pub(crate) owners_probed: bool,
+    pub(crate) case_insensitive: bool,
+    pub(crate) round_trip_ms: f64,
     /// The time per operation with `in_flight` of them at once: what
     /// latency hiding and the CPU leave of the round trip when many
     /// requests are in flight, as in a migration.
-    pub parallel_op_ms: f64,
-    pub in_flight: usize,
+    pub(crate) parallel_op_ms: f64,
+    pub(crate) in_flight: usize,
     /// The fresh probe file's mtime minus the local clock, ms.
-    pub clock_skew_ms: Option<f64>,
+    pub(crate) clock_skew_ms: Option<f64>,
 }
 
 /// Run every probe in `dir` (doctor's own, empty probe directory). Only a
 /// failure to create the probe file is an error: that is "cannot write".
 #[inline(never)]
-pub fn probe(dir: &Dir, in_flight: usize) -> io::Result<Measured> {
+pub(crate) fn probe(dir: &Dir, in_flight: usize) -> io::Result<Measured> {
     let round_trip_ms = round_trip(dir)?;
     let parallel_op_ms = parallel_op(dir, in_flight);
     let before = Time::now();
@@ -108,7 +108,7 @@ pub fn probe(dir: &Dir, in_flight: usize) -> io::Result<Measured> {
 
 /// The median time of a `stat` of a name never used before: nothing can
 /// have it cached, so each is one round trip to the server.
-pub fn round_trip(dir: &Dir) -> io::Result<f64> {
+pub(crate) fn round_trip(dir: &Dir) -> io::Result<f64> {
     let mut ms = Vec::with_capacity(ROUND_TRIPS);
     for i in 0..ROUND_TRIPS {
         let name = format!("rt-{i}-absent");

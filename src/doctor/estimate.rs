@@ -23,23 +23,23 @@ use crate::fs::meta::Kind;
 
 /// What a baked tree holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tree {
+pub(crate) struct Tree {
     /// Every non-directory entry (files, symlinks, …).
-    pub files: u64,
-    pub dirs: u64,
+    pub(crate) files: u64,
+    pub(crate) dirs: u64,
     /// Bytes the files occupy (holes excluded).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Symlinks among the files: a share without symlinks cannot take them.
-    pub symlinks: u64,
+    pub(crate) symlinks: u64,
     /// The most entries directly in one directory: entries are created in
     /// a directory one at a time (the kernel locks the directory for each).
-    pub widest: u64,
+    pub(crate) widest: u64,
     /// Directory levels below the top.
-    pub depth: u64,
+    pub(crate) depth: u64,
 }
 
 /// Count the tree below `path`, never following a symlink.
-pub fn count(path: &Path) -> io::Result<Tree> {
+pub(crate) fn count(path: &Path) -> io::Result<Tree> {
     let mut t = Tree::default();
     let root = Dir::open_nofollow(path)?;
     let mut stack = vec![(root, 0)];
@@ -68,11 +68,11 @@ pub fn count(path: &Path) -> io::Result<Tree> {
 
 /// What the probes measured that prices a migration.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pace {
+pub(crate) struct Pace {
     /// One request at a time.
-    pub round_trip_ms: f64,
+    pub(crate) round_trip_ms: f64,
     /// Per request, with the migration's parallelism in flight.
-    pub parallel_op_ms: f64,
+    pub(crate) parallel_op_ms: f64,
 }
 
 /// Round trips in order whatever the size: lock, staging, journal, commit,
@@ -100,7 +100,7 @@ const LOCAL_BYTES_PER_S: f64 = 200e6;
 /// migration's parallelism in flight (the copy spreads over directories,
 /// so the two overlap). Fitted to `sharelink link` on the latency rig at 0 to 20 ms
 /// per request (docs/performance.md).
-pub fn seconds(t: &Tree, pace: Pace) -> f64 {
+pub(crate) fn seconds(t: &Tree, pace: Pace) -> f64 {
     let rtt = pace.round_trip_ms.max(0.0) / 1e3;
     let par = pace.parallel_op_ms.max(0.0) / 1e3;
     let ordered = (FIXED_ROUND_TRIPS + LEVEL_ROUND_TRIPS * t.depth as f64) * rtt;

@@ -10,19 +10,19 @@
 //! [`estimate`] prices a first start, [`advice`] names causes and fixes,
 //! [`report`] prints.
 //!
-//! The binary has a size budget (1.25 MiB, tests/release/check.sh): doctor
+//! The binary has a size budget (1.3 MiB, tests/release/check.sh): doctor
 //! formats numbers by integer arithmetic, builds JSON with pushes, and
 //! marks its larger functions `#[inline(never)]`, which measured smaller
 //! than letting LTO inline them into `cli::main`.
 
-pub mod advice;
-pub mod capabilities;
-pub mod estimate;
-pub mod mount;
-pub mod probe;
-pub mod report;
-pub mod runuser;
-pub mod share;
+pub(crate) mod advice;
+pub(crate) mod capabilities;
+pub(crate) mod estimate;
+pub(crate) mod mount;
+pub(crate) mod probe;
+pub(crate) mod report;
+pub(crate) mod runuser;
+pub(crate) mod share;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -40,11 +40,11 @@ use report::{LinkReport, OtherMount, Report, RunUserReport};
 use share::{ShareFacts, UserOutcome};
 
 /// How long doctor waits for the share before reporting "no answer".
-pub const DEADLINE: Duration = Duration::from_secs(5);
+const DEADLINE: Duration = Duration::from_secs(5);
 
 /// The report and the exit code (0, 65, 69, 73; a bad config or user is an
 /// `Err` with 78).
-pub fn doctor(cfg: &Config, user_spec: Option<&str>) -> Result<(Report, ExitCode)> {
+pub(crate) fn doctor(cfg: &Config, user_spec: Option<&str>) -> Result<(Report, ExitCode)> {
     let creds = user_spec.map(user::resolve).transpose()?;
     // Reading the mount table never touches the share.
     let mountinfo = std::fs::read("/proc/self/mountinfo").unwrap_or_default();

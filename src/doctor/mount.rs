@@ -8,22 +8,22 @@ use crate::link::mounts::unescape;
 
 /// One mountinfo line, the fields doctor reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
+pub(crate) struct MountEntry {
     /// mountinfo's `major:minor`: tells two mounts of one filesystem apart
     /// from two filesystems.
-    pub dev: String,
-    pub mount_point: PathBuf,
+    pub(crate) dev: String,
+    pub(crate) mount_point: PathBuf,
     /// `cifs`, `nfs4`, `fuse.latencyfs`, `overlay`, …
-    pub fs_type: String,
-    pub source: String,
+    pub(crate) fs_type: String,
+    pub(crate) source: String,
     /// The per-mount options, then the filesystem's own (`uid=`,
     /// `mfsymlinks`, `nobrl` for cifs), without repeats.
-    pub options: Vec<String>,
+    pub(crate) options: Vec<String>,
 }
 
 /// What kind of filesystem, for the advice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsFamily {
+pub(crate) enum FsFamily {
     /// SMB: `cifs`, `smb3`.
     Smb,
     Nfs,
@@ -35,7 +35,7 @@ pub enum FsFamily {
 }
 
 impl MountEntry {
-    pub fn family(&self) -> FsFamily {
+    pub(crate) fn family(&self) -> FsFamily {
         let t = self.fs_type.as_str();
         match t {
             "cifs" | "smb3" | "smb2" => FsFamily::Smb,
@@ -48,7 +48,7 @@ impl MountEntry {
     }
 
     /// The value of `key=value`, or `Some("")` for a bare `key`.
-    pub fn option(&self, key: &str) -> Option<&str> {
+    pub(crate) fn option(&self, key: &str) -> Option<&str> {
         self.options.iter().find_map(|o| match o.split_once('=') {
             Some((k, v)) if k == key => Some(v),
             None if o == key => Some(""),
@@ -56,14 +56,14 @@ impl MountEntry {
         })
     }
 
-    pub fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.option(key).is_some()
     }
 }
 
 /// Parse one mountinfo line:
 /// `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER_OPTS`.
-pub fn parse_line(line: &[u8]) -> Option<MountEntry> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
     let dash = fields.iter().position(|f| *f == b"-")?;
     if dash < 6 || fields.len() < dash + 4 {
@@ -93,7 +93,7 @@ pub fn parse_line(line: &[u8]) -> Option<MountEntry> {
 /// The mount `real` (canonical) is on: the deepest mount point above it;
 /// of several at one point the last mounted, which hides the others.
 /// Compared as bytes (a mount point is canonical too), for size.
-pub fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
+pub(crate) fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
     use std::os::unix::ffi::OsStrExt;
     let r = real.as_os_str().as_bytes();
     let mut best: Option<MountEntry> = None;

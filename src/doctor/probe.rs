@@ -10,27 +10,27 @@ use crate::config::RESERVED_DIR;
 use crate::fs::dir::Dir;
 
 /// The probe directory, open, with what is needed to remove it again.
-pub struct ProbeArea {
+pub(crate) struct ProbeArea {
     /// `<share_root>/.sharelink`.
     reserved: Dir,
     /// Whether doctor made `.sharelink` (then it removes it, if empty).
     made_reserved: bool,
     name: OsString,
-    pub dir: Dir,
+    pub(crate) dir: Dir,
 }
 
 /// Where creating the probe area failed, for the message.
 #[derive(Debug)]
-pub struct AreaError {
-    pub what: String,
-    pub source: io::Error,
+pub(crate) struct AreaError {
+    pub(crate) what: String,
+    pub(crate) source: io::Error,
 }
 
 impl ProbeArea {
     /// Open (or make) `.sharelink` under `root` without following a
     /// symlink there, then make our own probe directory in it.
     #[inline(never)]
-    pub fn create(root: &Dir) -> Result<ProbeArea, AreaError> {
+    pub(crate) fn create(root: &Dir) -> Result<ProbeArea, AreaError> {
         let fail = |what: String| move |source| AreaError { what, source };
         let reserved_name = OsStr::new(RESERVED_DIR);
         let made_reserved = match root.mkdir(reserved_name, 0o755) {
@@ -76,7 +76,7 @@ impl ProbeArea {
     }
 
     /// The path of the probe directory below `share_root`, for messages.
-    pub fn rel_name(&self) -> String {
+    pub(crate) fn rel_name(&self) -> String {
         format!("{RESERVED_DIR}/{}", self.name.to_string_lossy())
     }
 
@@ -85,7 +85,7 @@ impl ProbeArea {
     /// then `.sharelink` if doctor made it and it is empty. Returns what
     /// could not be removed.
     #[inline(never)]
-    pub fn remove(self, root: &Dir, names: &[&str], subdirs: &[String]) -> Vec<String> {
+    pub(crate) fn remove(self, root: &Dir, names: &[&str], subdirs: &[String]) -> Vec<String> {
         let mut left = Vec::new();
         let unlink = |d: &Dir, n: &str, left: &mut Vec<String>| match d.unlink(OsStr::new(n)) {
             Ok(()) => {}
@@ -121,7 +121,7 @@ impl ProbeArea {
 
 /// Free bytes for an unprivileged writer; `None` where the filesystem
 /// reports no size at all (some FUSE and network filesystems).
-pub fn free_bytes(root: &Dir) -> Option<u64> {
+pub(crate) fn free_bytes(root: &Dir) -> Option<u64> {
     let s = nix::sys::statvfs::fstatvfs(root).ok()?;
     (s.blocks() > 0).then(|| s.blocks_available() as u64 * s.fragment_size() as u64)
 }

@@ -7,60 +7,60 @@ use super::mount::MountEntry;
 use crate::logging::json_str;
 
 #[derive(Debug, Clone)]
-pub struct Report {
-    pub share_root: String,
-    pub mounted: bool,
+pub(crate) struct Report {
+    pub(crate) share_root: String,
+    pub(crate) mounted: bool,
     /// The mount `share_root` is on (its parent's when not mounted).
-    pub mount: Option<MountEntry>,
+    pub(crate) mount: Option<MountEntry>,
     /// `None`: not measured (share unavailable or not answering).
-    pub round_trip_ms: Option<f64>,
+    pub(crate) round_trip_ms: Option<f64>,
     /// Per request with this many in flight (text only).
-    pub parallel_op: Option<(f64, usize)>,
-    pub case_insensitive: bool,
-    pub supports: Supports,
-    pub free_bytes: Option<u64>,
-    pub clock_skew_ms: Option<f64>,
-    pub run_user: Option<RunUserReport>,
-    pub links: Vec<LinkReport>,
-    pub advice: Vec<Advice>,
+    pub(crate) parallel_op: Option<(f64, usize)>,
+    pub(crate) case_insensitive: bool,
+    pub(crate) supports: Supports,
+    pub(crate) free_bytes: Option<u64>,
+    pub(crate) clock_skew_ms: Option<f64>,
+    pub(crate) run_user: Option<RunUserReport>,
+    pub(crate) links: Vec<LinkReport>,
+    pub(crate) advice: Vec<Advice>,
 }
 
 #[derive(Debug, Clone)]
-pub struct RunUserReport {
-    pub user: String,
-    pub uid: u32,
-    pub writable: bool,
+pub(crate) struct RunUserReport {
+    pub(crate) user: String,
+    pub(crate) uid: u32,
+    pub(crate) writable: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct LinkReport {
+pub(crate) struct LinkReport {
     /// The app path.
-    pub link: String,
-    pub share: String,
-    pub state: &'static str,
+    pub(crate) link: String,
+    pub(crate) share: String,
+    pub(crate) state: &'static str,
     /// For a link still to migrate: the baked tree and the estimate.
-    pub files: Option<u64>,
-    pub bytes: Option<u64>,
+    pub(crate) files: Option<u64>,
+    pub(crate) bytes: Option<u64>,
     /// Symlinks in the baked tree (not in `--json`: they only matter
     /// where the share cannot hold them, which the advice then says).
-    pub symlinks: Option<u64>,
-    pub estimated_seconds: Option<f64>,
+    pub(crate) symlinks: Option<u64>,
+    pub(crate) estimated_seconds: Option<f64>,
     /// The share target's mount, when not the one `share_root` is on.
-    pub other_mount: Option<OtherMount>,
+    pub(crate) other_mount: Option<OtherMount>,
 }
 
 /// A share target on a mount of its own: what can be measured there
 /// without writing (doctor writes only under `share_root`'s `.sharelink`).
 #[derive(Debug, Clone)]
-pub struct OtherMount {
-    pub entry: MountEntry,
-    pub round_trip_ms: Option<f64>,
-    pub free_bytes: Option<u64>,
+pub(crate) struct OtherMount {
+    pub(crate) entry: MountEntry,
+    pub(crate) round_trip_ms: Option<f64>,
+    pub(crate) free_bytes: Option<u64>,
 }
 
 /// `x` with `places` decimals, by integer arithmetic: the binary has a
 /// size budget and no float formatting elsewhere.
-pub fn decimal(x: f64, places: u32) -> String {
+pub(crate) fn decimal(x: f64, places: u32) -> String {
     let scale = 10u64.pow(places);
     let n = (x * scale as f64).round() as i64;
     let sign = if n < 0 { "-" } else { "" };
@@ -92,7 +92,7 @@ fn int(s: &mut String, v: Option<u64>) {
 
 impl Report {
     #[inline(never)]
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // By hand, as `status --json`: a flat object does not justify
         // serde_json in PID 1; pushes rather than format! calls, for size.
         let mut s = String::with_capacity(1024);
@@ -169,7 +169,7 @@ impl Report {
 
     /// Problems (errors, then warnings) first, then the table, then notes.
     #[inline(never)]
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = String::new();
         let mut sorted: Vec<&Advice> = self.advice.iter().collect();
         sorted.sort_by_key(|a| std::cmp::Reverse(a.level));

@@ -13,7 +13,6 @@
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::fs::dir::Dir;
@@ -21,24 +20,22 @@ use crate::init::user::Credentials;
 
 /// The child's pid while it runs, so the caller can kill it when the
 /// share stops answering.
-pub static CHILD: AtomicI32 = AtomicI32::new(0);
+pub(crate) static CHILD: AtomicI32 = AtomicI32::new(0);
 
 /// The name created (then removed) in each mirror directory.
-pub const PROBE: &str = "probe";
+pub(crate) const PROBE: &str = "probe";
 
 /// One share target to check.
-pub struct Target {
-    /// For messages.
-    pub path: PathBuf,
+pub(crate) struct Target {
     /// The target itself, opened without following symlinks.
-    pub dir: Dir,
+    pub(crate) dir: Dir,
     /// Its mirror in the probe directory.
-    pub mirror: Dir,
+    pub(crate) mirror: Dir,
 }
 
 /// Which step the user failed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Becoming the user (setgroups/setresgid/setresuid).
     Switch,
     /// The kernel's permission check on the share target.
@@ -60,7 +57,7 @@ impl Step {
     }
 
     /// What the user cannot do, and where it was found out.
-    pub fn describe(self, dir: &std::path::Path) -> String {
+    pub(crate) fn describe(self, dir: &std::path::Path) -> String {
         let (verb, mirror) = match self {
             Step::Switch => ("be switched to, to check", false),
             Step::Access => ("create entries in", false),
@@ -78,12 +75,12 @@ impl Step {
 }
 
 /// The user's outcome for one target: `None` when every step worked.
-pub type Denied = Option<(Step, io::Error)>;
+pub(crate) type Denied = Option<(Step, io::Error)>;
 
 /// Check every target as `user`. `Err` only when the child could not be
 /// started or said nothing.
 #[inline(never)]
-pub fn check(user: &Credentials, targets: &[Target]) -> io::Result<Vec<Denied>> {
+pub(crate) fn check(user: &Credentials, targets: &[Target]) -> io::Result<Vec<Denied>> {
     let (rd, wr) = nix::unistd::pipe().map_err(io::Error::from)?;
     // Everything the child needs, made before fork: after it, in a
     // threaded process, only async-signal-safe calls are allowed.
@@ -191,7 +188,7 @@ unsafe fn child(out: i32, uid: u32, gid: u32, groups: &[libc::gid_t], fds: &[(i3
 
 /// Make the mirror of `target` in the probe directory: a directory named
 /// `name`, given the target's owner and mode where the share keeps them.
-pub fn mirror(probe_dir: &Dir, name: &str, target: &Dir) -> io::Result<Dir> {
+pub(crate) fn mirror(probe_dir: &Dir, name: &str, target: &Dir) -> io::Result<Dir> {
     probe_dir.mkdir(OsStr::new(name), 0o700)?;
     let m = probe_dir.open_dir(OsStr::new(name))?;
     let t = target.stat()?;

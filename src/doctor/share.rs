@@ -17,41 +17,41 @@ use crate::init::user::Credentials;
 use crate::link::{mounts, status};
 
 /// What the share said.
-pub struct ShareFacts {
+pub(crate) struct ShareFacts {
     /// Why the share is unavailable (as `link` says it: exit 69).
-    pub unavailable: Option<String>,
+    pub(crate) unavailable: Option<String>,
     /// `share_root` resolved, when it exists.
-    pub real_root: Option<PathBuf>,
+    pub(crate) real_root: Option<PathBuf>,
     /// The probes, or why doctor could not write its probe directory.
-    pub measured: Option<Result<Measured, ProbeFailure>>,
-    pub free_bytes: Option<u64>,
+    pub(crate) measured: Option<Result<Measured, ProbeFailure>>,
+    pub(crate) free_bytes: Option<u64>,
     /// Per link share target (in config order): the run user's outcome,
     /// `None` when not checked (no run user, or the target is not there
     /// yet: `link` creates it and gives it to the run user).
-    pub user: Vec<Option<UserOutcome>>,
+    pub(crate) user: Vec<Option<UserOutcome>>,
     /// Per link: the round trip and free space of its share target, when
     /// that is on a mount of its own (read-only: a `stat` of fresh names).
-    pub other: Vec<Option<(Option<f64>, Option<u64>)>>,
+    pub(crate) other: Vec<Option<(Option<f64>, Option<u64>)>>,
     /// Probe entries that could not be removed.
-    pub left_behind: Vec<String>,
-    pub status: status::Report,
+    pub(crate) left_behind: Vec<String>,
+    pub(crate) status: status::Report,
 }
 
 #[derive(Debug)]
-pub struct ProbeFailure {
-    pub what: String,
-    pub source: io::Error,
+pub(crate) struct ProbeFailure {
+    pub(crate) what: String,
+    pub(crate) source: io::Error,
 }
 
 /// The run user's outcome for one share target.
-pub enum UserOutcome {
+pub(crate) enum UserOutcome {
     Checked(Denied),
     /// The target could not be opened (not a directory, a symlink).
     NotChecked(io::Error),
 }
 
 /// Look at the share: the mount guard, the probes, the run user, status.
-pub fn look(cfg: &Config, user: Option<&Credentials>, mountinfo: &[u8]) -> ShareFacts {
+pub(crate) fn look(cfg: &Config, user: Option<&Credentials>, mountinfo: &[u8]) -> ShareFacts {
     let unavailable = mounts::check_share(cfg, false).err().map(|e| e.to_string());
     let real_root = std::fs::canonicalize(&cfg.share_root).ok();
     let mut facts = ShareFacts {
@@ -135,11 +135,7 @@ fn check_user(
         match runuser::mirror(&area.dir, &name, &dir) {
             Ok(mirror) => {
                 mirrors.push(name);
-                targets.push(Target {
-                    path: cfg.share_path(link),
-                    dir,
-                    mirror,
-                });
+                targets.push(Target { dir, mirror });
                 index.push(i);
             }
             Err(e) => out[i] = Some(UserOutcome::NotChecked(e)),
@@ -199,7 +195,7 @@ fn other_mounts(
 
 /// Open `rel` below `root` one component at a time, never following a
 /// symlink (the share is writable by others).
-pub fn open_below(root: &Dir, rel: &Path) -> io::Result<Dir> {
+fn open_below(root: &Dir, rel: &Path) -> io::Result<Dir> {
     let mut d = root.try_clone()?;
     for c in rel.components() {
         if let Component::Normal(n) = c {

@@ -22,7 +22,7 @@ use super::meta::{Kind, Meta};
 
 /// Something a copy could not keep because the target refused it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Loss {
+pub(crate) enum Loss {
     Owner,
     Mode,
     Times,
@@ -34,7 +34,7 @@ pub enum Loss {
 }
 
 impl Loss {
-    pub const ALL: [Loss; 8] = [
+    pub(crate) const ALL: [Loss; 8] = [
         Loss::Owner,
         Loss::Mode,
         Loss::Times,
@@ -46,7 +46,7 @@ impl Loss {
     ];
 
     /// The key used in log fields (`lost_owner=3`).
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Loss::Owner => "owners",
             Loss::Mode => "modes",
@@ -60,7 +60,7 @@ impl Loss {
     }
 
     /// What happened instead, for the once-per-link warning.
-    pub fn fallback(self) -> &'static str {
+    pub(crate) fn fallback(self) -> &'static str {
         match self {
             Loss::Owner => {
                 "owners not kept (the share decides them, e.g. SMB uid=/gid= mount options)"
@@ -83,22 +83,22 @@ impl Loss {
 /// Per-kind counts of entries that lost something, shared by the workers
 /// of one migration.
 #[derive(Debug, Default)]
-pub struct Fidelity {
+pub(crate) struct Fidelity {
     counts: [AtomicU64; 8],
     refused: [AtomicBool; 8],
 }
 
 impl Fidelity {
-    pub fn lost(&self, l: Loss) {
+    pub(crate) fn lost(&self, l: Loss) {
         self.counts[l as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn count(&self, l: Loss) -> u64 {
+    pub(crate) fn count(&self, l: Loss) -> u64 {
         self.counts[l as usize].load(Relaxed)
     }
 
     /// Kinds with losses, with their counts.
-    pub fn losses(&self) -> Vec<(Loss, u64)> {
+    pub(crate) fn losses(&self) -> Vec<(Loss, u64)> {
         Loss::ALL
             .iter()
             .map(|&l| (l, self.count(l)))
@@ -106,23 +106,14 @@ impl Fidelity {
             .collect()
     }
 
-    pub fn add(&self, other: &Fidelity) {
-        for l in Loss::ALL {
-            let n = other.count(l);
-            if n > 0 {
-                self.counts[l as usize].fetch_add(n, Relaxed);
-            }
-        }
-    }
-
     /// Whether the target has refused `l` outright already.
-    pub fn refuses(&self, l: Loss) -> bool {
+    pub(crate) fn refuses(&self, l: Loss) -> bool {
         self.refused[l as usize].load(Relaxed)
     }
 
     /// Whether the target has refused `l` outright already; if it has, one
     /// more entry loses it (counted).
-    pub fn skips(&self, l: Loss) -> bool {
+    pub(crate) fn skips(&self, l: Loss) -> bool {
         let refused = self.refuses(l);
         if refused {
             self.lost(l);
@@ -133,7 +124,7 @@ impl Fidelity {
     /// Run `op` unless the target refuses `l` already. A refusal is counted
     /// and remembered (when it is the filesystem's, not one value's);
     /// other errors are returned.
-    pub fn attempt(&self, l: Loss, op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    pub(crate) fn attempt(&self, l: Loss, op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         if self.refuses(l) {
             self.lost(l);
             return Ok(());
@@ -153,7 +144,7 @@ impl Fidelity {
 }
 
 /// Errors that mean "this filesystem (or this user) cannot keep that".
-pub fn is_refusal(e: &io::Error) -> bool {
+pub(crate) fn is_refusal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(
@@ -203,11 +194,11 @@ fn class(name: &CStr) -> Loss {
 
 /// The copyable extended attributes of one entry.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Xattrs(Vec<(CString, Vec<u8>)>);
+pub(crate) struct Xattrs(Vec<(CString, Vec<u8>)>);
 
 /// Where to read or write extended attributes: an open file, or a path
 /// that must not be followed (symlinks, special files).
-pub enum Target<'a> {
+pub(crate) enum Target<'a> {
     Fd(&'a dyn AsRawFd),
     Path(&'a CStr),
 }
@@ -304,7 +295,7 @@ fn sized(mut f: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8
 impl Xattrs {
     /// Read the copyable attributes. A source filesystem without xattr
     /// support simply has none.
-    pub fn read(from: &Target<'_>) -> io::Result<Xattrs> {
+    pub(crate) fn read(from: &Target<'_>) -> io::Result<Xattrs> {
         let names = match sized(|b| from.list(b)) {
             Ok(n) => n,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
@@ -328,7 +319,7 @@ impl Xattrs {
         Ok(Xattrs(out))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -352,16 +343,16 @@ fn ts(t: super::meta::Time) -> TimeSpec {
 
 /// What a file or directory we just made already has: owner and mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Made {
-    pub uid: u32,
-    pub gid: u32,
-    pub perm: u32,
+pub(crate) struct Made {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) perm: u32,
 }
 
 impl Made {
     /// An entry made by this process with `perm` asked for: its owner and
     /// what the umask leaves of the mode.
-    pub fn by_us(perm: u32) -> Made {
+    pub(crate) fn by_us(perm: u32) -> Made {
         Made {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
@@ -372,7 +363,7 @@ impl Made {
 
 /// The process's umask, read once (reading it means setting it, so it is
 /// done before any worker runs, and put back at once).
-pub fn umask() -> u32 {
+pub(crate) fn umask() -> u32 {
     static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *UMASK.get_or_init(|| {
         // SAFETY: umask cannot fail; the old value is restored at once.
@@ -390,7 +381,7 @@ pub fn umask() -> u32 {
 /// (ACLs after the mode they extend), then times last (every other change
 /// moves them). Calls that would change nothing are not made: on a local
 /// disk they are most of the cost of a small file.
-pub fn apply_fd(
+pub(crate) fn apply_fd(
     f: &dyn AsRawFd,
     meta: &Meta,
     made: Made,
@@ -423,7 +414,12 @@ pub fn apply_fd(
 /// have them already: if the filesystem gave it others anyway (an SMB share
 /// decides owners and modes itself), ask, so a loss is counted like any
 /// other.
-pub fn recheck_fd(f: &dyn AsRawFd, meta: &Meta, now: &Meta, fid: &Fidelity) -> io::Result<()> {
+pub(crate) fn recheck_fd(
+    f: &dyn AsRawFd,
+    meta: &Meta,
+    now: &Meta,
+    fid: &Fidelity,
+) -> io::Result<()> {
     let fd = f.as_raw_fd();
     if (now.uid, now.gid) != (meta.uid, meta.gid) {
         fid.attempt(Loss::Owner, || {
@@ -442,7 +438,7 @@ pub fn recheck_fd(f: &dyn AsRawFd, meta: &Meta, now: &Meta, fid: &Fidelity) -> i
 
 /// The same for a symlink or special file `name` in `dir` (never followed;
 /// symlinks have no mode of their own).
-pub fn apply_at(
+pub(crate) fn apply_at(
     dir: &Dir,
     name: &std::ffi::OsStr,
     meta: &Meta,
@@ -499,7 +495,7 @@ fn check(r: libc::c_int) -> io::Result<()> {
 }
 
 /// Read the xattrs of a file we hold open.
-pub fn read_file(f: &File) -> io::Result<Xattrs> {
+pub(crate) fn read_file(f: &File) -> io::Result<Xattrs> {
     Xattrs::read(&Target::Fd(f))
 }
 

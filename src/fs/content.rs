@@ -32,9 +32,9 @@ fn lseek(f: &File, off: i64, whence: libc::c_int) -> io::Result<i64> {
 /// Where a copy goes from and to: the source's and the target's device
 /// numbers (the kernel copies within a filesystem, not across).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Devices {
-    pub src: u64,
-    pub dst: u64,
+pub(crate) struct Devices {
+    pub(crate) src: u64,
+    pub(crate) dst: u64,
 }
 
 impl Devices {
@@ -47,16 +47,16 @@ impl Devices {
 /// chunks, and a counter of the bytes copied so far (for progress lines
 /// that move during a big file, not only after it).
 #[derive(Clone, Copy)]
-pub struct Watch<'a> {
-    pub stop: &'a AtomicBool,
-    pub copied: &'a AtomicU64,
+pub(crate) struct Watch<'a> {
+    pub(crate) stop: &'a AtomicBool,
+    pub(crate) copied: &'a AtomicU64,
 }
 
 /// Copy `len` bytes of `src` into a new, empty `dst`, keeping holes when
 /// `sparse` (the source has fewer blocks than bytes): data ranges are found
 /// with `SEEK_DATA`/`SEEK_HOLE` and the size is set at the end, as
 /// `cp --sparse=auto` does. Returns the bytes written.
-pub fn copy(
+pub(crate) fn copy(
     src: &File,
     dst: &File,
     len: u64,
@@ -225,7 +225,7 @@ fn pwrite_all(f: &File, mut buf: &[u8], mut off: i64) -> io::Result<()> {
 
 /// Whether `a` and `b` hold the same `len` bytes (both are read to the end
 /// of `len`; a file shorter than `len` is different).
-pub fn equal(a: &File, b: &File, len: u64, stop: &AtomicBool) -> io::Result<bool> {
+pub(crate) fn equal(a: &File, b: &File, len: u64, stop: &AtomicBool) -> io::Result<bool> {
     let mut x = vec![0u8; BUF];
     let mut y = vec![0u8; BUF];
     let mut off: i64 = 0;

@@ -9,7 +9,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -28,44 +28,59 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
 
 /// An open directory (`O_RDONLY | O_DIRECTORY`).
 #[derive(Debug)]
-pub struct Dir {
+pub(crate) struct Dir {
     fd: OwnedFd,
 }
 
 /// What [`Dir::list`] returns per entry: its name and, when the filesystem
 /// reports it, its kind.
-pub type Listing = Vec<(OsString, Option<Kind>)>;
+type Listing = Vec<(OsString, Option<Kind>)>;
 
 impl Dir {
     const FLAGS: OFlag = OFlag::O_RDONLY
         .union(OFlag::O_DIRECTORY)
         .union(OFlag::O_CLOEXEC)
         .union(OFlag::O_NOCTTY);
+    const PATH_FLAGS: OFlag = OFlag::O_PATH
+        .union(OFlag::O_DIRECTORY)
+        .union(OFlag::O_CLOEXEC);
 
     /// A directory from its open descriptor (one passed by another
     /// process).
-    pub fn from_fd(fd: OwnedFd) -> Dir {
+    pub(crate) fn from_fd(fd: OwnedFd) -> Dir {
         Dir { fd }
     }
 
     /// Open a directory by path, following symlinks in it (for the roots
     /// the config names; the trees below them are walked with
     /// [`Dir::open_dir`]).
-    pub fn open(path: &Path) -> io::Result<Dir> {
+    pub(crate) fn open(path: &Path) -> io::Result<Dir> {
         let fd = nix::fcntl::open(path, Self::FLAGS, Mode::empty()).map_err(errno)?;
+        Ok(Dir { fd })
+    }
+
+    /// Open a directory by path as a handle for `*at` calls only
+    /// (`O_PATH`): on a network share opening a directory is a round trip
+    /// (FUSE OPENDIR, an SMB2 CREATE), an `O_PATH` open is none. Listing
+    /// ([`Dir::list`] opens anew), `*at` calls, [`Dir::stat`],
+    /// [`Dir::chown`] and [`Dir::sync_fs`] work through it; a raw `fchmod`,
+    /// `futimens` or `fsync` of it would not, so it is for directories that
+    /// are only walked through (the share root, the lock's directories).
+    pub(crate) fn open_path(path: &Path) -> io::Result<Dir> {
+        let fd = nix::fcntl::open(path, Self::PATH_FLAGS, Mode::empty()).map_err(errno)?;
         Ok(Dir { fd })
     }
 
     /// Open a directory by path without following a symlink at its last
     /// component.
-    pub fn open_nofollow(path: &Path) -> io::Result<Dir> {
+    pub(crate) fn open_nofollow(path: &Path) -> io::Result<Dir> {
         let fd = nix::fcntl::open(path, Self::FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
             .map_err(errno)?;
         Ok(Dir { fd })
     }
 
     /// Open the subdirectory `name`; a symlink there is ENOTDIR/ELOOP.
-    pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
         let fd = nix::fcntl::openat(
             &self.fd,
             name,
@@ -76,11 +91,24 @@ impl Dir {
         Ok(Dir { fd })
     }
 
+    /// [`Dir::open_dir`] as an `O_PATH` handle ([`Dir::open_path`]): no
+    /// round trip for the open itself; a symlink there is ENOTDIR.
+    pub(crate) fn open_dir_path(&self, name: &OsStr) -> io::Result<Dir> {
+        let fd = nix::fcntl::openat(
+            &self.fd,
+            name,
+            Self::PATH_FLAGS | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(Dir { fd })
+    }
+
     /// Open the directory `rel` (several components) below this one with
     /// `openat2`, refusing symlinks, magic links and escapes anywhere on the
     /// way (ELOOP, EXDEV). ENOSYS on kernels before 5.6 (or EPERM under a
     /// seccomp filter that does not know it): callers walk instead.
-    pub fn open_dir_beneath(&self, rel: &Path) -> io::Result<Dir> {
+    pub(crate) fn open_dir_beneath(&self, rel: &Path) -> io::Result<Dir> {
         use nix::fcntl::{OpenHow, ResolveFlag};
         let how = OpenHow::new()
             .flags(Self::FLAGS | OFlag::O_NOFOLLOW)
@@ -96,7 +124,23 @@ impl Dir {
     /// Read a small regular file `name` that others may have planted: never
     /// through a symlink, never blocking on a FIFO, never more than `max`
     /// bytes (a longer file is EFBIG). `None` when there is nothing there.
-    pub fn read_small(&self, name: &OsStr, max: usize) -> io::Result<Option<(Vec<u8>, Meta)>> {
+    pub(crate) fn read_small(
+        &self,
+        name: &OsStr,
+        max: usize,
+    ) -> io::Result<Option<(Vec<u8>, Meta)>> {
+        self.read_small_then(name, max, drop)
+    }
+
+    /// [`Dir::read_small`], the file handed to `close` once read (e.g.
+    /// [`close_aside`]: on a network share closing even a file only read
+    /// is a round trip).
+    pub(crate) fn read_small_then(
+        &self,
+        name: &OsStr,
+        max: usize,
+        close: impl FnOnce(File),
+    ) -> io::Result<Option<(Vec<u8>, Meta)>> {
         use std::io::Read;
         let f = match self.open_read(name) {
             Ok(f) => f,
@@ -108,7 +152,8 @@ impl Dir {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let mut buf = Vec::new();
-        f.take(max as u64 + 1).read_to_end(&mut buf)?;
+        (&f).take(max as u64 + 1).read_to_end(&mut buf)?;
+        close(f);
         if buf.len() > max {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
@@ -120,7 +165,7 @@ impl Dir {
     /// the new file is made `O_EXCL` under `tmp` (cleared first with
     /// `unlinkat`, which removes a planted symlink itself), then renamed
     /// over `name`.
-    pub fn write_replace(&self, tmp: &OsStr, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_replace(&self, tmp: &OsStr, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         match self.unlink(tmp) {
             Ok(()) => {}
@@ -134,7 +179,7 @@ impl Dir {
     }
 
     /// Set the times of `name` (never a symlink's target) to now.
-    pub fn touch_at(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn touch_at(&self, name: &OsStr) -> io::Result<()> {
         use nix::sys::stat::{utimensat, UtimensatFlags};
         use nix::sys::time::TimeSpec;
         utimensat(
@@ -149,24 +194,39 @@ impl Dir {
 
     /// `fchown` of this directory itself: it is the directory this handle
     /// opened, whatever was renamed over its name since.
-    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
-        nix::unistd::fchown(&self.fd, Some(uid.into()), Some(gid.into())).map_err(errno)
+    /// (`fchownat` with `AT_EMPTY_PATH`, which an `O_PATH` handle takes.)
+    pub(crate) fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        // SAFETY: valid fd and a NUL-terminated empty name.
+        let r = unsafe {
+            libc::fchownat(
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                uid,
+                gid,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
-    pub fn try_clone(&self) -> io::Result<Dir> {
+    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
         Ok(Dir {
             fd: self.fd.try_clone()?,
         })
     }
 
-    pub fn stat(&self) -> io::Result<Meta> {
+    pub(crate) fn stat(&self) -> io::Result<Meta> {
         nix::sys::stat::fstat(&self.fd)
             .map(|st| Meta::from_stat(&st))
             .map_err(errno)
     }
 
     /// `lstat` of `name`; `None` when there is nothing there.
-    pub fn stat_at(&self, name: &OsStr) -> io::Result<Option<Meta>> {
+    pub(crate) fn stat_at(&self, name: &OsStr) -> io::Result<Option<Meta>> {
         match nix::sys::stat::fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(Meta::from_stat(&st))),
             Err(nix::Error::ENOENT) => Ok(None),
@@ -175,7 +235,7 @@ impl Dir {
     }
 
     /// The entries, sorted by name (stable order makes runs reproducible).
-    pub fn list(&self) -> io::Result<Listing> {
+    pub(crate) fn list(&self) -> io::Result<Listing> {
         // A fresh open file description: its own read position.
         let fd = nix::fcntl::openat(&self.fd, ".", Self::FLAGS, Mode::empty()).map_err(errno)?;
         let mut d = nix::dir::Dir::from_fd(fd).map_err(errno)?;
@@ -204,12 +264,12 @@ impl Dir {
         Ok(out)
     }
 
-    pub fn mkdir(&self, name: &OsStr, perm: u32) -> io::Result<()> {
+    pub(crate) fn mkdir(&self, name: &OsStr, perm: u32) -> io::Result<()> {
         nix::sys::stat::mkdirat(&self.fd, name, Mode::from_bits_truncate(perm)).map_err(errno)
     }
 
     /// Create a new regular file for writing; never opens an existing one.
-    pub fn create(&self, name: &OsStr, perm: u32) -> io::Result<File> {
+    pub(crate) fn create(&self, name: &OsStr, perm: u32) -> io::Result<File> {
         let fd = nix::fcntl::openat(
             &self.fd,
             name,
@@ -227,7 +287,7 @@ impl Dir {
 
     /// Open `name` for reading without following a symlink and without
     /// blocking on a FIFO that replaced a file meanwhile.
-    pub fn open_read(&self, name: &OsStr) -> io::Result<File> {
+    pub(crate) fn open_read(&self, name: &OsStr) -> io::Result<File> {
         let fd = nix::fcntl::openat(
             &self.fd,
             name,
@@ -243,7 +303,7 @@ impl Dir {
     }
 
     /// Open `name` for appending, creating it if needed (journals).
-    pub fn open_append(&self, name: &OsStr) -> io::Result<File> {
+    pub(crate) fn open_append(&self, name: &OsStr) -> io::Result<File> {
         let fd = nix::fcntl::openat(
             &self.fd,
             name,
@@ -258,20 +318,20 @@ impl Dir {
         Ok(File::from(fd))
     }
 
-    pub fn symlink(&self, target: &OsStr, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn symlink(&self, target: &OsStr, name: &OsStr) -> io::Result<()> {
         nix::unistd::symlinkat(target, &self.fd, name).map_err(errno)
     }
 
-    pub fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+    pub(crate) fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
         nix::fcntl::readlinkat(&self.fd, name).map_err(errno)
     }
 
     /// A hard link `to/to_name` to `self/name` (never following).
-    pub fn hard_link(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+    pub(crate) fn hard_link(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
         nix::unistd::linkat(&self.fd, name, &to.fd, to_name, AtFlags::empty()).map_err(errno)
     }
 
-    pub fn mknod(&self, name: &OsStr, kind: Kind, perm: u32, rdev: u64) -> io::Result<()> {
+    pub(crate) fn mknod(&self, name: &OsStr, kind: Kind, perm: u32, rdev: u64) -> io::Result<()> {
         let n = cstr(name)?;
         // SAFETY: valid fd and NUL-terminated name.
         let r = unsafe {
@@ -289,18 +349,18 @@ impl Dir {
         }
     }
 
-    pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn unlink(&self, name: &OsStr) -> io::Result<()> {
         nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
             .map_err(errno)
     }
 
     /// `rmdir`: only ever removes an empty directory.
-    pub fn rmdir(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn rmdir(&self, name: &OsStr) -> io::Result<()> {
         nix::unistd::unlinkat(&self.fd, name, nix::unistd::UnlinkatFlags::RemoveDir).map_err(errno)
     }
 
     /// Rename `self/name` to `to/to_name`, replacing what is there.
-    pub fn rename(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+    pub(crate) fn rename(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
         nix::fcntl::renameat(&self.fd, name, &to.fd, to_name).map_err(errno)
     }
 
@@ -312,7 +372,12 @@ impl Dir {
     /// one, so nothing can be lost), and anything else to `link` + `unlink`
     /// (which refuses any existing target) or, on a share without hard
     /// links either, to check-then-`rename`.
-    pub fn rename_noreplace(&self, name: &OsStr, to: &Dir, to_name: &OsStr) -> io::Result<()> {
+    pub(crate) fn rename_noreplace(
+        &self,
+        name: &OsStr,
+        to: &Dir,
+        to_name: &OsStr,
+    ) -> io::Result<()> {
         let (from, to_c) = (cstr(name)?, cstr(to_name)?);
         // SAFETY: valid fds and NUL-terminated names. (The raw syscall:
         // musl's libc has no renameat2 wrapper.)
@@ -364,9 +429,19 @@ impl Dir {
 
     /// Flush the whole filesystem this directory is on: one call instead
     /// of an `fsync` per file.
-    pub fn sync_fs(&self) -> io::Result<()> {
+    pub(crate) fn sync_fs(&self) -> io::Result<()> {
         // SAFETY: valid fd.
         if unsafe { libc::syncfs(self.fd.as_raw_fd()) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBADF) {
+            return Err(e);
+        }
+        // An `O_PATH` handle: syncfs needs an open file of the filesystem.
+        let fd = nix::fcntl::openat(&self.fd, ".", Self::FLAGS, Mode::empty()).map_err(errno)?;
+        // SAFETY: valid fd.
+        if unsafe { libc::syncfs(fd.as_raw_fd()) } == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
@@ -374,7 +449,7 @@ impl Dir {
     }
 
     /// `access(2)` with the effective ids, relative to this directory.
-    pub fn access(&self, name: &OsStr, mode: libc::c_int) -> io::Result<()> {
+    pub(crate) fn access(&self, name: &OsStr, mode: libc::c_int) -> io::Result<()> {
         let n = cstr(name)?;
         // SAFETY: valid fd and NUL-terminated name.
         let r = unsafe {
@@ -395,30 +470,14 @@ impl Dir {
     /// `/proc/self/fd/<fd>/<name>`: a short path to `name` for the calls
     /// that have no `*at` form (`lsetxattr` on a symlink, `linkat` of an
     /// open file by a user without CAP_DAC_READ_SEARCH).
-    pub fn proc_path(&self, name: &OsStr) -> io::Result<CString> {
+    pub(crate) fn proc_path(&self, name: &OsStr) -> io::Result<CString> {
         let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
         p.extend_from_slice(name.as_bytes());
         CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
     }
 
-    /// `/proc/self/fd/<fd>`: this directory itself.
-    pub fn self_proc_path(&self) -> CString {
-        CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-            .expect("no NUL in a formatted number")
-    }
-
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    /// Adopt a raw directory fd (tests).
-    ///
-    /// # Safety
-    /// `fd` must be an open directory that nothing else owns.
-    pub unsafe fn from_raw(fd: i32) -> Dir {
-        Dir {
-            fd: OwnedFd::from_raw_fd(fd),
-        }
     }
 }
 
@@ -431,6 +490,19 @@ impl AsFd for Dir {
 impl AsRawFd for Dir {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// Close `f` on a thread of its own: on a network share a close is a round
+/// trip (FUSE FLUSH, SMB2 CLOSE) that nothing after it needs to wait for.
+/// For files only read, or whose writes nothing reads back through them.
+pub(crate) fn close_aside(f: File) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("close".into())
+        .spawn(move || drop(f))
+    {
+        // The file went with the closure: closed here.
+        crate::debug!("closing a file on this thread: {e}");
     }
 }
 
@@ -454,6 +526,29 @@ mod tests {
         d.rename_noreplace(OsStr::new("a"), &d, OsStr::new("c"))
             .unwrap();
         assert_eq!(std::fs::read(t.path().join("c")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_path_handle_walks_lists_stats_chowns_and_syncs() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("d", t.path().join("l")).unwrap();
+        let root = Dir::open_path(t.path()).unwrap();
+        let d = root.open_dir_path(OsStr::new("d")).unwrap();
+        // A symlink is no directory, whatever the open.
+        assert!(root.open_dir_path(OsStr::new("l")).is_err());
+        d.mkdir(OsStr::new("x"), 0o755).unwrap();
+        d.create(OsStr::new("f"), 0o644).unwrap();
+        let names: Vec<_> = d.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["f", "x"]);
+        assert_eq!(d.stat().unwrap().kind, Kind::Dir);
+        let me = d.stat().unwrap();
+        d.chown(me.uid, me.gid).unwrap();
+        d.sync_fs().unwrap();
+        assert!(nix::sys::statvfs::fstatvfs(&d).is_ok());
+        d.rename_noreplace(OsStr::new("x"), &root, OsStr::new("y"))
+            .unwrap();
+        root.rmdir(OsStr::new("y")).unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 /// The kind of a directory entry. Symlinks are never followed, so a
 /// symlink is its own kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
     Symlink,
@@ -16,7 +16,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn from_mode(mode: u32) -> Kind {
+    fn from_mode(mode: u32) -> Kind {
         match mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Dir,
             libc::S_IFLNK => Kind::Symlink,
@@ -28,29 +28,7 @@ impl Kind {
         }
     }
 
-    /// From a `d_type`, when the filesystem gives one.
-    pub fn from_dtype(t: u8) -> Option<Kind> {
-        Some(match t {
-            libc::DT_DIR => Kind::Dir,
-            libc::DT_REG => Kind::File,
-            libc::DT_LNK => Kind::Symlink,
-            libc::DT_FIFO => Kind::Fifo,
-            libc::DT_SOCK => Kind::Socket,
-            libc::DT_CHR => Kind::CharDevice,
-            libc::DT_BLK => Kind::BlockDevice,
-            _ => return None,
-        })
-    }
-
-    /// FIFOs, sockets and device nodes: entries that hold no data.
-    pub fn is_special(self) -> bool {
-        matches!(
-            self,
-            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice
-        )
-    }
-
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Dir => "directory",
             Kind::File => "regular file",
@@ -63,7 +41,7 @@ impl Kind {
     }
 
     /// The `S_IF*` bits for `mknod`.
-    pub fn mode_bits(self) -> u32 {
+    pub(crate) fn mode_bits(self) -> u32 {
         match self {
             Kind::Dir => libc::S_IFDIR,
             Kind::File => libc::S_IFREG,
@@ -84,13 +62,13 @@ impl fmt::Display for Kind {
 
 /// A timestamp as the kernel keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Time {
-    pub sec: i64,
-    pub nsec: i64,
+pub(crate) struct Time {
+    pub(crate) sec: i64,
+    pub(crate) nsec: i64,
 }
 
 impl Time {
-    pub fn now() -> Time {
+    pub(crate) fn now() -> Time {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -100,7 +78,7 @@ impl Time {
         }
     }
 
-    pub fn as_nanos(self) -> i128 {
+    pub(crate) fn as_nanos(self) -> i128 {
         self.sec as i128 * 1_000_000_000 + self.nsec as i128
     }
 }
@@ -110,32 +88,32 @@ impl Time {
 /// and a replacement changes the inode. Content equality is never inferred
 /// from this; it only answers "is this still the entry we looked at?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Identity {
-    pub ino: u64,
-    pub size: u64,
-    pub mtime: Time,
-    pub ctime: Time,
+pub(crate) struct Identity {
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: Time,
+    pub(crate) ctime: Time,
 }
 
 /// One `lstat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Meta {
-    pub kind: Kind,
-    pub id: Identity,
-    pub dev: u64,
+pub(crate) struct Meta {
+    pub(crate) kind: Kind,
+    pub(crate) id: Identity,
+    pub(crate) dev: u64,
     /// Permission bits (`0o7777`).
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u64,
-    pub rdev: u64,
+    pub(crate) perm: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) nlink: u64,
+    pub(crate) rdev: u64,
     /// 512-byte blocks allocated: fewer than the size needs means holes.
-    pub blocks: u64,
-    pub atime: Time,
+    pub(crate) blocks: u64,
+    pub(crate) atime: Time,
 }
 
 impl Meta {
-    pub fn from_stat(st: &libc::stat) -> Meta {
+    pub(crate) fn from_stat(st: &libc::stat) -> Meta {
         Meta {
             kind: Kind::from_mode(st.st_mode),
             id: Identity {
@@ -168,12 +146,12 @@ impl Meta {
 
     /// Whether the file has holes worth keeping (what `cp --sparse=auto`
     /// looks at).
-    pub fn looks_sparse(&self) -> bool {
+    pub(crate) fn looks_sparse(&self) -> bool {
         self.kind == Kind::File && self.blocks.saturating_mul(512) < self.id.size
     }
 
     /// Bytes this entry occupies when copied faithfully (holes stay holes).
-    pub fn footprint(&self) -> u64 {
+    pub(crate) fn footprint(&self) -> u64 {
         match self.kind {
             Kind::File => self.id.size.min(self.blocks.saturating_mul(512)),
             _ => 0,
@@ -185,13 +163,13 @@ impl Meta {
     /// coarse clock; a change made later than `margin` after the last one
     /// is then certain to move ctime, so "same identity" really means
     /// "unchanged".
-    pub fn settled(&self, seen: Time, margin_ns: i128) -> bool {
+    pub(crate) fn settled(&self, seen: Time, margin_ns: i128) -> bool {
         self.id.ctime.as_nanos() <= seen.as_nanos() - margin_ns
     }
 }
 
 /// `fstat` of an open file, as [`Meta`].
-pub fn fstat(f: &std::fs::File) -> std::io::Result<Meta> {
+pub(crate) fn fstat(f: &std::fs::File) -> std::io::Result<Meta> {
     nix::sys::stat::fstat(f)
         .map(|st| Meta::from_stat(&st))
         .map_err(std::io::Error::from)

@@ -10,7 +10,7 @@ const NAME_MAX: usize = 255;
 /// `.<name>.<suffix>`, shortened with a hash of `name` when it would not
 /// fit in NAME_MAX minus `room` bytes (left for the caller to append, such
 /// as `.<pid>`). Distinct names give distinct results.
-pub fn hidden(name: &OsStr, suffix: &str, room: usize) -> OsString {
+pub(crate) fn hidden(name: &OsStr, suffix: &str, room: usize) -> OsString {
     let n = name.as_bytes();
     let max = NAME_MAX - room;
     let mut out = Vec::with_capacity(n.len() + suffix.len() + 2);
@@ -30,13 +30,13 @@ pub fn hidden(name: &OsStr, suffix: &str, room: usize) -> OsString {
 }
 
 /// [`hidden`] for the last component of `path`, as a sibling path.
-pub fn sibling(path: &Path, suffix: &str, room: usize) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str, room: usize) -> PathBuf {
     path.with_file_name(hidden(path.file_name().unwrap_or_default(), suffix, room))
 }
 
 /// FNV-1a: a stable, dependency-free hash for shortening names and
 /// spreading retries.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= *b as u64;

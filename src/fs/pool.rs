@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-pub struct Queue<J> {
+pub(crate) struct Queue<J> {
     state: Mutex<State<J>>,
     /// Wakes a worker: a job was pushed, or the work is over.
     work: Condvar,
@@ -31,11 +31,11 @@ pub struct Queue<J> {
     threads: usize,
     /// Set on the first error or when the heartbeat says stop; long jobs
     /// check it between chunks.
-    pub stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
 }
 
 /// A directory's lane: the jobs that create entries in it.
-pub type Lane = u32;
+pub(crate) type Lane = u32;
 
 struct Jobs<J> {
     /// Jobs that open a directory of their own.
@@ -137,13 +137,13 @@ impl<J> Queue<J> {
 
     /// Queue a job in lane 0 (for work that is not spread over
     /// directories).
-    pub fn push(&self, job: J) {
+    pub(crate) fn push(&self, job: J) {
         self.push_to(0, job, false)
     }
 
     /// Queue a job in `lane`; `opens`: it opens a directory (and starts
     /// its lane).
-    pub fn push_to(&self, lane: Lane, job: J, opens: bool) {
+    pub(crate) fn push_to(&self, lane: Lane, job: J, opens: bool) {
         let mut s = self.lock();
         s.push(lane, job, opens);
         let wake = s.idle > 0;
@@ -154,11 +154,11 @@ impl<J> Queue<J> {
     }
 
     /// Workers in the pool (to size the jobs they are given).
-    pub fn threads(&self) -> usize {
+    pub(crate) fn threads(&self) -> usize {
         self.threads
     }
 
-    pub fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
@@ -175,7 +175,7 @@ impl<J> Queue<J> {
 }
 
 /// How often the heartbeat runs while jobs are in flight.
-pub const HEARTBEAT: Duration = Duration::from_millis(100);
+const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// Lanes with jobs queued before opening jobs wait, per worker: enough
 /// directories to keep every worker busy, few enough that a wide tree
@@ -186,7 +186,7 @@ const LANES_PER_WORKER: usize = 4;
 /// threads. `heartbeat` runs on the calling thread every [`HEARTBEAT`] and
 /// once at the end; an error from it stops the work. Returns the first
 /// error.
-pub fn run<J: Send>(
+pub(crate) fn run<J: Send>(
     threads: usize,
     initial: Vec<J>,
     work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
@@ -197,7 +197,7 @@ pub fn run<J: Send>(
 }
 
 /// [`run`] with the initial jobs each in its lane.
-pub fn run_lanes<J: Send>(
+pub(crate) fn run_lanes<J: Send>(
     threads: usize,
     initial: Vec<(Lane, J)>,
     work: &(dyn Fn(J, &Queue<J>) -> Result<()> + Sync),
@@ -248,31 +248,60 @@ pub fn run_lanes<J: Send>(
     }
 }
 
+/// One result per index, filled by workers in any order and read in order
+/// once they are done.
+pub(crate) struct Slots<T>(Vec<Mutex<Option<T>>>);
+
+impl<T> Slots<T> {
+    /// `n` empty slots.
+    pub(crate) fn new(n: usize) -> Slots<T> {
+        Slots((0..n).map(|_| Mutex::new(None)).collect())
+    }
+
+    /// Slot `i` holds `v` now.
+    pub(crate) fn put(&self, i: usize, v: Option<T>) {
+        *self.0[i].lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    pub(crate) fn set(&self, i: usize, v: T) {
+        self.put(i, Some(v));
+    }
+
+    /// What each slot holds, in order.
+    pub(crate) fn into_vec(self) -> Vec<Option<T>> {
+        self.0
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+}
+
 /// `f` over `items` on up to `threads` threads, results in order. A few
 /// items are done on the calling thread: starting threads costs more.
-pub fn map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = threads.min(items.len() / 4).max(1);
     if threads == 1 {
         return items.iter().map(f).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    let slots = Slots::new(items.len());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(item) = items.get(i) else { break };
-                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(f(item));
+                slots.set(i, f(item));
             });
         }
     });
     slots
+        .into_vec()
         .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .expect("every item mapped")
-        })
+        .map(|r| r.expect("every item mapped"))
         .collect()
 }
 
@@ -321,6 +350,23 @@ fn worker<J>(q: &Queue<J>, work: &dyn Fn(J, &Queue<J>) -> Result<()>) {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn slots_are_read_in_index_order_whoever_filled_them() {
+        let slots = Slots::new(5);
+        std::thread::scope(|scope| {
+            for i in [4usize, 0, 2] {
+                let slots = &slots;
+                scope.spawn(move || slots.set(i, i * 10));
+            }
+        });
+        slots.set(1, 7);
+        slots.put(1, None);
+        assert_eq!(
+            slots.into_vec(),
+            vec![Some(0), None, Some(20), None, Some(40)]
+        );
+    }
 
     #[test]
     fn jobs_spawn_jobs_and_all_run() {

@@ -10,7 +10,7 @@ use super::meta::Kind;
 
 /// Remove `parent/name` and everything below it. Only for trees sharelink
 /// made itself (staging copies): it deletes whatever it finds.
-pub fn remove(parent: &Dir, name: &OsStr) -> io::Result<()> {
+pub(crate) fn remove(parent: &Dir, name: &OsStr) -> io::Result<()> {
     let Some(m) = parent.stat_at(name)? else {
         return Ok(());
     };
@@ -46,7 +46,7 @@ fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
 /// Whether a directory holds nothing but directories (a share target with
 /// only the `dirs` sharelink made is as good as empty). Stops at the first
 /// non-directory.
-pub fn holds_no_files(dir: &Dir) -> io::Result<bool> {
+pub(crate) fn holds_no_files(dir: &Dir) -> io::Result<bool> {
     for (name, kind) in dir.list()? {
         let kind = match kind {
             Some(k) => k,
@@ -73,7 +73,7 @@ pub fn holds_no_files(dir: &Dir) -> io::Result<bool> {
 /// Remove `parent/name`, a tree of empty directories, with `rmdir` only:
 /// anything else in it (a file that appeared meanwhile) makes it fail with
 /// ENOTEMPTY, and stays.
-pub fn remove_empty_dirs(parent: &Dir, name: &OsStr) -> io::Result<()> {
+pub(crate) fn remove_empty_dirs(parent: &Dir, name: &OsStr) -> io::Result<()> {
     let dir = parent.open_dir(name)?;
     for (child, kind) in dir.list()? {
         if matches!(kind, Some(Kind::Dir) | None) {
@@ -96,7 +96,7 @@ pub fn remove_empty_dirs(parent: &Dir, name: &OsStr) -> io::Result<()> {
 /// component at a time. Either way each step is relative to the directory
 /// the previous one opened, so renaming a component meanwhile cannot move
 /// the walk outside `root`. A symlink on the way is ELOOP or ENOTDIR.
-pub fn open_beneath(root: &Dir, rel: &std::path::Path) -> io::Result<Dir> {
+pub(crate) fn open_beneath(root: &Dir, rel: &std::path::Path) -> io::Result<Dir> {
     if rel.as_os_str().is_empty() {
         return root.try_clone();
     }
@@ -121,9 +121,19 @@ pub fn open_beneath(root: &Dir, rel: &std::path::Path) -> io::Result<Dir> {
 
 /// A directory [`make_beneath`] opened, and whether it made the last
 /// component itself (only then does it hand it to the run user).
-pub struct Made {
-    pub dir: Dir,
-    pub created: bool,
+pub(crate) struct Made {
+    pub(crate) dir: Dir,
+    pub(crate) created: bool,
+}
+
+/// Why [`make_beneath`] stopped. The caller words the advice.
+#[derive(Debug)]
+pub(crate) enum MakeError {
+    /// A component is a symlink (never followed).
+    Symlink(std::path::PathBuf),
+    /// A component is another non-directory, of this kind.
+    NotDir(std::path::PathBuf, Kind),
+    Io(crate::error::Error),
 }
 
 /// `mkdir -p root/rel` without following symlinks, returning the last
@@ -131,39 +141,44 @@ pub struct Made {
 /// the previous step opened (EEXIST is fine: replicas race here) and then
 /// opened `O_NOFOLLOW`: it must be a real directory. `root_path` names
 /// `root` in messages.
-pub fn make_beneath(
+pub(crate) fn make_beneath(
     root: &Dir,
     rel: &std::path::Path,
     root_path: &std::path::Path,
-) -> crate::error::Result<Made> {
-    use crate::error::Error;
-    let mut cur = root
-        .try_clone()
-        .map_err(|e| Error::io("open", root_path, e))?;
+) -> Result<Made, MakeError> {
+    use crate::error::{Error, IoContext};
+    let io = MakeError::Io;
+    let mut cur = root.try_clone().ctx("open", root_path).map_err(io)?;
     let mut path = root_path.to_path_buf();
     let mut created = false;
-    for c in rel.components() {
+    let mut components = rel.components().peekable();
+    while let Some(c) = components.next() {
         let name = c.as_os_str();
         path.push(name);
         created = match cur.mkdir(name, 0o755) {
             Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
-            Err(e) => return Err(Error::io("create directory", &path, e)),
+            Err(e) => return Err(io(Error::io("create directory", &path, e))),
         };
-        cur = match cur.open_dir(name) {
+        // Directories on the way are only walked through: `O_PATH`, no
+        // round trip for their opens on a network share. The last one is
+        // the caller's, opened in full.
+        let opened = if components.peek().is_some() {
+            cur.open_dir_path(name)
+        } else {
+            cur.open_dir(name)
+        };
+        cur = match opened {
             Ok(d) => d,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                 let kind = cur.stat_at(name).ok().flatten().map(|m| m.kind);
                 return Err(match kind {
-                    Some(Kind::Symlink) => crate::fs::share::unsafe_symlink(&path),
-                    Some(k) => Error::Unsafe(format!(
-                        "{} is a {k} where a directory belongs; move it away and re-run",
-                        path.display()
-                    )),
-                    None => Error::io("open directory", &path, e),
+                    Some(Kind::Symlink) => MakeError::Symlink(path),
+                    Some(k) => MakeError::NotDir(path, k),
+                    None => io(Error::io("open directory", &path, e)),
                 });
             }
-            Err(e) => return Err(Error::io("open directory", &path, e)),
+            Err(e) => return Err(io(Error::io("open directory", &path, e))),
         };
     }
     Ok(Made { dir: cur, created })

@@ -19,13 +19,13 @@
 //!
 //! `spawn` starts the command (dropping privileges to the [`user`] first).
 
-pub mod probe;
-pub mod shutdown;
+pub(crate) mod probe;
+pub(crate) mod shutdown;
 mod spawn;
 
-pub use spawn::command_candidates;
+pub(crate) use spawn::command_candidates;
 mod supervise;
-pub mod user;
+pub(crate) mod user;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -36,17 +36,17 @@ use user::Credentials;
 
 /// What `sharelink run` starts and how it supervises it.
 #[derive(Debug)]
-pub struct RunOptions {
-    pub command: Vec<OsString>,
-    pub credentials: Option<Credentials>,
-    pub grace_period: Duration,
-    pub kill_process_group: bool,
+pub(crate) struct RunOptions {
+    pub(crate) command: Vec<OsString>,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) grace_period: Duration,
+    pub(crate) kill_process_group: bool,
     /// Applied to every forwarded signal (see [`signals::Rewrites`]).
-    pub rewrite: signals::Rewrites,
+    pub(crate) rewrite: signals::Rewrites,
 }
 
 /// Start the command and act as its init; returns sharelink's exit code.
-pub fn run(opts: RunOptions) -> ExitCode {
+pub(crate) fn run(opts: RunOptions) -> ExitCode {
     let self_pid = nix::unistd::getpid().as_raw();
     let pid1 = self_pid == 1;
     if !pid1 {

@@ -14,7 +14,10 @@ use super::user::Credentials;
 /// `access(path, mode)` for each check, as `ids` (or as sharelink itself
 /// with `None`): 0 when allowed, else the errno. `Err` when the probe
 /// itself could not run (fork, pipe, dropping privileges).
-pub fn access_as(ids: Option<&Credentials>, checks: &[(&Path, i32)]) -> Result<Vec<i32>, String> {
+pub(crate) fn access_as(
+    ids: Option<&Credentials>,
+    checks: &[(&Path, i32)],
+) -> Result<Vec<i32>, String> {
     let paths: Vec<CString> = checks
         .iter()
         .map(|(p, _)| {
@@ -76,7 +79,7 @@ pub fn access_as(ids: Option<&Credentials>, checks: &[(&Path, i32)]) -> Result<V
 
 /// Where `execvp` would look for `program`: itself if it has a `/`, else
 /// each `PATH` entry (`path`, or the default when unset).
-pub fn candidates(program: &OsStr, path: Option<&OsStr>, default: &str) -> Vec<PathBuf> {
+pub(crate) fn candidates(program: &OsStr, path: Option<&OsStr>, default: &str) -> Vec<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return vec![PathBuf::from(program)];
     }

@@ -10,12 +10,12 @@ use crate::exit_code::ExitCode;
 /// process in uninterruptible sleep (a hung SMB share) can outlive SIGKILL
 /// indefinitely; sharelink must not hang with it, so it gives up and exits
 /// (as PID 1, the kernel then tears the namespace down).
-pub const KILL_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the shutdown stands. The command's status is fixed once it is
 /// reaped; what follows only decides when to exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// The command runs: forward signals, reap orphans.
     Running,
     /// The command exited with `code`; the processes left got SIGTERM and
@@ -27,7 +27,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn deadline(self) -> Option<Instant> {
+    pub(crate) fn deadline(self) -> Option<Instant> {
         match self {
             Phase::Running => None,
             Phase::Draining { deadline, .. } | Phase::Killing { deadline, .. } => Some(deadline),
@@ -37,7 +37,7 @@ impl Phase {
 
 /// The next move of the shutdown, decided by [`step`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing to do but wait for the next signal or the deadline.
     Wait,
     /// The command exited with `code` and processes are left: SIGTERM (and
@@ -55,7 +55,7 @@ pub enum Step {
 
 /// The shutdown as a pure function: from the phase, what reaping found and
 /// the time, the next step. No processes, no clock of its own.
-pub fn step(
+pub(crate) fn step(
     phase: Phase,
     command: Option<ExitCode>,
     children_left: bool,

@@ -97,7 +97,7 @@ impl Prepared {
 
 /// Where the command is looked for, as `execvp` would (this process's
 /// `PATH`, which the command inherits).
-pub fn command_candidates(program: &OsStr) -> Vec<std::path::PathBuf> {
+pub(crate) fn command_candidates(program: &OsStr) -> Vec<std::path::PathBuf> {
     super::probe::candidates(program, std::env::var_os("PATH").as_deref(), DEFAULT_PATH)
 }
 

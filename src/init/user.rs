@@ -29,18 +29,18 @@ use crate::error::{Error, Result};
 
 /// The identity the command gets, fully resolved before anything is linked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub uid: u32,
+pub(crate) struct Credentials {
+    pub(crate) uid: u32,
     /// Primary group.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// What `setgroups` gets: the primary gid first, then the user's
     /// memberships, without duplicates.
-    pub groups: Vec<u32>,
+    pub(crate) groups: Vec<u32>,
     /// The passwd name, when the user has an entry.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// `HOME` for the command: the passwd home directory, `/` without one
     /// (the image's `HOME=/root` would be unusable after dropping root).
-    pub home: PathBuf,
+    pub(crate) home: PathBuf,
 }
 
 impl fmt::Display for Credentials {
@@ -57,12 +57,12 @@ impl fmt::Display for Credentials {
 }
 
 /// Resolve a user spec against the container's `/etc/passwd` and `/etc/group`.
-pub fn resolve(spec: &str) -> Result<Credentials> {
+pub(crate) fn resolve(spec: &str) -> Result<Credentials> {
     resolve_in(Path::new("/"), spec)
 }
 
 /// [`resolve`] against `<root>/etc/passwd` and `<root>/etc/group`.
-pub fn resolve_in(root: &Path, spec: &str) -> Result<Credentials> {
+fn resolve_in(root: &Path, spec: &str) -> Result<Credentials> {
     let passwd = Database::read(root.join("etc/passwd"))?;
     let group = Database::read(root.join("etc/group"))?;
     lookup(spec, &passwd, &group)
@@ -72,13 +72,13 @@ pub fn resolve_in(root: &Path, spec: &str) -> Result<Credentials> {
 /// when it does not exist (a minimal image may have neither; numeric ids
 /// still work then).
 #[derive(Debug, Clone)]
-pub struct Database {
-    pub path: PathBuf,
-    pub text: Option<String>,
+pub(crate) struct Database {
+    pub(crate) path: PathBuf,
+    pub(crate) text: Option<String>,
 }
 
 impl Database {
-    pub fn read(path: PathBuf) -> Result<Database> {
+    pub(crate) fn read(path: PathBuf) -> Result<Database> {
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Database {
                 path,
@@ -222,7 +222,7 @@ fn group_id(spec: &str, g: &str, group: &Database) -> Result<u32> {
 }
 
 /// Resolve `spec` against the two databases. Pure: no I/O.
-pub fn lookup(spec: &str, passwd: &Database, group: &Database) -> Result<Credentials> {
+pub(crate) fn lookup(spec: &str, passwd: &Database, group: &Database) -> Result<Credentials> {
     let bad = |why: &str| Error::Config(format!("user {spec:?}: {why}"));
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),

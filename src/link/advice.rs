@@ -1,16 +1,40 @@
 //! Share-side failures worded like the app-side ones: who (uid, gid), what
 //! (the share directory, its owner and mode, the mount), and the fix (the
-//! mount's options, a chown, `run --user`).
+//! mount's options, a chown, `run --user`). Also the wording for what `fs`
+//! reports as facts: a symlink or a file where a directory belongs.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::fs::tree::MakeError;
+
+/// A symlink found on the way to a share path, refused.
+pub(crate) fn unsafe_symlink(at: &Path) -> Error {
+    Error::Unsafe(format!(
+        "{} is a symlink inside the share; sharelink never follows those (it could write outside the share). Replace it with a directory",
+        at.display()
+    ))
+}
+
+/// A directory that could not be made, with what to do about it.
+impl From<MakeError> for Error {
+    fn from(e: MakeError) -> Error {
+        match e {
+            MakeError::Symlink(at) => unsafe_symlink(&at),
+            MakeError::NotDir(at, kind) => Error::Unsafe(format!(
+                "{} is a {kind} where a directory belongs; move it away and re-run",
+                at.display()
+            )),
+            MakeError::Io(e) => e,
+        }
+    }
+}
 
 /// `e` with the share's side explained when it is "cannot write" (EACCES,
 /// EPERM, EROFS) on a path in the share; otherwise `e` as it is.
-pub fn explain(cfg: &Config, e: Error) -> Error {
+pub(crate) fn explain(cfg: &Config, e: Error) -> Error {
     let Error::Io { context, source } = &e else {
         return e;
     };
@@ -29,7 +53,7 @@ pub fn explain(cfg: &Config, e: Error) -> Error {
 }
 
 /// The message for a write the share refused.
-pub fn share_not_writable(share_root: &Path, what: &str, read_only: bool) -> String {
+fn share_not_writable(share_root: &Path, what: &str, read_only: bool) -> String {
     // SAFETY: plain getters.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let owner = match std::fs::metadata(share_root) {

@@ -6,27 +6,28 @@
 //! [`lock`], [`mounts`] guards against a share that is not mounted and
 //! against volumes inside data directories.
 
-pub mod advice;
-pub mod apply;
-pub mod lock;
-pub mod migrate;
-pub mod mounts;
-pub mod plan;
-pub mod status;
+pub(crate) mod advice;
+pub(crate) mod apply;
+pub(crate) mod lock;
+pub(crate) mod migrate;
+pub(crate) mod mounts;
+pub(crate) mod plan;
+pub(crate) mod status;
+pub(crate) mod target;
 
 use crate::config::Config;
 use crate::error::Result;
 
-pub use apply::Owner;
+pub(crate) use apply::Owner;
 
 /// "1 file", "2 files": a count and its noun, for log lines.
-pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
     let n = n.into();
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The mount guard, then plan and apply every link.
-pub fn link_all(cfg: &Config, owner: Option<Owner>) -> Result<()> {
+pub(crate) fn link_all(cfg: &Config, owner: Option<Owner>) -> Result<()> {
     mounts::check_share(cfg, true)?;
     let _files = OpenFiles::raise();
     apply::apply(cfg, owner)

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::signals;
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Mount points listed in mountinfo (field 5, octal escapes decoded). The
 /// text is bytes: a mount point's name need not be UTF-8.
-pub fn mount_points(mountinfo: &[u8]) -> impl Iterator<Item = PathBuf> + '_ {
+fn mount_points(mountinfo: &[u8]) -> impl Iterator<Item = PathBuf> + '_ {
     mountinfo
         .split(|&b| b == b'\n')
         .filter_map(|l| l.split(|&b| b == b' ').nth(4))
@@ -55,7 +55,7 @@ pub(crate) fn unescape(b: &[u8]) -> std::ffi::OsString {
 /// directory), if there is one. Only read for directories about to be
 /// migrated, never on the linked fast path. An unreadable mount table is
 /// an error, not "no mounts": guessing wrong would empty a volume.
-pub fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
     let fail = |what: &str, e: std::io::Error| Error::Io {
         context: format!(
             "cannot {what} to check for volumes mounted inside {}; refusing to migrate it",
@@ -79,8 +79,8 @@ pub fn mount_at_or_below(dir: &Path) -> Result<Option<PathBuf>> {
 /// `None` when the mount table cannot say: the mount it names is not the
 /// one the path is on (hidden by a later mount over a parent). One read of
 /// the mount table for all of `reals`.
-pub fn fs_paths<const N: usize>(reals: [&Path; N]) -> Result<[Option<FsPath>; N]> {
-    let text = std::fs::read(MOUNTINFO).map_err(|e| Error::io("read", Path::new(MOUNTINFO), e))?;
+pub(crate) fn fs_paths<const N: usize>(reals: [&Path; N]) -> Result<[Option<FsPath>; N]> {
+    let text = std::fs::read(MOUNTINFO).with_ctx("read", || Path::new(MOUNTINFO))?;
     Ok(reals.map(|real| checked_fs_path(&text, real)))
 }
 
@@ -101,9 +101,9 @@ fn checked_fs_path(text: &[u8], real: &Path) -> Option<FsPath> {
 /// Where a path lives: its filesystem (mountinfo's `major:minor`) and its
 /// path inside that filesystem.
 #[derive(Debug, PartialEq, Eq)]
-pub struct FsPath {
-    pub dev: Vec<u8>,
-    pub path: PathBuf,
+pub(crate) struct FsPath {
+    pub(crate) dev: Vec<u8>,
+    pub(crate) path: PathBuf,
 }
 
 /// Of the mountinfo lines `parse` takes (given their fields), the one of
@@ -135,7 +135,7 @@ fn deepest<T>(
     best.map(|(_, at, t)| (at, t))
 }
 
-/// [`fs_path`] for a canonical path, against the text of a mountinfo.
+/// [`fs_paths`] for one canonical path, against the text of a mountinfo.
 fn fs_path_in(mountinfo: &[u8], real: &Path) -> Option<FsPath> {
     let (at, (dev, root)) = deepest(mountinfo, real, |f| {
         Some((f[2].to_vec(), PathBuf::from(unescape(f[3]))))
@@ -185,7 +185,7 @@ fn mount_of(mountinfo: &[u8], real: &Path) -> Option<MountEntry> {
 
 /// "the cifs filesystem mounted at /mnt/fileshare (//acct/share)": where
 /// `path` is, for messages; `None` when the mount table cannot say.
-pub fn mount_description(path: &Path) -> Option<String> {
+pub(crate) fn mount_description(path: &Path) -> Option<String> {
     let real = std::fs::canonicalize(path).ok()?;
     let text = std::fs::read(MOUNTINFO).ok()?;
     let m = mount_of(&text, &real)?;
@@ -372,7 +372,7 @@ fn problem(
 /// Check that the share is there (and mounted, if required). With `wait`,
 /// keep looking for up to `mount_timeout`, waking when the mount table
 /// changes (mountinfo polls POLLPRI on changes) or a signal asks us to stop.
-pub fn check_share(cfg: &Config, wait: bool) -> Result<()> {
+pub(crate) fn check_share(cfg: &Config, wait: bool) -> Result<()> {
     let mut mountinfo = File::open(MOUNTINFO)
         .map_err(|e| Error::ShareUnavailable(format!("cannot open {MOUNTINFO}: {e}")))?;
     let deadline = Instant::now()

@@ -9,24 +9,24 @@ use crate::link::{lock, mounts};
 
 /// `status`: one entry per link.
 #[derive(Debug)]
-pub struct Report {
-    pub healthy: bool,
-    pub share_root: String,
-    pub share_available: bool,
-    pub share_problem: Option<String>,
-    pub links: Vec<LinkReport>,
+pub(crate) struct Report {
+    pub(crate) healthy: bool,
+    pub(crate) share_root: String,
+    pub(crate) share_available: bool,
+    pub(crate) share_problem: Option<String>,
+    pub(crate) links: Vec<LinkReport>,
 }
 
 #[derive(Debug)]
-pub struct LinkReport {
-    pub app: String,
-    pub share: String,
-    pub state: State,
-    pub detail: Option<String>,
+pub(crate) struct LinkReport {
+    pub(crate) app: String,
+    pub(crate) share: String,
+    pub(crate) state: State,
+    pub(crate) detail: Option<String>,
 }
 
 /// The status report.
-pub fn status(cfg: &Config) -> Report {
+pub(crate) fn status(cfg: &Config) -> Report {
     let share_problem = mounts::check_share(cfg, false).err().map(|e| e.to_string());
     let observed = if share_problem.is_some() {
         Vec::new()
@@ -64,13 +64,13 @@ pub fn status(cfg: &Config) -> Report {
 /// What a pending migration will do to the share's data, when that is
 /// more than the default (`if-empty` never replaces anything).
 fn policy(l: &Link, d: &Decision) -> Option<String> {
-    use crate::link::plan::{Action, Migration};
+    use crate::link::plan::{Action, MigrationPlan};
     let Decision::Proceed { actions, .. } = d else {
         return None;
     };
     let compares = actions
         .iter()
-        .any(|a| matches!(a, Action::Migrate(Migration::Compare(_))));
+        .any(|a| matches!(a, Action::Migrate(MigrationPlan::Compare(_))));
     if !compares || l.migrate != MigrateMode::ImageWins {
         return None;
     }
@@ -88,13 +88,13 @@ fn policy(l: &Link, d: &Decision) -> Option<String> {
 /// before it happens, because the directory may be the pipeline's own
 /// (it replaced the symlink and wrote there), not baked data.
 fn set_aside_note(cfg: &Config, d: &Decision) -> Option<String> {
-    use crate::link::plan::{Action, Migration};
+    use crate::link::plan::{Action, MigrationPlan};
     let Decision::Proceed { actions, .. } = d else {
         return None;
     };
     actions
         .iter()
-        .any(|a| matches!(a, Action::Migrate(Migration::Compare(_))))
+        .any(|a| matches!(a, Action::Migrate(MigrationPlan::Compare(_))))
         .then(|| {
             format!(
                 "a directory, and the share target already holds data: `sharelink link` keeps the share's \
@@ -141,11 +141,11 @@ fn describe_holder(h: &lock::Holder) -> String {
 }
 
 impl Report {
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.healthy
     }
 
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // By hand: two flat objects do not justify serde_json in PID 1.
         use crate::logging::json_str;
         let mut s = String::with_capacity(128 + 160 * self.links.len());
@@ -177,7 +177,7 @@ impl Report {
         s
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = String::new();
         if let Some(p) = &self.share_problem {
             s.push_str(&format!("share-unavailable  {p}\n"));

@@ -222,25 +222,6 @@ fn replicas_on_separate_machines() {
         },
     );
 }
-/// The owner-file prefix sharelink writes for a process of this host.
-fn my_identity() -> String {
-    let host = nix::unistd::gethostname().unwrap();
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    let pidns = fs::read_link("/proc/self/ns/pid").unwrap();
-    format!(
-        "host={}\nboot={}\npidns={}\n",
-        host.to_string_lossy(),
-        boot.trim(),
-        pidns.display()
-    )
-}
-
-fn start_time(pid: u32) -> String {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').nth(19).unwrap().to_string()
-}
-
 #[test]
 fn lock_of_a_killed_holder_is_broken() {
     if !support::api::FAILPOINTS_ENABLED {
@@ -299,12 +280,7 @@ fn lock_of_a_live_holder_is_respected_and_a_foreign_expired_one_broken() {
         .arg("600")
         .spawn()
         .unwrap();
-    let owner = format!(
-        "{}pid={}\nstart={}\n",
-        my_identity(),
-        holder.id(),
-        start_time(holder.id())
-    );
+    let owner = support::api::owner_file_of(holder.id());
     fs::write(lock.join("owner"), &owner).unwrap();
     let mut waiter = support::sharelink(&cfg)
         .arg("link")

@@ -41,12 +41,13 @@ use crate::fs::tree;
 use owner::{identity, start_time};
 use stale::{fresh_name, sweep_in_background, wait_turn};
 
-pub use owner::{holder, Holder};
-pub use stale::{clear_stale, lock_names, LockNames};
+pub use owner::owner_file_of;
+pub(crate) use owner::{holder, Holder};
+pub(crate) use stale::{clear_stale, lock_names, LockNames};
 
 /// Lease length; `SHARELINK_LOCK_LEASE` (a duration) overrides it for tests
 /// and for shares with large clock skew.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The most sharelink reads of an owner or progress file: both are a few
 /// lines, and anything longer was not written by sharelink.
@@ -55,14 +56,14 @@ const MAX_READ: usize = 4096;
 const OWNER: &str = "owner";
 
 /// The progress file in a lock directory, and the name it is written under.
-pub const PROGRESS: &str = "progress";
+pub(crate) const PROGRESS: &str = "progress";
 
 const PROGRESS_TMP: &str = ".progress";
 
 /// How often a holder re-reads its owner file while it works.
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
-pub struct Lock {
+pub(crate) struct Lock {
     /// `.sharelink/locks`, opened beneath the share root.
     locks: Dir,
     id: String,
@@ -79,10 +80,12 @@ pub struct Lock {
     verified: Instant,
     /// Whether [`Lock::publish`] ever wrote progress files into the lock.
     published: std::sync::atomic::AtomicBool,
+    /// Taken by the first rename: no holder in the way, no wait.
+    at_once: bool,
 }
 
 /// The lock's name for a share path: readable, one path component.
-pub fn lock_id(share_rel: &Path) -> String {
+pub(crate) fn lock_id(share_rel: &Path) -> String {
     let raw = share_rel.as_os_str().as_encoded_bytes();
     let mut s = String::with_capacity(raw.len());
     for &b in raw {
@@ -99,7 +102,7 @@ pub fn lock_id(share_rel: &Path) -> String {
     s
 }
 
-pub fn lease() -> Duration {
+pub(crate) fn lease() -> Duration {
     std::env::var("SHARELINK_LOCK_LEASE")
         .ok()
         .and_then(|v| crate::config::parse_duration(&v).ok())
@@ -113,20 +116,20 @@ fn locks_rel() -> PathBuf {
 
 /// `.sharelink/locks` below the share root, made if missing.
 fn make_locks(share_root: &Path) -> Result<Dir> {
-    let root = Dir::open(share_root).ctx("open", share_root)?;
+    let root = Dir::open_path(share_root).ctx("open", share_root)?;
     Ok(tree::make_beneath(&root, &locks_rel(), share_root)?.dir)
 }
 
 /// `.sharelink/locks` below the share root if it is there (never made).
 fn open_locks(share_root: &Path) -> Option<Dir> {
-    let root = Dir::open(share_root).ok()?;
+    let root = Dir::open_path(share_root).ok()?;
     tree::open_beneath(&root, &locks_rel()).ok()
 }
 
 impl Lock {
     /// Take the lock for `share_rel`, waiting while a live holder has it.
     /// Returns early with `Interrupted` on a termination signal.
-    pub fn acquire(share_root: &Path, share_rel: &Path) -> Result<Lock> {
+    pub(crate) fn acquire(share_root: &Path, share_rel: &Path) -> Result<Lock> {
         Self::acquire_with_lease(share_root, share_rel, lease())
     }
 
@@ -137,7 +140,7 @@ impl Lock {
         let me = identity();
         let pid = std::process::id();
         let start = start_time(pid).unwrap_or_default();
-        let content = format!("{me}pid={pid}\nstart={start}\n");
+        let content = owner::record(&me, pid, &start);
         // The lock appears whole: made under a private name with its owner
         // file, then renamed into place. A lock directory without an owner
         // is therefore never live (only a crashed release leaves one).
@@ -150,6 +153,7 @@ impl Lock {
             &locks_path,
         )?;
         let mut waited_for: Option<String> = None;
+        let mut at_once = true;
         loop {
             pending.keep_alive(&locks, lease, &locks_path)?;
             match locks.rename_noreplace(OsStr::new(&pending.name), &locks, OsStr::new(&id)) {
@@ -165,6 +169,7 @@ impl Lock {
                         != Some(ident)
                     {
                         pending.remake(&locks, &locks_path)?;
+                        at_once = false;
                         continue;
                     }
                     crate::failpoint::hit(Failpoint::LockAcquired);
@@ -180,11 +185,13 @@ impl Lock {
                         refreshed: pending.touched,
                         verified: Instant::now(),
                         published: Default::default(),
+                        at_once,
                     });
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {}
                 Err(e) if crate::fs::gone(&e) => {
                     pending.remake(&locks, &locks_path)?;
+                    at_once = false;
                     continue;
                 }
                 Err(e) => {
@@ -192,6 +199,7 @@ impl Lock {
                     return Err(Error::io("take lock", &locks_path.join(&id), e));
                 }
             }
+            at_once = false;
             if let Err(e) = wait_turn(&locks, &id, &me, lease, &mut waited_for, &locks_path) {
                 pending.abandon(&locks);
                 return Err(e);
@@ -199,10 +207,16 @@ impl Lock {
         }
     }
 
+    /// Whether the lock was taken by the first try, with no holder in the
+    /// way (nothing was waited for, nothing broken or made again).
+    pub(crate) fn taken_at_once(&self) -> bool {
+        self.at_once
+    }
+
     /// Make sure the lock is still ours (a holder frozen past its lease may
     /// have lost it) about once a second, and refresh the lease when a
     /// quarter of it has passed.
-    pub fn keepalive(&mut self) -> Result<()> {
+    pub(crate) fn keepalive(&mut self) -> Result<()> {
         if self.verified.elapsed() >= VERIFY_EVERY {
             self.verify()?;
             self.verified = Instant::now();
@@ -220,14 +234,18 @@ impl Lock {
 
     /// `Err` unless `locks/<id>` is still the directory we made and its
     /// owner file still ours.
-    pub fn verify(&self) -> Result<()> {
+    pub(crate) fn verify(&self) -> Result<()> {
         let here = self
             .locks
             .stat_at(OsStr::new(&self.id))
             .ok()
             .flatten()
             .map(|m| (m.dev, m.id.ino));
-        let owner = self.dir.read_small(OsStr::new(OWNER), MAX_READ);
+        // Closed on a thread: its round trip waits for nothing here (the
+        // commit or the release that follows).
+        let owner =
+            self.dir
+                .read_small_then(OsStr::new(OWNER), MAX_READ, crate::fs::dir::close_aside);
         match (here, owner) {
             (Some(ident), Ok(Some((c, _))))
                 if ident == self.ident && c == self.content.as_bytes() =>
@@ -243,7 +261,7 @@ impl Lock {
 
     /// Leave a progress report in the lock for `status` in other
     /// processes (what it says is the migration's business).
-    pub fn publish(&self, text: &str) {
+    pub(crate) fn publish(&self, text: &str) {
         self.published
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if self
@@ -367,7 +385,8 @@ fn make_private(
         }
         Err(e) => return Err(Error::io("create lock", &path, e)),
     }
-    let dir = locks.open_dir(n).ctx("open lock", &path)?;
+    // Only `*at` calls go through it: no round trip for the open.
+    let dir = locks.open_dir_path(n).ctx("open lock", &path)?;
     let meta = dir.stat().ctx("inspect lock", &path)?;
     let written = dir.create(OsStr::new(OWNER), 0o644).and_then(|mut f| {
         use std::io::Write;

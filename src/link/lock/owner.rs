@@ -24,6 +24,17 @@ pub(super) fn identity() -> String {
     format!("host={host}\nboot={boot}\npidns={pidns}\n")
 }
 
+/// The owner file's content: `me` ([`identity`]), then the holder's pid and
+/// its start time ([`start_time`]). The one place that writes its format.
+pub(super) fn record(me: &str, pid: u32, start: &str) -> String {
+    format!("{me}pid={pid}\nstart={start}\n")
+}
+
+/// The owner file a lock held by process `pid` of this host has.
+pub fn owner_file_of(pid: u32) -> String {
+    record(&identity(), pid, &start_time(pid).unwrap_or_default())
+}
+
 /// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
 pub(super) fn start_time(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -103,16 +114,16 @@ pub(super) fn is_stale(holder: &str, mtime: Option<Time>, me: &str, lease: Durat
 
 /// A live holder of a lock, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// `host pid N`.
-    pub who: String,
+    pub(crate) who: String,
     /// What the holder last published.
-    pub progress: Option<String>,
+    pub(crate) progress: Option<String>,
 }
 
 /// Who holds the lock of `share_rel` right now, if a live holder does (for
 /// `status`; never writes).
-pub fn holder(share_root: &Path, share_rel: &Path) -> Option<Holder> {
+pub(crate) fn holder(share_root: &Path, share_rel: &Path) -> Option<Holder> {
     let locks = open_locks(share_root)?;
     let id = lock_id(share_rel);
     let Seen::Owner { content, mtime } = look(&locks, OsStr::new(&id)) else {

@@ -68,11 +68,11 @@ pub(super) fn clear_ownerless(locks: &Dir, name: &OsStr) {
 
 /// The names in `<share_root>/.sharelink/locks`, read once per run. Almost
 /// always empty (locks live only while a migration runs), so a plain list.
-pub type LockNames = Vec<String>;
+pub(crate) type LockNames = Vec<String>;
 
 /// List the lock directory (empty when there is none). A read-only listing;
 /// [`clear_stale`] re-checks without following symlinks before removing.
-pub fn lock_names(share_root: &Path) -> LockNames {
+pub(crate) fn lock_names(share_root: &Path) -> LockNames {
     open_locks(share_root)
         .and_then(|d| d.list().ok())
         .map(|l| {
@@ -88,7 +88,7 @@ pub fn lock_names(share_root: &Path) -> LockNames {
 /// left alone. Runs that need no lock (already linked, or only the symlink
 /// left to make) call it, so that a run killed after its migration but
 /// before releasing leaves no lock behind for other machines to wait out.
-pub fn clear_stale(share_root: &Path, share_rel: &Path, present: &LockNames) {
+pub(crate) fn clear_stale(share_root: &Path, share_rel: &Path, present: &LockNames) {
     let id = lock_id(share_rel);
     // The common case, no lock, costs nothing: this runs for every linked
     // entry on every start, so the lock directory is listed once per run.

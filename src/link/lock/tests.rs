@@ -209,6 +209,10 @@ fn a_lock_taken_after_a_long_wait_keeps_its_lease() {
     assert_eq!(private.len(), 1, "the waiter's private directory was swept");
     holder.join().unwrap();
     let lock = waiter.join().unwrap().expect("the waiter takes the lock");
+    assert!(
+        !lock.taken_at_once(),
+        "it waited: the link is looked at again"
+    );
     let owner = fs::read_to_string(dir.join("owner")).unwrap();
     assert!(
         !is_stale(&owner, mtime(&dir.join("owner")), third, lease),
@@ -224,7 +228,14 @@ fn stale_lock_is_broken() {
     let dir = t.path().join(".sharelink/locks/x");
     fs::create_dir_all(&dir).unwrap();
     let me = identity();
-    fs::write(dir.join("owner"), format!("{me}pid=999999999\nstart=1\n")).unwrap();
+    fs::write(dir.join("owner"), record(&me, 999_999_999, "1")).unwrap();
     let l = Lock::acquire(t.path(), Path::new("x")).unwrap();
     l.verify().unwrap();
+    assert!(!l.taken_at_once(), "a broken lock is no free one");
+}
+
+#[test]
+fn a_free_lock_is_taken_at_once() {
+    let (_t, _victim, _share, lock) = held_beside_a_victim();
+    assert!(lock.taken_at_once());
 }

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::inventory::{Inventory, Ix};
 use super::journal::Record;
 use super::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fs::content;
 use crate::fs::dir::Dir;
 use crate::fs::gone;
@@ -21,7 +21,7 @@ use crate::fs::pool::{self, Queue};
 
 /// How one app entry relates to the share's entry at the same path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Same content on both sides; `app` is the app entry as compared
     /// (settled, and unchanged while compared).
     Same { app: Identity },
@@ -60,7 +60,7 @@ enum Job {
 /// `copied` (the staging journal) names copies this migration made: an app
 /// file that is still the version copied, facing that very copy, is the
 /// same without reading either.
-pub fn compare(
+pub(crate) fn compare(
     inv: &Inventory,
     app: &Dir,
     share: &Dir,
@@ -68,40 +68,30 @@ pub fn compare(
     copied: &HashMap<PathBuf, Record>,
     ctx: &mut Ctx<'_>,
 ) -> Result<Vec<Option<Verdict>>> {
-    let out: Vec<Mutex<Option<Verdict>>> =
-        (0..inv.entries.len()).map(|_| Mutex::new(None)).collect();
-    let app_path = ctx.app_path.clone();
+    let out = pool::Slots::new(inv.entries.len());
+    let threads = ctx.threads;
+    let (mut coordinator, workers) = ctx.split();
+    let app_path = workers.app_path;
     let w = Walk {
         inv,
         out: &out,
-        app_path: &app_path,
+        app_path,
         share_path,
         copied,
     };
     let start = vec![Job::Dirs {
         ix: 0,
-        app: Arc::new(
-            app.try_clone()
-                .map_err(|e| Error::io("open", &app_path, e))?,
-        ),
-        share: Arc::new(
-            share
-                .try_clone()
-                .map_err(|e| Error::io("open", share_path, e))?,
-        ),
+        app: Arc::new(app.try_clone().ctx("open", app_path)?),
+        share: Arc::new(share.try_clone().ctx("open", share_path)?),
     }];
-    let threads = ctx.threads;
-    let mut beat = || ctx.beat();
+    let mut beat = || coordinator.beat();
     pool::run(threads, start, &|job, q| w.run(job, q), &mut beat)?;
-    Ok(out
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-        .collect())
+    Ok(out.into_vec())
 }
 
 struct Walk<'a> {
     inv: &'a Inventory,
-    out: &'a [Mutex<Option<Verdict>>],
+    out: &'a pool::Slots<Verdict>,
     app_path: &'a Path,
     share_path: &'a Path,
     copied: &'a HashMap<PathBuf, Record>,
@@ -109,9 +99,7 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn set(&self, ix: Ix, v: Verdict) {
-        *self.out[ix as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(v);
+        self.out.set(ix as usize, v);
     }
 
     fn app(&self, ix: Ix) -> std::path::PathBuf {
@@ -140,9 +128,7 @@ impl Walk<'_> {
 
     fn dirs(&self, ix: Ix, app: &Arc<Dir>, share: &Arc<Dir>, q: &Queue<Job>) -> Result<()> {
         self.set(ix, Verdict::BothDirs);
-        let listing = share
-            .list()
-            .map_err(|e| Error::io("read directory", &self.share(ix), e))?;
+        let listing = share.list().with_ctx("read directory", || self.share(ix))?;
         // Sorted by name, as the inventory's children are.
         let on_share = |name: &OsString| {
             listing
@@ -234,7 +220,7 @@ impl Walk<'_> {
                     Err(err) if gone(&err) => return Ok(Verdict::Changed),
                     Err(err) => return Err(Error::io("open", &self.app(ix), err)),
                 };
-                let before = fstat(&a).map_err(|err| Error::io("inspect", &self.app(ix), err))?;
+                let before = fstat(&a).with_ctx("inspect", || self.app(ix))?;
                 if before.kind != Kind::File || before.id.ino != e.meta.id.ino {
                     return Ok(Verdict::Changed);
                 }
@@ -245,17 +231,17 @@ impl Walk<'_> {
                     }
                     Err(err) => return Err(Error::io("open", &self.share(ix), err)),
                 };
-                let sm = fstat(&s).map_err(|err| Error::io("inspect", &self.share(ix), err))?;
+                let sm = fstat(&s).with_ctx("inspect", || self.share(ix))?;
                 if sm.kind != Kind::File {
                     return Ok(Verdict::Differs { share: None });
                 }
                 let same = sm.id.size == before.id.size
                     && content::equal(&a, &s, before.id.size, stop)
-                        .map_err(|err| Error::io("compare with", &self.share(ix), err))?;
+                        .with_ctx("compare with", || self.share(ix))?;
                 if !same {
                     return Ok(Verdict::Differs { share: Some(sm.id) });
                 }
-                let after = fstat(&a).map_err(|err| Error::io("inspect", &self.app(ix), err))?;
+                let after = fstat(&a).with_ctx("inspect", || self.app(ix))?;
                 Ok(settled(before, after, seen))
             }
             Kind::Symlink => {
@@ -326,7 +312,7 @@ fn settled(before: Meta, after: Meta, seen: Time) -> Verdict {
 }
 
 fn stat(dir: &Dir, name: &std::ffi::OsStr, path: &Path) -> Result<Option<Meta>> {
-    dir.stat_at(name).map_err(|e| Error::io("inspect", path, e))
+    dir.stat_at(name).ctx("inspect", path)
 }
 
 /// Whether the app entry `ix` (`app` is the app directory) has a
@@ -334,7 +320,7 @@ fn stat(dir: &Dir, name: &std::ffi::OsStr, path: &Path) -> Result<Option<Meta>> 
 /// copy set aside earlier): `Same` when it has and the app entry was
 /// settled and unchanged while compared, `Unsettled` when the content
 /// matched but the entry was changing, `None` when there is no such copy.
-pub fn already_kept(
+pub(crate) fn already_kept(
     inv: &Inventory,
     ix: Ix,
     app: &Dir,
@@ -378,7 +364,7 @@ pub fn already_kept(
 /// `lstat`) hold the same content: the same kind, and regular files the
 /// same bytes, symlinks the same target, special files the same device;
 /// two directories are alike (their entries decide).
-pub fn same_content(
+pub(crate) fn same_content(
     a_dir: &Dir,
     b_dir: &Dir,
     name: &std::ffi::OsStr,

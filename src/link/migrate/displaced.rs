@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::compare::{self, Verdict};
 use super::copy::{Sel, Staging};
@@ -16,7 +16,7 @@ use super::layout::{EXPIRED, PARTIAL, SHARE_SIDE};
 use super::stage::{At, Stage};
 use super::{Ctx, Ledger, Migration, Outcome};
 use crate::config::Keep;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
@@ -25,7 +25,7 @@ use crate::fs::{pool, tree};
 /// Which complete set-aside copies `keep` removes, of `stamps` (name and
 /// its time in seconds since the epoch) at `now`: never one in `used`
 /// (this migration wrote it or relies on it).
-pub fn expired(
+pub(crate) fn expired(
     keep: Keep,
     stamps: &[(String, u64)],
     now: u64,
@@ -102,10 +102,7 @@ impl Migration<'_> {
         ctx.lock.verify()?;
         let name = commit_stamped(&stage.staging, &store.base, &store.path, &stamp)?;
         failpoint::hit(Failpoint::DisplaceRenamed);
-        store
-            .base
-            .sync_fs()
-            .map_err(|e| Error::io("sync", &store.path, e))?;
+        store.base.sync_fs().ctx("sync", &store.path)?;
         if share_side {
             failpoint::hit(Failpoint::SupersedeKept);
         }
@@ -138,13 +135,11 @@ impl Migration<'_> {
         let rel = rel.map_or_else(|| PathBuf::from(aside), Path::to_path_buf);
         let (parent, file) = super::split_rel(&rel);
         let stamp_path = base_path.join(&name);
-        let stamp_dir = base
-            .open_dir(OsStr::new(&name))
-            .map_err(|e| Error::io("open", &stamp_path, e))?;
+        let stamp_dir = base.open_dir(OsStr::new(&name)).ctx("open", &stamp_path)?;
         let to = tree::make_beneath(&stamp_dir, parent, &stamp_path)?.dir;
         staging
             .rename_noreplace(aside, &to, file)
-            .map_err(|e| Error::io("keep", &stamp_path.join(&rel), e))?;
+            .with_ctx("keep", || stamp_path.join(&rel))?;
         Ok(stamp_path.join(rel))
     }
 
@@ -168,8 +163,8 @@ impl Migration<'_> {
             return Ok(kept);
         }
         let store = self.store()?;
-        let SetAside { partial, .. } = SetAside::find(&store.base, true)
-            .map_err(|e| Error::io("read directory", &store.path, e))?;
+        let SetAside { partial, .. } =
+            SetAside::find(&store.base, true).ctx("read directory", &store.path)?;
         let (_, under) = leaves_under(share_inv, roots);
         let sel = select_leaves(share_inv, roots, &under);
         // The copy's messages name the share's entries.
@@ -202,9 +197,7 @@ impl Migration<'_> {
             Err(e) if crate::fs::gone(&e) => return Ok(0),
             Err(e) => return Err(Error::io("open", &base_path, e)),
         };
-        let listing = base
-            .list()
-            .map_err(|e| Error::io("read directory", &base_path, e))?;
+        let listing = base.list().ctx("read directory", &base_path)?;
         let mut stamps = Vec::new();
         let mut leftovers = Vec::new();
         for (name, _) in listing {
@@ -233,14 +226,11 @@ impl Migration<'_> {
         for name in &doomed {
             let to = format!("{name}{EXPIRED}");
             base.rename_noreplace(OsStr::new(name), &base, OsStr::new(&to))
-                .map_err(|e| {
-                    Error::io("rename expired set-aside copy", &base_path.join(name), e)
-                })?;
+                .with_ctx("rename expired set-aside copy", || base_path.join(name))?;
             leftovers.push(to);
         }
         for name in &leftovers {
-            tree::remove(&base, OsStr::new(name))
-                .map_err(|e| Error::io("remove", &base_path.join(name), e))?;
+            tree::remove(&base, OsStr::new(name)).with_ctx("remove", || base_path.join(name))?;
             failpoint::hit(Failpoint::KeepRemoved);
             ctx.beat()?;
         }
@@ -278,8 +268,8 @@ impl Migration<'_> {
         doomed: &mut [Option<Identity>],
     ) -> Result<()> {
         let store = self.store()?;
-        let SetAside { stamps, partial } = SetAside::find(&store.base, false)
-            .map_err(|e| Error::io("read directory", &store.path, e))?;
+        let SetAside { stamps, partial } =
+            SetAside::find(&store.base, false).ctx("read directory", &store.path)?;
         let (leaves, under) = leaves_under(inv, roots);
         let kept = self.kept_before(inv, app, &stamps, &leaves, ctx)?;
         let mut todo = Vec::new();
@@ -337,10 +327,9 @@ impl Migration<'_> {
         leaves: &[Ix],
         ctx: &mut Ctx<'_>,
     ) -> Result<Vec<Option<Verdict>>> {
-        let found: Vec<Mutex<Option<Verdict>>> =
-            (0..inv.entries.len()).map(|_| Mutex::new(None)).collect();
+        let found = pool::Slots::new(inv.entries.len());
         if stamps.is_empty() || leaves.is_empty() {
-            return Ok(found.into_iter().map(|_| None).collect());
+            return Ok(found.into_vec());
         }
         let threads = ctx.threads;
         let mut beat = || ctx.beat();
@@ -353,8 +342,7 @@ impl Migration<'_> {
                     match compare::already_kept(inv, ix, app, &st.dir, &q.stop) {
                         Ok(Some(id)) => {
                             self.used(&st.name);
-                            *found[ix as usize].lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(id);
+                            found.set(ix as usize, id);
                             return Ok(());
                         }
                         Ok(None) => {}
@@ -371,10 +359,7 @@ impl Migration<'_> {
             },
             &mut beat,
         )?;
-        Ok(found
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-            .collect())
+        Ok(found.into_vec())
     }
 }
 

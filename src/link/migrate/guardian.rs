@@ -35,14 +35,14 @@ use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Time};
 
 /// The hidden subcommand that runs the guardian.
-pub const SUBCOMMAND: &str = "__guardian";
+pub(crate) const SUBCOMMAND: &str = "__guardian";
 
 /// The guardian's end of the socket.
 const FD: RawFd = 3;
 
 /// How long, at most, the guardian waits for writers to close the files it
 /// puts back; then it puts back what they wrote so far, and exits.
-pub const LIMIT: Duration = Duration::from_secs(600);
+pub(crate) const LIMIT: Duration = Duration::from_secs(600);
 
 /// Messages: a tag byte, an id (u64, little-endian), then a payload.
 const ROOT: u8 = b'R';
@@ -56,7 +56,7 @@ const MAX_MSG: usize = 9 + 24 + 4096;
 /// sharelink's side: the guardian of one prune, started at its first held
 /// lease.
 #[derive(Debug, Default)]
-pub struct Guard {
+pub(crate) struct Guard {
     g: Option<Guardian>,
     tried: bool,
     next: u64,
@@ -72,7 +72,7 @@ impl Guard {
     /// Give the guardian `f` (whose lease is held, about to lose its last
     /// name `rel` in `dir`; `was`: its identity then); its id, for
     /// [`Guard::release`]. `None`: no guardian.
-    pub fn hold(
+    pub(crate) fn hold(
         &mut self,
         root: &Dir,
         app_path: &Path,
@@ -104,14 +104,14 @@ impl Guard {
 
     /// The guardian no longer needs `id` (sharelink settled it: sent before
     /// the lease is released, or after the content is put back).
-    pub fn release(&mut self, id: Option<u64>) {
+    pub(crate) fn release(&mut self, id: Option<u64>) {
         if let Some(id) = id {
             self.send(DROP, id, &[], &[]);
         }
     }
 
     /// The prune is done: the guardian exits, and is waited for.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.send(END, 0, &[], &[]);
         if let Some(mut g) = self.g.take() {
             drop(g.sock);
@@ -142,6 +142,10 @@ impl Drop for Guard {
 }
 
 fn start(root: &Dir, app_path: &Path) -> std::io::Result<Guardian> {
+    // In a unit test `/proc/self/exe` is the test harness, not sharelink.
+    if cfg!(test) {
+        return Err(std::io::Error::other("not started in unit tests"));
+    }
     #[cfg(feature = "failpoints")]
     if std::env::var_os("SHARELINK_GUARDIAN").is_some_and(|v| v == "off") {
         return Err(std::io::Error::other("turned off (SHARELINK_GUARDIAN=off)"));
@@ -291,7 +295,7 @@ fn recv(sock: RawFd) -> Option<(u8, u64, Vec<u8>, Vec<OwnedFd>)> {
 
 /// A file the guardian holds: its lease, the directory that held its
 /// name, and its path from the app directory.
-struct Entry {
+struct GuardedFile {
     f: File,
     dir: Dir,
     rel: PathBuf,
@@ -303,7 +307,7 @@ struct Entry {
 /// The guardian process (`sharelink __guardian`): serve the socket on
 /// descriptor 3 until sharelink is done with it, or finish its job if
 /// sharelink died.
-pub fn serve() -> ExitCode {
+pub(crate) fn serve() -> ExitCode {
     // SAFETY: checking that descriptor 3 is a socket before owning it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(FD, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
@@ -313,7 +317,7 @@ pub fn serve() -> ExitCode {
     // SAFETY: ours from here on.
     let sock = unsafe { OwnedFd::from_raw_fd(FD) };
     let mut root: Option<(Dir, PathBuf)> = None;
-    let mut held: HashMap<u64, Entry> = HashMap::new();
+    let mut held: HashMap<u64, GuardedFile> = HashMap::new();
     let done = loop {
         let Some((tag, id, payload, mut fds)) = recv(sock.as_raw_fd()) else {
             break false;
@@ -335,7 +339,7 @@ pub fn serve() -> ExitCode {
                 let rel = PathBuf::from(OsStr::from_bytes(&payload[24..]));
                 held.insert(
                     id,
-                    Entry {
+                    GuardedFile {
                         f,
                         dir,
                         rel,
@@ -370,7 +374,7 @@ pub fn serve() -> ExitCode {
 }
 
 /// What `prune::settle` would have done with the files still held.
-fn finish(held: Vec<Entry>, root: &Dir, app_path: &Path) {
+fn finish(held: Vec<GuardedFile>, root: &Dir, app_path: &Path) {
     // A writer whose open found the name before the unlink reaches the
     // lease within HOLD of it: it is at least that since the unlink.
     std::thread::sleep(prune::HOLD);
@@ -425,7 +429,7 @@ fn finish(held: Vec<Entry>, root: &Dir, app_path: &Path) {
 
 /// Put `e`'s content back under its name (or beside it), unless the name
 /// still leads to it.
-fn put(e: &Entry, root: &Dir, app_path: &Path, early: bool) {
+fn put(e: &GuardedFile, root: &Dir, app_path: &Path, early: bool) {
     let path = app_path.join(&e.rel);
     let Some(name) = e.rel.file_name() else {
         return;
@@ -443,7 +447,9 @@ fn put(e: &Entry, root: &Dir, app_path: &Path, early: bool) {
             let parent = e.rel.parent().unwrap_or(Path::new(""));
             match crate::fs::tree::make_beneath(root, parent, app_path) {
                 Ok(m) => prune::put_back(&m.dir, name, &e.f),
-                Err(err) => Err(std::io::Error::other(err.to_string())),
+                Err(err) => Err(std::io::Error::other(
+                    crate::error::Error::from(err).to_string(),
+                )),
             }
         }
         r => r,

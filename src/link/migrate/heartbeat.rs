@@ -1,9 +1,10 @@
-//! Coordination while workers run: the lock's freshness as workers see
-//! it ([`Fresh`]), the context a migration lends its workers ([`Ctx`]), and
-//! the heartbeat the coordinating thread runs between their results
-//! (signals, the lock's lease, progress).
+//! Coordination while workers run: the context a migration's coordinating
+//! thread owns ([`Ctx`]), split into its part ([`Coordinator`], the lock
+//! and the heartbeat it runs between the workers' results: signals, the
+//! lock's lease, progress) and the narrow view workers get ([`Workers`]:
+//! the lock's freshness as they see it ([`Fresh`]), progress, fidelity).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::signals;
 /// that was frozen past its lease (and may have lost the lock to another
 /// replica) stops before it touches anything.
 #[derive(Debug)]
-pub struct Fresh {
+pub(crate) struct Fresh {
     base: Instant,
     last_ok_ms: AtomicU64,
     failed: AtomicBool,
@@ -45,7 +46,7 @@ impl Fresh {
     }
 
     /// Block until the lock was confirmed within `FRESH_FOR`.
-    pub fn wait(&self) -> Result<()> {
+    pub(crate) fn wait(&self) -> Result<()> {
         loop {
             if self.failed.load(Relaxed) {
                 return Err(Error::LockLost(
@@ -63,37 +64,101 @@ impl Fresh {
 }
 
 /// What one migration needs besides the config: the lock it runs under,
-/// and what its workers share.
-pub struct Ctx<'a> {
-    pub threads: usize,
-    pub lock: &'a mut Lock,
-    pub fidelity: Fidelity,
-    pub progress: Progress,
-    pub fresh: Fresh,
-    pub app_path: PathBuf,
+/// and what its workers share. The coordinating thread owns it; workers
+/// get only [`Workers`] ([`Ctx::split`]).
+pub(crate) struct Ctx<'a> {
+    pub(crate) threads: usize,
+    pub(crate) lock: &'a mut Lock,
+    pub(crate) fidelity: Fidelity,
+    pub(crate) progress: Progress,
+    pub(crate) fresh: Fresh,
+    pub(crate) app_path: PathBuf,
+}
+
+/// What workers running in parallel get of a migration's context: the
+/// lock's freshness to wait on before they make anything on the share,
+/// the progress counters, what the share refused, and the app directory's
+/// path for messages. Never the lock itself.
+#[derive(Clone, Copy)]
+pub(crate) struct Workers<'a> {
+    pub(crate) fresh: &'a Fresh,
+    pub(crate) progress: &'a Progress,
+    pub(crate) fidelity: &'a Fidelity,
+    pub(crate) app_path: &'a Path,
+}
+
+/// The coordinating thread's part while workers run: the lock, kept by
+/// the heartbeat.
+pub(crate) struct Coordinator<'a> {
+    lock: &'a mut Lock,
+    fresh: &'a Fresh,
+    progress: &'a Progress,
+}
+
+impl<'a> Ctx<'a> {
+    /// The context of a migration of the app directory `app_path` under
+    /// `lock`, the lock counted as just confirmed.
+    pub(crate) fn new(
+        lock: &'a mut Lock,
+        threads: usize,
+        label: String,
+        app_path: PathBuf,
+    ) -> Ctx<'a> {
+        let ctx = Ctx {
+            threads,
+            lock,
+            fidelity: Fidelity::default(),
+            progress: Progress::new(label),
+            fresh: Fresh::new(),
+            app_path,
+        };
+        ctx.fresh.touch();
+        ctx
+    }
 }
 
 impl Ctx<'_> {
     /// Run by the coordinating thread while workers work: signals, the
     /// lock's lease, progress.
-    pub fn beat(&mut self) -> Result<()> {
-        heartbeat(self.lock, &self.fresh, &self.progress)
+    pub(crate) fn beat(&mut self) -> Result<()> {
+        self.split().0.beat()
+    }
+
+    /// The coordinator's part and the workers' view, to lend the second
+    /// to workers while the first keeps the heartbeat.
+    pub(crate) fn split(&mut self) -> (Coordinator<'_>, Workers<'_>) {
+        (
+            Coordinator {
+                lock: &mut *self.lock,
+                fresh: &self.fresh,
+                progress: &self.progress,
+            },
+            Workers {
+                fresh: &self.fresh,
+                progress: &self.progress,
+                fidelity: &self.fidelity,
+                app_path: &self.app_path,
+            },
+        )
     }
 }
 
-/// [`Ctx::beat`], for callers that lent the rest of the context to workers.
-pub fn heartbeat(lock: &mut Lock, fresh: &Fresh, progress: &Progress) -> Result<()> {
-    match signals::check_interrupt().and_then(|_| lock.keepalive()) {
-        Ok(()) => {
-            fresh.touch();
-            if let Some(snap) = progress.maybe_log() {
-                lock.publish(&progress::Published::of(&snap).to_text());
+impl Coordinator<'_> {
+    /// The heartbeat: signals, the lock's lease, progress. A failure
+    /// stops the workers at their next [`Fresh::wait`].
+    pub(crate) fn beat(&mut self) -> Result<()> {
+        match signals::check_interrupt().and_then(|_| self.lock.keepalive()) {
+            Ok(()) => {
+                self.fresh.touch();
+                if let Some(snap) = self.progress.maybe_log() {
+                    self.lock.publish(&progress::Published::of(&snap).to_text());
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        Err(e) => {
-            fresh.failed.store(true, Relaxed);
-            Err(e)
+            Err(e) => {
+                self.fresh.failed.store(true, Relaxed);
+                Err(e)
+            }
         }
     }
 }

@@ -9,41 +9,41 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Kind, Meta, Time};
 
 /// Index of an entry; 0 is the app directory itself.
-pub type Ix = u32;
+pub(crate) type Ix = u32;
 
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub parent: Ix,
+pub(crate) struct Entry {
+    pub(crate) parent: Ix,
     /// Empty for the root.
-    pub name: OsString,
-    pub meta: Meta,
+    pub(crate) name: OsString,
+    pub(crate) meta: Meta,
     /// The wall-clock time just before the `lstat` ([`Meta::settled`]).
-    pub seen: Time,
+    pub(crate) seen: Time,
     /// Directories: their entries, contiguous and sorted by name.
-    pub children: Range<Ix>,
+    pub(crate) children: Range<Ix>,
     /// A hard link: the first name of the same inode in this tree.
-    pub leader: Option<Ix>,
+    pub(crate) leader: Option<Ix>,
     /// The entry changed between its `lstat` and opening it (a directory
     /// replaced meanwhile): not walked, never deleted this round.
-    pub changed: bool,
+    pub(crate) changed: bool,
 }
 
 #[derive(Debug, Default)]
-pub struct Inventory {
-    pub entries: Vec<Entry>,
+pub(crate) struct Inventory {
+    pub(crate) entries: Vec<Entry>,
     /// Entries this process could not empty out (directories it may not
     /// write to, files it may not read), with why: a migration must not
     /// start when it could not finish.
-    pub blockers: Vec<(Ix, std::io::Error)>,
+    pub(crate) blockers: Vec<(Ix, std::io::Error)>,
 }
 
 /// The state of one [`Inventory::scan`].
-struct Walk<'a> {
+struct Scan<'a> {
     inv: Inventory,
     app_path: &'a Path,
     root_dev: u64,
@@ -55,7 +55,7 @@ struct Walk<'a> {
     since_check: usize,
 }
 
-impl Walk<'_> {
+impl Scan<'_> {
     /// Open directory `ix` in its parent; `None` when it went away or
     /// became something else since it was listed.
     fn open(&mut self, ix: Ix, parent: &Dir) -> Result<Option<Dir>> {
@@ -83,9 +83,7 @@ impl Walk<'_> {
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Option<std::ops::Range<Ix>>> {
         let path = |w: &Self| w.inv.path(w.app_path, ix);
-        let m = dir
-            .stat()
-            .map_err(|e| Error::io("inspect", &path(self), e))?;
+        let m = dir.stat().with_ctx("inspect", || path(self))?;
         if m.dev != self.root_dev {
             return Err(Error::Unsafe(format!(
                 "{} is a mount point inside the data directory {}; sharelink cannot move a mount into the share or replace it with a symlink. Unmount it (drop the volume) and re-run",
@@ -102,9 +100,7 @@ impl Walk<'_> {
         if let Err(e) = dir.access(OsStr::new("."), libc::W_OK | libc::X_OK) {
             self.inv.blockers.push((ix, e));
         }
-        let listing = dir
-            .list()
-            .map_err(|e| Error::io("read directory", &path(self), e))?;
+        let listing = dir.list().with_ctx("read directory", || path(self))?;
         let start = self.inv.entries.len() as Ix;
         for (name, _) in listing {
             let seen = Time::now();
@@ -177,7 +173,7 @@ impl Inventory {
     /// An inventory holding only its root, `dir` (at `path`, for messages).
     fn rooted(dir: &Dir, path: &Path) -> Result<Inventory> {
         let seen = Time::now();
-        let meta = dir.stat().map_err(|e| Error::io("inspect", path, e))?;
+        let meta = dir.stat().ctx("inspect", path)?;
         Ok(Inventory {
             entries: vec![Entry {
                 parent: 0,
@@ -194,14 +190,14 @@ impl Inventory {
 
     /// Walk `app` (opened by the caller, `app_path` only names it in
     /// messages). `check` runs every few hundred entries (signals).
-    pub fn scan(
+    pub(crate) fn scan(
         app: &Dir,
         app_path: &Path,
         check: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Inventory> {
         let inv = Inventory::rooted(app, app_path)?;
         let root_dev = inv.entries[0].meta.dev;
-        let mut walk = Walk {
+        let mut walk = Scan {
             inv,
             app_path,
             root_dev,
@@ -212,10 +208,7 @@ impl Inventory {
         // Directories still to read, each with its parent held open; the
         // stack keeps the walk depth-first, so few directories are open.
         let mut todo: Vec<(Ix, Option<Rc<Dir>>)> = vec![(0, None)];
-        let mut root = Some(
-            app.try_clone()
-                .map_err(|e| Error::io("open", app_path, e))?,
-        );
+        let mut root = Some(app.try_clone().ctx("open", app_path)?);
         while let Some((ix, parent)) = todo.pop() {
             let dir = match parent {
                 None => root.take().expect("the root is read once"),
@@ -241,7 +234,7 @@ impl Inventory {
     /// `image-wins` migration replaces (a share target may hold far more
     /// than the image). Each result is `None` where nothing is there, or a
     /// directory on the way is not one. Entries found are not walked into.
-    pub fn of_paths(
+    pub(crate) fn of_paths(
         root: &Dir,
         root_path: &Path,
         rels: &[PathBuf],
@@ -249,12 +242,8 @@ impl Inventory {
         let top = PathTree::of(rels);
         let mut inv = Inventory::rooted(root, root_path)?;
         let mut found = vec![None; rels.len()];
-        let mut todo: Vec<(Ix, &PathTree, Dir)> = vec![(
-            0,
-            &top,
-            root.try_clone()
-                .map_err(|e| Error::io("open", root_path, e))?,
-        )];
+        let mut todo: Vec<(Ix, &PathTree, Dir)> =
+            vec![(0, &top, root.try_clone().ctx("open", root_path)?)];
         while let Some((ix, node, dir)) = todo.pop() {
             let start = inv.entries.len() as Ix;
             let mut next = Vec::new();
@@ -262,7 +251,7 @@ impl Inventory {
                 let seen = Time::now();
                 let Some(meta) = dir
                     .stat_at(name)
-                    .map_err(|e| Error::io("inspect", &inv.path(root_path, ix).join(name), e))?
+                    .with_ctx("inspect", || inv.path(root_path, ix).join(name))?
                 else {
                     continue;
                 };
@@ -297,11 +286,11 @@ impl Inventory {
         Ok((inv, found))
     }
 
-    pub fn get(&self, ix: Ix) -> &Entry {
+    pub(crate) fn get(&self, ix: Ix) -> &Entry {
         &self.entries[ix as usize]
     }
 
-    pub fn children(&self, ix: Ix) -> Range<Ix> {
+    pub(crate) fn children(&self, ix: Ix) -> Range<Ix> {
         self.entries[ix as usize].children.clone()
     }
 
@@ -309,7 +298,7 @@ impl Inventory {
     /// (`Report.csv`, `report.csv`): one file on a share that ignores case.
     /// Folded both ways, so that any name SMB's upper-case table would take
     /// for another is caught (and a few it would not).
-    pub fn case_twins(&self) -> Vec<(Ix, Ix)> {
+    pub(crate) fn case_twins(&self) -> Vec<(Ix, Ix)> {
         let mut twins = Vec::new();
         for e in &self.entries {
             if e.meta.kind != Kind::Dir || e.children.len() < 2 {
@@ -337,7 +326,7 @@ impl Inventory {
     }
 
     /// The entry's path relative to the app directory.
-    pub fn rel(&self, ix: Ix) -> PathBuf {
+    pub(crate) fn rel(&self, ix: Ix) -> PathBuf {
         let mut names: Vec<&OsStr> = Vec::new();
         let mut i = ix;
         while i != 0 {
@@ -349,7 +338,7 @@ impl Inventory {
     }
 
     /// `base` joined with the entry's relative path (for messages).
-    pub fn path(&self, base: &Path, ix: Ix) -> PathBuf {
+    pub(crate) fn path(&self, base: &Path, ix: Ix) -> PathBuf {
         if ix == 0 {
             base.to_path_buf()
         } else {
@@ -359,7 +348,7 @@ impl Inventory {
 
     /// The entry at `rel`, if the walk saw one (for tests).
     #[cfg(test)]
-    pub fn find(&self, rel: &Path) -> Option<Ix> {
+    pub(crate) fn find(&self, rel: &Path) -> Option<Ix> {
         let mut ix = 0;
         for c in rel.components() {
             let name = c.as_os_str();
@@ -374,7 +363,7 @@ impl Inventory {
     }
 
     /// `ix` and everything below it, parents before children.
-    pub fn subtree(&self, ix: Ix) -> Vec<Ix> {
+    pub(crate) fn subtree(&self, ix: Ix) -> Vec<Ix> {
         let mut out = Vec::new();
         let mut stack = vec![ix];
         while let Some(i) = stack.pop() {
@@ -387,7 +376,7 @@ impl Inventory {
     }
 
     /// Whether the app directory holds nothing at all.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.len() == 1
     }
 }
@@ -395,16 +384,16 @@ impl Inventory {
 /// Files and bytes to copy for a selection of subtrees (for progress and
 /// for the free-space check).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    pub entries: u64,
-    pub files: u64,
-    pub bytes: u64,
+pub(crate) struct Totals {
+    pub(crate) entries: u64,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
     /// Bytes the copies will occupy (holes are not written).
-    pub footprint: u64,
+    pub(crate) footprint: u64,
 }
 
 impl Totals {
-    pub fn of(inv: &Inventory, roots: &[Ix]) -> Totals {
+    pub(crate) fn of(inv: &Inventory, roots: &[Ix]) -> Totals {
         let mut t = Totals::default();
         for &r in roots {
             for i in inv.subtree(r) {

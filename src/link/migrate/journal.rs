@@ -20,16 +20,16 @@ use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind, Meta, Time};
 use crate::fs::names::fnv1a;
 
-pub use super::layout::JOURNAL as NAME;
+pub(crate) use super::layout::JOURNAL as NAME;
 const HEADER: &[u8] = b"sharelink staging journal v2\n";
 
 /// One completed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     /// The app file as it was when copied.
-    pub app: Identity,
+    pub(crate) app: Identity,
     /// The copy when it was complete.
-    pub copy: Identity,
+    pub(crate) copy: Identity,
 }
 
 impl Record {
@@ -37,7 +37,7 @@ impl Record {
     /// modification time it was given (renames move its ctime, writes its
     /// mtime). Records are dropped before the copies they name, so the
     /// inode cannot have been reused.
-    pub fn is_copy(&self, m: &Meta) -> bool {
+    pub(crate) fn is_copy(&self, m: &Meta) -> bool {
         m.kind == Kind::File
             && m.id.ino == self.copy.ino
             && m.id.size == self.copy.size
@@ -45,8 +45,10 @@ impl Record {
     }
 }
 
-pub struct Journal {
-    file: std::fs::File,
+pub(crate) struct Journal {
+    file: Option<std::fs::File>,
+    /// The file being created on a thread of its own ([`Journal::create_aside`]).
+    opening: Option<std::thread::JoinHandle<io::Result<std::fs::File>>>,
     /// The file is empty: the header goes out with the first records (one
     /// write fewer; an empty journal reads as one without records).
     header_due: bool,
@@ -54,7 +56,7 @@ pub struct Journal {
 
 impl Journal {
     /// Open (creating) the journal in the staging directory.
-    pub fn open(staging: &Dir) -> io::Result<Journal> {
+    pub(crate) fn open(staging: &Dir) -> io::Result<Journal> {
         let mut file = staging.open_append(OsStr::new(NAME))?;
         let len = file.metadata()?.len();
         if len > 0 {
@@ -67,13 +69,49 @@ impl Journal {
             }
         }
         Ok(Journal {
-            file,
+            file: Some(file),
+            opening: None,
             header_due: len == 0,
         })
     }
 
+    /// Create the journal in a staging directory just made (so none is
+    /// there), on a thread of its own: on a network share the create is
+    /// round trips the copy need not wait for. The first [`Journal::append`]
+    /// waits for it, and so does dropping the journal (nothing is created
+    /// in a staging directory after it is let go).
+    pub(crate) fn create_aside(staging: &Dir) -> io::Result<Journal> {
+        let dir = staging.try_clone()?;
+        let opening = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || dir.open_append(OsStr::new(NAME)))?;
+        Ok(Journal {
+            file: None,
+            opening: Some(opening),
+            header_due: true,
+        })
+    }
+
+    /// Wait until a journal being created ([`Journal::create_aside`]) is
+    /// there (or failed).
+    pub(crate) fn settle(&mut self) {
+        let _ = self.file();
+    }
+
+    fn file(&mut self) -> io::Result<&mut std::fs::File> {
+        if let Some(h) = self.opening.take() {
+            let f = h
+                .join()
+                .map_err(|_| io::Error::other("creating the journal failed"))??;
+            self.file = Some(f);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the journal could not be created"))
+    }
+
     /// Append records for a batch of files whose bytes are durable.
-    pub fn append(&mut self, recs: &[(PathBuf, Record)]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, recs: &[(PathBuf, Record)]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(recs.len() * 96 + HEADER.len());
         if self.header_due {
             buf.extend_from_slice(HEADER);
@@ -81,13 +119,13 @@ impl Journal {
         for (rel, r) in recs {
             encode(&mut buf, rel, r);
         }
-        self.file.write_all(&buf)?;
+        self.file()?.write_all(&buf)?;
         self.header_due = false;
         Ok(())
     }
 
     /// What a journal says was completed (nothing when there is none).
-    pub fn load(staging: &Dir) -> io::Result<HashMap<PathBuf, Record>> {
+    pub(crate) fn load(staging: &Dir) -> io::Result<HashMap<PathBuf, Record>> {
         let mut text = Vec::new();
         match staging.open_read(OsStr::new(NAME)) {
             Ok(mut f) => {
@@ -103,7 +141,7 @@ impl Journal {
 /// `F <checksum> <fields…> <escaped path>\n`: the checksum covers the rest
 /// of the line, so a line cut short by a crash is never taken for a
 /// shorter path.
-pub fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
+pub(crate) fn encode(buf: &mut Vec<u8>, rel: &Path, r: &Record) {
     let mut body = Vec::with_capacity(160);
     for id in [&r.app, &r.copy] {
         body.extend_from_slice(
@@ -132,7 +170,7 @@ fn parse(text: &[u8]) -> HashMap<PathBuf, Record> {
 
 /// Records in `body` (lines as [`encode`] writes them), ignoring any that
 /// are torn or garbled.
-pub fn parse_lines(body: &[u8]) -> HashMap<PathBuf, Record> {
+pub(crate) fn parse_lines(body: &[u8]) -> HashMap<PathBuf, Record> {
     let mut out = HashMap::new();
     // Only complete lines: the last one may be torn.
     let complete = match body.iter().rposition(|&b| b == b'\n') {
@@ -205,6 +243,26 @@ fn unescape(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some(h) = self.opening.take() {
+            let _ = h.join();
+        }
+        // Closed on a thread of its own: on a network share the close of a
+        // written file is a round trip (a flush) nothing waits for; the
+        // records in it were written, and the bytes they name synced,
+        // before.
+        if let Some(f) = self.file.take() {
+            if let Err(e) = std::thread::Builder::new()
+                .name("journal-close".into())
+                .spawn(move || drop(f))
+            {
+                crate::debug!("closing the journal on this thread: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +310,24 @@ mod tests {
             .unwrap();
         let m = Journal::load(&d).unwrap();
         assert_eq!((m.len(), m[Path::new("x")]), (3, rec(3)));
+    }
+
+    #[test]
+    fn a_journal_made_aside_takes_the_first_records_and_is_there_once_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let mut j = Journal::create_aside(&d).unwrap();
+        j.append(&[("a".into(), rec(1))]).unwrap();
+        drop(j);
+        let m = Journal::load(&d).unwrap();
+        assert_eq!((m.len(), m[Path::new("a")]), (1, rec(1)));
+        // Dropped before any record: the file is there (empty) once the
+        // journal is let go, nothing is made in the directory after.
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        drop(Journal::create_aside(&d).unwrap());
+        assert!(t.path().join(NAME).exists());
+        assert!(Journal::load(&d).unwrap().is_empty());
     }
 
     #[test]

@@ -13,46 +13,46 @@ use crate::fs::{names, tree};
 
 /// Beside the share target (`.<name>.sharelink-staging`): the staging
 /// directory, on the same filesystem so that the commit is a rename.
-pub const STAGING_SUFFIX: &str = "sharelink-staging";
+pub(crate) const STAGING_SUFFIX: &str = "sharelink-staging";
 /// In the staging directory: the copy being built.
-pub const TREE: &str = "tree";
+pub(crate) const TREE: &str = "tree";
 /// In the staging directory: which staged files are complete.
-pub const JOURNAL: &str = "journal";
+pub(crate) const JOURNAL: &str = "journal";
 /// In the staging directory: a share entry moved aside to be replaced
 /// (our own older copy of an app file), checked there before the new copy
 /// takes its name.
-pub const ASIDE: &str = "replaced";
+pub(crate) const ASIDE: &str = "replaced";
 /// Beside an entry moved aside (`replaced.<n>.where`): its path in the
 /// target, recorded before it is moved, so that the next run can put it
 /// back.
-pub const WHERE_SUFFIX: &str = ".where";
+pub(crate) const WHERE_SUFFIX: &str = ".where";
 /// The name a file of sharelink's is written under before it is renamed
 /// into place (`replaced.<n>.where.tmp`).
-pub const TMP_SUFFIX: &str = ".tmp";
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
 /// Beside the app directory: this container committed its copy to the
 /// share target.
-pub const MARKER_SUFFIX: &str = "sharelink-committed";
+const MARKER_SUFFIX: &str = "sharelink-committed";
 /// Beside the app directory: this container has started deleting app
 /// entries, so the staging journal may name copies of entries that are gone
 /// (and a writer may have made new files under their names).
-pub const PRUNING_SUFFIX: &str = "sharelink-pruning";
+const PRUNING_SUFFIX: &str = "sharelink-pruning";
 /// Beside an app file a writer had open when it was unlinked: its content,
 /// being copied back.
-pub const RESCUING_SUFFIX: &str = "sharelink-rescuing";
+pub(crate) const RESCUING_SUFFIX: &str = "sharelink-rescuing";
 /// Beside an app file: a rescued file's content when a writer took its
 /// name meanwhile (`<file>.sharelink-rescued-<n>`).
-pub const RESCUED_SUFFIX: &str = "sharelink-rescued";
+pub(crate) const RESCUED_SUFFIX: &str = "sharelink-rescued";
 /// Under `<share_root>/.sharelink/`: set-aside copies, per share path.
-pub const DISPLACED: &str = "displaced";
+const DISPLACED: &str = "displaced";
 /// The suffix of a set-aside copy being built (`<stamp>.partial`).
-pub const PARTIAL: &str = ".partial";
+pub(crate) const PARTIAL: &str = ".partial";
 /// The suffix of a set-aside copy `keep` let go, while it is removed.
-pub const EXPIRED: &str = ".expired";
+pub(crate) const EXPIRED: &str = ".expired";
 /// In an interrupted set-aside copy (`<stamp>.partial/`): it is of the
 /// share's versions, not of app entries.
-pub const SHARE_SIDE: &str = "share-side";
+pub(crate) const SHARE_SIDE: &str = "share-side";
 /// Under `<share_root>/.sharelink/`: the per-link locks.
-pub const LOCKS: &str = "locks";
+pub(crate) const LOCKS: &str = "locks";
 
 /// Every name above, for the test that docs/design.md lists exactly these.
 #[cfg(test)]
@@ -76,26 +76,26 @@ const ALL: &[&str] = &[
 
 /// What an interrupted migration of one link left behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Leftovers {
+pub(crate) struct Leftovers {
     /// A staging directory beside the share target: a copy in progress.
-    pub staging: bool,
+    pub(crate) staging: bool,
     /// A `<stamp>.partial` under `displaced/`: a set-aside copy in progress.
-    pub displacing: bool,
+    pub(crate) displacing: bool,
     /// This container committed its copy to the share and had not finished
     /// emptying the app directory or making the symlink.
-    pub committed: bool,
+    pub(crate) committed: bool,
     /// A run (here or in another container) committed its copy and did not
     /// finish: its journal is still beside the share target.
-    pub journal: bool,
+    pub(crate) journal: bool,
 }
 
 impl Leftovers {
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.staging || self.displacing || self.committed || self.journal
     }
 
     /// For `status`: what the next run will finish.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.staging {
             parts.push("a copy into the share was interrupted; the next run resumes it");
@@ -113,19 +113,19 @@ impl Leftovers {
 }
 
 /// Where the leftovers of `link`'s migration would be.
-pub struct Places {
-    pub staging: PathBuf,
-    pub marker: PathBuf,
-    pub pruning: PathBuf,
+pub(crate) struct Places {
+    pub(crate) staging: PathBuf,
+    pub(crate) marker: PathBuf,
+    pub(crate) pruning: PathBuf,
     /// `<share_root>/.sharelink/displaced/<share path>`, relative to the
     /// share root: keyed like the lock, so that only the lock's holder
     /// writes or clears it (two services with the same app path and other
     /// share paths must not clear each other's copies).
-    pub displaced: PathBuf,
+    pub(crate) displaced: PathBuf,
 }
 
 impl Places {
-    pub fn new(cfg: &Config, link: &Link) -> Places {
+    pub(crate) fn new(cfg: &Config, link: &Link) -> Places {
         Places {
             staging: names::sibling(&cfg.share_path(link), STAGING_SUFFIX, 0),
             marker: names::sibling(&cfg.app_path(link), MARKER_SUFFIX, 0),
@@ -137,8 +137,8 @@ impl Places {
     /// Look for leftovers (a few `lstat`s; only asked when the app path is
     /// still a directory or missing). The share side is looked at through
     /// directories opened from the share root without following symlinks.
-    pub fn leftovers(&self, cfg: &Config, link: &Link) -> Leftovers {
-        let root = Dir::open(&cfg.share_root).ok();
+    pub(crate) fn leftovers(&self, cfg: &Config, link: &Link) -> Leftovers {
+        let root = Dir::open_path(&cfg.share_root).ok();
         let beneath = |rel: &Path| root.as_ref().and_then(|r| tree::open_beneath(r, rel).ok());
         let in_share = |dir: &Option<Dir>, name: &OsStr| {
             dir.as_ref()
@@ -151,8 +151,10 @@ impl Places {
                     .any(|(n, _)| n.as_encoded_bytes().ends_with(PARTIAL.as_bytes()))
             });
         let (parent_rel, name) = super::split_rel(&link.share);
-        let staging = beneath(parent_rel)
-            .and_then(|p| p.open_dir(&names::hidden(name, STAGING_SUFFIX, 0)).ok());
+        let staging = beneath(parent_rel).and_then(|p| {
+            p.open_dir_path(&names::hidden(name, STAGING_SUFFIX, 0))
+                .ok()
+        });
         Leftovers {
             // After the commit only the journal stays, until the end.
             staging: in_share(&staging, OsStr::new(TREE)),

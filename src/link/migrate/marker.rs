@@ -16,7 +16,7 @@ use super::prune::Kept;
 use super::rules::{Commit, ShareCopy};
 use super::Ledger;
 use crate::config::{Config, Link};
-use crate::error::{Error, Result};
+use crate::error::{IoContext, Result};
 use crate::fs::meta::Identity;
 
 /// Our own copies on the share (their identity there, in `copy`) of entries
@@ -73,8 +73,7 @@ impl Marker {
     /// still holds (to be replaced, not set aside, when a later run finds
     /// those entries changed).
     pub(super) fn write(&self, placed: &Placed) -> Result<()> {
-        std::fs::write(&self.path, encode(&self.share_path, placed))
-            .map_err(|e| Error::io("write", &self.path, e))
+        std::fs::write(&self.path, encode(&self.share_path, placed)).ctx("write", &self.path)
     }
 
     /// Whether this container has started deleting app entries.
@@ -83,13 +82,13 @@ impl Marker {
     }
 
     fn flag_pruning(&self) -> Result<()> {
-        std::fs::write(&self.pruning, b"").map_err(|e| Error::io("write", &self.pruning, e))
+        std::fs::write(&self.pruning, b"").ctx("write", &self.pruning)
     }
 }
 
 /// Remove the marker of a committed migration (and the pruning flag) once
 /// the link is made.
-pub fn forget(cfg: &Config, link: &Link) {
+pub(crate) fn forget(cfg: &Config, link: &Link) {
     let places = Places::new(cfg, link);
     for m in [places.marker, places.pruning] {
         match std::fs::remove_file(&m) {

@@ -47,7 +47,7 @@ mod marker;
 mod place;
 mod preflight;
 pub(crate) mod preview;
-pub mod progress;
+pub(crate) mod progress;
 pub(crate) mod prune;
 pub(crate) mod rules;
 mod stage;
@@ -60,31 +60,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Config, Link};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::failpoint::{self, Failpoint};
-use crate::fs::attrs::{Fidelity, Loss};
+use crate::fs::attrs::Loss;
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::{names, tree};
 use crate::link::lock::Lock;
+use crate::link::target::ShareTarget;
 use crate::signals;
 
 use compare::Verdict;
 use inventory::{Inventory, Ix};
 use marker::{Marker, Own};
-use rules::{step, Commit, Step};
+use rules::{step, Commit, EntryStep};
 
-pub use displaced::expired;
-pub use heartbeat::{heartbeat, Ctx, Fresh};
-pub use layout::{Leftovers, Places, STAGING_SUFFIX};
-pub use marker::forget;
-pub use progress::Progress;
+pub(crate) use heartbeat::{Ctx, Fresh, Workers};
+pub(crate) use layout::{Leftovers, Places, STAGING_SUFFIX};
+pub(crate) use marker::forget;
+pub(crate) use progress::Progress;
 
 /// How long an entry must have been unchanged before its identity is
 /// trusted to tell versions apart: file timestamps come from a clock that
 /// ticks every few milliseconds, so a change within the same tick as a
 /// `stat` would not move them.
-pub const SETTLE_NS: i128 = 100_000_000;
+pub(crate) const SETTLE_NS: i128 = 100_000_000;
 
 /// Passes over the app directory before giving up on entries that keep
 /// changing.
@@ -92,43 +92,40 @@ const PASSES: usize = 6;
 
 /// What a migration did, for the per-link log line.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Copied into the share target.
-    pub copied: copy::Stats,
+    pub(crate) copied: copy::Stats,
     /// App files found byte-identical on the share (dropped from the app).
-    pub identical: u64,
+    pub(crate) identical: u64,
     /// Set aside under `displaced/`, and where the newest copy is.
-    pub displaced: copy::Stats,
-    pub displaced_to: Option<PathBuf>,
+    pub(crate) displaced: copy::Stats,
+    pub(crate) displaced_to: Option<PathBuf>,
     /// Entries that were already set aside by an earlier run.
-    pub already_displaced: u64,
+    pub(crate) already_displaced: u64,
     /// Our own earlier copies replaced by a newer version of the app file.
-    pub replaced: u64,
+    pub(crate) replaced: u64,
     /// Share entries replaced by the image's version (`image-wins`), each
     /// kept under `displaced/` first.
-    pub superseded: u64,
+    pub(crate) superseded: u64,
     /// Set-aside copies removed by `keep`.
-    pub expired: u64,
+    pub(crate) expired: u64,
     /// What the share could not hold, per kind.
-    pub losses: Vec<(Loss, u64)>,
-    pub passes: usize,
+    pub(crate) losses: Vec<(Loss, u64)>,
+    pub(crate) passes: usize,
 }
 
 /// Run one migration of `link` under `lock`: when it returns `Ok`, the app
 /// directory is empty (the caller makes the symlink) and everything it held
 /// is in the share target or under `displaced/`.
-pub fn migrate(cfg: &Config, link: &Link, lock: &mut Lock, threads: usize) -> Result<Outcome> {
+pub(crate) fn migrate(
+    cfg: &Config,
+    link: &Link,
+    lock: &mut Lock,
+    threads: usize,
+) -> Result<Outcome> {
     let (m, app_parent, app) = Migration::open(cfg, link)?;
     let app_path = m.app_path.clone();
-    let mut ctx = Ctx {
-        threads,
-        lock,
-        fidelity: Fidelity::default(),
-        progress: Progress::new(link.app.display().to_string()),
-        fresh: Fresh::new(),
-        app_path,
-    };
-    ctx.fresh.touch();
+    let mut ctx = Ctx::new(lock, threads, link.app.display().to_string(), app_path);
     // Read before any worker runs (reading it means setting it).
     crate::fs::attrs::umask();
     let r = m.run(&app_parent, &app, &mut ctx);
@@ -182,6 +179,10 @@ struct Migration<'a> {
     displaced_rel: PathBuf,
     /// Set-aside stamps this migration wrote or found entries in.
     used: Mutex<std::collections::BTreeSet<String>>,
+    /// Whether this migration began a replace (which may leave what it
+    /// moved aside in the staging directory, see [`place`]). What earlier
+    /// runs left aside is recovered when the migration starts.
+    replacing: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Migration<'a> {
@@ -193,13 +194,11 @@ impl<'a> Migration<'a> {
         let share_path = cfg.share_path(link);
         let places = Places::new(cfg, link);
         let (app_parent_path, app_name) = split(&app_path);
-        let app_parent =
-            Dir::open(app_parent_path).map_err(|e| Error::io("open", app_parent_path, e))?;
+        let app_parent = Dir::open(app_parent_path).ctx("open", app_parent_path)?;
         let app = app_parent
             .open_dir(app_name)
-            .map_err(|e| Error::io("open directory", &app_path, e))?;
-        let share_root =
-            Dir::open(&cfg.share_root).map_err(|e| Error::io("open", &cfg.share_root, e))?;
+            .ctx("open directory", &app_path)?;
+        let share_root = Dir::open_path(&cfg.share_root).ctx("open", &cfg.share_root)?;
         let (share_parent_rel, share_name) = split_rel(&link.share);
         let share_parent =
             Arc::new(tree::make_beneath(&share_root, share_parent_rel, &cfg.share_root)?.dir);
@@ -216,6 +215,7 @@ impl<'a> Migration<'a> {
             marker: Marker::new(&places, &share_path),
             displaced_rel: places.displaced.clone(),
             used: Mutex::default(),
+            replacing: Default::default(),
         };
         Ok((m, app_parent, app))
     }
@@ -263,15 +263,6 @@ impl Ledger {
     }
 }
 
-/// The share target as a pass finds it.
-enum Target {
-    /// Missing, or holding nothing but directories.
-    Empty {
-        exists: bool,
-    },
-    Full(Dir),
-}
-
 /// What a pass does with the entries that compared: each list is one step.
 #[derive(Default)]
 struct Steps {
@@ -306,12 +297,12 @@ impl Migration<'_> {
             let target = self.target()?;
             // An empty app directory still makes a missing target (with the
             // directory's owner and mode, which the pipeline relies on).
-            if inv.is_empty() && !matches!(target, Target::Empty { exists: false }) {
+            if inv.is_empty() && !matches!(target, ShareTarget::Empty { exists: false }) {
                 self.clean_up()?;
                 return Ok(out);
             }
             let ledger = match target {
-                Target::Empty { exists } => {
+                ShareTarget::Empty { exists } => {
                     match self.copy_whole(&inv, app, exists, ctx, &mut out)? {
                         Some(r) => {
                             own.commit = Commit::Here;
@@ -321,7 +312,9 @@ impl Migration<'_> {
                         None => continue,
                     }
                 }
-                Target::Full(target) => self.reconcile(&inv, app, &target, &own, ctx, &mut out)?,
+                ShareTarget::Full(target) => {
+                    self.reconcile(&inv, app, &target, &own, ctx, &mut out)?
+                }
             };
             own.before_prune(&self.marker, &inv, &ledger)?;
             let doomed = ledger.deletable.iter().flatten().count() as u64;
@@ -360,9 +353,12 @@ impl Migration<'_> {
     /// copies in progress is redundant (a run killed after committing, or
     /// whose copies a later run found already there).
     fn clean_up(&self) -> Result<()> {
-        self.recover_asides()?;
-        copy::discard(&self.share_parent, &self.staging_name)
-            .map_err(|e| Error::io("remove", &self.staging_path, e))?;
+        // Only a replace of this run can have left something aside since
+        // the start: no listing of the staging directory otherwise.
+        if self.replacing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.recover_asides()?;
+        }
+        copy::discard(&self.share_parent, &self.staging_name).ctx("remove", &self.staging_path)?;
         let base_path = self.cfg.share_root.join(&self.displaced_rel);
         let base = match tree::open_beneath(&self.share_root, &self.displaced_rel) {
             Ok(d) => d,
@@ -374,8 +370,7 @@ impl Migration<'_> {
                 .as_encoded_bytes()
                 .ends_with(layout::PARTIAL.as_bytes())
             {
-                tree::remove(&base, &name)
-                    .map_err(|e| Error::io("remove", &base_path.join(&name), e))?;
+                tree::remove(&base, &name).with_ctx("remove", || base_path.join(&name))?;
             }
         }
         Ok(())
@@ -391,30 +386,9 @@ impl Migration<'_> {
         }
     }
 
-    fn target(&self) -> Result<Target> {
-        match self
-            .share_parent
-            .stat_at(&self.share_name)
-            .map_err(|e| Error::io("inspect", &self.share_path, e))?
-        {
-            None => Ok(Target::Empty { exists: false }),
-            Some(m) if m.kind == Kind::Dir => {
-                let d = self
-                    .share_parent
-                    .open_dir(&self.share_name)
-                    .map_err(|e| Error::io("open directory", &self.share_path, e))?;
-                if tree::holds_no_files(&d).map_err(|e| Error::io("read", &self.share_path, e))? {
-                    Ok(Target::Empty { exists: true })
-                } else {
-                    Ok(Target::Full(d))
-                }
-            }
-            Some(m) => Err(Error::Unsafe(format!(
-                "{} is a {} where the share directory belongs; sharelink leaves it alone. Move it away and re-run",
-                self.share_path.display(),
-                m.kind
-            ))),
-        }
+    /// The share target as it is now (under the lock, each pass).
+    fn target(&self) -> Result<ShareTarget> {
+        ShareTarget::observe(&self.share_parent, &self.share_name, &self.share_path)
     }
 
     /// The share target is empty: copy the whole tree beside it and commit
@@ -455,9 +429,9 @@ impl Migration<'_> {
         failpoint::hit(Failpoint::CommitRenamed);
         self.marker.write(&HashMap::new())?;
         failpoint::hit(Failpoint::CommitMarked);
-        self.share_parent
-            .sync_fs()
-            .map_err(|e| Error::io("sync", &self.share_path, e))?;
+        // Through the staging tree's handle, open in full (the share
+        // parent may be an `O_PATH` handle, whose syncfs would need an open).
+        staging.sync()?;
         failpoint::hit(Failpoint::CommitSynced);
         // The tree was renamed away whole: nothing of it to remove
         // (`Staging::close` would only find it gone).
@@ -505,21 +479,21 @@ impl Migration<'_> {
                 _ => rules::ShareCopy::Foreign,
             };
             match step(v, e.meta.kind, self.link.migrate, own.commit, copy) {
-                Step::Drop => {
+                EntryStep::Drop => {
                     if let (Verdict::Same { app }, true) = (v, e.meta.kind != Kind::Dir) {
                         ledger.deletable[ix as usize] = Some(app);
                         out.identical += 1;
                     }
                 }
-                Step::CopyIn => steps.copy_in.push(ix),
-                Step::SetAside => steps.set_aside.push(ix),
-                Step::Replace => {
+                EntryStep::CopyIn => steps.copy_in.push(ix),
+                EntryStep::SetAside => steps.set_aside.push(ix),
+                EntryStep::Replace => {
                     if let Verdict::Differs { share: Some(s) } = v {
                         steps.replace.push((ix, s));
                     }
                 }
-                Step::Supersede => steps.supersede.push(ix),
-                Step::Wait | Step::Descend => {}
+                EntryStep::Supersede => steps.supersede.push(ix),
+                EntryStep::Wait | EntryStep::Descend => {}
             }
         }
         self.carry_out(inv, app, target, steps, ctx, out, &mut ledger)?;

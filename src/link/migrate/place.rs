@@ -8,8 +8,8 @@ use super::copy::{self, Staging};
 use super::inventory::{Inventory, Ix};
 use super::layout::{ASIDE, TMP_SUFFIX, TREE, WHERE_SUFFIX};
 use super::stage::Stage;
-use super::{heartbeat, Ctx, Fresh, Ledger, Migration, Outcome};
-use crate::error::{Error, Result};
+use super::{Ctx, Ledger, Migration, Outcome};
+use crate::error::{Error, IoContext, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind, Meta};
@@ -17,7 +17,6 @@ use crate::fs::{pool, tree};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Replace `name` in `to` with the staged `name` in `from`, only if what is
 /// replaced is exactly `expect` (our own older copy): that entry is opened
@@ -156,7 +155,7 @@ fn where_name(aside: &OsStr) -> OsString {
 }
 
 /// Whether `name` in a staging directory is one [`aside_name`] makes.
-pub fn is_aside(name: &OsStr) -> bool {
+fn is_aside(name: &OsStr) -> bool {
     name.to_str()
         .and_then(|n| n.strip_prefix(ASIDE))
         .and_then(|n| n.strip_prefix('.'))
@@ -216,9 +215,7 @@ impl Migration<'_> {
             ledger.copies[r as usize] = id;
         }
         failed?;
-        target
-            .sync_fs()
-            .map_err(|e| Error::io("sync", &self.share_path, e))?;
+        target.sync_fs().ctx("sync", &self.share_path)?;
         staging.close()?;
         out.copied += &stats;
         Ok(())
@@ -227,7 +224,7 @@ impl Migration<'_> {
     /// [`Self::move_in`] for each of `moves` (a root and what it replaces),
     /// on the pool in lanes by directory: a run of entries per job, its
     /// parent opened once on each side. Every rename first waits until the
-    /// lock was confirmed within `FRESH_FOR` ([`Fresh::wait`]); a lost
+    /// lock was confirmed within `FRESH_FOR` ([`Fresh::wait`](super::Fresh::wait)); a lost
     /// lock stops every lane before its next rename, so a run frozen past
     /// its lease does not go on renaming into a target another holder now
     /// works on. Returns what moved (recorded even when a later move
@@ -240,8 +237,7 @@ impl Migration<'_> {
         target: &Dir,
         ctx: &mut Ctx<'_>,
     ) -> (Vec<Option<Option<Identity>>>, Result<()>) {
-        let done: Vec<Mutex<Option<Option<Identity>>>> =
-            moves.iter().map(|_| Mutex::new(None)).collect();
+        let done = pool::Slots::new(moves.len());
         let mut by_dir: std::collections::BTreeMap<Ix, Vec<usize>> = Default::default();
         for (k, &(r, _)) in moves.iter().enumerate() {
             by_dir.entry(inv.get(r).parent).or_default().push(k);
@@ -257,17 +253,12 @@ impl Migration<'_> {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let Ctx {
-            threads,
-            lock,
-            progress,
-            fresh,
-            ..
-        } = ctx;
-        let fresh: &Fresh = fresh;
-        let mut beat = || heartbeat(lock, fresh, progress);
+        let threads = ctx.threads;
+        let (mut coordinator, workers) = ctx.split();
+        let fresh = workers.fresh;
+        let mut beat = || coordinator.beat();
         let r = pool::run_lanes(
-            *threads,
+            threads,
             jobs,
             &|ks: Vec<usize>, _: &pool::Queue<Vec<usize>>| {
                 let Some(&first) = ks.first() else {
@@ -279,16 +270,13 @@ impl Migration<'_> {
                     fresh.wait()?;
                     let (r, was) = &moves[k];
                     let id = self.move_in(inv, *r, (&from, &to), staging, was.as_ref())?;
-                    *done[k].lock().unwrap_or_else(|p| p.into_inner()) = id;
+                    done.put(k, id);
                 }
                 Ok(())
             },
             &mut beat,
         );
-        let moved = done
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-            .collect();
+        let moved = done.into_vec();
         (moved, r)
     }
 
@@ -317,9 +305,9 @@ impl Migration<'_> {
         let rel = inv.rel(r);
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let from = tree::open_beneath(&staging.tree, parent_rel)
-            .map_err(|e| Error::io("open", &staging.path.join(TREE).join(parent_rel), e))?;
+            .with_ctx("open", || staging.path.join(TREE).join(parent_rel))?;
         let to = tree::open_beneath(target, parent_rel)
-            .map_err(|e| Error::io("open", &self.share_path.join(parent_rel), e))?;
+            .with_ctx("open", || self.share_path.join(parent_rel))?;
         Ok((from, to))
     }
 
@@ -339,6 +327,8 @@ impl Migration<'_> {
         let name = &inv.get(r).name;
         let moved = match expect {
             Some(id) => {
+                self.replacing
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 match replace_checked(from, to, (name, &inv.rel(r)), staging, &aside_name(r), id) {
                     Ok(true) => Ok(()),
                     Ok(false) => return Ok(None),
@@ -384,9 +374,7 @@ impl Migration<'_> {
             Err(e) if crate::fs::gone(&e) => return Ok(()),
             Err(e) => return Err(Error::io("open", &self.staging_path, e)),
         };
-        let listed = staging
-            .list()
-            .map_err(|e| Error::io("read directory", &self.staging_path, e))?;
+        let listed = staging.list().ctx("read directory", &self.staging_path)?;
         for (aside, _) in listed.iter().filter(|(n, _)| is_aside(n)) {
             let recorded = where_name(aside);
             let rel = staging

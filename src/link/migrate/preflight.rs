@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::inventory::{Inventory, Ix, Totals};
 use super::{progress, Migration};
 use crate::config::RESERVED_DIR;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fs::dir::Dir;
 use crate::fs::tree;
 
@@ -50,7 +50,7 @@ impl Migration<'_> {
     fn share_ignores_case(&self) -> Result<bool> {
         let own = Path::new(RESERVED_DIR);
         let reserved = tree::open_beneath(&self.share_root, own)
-            .map_err(|e| Error::io("open", &self.cfg.share_root.join(own), e))?;
+            .with_ctx("open", || self.cfg.share_root.join(own))?;
         let parent_path = self.share_path.parent().unwrap_or(Path::new("/"));
         Ok(ignores_case(&self.share_parent, parent_path)?
             || ignores_case(&reserved, &self.cfg.share_root.join(own))?)
@@ -66,11 +66,10 @@ fn ignores_case(dir: &Dir, dir_path: &Path) -> Result<bool> {
     let name = format!(".Sharelink-Case-Probe.{}.{nanos}", std::process::id());
     let probe = OsStr::new(&name);
     let path = dir_path.join(probe);
-    dir.create(probe, 0o600)
-        .map_err(|e| Error::io("create", &path, e))?;
+    dir.create(probe, 0o600).ctx("create", &path)?;
     let found = dir.stat_at(OsStr::new(&name.to_lowercase()));
     let _ = dir.unlink(probe);
-    Ok(found.map_err(|e| Error::io("inspect", &path, e))?.is_some())
+    Ok(found.ctx("inspect", &path)?.is_some())
 }
 
 /// Before anything is copied: would the end of the migration fail? The app
@@ -129,15 +128,16 @@ pub(super) fn preflight(inv: &Inventory, app_parent: &Dir, app_path: &Path) -> R
 }
 
 /// Refuse to start a copy the share has no room for (it would fail part-way
-/// and fill the share for everyone): bytes and inodes. Shares that report
-/// no size or no inode count pass that check.
+/// and fill the share for everyone): bytes and inodes, by the share's
+/// `statvfs` (`None`: it could not tell). Shares that report no size or no
+/// inode count pass that check.
 pub(super) fn check_space(
-    share: &Dir,
+    share: Option<nix::sys::statvfs::Statvfs>,
     share_path: &Path,
     app_path: &Path,
     need: &Totals,
 ) -> Result<()> {
-    let Ok(v) = nix::sys::statvfs::fstatvfs(share) else {
+    let Some(v) = share else {
         return Ok(());
     };
     let free = v.blocks_available().saturating_mul(v.fragment_size());

@@ -7,32 +7,32 @@ use std::sync::atomic::AtomicBool;
 
 use super::compare::same_content;
 use super::inventory::{Inventory, Ix};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fs::dir::Dir;
 use crate::fs::meta::Kind;
 use crate::fs::tree;
 
 /// Entries named per kind of step, by path relative to the link.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Preview {
+pub(crate) struct Preview {
     /// The share's entry differs: it would be set aside and replaced.
-    pub replace: Vec<PathBuf>,
+    pub(crate) replace: Vec<PathBuf>,
     /// The share lacks it: copied in (top-most entries).
-    pub copy_in: Vec<PathBuf>,
+    pub(crate) copy_in: Vec<PathBuf>,
     /// The share has a directory where the app has a non-directory: the
     /// app entry would be set aside.
-    pub set_aside: Vec<PathBuf>,
+    pub(crate) set_aside: Vec<PathBuf>,
     /// Same content on both sides: dropped from the app side.
-    pub identical: u64,
+    pub(crate) identical: u64,
 }
 
 /// Compare the app directory `app_path` with the share target `share`
 /// below `share_root`, as an `image-wins` migration would. The share side
 /// is opened one component at a time, never through a symlink.
-pub fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Preview> {
+pub(crate) fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Preview> {
     let share_path = &share_root.join(share);
-    let app = Dir::open_nofollow(app_path).map_err(|e| Error::io("open", app_path, e))?;
-    let root = Dir::open(share_root).map_err(|e| Error::io("open", share_root, e))?;
+    let app = Dir::open_nofollow(app_path).ctx("open", app_path)?;
+    let root = Dir::open(share_root).ctx("open", share_root)?;
     let share = match tree::open_beneath(&root, share) {
         Ok(d) => Some(d),
         Err(e) if crate::fs::gone(&e) => None,
@@ -53,7 +53,7 @@ pub fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Previ
         let theirs = match tree::open_beneath(&share, parent) {
             Ok(d) => d
                 .stat_at(&e.name)
-                .map_err(|err| Error::io("inspect", &share_path.join(&rel), err))?
+                .with_ctx("inspect", || share_path.join(&rel))?
                 .map(|m| (d, m)),
             Err(err) if crate::fs::gone(&err) || err.raw_os_error() == Some(libc::ENOTDIR) => None,
             Err(err) => return Err(Error::io("open", &share_path.join(parent), err)),
@@ -67,10 +67,10 @@ pub fn preview(app_path: &Path, share_root: &Path, share: &Path) -> Result<Previ
             (false, true) => out.set_aside.push(rel),
             (true, false) => out.replace.push(rel),
             (false, false) => {
-                let parent_app = tree::open_beneath(&app, parent)
-                    .map_err(|err| Error::io("open", &app_path.join(parent), err))?;
+                let parent_app =
+                    tree::open_beneath(&app, parent).with_ctx("open", || app_path.join(parent))?;
                 if same_content(&parent_app, &dir, &e.name, &e.meta, &theirs, &stop)
-                    .map_err(|err| Error::io("compare", &app_path.join(&rel), err))?
+                    .with_ctx("compare", || app_path.join(&rel))?
                 {
                     out.identical += 1;
                 } else {

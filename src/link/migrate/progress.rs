@@ -10,7 +10,7 @@ const FIRST_AFTER: Duration = Duration::from_secs(2);
 const EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     link: String,
     files_total: AtomicU64,
     bytes_total: AtomicU64,
@@ -27,17 +27,17 @@ pub struct Progress {
 
 /// A point-in-time view, for the log and for `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Snapshot {
-    pub files: u64,
-    pub files_total: u64,
-    pub bytes: u64,
-    pub bytes_total: u64,
-    pub elapsed: Duration,
+pub(crate) struct Snapshot {
+    pub(crate) files: u64,
+    pub(crate) files_total: u64,
+    pub(crate) bytes: u64,
+    pub(crate) bytes_total: u64,
+    pub(crate) elapsed: Duration,
 }
 
 impl Snapshot {
     /// Bytes per second so far.
-    pub fn rate(&self) -> u64 {
+    fn rate(&self) -> u64 {
         let ms = self.elapsed.as_millis() as u64;
         if ms == 0 {
             0
@@ -51,7 +51,7 @@ impl Snapshot {
     /// trips whatever its size, so for many small files bytes alone
     /// promise far too soon an end; for one big file, files alone say
     /// nothing until it is done (an estimate needs some of its kind done).
-    pub fn eta(&self) -> Option<Duration> {
+    fn eta(&self) -> Option<Duration> {
         let ms = self.elapsed.as_millis();
         if ms == 0 {
             return None;
@@ -68,7 +68,7 @@ impl Snapshot {
     }
 
     /// `1234/5000 files, 1.2 GiB/4.0 GiB, 85.0 MiB/s, about 34s left`
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         Published::of(self).describe()
     }
 }
@@ -76,17 +76,17 @@ impl Snapshot {
 /// A snapshot as the migrating process publishes it in its lock, for
 /// `status` in other processes: `key=value` lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    pub files: u64,
-    pub files_total: u64,
-    pub bytes: u64,
-    pub bytes_total: u64,
-    pub rate: u64,
-    pub eta_s: Option<u64>,
+pub(crate) struct Published {
+    pub(crate) files: u64,
+    pub(crate) files_total: u64,
+    pub(crate) bytes: u64,
+    pub(crate) bytes_total: u64,
+    pub(crate) rate: u64,
+    pub(crate) eta_s: Option<u64>,
 }
 
 impl Published {
-    pub fn of(snap: &Snapshot) -> Published {
+    pub(crate) fn of(snap: &Snapshot) -> Published {
         Published {
             files: snap.files,
             files_total: snap.files_total,
@@ -97,7 +97,7 @@ impl Published {
         }
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(self) -> String {
         format!(
             "files={}\nfiles_total={}\nbytes={}\nbytes_total={}\nrate={}\neta_s={}\n",
             self.files,
@@ -109,7 +109,7 @@ impl Published {
         )
     }
 
-    pub fn parse(text: &str) -> Option<Published> {
+    pub(crate) fn parse(text: &str) -> Option<Published> {
         let num = |k: &str| -> Option<u64> {
             text.lines()
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))?
@@ -128,7 +128,7 @@ impl Published {
     }
 
     /// `120/5000 files, 1.2 GiB/4.0 GiB, 85.0 MiB/s, about 34s left`
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!(
             "{}/{} files, {}/{}",
             self.files,
@@ -147,7 +147,7 @@ impl Published {
 }
 
 /// `1.2 GiB` (integer arithmetic: no float formatting in the binary).
-pub fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut u = 0;
     let mut scale: u64 = 1;
@@ -164,7 +164,7 @@ pub fn human(n: u64) -> String {
 }
 
 impl Progress {
-    pub fn new(link: String) -> Progress {
+    pub(crate) fn new(link: String) -> Progress {
         Progress {
             link,
             files_total: AtomicU64::new(0),
@@ -181,7 +181,7 @@ impl Progress {
 
     /// The copy is done and `total` app entries are about to be removed:
     /// progress lines from now on are about that.
-    pub fn start_deleting(&self, total: u64) {
+    pub(crate) fn start_deleting(&self, total: u64) {
         self.delete_total.store(total, Relaxed);
         self.deleted.store(0, Relaxed);
         *self
@@ -191,7 +191,7 @@ impl Progress {
     }
 
     /// About `n` more entries removed.
-    pub fn deleted(&self, n: u64) {
+    pub(crate) fn deleted(&self, n: u64) {
         self.deleted.fetch_add(n, Relaxed);
     }
 
@@ -222,7 +222,7 @@ impl Progress {
     }
 
     /// A new copy begins: its totals, counters back to zero.
-    pub fn start(&self, files_total: u64, bytes_total: u64) {
+    pub(crate) fn start(&self, files_total: u64, bytes_total: u64) {
         self.delete_total.store(0, Relaxed);
         self.files_total.store(files_total, Relaxed);
         self.bytes_total.store(bytes_total, Relaxed);
@@ -231,17 +231,17 @@ impl Progress {
         *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
-    pub fn add(&self, files: u64, bytes: u64) {
+    pub(crate) fn add(&self, files: u64, bytes: u64) {
         self.files.fetch_add(files, Relaxed);
         self.bytes.fetch_add(bytes, Relaxed);
     }
 
     /// The byte counter, for copies that count as they go.
-    pub fn copied(&self) -> &AtomicU64 {
+    pub(crate) fn copied(&self) -> &AtomicU64 {
         &self.bytes
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             files: self.files.load(Relaxed),
             files_total: self.files_total.load(Relaxed),
@@ -256,7 +256,7 @@ impl Progress {
     }
 
     /// The snapshot to report now, if a line is due.
-    pub fn due(&self) -> Option<Snapshot> {
+    pub(crate) fn due(&self) -> Option<Snapshot> {
         let snap = self.snapshot();
         if snap.elapsed < FIRST_AFTER || snap.files_total == 0 {
             return None;
@@ -270,7 +270,7 @@ impl Progress {
     }
 
     /// Log a line if one is due; returns the snapshot logged.
-    pub fn maybe_log(&self) -> Option<Snapshot> {
+    pub(crate) fn maybe_log(&self) -> Option<Snapshot> {
         if let Some(line) = self.deleting_line() {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             if !last.is_some_and(|t| t.elapsed() < EVERY) {

@@ -41,14 +41,14 @@ use std::os::fd::AsRawFd;
 
 use super::inventory::{Inventory, Ix};
 use super::layout::{RESCUED_SUFFIX, RESCUING_SUFFIX};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind, Time};
 
 /// Why an entry stayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kept {
+pub(crate) enum Kept {
     /// No verified copy of it (yet).
     NoCopy,
     /// It changed after it was copied or compared.
@@ -63,10 +63,10 @@ pub enum Kept {
 }
 
 #[derive(Debug, Default)]
-pub struct Pruned {
-    pub deleted: u64,
+pub(crate) struct Pruned {
+    pub(crate) deleted: u64,
     /// What stayed, with why (the root is never listed).
-    pub kept: Vec<(Ix, Kept)>,
+    pub(crate) kept: Vec<(Ix, Kept)>,
     /// Signals pending at the last look (read once per file deleted).
     pending: crate::signals::SigMask,
     since_beat: u32,
@@ -85,10 +85,10 @@ pub struct Pruned {
 /// How long the lease of a file whose last name went is kept after the
 /// unlink: a writer whose open found the name before the unlink and reaches
 /// the lease within that is seen.
-pub const HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const HOLD: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// At most this many leases held at once (each an open file).
-pub const HELD: usize = 1024;
+const HELD: usize = 1024;
 
 /// A deleted file whose lease is still held.
 #[derive(Debug)]
@@ -104,7 +104,7 @@ struct Held {
 /// Delete every entry of `doomed` (indexed like `inv`: the identity it must
 /// still have) from `app`, then every directory left empty. The app
 /// directory itself stays (the symlink swap replaces it).
-pub fn prune(
+pub(crate) fn prune(
     inv: &Inventory,
     app: &Dir,
     app_path: &std::path::Path,
@@ -115,10 +115,7 @@ pub fn prune(
         cap: held_cap(),
         ..Pruned::default()
     };
-    let root = std::sync::Arc::new(
-        app.try_clone()
-            .map_err(|e| Error::io("open", app_path, e))?,
-    );
+    let root = std::sync::Arc::new(app.try_clone().ctx("open", app_path)?);
     let scope = Scope {
         inv,
         root: app,
@@ -312,7 +309,7 @@ fn walk(
             app_path,
             rel: inv.rel(c),
         };
-        match delete(
+        let gone = delete(
             dir,
             &e.name,
             e.meta.kind,
@@ -320,43 +317,58 @@ fn walk(
             &mut out.pending,
             &mut out.relinked,
             &mut hold,
-        ) {
-            Ok(Gone::Deleted) => {
-                out.deleted += 1;
-                failpoint::hit(Failpoint::PruneEntry);
-            }
-            Ok(Gone::Kept(Kept::Rescued)) => {
-                crate::warn!(
-                    "a process opened {} for writing while sharelink was deleting it; the file stays in place, and is migrated once that process has closed it",
-                    inv.path(app_path, c).display()
-                );
-                out.kept.push((c, Kept::Rescued));
-            }
-            Ok(Gone::Held(f, gid)) => {
-                out.deleted += 1;
-                failpoint::hit(Failpoint::PruneEntry);
-                out.held.push_back(Held {
-                    f,
-                    gid,
-                    dir: dir.clone(),
-                    ix: c,
-                    since: std::time::Instant::now(),
-                });
-                failpoint::hit(Failpoint::PruneUnlinked);
-                // Those held long enough are looked at; the oldest too
-                // when too many are held.
-                let keep = out.cap - 1;
-                settle(inv, root, app_path, check, out, keep)?;
-            }
-            Ok(Gone::Kept(why)) => out.kept.push((c, why)),
-            Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
-        }
+        );
+        record(s, c, dir, gone, check, out)?;
         crate::signals::interrupted(out.pending)?;
         out.since_beat += 1;
         if out.since_beat >= 64 {
             out.since_beat = 0;
             check()?;
         }
+    }
+    Ok(())
+}
+
+/// Count what [`delete`] did with entry `c` of `dir`.
+fn record(
+    s: &Scope<'_>,
+    c: Ix,
+    dir: &std::sync::Arc<Dir>,
+    gone: std::io::Result<Gone>,
+    check: &mut dyn FnMut() -> Result<()>,
+    out: &mut Pruned,
+) -> Result<()> {
+    let (inv, root, app_path) = (s.inv, s.root, s.app_path);
+    match gone {
+        Ok(Gone::Deleted) => {
+            out.deleted += 1;
+            failpoint::hit(Failpoint::PruneEntry);
+        }
+        Ok(Gone::Kept(Kept::Rescued)) => {
+            crate::warn!(
+                "a process opened {} for writing while sharelink was deleting it; the file stays in place, and is migrated once that process has closed it",
+                inv.path(app_path, c).display()
+            );
+            out.kept.push((c, Kept::Rescued));
+        }
+        Ok(Gone::Held(f, gid)) => {
+            out.deleted += 1;
+            failpoint::hit(Failpoint::PruneEntry);
+            out.held.push_back(Held {
+                f,
+                gid,
+                dir: dir.clone(),
+                ix: c,
+                since: std::time::Instant::now(),
+            });
+            failpoint::hit(Failpoint::PruneUnlinked);
+            // Those held long enough are looked at; the oldest too
+            // when too many are held.
+            let keep = out.cap - 1;
+            settle(inv, root, app_path, check, out, keep)?;
+        }
+        Ok(Gone::Kept(why)) => out.kept.push((c, why)),
+        Err(err) => return Err(Error::io("remove", &inv.path(app_path, c), err)),
     }
     Ok(())
 }
@@ -442,6 +454,39 @@ fn delete_node(
     }
 }
 
+/// Whether `now` is still `id`, or `id` but for the ctime our deleting
+/// another of its names gave it.
+fn still(id: &Identity, now: &Identity, relinked: &std::collections::HashMap<u64, Time>) -> bool {
+    now == id
+        || relinked.get(&id.ino) == Some(&now.ctime)
+            && Identity {
+                ctime: id.ctime,
+                ..*now
+            } == *id
+}
+
+/// File `name` opened for reading, with whether a read lease is held on
+/// it; or, when it cannot be, what became of it.
+fn open_leased(dir: &Dir, name: &OsStr) -> std::io::Result<Result<(File, bool), Gone>> {
+    let f = match dir.open_read(name) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Err(Gone::Deleted)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
+            return Ok(Err(Gone::Kept(Kept::Changed)))
+        }
+        Err(e) => return Err(e),
+    };
+    let leased = match lease(&f, libc::F_RDLCK) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Err(Gone::Kept(Kept::Busy))),
+        // No leases here (some filesystems, or not the file's owner): the
+        // identity check alone decides.
+        Err(_) => false,
+    };
+    failpoint::hit(Failpoint::PruneLeased);
+    Ok(Ok((f, leased)))
+}
+
 /// Delete `name` if it still is `id`. `pending` gets the signals pending
 /// afterwards. `hold` gives the guardian a file about to be unlinked under
 /// its lease.
@@ -455,35 +500,14 @@ fn delete(
     hold: &mut Hold<'_>,
 ) -> std::io::Result<Gone> {
     *pending = 0;
-    // Still `id`, or `id` but for the ctime our deleting another of its
-    // names gave it.
-    let unchanged = |now: &Identity| {
-        now == id
-            || relinked.get(&id.ino) == Some(&now.ctime)
-                && Identity {
-                    ctime: id.ctime,
-                    ..*now
-                } == *id
-    };
+    let unchanged = |now: &Identity| still(id, now, relinked);
     if kind != Kind::File {
         return delete_node(dir, name, kind, &unchanged);
     }
-    let f = match dir.open_read(name) {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Gone::Deleted),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
-            return Ok(Gone::Kept(Kept::Changed))
-        }
-        Err(e) => return Err(e),
+    let (f, leased) = match open_leased(dir, name)? {
+        Ok(opened) => opened,
+        Err(gone) => return Ok(gone),
     };
-    let leased = match lease(&f, libc::F_RDLCK) {
-        Ok(()) => true,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Gone::Kept(Kept::Busy)),
-        // No leases here (some filesystems, or not the file's owner): the
-        // identity check alone decides.
-        Err(_) => false,
-    };
-    failpoint::hit(Failpoint::PruneLeased);
     let now = crate::fs::meta::fstat(&f)?;
     // The name must still lead to the inode we hold.
     let named = dir.stat_at(name)?.map(|m| m.id.ino);
@@ -583,7 +607,7 @@ fn rescue(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => put_back(&remake()?, name, f),
         r => r,
     }
-    .map_err(|e| Error::io("put back", path, e))?;
+    .ctx("put back", path)?;
     stopped.map(|()| to)
 }
 
@@ -646,3 +670,7 @@ fn rescued_name(name: &OsStr, n: u32) -> OsString {
         crate::fs::names::hidden(name, &suffix, 0)
     }
 }
+
+#[cfg(test)]
+#[path = "prune_tests.rs"]
+mod tests;

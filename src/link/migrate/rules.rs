@@ -10,7 +10,7 @@ use crate::fs::meta::Kind;
 
 /// What to do with one app entry, given how it compares with the share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum EntryStep {
     /// The share has it: delete it from the app side (if still unchanged).
     Drop,
     /// Copy it into the share target (never overwriting).
@@ -30,7 +30,7 @@ pub enum Step {
 
 /// Who committed the migration into the share target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Commit {
+pub(crate) enum Commit {
     /// This container did (its marker names the target, or this run just
     /// renamed its copy in): what the share lacks arrived late and belongs
     /// in it.
@@ -42,7 +42,7 @@ pub enum Commit {
 
 /// What the share's entry at a differing path is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShareCopy {
+pub(crate) enum ShareCopy {
     /// A copy this migration made of this very app file, unchanged since
     /// (vouched for by the marker or the journal: `marker::Own`).
     Ours,
@@ -53,28 +53,34 @@ pub enum ShareCopy {
 /// The rules of docs/design.md ("Migration", "One pass", step 5) for one
 /// entry: its verdict, the app entry's kind, the link's mode, who
 /// committed the migration and what the share's differing entry is.
-pub fn step(v: Verdict, kind: Kind, mode: MigrateMode, commit: Commit, copy: ShareCopy) -> Step {
+pub(crate) fn step(
+    v: Verdict,
+    kind: Kind,
+    mode: MigrateMode,
+    commit: Commit,
+    copy: ShareCopy,
+) -> EntryStep {
     let here = commit == Commit::Here;
     let ours = copy == ShareCopy::Ours;
     match v {
-        Verdict::Same { .. } => Step::Drop,
-        Verdict::BothDirs => Step::Descend,
-        Verdict::Unsettled | Verdict::Changed => Step::Wait,
-        Verdict::AppOnly if mode != MigrateMode::IfEmpty || here => Step::CopyIn,
-        Verdict::AppOnly => Step::SetAside,
+        Verdict::Same { .. } => EntryStep::Drop,
+        Verdict::BothDirs => EntryStep::Descend,
+        Verdict::Unsettled | Verdict::Changed => EntryStep::Wait,
+        Verdict::AppOnly if mode != MigrateMode::IfEmpty || here => EntryStep::CopyIn,
+        Verdict::AppOnly => EntryStep::SetAside,
         // Our own copy of an older version of this very app file: nobody
         // else's version, so nothing to keep (in `image-wins` too: keeping
         // it would set the image's own data aside as "the share's").
-        Verdict::Differs { .. } if here && ours && kind == Kind::File => Step::Replace,
-        Verdict::Differs { .. } if mode == MigrateMode::ImageWins => Step::Supersede,
-        Verdict::Differs { .. } => Step::SetAside,
+        Verdict::Differs { .. } if here && ours && kind == Kind::File => EntryStep::Replace,
+        Verdict::Differs { .. } if mode == MigrateMode::ImageWins => EntryStep::Supersede,
+        Verdict::Differs { .. } => EntryStep::SetAside,
     }
 }
 
 /// How an `image-wins` replacement is carried out, by the kinds on both
 /// sides (both directories never get here: their entries decide).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Swap {
+pub(crate) enum Swap {
     /// Non-directories on both sides: one rename over the share's entry,
     /// so a reader sees the old version or the new one, never neither.
     RenameOver,
@@ -89,7 +95,7 @@ pub enum Swap {
     KeepShare,
 }
 
-pub fn swap(app: Kind, share: Kind) -> Swap {
+pub(crate) fn swap(app: Kind, share: Kind) -> Swap {
     match (app == Kind::Dir, share == Kind::Dir) {
         (_, true) => Swap::KeepShare,
         (true, false) => Swap::RemoveThenRename,
@@ -126,38 +132,59 @@ mod tests {
         for mode in [IfEmpty, Merge] {
             cases.extend([
                 // Identical content goes, in every mode.
-                (same(), f, mode, Elsewhere, Foreign, Step::Drop),
+                (same(), f, mode, Elsewhere, Foreign, EntryStep::Drop),
                 // Different content is never dropped and never overwrites.
-                (DIFFERS, f, mode, Elsewhere, Foreign, Step::SetAside),
-                (DIFFERS, f, mode, Here, Foreign, Step::SetAside),
-                (Verdict::Unsettled, f, mode, Here, Ours, Step::Wait),
-                (Verdict::Changed, f, mode, Elsewhere, Foreign, Step::Wait),
+                (DIFFERS, f, mode, Elsewhere, Foreign, EntryStep::SetAside),
+                (DIFFERS, f, mode, Here, Foreign, EntryStep::SetAside),
+                (Verdict::Unsettled, f, mode, Here, Ours, EntryStep::Wait),
+                (
+                    Verdict::Changed,
+                    f,
+                    mode,
+                    Elsewhere,
+                    Foreign,
+                    EntryStep::Wait,
+                ),
             ]);
         }
         cases.extend([
             // What the share lacks: merged in `merge`, set aside in
             // `if-empty`, copied in when it arrived late in our own
             // migration.
-            (Verdict::AppOnly, f, Merge, Elsewhere, Foreign, Step::CopyIn),
+            (
+                Verdict::AppOnly,
+                f,
+                Merge,
+                Elsewhere,
+                Foreign,
+                EntryStep::CopyIn,
+            ),
             (
                 Verdict::AppOnly,
                 f,
                 IfEmpty,
                 Elsewhere,
                 Foreign,
-                Step::SetAside,
+                EntryStep::SetAside,
             ),
-            (Verdict::AppOnly, f, IfEmpty, Here, Foreign, Step::CopyIn),
+            (
+                Verdict::AppOnly,
+                f,
+                IfEmpty,
+                Here,
+                Foreign,
+                EntryStep::CopyIn,
+            ),
             // Our own outdated copy is replaced; anyone else's is not.
-            (DIFFERS, f, IfEmpty, Here, Ours, Step::Replace),
-            (DIFFERS, d, IfEmpty, Here, Ours, Step::SetAside),
+            (DIFFERS, f, IfEmpty, Here, Ours, EntryStep::Replace),
+            (DIFFERS, d, IfEmpty, Here, Ours, EntryStep::SetAside),
             (
                 Verdict::BothDirs,
                 d,
                 IfEmpty,
                 Elsewhere,
                 Foreign,
-                Step::Descend,
+                EntryStep::Descend,
             ),
         ]);
         for (v, kind, mode, commit, copy, want) in cases {
@@ -173,21 +200,21 @@ mod tests {
     fn image_wins_rules() {
         let (f, d) = (Kind::File, Kind::Dir);
         for (v, kind, commit, copy, want) in [
-            (same(), f, Elsewhere, Foreign, Step::Drop),
-            (Verdict::AppOnly, f, Elsewhere, Foreign, Step::CopyIn),
-            (Verdict::AppOnly, d, Elsewhere, Foreign, Step::CopyIn),
+            (same(), f, Elsewhere, Foreign, EntryStep::Drop),
+            (Verdict::AppOnly, f, Elsewhere, Foreign, EntryStep::CopyIn),
+            (Verdict::AppOnly, d, Elsewhere, Foreign, EntryStep::CopyIn),
             // The share's version differs: kept, then replaced.
-            (DIFFERS, f, Elsewhere, Foreign, Step::Supersede),
-            (DIFFERS, d, Elsewhere, Foreign, Step::Supersede),
-            (DIFFERS, Kind::Symlink, Here, Foreign, Step::Supersede),
+            (DIFFERS, f, Elsewhere, Foreign, EntryStep::Supersede),
+            (DIFFERS, d, Elsewhere, Foreign, EntryStep::Supersede),
+            (DIFFERS, Kind::Symlink, Here, Foreign, EntryStep::Supersede),
             // Our own copy of an older version of this app file is not
             // the share's data: replaced without keeping it.
-            (DIFFERS, f, Here, Ours, Step::Replace),
+            (DIFFERS, f, Here, Ours, EntryStep::Replace),
             // A journal that vouches without our commit is not enough.
-            (DIFFERS, f, Elsewhere, Ours, Step::Supersede),
-            (Verdict::Unsettled, f, Elsewhere, Foreign, Step::Wait),
-            (Verdict::Changed, f, Here, Ours, Step::Wait),
-            (Verdict::BothDirs, d, Elsewhere, Foreign, Step::Descend),
+            (DIFFERS, f, Elsewhere, Ours, EntryStep::Supersede),
+            (Verdict::Unsettled, f, Elsewhere, Foreign, EntryStep::Wait),
+            (Verdict::Changed, f, Here, Ours, EntryStep::Wait),
+            (Verdict::BothDirs, d, Elsewhere, Foreign, EntryStep::Descend),
         ] {
             assert_eq!(
                 step(v, kind, ImageWins, commit, copy),
@@ -198,7 +225,10 @@ mod tests {
         // The other modes never replace the share's data.
         for mode in [IfEmpty, Merge] {
             for commit in [Elsewhere, Here] {
-                assert_ne!(step(DIFFERS, f, mode, commit, Foreign), Step::Supersede);
+                assert_ne!(
+                    step(DIFFERS, f, mode, commit, Foreign),
+                    EntryStep::Supersede
+                );
             }
         }
         assert_eq!(swap(f, f), Swap::RenameOver);
@@ -221,7 +251,7 @@ mod tests {
 
     /// docs/design.md's rules table, row by row: the verdict column as
     /// written there, which inputs the row covers, and its step.
-    type Row = (&'static str, fn(&Case) -> bool, Step);
+    type Row = (&'static str, fn(&Case) -> bool, EntryStep);
 
     fn rows() -> Vec<Row> {
         fn own_older(c: &Case) -> bool {
@@ -231,43 +261,43 @@ mod tests {
             (
                 "same content (and the app entry was settled and unchanged while compared)",
                 |c| matches!(c.v, Verdict::Same { .. }),
-                Step::Drop,
+                EntryStep::Drop,
             ),
             (
                 "same content, but the app entry changed around the comparison",
                 |c| c.v == Verdict::Unsettled,
-                Step::Wait,
+                EntryStep::Wait,
             ),
-            ("both are directories", |c| c.v == Verdict::BothDirs, Step::Descend),
+            ("both are directories", |c| c.v == Verdict::BothDirs, EntryStep::Descend),
             (
                 "only the app has it, `merge` or `image-wins` (or a late arrival in a migration this container committed)",
                 |c| c.v == Verdict::AppOnly && (c.mode != IfEmpty || c.commit == Here),
-                Step::CopyIn,
+                EntryStep::CopyIn,
             ),
             (
                 "only the app has it, `if-empty`",
                 |c| c.v == Verdict::AppOnly && c.mode == IfEmpty && c.commit == Elsewhere,
-                Step::SetAside,
+                EntryStep::SetAside,
             ),
             (
                 "different content or type, and the share's entry is this migration's own copy of an older version",
                 |c| matches!(c.v, Verdict::Differs { .. }) && own_older(c),
-                Step::Replace,
+                EntryStep::Replace,
             ),
             (
                 "different content or type, `image-wins`",
                 |c| matches!(c.v, Verdict::Differs { .. }) && !own_older(c) && c.mode == ImageWins,
-                Step::Supersede,
+                EntryStep::Supersede,
             ),
             (
                 "different content or type, anything else",
                 |c| matches!(c.v, Verdict::Differs { .. }) && !own_older(c) && c.mode != ImageWins,
-                Step::SetAside,
+                EntryStep::SetAside,
             ),
             (
                 "the app entry is no longer what the inventory saw",
                 |c| c.v == Verdict::Changed,
-                Step::Wait,
+                EntryStep::Wait,
             ),
         ]
     }
@@ -291,15 +321,15 @@ mod tests {
             .collect()
     }
 
-    fn step_in_words(s: Step) -> &'static str {
+    fn step_in_words(s: EntryStep) -> &'static str {
         match s {
-            Step::Drop => "drop",
-            Step::Wait => "wait",
-            Step::Descend => "descend",
-            Step::CopyIn => "copy it in",
-            Step::SetAside => "set it aside",
-            Step::Replace => "replace that copy",
-            Step::Supersede => "supersede",
+            EntryStep::Drop => "drop",
+            EntryStep::Wait => "wait",
+            EntryStep::Descend => "descend",
+            EntryStep::CopyIn => "copy it in",
+            EntryStep::SetAside => "set it aside",
+            EntryStep::Replace => "replace that copy",
+            EntryStep::Supersede => "supersede",
         }
     }
 

@@ -52,7 +52,15 @@ impl Migration<'_> {
         ctx: &mut Ctx<'_>,
         prepare: impl FnOnce(&Staging) -> Result<()>,
     ) -> Result<Stage> {
-        let staging = Staging::open(at.parent.clone(), at.name, at.path)?;
+        // The share's room asked for while the staging directory is made:
+        // on a network share a statfs waits for no directory's lock, so
+        // its round trip overlaps the mkdirs.
+        let (staging, room) = std::thread::scope(|s| {
+            let room = s.spawn(|| nix::sys::statvfs::fstatvfs(at.parent.as_ref()).ok());
+            let staging = Staging::open(at.parent.clone(), at.name, at.path);
+            (staging, room.join().ok().flatten())
+        });
+        let staging = staging?;
         prepare(&staging)?;
         let totals = Totals::of(inv, roots);
         if at.announce && staging.resumed {
@@ -62,7 +70,7 @@ impl Migration<'_> {
                 "resuming an interrupted copy into the share"
             );
         }
-        let mut staging = self.room_for(staging, &totals, at.parent, at.room_path)?;
+        let mut staging = self.room_for(staging, &totals, room, at.room_path)?;
         ctx.progress.start(totals.files, totals.bytes);
         let (staged, stats) = staging.copy(inv, from, sel, ctx)?;
         Ok(Stage {
@@ -89,11 +97,11 @@ impl Migration<'_> {
         &self,
         staging: Staging,
         totals: &Totals,
-        dir: &Dir,
+        room: Option<nix::sys::statvfs::Statvfs>,
         path: &Path,
     ) -> Result<Staging> {
         let need = still_to_copy(totals, staging.prior_bytes(), staging.prior_files() as u64);
-        match check_space(dir, path, &self.app_path, &need) {
+        match check_space(room, path, &self.app_path, &need) {
             Ok(()) => Ok(staging),
             Err(e) => {
                 if !staging.resumed {
@@ -117,12 +125,9 @@ fn still_to_copy(totals: &Totals, prior_bytes: u64, prior_files: u64) -> Totals 
 
 #[cfg(test)]
 mod tests {
-    use super::super::heartbeat::Fresh;
-    use super::super::progress::Progress;
     use super::*;
     use crate::config::{self, Config, Overrides};
     use crate::error::Error;
-    use crate::fs::attrs::Fidelity;
     use crate::link::lock::Lock;
     use std::fs;
 
@@ -163,15 +168,7 @@ mod tests {
         let link = &cfg.links[0];
         let (m, _, app) = Migration::open(cfg, link)?;
         let mut lock = Lock::acquire(&cfg.share_root, &link.share)?;
-        let mut ctx = Ctx {
-            threads: 2,
-            lock: &mut lock,
-            fidelity: Fidelity::default(),
-            progress: Progress::new("data".into()),
-            fresh: Fresh::new(),
-            app_path: m.app_path.clone(),
-        };
-        ctx.fresh.touch();
+        let mut ctx = Ctx::new(&mut lock, 2, "data".into(), m.app_path.clone());
         let inv = Inventory::scan(&app, &m.app_path, &mut || Ok(()))?;
         let sel = super::super::copy::select(&inv, &[0]);
         m.stage(

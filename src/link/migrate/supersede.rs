@@ -10,7 +10,7 @@ use super::inventory::{Inventory, Ix};
 use super::rules::{swap, Swap};
 use super::stage::Stage;
 use super::{Ctx, Ledger, Migration, Outcome, SETTLE_NS};
-use crate::error::{Error, Result};
+use crate::error::{IoContext, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
@@ -83,9 +83,7 @@ impl Migration<'_> {
                 failpoint::hit(Failpoint::SupersedeReplaced);
             }
         }
-        target
-            .sync_fs()
-            .map_err(|e| Error::io("sync", &self.share_path, e))?;
+        target.sync_fs().ctx("sync", &self.share_path)?;
         staging.close()?;
         out.copied += &stats;
         out.superseded += n;

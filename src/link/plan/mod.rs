@@ -1,4 +1,4 @@
-//! Plan: look at the filesystem once per link ([`observe`]), then decide
+//! Plan: look at the filesystem once per link ([`mod@observe`]), then decide
 //! what to do ([`decide`], pure, tested without disks). `link --dry-run`
 //! prints the plan, `status` reports the states (see [`super::status`]),
 //! `link`/`run` apply it.
@@ -8,15 +8,17 @@ use std::path::PathBuf;
 
 use crate::config::{Config, Link, MigrateMode};
 use crate::error::{Error, ExitCode, Result};
-use crate::fs::share::{self, ShareNode};
+use crate::fs::share::ShareNode;
+use crate::link::advice;
 use crate::link::migrate::Leftovers;
+use crate::link::target;
 
 mod observe;
-pub use observe::{observe, observe_all};
+pub(crate) use observe::{observe, observe_all};
 
 /// What the app path is (never followed).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AppNode {
+pub(crate) enum AppNode {
     Missing,
     Symlink(PathBuf),
     /// A real directory: baked data (maybe none) to migrate.
@@ -34,21 +36,21 @@ pub enum AppNode {
 
 /// Everything [`decide`] needs to know about one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    pub app: AppNode,
-    pub share: ShareNode,
+pub(crate) struct Observed {
+    pub(crate) app: AppNode,
+    pub(crate) share: ShareNode,
     /// `dirs` entries missing under the share target.
-    pub missing_dirs: Vec<PathBuf>,
+    pub(crate) missing_dirs: Vec<PathBuf>,
     /// A `dirs` entry (or a component of it) that is not a directory.
-    pub bad_dir: Option<ShareNode>,
+    pub(crate) bad_dir: Option<ShareNode>,
     /// What an interrupted migration left (only looked for when the app
     /// path is a directory or missing).
-    pub leftovers: Leftovers,
+    pub(crate) leftovers: Leftovers,
 }
 
 /// How baked data gets into the share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Migration {
+pub(crate) enum MigrationPlan {
     /// Share target missing or empty: the whole tree moves in (resuming
     /// the copy an interrupted run left).
     IntoEmpty,
@@ -59,10 +61,10 @@ pub enum Migration {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Move the app directory's tree into the share; the app directory is
     /// left empty.
-    Migrate(Migration),
+    Migrate(MigrationPlan),
     /// Create the share target (and its parents).
     CreateShareTarget,
     /// Create these `dirs` under the share target.
@@ -75,14 +77,14 @@ pub enum Action {
 
 impl Action {
     /// Actions that write into the share target take the link's lock.
-    pub fn needs_lock(&self) -> bool {
+    pub(crate) fn needs_lock(&self) -> bool {
         matches!(self, Action::Migrate(_) | Action::CreateShareTarget)
     }
 }
 
 /// A link's state as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// The right symlink to an existing share directory with its `dirs`.
     Linked,
     /// The right symlink, but some `dirs` are missing.
@@ -106,7 +108,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             State::Linked => "linked",
             State::DirsMissing => "dirs-missing",
@@ -124,7 +126,7 @@ impl State {
 
 /// The decision for one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Something sharelink must not touch, and why (exit 65 on `link`).
     Blocked(String),
     /// The link's state and what to do, in order (nothing when linked).
@@ -133,7 +135,7 @@ pub enum Decision {
 
 impl Decision {
     #[cfg(test)]
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         match self {
             Decision::Blocked(_) => State::Blocked,
             Decision::Proceed { state, .. } => *state,
@@ -141,7 +143,7 @@ impl Decision {
     }
 
     #[cfg(test)]
-    pub fn actions(&self) -> &[Action] {
+    pub(crate) fn actions(&self) -> &[Action] {
         match self {
             Decision::Blocked(_) => &[],
             Decision::Proceed { actions, .. } => actions,
@@ -149,7 +151,7 @@ impl Decision {
     }
 
     /// The error `link` exits with when the link is blocked (65).
-    pub fn refusal(&self) -> Option<Error> {
+    pub(crate) fn refusal(&self) -> Option<Error> {
         match self {
             Decision::Blocked(why) => Some(Error::Unsafe(why.clone())),
             Decision::Proceed { .. } => None,
@@ -159,13 +161,13 @@ impl Decision {
 
 /// Where a link's pieces live on disk.
 #[derive(Debug, Clone)]
-pub struct Paths {
-    pub app: PathBuf,
-    pub share: PathBuf,
+pub(crate) struct Paths {
+    pub(crate) app: PathBuf,
+    pub(crate) share: PathBuf,
 }
 
 impl Paths {
-    pub fn new(cfg: &Config, link: &Link) -> Paths {
+    pub(crate) fn new(cfg: &Config, link: &Link) -> Paths {
         Paths {
             app: cfg.app_path(link),
             share: cfg.share_path(link),
@@ -175,15 +177,12 @@ impl Paths {
 
 /// Decide what to do with one link. Pure: the rules of docs/design.md's
 /// "Linking" section ("Per state"), row by row.
-pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
+pub(crate) fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
     if let Some(why) = refusal(paths, obs) {
         return Decision::Blocked(why);
     }
     let share_missing = obs.share == ShareNode::Missing;
-    let share_empty = matches!(
-        obs.share,
-        ShareNode::Missing | ShareNode::Dir { empty: true }
-    );
+    let share_empty = target::into_empty(&obs.share);
     let mut actions = Vec::new();
     // Execution order: share side first, the symlink last, so the link
     // never points at a share directory that is not ready.
@@ -205,9 +204,9 @@ pub fn decide(link: &Link, paths: &Paths, obs: &Observed) -> Decision {
         AppNode::Missing => (State::Unlinked, Some(Action::Symlink)),
         AppNode::Dir => {
             let how = if share_empty {
-                Migration::IntoEmpty
+                MigrationPlan::IntoEmpty
             } else {
-                Migration::Compare(link.migrate)
+                MigrationPlan::Compare(link.migrate)
             };
             actions.push(Action::Migrate(how));
             (State::NeedsMigration, Some(Action::Symlink))
@@ -261,18 +260,11 @@ fn refusal(paths: &Paths, obs: &Observed) -> Option<String> {
             paths.app.display()
         ));
     }
-    match &obs.share {
-        ShareNode::Symlink { at } => return Some(share::unsafe_symlink(at).to_string()),
-        ShareNode::NotDir { at, kind } => {
-            return Some(format!(
-                "{} is a {kind} where the share directory belongs; sharelink leaves it alone. Move it away and re-run",
-                at.display()
-            ))
-        }
-        _ => {}
+    if let Some(why) = target::refusal(&obs.share) {
+        return Some(why);
     }
     match &obs.bad_dir {
-        Some(ShareNode::Symlink { at }) => Some(share::unsafe_symlink(at).to_string()),
+        Some(ShareNode::Symlink { at }) => Some(advice::unsafe_symlink(at).to_string()),
         Some(ShareNode::NotDir { at, kind }) => Some(format!(
             "{} is a {kind} where a directory from `dirs` belongs; move it away and re-run",
             at.display()
@@ -282,19 +274,19 @@ fn refusal(paths: &Paths, obs: &Observed) -> Option<String> {
 }
 
 /// The plan for every link, in config order.
-pub struct Plan<'a> {
-    pub links: Vec<LinkPlan<'a>>,
+pub(crate) struct Plan<'a> {
+    pub(crate) links: Vec<LinkPlan<'a>>,
 }
 
 /// One link's plan. An error observing the link is kept with it.
-pub struct LinkPlan<'a> {
-    pub link: &'a Link,
-    pub paths: Paths,
-    pub decision: Result<Decision>,
+pub(crate) struct LinkPlan<'a> {
+    pub(crate) link: &'a Link,
+    pub(crate) paths: Paths,
+    pub(crate) decision: Result<Decision>,
 }
 
 /// Observe and decide every link.
-pub fn plan(cfg: &Config) -> Plan<'_> {
+pub(crate) fn plan(cfg: &Config) -> Plan<'_> {
     let links = observe_all(cfg)
         .into_iter()
         .zip(&cfg.links)
@@ -313,7 +305,7 @@ pub fn plan(cfg: &Config) -> Plan<'_> {
 
 impl Plan<'_> {
     /// The code `link` would exit with: the first refusal's or error's.
-    pub fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         self.links
             .iter()
             .find_map(|l| match &l.decision {
@@ -327,18 +319,18 @@ impl Plan<'_> {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Migrate(Migration::IntoEmpty) => f.write_str(
+            Action::Migrate(MigrationPlan::IntoEmpty) => f.write_str(
                 "move the baked directory's tree into the share target",
             ),
-            Action::Migrate(Migration::Compare(MigrateMode::IfEmpty)) => f.write_str(
+            Action::Migrate(MigrationPlan::Compare(MigrateMode::IfEmpty)) => f.write_str(
                 "compare with the share's data by content: drop identical files from the app side; \
                  set aside app files the share lacks or holds differently in .sharelink/displaced/",
             ),
-            Action::Migrate(Migration::Compare(MigrateMode::Merge)) => f.write_str(
+            Action::Migrate(MigrationPlan::Compare(MigrateMode::Merge)) => f.write_str(
                 "compare with the share's data by content: drop identical files from the app side; \
                  copy in app files the share lacks (never overwriting); set aside ones it holds differently",
             ),
-            Action::Migrate(Migration::Compare(MigrateMode::ImageWins)) => f.write_str(
+            Action::Migrate(MigrationPlan::Compare(MigrateMode::ImageWins)) => f.write_str(
                 "compare with the share's data by content (migrate = \"image-wins\"): drop identical files from the app side; \
                  copy in app files the share lacks; replace the share's files that differ from the image's, \
                  setting the share's version aside in .sharelink/displaced/ first \
@@ -505,7 +497,7 @@ mod tests {
     fn directories_migrate_by_mode() {
         for share in [ShareNode::Missing, EMPTY] {
             let x = d(&obs(AppNode::Dir, share));
-            assert_eq!(x.actions()[0], Action::Migrate(Migration::IntoEmpty));
+            assert_eq!(x.actions()[0], Action::Migrate(MigrationPlan::IntoEmpty));
             assert_eq!(x.actions().last(), Some(&Action::Symlink));
         }
         let x = d(&obs(AppNode::Dir, FULL));
@@ -513,7 +505,7 @@ mod tests {
         assert_eq!(
             x.actions(),
             [
-                Action::Migrate(Migration::Compare(MigrateMode::IfEmpty)),
+                Action::Migrate(MigrationPlan::Compare(MigrateMode::IfEmpty)),
                 all_dirs.clone(),
                 Action::Symlink
             ]
@@ -526,7 +518,7 @@ mod tests {
         assert_eq!(
             x.actions(),
             [
-                Action::Migrate(Migration::Compare(MigrateMode::Merge)),
+                Action::Migrate(MigrationPlan::Compare(MigrateMode::Merge)),
                 all_dirs,
                 Action::Symlink
             ]
@@ -569,7 +561,7 @@ mod tests {
         o.leftovers.staging = true;
         let x = d(&o);
         assert_eq!(x.state(), State::Interrupted);
-        assert_eq!(x.actions()[0], Action::Migrate(Migration::IntoEmpty));
+        assert_eq!(x.actions()[0], Action::Migrate(MigrationPlan::IntoEmpty));
         // Committed by this container, app path already emptied: only the
         // symlink is left.
         let mut o = obs(AppNode::Missing, FULL);

@@ -32,12 +32,15 @@ fn app_node(app: &Path) -> Result<AppNode> {
 /// the other. Decided by device and inode, then by where both live inside
 /// their filesystem, as a path cannot tell: a bind mount or a symlinked
 /// `app_root` joins trees whose paths differ. Only asked when there is a
-/// directory to migrate.
+/// directory to migrate. `known`: what the look at the share target found
+/// already (its device and inode, or `Some(None)`: nothing there), so that
+/// it is not looked at twice (a round trip each on a network share).
 fn joined(
     app: &Path,
     root: Option<&Dir>,
     share_root: &Path,
     share: &Path,
+    known: Option<Option<(u64, u64)>>,
 ) -> Result<Option<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
     // Below the share root nothing is followed: a directory there is
@@ -63,7 +66,10 @@ fn joined(
         Err(e) => return Err(Error::io("inspect", app, e)),
     };
     // Each looked at once (on a network share, a round trip each).
-    let share_id = id(share)?;
+    let share_id = match known {
+        Some(k) => k,
+        None => id(share)?,
+    };
     for p in share.ancestors() {
         let pid = if p == share { share_id } else { id(p)? };
         if pid == Some(app_id) {
@@ -77,23 +83,39 @@ fn joined(
             }
         }
     }
-    // A bind mount hides ancestry from paths (`share_root` a bind of a
-    // directory inside the data directory, or the other way round): compare
-    // where both live inside their filesystem.
+    joined_by_mount(app, share, known == Some(None))
+}
+
+/// Whether the app directory and the share target are one by where both
+/// live inside their filesystem: a bind mount hides ancestry from paths
+/// (`share_root` a bind of a directory inside the data directory, or the
+/// other way round). A share target found `missing` (without following) is
+/// looked for where it would be: its parent, and its name on top (no mount
+/// point can be a name that is not there).
+fn joined_by_mount(app: &Path, share: &Path, missing: bool) -> Result<Option<PathBuf>> {
+    let (share_at, tail) = match (missing, share.parent(), share.file_name()) {
+        (true, Some(p), Some(n)) => (p, Some(n)),
+        _ => (share, None),
+    };
     let (Some(app_real), Some(share_real)) = (
         app.parent()
             .and_then(real_path)
             .zip(app.file_name())
             .map(|(p, n)| p.join(n)),
-        real_path(share),
+        real_path(share_at),
     ) else {
         return Ok(None);
     };
     match mounts::fs_paths([&app_real, &share_real])? {
-        [Some(a), Some(s)]
-            if a.dev == s.dev && (s.path.starts_with(&a.path) || a.path.starts_with(&s.path)) =>
-        {
-            Ok(Some(share.to_path_buf()))
+        [Some(a), Some(mut s)] => {
+            if let Some(n) = tail {
+                s.path.push(n);
+            }
+            if a.dev == s.dev && (s.path.starts_with(&a.path) || a.path.starts_with(&s.path)) {
+                Ok(Some(share.to_path_buf()))
+            } else {
+                Ok(None)
+            }
         }
         _ => Ok(None),
     }
@@ -113,58 +135,83 @@ fn real_path(p: &Path) -> Option<PathBuf> {
     }
 }
 
+/// What is at the app path. `readlink` first: on the linked fast path it
+/// answers in one call what `lstat` + `readlink` would in two (EINVAL: not
+/// a symlink).
+fn app_node_linked_first(app: &Path) -> Result<AppNode> {
+    match std::fs::read_link(app) {
+        Ok(target) => Ok(AppNode::Symlink(target)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppNode::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => app_node(app),
+        Err(e) => Err(Error::io("inspect", app, e)),
+    }
+}
+
+/// The link's extra directories inside the share target (`share` its
+/// path): those missing, and the first that is something else than a
+/// directory.
+fn extra_dirs(
+    target: &Dir,
+    share: &Path,
+    dirs: &[PathBuf],
+) -> Result<(Vec<PathBuf>, Option<ShareNode>)> {
+    let mut missing = Vec::new();
+    for d in dirs {
+        match share::node_beneath(target, share, d, false)?.0 {
+            ShareNode::Dir { .. } => {}
+            ShareNode::Missing => missing.push(d.clone()),
+            other => return Ok((missing, Some(other))),
+        }
+    }
+    Ok((missing, None))
+}
+
 /// Look at one link on disk. Cheap when linked: a few `lstat`s and one
 /// `readlink`, never a walk of the data.
-pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
-    // `readlink` first: on the linked fast path it answers in one call what
-    // `lstat` + `readlink` would in two (EINVAL: not a symlink).
-    let app = match std::fs::read_link(&paths.app) {
-        Ok(target) => Some(AppNode::Symlink(target)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(AppNode::Missing),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
-        Err(e) => return Err(crate::error::Error::io("inspect", &paths.app, e)),
+pub(crate) fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
+    let app = app_node_linked_first(&paths.app)?;
+    // The share root, opened once for everything below (`O_PATH`: no
+    // round trip).
+    let root = match Dir::open_path(&cfg.share_root) {
+        Ok(d) => Some(d),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+        Err(e) => return Err(Error::io("open", &cfg.share_root, e)),
     };
-    let app = match app {
-        Some(node) => node,
-        None => app_node(&paths.app)?,
+    // The share target first: what it is answers `joined` too. Whether it
+    // is empty only matters for a migration.
+    let want_empty = matches!(app, AppNode::Dir);
+    let (mut share, target) = match &root {
+        Some(root) => share::node_beneath(root, &cfg.share_root, &link.share, want_empty)?,
+        None => (ShareNode::Missing, None),
     };
-    // The share root, opened once for everything below.
-    let root = Dir::open(&cfg.share_root);
+    let known = match (&root, &share, &target) {
+        (Some(_), ShareNode::Missing, _) => Some(None),
+        (Some(_), ShareNode::Dir { .. }, Some(d)) => d.stat().ok().map(|m| Some((m.dev, m.id.ino))),
+        _ => None,
+    };
     let app = match app {
         AppNode::Dir => match joined(
             &paths.app,
-            root.as_ref().ok(),
+            root.as_ref(),
             &cfg.share_root,
             &paths.share,
+            known,
         )? {
-            Some(at) => AppNode::JoinedWithShare(at),
+            Some(at) => {
+                // Not a migration after all: its emptiness is not asked.
+                if let ShareNode::Dir { empty } = &mut share {
+                    *empty = false;
+                }
+                AppNode::JoinedWithShare(at)
+            }
             None => AppNode::Dir,
         },
         other => other,
     };
-    // Whether the share target is empty only matters for a migration.
-    let want_empty = matches!(app, AppNode::Dir);
-    let (share, target) = match root {
-        Ok(root) => share::node_beneath(&root, &cfg.share_root, &link.share, want_empty)?,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => (ShareNode::Missing, None),
-        Err(e) => return Err(Error::io("open", &cfg.share_root, e)),
+    let (missing_dirs, bad_dir) = match &target {
+        Some(target) => extra_dirs(target, &paths.share, &link.dirs)?,
+        None => (link.dirs.clone(), None),
     };
-    let mut missing_dirs = Vec::new();
-    let mut bad_dir = None;
-    if let Some(target) = &target {
-        for d in &link.dirs {
-            match share::node_beneath(target, &paths.share, d, false)?.0 {
-                ShareNode::Dir { .. } => {}
-                ShareNode::Missing => missing_dirs.push(d.clone()),
-                other => {
-                    bad_dir = Some(other);
-                    break;
-                }
-            }
-        }
-    } else {
-        missing_dirs = link.dirs.clone();
-    }
     // Leftovers sit beside the target and the app path: only look for
     // them when a migration is or was under way, and when the target's
     // parents are real directories (else the refusal is the answer).
@@ -187,7 +234,7 @@ pub fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observed> {
 /// [`observe`] every link, several at a time: on a network share each look
 /// is a few round trips, and a thousand links one after the other would
 /// take seconds.
-pub fn observe_all(cfg: &Config) -> Vec<Result<Observed>> {
+pub(crate) fn observe_all(cfg: &Config) -> Vec<Result<Observed>> {
     let threads = cfg.migration.threads(&cfg.share_root);
     crate::fs::pool::map(&cfg.links, threads, |l| {
         observe(cfg, l, &Paths::new(cfg, l))

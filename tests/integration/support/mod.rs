@@ -22,6 +22,7 @@ pub mod api {
     pub use sharelink::config::{self, Overrides};
     pub use sharelink::failpoint::ENABLED as FAILPOINTS_ENABLED;
     pub use sharelink::failpoint::NAMES as FAILPOINTS;
+    pub use sharelink::owner_file_of;
 }
 
 use std::collections::BTreeMap;

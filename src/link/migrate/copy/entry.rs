@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use super::walk::Shared;
 use super::Staged;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::failpoint::{self, Failpoint};
 use crate::fs::attrs::{self, Loss, Target, Xattrs};
 use crate::fs::content;
@@ -44,7 +44,7 @@ impl Shared<'_> {
             Err(err) if gone(&err) || err.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
             Err(err) => return Err(Error::io("open", &self.src_path(ix), err)),
         };
-        let before = fstat(&from).map_err(|err| Error::io("inspect", &self.src_path(ix), err))?;
+        let before = fstat(&from).with_ctx("inspect", || self.src_path(ix))?;
         if before.kind != Kind::File || before.id.ino != e.meta.id.ino {
             return Ok(None);
         }
@@ -61,7 +61,8 @@ impl Shared<'_> {
             }));
         }
         self.fresh.wait()?;
-        let (after, copy) = self.write_file(ix, &from, &before, dst, stop)?;
+        let (after, copy, to) = self.write_file(ix, &from, &before, dst, stop)?;
+        self.close(ix, to)?;
         let faithful = after.id == before.id && settled;
         if faithful {
             self.batches.record(
@@ -87,7 +88,7 @@ impl Shared<'_> {
     /// Write the staged copy of regular file `ix` from `from` (`before`:
     /// its `fstat`): made with its final mode where it can be, its bytes
     /// (holes stay holes), its attributes. Returns the `fstat` of the
-    /// source and of the copy afterwards.
+    /// source and of the copy afterwards, and the copy, still open.
     fn write_file(
         &self,
         ix: Ix,
@@ -95,7 +96,7 @@ impl Shared<'_> {
         before: &Meta,
         dst: &Dir,
         stop: &AtomicBool,
-    ) -> Result<(Meta, Meta)> {
+    ) -> Result<(Meta, Meta, std::fs::File)> {
         // Made with its final mode (no chmod later) unless set-id bits would
         // exist before the owner is right; nobody else can reach it yet
         // (the staging directory is 0700).
@@ -119,19 +120,19 @@ impl Shared<'_> {
                 copied: self.progress.copied(),
             },
         )
-        .map_err(|err| Error::io("copy to", &self.dst_path(ix), err))?;
-        let x = attrs::read_file(from)
-            .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
+        .with_ctx("copy to", || self.dst_path(ix))?;
+        let x =
+            attrs::read_file(from).with_ctx("read extended attributes of", || self.src_path(ix))?;
         attrs::apply_fd(&to, before, attrs::Made::by_us(perm), &x, self.fid)
-            .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
-        let after = fstat(from).map_err(|err| Error::io("inspect", &self.src_path(ix), err))?;
-        let mut copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+            .with_ctx("set attributes of", || self.dst_path(ix))?;
+        let after = fstat(from).with_ctx("inspect", || self.src_path(ix))?;
+        let mut copy = fstat(&to).with_ctx("inspect", || self.dst_path(ix))?;
         if (copy.uid, copy.gid, copy.perm) != (before.uid, before.gid, before.perm) {
             attrs::recheck_fd(&to, before, &copy, self.fid)
-                .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
-            copy = fstat(&to).map_err(|err| Error::io("inspect", &self.dst_path(ix), err))?;
+                .with_ctx("set attributes of", || self.dst_path(ix))?;
+            copy = fstat(&to).with_ctx("inspect", || self.dst_path(ix))?;
         }
-        Ok((after, copy))
+        Ok((after, copy, to))
     }
 
     /// The staged copy an earlier run completed of this version of the app
@@ -164,7 +165,7 @@ impl Shared<'_> {
             return Ok(None);
         }
         dst.unlink(&self.entry(ix).name)
-            .map_err(|x| Error::io("remove", &self.dst_path(ix), x))?;
+            .with_ctx("remove", || self.dst_path(ix))?;
         Ok(Some(make()))
     }
 
@@ -178,7 +179,7 @@ impl Shared<'_> {
                 .expect("not kept"),
             r => r,
         };
-        created.map_err(|x| Error::io("create", &self.dst_path(ix), x))
+        created.with_ctx("create", || self.dst_path(ix))
     }
 
     fn symlink(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<Option<Staged>> {
@@ -197,7 +198,7 @@ impl Shared<'_> {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 let same = dst.read_link(&e.name).ok().as_deref() == Some(target.as_os_str());
                 if let Some(r) = self.make_again(ix, dst, same, || dst.symlink(&target, &e.name))? {
-                    r.map_err(|x| Error::io("create symlink", &self.dst_path(ix), x))?;
+                    r.with_ctx("create symlink", || self.dst_path(ix))?;
                 }
             }
             Err(err) if attrs::is_refusal(&err) => {
@@ -234,7 +235,7 @@ impl Shared<'_> {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                 let same = matches!(dst.stat_at(&e.name), Ok(Some(m)) if m.kind == before.kind && m.rdev == before.rdev);
                 if let Some(r) = self.make_again(ix, dst, same, mknod)? {
-                    r.map_err(|x| Error::io("create", &self.dst_path(ix), x))?;
+                    r.with_ctx("create", || self.dst_path(ix))?;
                 }
                 true
             }
@@ -280,11 +281,11 @@ impl Shared<'_> {
         let name = &self.entry(ix).name;
         let p = src
             .proc_path(name)
-            .map_err(|err| Error::io("inspect", &self.src_path(ix), err))?;
+            .with_ctx("inspect", || self.src_path(ix))?;
         let x = Xattrs::read(&Target::Path(&p))
-            .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
+            .with_ctx("read extended attributes of", || self.src_path(ix))?;
         attrs::apply_at(dst, name, meta, &x, self.fid)
-            .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))
+            .with_ctx("set attributes of", || self.dst_path(ix))
     }
 
     /// A second name of an inode already copied: link it, or, where the

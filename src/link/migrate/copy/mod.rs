@@ -21,17 +21,18 @@ use std::time::Instant;
 use super::inventory::{Inventory, Ix};
 use super::journal::{self, Journal, Record};
 use super::layout::{ASIDE, TREE};
-use super::Ctx;
-use crate::error::{Error, Result};
+use super::{Ctx, Workers};
+use crate::error::{Error, IoContext, Result};
 use crate::failpoint::{self, Failpoint};
+use crate::fs::closer::Closer;
 use crate::fs::dir::Dir;
 use crate::fs::meta::{Identity, Kind};
 use crate::fs::pool;
-use walk::{Counters, Job, Shared};
+use walk::{Job, Shared};
 
 /// What to do with one inventory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sel {
+pub(crate) enum Sel {
     Skip,
     /// A directory on the way to copied entries: made plain, not copied.
     Path,
@@ -40,7 +41,7 @@ pub enum Sel {
 
 /// Mark `roots` and their subtrees for copying, and their ancestors as
 /// paths.
-pub fn select(inv: &Inventory, roots: &[Ix]) -> Vec<Sel> {
+pub(crate) fn select(inv: &Inventory, roots: &[Ix]) -> Vec<Sel> {
     let mut sel = vec![Sel::Skip; inv.entries.len()];
     for &r in roots {
         for i in inv.subtree(r) {
@@ -59,65 +60,82 @@ pub fn select(inv: &Inventory, roots: &[Ix]) -> Vec<Sel> {
 
 /// One copied entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Staged {
+pub(crate) struct Staged {
     /// The app entry as it was read.
-    pub app: Identity,
+    pub(crate) app: Identity,
     /// The copy's identity (regular files), to recognise our own copy on
     /// the share later.
-    pub copy: Option<Identity>,
+    pub(crate) copy: Option<Identity>,
     /// The app entry did not change while it was read and had not changed
     /// for a while before: the copy is of one settled version.
-    pub faithful: bool,
+    pub(crate) faithful: bool,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub files: u64,
-    pub bytes: u64,
+/// The copy's counts, listed once: [`Stats`] (plain numbers, added with
+/// `+=`) and `Counters` (the same as atomics, counted by the workers, read
+/// with `snapshot`) are both made from this list.
+macro_rules! counts {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        #[derive(Debug, Default, Clone, Copy)]
+        pub(crate) struct Stats {
+            $($(#[$doc])* pub(crate) $field: u64,)*
+        }
+
+        impl std::ops::AddAssign<&Stats> for Stats {
+            fn add_assign(&mut self, b: &Stats) {
+                $(self.$field += b.$field;)*
+            }
+        }
+
+        #[derive(Default)]
+        struct Counters {
+            $($field: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> Stats {
+                Stats {
+                    $($field: self.$field.load(std::sync::atomic::Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counts! {
+    files,
+    bytes,
     /// Files a previous run had already copied durably.
-    pub resumed: u64,
-    pub resumed_bytes: u64,
-    pub symlinks: u64,
-    pub dirs: u64,
-    pub special: u64,
-    pub hard_links: u64,
-}
-
-impl std::ops::AddAssign<&Stats> for Stats {
-    fn add_assign(&mut self, b: &Stats) {
-        self.files += b.files;
-        self.bytes += b.bytes;
-        self.resumed += b.resumed;
-        self.resumed_bytes += b.resumed_bytes;
-        self.symlinks += b.symlinks;
-        self.dirs += b.dirs;
-        self.special += b.special;
-        self.hard_links += b.hard_links;
-    }
+    resumed,
+    resumed_bytes,
+    symlinks,
+    dirs,
+    special,
+    hard_links,
 }
 
 /// A staging directory: `<name>/{tree,journal}` under `parent`.
-pub struct Staging {
+pub(crate) struct Staging {
     parent: Arc<Dir>,
     name: OsString,
     /// Where it is, for messages.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     dir: Dir,
-    pub tree: Arc<Dir>,
+    pub(crate) tree: Arc<Dir>,
     prior: HashMap<PathBuf, Record>,
     journal: Mutex<Journal>,
     /// Whether a previous run's staging was found and is being resumed.
-    pub resumed: bool,
+    pub(crate) resumed: bool,
 }
 
 impl Staging {
     /// Open the staging directory `name` in `parent`, resuming one that is
     /// there.
-    pub fn open(parent: Arc<Dir>, name: &OsStr, path: PathBuf) -> Result<Staging> {
+    pub(crate) fn open(parent: Arc<Dir>, name: &OsStr, path: PathBuf) -> Result<Staging> {
         let resumed = match parent.mkdir(name, 0o700) {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                match parent.stat_at(name).map_err(|e| Error::io("inspect", &path, e))? {
+                match parent.stat_at(name).ctx("inspect", &path)? {
                     Some(m) if m.kind == Kind::Dir => true,
                     // sharelink's own name, never followed: a symlink there
                     // is junk or hostile, and removing it touches nothing
@@ -126,10 +144,10 @@ impl Staging {
                         crate::warn!("removing a symlink found where sharelink keeps its staging directory: {}", path.display());
                         parent
                             .unlink(name)
-                            .map_err(|e| Error::io("remove", &path, e))?;
+                            .ctx("remove", &path)?;
                         parent
                             .mkdir(name, 0o700)
-                            .map_err(|e| Error::io("create staging directory", &path, e))?;
+                            .ctx("create staging directory", &path)?;
                         false
                     }
                     Some(m) => {
@@ -145,16 +163,16 @@ impl Staging {
             Err(e) => return Err(Error::io("create staging directory", &path, e)),
         };
         failpoint::hit(Failpoint::StagingCreated);
+        // Only `*at` calls go through it (the syncs through the tree's
+        // handle): `O_PATH`, no round trip for the open.
         let dir = parent
-            .open_dir(name)
-            .map_err(|e| Error::io("open staging directory", &path, e))?;
-        // A staging directory this run just made holds no journal yet.
+            .open_dir_path(name)
+            .ctx("open staging directory", &path)?;
         let prior = if resumed {
-            Journal::load(&dir).map_err(|e| Error::io("read journal in", &path, e))?
+            Some(Journal::load(&dir).ctx("read journal in", &path)?)
         } else {
-            HashMap::new()
+            None
         };
-        let journal = Journal::open(&dir).map_err(|e| Error::io("write journal in", &path, e))?;
         match dir.mkdir(OsStr::new(TREE), 0o700) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -162,7 +180,21 @@ impl Staging {
         }
         let tree = dir
             .open_dir(OsStr::new(TREE))
-            .map_err(|e| Error::io("open", &path.join(TREE), e))?;
+            .with_ctx("open", || path.join(TREE))?;
+        // A staging directory this run just made holds no journal yet: it
+        // is created on a thread of its own while the copy starts (the
+        // first records wait for it), after `tree/` (creates in one
+        // directory wait for each other, creates in `tree/` do not).
+        let (prior, journal) = match prior {
+            Some(prior) => {
+                let journal = Journal::open(&dir).ctx("write journal in", &path)?;
+                (prior, journal)
+            }
+            None => {
+                let journal = Journal::create_aside(&dir).ctx("write journal in", &path)?;
+                (HashMap::new(), journal)
+            }
+        };
         Ok(Staging {
             parent,
             name: name.to_os_string(),
@@ -176,30 +208,28 @@ impl Staging {
     }
 
     /// Files a previous run completed (for the log).
-    pub fn prior_files(&self) -> usize {
+    pub(crate) fn prior_files(&self) -> usize {
         self.prior.len()
     }
 
     /// Bytes a previous run already copied (they occupy the share).
-    pub fn prior_bytes(&self) -> u64 {
+    pub(crate) fn prior_bytes(&self) -> u64 {
         self.prior.values().map(|r| r.app.size).sum()
     }
 
     /// Make everything written so far durable.
-    pub fn sync(&self) -> Result<()> {
-        self.dir
-            .sync_fs()
-            .map_err(|e| Error::io("sync", &self.path, e))
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.tree.sync_fs().ctx("sync", &self.path)
     }
 
     /// Rename `tree` to `to/to_name`, never replacing anything.
-    pub fn commit_tree(&self, to: &Dir, to_name: &OsStr) -> std::io::Result<()> {
+    pub(crate) fn commit_tree(&self, to: &Dir, to_name: &OsStr) -> std::io::Result<()> {
         self.dir.rename_noreplace(OsStr::new(TREE), to, to_name)
     }
 
     /// Remove the staging directory and whatever it still holds: the
     /// journal first, so that no record outlives the copy it names.
-    pub fn remove(self) -> Result<()> {
+    pub(crate) fn remove(self) -> Result<()> {
         let Staging {
             parent,
             name,
@@ -210,18 +240,18 @@ impl Staging {
             ..
         } = self;
         drop((journal, tree, dir));
-        discard(&parent, &name).map_err(|e| Error::io("remove", &path, e))
+        discard(&parent, &name).ctx("remove", &path)
     }
 
     /// The staging directory itself (beside the tree and the journal).
-    pub fn dir(&self) -> &Dir {
+    pub(crate) fn dir(&self) -> &Dir {
         &self.dir
     }
 
     /// After the staged entries moved into the share: remove what is left
     /// of the tree and keep the journal, whose records now name those
     /// entries in their new place.
-    pub fn close(self) -> Result<()> {
+    pub(crate) fn close(self) -> Result<()> {
         match crate::fs::tree::remove(&self.dir, OsStr::new(TREE)) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -235,7 +265,7 @@ impl Staging {
     ///
     /// A copy that runs out of room is not kept for resuming: it would
     /// keep the share full for everyone (crashes and other errors keep it).
-    pub fn copy(
+    pub(crate) fn copy(
         &mut self,
         inv: &Inventory,
         app: &Dir,
@@ -253,6 +283,12 @@ impl Staging {
 
     /// Empty the staging directory (best effort; it is redundant).
     fn clear(&self) {
+        // The journal made first, if it is still being made: nothing is
+        // created in the staging directory while it is removed.
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .settle();
         let r = discard(&self.parent, &self.name);
         match r {
             Ok(()) => {
@@ -277,27 +313,33 @@ impl Staging {
         sel: &[Sel],
         ctx: &mut Ctx<'_>,
     ) -> Result<(Vec<Option<Staged>>, Stats)> {
-        let Ctx {
-            threads,
-            lock,
-            fidelity,
-            progress,
+        let threads = ctx.threads;
+        let (mut coordinator, workers) = ctx.split();
+        let Workers {
             fresh,
+            progress,
+            fidelity,
             app_path,
-        } = ctx;
-        let threads = *threads;
-        let shared = Shared {
+        } = workers;
+        let spread = crate::config::is_network_fs(&self.path);
+        let closer = if spread {
+            let c = Closer::new(threads / 2, threads);
+            Some(c.ctx("start closing threads for", &self.path)?)
+        } else {
+            None
+        };
+        let mut shared = Shared {
             inv,
             sel,
             prior: &self.prior,
-            out: (0..inv.entries.len()).map(|_| Mutex::new(None)).collect(),
+            out: pool::Slots::new(inv.entries.len()),
             pending: (0..inv.entries.len()).map(|_| AtomicU64::new(0)).collect(),
             open_dirs: Mutex::new(HashMap::new()),
             leaders: Mutex::new(HashMap::new()),
             batches: Batches {
                 done: Mutex::new((Vec::new(), Instant::now())),
                 journal: &self.journal,
-                dir: &self.dir,
+                dir: &self.tree,
                 path: &self.path,
             },
             stats: Counters::default(),
@@ -307,19 +349,17 @@ impl Staging {
             app_path,
             staging_path: &self.path,
             dst_dev: self.tree.stat().map(|m| m.dev).unwrap_or(0),
-            spread: crate::config::is_network_fs(&self.path),
+            spread,
+            closer,
         };
-        let root_src = Arc::new(
-            app.try_clone()
-                .map_err(|e| Error::io("open", app_path, e))?,
-        );
+        let root_src = Arc::new(app.try_clone().ctx("open", app_path)?);
         let start = vec![Job::Dir {
             ix: 0,
             src: root_src,
             dst: self.tree.clone(),
         }];
         let mut beat = || -> Result<()> {
-            super::heartbeat(lock, fresh, progress)?;
+            coordinator.beat()?;
             shared.batches.flush(false)
         };
         pool::run(threads, start, &|job, q| shared.run(job, q), &mut beat)?;
@@ -329,14 +369,17 @@ impl Staging {
         if !orphans.is_empty() {
             pool::run(threads, orphans, &|job, q| shared.run(job, q), &mut beat)?;
         }
+        // Every copy closed (and its close checked) before the last batch
+        // is recorded and the staging tree synced.
+        if let Some(closer) = shared.closer.take() {
+            closer
+                .finish()
+                .map_err(|(ix, e)| Error::io("close", &shared.dst_path(ix), e))?;
+        }
         shared.batches.flush(true)?;
         self.sync()?;
         failpoint::hit(Failpoint::StagingSynced);
-        let out = shared
-            .out
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-            .collect();
+        let out = shared.out.into_vec();
         Ok((out, shared.stats.snapshot()))
     }
 }
@@ -346,8 +389,8 @@ impl Staging {
 /// replace moved aside (`replaced.<n>` and its record) is never removed:
 /// it may be another writer's file, and the staging directory then stays
 /// with it for the next run to put back.
-pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
-    let dir = match parent.open_dir(name) {
+pub(crate) fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
+    let dir = match parent.open_dir_path(name) {
         Ok(d) => d,
         Err(e) if crate::fs::gone(&e) => return crate::fs::tree::remove(parent, name),
         Err(e) => return Err(e),
@@ -355,6 +398,14 @@ pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
     match dir.unlink(OsStr::new(journal::NAME)) {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
         _ => {}
+    }
+    // Usually only the journal was there: one rmdir, no listing (on a
+    // network share three round trips fewer). An rmdir removes nothing
+    // but an empty directory, so what was moved aside is still kept.
+    match parent.rmdir(name) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(_) => {}
     }
     let listed = dir.list()?;
     let kept = |n: &OsStr| {
@@ -369,7 +420,6 @@ pub fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
         return Ok(());
     }
     drop(dir);
-    // Usually only the journal was left: one rmdir, not a walk.
     match parent.rmdir(name) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -422,15 +472,47 @@ impl Batches<'_> {
 
     fn write(&self, batch: &[(PathBuf, Record)]) -> Result<()> {
         // The bytes first, then the record that they are complete.
-        self.dir
-            .sync_fs()
-            .map_err(|e| Error::io("sync", self.path, e))?;
+        self.dir.sync_fs().ctx("sync", self.path)?;
         self.journal
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .append(batch)
-            .map_err(|e| Error::io("write journal in", self.path, e))?;
+            .ctx("write journal in", self.path)?;
         failpoint::hit(Failpoint::StagingJournal);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn counters_snapshot_into_stats_that_add_up() {
+        let c = Counters::default();
+        c.files.fetch_add(2, Relaxed);
+        c.bytes.fetch_add(10, Relaxed);
+        c.hard_links.fetch_add(1, Relaxed);
+        let mut total = c.snapshot();
+        total += &Stats {
+            files: 1,
+            resumed: 3,
+            special: 4,
+            ..Stats::default()
+        };
+        assert_eq!(
+            (
+                total.files,
+                total.bytes,
+                total.resumed,
+                total.resumed_bytes,
+                total.symlinks,
+                total.dirs,
+                total.special,
+                total.hard_links
+            ),
+            (3, 10, 3, 0, 0, 0, 4, 1)
+        );
     }
 }

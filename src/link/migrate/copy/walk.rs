@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use super::{Batches, Sel, Staged, Stats};
-use crate::error::{Error, Result};
+use super::{Batches, Counters, Sel, Staged};
+use crate::error::{Error, IoContext, Result};
 use crate::fs::attrs::{self, Target, Xattrs};
+use crate::fs::closer::Closer;
 use crate::fs::dir::Dir;
 use crate::fs::gone;
 use crate::fs::meta::Kind;
-use crate::fs::pool::Queue;
+use crate::fs::pool::{self, Queue};
 use crate::link::migrate::inventory::{Entry, Inventory, Ix};
 use crate::link::migrate::journal::Record;
 use crate::link::migrate::layout::TREE;
@@ -92,38 +93,11 @@ pub(super) enum LeaderState {
     Done(Option<(Arc<Dir>, OsString)>),
 }
 
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) files: AtomicU64,
-    pub(super) bytes: AtomicU64,
-    pub(super) resumed: AtomicU64,
-    pub(super) resumed_bytes: AtomicU64,
-    pub(super) symlinks: AtomicU64,
-    pub(super) dirs: AtomicU64,
-    pub(super) special: AtomicU64,
-    pub(super) hard_links: AtomicU64,
-}
-
-impl Counters {
-    pub(super) fn snapshot(&self) -> Stats {
-        Stats {
-            files: self.files.load(Relaxed),
-            bytes: self.bytes.load(Relaxed),
-            resumed: self.resumed.load(Relaxed),
-            resumed_bytes: self.resumed_bytes.load(Relaxed),
-            symlinks: self.symlinks.load(Relaxed),
-            dirs: self.dirs.load(Relaxed),
-            special: self.special.load(Relaxed),
-            hard_links: self.hard_links.load(Relaxed),
-        }
-    }
-}
-
 pub(super) struct Shared<'a> {
     pub(super) inv: &'a Inventory,
     pub(super) sel: &'a [Sel],
     pub(super) prior: &'a HashMap<PathBuf, Record>,
-    pub(super) out: Vec<Mutex<Option<Staged>>>,
+    pub(super) out: pool::Slots<Staged>,
     /// Per directory: children not finished yet, plus one while its own
     /// job runs. At zero it gets its attributes: last, so that its times
     /// stick and a read-only mode cannot stop its entries being made.
@@ -145,9 +119,24 @@ pub(super) struct Shared<'a> {
     /// On a local disk one lane, most recent job first: the copy stays
     /// depth-first, which writes back faster there.
     pub(super) spread: bool,
+    /// Where written files are closed when `spread`: a close is a round
+    /// trip the worker's next create need not wait for.
+    pub(super) closer: Option<Closer<Ix>>,
 }
 
 impl Shared<'_> {
+    /// Close the copy of `ix`, on the closer if there is one, else here;
+    /// either way checked (a close can carry a failed write).
+    pub(super) fn close(&self, ix: Ix, f: std::fs::File) -> Result<()> {
+        match &self.closer {
+            Some(c) => {
+                c.close(f, ix);
+                Ok(())
+            }
+            None => crate::fs::closer::close(f).with_ctx("close", || self.dst_path(ix)),
+        }
+    }
+
     pub(super) fn entry(&self, ix: Ix) -> &Entry {
         self.inv.get(ix)
     }
@@ -171,9 +160,7 @@ impl Shared<'_> {
     }
 
     pub(super) fn set(&self, ix: Ix, s: Option<Staged>) {
-        *self.out[ix as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = s;
+        self.out.put(ix as usize, s);
     }
 
     pub(super) fn run(&self, job: Job, q: &Queue<Job>) -> Result<()> {
@@ -295,14 +282,14 @@ impl Shared<'_> {
                 // Left by an earlier run: keep a directory, clear anything else.
                 let dir = matches!(dst.stat_at(&e.name), Ok(Some(m)) if m.kind == Kind::Dir);
                 if let Some(r) = self.make_again(ix, dst, dir, || dst.mkdir(&e.name, 0o700))? {
-                    r.map_err(|x| Error::io("create directory", &self.dst_path(ix), x))?;
+                    r.with_ctx("create directory", || self.dst_path(ix))?;
                 }
             }
             Err(err) => return Err(Error::io("create directory", &self.dst_path(ix), err)),
         }
         let d = dst
             .open_dir(&e.name)
-            .map_err(|err| Error::io("open directory", &self.dst_path(ix), err))?;
+            .with_ctx("open directory", || self.dst_path(ix))?;
         if self.sel[ix as usize] == Sel::Copy {
             self.stats.dirs.fetch_add(1, Relaxed);
         }
@@ -401,9 +388,9 @@ impl Shared<'_> {
     pub(super) fn dir_attrs(&self, ix: Ix, src: &Dir, dst: &Dir) -> Result<()> {
         let e = self.entry(ix);
         let x = Xattrs::read(&Target::Fd(src))
-            .map_err(|err| Error::io("read extended attributes of", &self.src_path(ix), err))?;
+            .with_ctx("read extended attributes of", || self.src_path(ix))?;
         attrs::apply_fd(dst, &e.meta, attrs::Made::by_us(0o700), &x, self.fid)
-            .map_err(|err| Error::io("set attributes of", &self.dst_path(ix), err))?;
+            .with_ctx("set attributes of", || self.dst_path(ix))?;
         self.set(
             ix,
             Some(Staged {
