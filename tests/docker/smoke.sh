@@ -614,8 +614,18 @@ new_project b "$SHARE_B"
 dc up -d --scale app=4 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "(6) up --scale app=4"; }
 mapfile -t CS < <(cids)
 check "(6) 4 replicas started (got ${#CS[@]})" test "${#CS[@]}" = 4
+# One deadline for all four: the first replica migrates the baked data while
+# the others wait for its lock, and on a loaded machine (CI builds the
+# release alongside) that took longer than one replica's 90 s.
 codes=""
-for c in "${CS[@]}"; do codes="$codes $(wait_exit "$c")"; done
+started=$SECONDS
+deadline=$((SECONDS + ${SMOKE_SCALE_WAIT:-600}))
+for c in "${CS[@]}"; do
+    left=$((deadline - SECONDS))
+    [ "$left" -gt 0 ] || left=1
+    codes="$codes $(wait_exit "$c" "$left")"
+done
+echo "    waited $((SECONDS - started)) s for the 4 replicas (exit codes:$codes)"
 check "(6) every replica's pipeline exited 0 (got$codes)" test "$(tr -d ' 0' <<<"$codes")" = ""
 [ -z "$(tr -d ' 0' <<<"$codes")" ] || show_logs
 linked=0
