@@ -175,6 +175,13 @@ pub struct Options {
     /// Names are matched without regard to case, and kept as first
     /// written (as on an SMB share).
     pub case_insensitive: bool,
+    /// An unlinked file that is still open keeps a name in its directory
+    /// until its last handle closes (SMB's delete-pending; libfuse without
+    /// `hard_remove` does the same): the directory cannot be removed yet.
+    pub delete_pending: bool,
+    /// Added to RELEASE only: the kernel sends it in the background once
+    /// close(2) has returned, so the server can see a close late.
+    pub release_lag: Duration,
     pub max_write: u32,
     pub max_background: u16,
     pub congestion_threshold: u16,
@@ -190,6 +197,19 @@ pub struct Core {
     dirs: Mutex<HashMap<u64, Entries>>,
     writeback_cache: bool,
     case_insensitive: bool,
+    /// With [`Options::delete_pending`]: who holds what open.
+    handles: Option<Mutex<Handles>>,
+    release_lag: Duration,
+}
+
+/// Open handles per backing inode, and the names unlinked files keep
+/// until their last handle closes.
+#[derive(Default)]
+struct Handles {
+    inode_of: HashMap<u64, u64>,
+    open: HashMap<u64, u32>,
+    pending: HashMap<u64, Vec<(Arc<Inode>, CString)>>,
+    seq: u64,
 }
 
 type Job = Box<dyn FnOnce(&Core) + Send>;
@@ -227,6 +247,8 @@ impl LatencyFs {
             dirs: Mutex::new(HashMap::new()),
             writeback_cache: opts.writeback_cache,
             case_insensitive: opts.case_insensitive,
+            handles: opts.delete_pending.then(|| Mutex::new(Handles::default())),
+            release_lag: opts.release_lag,
         });
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -538,8 +560,54 @@ impl Core {
         let p = self.inode(parent)?;
         let c = cstr(&self.fold(&p, name)?)?;
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        if let (Some(h), false) = (&self.handles, dir) {
+            let mut h = h.lock().unwrap();
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            cvt(unsafe {
+                libc::fstatat(p.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+            })?;
+            if h.open.get(&st.st_ino).is_some_and(|&n| n > 0) {
+                h.seq += 1;
+                let hidden = cstr(OsStr::new(&format!(".delete-pending-{}-{}", st.st_ino, h.seq)))?;
+                cvt(unsafe {
+                    libc::renameat(p.fd.as_raw_fd(), c.as_ptr(), p.fd.as_raw_fd(), hidden.as_ptr())
+                })?;
+                h.pending.entry(st.st_ino).or_default().push((p, hidden));
+                return Ok(());
+            }
+        }
         cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), c.as_ptr(), flags) })?;
         Ok(())
+    }
+
+    /// Count the handle `fh` as open (with [`Options::delete_pending`]).
+    fn opened(&self, fh: u64) {
+        let Some(h) = &self.handles else { return };
+        if let Ok(st) = fstat(fh as RawFd) {
+            let mut h = h.lock().unwrap();
+            h.inode_of.insert(fh, st.st_ino);
+            *h.open.entry(st.st_ino).or_default() += 1;
+        }
+    }
+
+    /// Close `fh`; the last handle of a file unlinked while open takes its
+    /// pending names with it.
+    fn release(&self, fh: u64) {
+        let Some(h) = &self.handles else {
+            unsafe { libc::close(fh as RawFd) };
+            return;
+        };
+        let mut h = h.lock().unwrap();
+        unsafe { libc::close(fh as RawFd) };
+        let Some(ino) = h.inode_of.remove(&fh) else { return };
+        let n = h.open.entry(ino).or_default();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            h.open.remove(&ino);
+            for (p, hidden) in h.pending.remove(&ino).unwrap_or_default() {
+                unsafe { libc::unlinkat(p.fd.as_raw_fd(), hidden.as_ptr(), 0) };
+            }
+        }
     }
 
     fn rename(&self, parent: u64, name: &OsStr, np: u64, nn: &OsStr, flags: u32) -> Res<()> {
@@ -579,6 +647,7 @@ impl Core {
         let fd = cvt(unsafe {
             libc::open(proc_path(i.fd.as_raw_fd()).as_ptr(), self.open_flags(flags))
         })?;
+        self.opened(fd as u64);
         Ok(fd as u64)
     }
 
@@ -602,7 +671,10 @@ impl Core {
             )
         })?;
         match self.remember(&p, name) {
-            Ok(a) => Ok((a, fd as u64)),
+            Ok(a) => {
+                self.opened(fd as u64);
+                Ok((a, fd as u64))
+            }
             Err(e) => {
                 unsafe { libc::close(fd) };
                 Err(e)
@@ -986,8 +1058,9 @@ impl fuser::Filesystem for LatencyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.go(Op::Release, reply, move |_, r| {
-            unsafe { libc::close(fh as RawFd) };
+        self.go(Op::Release, reply, move |c, r| {
+            std::thread::sleep(c.release_lag);
+            c.release(fh);
             r.ok()
         });
     }

@@ -40,6 +40,8 @@ options:
   --attr-timeout S        kernel attribute/entry cache timeout, seconds (default 1, like cifs actimeo)
   --writeback-cache       kernel caches writes and flushes them in the background
   --case-insensitive      names match whatever their case, kept as first written (as on SMB)
+  --delete-pending        an unlinked file still open keeps a name until its last close (SMB)
+  --release-lag-ms F      RELEASE (the close the kernel sends after close(2) returned) F ms late
   --max-write BYTES       largest single WRITE request (default 1 MiB; kernel caps it)
   --max-background N      FUSE max_background (default 12, the kernel's default)
   --congestion-threshold N  FUSE congestion_threshold (default 9, the kernel's default)
@@ -62,6 +64,8 @@ struct Args {
     attr_timeout: f64,
     writeback_cache: bool,
     case_insensitive: bool,
+    delete_pending: bool,
+    release_lag_ms: f64,
     max_write: u32,
     max_background: u16,
     congestion_threshold: u16,
@@ -88,6 +92,8 @@ fn parse_serve_args(raw: &[String]) -> Args {
         attr_timeout: 1.0,
         writeback_cache: false,
         case_insensitive: false,
+        delete_pending: false,
+        release_lag_ms: 0.0,
         max_write: 1 << 20,
         max_background: 12,
         congestion_threshold: 9,
@@ -114,6 +120,8 @@ fn parse_serve_args(raw: &[String]) -> Args {
             "--attr-timeout" => a.attr_timeout = num(&flag, val()),
             "--writeback-cache" => a.writeback_cache = true,
             "--case-insensitive" => a.case_insensitive = true,
+            "--delete-pending" => a.delete_pending = true,
+            "--release-lag-ms" => a.release_lag_ms = num(&flag, val()),
             "--max-write" => a.max_write = num(&flag, val()),
             "--max-background" => a.max_background = num(&flag, val()),
             "--congestion-threshold" => a.congestion_threshold = num(&flag, val()),
@@ -171,6 +179,8 @@ fn serve(a: Args) {
             threads: a.threads,
             writeback_cache: a.writeback_cache,
             case_insensitive: a.case_insensitive,
+            delete_pending: a.delete_pending,
+            release_lag: Duration::from_secs_f64(a.release_lag_ms.max(0.0) / 1000.0),
             max_write: a.max_write,
             max_background: a.max_background,
             congestion_threshold: a.congestion_threshold,
