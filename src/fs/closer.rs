@@ -1,8 +1,9 @@
 //! Closing written files off the threads that wrote them. On a network
 //! share a close is a round trip (FUSE FLUSH and RELEASE, SMB2 CLOSE) that
-//! the writer's next create need not wait for. Unlike
-//! [`super::dir::close_aside`], every close is checked: the first that
-//! failed comes back from [`Closer::finish`], with the tag it was given.
+//! the writer's next create need not wait for. Every close is checked: the
+//! first that failed comes back from [`Closer::finish`], with the tag it
+//! was given, and every file is closed once `finish` returns (a directory
+//! holding a file still open cannot be removed on SMB).
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -129,18 +129,6 @@ impl Dir {
         name: &OsStr,
         max: usize,
     ) -> io::Result<Option<(Vec<u8>, Meta)>> {
-        self.read_small_then(name, max, drop)
-    }
-
-    /// [`Dir::read_small`], the file handed to `close` once read (e.g.
-    /// [`close_aside`]: on a network share closing even a file only read
-    /// is a round trip).
-    pub(crate) fn read_small_then(
-        &self,
-        name: &OsStr,
-        max: usize,
-        close: impl FnOnce(File),
-    ) -> io::Result<Option<(Vec<u8>, Meta)>> {
         use std::io::Read;
         let f = match self.open_read(name) {
             Ok(f) => f,
@@ -153,7 +141,7 @@ impl Dir {
         }
         let mut buf = Vec::new();
         (&f).take(max as u64 + 1).read_to_end(&mut buf)?;
-        close(f);
+        drop(f);
         if buf.len() > max {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
@@ -490,19 +478,6 @@ impl AsFd for Dir {
 impl AsRawFd for Dir {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
-    }
-}
-
-/// Close `f` on a thread of its own: on a network share a close is a round
-/// trip (FUSE FLUSH, SMB2 CLOSE) that nothing after it needs to wait for.
-/// For files only read, or whose writes nothing reads back through them.
-pub(crate) fn close_aside(f: File) {
-    if let Err(e) = std::thread::Builder::new()
-        .name("close".into())
-        .spawn(move || drop(f))
-    {
-        // The file went with the closure: closed here.
-        crate::debug!("closing a file on this thread: {e}");
     }
 }
 

@@ -22,18 +22,53 @@ pub(crate) fn remove(parent: &Dir, name: &OsStr) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
+    empty(&dir)?;
+    ignore_gone(rmdir_settled(parent, name, || empty(&dir)))
+}
+
+fn empty(dir: &Dir) -> io::Result<()> {
     for (child, kind) in dir.list()? {
         let kind = match kind {
             Some(k) => Some(k),
             None => dir.stat_at(&child)?.map(|m| m.kind),
         };
         match kind {
-            Some(Kind::Dir) => remove(&dir, &child)?,
+            Some(Kind::Dir) => remove(dir, &child)?,
             Some(_) => ignore_gone(dir.unlink(&child))?,
             None => {}
         }
     }
-    ignore_gone(parent.rmdir(name))
+    Ok(())
+}
+
+/// The waits, in milliseconds, of [`rmdir_settled`]: about half a second.
+const SETTLE_MS: [u64; 8] = [2, 4, 8, 16, 32, 64, 128, 256];
+
+/// `rmdir` of `parent/name`, which the caller has emptied. On a network
+/// share a file unlinked just after its last close can keep its name for
+/// a moment: SMB keeps it until the server has seen every handle closed
+/// (delete pending), and FUSE sends that close after close(2) returned
+/// (libfuse meanwhile hides the file as `.fuse_hidden*`). So "not empty"
+/// is retried for a while, `clear` emptying the directory again before
+/// each retry, until the error stands.
+pub(crate) fn rmdir_settled(
+    parent: &Dir,
+    name: &OsStr,
+    mut clear: impl FnMut() -> io::Result<()>,
+) -> io::Result<()> {
+    let mut waits = SETTLE_MS.iter();
+    loop {
+        match parent.rmdir(name) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+                let Some(&ms) = waits.next() else {
+                    return Err(e);
+                };
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                clear()?;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn ignore_gone(r: io::Result<()>) -> io::Result<()> {
@@ -188,6 +223,37 @@ pub(crate) fn make_beneath(
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn rmdir_settled_waits_for_a_name_that_goes_and_gives_up_on_one_that_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open(t.path()).unwrap();
+        fs::create_dir(t.path().join("d")).unwrap();
+        fs::write(t.path().join("d/.fuse_hidden0001"), "").unwrap();
+        let mut calls = 0;
+        rmdir_settled(&root, OsStr::new("d"), || {
+            calls += 1;
+            if calls == 3 {
+                fs::remove_file(t.path().join("d/.fuse_hidden0001")).unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 3);
+        assert!(!t.path().join("d").exists());
+
+        fs::create_dir(t.path().join("e")).unwrap();
+        fs::write(t.path().join("e/stays"), "").unwrap();
+        let mut calls = 0;
+        let e = rmdir_settled(&root, OsStr::new("e"), || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        assert_eq!(calls, SETTLE_MS.len());
+        assert!(t.path().join("e/stays").exists());
+    }
 
     #[test]
     fn removes_trees_and_only_empty_dirs() {

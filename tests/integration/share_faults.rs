@@ -2,6 +2,7 @@
 //! small, filling up mid-migration, and SMB-like (refusing chmod and
 //! chown). Each reports a figure for docs/reliability.md.
 
+use crate::support::latencyfs::LatencyFs;
 use crate::support::*;
 
 use std::fs;
@@ -524,6 +525,98 @@ fn share_refusing_chmod_and_chown_warns_once_per_link() {
         "SMB-like share (bindfs --chmod-deny --chown-deny): 2 migrated links ({} entries, one of them into a share with data of its own) + 1 new link: exit 0, content equal (modes not kept), exactly 1 warning per migrated link and kind, rerun silent",
         one.len() + two.len()
     ));
+}
+
+/// On SMB a file unlinked while a handle to it is still open keeps its name
+/// (delete pending) until the last handle closes, and its directory cannot
+/// be removed until then; libfuse without `hard_remove` does the same.
+/// sharelink removes what it made (staging directories, the set-aside
+/// store's partial copy, the lock) only after closing every file in them,
+/// and waits out names that stay a moment after their last close (on FUSE
+/// the close the server sees is sent after close(2) returned), so nothing
+/// is left behind and no removal fails.
+#[test]
+fn share_keeping_unlinked_open_files_leaves_nothing_behind() {
+    if !in_private_mount_ns!("share_keeping_unlinked_open_files_leaves_nothing_behind") {
+        return;
+    }
+    let links = "\"one\" = \"one\"\n\"two\" = \"two\"\n\"three\" = { share = \"three\", migrate = \"image-wins\" }";
+    let sb = Sandbox::new(links);
+    make_tree(&sb.app.join("one"), 60, 20_000, 41);
+    make_tree(&sb.app.join("two"), 30, 1000, 42);
+    make_tree(&sb.app.join("three"), 20, 1000, 43);
+    let backing = sb.root.path().join("backing");
+    mount_tmpfs(&backing, "64m");
+    // "two" and "three": the share has data of its own, so app files are
+    // set aside ("two") and share files replaced by the image's, the
+    // share's versions kept aside first ("three").
+    make_tree(&backing.join("two"), 10, 100, 44);
+    sh(&format!(
+        "cp -a '{}' '{}' && find '{}' -name 'f*.dat' | head -8 | while read f; do echo share > \"$f\"; done",
+        sb.app.join("three").display(),
+        backing.display(),
+        backing.join("three").display()
+    ));
+    let one = snapshot(&sb.app.join("one"));
+    let share_two = snapshot(&backing.join("two"));
+    let three = snapshot(&sb.app.join("three"));
+    let _rig = LatencyFs::mount(
+        &backing,
+        &sb.share,
+        &[
+            "--delay-ms",
+            "2",
+            "--delete-pending",
+            "--release-lag-ms",
+            "100",
+        ],
+    );
+    sb.write_config(true, links);
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(snapshot(&backing.join("one")), one);
+    assert_eq!(snapshot(&backing.join("two")), share_two);
+    assert_eq!(snapshot(&backing.join("three")), three);
+    let kept: Vec<_> = fs::read_dir(backing.join(".sharelink/displaced/three"))
+        .unwrap()
+        .collect();
+    assert_eq!(kept.len(), 1, "{err}");
+    let o = sb.run(["link"]);
+    expect_code(&o, 0);
+    assert!(!stderr(&o).contains("ERROR"), "{}", stderr(&o));
+    // Whatever sharelink made and removed is gone: no name an unlinked
+    // open file kept, no partial copy, no lock.
+    let mut left = Vec::new();
+    let mut stack = vec![backing.join(".sharelink")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".delete-pending") || name.ends_with(".partial") {
+                left.push(e.path());
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    for d in ["one", "two", "three"] {
+        for e in fs::read_dir(backing.join(d)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name.starts_with(".delete-pending") {
+                left.push(backing.join(d).join(name));
+            }
+        }
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let locks = backing.join(".sharelink/locks");
+    let held: Vec<_> = fs::read_dir(&locks)
+        .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(held.is_empty(), "locks left: {held:?}");
+    report("share keeping unlinked open files (latency rig --delete-pending --release-lag-ms 100, 2 ms): 3 links migrated, set aside and replaced twice over: exit 0, nothing left behind");
 }
 
 /// Unmounts the FUSE share even when the test fails, so no bindfs daemon

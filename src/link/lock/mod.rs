@@ -241,11 +241,7 @@ impl Lock {
             .ok()
             .flatten()
             .map(|m| (m.dev, m.id.ino));
-        // Closed on a thread: its round trip waits for nothing here (the
-        // commit or the release that follows).
-        let owner =
-            self.dir
-                .read_small_then(OsStr::new(OWNER), MAX_READ, crate::fs::dir::close_aside);
+        let owner = self.dir.read_small(OsStr::new(OWNER), MAX_READ);
         match (here, owner) {
             (Some(ident), Ok(Some((c, _))))
                 if ident == self.ident && c == self.content.as_bytes() =>
@@ -296,13 +292,10 @@ impl Drop for Lock {
                 unlink(&progress);
             }
             unlink(&[OWNER]);
-            match self.locks.rmdir(OsStr::new(&self.id)) {
-                Err(e) if !published && e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    unlink(&progress);
-                    let _ = self.locks.rmdir(OsStr::new(&self.id));
-                }
-                _ => {}
-            }
+            let _ = crate::fs::tree::rmdir_settled(&self.locks, OsStr::new(&self.id), || {
+                unlink(&progress);
+                Ok(())
+            });
         }
     }
 }

@@ -248,16 +248,12 @@ impl Drop for Journal {
         if let Some(h) = self.opening.take() {
             let _ = h.join();
         }
-        // Closed on a thread of its own: on a network share the close of a
-        // written file is a round trip (a flush) nothing waits for; the
-        // records in it were written, and the bytes they name synced,
-        // before.
+        // Closed here, not on a thread of its own: the staging directory
+        // is removed next, and a name unlinked while its file is open
+        // stays in the directory on SMB (delete pending).
         if let Some(f) = self.file.take() {
-            if let Err(e) = std::thread::Builder::new()
-                .name("journal-close".into())
-                .spawn(move || drop(f))
-            {
-                crate::debug!("closing the journal on this thread: {e}");
+            if let Err(e) = crate::fs::closer::close(f) {
+                crate::debug!("closing the journal: {e}");
             }
         }
     }
