@@ -564,13 +564,26 @@ impl Core {
             let mut h = h.lock().unwrap();
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             cvt(unsafe {
-                libc::fstatat(p.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+                libc::fstatat(
+                    p.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
             })?;
             if h.open.get(&st.st_ino).is_some_and(|&n| n > 0) {
                 h.seq += 1;
-                let hidden = cstr(OsStr::new(&format!(".delete-pending-{}-{}", st.st_ino, h.seq)))?;
+                let hidden = cstr(OsStr::new(&format!(
+                    ".delete-pending-{}-{}",
+                    st.st_ino, h.seq
+                )))?;
                 cvt(unsafe {
-                    libc::renameat(p.fd.as_raw_fd(), c.as_ptr(), p.fd.as_raw_fd(), hidden.as_ptr())
+                    libc::renameat(
+                        p.fd.as_raw_fd(),
+                        c.as_ptr(),
+                        p.fd.as_raw_fd(),
+                        hidden.as_ptr(),
+                    )
                 })?;
                 h.pending.entry(st.st_ino).or_default().push((p, hidden));
                 return Ok(());
@@ -599,7 +612,9 @@ impl Core {
         };
         let mut h = h.lock().unwrap();
         unsafe { libc::close(fh as RawFd) };
-        let Some(ino) = h.inode_of.remove(&fh) else { return };
+        let Some(ino) = h.inode_of.remove(&fh) else {
+            return;
+        };
         let n = h.open.entry(ino).or_default();
         *n = n.saturating_sub(1);
         if *n == 0 {
