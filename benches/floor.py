@@ -6,9 +6,15 @@ round-robin over the parent directories, so every directory has creates in
 flight at once (the kernel serialises creates within one directory, not
 across directories).
 
-    benches/floor.py SRC DST [THREADS]     # prints the seconds taken
+With --data, the floor of a faithful copy on the same schedule: each file
+is created, its bytes written, its mtime set, and closed, and then every
+directory gets its mtime (a copy that keeps data and times cannot send
+fewer requests per file).
 
-SRC is walked before the clock starts; DST must not exist (its parent must).
+    benches/floor.py [--data] SRC DST [THREADS]     # prints the seconds taken
+
+SRC is walked (and with --data read) before the clock starts; DST must not
+exist (its parent must).
 """
 import os
 import sys
@@ -24,8 +30,12 @@ def round_robin(groups):
 
 
 def main():
-    src, dst = sys.argv[1], sys.argv[2]
-    threads = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+    args = sys.argv[1:]
+    data = args[:1] == ["--data"]
+    if data:
+        args = args[1:]
+    src, dst = args[0], args[1]
+    threads = int(args[2]) if len(args) > 2 else 32
     levels = []   # per depth: {parent rel: [child dir rels]}
     files = {}    # parent rel: [file rels]
     for root, dirs, names in os.walk(src):
@@ -39,8 +49,27 @@ def main():
     def mkdir(rel):
         os.mkdir(os.path.join(dst, rel), 0o755)
 
+    content = {}
+    if data:
+        for rels in files.values():
+            for rel in rels:
+                p = os.path.join(src, rel)
+                with open(p, "rb") as f:
+                    content[rel] = (f.read(), os.lstat(p).st_mtime_ns)
+    dir_times = {rel: os.lstat(os.path.join(src, rel)).st_mtime_ns for rel in files}
+
     def create(rel):
-        os.close(os.open(os.path.join(dst, rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        fd = os.open(os.path.join(dst, rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        if data:
+            bytes_, mtime = content[rel]
+            view = memoryview(bytes_)
+            while view:
+                view = view[os.write(fd, view):]
+            os.utime(fd, ns=(mtime, mtime))
+        os.close(fd)
+
+    def dir_time(rel):
+        os.utime(os.path.join(dst, rel), ns=(dir_times[rel], dir_times[rel]))
 
     t0 = time.monotonic()
     os.mkdir(dst, 0o755)
@@ -48,6 +77,9 @@ def main():
         for level in levels:
             list(pool.map(mkdir, round_robin(list(level.values()))))
         list(pool.map(create, round_robin(list(files.values()))))
+        if data:
+            for level in reversed(levels):
+                list(pool.map(dir_time, level.keys()))
     print(f"{time.monotonic() - t0:.3f}")
 
 

@@ -3,7 +3,8 @@
 # run: sharelink vs `cp -a && sync` vs `rsync -a && sync`, with the share on
 # the latency rig (tests/tools/latencyfs) at several delays, on tmpfs and on
 # ext4; for tree shapes also the floor (benches/floor.py: the names made
-# empty by many threads). Then the cost of re-checking 1,000 already-linked
+# empty by many threads) and floor-data (the same schedule writing each
+# file's bytes and setting its mtime). Then the cost of re-checking 1,000 already-linked
 # entries on the rig, and the kernel's FUSE tunables. Methodology:
 # benches/README.md.
 #
@@ -27,7 +28,7 @@ SLOW_REPS=${SLOW_REPS:-$REPS}        # ... of cp and rsync in section shapes (mi
 # files. On the rig per delay (DELAY:SHAPE), smaller at 10 ms.
 SHAPES_AT=${SHAPES_AT:-2:1x500 2:10x200 2:400x5 2:nested2000 10:1x100 10:10x30 10:100x2 10:nested200}
 SHAPES_LOCAL=${SHAPES_LOCAL:-1x2000 10x200 400x5 nested2000}
-SHAPE_TOOLS=${SHAPE_TOOLS:-floor cp rsync sharelink}
+SHAPE_TOOLS=${SHAPE_TOOLS:-floor floor-data cp rsync sharelink}
 # Merging into a share target that holds data (section merge): DELAY:DxF,
 # the app tree D directories of F files, the share the same D directories
 # each holding one file of its own, migrate = "merge": every app file is
@@ -169,9 +170,10 @@ measure() {
                 sharelink) "$BIN" -q --config "$WORK/migrate.toml" link ;;
                 # Timed by itself, without Python's start and the walk of SRC.
                 floor) fl=$(python3 benches/floor.py "$src/data" "$SHARE/data" "$FLOOR_THREADS") ;;
+                floor-data) fl=$(python3 benches/floor.py --data "$src/data" "$SHARE/data" "$FLOOR_THREADS") ;;
             esac
             t1=$(now)
-            [ "$tool" = floor ] && t1=$(echo "$t0 + $fl" | bc -l)
+            case $tool in floor*) t1=$(echo "$t0 + $fl" | bc -l) ;; esac
             ops=$(share_down "$kind")
             if [ "$tool" = floor ]; then   # the names only: its files are empty
                 [ "$(names "$src/data")" = "$(names "$STORE/data")" ] \
@@ -392,8 +394,8 @@ def files(case):
     if n.group(1) or n.group(2):
         return int(n.group(1) or n.group(2))
     return int(n.group(3)) * int(n.group(4))
-print("\n| case | tool | median s | runs | vs cp -a | vs floor | ms per file | rig ops | peak in flight | mean in flight |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("\n| case | tool | median s | runs | vs cp -a | vs floor | vs floor-data | ms per file | rig ops | peak in flight | mean in flight |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for case, tools in rows.items():
     med = {t: statistics.median(r["t"]) for t, r in tools.items()}
     for tool, r in tools.items():
@@ -401,12 +403,13 @@ for case, tools in rows.items():
         name = {"cp": "cp -a && sync", "rsync": "rsync -a && sync", "sharelink": "sharelink link"}.get(tool, tool)
         ratio = f"{m / med['cp']:.3f}" if "cp" in med else ""
         floor = f"{m / med['floor']:.2f}" if "floor" in med else ""
+        floor_data = f"{m / med['floor-data']:.2f}" if "floor-data" in med else ""
         n = files(case)
         per = f"{m / n * 1000:.2f}" if n else ""
         # The rig's counters of the median run (the middle one by time).
         secs, ops = sorted(r["runs"])[(len(r["runs"]) - 1) // 2]
         ops, peak, busy = (ops.split(" ") + ["-", "-"])[:3]
         mean = f"{int(busy) / 1000 / secs:.1f}" if busy.isdigit() else "-"
-        print(f"| {case} | {name} | {m:.3f} | {len(r['t'])} | {ratio} | {floor} | {per} | {ops} | {peak} | {mean} |")
+        print(f"| {case} | {name} | {m:.3f} | {len(r['t'])} | {ratio} | {floor} | {floor_data} | {per} | {ops} | {peak} | {mean} |")
 PY
 echo "raw runs: $RAW" >&2
