@@ -7,8 +7,8 @@ flight at once (the kernel serialises creates within one directory, not
 across directories).
 
 With --data, the floor of a faithful copy on the same schedule: each file
-is created, its bytes written, its mtime set, and closed, and then every
-directory gets its mtime (a copy that keeps data and times cannot send
+is created, its bytes written, its mtime set, and closed (a symlink made
+with its mtime), and then every directory gets its mtime (a copy that keeps data and times cannot send
 fewer requests per file).
 
     benches/floor.py [--data] SRC DST [THREADS]     # prints the seconds taken
@@ -54,11 +54,20 @@ def main():
         for rels in files.values():
             for rel in rels:
                 p = os.path.join(src, rel)
-                with open(p, "rb") as f:
-                    content[rel] = (f.read(), os.lstat(p).st_mtime_ns)
+                mtime = os.lstat(p).st_mtime_ns
+                if os.path.islink(p):
+                    content[rel] = (os.readlink(p), mtime)
+                else:
+                    with open(p, "rb") as f:
+                        content[rel] = (f.read(), mtime)
     dir_times = {rel: os.lstat(os.path.join(src, rel)).st_mtime_ns for rel in files}
 
     def create(rel):
+        if data and isinstance(content[rel][0], str):
+            target, mtime = content[rel]
+            os.symlink(target, os.path.join(dst, rel))
+            os.utime(os.path.join(dst, rel), ns=(mtime, mtime), follow_symlinks=False)
+            return
         fd = os.open(os.path.join(dst, rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         if data:
             bytes_, mtime = content[rel]
