@@ -134,20 +134,19 @@ pub(crate) fn node_beneath(
     Ok((ShareNode::Dir { empty }, Some(cur)))
 }
 
-/// [`node_beneath`] from the share root's path (the config's, trusted).
-#[cfg(test)]
-fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode> {
-    let dir = match Dir::open(root) {
-        Ok(d) => d,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(ShareNode::Missing),
-        Err(e) => return Err(Error::io("open", root, e)),
-    };
-    Ok(node_beneath(&dir, root, rel, want_empty)?.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`node_beneath`] from the share root's path (the config's, trusted).
+    fn share_node(root: &Path, rel: &Path, want_empty: bool) -> Result<ShareNode> {
+        let dir = match Dir::open(root) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(ShareNode::Missing),
+            Err(e) => return Err(Error::io("open", root, e)),
+        };
+        Ok(node_beneath(&dir, root, rel, want_empty)?.0)
+    }
 
     #[test]
     fn share_node_never_follows() {

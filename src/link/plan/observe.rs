@@ -184,28 +184,34 @@ pub(crate) fn observe(cfg: &Config, link: &Link, paths: &Paths) -> Result<Observ
         Some(root) => share::node_beneath(root, &cfg.share_root, &link.share, want_empty)?,
         None => (ShareNode::Missing, None),
     };
-    let known = match (&root, &share, &target) {
-        (Some(_), ShareNode::Missing, _) => Some(None),
-        (Some(_), ShareNode::Dir { .. }, Some(d)) => d.stat().ok().map(|m| Some((m.dev, m.id.ino))),
-        _ => None,
-    };
     let app = match app {
-        AppNode::Dir => match joined(
-            &paths.app,
-            root.as_ref(),
-            &cfg.share_root,
-            &paths.share,
-            known,
-        )? {
-            Some(at) => {
-                // Not a migration after all: its emptiness is not asked.
-                if let ShareNode::Dir { empty } = &mut share {
-                    *empty = false;
+        AppNode::Dir => {
+            // Only here (never on the linked fast path): the target's
+            // identity, for `joined`.
+            let known = match (&root, &share, &target) {
+                (Some(_), ShareNode::Missing, _) => Some(None),
+                (Some(_), ShareNode::Dir { .. }, Some(d)) => {
+                    d.stat().ok().map(|m| Some((m.dev, m.id.ino)))
                 }
-                AppNode::JoinedWithShare(at)
+                _ => None,
+            };
+            match joined(
+                &paths.app,
+                root.as_ref(),
+                &cfg.share_root,
+                &paths.share,
+                known,
+            )? {
+                Some(at) => {
+                    // Not a migration after all: its emptiness is not asked.
+                    if let ShareNode::Dir { empty } = &mut share {
+                        *empty = false;
+                    }
+                    AppNode::JoinedWithShare(at)
+                }
+                None => AppNode::Dir,
             }
-            None => AppNode::Dir,
-        },
+        }
         other => other,
     };
     let (missing_dirs, bad_dir) = match &target {
