@@ -32,6 +32,23 @@ impl From<MakeError> for Error {
     }
 }
 
+/// A directory on the app side that could not be made again (to put back
+/// what a writer wrote): the symlink or file in the way is named as the
+/// app's, not the share's.
+pub(crate) fn app_side(e: MakeError) -> Error {
+    match e {
+        MakeError::Symlink(at) => Error::Unsafe(format!(
+            "{} is a symlink where a directory of the app's data belongs; sharelink never follows those. Replace it with a directory and re-run",
+            at.display()
+        )),
+        MakeError::NotDir(at, kind) => Error::Unsafe(format!(
+            "{} is a {kind} where a directory of the app's data belongs; move it away and re-run",
+            at.display()
+        )),
+        MakeError::Io(e) => e,
+    }
+}
+
 /// `e` with the share's side explained when it is "cannot write" (EACCES,
 /// EPERM, EROFS) on a path in the share; otherwise `e` as it is.
 pub(crate) fn explain(cfg: &Config, e: Error) -> Error {

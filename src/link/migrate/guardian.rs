@@ -448,7 +448,7 @@ fn put(e: &GuardedFile, root: &Dir, app_path: &Path, early: bool) {
             match crate::fs::tree::make_beneath(root, parent, app_path) {
                 Ok(m) => prune::put_back(&m.dir, name, &e.f),
                 Err(err) => Err(std::io::Error::other(
-                    crate::error::Error::from(err).to_string(),
+                    crate::link::advice::app_side(err).to_string(),
                 )),
             }
         }

@@ -235,7 +235,9 @@ fn rescued(
     let remake = || -> Result<Dir> {
         let rel = inv.rel(h.ix);
         let parent = rel.parent().unwrap_or(std::path::Path::new(""));
-        Ok(crate::fs::tree::make_beneath(app, parent, app_path)?.dir)
+        crate::fs::tree::make_beneath(app, parent, app_path)
+            .map(|m| m.dir)
+            .map_err(crate::link::advice::app_side)
     };
     let to = rescue(&h.dir, &e.name, &h.f, &path, check, &remake)?;
     let beside = if to == e.name {
