@@ -5,7 +5,7 @@
 //! was given, and every file is closed once `finish` returns (a directory
 //! holding a file still open cannot be removed on SMB).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::IntoRawFd;
@@ -26,11 +26,18 @@ struct Shared<T> {
     ready: Condvar,
     /// Room in the queue.
     room: Condvar,
+    /// A close finished.
+    done: Condvar,
     queued: usize,
 }
 
 struct State<T> {
-    files: VecDeque<(File, T)>,
+    /// Each with its ticket, in the order handed over.
+    files: VecDeque<(File, T, u64)>,
+    /// The next ticket.
+    next: u64,
+    /// Tickets queued or being closed.
+    pending: BTreeSet<u64>,
     open: bool,
     failed: Option<(T, io::Error)>,
 }
@@ -44,7 +51,7 @@ impl<T> Shared<T> {
     fn serve(&self) {
         let mut st = self.lock();
         loop {
-            if let Some((f, tag)) = st.files.pop_front() {
+            if let Some((f, tag, ticket)) = st.files.pop_front() {
                 drop(st);
                 self.room.notify_one();
                 let r = close(f);
@@ -52,6 +59,8 @@ impl<T> Shared<T> {
                 if let Err(e) = r {
                     st.failed.get_or_insert((tag, e));
                 }
+                st.pending.remove(&ticket);
+                self.done.notify_all();
             } else if !st.open {
                 return;
             } else {
@@ -68,11 +77,14 @@ impl<T: Send + 'static> Closer<T> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 files: VecDeque::new(),
+                next: 0,
+                pending: BTreeSet::new(),
                 open: true,
                 failed: None,
             }),
             ready: Condvar::new(),
             room: Condvar::new(),
+            done: Condvar::new(),
             queued: queued.max(1),
         });
         let mut closer = Closer {
@@ -97,9 +109,29 @@ impl<T: Send + 'static> Closer<T> {
         while st.files.len() >= sh.queued {
             st = sh.room.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        st.files.push_back((f, tag));
+        let ticket = st.next;
+        st.next += 1;
+        st.pending.insert(ticket);
+        st.files.push_back((f, tag, ticket));
         drop(st);
         sh.ready.notify_one();
+    }
+
+    /// Wait until every file handed over before this call is closed (not
+    /// those handed over meanwhile); the first close that failed, if any.
+    /// What is recorded as complete must be closed, and its close checked,
+    /// first: a close can carry a write that failed.
+    pub(crate) fn settle(&self) -> Result<(), (T, io::Error)> {
+        let sh = &self.shared;
+        let mut st = sh.lock();
+        let upto = st.next;
+        while st.pending.first().is_some_and(|&t| t < upto) {
+            st = sh.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        match st.failed.take() {
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
     }
 
     /// Wait for every file handed over to be closed; the first close that
@@ -175,6 +207,31 @@ mod tests {
             let mut buf = [0u8; 1];
             assert_eq!(r.read(&mut buf).unwrap(), 0, "a write end still open");
         }
+    }
+
+    /// `settle` returns once what was handed over before it is closed.
+    #[test]
+    fn settle_waits_for_what_was_handed_over_before_it() {
+        let closer = Closer::new(2, 4).unwrap();
+        let mut reads = Vec::new();
+        for i in 0..16 {
+            let (r, w) = pipe();
+            closer.close(w, i);
+            reads.push(r);
+        }
+        closer.settle().unwrap();
+        for mut r in reads {
+            // SAFETY: plain fcntl on our fd, as above.
+            unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            let mut buf = [0u8; 1];
+            assert_eq!(r.read(&mut buf).unwrap(), 0, "a write end still open");
+        }
+        // SAFETY: a descriptor that is not open, as below.
+        let bad = unsafe { File::from_raw_fd(2_000_000_000) };
+        closer.close(bad, 99);
+        let (tag, e) = closer.settle().unwrap_err();
+        assert_eq!((tag, e.raw_os_error()), (99, Some(libc::EBADF)));
+        closer.finish().unwrap();
     }
 
     /// A close that fails is reported with its tag.

@@ -341,6 +341,8 @@ impl Staging {
                 journal: &self.journal,
                 dir: &self.tree,
                 path: &self.path,
+                inv,
+                closer,
             },
             stats: Counters::default(),
             fid: fidelity,
@@ -350,7 +352,6 @@ impl Staging {
             staging_path: &self.path,
             dst_dev: self.tree.stat().map(|m| m.dev).unwrap_or(0),
             spread,
-            closer,
         };
         let root_src = Arc::new(app.try_clone().ctx("open", app_path)?);
         let start = vec![Job::Dir {
@@ -371,7 +372,7 @@ impl Staging {
         }
         // Every copy closed (and its close checked) before the last batch
         // is recorded and the staging tree synced.
-        if let Some(closer) = shared.closer.take() {
+        if let Some(closer) = shared.batches.closer.take() {
             closer
                 .finish()
                 .map_err(|(ix, e)| Error::io("close", &shared.dst_path(ix), e))?;
@@ -443,6 +444,10 @@ struct Batches<'a> {
     journal: &'a Mutex<Journal>,
     dir: &'a Dir,
     path: &'a Path,
+    inv: &'a Inventory,
+    /// Where written files are closed on a network share: a batch waits
+    /// for the closes of its files before it is recorded.
+    closer: Option<Closer<Ix>>,
 }
 
 impl Batches<'_> {
@@ -471,7 +476,9 @@ impl Batches<'_> {
     }
 
     fn write(&self, batch: &[(PathBuf, Record)]) -> Result<()> {
-        // The bytes first, then the record that they are complete.
+        // The bytes first, then the record that they are complete: every
+        // file closed (its close checked), then synced.
+        self.settle()?;
         self.dir.sync_fs().ctx("sync", self.path)?;
         self.journal
             .lock()
@@ -481,6 +488,21 @@ impl Batches<'_> {
         failpoint::hit(Failpoint::StagingJournal);
         Ok(())
     }
+
+    /// Wait for the closes of every file handed to the closer so far.
+    fn settle(&self) -> Result<()> {
+        match &self.closer {
+            Some(c) => c
+                .settle()
+                .map_err(|(ix, e)| Error::io("close", &dst_path(self.path, self.inv, ix), e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where the copy of `ix` is staged.
+fn dst_path(staging: &Path, inv: &Inventory, ix: Ix) -> PathBuf {
+    staging.join(TREE).join(inv.rel(ix))
 }
 
 #[cfg(test)]

@@ -12,14 +12,12 @@ use std::sync::{Arc, Mutex};
 use super::{Batches, Counters, Sel, Staged};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::attrs::{self, Target, Xattrs};
-use crate::fs::closer::Closer;
 use crate::fs::dir::Dir;
 use crate::fs::gone;
 use crate::fs::meta::Kind;
 use crate::fs::pool::{self, Queue};
 use crate::link::migrate::inventory::{Entry, Inventory, Ix};
 use crate::link::migrate::journal::Record;
-use crate::link::migrate::layout::TREE;
 
 pub(super) enum Job {
     /// Copy the selected children of directory `ix`, whose source and
@@ -119,16 +117,13 @@ pub(super) struct Shared<'a> {
     /// On a local disk one lane, most recent job first: the copy stays
     /// depth-first, which writes back faster there.
     pub(super) spread: bool,
-    /// Where written files are closed when `spread`: a close is a round
-    /// trip the worker's next create need not wait for.
-    pub(super) closer: Option<Closer<Ix>>,
 }
 
 impl Shared<'_> {
     /// Close the copy of `ix`, on the closer if there is one, else here;
     /// either way checked (a close can carry a failed write).
     pub(super) fn close(&self, ix: Ix, f: std::fs::File) -> Result<()> {
-        match &self.closer {
+        match &self.batches.closer {
             Some(c) => {
                 c.close(f, ix);
                 Ok(())
@@ -156,7 +151,7 @@ impl Shared<'_> {
     }
 
     pub(super) fn dst_path(&self, ix: Ix) -> PathBuf {
-        self.staging_path.join(TREE).join(self.inv.rel(ix))
+        super::dst_path(self.staging_path, self.inv, ix)
     }
 
     pub(super) fn set(&self, ix: Ix, s: Option<Staged>) {
