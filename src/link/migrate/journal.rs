@@ -92,10 +92,17 @@ impl Journal {
         })
     }
 
-    /// Wait until a journal being created ([`Journal::create_aside`]) is
-    /// there (or failed).
-    pub(crate) fn settle(&mut self) {
+    /// Close the journal now, after the one being created
+    /// ([`Journal::create_aside`]) is there: its staging directory is
+    /// removed next, and a name unlinked while its file is open stays in
+    /// the directory on SMB (delete pending).
+    pub(crate) fn close(&mut self) {
         let _ = self.file();
+        if let Some(f) = self.file.take() {
+            if let Err(e) = crate::fs::closer::close(f) {
+                crate::debug!("closing the journal: {e}");
+            }
+        }
     }
 
     fn file(&mut self) -> io::Result<&mut std::fs::File> {
@@ -245,17 +252,7 @@ fn unescape(s: &[u8]) -> Option<Vec<u8>> {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        if let Some(h) = self.opening.take() {
-            let _ = h.join();
-        }
-        // Closed here, not on a thread of its own: the staging directory
-        // is removed next, and a name unlinked while its file is open
-        // stays in the directory on SMB (delete pending).
-        if let Some(f) = self.file.take() {
-            if let Err(e) = crate::fs::closer::close(f) {
-                crate::debug!("closing the journal: {e}");
-            }
-        }
+        self.close();
     }
 }
 

@@ -283,12 +283,13 @@ impl Staging {
 
     /// Empty the staging directory (best effort; it is redundant).
     fn clear(&self) {
-        // The journal made first, if it is still being made: nothing is
-        // created in the staging directory while it is removed.
+        // The journal made first, if it is still being made (nothing is
+        // created in the staging directory while it is removed), and
+        // closed before it is unlinked.
         self.journal
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .settle();
+            .close();
         let r = discard(&self.parent, &self.name);
         match r {
             Ok(()) => {
@@ -421,11 +422,8 @@ pub(crate) fn discard(parent: &Dir, name: &OsStr) -> std::io::Result<()> {
         return Ok(());
     }
     drop(dir);
-    match parent.rmdir(name) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(_) => crate::fs::tree::remove(parent, name),
-    }
+    // The rmdir above found it not empty: no second try by itself.
+    crate::fs::tree::remove(parent, name)
 }
 
 /// How long, or how many, completed files wait before a `syncfs` makes
