@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Migration speed on a share with per-operation latency, side by side in one
-# run: sharelink vs `cp -a && sync` vs `rsync -a && sync`, with the share on
+# run: sharelink vs `cp -a && sync` vs `rsync -a && sync` (and, on request,
+# `mv && sync`: the copy plus the app side's delete), with the share on
 # the latency rig (tests/tools/latencyfs) at several delays, on tmpfs and on
 # ext4; for tree shapes also the floor (benches/floor.py: the names made
 # empty by many threads) and floor-data (the same schedule writing each
@@ -155,19 +156,22 @@ names() { (cd "$1" && find . | LC_ALL=C sort); }
 # down meanwhile hits all of them; a line per run in $RAW.
 measure() {
     local case=$1 kind=$2 src=$3 tool rep t0 t1 fl ops reps=$REPS
-    case " $TOOLS " in *" cp "*|*" rsync "*) [ "$SLOW_REPS" -gt "$reps" ] && reps=$SLOW_REPS ;; esac
+    case " $TOOLS " in *" cp "*|*" rsync "*|*" mv "*) [ "$SLOW_REPS" -gt "$reps" ] && reps=$SLOW_REPS ;; esac
     for rep in $(seq 1 "$reps"); do
         for tool in $TOOLS; do
-            case $tool in cp|rsync) [ "$rep" -le "$SLOW_REPS" ] || continue ;;
+            case $tool in cp|rsync|mv) [ "$rep" -le "$SLOW_REPS" ] || continue ;;
                           *) [ "$rep" -le "$REPS" ] || continue ;; esac
             share_up "$kind"
-            [ "$tool" = sharelink ] && app_up "$src"
+            case $tool in sharelink|mv) app_up "$src" ;; esac
             settle
             t0=$(now)
             case $tool in
                 cp) cp -a "$src/data" "$SHARE/data" && sync ;;
                 rsync) rsync -a "$src/data/" "$SHARE/data/" && sync ;;
                 sharelink) "$BIN" -q --config "$WORK/migrate.toml" link ;;
+                # A move: the copy, then the app's copy deleted (whiteouts
+                # on the overlay, as sharelink's prune makes).
+                mv) mv "$WORK/merged/data" "$SHARE/data" && sync ;;
                 # Timed by itself, without Python's start and the walk of SRC.
                 floor) fl=$(python3 benches/floor.py "$src/data" "$SHARE/data" "$FLOOR_THREADS") ;;
                 floor-data) fl=$(python3 benches/floor.py --data "$src/data" "$SHARE/data" "$FLOOR_THREADS") ;;
@@ -182,10 +186,11 @@ measure() {
                 diff -rq --no-dereference "$src/data" "$STORE/data" >&2 \
                     || { echo "!! $case $tool: copy differs from the source" >&2; exit 1; }
             fi
-            if [ "$tool" = sharelink ]; then
-                [ -L "$WORK/merged/data" ] || { echo "!! $case: app side not linked" >&2; exit 1; }
-                umount "$WORK/merged"
-            fi
+            case $tool in
+                sharelink) [ -L "$WORK/merged/data" ] || { echo "!! $case: app side not linked" >&2; exit 1; } ;;
+                mv) [ ! -e "$WORK/merged/data" ] || { echo "!! $case: mv left the app side" >&2; exit 1; } ;;
+            esac
+            case $tool in sharelink|mv) umount "$WORK/merged" ;; esac
             printf '%s\t%s\t%s\t%s\n' "$case" "$tool" "$(echo "$t1 - $t0" | bc -l)" "$ops" >>"$RAW"
             printf '  %-28s %-10s run %d: %6.2f s  (rig ops, peak in flight, busy ms: %s)\n' \
                 "$case" "$tool" "$rep" "$(echo "$t1 - $t0" | bc -l)" "$ops" >&2
@@ -400,7 +405,7 @@ for case, tools in rows.items():
     med = {t: statistics.median(r["t"]) for t, r in tools.items()}
     for tool, r in tools.items():
         m = med[tool]
-        name = {"cp": "cp -a && sync", "rsync": "rsync -a && sync", "sharelink": "sharelink link"}.get(tool, tool)
+        name = {"cp": "cp -a && sync", "rsync": "rsync -a && sync", "sharelink": "sharelink link", "mv": "mv && sync"}.get(tool, tool)
         ratio = f"{m / med['cp']:.3f}" if "cp" in med else ""
         floor = f"{m / med['floor']:.2f}" if "floor" in med else ""
         floor_data = f"{m / med['floor-data']:.2f}" if "floor-data" in med else ""
