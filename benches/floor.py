@@ -35,7 +35,7 @@ def main():
     if data:
         args = args[1:]
     src, dst = args[0], args[1]
-    threads = int(args[2]) if len(args) > 2 else 32
+    threads = int(args[2]) if len(args) > 2 else 64
     levels = []   # per depth: {parent rel: [child dir rels]}
     files = {}    # parent rel: [file rels]
     for root, dirs, names in os.walk(src):

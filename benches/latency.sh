@@ -35,7 +35,7 @@ SHAPE_TOOLS=${SHAPE_TOOLS:-floor floor-data cp rsync sharelink}
 # each holding one file of its own, migrate = "merge": every app file is
 # staged and then renamed into its directory on the share.
 MERGE_AT=${MERGE_AT:-2:20x20 2:10x200}
-FLOOR_THREADS=${FLOOR_THREADS:-32}   # sharelink's default parallelism on a network share
+FLOOR_THREADS=${FLOOR_THREADS:-64}   # as many requests as the rig serves at once (more: no faster)
 SMALL_N=${SMALL_N:-2000}             # small-files tree on tmpfs/ext4: files of SMALL_KB KiB
 SMALL_KB=${SMALL_KB:-8}
 # Files in the small tree per rig delay (DELAY:FILES; a delay not listed

@@ -137,6 +137,11 @@ pub(crate) struct MigrationSettings {
 /// Bounds of `parallelism`.
 pub(crate) const MAX_PARALLELISM: usize = 256;
 
+/// Workers on a network share. A copied file is about eight round trips,
+/// three of them a create under its directory's lock: fewer workers leave
+/// directories of a wide tree without a create in flight.
+pub(crate) const NETWORK_PARALLELISM: usize = 64;
+
 impl MigrationSettings {
     /// Workers for a migration into `share_root`. On a network share each
     /// operation waits for a round trip, so many are kept in flight; on a
@@ -146,7 +151,7 @@ impl MigrationSettings {
             return n;
         }
         if is_network_fs(share_root) {
-            32
+            NETWORK_PARALLELISM
         } else {
             cpus().clamp(2, 8)
         }

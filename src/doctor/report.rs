@@ -115,6 +115,11 @@ impl Report {
         }
         s.push_str("],\"round_trip_ms\":");
         num(&mut s, self.round_trip_ms);
+        s.push_str(",\"parallelism\":");
+        match self.parallel_op {
+            Some((_, n)) => s.push_str(&n.to_string()),
+            None => s.push_str("null"),
+        }
         s.push_str(",\"case_insensitive\":");
         s.push_str(b(self.case_insensitive));
         s.push_str(",\"supports\":{");
@@ -335,6 +340,7 @@ mod tests {
             "fs_type",
             "mount_options",
             "round_trip_ms",
+            "parallelism",
             "case_insensitive",
             "supports",
             "free_bytes",

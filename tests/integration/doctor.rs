@@ -175,6 +175,8 @@ fn doctor_round_trip_and_estimate_match_the_delayed_rig() {
         (DELAY_MS..DELAY_MS + 10.0).contains(&rtt),
         "round trip {rtt} ms at {DELAY_MS} ms: {v:#}"
     );
+    // The default on a network (here FUSE) share, probed with as many.
+    assert_eq!(v["parallelism"], 64, "{v:#}");
     let link = &v["links"][0];
     assert_eq!(link["state"], "needs-migration");
     assert!(link["files"].as_u64().unwrap() >= files as u64, "{link}");
