@@ -98,7 +98,7 @@ pub(crate) fn copy(
 }
 
 thread_local! {
-    /// Each worker's copy buffer, allocated once.
+    /// Each worker's copy buffer, kept between files.
     static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -171,8 +171,11 @@ fn user_copy(
     watch: Watch<'_>,
     buf: &mut Vec<u8>,
 ) -> io::Result<u64> {
-    if buf.is_empty() {
-        buf.resize(BUF, 0);
+    // Grown to what a range needs, up to BUF: a pool of workers copying
+    // small files keeps small buffers.
+    let need = usize::try_from(to - from).unwrap_or(0).min(BUF);
+    if buf.len() < need {
+        buf.resize(need, 0);
     }
     let mut off = from;
     while off < to {
@@ -311,6 +314,32 @@ mod tests {
         std::fs::write(&b, b"same size+").unwrap();
         let fb = File::open(&b).unwrap();
         assert!(!equal(&fa, &fb, 9, &stop).unwrap());
+    }
+
+    #[test]
+    fn user_copy_grows_its_buffer_to_the_range() {
+        let t = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let copied = AtomicU64::new(0);
+        let watch = Watch {
+            stop: &stop,
+            copied: &copied,
+        };
+        let mut buf = Vec::new();
+        for (i, len) in [5_000usize, 700_000, 5_000].into_iter().enumerate() {
+            let (a, b) = (
+                t.path().join(format!("a{i}")),
+                t.path().join(format!("b{i}")),
+            );
+            let data: Vec<u8> = (0..len).map(|j| (j % 253) as u8 ^ i as u8).collect();
+            std::fs::write(&a, &data).unwrap();
+            let (src, dst) = (File::open(&a).unwrap(), File::create(&b).unwrap());
+            let n = user_copy(&src, &dst, 0, len as i64, watch, &mut buf).unwrap();
+            assert_eq!(n, len as u64);
+            assert_eq!(std::fs::read(&b).unwrap(), data);
+            // Small ranges keep the buffer small; a big one grows it to BUF.
+            assert_eq!(buf.len(), if i == 0 { len } else { BUF });
+        }
     }
 
     #[test]
