@@ -319,14 +319,21 @@ impl Migration<'_> {
             own.before_prune(&self.marker, &inv, &ledger)?;
             let doomed = ledger.deletable.iter().flatten().count() as u64;
             ctx.progress.start_deleting(doomed);
-            // prune checks in every 64 entries removed.
-            let pruned = prune::prune(&inv, app, &self.app_path, &ledger.deletable, &mut || {
-                ctx.progress.deleted(64);
-                ctx.beat()
-            })?;
+            // prune checks in every 64 entries removed; the share's side is
+            // cleaned up while the last leases are held.
+            let pruned = prune::prune(
+                &inv,
+                app,
+                &self.app_path,
+                &ledger.deletable,
+                &mut || {
+                    ctx.progress.deleted(64);
+                    ctx.beat()
+                },
+                &mut || self.clean_up(),
+            )?;
             failpoint::hit(Failpoint::PruneDone);
             if pruned.kept.is_empty() {
-                self.clean_up()?;
                 return Ok(out);
             }
             own.after_prune(&inv, &ledger, &pruned.kept);

@@ -103,13 +103,16 @@ struct Held {
 
 /// Delete every entry of `doomed` (indexed like `inv`: the identity it must
 /// still have) from `app`, then every directory left empty. The app
-/// directory itself stays (the symlink swap replaces it).
+/// directory itself stays (the symlink swap replaces it). `emptied` runs
+/// once every entry went, while the last leases' [`HOLD`] runs out: a
+/// writer found then still brings its file back, and another pass.
 pub(crate) fn prune(
     inv: &Inventory,
     app: &Dir,
     app_path: &std::path::Path,
     doomed: &[Option<Identity>],
     check: &mut dyn FnMut() -> Result<()>,
+    emptied: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Pruned> {
     let mut out = Pruned {
         cap: held_cap(),
@@ -123,11 +126,15 @@ pub(crate) fn prune(
         doomed,
     };
     let walked = walk(&scope, 0, &root, check, &mut out);
+    let after = match &walked {
+        Ok(()) if out.kept.is_empty() => emptied(),
+        _ => Ok(()),
+    };
     // Whatever happened, every lease still held is looked at (dropping
     // it unseen would let a waiting writer into a file nobody sees).
     let settled = settle(inv, app, app_path, check, &mut out, 0);
     out.guard.finish();
-    walked.and(settled)?;
+    walked.and(after).and(settled)?;
     Ok(out)
 }
 

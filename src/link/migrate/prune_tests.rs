@@ -37,7 +37,61 @@ fn doomed_but(inv: &Inventory, spare: &[&str]) -> Vec<Option<Identity>> {
 }
 
 fn run(t: &tempfile::TempDir, dir: &Dir, inv: &Inventory, doomed: &[Option<Identity>]) -> Pruned {
-    prune(inv, dir, &t.path().join("app"), doomed, &mut || Ok(())).unwrap()
+    prune(
+        inv,
+        dir,
+        &t.path().join("app"),
+        doomed,
+        &mut || Ok(()),
+        &mut || Ok(()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn emptied_runs_once_all_went_while_the_last_lease_is_held_and_its_error_stands() {
+    let (t, dir, inv) = app_with(&["a", "sub/b"]);
+    let doomed = doomed_but(&inv, &[]);
+    let started = std::time::Instant::now();
+    let mut seen = None;
+    let r = prune(
+        &inv,
+        &dir,
+        &t.path().join("app"),
+        &doomed,
+        &mut || Ok(()),
+        &mut || {
+            seen = Some(started.elapsed());
+            Err(Error::Unsafe("clean-up failed".into()))
+        },
+    );
+    let ran = seen.expect("emptied ran once everything went");
+    // While the last file's lease was still held, not after its hold.
+    assert!(ran < HOLD, "emptied ran after {ran:?}");
+    assert!(started.elapsed() >= HOLD, "the hold was still waited out");
+    assert!(r.is_err_and(|e| e.to_string().contains("clean-up failed")));
+    assert!(
+        dir.list().unwrap().is_empty(),
+        "everything was still deleted"
+    );
+
+    // Something kept: not emptied, not called.
+    let (t, dir, inv) = app_with(&["a", "keep"]);
+    let doomed = doomed_but(&inv, &["keep"]);
+    let mut called = false;
+    prune(
+        &inv,
+        &dir,
+        &t.path().join("app"),
+        &doomed,
+        &mut || Ok(()),
+        &mut || {
+            called = true;
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert!(!called);
 }
 
 fn kept(inv: &Inventory, p: &Pruned) -> Vec<(String, Kept)> {
