@@ -296,8 +296,10 @@ fn signals_ignored_at_start_do_not_stop_linking() {
             .args(["run", "--", "true"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        let child = c.spawn().unwrap();
+        // Before the spawn: sharelink may start its 2 s wait before this
+        // thread runs again after it.
         let started = std::time::Instant::now();
+        let child = c.spawn().unwrap();
         // The sharelink process: the child itself, or the shell's child.
         let pid = wait_for_sharelink(child.id());
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -306,9 +308,11 @@ fn signals_ignored_at_start_do_not_stop_linking() {
         let what = format!("{wrapper:?}, signal {sig}");
         assert_eq!(o.status.code(), Some(want), "{what}: {}", stderr(&o));
         if want == 69 {
+            let waited = started.elapsed();
             assert!(
-                started.elapsed() >= std::time::Duration::from_secs(2),
-                "{what}"
+                waited >= std::time::Duration::from_secs(2),
+                "{what}: exited after {waited:?}: {}",
+                stderr(&o)
             );
         }
     }
