@@ -37,61 +37,67 @@ fn doomed_but(inv: &Inventory, spare: &[&str]) -> Vec<Option<Identity>> {
 }
 
 fn run(t: &tempfile::TempDir, dir: &Dir, inv: &Inventory, doomed: &[Option<Identity>]) -> Pruned {
-    prune(
-        inv,
-        dir,
-        &t.path().join("app"),
-        doomed,
-        &mut || Ok(()),
-        &mut || Ok(()),
-    )
-    .unwrap()
+    run_then(t, dir, inv, doomed, &mut || Ok(())).unwrap()
+}
+
+/// [`run`] with `emptied`, and its result.
+fn run_then(
+    t: &tempfile::TempDir,
+    dir: &Dir,
+    inv: &Inventory,
+    doomed: &[Option<Identity>],
+    emptied: &mut dyn FnMut() -> Result<()>,
+) -> Result<Pruned> {
+    let app = t.path().join("app");
+    prune(inv, dir, &app, doomed, &mut || Ok(()), emptied)
+}
+
+/// Inodes on which this process holds a lease (`/proc/locks`).
+fn leased_inodes() -> Vec<u64> {
+    let me = std::process::id().to_string();
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(1) != Some(&"LEASE") || f.get(4) != Some(&me.as_str()) {
+                return None;
+            }
+            f.get(5)?.rsplit(':').next()?.parse().ok()
+        })
+        .collect()
 }
 
 #[test]
 fn emptied_runs_once_all_went_while_the_last_lease_is_held_and_its_error_stands() {
+    use std::os::unix::fs::MetadataExt;
     let (t, dir, inv) = app_with(&["a", "sub/b"]);
+    let app = t.path().join("app");
+    let inos = ["a", "sub/b"].map(|f| fs::metadata(app.join(f)).unwrap().ino());
     let doomed = doomed_but(&inv, &[]);
-    let started = std::time::Instant::now();
-    let mut seen = None;
-    let r = prune(
-        &inv,
-        &dir,
-        &t.path().join("app"),
-        &doomed,
-        &mut || Ok(()),
-        &mut || {
-            seen = Some(started.elapsed());
-            Err(Error::Unsafe("clean-up failed".into()))
-        },
-    );
-    let ran = seen.expect("emptied ran once everything went");
-    // While the last file's lease was still held, not after its hold.
-    assert!(ran < HOLD, "emptied ran after {ran:?}");
-    assert!(started.elapsed() >= HOLD, "the hold was still waited out");
+    let mut held_then = None;
+    let r = run_then(&t, &dir, &inv, &doomed, &mut || {
+        held_then = Some(leased_inodes().iter().any(|i| inos.contains(i)));
+        Err(Error::Unsafe("clean-up failed".into()))
+    });
+    // The last file unlinked still had its lease when it ran.
+    assert_eq!(held_then, Some(true), "emptied ran, during the hold");
+    assert!(!leased_inodes().iter().any(|i| inos.contains(i)));
     assert!(r.is_err_and(|e| e.to_string().contains("clean-up failed")));
     assert!(
         dir.list().unwrap().is_empty(),
-        "everything was still deleted"
+        "all was deleted all the same"
     );
 
     // Something kept: not emptied, not called.
     let (t, dir, inv) = app_with(&["a", "keep"]);
     let doomed = doomed_but(&inv, &["keep"]);
     let mut called = false;
-    prune(
-        &inv,
-        &dir,
-        &t.path().join("app"),
-        &doomed,
-        &mut || Ok(()),
-        &mut || {
-            called = true;
-            Ok(())
-        },
-    )
-    .unwrap();
-    assert!(!called);
+    let p = run_then(&t, &dir, &inv, &doomed, &mut || {
+        called = true;
+        Ok(())
+    });
+    assert!(p.is_ok() && !called);
 }
 
 fn kept(inv: &Inventory, p: &Pruned) -> Vec<(String, Kept)> {
