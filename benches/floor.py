@@ -8,8 +8,8 @@ across directories).
 
 With --data, the floor of a faithful copy on the same schedule: each file
 is created, its bytes written, its mtime set, and closed (a symlink made
-with its mtime), and then every directory gets its mtime (a copy that keeps data and times cannot send
-fewer requests per file).
+with its mtime), and then every directory gets its mtime (a copy that
+keeps data and times cannot send fewer requests per file).
 
     benches/floor.py [--data] SRC DST [THREADS]     # prints the seconds taken
 
